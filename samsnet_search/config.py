@@ -1,0 +1,206 @@
+"""Typed configuration: one set of pydantic models for `train`, and wrapped by study files.
+
+Every model forbids unknown keys. Defaults are the paper's (Li et al. 2020) unless a
+comment says otherwise. `load_yaml_model` turns any validation problem into a
+`ConfigError` that names the file, the key path and what would be valid.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+TARGETS: tuple[str, ...] = ("vocals", "drums", "bass", "other")
+SAMPLE_RATE = 44100
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Strict):
+    """Sams-Net hyperparameters (paper section 3)."""
+
+    n_fft: int = Field(4096, gt=0, description="STFT frame (Hamming window); paper: 4096")
+    hop_length: int = Field(1024, gt=0, description="STFT hop; paper: 1024")
+    audio_channels: int = Field(2, gt=0, description="stereo input")
+    channels: int = Field(64, gt=0, description="d_k: feature maps per head and between modules; paper: 64")
+    heads: int = Field(2, gt=0, description="attention heads; paper: 2")
+    depth: int = Field(3, gt=0, description="number of Sams modules; paper: 3")
+    slices: int = Field(12, gt=0, description="slices per training segment; paper's best (Table 2): 12")
+    kernel_size: int = Field(3, gt=0, description="embedding, W^O and depthwise kernels; paper: 3x3")
+    mask_activation: Literal["sigmoid", "relu"] = Field(
+        "sigmoid", description="sigmoid keeps masks in [0, 1] like an ideal ratio mask"
+    )
+    slice_frames: int | None = Field(
+        None, gt=0, description="frames per slice; set from the training segment (ceil(frames/slices))"
+    )
+    grad_checkpoint: bool = Field(False, description="recompute Sams modules in backward to save memory")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelConfig":
+        if self.n_fft % 2:
+            raise ValueError(f"n_fft must be even, got {self.n_fft}")
+        if self.hop_length > self.n_fft:
+            raise ValueError(f"hop_length ({self.hop_length}) must not exceed n_fft ({self.n_fft})")
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd so 'same' padding is symmetric, got {self.kernel_size}")
+        return self
+
+    @property
+    def bins(self) -> int:
+        return self.n_fft // 2 + 1
+
+    def frames(self, samples: int) -> int:
+        """STFT frames for `samples` samples (torch.stft with center=True)."""
+        return 1 + samples // self.hop_length
+
+    def resolved(self, segment_samples: int) -> "ModelConfig":
+        """Copy with `slice_frames` fixed from the training segment length."""
+        frames = self.frames(segment_samples)
+        if self.slices > frames:
+            raise ValueError(
+                f"slices={self.slices} is larger than the {frames} STFT frames of a training segment; "
+                f"use slices <= {frames} or a longer segment"
+            )
+        return self.model_copy(update={"slice_frames": math.ceil(frames / self.slices)})
+
+
+class AugmentConfig(Strict):
+    """Uhlich et al. 2017 augmentation (as in open-unmix)."""
+
+    gain_min: float = Field(0.25, gt=0, description="random gain per stem, lower bound")
+    gain_max: float = Field(1.25, gt=0, description="random gain per stem, upper bound")
+    channel_swap: bool = Field(True, description="swap left/right per stem with probability 0.5")
+    remix: bool = Field(True, description="draw each stem from a different random track")
+
+    @model_validator(mode="after")
+    def _check(self) -> "AugmentConfig":
+        if self.gain_min > self.gain_max:
+            raise ValueError(f"gain_min ({self.gain_min}) must not exceed gain_max ({self.gain_max})")
+        return self
+
+
+class DataConfig(Strict):
+    """Where the data is and how segments and validation excerpts are drawn."""
+
+    root: Path | None = Field(None, description="MUSDB18 / MUSDB18-HQ folder; default: $MUSDB_PATH")
+    format: Literal["auto", "hq", "stems"] = Field(
+        "auto", description="hq: wav folders (MUSDB18-HQ); stems: .stem.mp4 (MUSDB18); auto: detect"
+    )
+    segment_seconds: float = Field(6.0, gt=0, description="training segment; paper: 6 s")
+    samples_per_track: int = Field(1, gt=0, description="segments per training track per epoch; paper: 1")
+    augment: AugmentConfig | None = Field(default_factory=AugmentConfig, description="null disables")
+    valid_protocol: Literal["fixed", "paper"] = Field(
+        "fixed",
+        description="fixed: the same excerpts of every validation track each epoch (comparable across "
+        "trials); paper: one random validation track per epoch",
+    )
+    valid_seconds: float | None = Field(
+        10.0, gt=0, description="length of each fixed validation excerpt; null: full tracks"
+    )
+    valid_tracks: list[str] | None = Field(
+        None, description="validation track names; default: the official MUSDB18 list (14 tracks)"
+    )
+    max_train_tracks: int | None = Field(None, gt=0, description="use only the first N training tracks")
+    max_valid_tracks: int | None = Field(None, gt=0, description="use only the first N validation tracks")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    cache_dir: Path | None = Field(None, description="decoded-audio cache; default: <root>/.samsnet-cache")
+
+    def resolved_root(self) -> Path:
+        root = self.root or (Path(os.environ["MUSDB_PATH"]) if os.environ.get("MUSDB_PATH") else None)
+        if root is None:
+            raise ConfigError("data.root is not set and MUSDB_PATH is empty: give the dataset folder")
+        if not Path(root).is_dir():
+            raise ConfigError(f"data.root: {root} is not a folder (expected MUSDB18 or MUSDB18-HQ layout)")
+        return Path(root)
+
+    @property
+    def segment_samples(self) -> int:
+        return int(round(self.segment_seconds * SAMPLE_RATE))
+
+
+class TrainConfig(Strict):
+    """Optimisation and bookkeeping for one training run."""
+
+    lr: float = Field(1e-4, gt=0, description="Adam learning rate; paper: 1e-4")
+    batch_size: int = Field(8, gt=0, description="segments per step (not given in the paper)")
+    epochs: int = Field(1000, gt=0, description="upper bound on epochs")
+    patience: int = Field(140, gt=0, description="early stop after this many epochs without a better valid_loss; paper: 140")
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float | None = Field(None, gt=0, description="max gradient norm; null: no clipping")
+    seed: int = Field(42, description="seeds torch, numpy and the data sampler")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
+    amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
+    valid_sdr_every: int = Field(10, ge=0, description="compute valid_sdr every N epochs; 0: never")
+    sdr_backend: Literal["fast", "museval"] = Field("fast", description="BSSEval v4 implementation for valid_sdr")
+    threads: int | None = Field(None, gt=0, description="torch CPU threads; null: torch's default")
+
+
+class ExperimentConfig(Strict):
+    """What `samsnet-search train CONFIG.yaml` reads: one configuration, one model."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _slices_fit_segment(self) -> "ExperimentConfig":
+        frames = self.model.frames(self.data.segment_samples)
+        if self.model.slices > frames:
+            raise ValueError(
+                f"model.slices={self.model.slices} is larger than the {frames} STFT frames of a "
+                f"{self.data.segment_seconds} s segment at hop {self.model.hop_length}; use slices <= {frames}"
+            )
+        return self
+
+    def resolved_model(self) -> ModelConfig:
+        return self.model.resolved(self.data.segment_samples)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line per problem: `source: key.path: message (got value)`."""
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = "" if e["type"] in ("missing", "extra_forbidden") else f" (got {e.get('input')!r})"
+        lines.append(f"{source}: {path}: {msg}{got}")
+    return "\n".join(lines)
+
+
+def read_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+
+
+def validate_model(cls: type[M], data: Any, source: str) -> M:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
+
+
+def load_yaml_model(cls: type[M], path: str | Path) -> M:
+    return validate_model(cls, read_yaml(path), str(path))
+
+
+def load_experiment(path: str | Path) -> ExperimentConfig:
+    return load_yaml_model(ExperimentConfig, path)
