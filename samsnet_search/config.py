@@ -36,6 +36,9 @@ class ModelConfig(Strict):
     depth: int = Field(3, gt=0, description="number of Sams modules; paper: 3")
     slices: int = Field(12, gt=0, description="slices per training segment; paper's best (Table 2): 12")
     kernel_size: int = Field(3, gt=0, description="embedding, W^O and depthwise kernels; paper: 3x3")
+    activation: Literal["relu", "gelu", "none"] = Field(
+        "relu", description="after the pointwise conv; the paper names none, a module needs one nonlinearity"
+    )
     mask_activation: Literal["sigmoid", "relu"] = Field(
         "sigmoid", description="sigmoid keeps masks in [0, 1] like an ideal ratio mask"
     )

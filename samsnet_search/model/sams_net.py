@@ -1,0 +1,199 @@
+"""Sams-Net: a sliced attention-based network for music source separation (Li et al. 2020).
+
+Shapes use the paper's names: B batch, C audio channels, d = d_k feature maps
+(`channels`), h heads, F frequency bins, T frames, i slices, L = T / i frames per slice.
+
+Readings of what the paper leaves open (each is a keyword argument where it is a choice):
+
+* Token. Each time-frequency position is a token of d_k features; it attends over the
+  frames of its own slice at the same frequency bin. The paper scales scores by
+  1/sqrt(d_k) with d_k the number of feature maps, which only fits tokens of d_k
+  features (frames as tokens would have d_k * F features and need 1/sqrt(d_k * F)).
+  It also keeps the cost linear in F. We pass `scale=1/sqrt(d_k)` explicitly.
+* Heads. Every head has its own 1x1 Q/K/V convolutions with all d_k maps (paper 3.2), so
+  `heads` need not divide `channels`; the heads' outputs (h * d_k maps) are concatenated
+  and a kxk convolution W^O compresses them back to d_k maps.
+* Slices. The slice length L is fixed at training (`slice_frames = ceil(T_train / slices)`)
+  and the time axis of any input is cut into blocks of L frames. The last block is
+  zero-padded and its padded frames are masked out as keys, never dropped, so a 6 s
+  excerpt and a whole song are processed alike.
+* LayerNorm axes. `LayerNorm(x + Sublayer(x))` normalizes each frame over
+  (d_k, F) with an elementwise affine per (map, bin). It is local in time, so
+  separating a track in chunks gives the same result as separating it whole. The
+  per-bin affine parameters are most of the parameter count (2 * d_k * F per norm).
+* Nonlinearity. The paper names none inside the module besides the softmax; we put
+  `activation` (default ReLU) after the pointwise convolution, as a transformer's
+  feed-forward has one.
+* Mask. A 1x1 convolution maps d_k maps to targets x C masks, squashed by a sigmoid
+  (default: bounded in [0, 1] like an ideal ratio mask) or a ReLU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .spectral import Spectrogram
+
+_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "none": nn.Identity}
+
+
+class FrameLayerNorm(nn.Module):
+    """LayerNorm over (d, F) of each frame. x: (B, d, F, T) -> (B, d, F, T)."""
+
+    def __init__(self, channels: int, bins: int):
+        super().__init__()
+        self.norm = nn.LayerNorm([channels, bins])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class SlicedMultiHeadAttention(nn.Module):
+    """Sliced multi-head attention (paper eqs. 1-3) without W^O.
+
+    x: (B, d, F, T) -> concatenated heads (B, h * d, F, T).
+    """
+
+    def __init__(self, channels: int, heads: int, slice_frames: int):
+        super().__init__()
+        self.channels = channels
+        self.heads = heads
+        self.slice_frames = slice_frames
+        # One 1x1 conv holds every head's Q, K and V convolutions (3 * h * d output maps);
+        # it is the same as 3 * h separate 1x1 convs, in one call.
+        self.qkv = nn.Conv2d(channels, 3 * heads * channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, d, Fq, T = x.shape
+        h, L = self.heads, self.slice_frames
+        i = math.ceil(T / L)
+        pad = i * L - T
+        qkv = F.pad(self.qkv(x), (0, pad))  # (B, 3hd, F, iL)
+        qkv = qkv.view(B, 3, h, d, Fq, i, L).permute(1, 0, 2, 4, 5, 6, 3)  # (3, B, h, F, i, L, d)
+        q, k, v = qkv.reshape(3, B * h * Fq, i, L, d).unbind(0)  # each (B h F, i, L, d)
+        mask = None
+        if pad:
+            # Keys in the padded tail of the last slice are never attended to.
+            mask = torch.ones(i, 1, L, dtype=torch.bool, device=x.device)  # (i, 1, L) -> (.., i, L, L)
+            mask[-1, :, L - pad :] = False
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0 / math.sqrt(d))
+        out = out.view(B, h, Fq, i * L, d)[:, :, :, :T]  # (B, h, F, T, d)
+        return out.permute(0, 1, 4, 2, 3).reshape(B, h * d, Fq, T)  # (B, h d, F, T)
+
+
+class SamsModule(nn.Module):
+    """One Sams module: LayerNorm(x + W^O SMHA(x)), then LayerNorm(x + PW(DW(x))).
+
+    x: (B, d, F, T) -> (B, d, F, T).
+    """
+
+    def __init__(self, channels: int, heads: int, bins: int, slice_frames: int, kernel_size: int, activation: str):
+        super().__init__()
+        pad = kernel_size // 2
+        self.attention = SlicedMultiHeadAttention(channels, heads, slice_frames)
+        self.w_o = nn.Conv2d(heads * channels, channels, kernel_size, padding=pad)  # compresses h*d -> d
+        self.norm1 = FrameLayerNorm(channels, bins)
+        self.depthwise = nn.Conv2d(channels, channels, kernel_size, padding=pad, groups=channels)
+        self.pointwise = nn.Conv2d(channels, channels, kernel_size=1)
+        self.activation = _ACTIVATIONS[activation]()
+        self.norm2 = FrameLayerNorm(channels, bins)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(x + self.w_o(self.attention(x)))
+        return self.norm2(x + self.activation(self.pointwise(self.depthwise(x))))
+
+
+class SamsNet(nn.Module):
+    """Magnitude spectrogram in, one mask per target and channel out (paper fig. 1).
+
+    forward(mag): mag (B, C, F, T) -> masks (B, targets, C, F, T).
+    `separate(audio)`: audio (B, C, N) -> estimates (B, targets, C, N) using the mixture phase.
+    Keyword arguments mirror `samsnet_search.config.ModelConfig`.
+    """
+
+    def __init__(
+        self,
+        *,
+        slice_frames: int,
+        n_fft: int = 4096,
+        hop_length: int = 1024,
+        audio_channels: int = 2,
+        channels: int = 64,
+        heads: int = 2,
+        depth: int = 3,
+        slices: int | None = None,  # recorded for the config; the network only needs slice_frames
+        kernel_size: int = 3,
+        activation: str = "relu",
+        mask_activation: str = "sigmoid",
+        grad_checkpoint: bool = False,
+        targets: int = 4,
+    ):
+        super().__init__()
+        if slice_frames is None or slice_frames < 1:
+            raise ValueError("slice_frames must be a positive int (see ModelConfig.resolved)")
+        bins = n_fft // 2 + 1
+        self.slice_frames = slice_frames
+        self.depth = depth
+        self.kernel_size = kernel_size
+        self.targets = targets
+        self.audio_channels = audio_channels
+        self.grad_checkpoint = grad_checkpoint
+        self.spectrogram = Spectrogram(n_fft, hop_length)
+        self.embedding = nn.Conv2d(audio_channels, channels, kernel_size, padding=kernel_size // 2)
+        self.blocks = nn.ModuleList(
+            SamsModule(channels, heads, bins, slice_frames, kernel_size, activation) for _ in range(depth)
+        )
+        self.mask = nn.Conv2d(channels, targets * audio_channels, kernel_size=1)
+        self.mask_activation = nn.Sigmoid() if mask_activation == "sigmoid" else nn.ReLU()
+
+    def forward(self, mag: torch.Tensor) -> torch.Tensor:
+        B, C, Fq, T = mag.shape
+        x = self.embedding(mag)  # (B, d, F, T)
+        for block in self.blocks:
+            if self.grad_checkpoint and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        masks = self.mask_activation(self.mask(x))  # (B, targets * C, F, T)
+        return masks.view(B, self.targets, C, Fq, T)
+
+    def context_frames(self) -> int:
+        """Frames of context on each side that make a chunk's output exact, aligned to slices.
+
+        Per module the receptive field grows by at most one slice (attention) plus two
+        kernel halos (W^O, depthwise); the embedding adds one halo.
+        """
+        halo = self.kernel_size // 2
+        frames = self.depth * (self.slice_frames + 2 * halo) + halo
+        return math.ceil(frames / self.slice_frames) * self.slice_frames
+
+    def masks_chunked(self, mag: torch.Tensor, chunk_frames: int | None = None) -> torch.Tensor:
+        """forward() on long inputs with bounded memory: mag (B, C, F, T) -> (B, targets, C, F, T).
+
+        Chunks start on slice boundaries and carry `context_frames()` of context on each
+        side, so the result equals the whole-input forward up to float rounding.
+        """
+        T = mag.shape[-1]
+        L = self.slice_frames
+        chunk = max(L, (chunk_frames or T) // L * L)
+        if chunk >= T:
+            return self(mag)
+        ctx = self.context_frames()
+        out = mag.new_empty(mag.shape[0], self.targets, *mag.shape[1:])
+        for start in range(0, T, chunk):
+            lo, hi = max(0, start - ctx), min(T, start + chunk + ctx)
+            stop = min(T, start + chunk)
+            out[..., start:stop] = self(mag[..., lo:hi])[..., start - lo : stop - lo]
+        return out
+
+    def separate(self, audio: torch.Tensor, chunk_frames: int | None = None) -> torch.Tensor:
+        """audio (B, C, N) -> estimates (B, targets, C, N): mask * mixture STFT, then ISTFT."""
+        spec = self.spectrogram(audio)  # (B, C, F, T) complex
+        masks = self.masks_chunked(spec.abs(), chunk_frames)  # (B, S, C, F, T)
+        estimates = masks.float() * spec.unsqueeze(1)  # mixture phase
+        return self.spectrogram.inverse(estimates, audio.shape[-1])
