@@ -1,0 +1,58 @@
+"""Shared fixtures. Keep them generic: any test module may use them.
+
+- `synth_root`: a tiny synthetic MUSDB18-HQ-format dataset, made once per session (read-only by
+  convention: tests that modify data make their own copy or their own tree).
+- `make_hq_track`: writes one MUSDB18-HQ track folder from arrays (for bad-data tests).
+- `stem_example`: the MUSDB18-format excerpt that the stempeg wheel ships.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+SYNTH = dict(n_train=2, n_valid=2, n_test=2, seconds=8.0, seed=0, section_range=(1.5, 4.0))
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """root/train: 2 training + 2 validation tracks, root/test: 2 tracks, 8 s each (params: SYNTH)."""
+    from samsnet_search.data.synth import synthesize
+
+    return synthesize(tmp_path_factory.mktemp("synth"), **SYNTH)
+
+
+@pytest.fixture
+def make_hq_track() -> Callable[..., Path]:
+    """make_hq_track(folder, stems=None, seconds=0.5, channels=2, rate=44100) -> folder.
+
+    stems: (4, C, N) float32 in (vocals, drums, bass, other) order; default: quiet noise. The
+    mixture is their sum. Files are float32 wav.
+    """
+
+    def make(folder: Path, stems: np.ndarray | None = None, seconds: float = 0.5, channels: int = 2, rate: int = 44100) -> Path:
+        if stems is None:
+            rng = np.random.default_rng(len(str(folder)))
+            stems = (0.05 * rng.standard_normal((4, channels, int(seconds * rate)))).astype(np.float32)
+        folder.mkdir(parents=True, exist_ok=True)
+        names = ("mixture", "vocals", "drums", "bass", "other")
+        for name, audio in zip(names, [stems.sum(0), *stems]):
+            sf.write(folder / f"{name}.wav", np.asarray(audio).T, rate, subtype="FLOAT")
+        return folder
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def stem_example() -> Path:
+    """`The Easton Ellises - Falcon 69.stem.mp4` (6 s, MUSDB18 stream layout) from the stempeg wheel."""
+    import stempeg
+
+    path = Path(stempeg.example_stem_path())
+    if not path.is_file():
+        pytest.skip(f"stempeg's example stem file is missing at {path}")
+    return path
