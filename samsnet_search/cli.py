@@ -42,6 +42,84 @@ def model_info(
         print(f"{key:>24}: {value}")
 
 
+_STORAGE_HELP = "storage root holding the studies (local folder or s3://bucket/prefix)"
+
+
+@app.command("validate")
+def validate(study_file: Path = typer.Argument(..., help="study YAML (see search_spaces/)")) -> None:
+    """Check a study file (keys, types, ranges, slices vs segment frames, data) and print the resolved space."""
+    from .search.show import format_space
+    from .search.study import load_study
+
+    print(format_space(load_study(study_file)))
+
+
+def _run_live(study, live: bool, **kwargs):
+    """Run (or continue) a study, with the live terminal view unless --no-live."""
+    from contextlib import nullcontext
+
+    from .search.runner import run_study
+
+    view = nullcontext()
+    if live:
+        from .search.live import LiveView
+
+        view = LiveView(study, console)
+    with view:
+        return run_study(study, **kwargs)
+
+
+@app.command("run")
+def run(
+    study_file: Path = typer.Argument(..., help="study YAML (see search_spaces/)"),
+    address: Optional[str] = typer.Option(None, help="existing Ray cluster (e.g. auto); default: start a local Ray"),
+    num_cpus: Optional[int] = typer.Option(None, help="CPUs of the local Ray (default: all of this machine)"),
+    num_gpus: Optional[int] = typer.Option(None, help="GPUs of the local Ray (default: detected)"),
+    restart_errored: bool = typer.Option(False, "--restart-errored", help="when continuing: run failed trials again"),
+    live: bool = typer.Option(True, "--live/--no-live", help="live table of trials in the terminal"),
+) -> None:
+    """Run a study; if it exists (same name, same file) it continues where it stopped."""
+    from .search.show import format_result
+    from .search.study import load_study
+
+    study = load_study(study_file)
+    result = _run_live(study, live, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
+                       restart_errored=restart_errored)  # fmt: skip
+    print(format_result(result))
+
+
+@app.command("resume")
+def resume(
+    name: str = typer.Argument(..., help="study name (or its folder / s3:// URI)"),
+    storage: str = typer.Option("./runs", help=_STORAGE_HELP),
+    address: Optional[str] = typer.Option(None, help="existing Ray cluster (e.g. auto); default: start a local Ray"),
+    num_cpus: Optional[int] = typer.Option(None, help="CPUs of the local Ray (default: all of this machine)"),
+    num_gpus: Optional[int] = typer.Option(None, help="GPUs of the local Ray (default: detected)"),
+    restart_errored: bool = typer.Option(False, "--restart-errored", help="run failed trials again"),
+    live: bool = typer.Option(True, "--live/--no-live", help="live table of trials in the terminal"),
+) -> None:
+    """Continue an interrupted study: finished trials stay, unfinished ones continue from their checkpoint."""
+    from .search.identity import find_study
+    from .search.runner import load_stored_study
+    from .search.show import format_result
+    from .search.study import resolve_storage
+
+    study = load_stored_study(find_study(name, resolve_storage(storage, Path.cwd())))
+    result = _run_live(study, live, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
+                       restart_errored=restart_errored)  # fmt: skip
+    print(format_result(result))
+
+
+@app.command("ls")
+def ls(storage: str = typer.Option("./runs", help=_STORAGE_HELP)) -> None:
+    """List the studies in a storage root with their state."""
+    from .search.identity import list_studies
+    from .search.show import format_studies
+    from .search.study import resolve_storage
+
+    print(format_studies(list_studies(resolve_storage(storage, Path.cwd()))))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code instead of exiting when called from tests."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

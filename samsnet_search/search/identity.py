@@ -1,0 +1,176 @@
+"""Study identity: the name maps to the MLflow experiment, `<storage>/<name>` and the
+registered model `samsnet-<name>`; `<storage>/<name>/study.json` records the mapping and
+the study's state, next to a copy of the study file (`study.yaml`).
+
+Storage is a local folder or `s3://bucket/prefix[?endpoint_override=host:port&scheme=http]`
+(pyarrow's URI form, which Ray Tune's storage uses as well).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from ..errors import ConfigError, SamsNetError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "study.json"
+STUDY_COPY = "study.yaml"
+STATES = ("created", "running", "interrupted", "finished", "failed")
+
+
+class StudyNotFound(SamsNetError):
+    """No study with that name (or path) in the storage."""
+
+
+@dataclass
+class Manifest:
+    name: str
+    storage: str  # storage root as given (absolute when local)
+    experiment_name: str
+    experiment_id: str
+    parent_run_id: str
+    registered_model: str
+    tracking_uri: str
+    artifact_root: str | None
+    base_dir: str  # the folder the study was first run from: relative paths in it resolve here
+    source: str  # the study file as first given
+    state: str = "created"
+    created: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+    summary: dict[str, Any] = field(default_factory=dict)  # trial counts, best trial, timings
+
+    @property
+    def path(self) -> str:
+        return study_uri(self.storage, self.name)
+
+
+def is_s3(storage: str) -> bool:
+    return urlsplit(storage).scheme == "s3"
+
+
+def study_uri(storage: str, name: str) -> str:
+    """`<storage>/<name>`, keeping an S3 URI's query (endpoint_override=...) at the end."""
+    parts = urlsplit(storage)
+    if parts.scheme == "s3":
+        return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/" + name))
+    return str(Path(storage) / name)
+
+
+def filesystem(uri: str):
+    """(pyarrow filesystem, path inside it) for a local path or an s3:// URI."""
+    import pyarrow.fs as pafs
+
+    if is_s3(uri):
+        try:
+            return pafs.FileSystem.from_uri(uri)
+        except Exception as e:
+            raise ConfigError(f"storage: {display_uri(uri)}: cannot open S3 storage: {e}") from None
+    return pafs.LocalFileSystem(), str(Path(uri).resolve())
+
+
+def display_uri(uri: str) -> str:
+    """A storage URI safe to print and log (no query values that could carry keys)."""
+    parts = urlsplit(uri)
+    if parts.scheme != "s3" or not parts.query:
+        return uri
+    keys = [kv.split("=", 1)[0] for kv in parts.query.split("&")]
+    safe = {"endpoint_override", "scheme", "region"}
+    query = "&".join(kv for kv, k in zip(parts.query.split("&"), keys) if k in safe)
+    return urlunsplit(parts._replace(query=query))
+
+
+def _read_text(uri: str) -> str | None:
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
+
+
+def _write_text(uri: str, text: str) -> None:
+    fs, path = filesystem(uri)
+    parent = path.rsplit("/", 1)[0]
+    fs.create_dir(parent, recursive=True)
+    tmp = f"{path}.tmp"
+    with fs.open_output_stream(tmp) as f:
+        f.write(text.encode())
+    fs.move(tmp, path)  # atomic on local disks; a plain copy+delete on S3
+
+
+def _join(uri: str, name: str) -> str:
+    return study_uri(uri, name)
+
+
+def read_manifest(study_path: str) -> Manifest | None:
+    text = _read_text(_join(study_path, MANIFEST))
+    if text is None:
+        return None
+    try:
+        return Manifest(**json.loads(text))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{display_uri(_join(study_path, MANIFEST))}: not a study manifest: {e}") from None
+
+
+def write_manifest(manifest: Manifest) -> None:
+    if manifest.state not in STATES:
+        raise ValueError(f"state must be one of {STATES}, got {manifest.state!r}")
+    manifest.updated = time.time()
+    _write_text(_join(manifest.path, MANIFEST), json.dumps(asdict(manifest), indent=2, default=str))
+
+
+def write_study_copy(study_path: str, text: str) -> None:
+    _write_text(_join(study_path, STUDY_COPY), text)
+
+
+def read_study_copy(study_path: str) -> str | None:
+    return _read_text(_join(study_path, STUDY_COPY))
+
+
+def find_study(name_or_path: str, storage: str) -> Manifest:
+    """A study by name in `storage`, or by its folder (local path or s3:// URI)."""
+    candidates = [name_or_path] if ("/" in name_or_path or is_s3(name_or_path)) else []
+    candidates.append(study_uri(storage, name_or_path))
+    for path in candidates:
+        manifest = read_manifest(path)
+        if manifest is not None:
+            return manifest
+    known = ", ".join(m.name for m in list_studies(storage)) or "none"
+    raise StudyNotFound(
+        f"no study {name_or_path!r} in {display_uri(storage)} (known studies: {known}); "
+        "give the name, the study folder, or --storage"
+    )
+
+
+def list_studies(storage: str) -> list[Manifest]:
+    """Manifests of every study directly under `storage`, newest first."""
+    import pyarrow.fs as pafs
+
+    fs, root = filesystem(storage)
+    info = fs.get_file_info(root)
+    if info.type != pafs.FileType.Directory and not (is_s3(storage) and info.type == pafs.FileType.NotFound):
+        return []
+    try:
+        entries = fs.get_file_info(pafs.FileSelector(root, recursive=False, allow_not_found=True))
+    except OSError as e:
+        raise ConfigError(f"storage: {display_uri(storage)}: cannot list: {e}") from None
+    out = []
+    for entry in entries:
+        if entry.type != pafs.FileType.Directory:
+            continue
+        try:
+            manifest = read_manifest(study_uri(storage, entry.base_name))
+        except ConfigError as e:
+            log.warning("skipping %s", e)
+            continue
+        if manifest is not None:
+            out.append(manifest)
+    return sorted(out, key=lambda m: m.updated, reverse=True)

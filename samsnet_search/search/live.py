@@ -1,0 +1,108 @@
+"""The terminal view of a running study (rich): trials running / pruned / done, best so far.
+
+Used by the CLI only. It listens to `StudyCallback` events in the driver process
+(see `callbacks.add_listener`) and redraws a small table.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from .callbacks import TrialEvent, add_listener, remove_listener
+from .space import num_trials
+from .study import Study
+
+STATUS_STYLE = {
+    "running": "cyan",
+    "completed": "green",
+    "stopped_early": "green",
+    "pruned": "yellow",
+    "stopped": "magenta",
+    "failed": "red",
+}
+RECENT_ROWS = 12
+
+
+class LiveView:
+    """Context manager: shows the study's progress while `run_study` runs."""
+
+    def __init__(self, study: Study, console: Console | None = None, refresh_per_second: float = 2.0):
+        self.study = study
+        self.console = console or Console(stderr=True)
+        self.lock = threading.Lock()
+        self.trials: dict[str, dict[str, Any]] = {}  # trial id -> {status, epoch, metric, config}
+        self.statuses: dict[str, str] = {}
+        self.best: dict[str, Any] | None = None
+        self.start = time.monotonic()
+        self.live = Live(self.render(), console=self.console, refresh_per_second=refresh_per_second, transient=False)
+
+    def __enter__(self) -> "LiveView":
+        add_listener(self.study.name, self.on_event)
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        remove_listener(self.study.name, self.on_event)
+        self.live.update(self.render())
+        self.live.__exit__(*exc)
+
+    def on_event(self, event: TrialEvent) -> None:
+        with self.lock:
+            row = self.trials.setdefault(event.trial_id, {"status": "running", "config": {}})
+            row["status"] = event.status
+            if "epoch" in event.result:
+                row["epoch"] = event.result["epoch"]
+            if self.study.metric in event.result:
+                row["metric"] = event.result[self.study.metric]
+            row["config"] = {k: event.result.get("config", {}).get(k) for k in self.study.space} or row["config"]
+            self.statuses = event.statuses
+            self.best = event.best
+        self.live.update(self.render())
+
+    def render(self) -> Group:
+        with self.lock:
+            counts: dict[str, int] = {}
+            for status in self.statuses.values():
+                counts[status] = counts.get(status, 0) + 1
+            header = Text(f"study {self.study.name}  ")
+            header.append(f"{len(self.statuses)}/{num_trials(self.study)} trials  ")
+            for status, style in STATUS_STYLE.items():
+                if counts.get(status):
+                    header.append(f"{status} {counts[status]}  ", style=style)
+            header.append(f"{time.monotonic() - self.start:.0f} s")
+            best = Text("best so far: -")
+            if self.best:
+                best = Text(
+                    f"best so far: {self.study.metric} {self.best[self.study.metric]:.4g} "
+                    f"(trial {self.best['trial_id']}, epoch {self.best.get('epoch', '?')}) "
+                    f"{_short(self.best.get('config', {}))}",
+                    style="bold",
+                )
+            table = Table(box=None, pad_edge=False)
+            for col in ("trial", "status", "epoch", self.study.metric, *self.study.space):
+                table.add_column(col)
+            for trial_id, row in list(self.trials.items())[-RECENT_ROWS:]:
+                metric = row.get("metric")
+                table.add_row(
+                    trial_id,
+                    Text(row["status"], style=STATUS_STYLE.get(row["status"], "")),
+                    str(row.get("epoch", "")),
+                    f"{metric:.4g}" if isinstance(metric, (int, float)) else "",
+                    *(_fmt(row["config"].get(k)) for k in self.study.space),
+                )
+        return Group(header, best, table)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else ("" if value is None else str(value))
+
+
+def _short(config: dict[str, Any]) -> str:
+    return " ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in config.items())

@@ -1,0 +1,497 @@
+"""Run or resume a study: Ray Tune (OptunaSearch + ASHA) over the Sams-Net trainer, tracked in MLflow.
+
+`run_study(study)` starts a study, or continues it when `<storage>/<name>` already holds
+one started from the same file; `resume_study(name)` continues one by name. Either
+returns a `StudyResult` whose `trials` are plain records (config, metrics history, best
+and last checkpoints, MLflow child run id, status): the seam the slice-selection step
+builds on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .. import tracking
+from ..errors import ConfigError, SamsNetError
+from . import identity
+from .identity import Manifest
+from .space import describe, tune_space
+from .study import Study, parse_study, resolve_storage
+from .trial import RUN_ID_KEY, TrialContext, train_trial
+
+log = logging.getLogger(__name__)
+
+# Ray reserves a large share of RAM for its object store by default; trials pass only
+# configs and small results through it.
+OBJECT_STORE_BYTES = 300 * 1024**2
+# Forwarded to workers of an existing cluster (--address); a local Ray started here
+# inherits this process's environment instead, so nothing secret enters the job config.
+FORWARD_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "MUSDB_PATH",
+)
+HISTORY_KEYS = ("epoch", "train_loss", "valid_loss", "valid_sdr", "best_valid_loss", "epochs_without_improvement")
+
+
+class StudyError(SamsNetError):
+    """A study cannot be started or resumed as asked."""
+
+
+@dataclass
+class TrialRecord:
+    """One trial as the selection step and reports need it."""
+
+    trial_id: str
+    config: dict[str, Any]  # the sampled values, dotted keys
+    experiment: dict[str, Any]  # the full ExperimentConfig (JSON form)
+    status: str  # tracking.FINAL_STATUSES, or "running" for an interrupted trial
+    epochs: int  # epochs trained
+    metrics: dict[str, Any]  # last reported result
+    history: list[dict[str, Any]]  # per-epoch metrics
+    best: dict[str, Any] | None  # metrics of the best epoch by the study metric
+    best_checkpoint: Any | None  # ray.tune.Checkpoint (best by metric) or None
+    last_checkpoint: Any | None  # ray.tune.Checkpoint (latest) or None
+    mlflow_run_id: str | None
+    error: str | None
+    path: str  # the trial's folder in the storage
+
+
+@dataclass
+class StudyResult:
+    study: Study
+    manifest: Manifest
+    target: tracking.TrackingTarget
+    trials: list[TrialRecord]
+    seconds: float
+    interrupted: bool = False
+    result_grid: Any = None
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in self.trials:
+            out[t.status] = out.get(t.status, 0) + 1
+        return out
+
+    @property
+    def best(self) -> TrialRecord | None:
+        scored = [t for t in self.trials if t.best and t.best.get(self.study.metric) is not None]
+        if not scored:
+            return None
+        sign = 1 if self.study.mode == "min" else -1
+        return min(scored, key=lambda t: sign * t.best[self.study.metric])
+
+    def epoch_savings(self) -> dict[str, float]:
+        """Trial-epochs run vs. running every trial to its full budget (what ASHA saved)."""
+        run = sum(t.epochs for t in self.trials)
+        full = sum(min(self.study.max_t, int(t.experiment.get("train", {}).get("epochs", self.study.max_t)))
+                   for t in self.trials)
+        return {"epochs_run": run, "epochs_full": full, "fraction_saved": 1 - run / full if full else 0.0}
+
+    def summary(self) -> dict[str, Any]:
+        best = self.best
+        return {
+            "trials": len(self.trials),
+            "counts": self.counts(),
+            "seconds": round(self.seconds, 1),
+            **self.epoch_savings(),
+            "best_trial": best.trial_id if best else None,
+            "best_run": best.mlflow_run_id if best else None,
+            f"best_{self.study.metric}": best.best[self.study.metric] if best else None,
+            "best_config": best.config if best else None,
+        }
+
+
+# --- Ray -----------------------------------------------------------------------------
+
+
+@contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> Iterator[None]:
+    """Connect to `address`, or start a small local Ray; reuse one already started in this process."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    common = dict(include_dashboard=False, configure_logging=False)
+    if address:
+        env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
+        ray.init(address=address, runtime_env={"env_vars": env}, **common)
+    else:
+        ray.init(
+            num_cpus=num_cpus or os.cpu_count() or 1,
+            num_gpus=num_gpus,
+            object_store_memory=OBJECT_STORE_BYTES,
+            **common,
+        )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def trial_dirname(trial) -> str:
+    """Short trial folders named by trial id (the records parse it back)."""
+    return f"trial_{trial.trial_id}"
+
+
+def _storage(study_storage: str) -> tuple[str, Any]:
+    """(storage_path, storage_filesystem) for Ray: a local folder, or a bucket path + S3 filesystem."""
+    if identity.is_s3(study_storage):
+        fs, path = identity.filesystem(study_storage)
+        return path, fs
+    Path(study_storage).mkdir(parents=True, exist_ok=True)
+    return study_storage, None
+
+
+def _searcher(study: Study):
+    s = study.search
+    if s.searcher == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        # TPE seeded: the same study file proposes the same first configurations.
+        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=s.seed), metric=study.metric, mode=study.mode)
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    # random: Ray's own sampling; grid: the space is tune.grid_search over every value.
+    return BasicVariantGenerator(random_state=s.seed)
+
+
+def _scheduler(study: Study):
+    from .callbacks import PruneRecordingASHA
+
+    s = study.search
+    if s.scheduler == "fifo":
+        return None
+    return PruneRecordingASHA(
+        time_attr="training_iteration",  # one report per epoch
+        metric=study.metric,
+        mode=study.mode,
+        max_t=study.max_t,
+        grace_period=s.grace_period,
+        reduction_factor=s.reduction_factor,
+        # With max_t = train.epochs trials end by themselves (and close their own runs);
+        # ASHA stops them only when max_t cuts the budget short.
+        stop_last_trials=study.max_t < study.max_epochs,
+    )
+
+
+def _trainable(study: Study, ctx: TrialContext):
+    from ray import tune
+
+    resources = {"cpu": study.spec.resources.cpu, "gpu": study.spec.resources.gpu}
+    return tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), resources)
+
+
+def _new_tuner(study: Study, ctx: TrialContext, callback) -> Any:
+    from ray import tune
+
+    s = study.search
+    storage_path, fs = _storage(study.storage)
+    scheduler = callback.scheduler
+    tune_config = tune.TuneConfig(
+        metric=study.metric,
+        mode=study.mode,
+        search_alg=_searcher(study),
+        scheduler=scheduler,
+        num_samples=s.num_samples,
+        max_concurrent_trials=s.max_concurrent_trials,
+        time_budget_s=s.time_budget_s,
+        trial_dirname_creator=trial_dirname,
+    )
+    run_config = tune.RunConfig(
+        name=study.name,
+        storage_path=storage_path,
+        storage_filesystem=fs,
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=s.checkpoints_to_keep,  # the best N by metric; Ray keeps the latest as well
+            checkpoint_score_attribute=study.metric,
+            checkpoint_score_order=study.mode,
+        ),
+        failure_config=tune.FailureConfig(max_failures=s.max_failures),
+        callbacks=[callback],
+        verbose=0,
+    )
+    return tune.Tuner(_trainable(study, ctx), param_space=tune_space(study), tune_config=tune_config, run_config=run_config)
+
+
+def _restore_tuner(study: Study, ctx: TrialContext, restart_errored: bool) -> Any:
+    from ray import tune
+
+    storage_path, fs = _storage(study.storage)
+    path = f"{storage_path.rstrip('/')}/{study.name}"
+    return tune.Tuner.restore(
+        path,
+        _trainable(study, ctx),
+        resume_unfinished=True,  # unfinished trials continue from their last checkpoint
+        resume_errored=False,
+        restart_errored=restart_errored,
+        storage_filesystem=fs,
+    )
+
+
+def _can_restore(study: Study) -> bool:
+    from ray import tune
+
+    storage_path, fs = _storage(study.storage)
+    return tune.Tuner.can_restore(f"{storage_path.rstrip('/')}/{study.name}", storage_filesystem=fs)
+
+
+# --- the study -----------------------------------------------------------------------
+
+
+def _fingerprint(study: Study) -> tuple[str | None, str | None]:
+    """Load the data once in the driver: bad data fails here, before any trial starts."""
+    from ..data import load_splits
+
+    splits = load_splits(study.representative().data)
+    log.info("data: %s, %d train / %d valid tracks", splits.kind, len(splits.train), len(splits.valid))
+    return splits.fingerprint, splits.kind
+
+
+def _parent_params(study: Study) -> dict[str, Any]:
+    spec = study.spec
+    return {
+        "study": {"name": study.name, "storage": identity.display_uri(study.storage)},
+        "search": spec.search.model_dump(mode="json") | {"max_t": study.max_t, "mode": study.mode},
+        "resources": spec.resources.model_dump(mode="json"),
+        "selection": spec.selection.model_dump(mode="json"),
+        "space": dict(describe(study)[: len(study.space)]),
+    }
+
+
+def open_study(study: Study, check_same_file: bool = True) -> tuple[Manifest, tracking.TrackingTarget, bool]:
+    """The study's manifest, MLflow experiment and parent run: created, or found to resume.
+
+    Returns (manifest, tracking target, resuming).
+    """
+    study_path = identity.study_uri(study.storage, study.name)
+    manifest = identity.read_manifest(study_path)
+    if manifest is not None and check_same_file:
+        stored = identity.read_study_copy(study_path)
+        if stored is not None and stored != study.text:
+            raise StudyError(
+                f"{study.source}: a study named {study.name!r} already exists in "
+                f"{identity.display_uri(study.storage)} with a different study file; resume it with "
+                f"`samsnet-search resume {study.name}`, or set another name: in the file"
+            )
+    target = tracking.resolve_tracking(study.tracking_uri, study.base_dir)
+    experiment_id = tracking.ensure_experiment(target, study.name)
+    if manifest is None:
+        parent = tracking.start_parent_run(target, experiment_id, study.name, {"samsnet.storage": identity.display_uri(study_path)})
+        manifest = Manifest(
+            name=study.name,
+            storage=study.storage,
+            experiment_name=study.name,
+            experiment_id=experiment_id,
+            parent_run_id=parent,
+            registered_model=tracking.registered_model_name(study.name),
+            tracking_uri=target.uri,
+            artifact_root=target.artifact_root,
+            base_dir=str(study.base_dir),
+            source=str(study.source),
+        )
+        identity.write_study_copy(study_path, study.text)
+        identity.write_manifest(manifest)
+        return manifest, target, False
+    return manifest, target, True
+
+
+def run_study(
+    study: Study,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    restart_errored: bool = False,
+) -> StudyResult:
+    """Run a study to the end (or continue it); returns the per-trial records."""
+    start = time.monotonic()
+    manifest, target, resuming = open_study(study)
+    if resuming and manifest.state == "finished" and not restart_errored:
+        log.info("study %s is already finished; loading its results", study.name)
+        with ray_session(address, num_cpus, num_gpus):
+            grid = _restore_tuner(study, _context(study, manifest), False).get_results()
+            return _result(study, manifest, target, grid, time.monotonic() - start)
+    fingerprint, kind = _fingerprint(study)
+    tracking.client(target).update_run(manifest.parent_run_id, status="RUNNING")
+    tracking.log_study_details(target, manifest.parent_run_id, study.text, _parent_params(study), fingerprint, kind)
+    manifest.state = "running"
+    identity.write_manifest(manifest)
+    ctx = _context(study, manifest)
+    callback = _callback(study, manifest, target)
+    interrupted = True
+    try:
+        with ray_session(address, num_cpus, num_gpus):
+            if resuming and _can_restore(study):
+                tuner = _restore_tuner(study, ctx, restart_errored)
+                log.info("resuming study %s from %s", study.name, identity.display_uri(manifest.path))
+            else:
+                tuner = _new_tuner(study, ctx, callback)
+            grid = tuner.fit()
+            result = _result(study, manifest, target, grid, time.monotonic() - start)
+            interrupted = result.interrupted
+    finally:
+        _close(manifest, target, interrupted, locals().get("result"))
+    return result
+
+
+def _context(study: Study, manifest: Manifest) -> TrialContext:
+    spec = tracking.ChildRunSpec(
+        tracking_uri=manifest.tracking_uri,
+        artifact_root=manifest.artifact_root,
+        experiment_id=manifest.experiment_id,
+        parent_run_id=manifest.parent_run_id,
+        study_name=study.name,
+        system_metrics=study.spec.tracking.system_metrics,
+        system_metrics_interval_s=study.spec.tracking.system_metrics_interval_s,
+    )
+    return TrialContext(study_name=study.name, base=study.base, tracking=spec, cpus=study.spec.resources.cpu)
+
+
+def _callback(study: Study, manifest: Manifest, target: tracking.TrackingTarget):
+    from .callbacks import StudyCallback
+
+    return StudyCallback(
+        study_name=study.name,
+        target=target,
+        experiment_id=manifest.experiment_id,
+        parent_run_id=manifest.parent_run_id,
+        metric=study.metric,
+        mode=study.mode,
+        max_t=study.max_t,
+        epochs=study.max_epochs,
+        scheduler=_scheduler(study),
+    )
+
+
+def _close(manifest: Manifest, target, interrupted: bool, result: StudyResult | None) -> None:
+    """Record the study's state in study.json and on the parent run."""
+    manifest.state = "interrupted" if interrupted else "finished"
+    if result is not None:
+        manifest.summary = result.summary()
+    identity.write_manifest(manifest)
+    try:
+        c = tracking.client(target)
+        if result is not None:
+            best = result.best
+            if best and best.mlflow_run_id:
+                c.set_tag(manifest.parent_run_id, tracking.BEST_RUN_TAG, best.mlflow_run_id)
+            summary = result.summary()
+            for key in ("epochs_run", "epochs_full", "fraction_saved"):
+                c.log_metric(manifest.parent_run_id, f"search.{key}", float(summary[key]))
+            for status, n in summary["counts"].items():
+                c.log_metric(manifest.parent_run_id, f"trials.{status}", float(n))
+            tracking.log_json(target, manifest.parent_run_id, summary, "search_summary.json")
+        c.set_tag(manifest.parent_run_id, "samsnet.state", manifest.state)
+        c.set_terminated(manifest.parent_run_id, "KILLED" if interrupted else "FINISHED")
+    except Exception as e:  # the results are on disk already; tracking trouble is reported, not fatal
+        log.warning("could not update the study's parent run: %s", e)
+
+
+def resume_study(
+    name_or_path: str,
+    storage: str = "./runs",
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    restart_errored: bool = False,
+) -> StudyResult:
+    """Continue a study by name (in `storage`) or by its folder."""
+    manifest = identity.find_study(name_or_path, resolve_storage(storage, Path.cwd()))
+    study = load_stored_study(manifest)
+    return run_study(study, address=address, num_cpus=num_cpus, num_gpus=num_gpus, restart_errored=restart_errored)
+
+
+def load_stored_study(manifest: Manifest) -> Study:
+    """The study as it was started: its file copy, with paths resolved where it was first run."""
+    import yaml
+
+    text = identity.read_study_copy(manifest.path)
+    if text is None:
+        raise StudyError(f"{identity.display_uri(manifest.path)}: the study file copy ({identity.STUDY_COPY}) is missing")
+    source = Path(manifest.source)
+    return parse_study(yaml.safe_load(text) or {}, text, source, Path(manifest.base_dir))
+
+
+# --- results -------------------------------------------------------------------------
+
+
+def _result(study: Study, manifest: Manifest, target, grid, seconds: float) -> StudyResult:
+    runs = {r.data.tags.get(tracking.TRIAL_TAG): r for r in tracking.find_child_runs(target, manifest.experiment_id, manifest.parent_run_id)}
+    trials = [_record(study, r, runs) for r in grid]
+    unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    return StudyResult(study, manifest, target, trials, seconds, interrupted=unfinished > 0, result_grid=grid)
+
+
+def _record(study: Study, result, runs: dict) -> TrialRecord:
+    from .trial import build_experiment
+
+    trial_id = Path(str(result.path)).name.removeprefix("trial_")
+    metrics = dict(result.metrics or {})
+    history = _history(result)
+    run = runs.get(trial_id)
+    status = run.data.tags.get(tracking.STATUS_TAG) if run else None
+    if result.error is not None:
+        status = "failed"
+    best = _best(history, study)
+    try:
+        experiment = build_experiment(study.base, dict(result.config or {}), study.spec.resources.cpu).model_dump(mode="json")
+    except ConfigError:
+        experiment = {}
+    best_ckpt = None
+    if result.best_checkpoints:
+        try:
+            best_ckpt = result.get_best_checkpoint(study.metric, study.mode)
+        except (RuntimeError, ValueError, KeyError):
+            best_ckpt = None
+    return TrialRecord(
+        trial_id=trial_id,
+        config=dict(result.config or {}),
+        experiment=experiment,
+        status=status or "running",
+        epochs=int(metrics.get("epoch", len(history)) or 0),
+        metrics=metrics,
+        history=history,
+        best=best,
+        best_checkpoint=best_ckpt,
+        last_checkpoint=result.checkpoint,
+        mlflow_run_id=metrics.get(RUN_ID_KEY) or (run.info.run_id if run else None),
+        error=str(result.error).strip().splitlines()[-1] if result.error is not None else None,
+        path=str(result.path),
+    )
+
+
+def _history(result) -> list[dict[str, Any]]:
+    df = result.metrics_dataframe
+    if df is None or df.empty:
+        return []
+    cols = [c for c in df.columns if c in HISTORY_KEYS or c.startswith("valid_sdr_")]
+    rows = df[cols].to_dict("records")
+    return [{k: v for k, v in row.items() if v == v} for row in rows]  # drop NaN (epochs without SDR)
+
+
+def _best(history: list[dict[str, Any]], study: Study) -> dict[str, Any] | None:
+    scored = [h for h in history if h.get(study.metric) is not None]
+    if not scored:
+        return None
+    sign = 1 if study.mode == "min" else -1
+    return min(scored, key=lambda h: sign * h[study.metric])

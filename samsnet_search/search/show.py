@@ -1,0 +1,78 @@
+"""Plain-text views of a study for the CLI: the resolved space, a finished search, `ls`."""
+
+from __future__ import annotations
+
+import time
+
+from . import identity
+from .identity import Manifest
+from .runner import StudyResult
+from .space import describe, num_trials, space_size
+from .study import Study
+
+
+def format_space(study: Study) -> str:
+    """What `validate` prints: identity, searched keys, fixed values, settings."""
+    s = study.search
+    size = space_size(study)
+    lines = [
+        f"study {study.name} ({study.source}): valid",
+        f"  storage:  {identity.display_uri(identity.study_uri(study.storage, study.name))}",
+        f"  tracking: {study.tracking_uri} (experiment {study.name}, registered model samsnet-{study.name})",
+        f"  search:   {num_trials(study)} trials, {s.searcher} (seed {s.seed}), {s.scheduler}"
+        + (f" grace {s.grace_period} / reduction {s.reduction_factor:g} / max_t {study.max_t}" if s.scheduler == "asha" else "")
+        + f", {study.metric} ({study.mode})",
+        f"  trial:    {study.spec.resources.cpu:g} CPU, {study.spec.resources.gpu:g} GPU"
+        + (f", at most {s.max_concurrent_trials} at once" if s.max_concurrent_trials else "")
+        + (f", time budget {s.time_budget_s:g} s" if s.time_budget_s else ""),
+        f"  selection: {study.spec.selection.seeds} seeds per slice value",
+        f"searched ({len(study.space)} keys, {size if size is not None else 'continuous'} configurations):",
+    ]
+    rows = describe(study)
+    width = max(len(k) for k, _ in rows)
+    lines += [f"  {k:<{width}}  {v}" for k, v in rows[: len(study.space)]]
+    lines.append("fixed:")
+    lines += [f"  {k:<{width}}  {v}" for k, v in rows[len(study.space) :]]
+    return "\n".join(lines)
+
+
+def format_result(result: StudyResult) -> str:
+    """What `run` / `resume` print at the end of the search."""
+    summary = result.summary()
+    study = result.study
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(summary["counts"].items()))
+    lines = [
+        f"study {study.name}: {'INTERRUPTED (resume with: samsnet-search resume ' + study.name + ')' if result.interrupted else 'search finished'}"
+        f" in {summary['seconds']:.0f} s",
+        f"  trials: {summary['trials']} ({counts or 'none'})",
+        f"  trial-epochs: {summary['epochs_run']} of {summary['epochs_full']} if every trial ran to the end "
+        f"({100 * summary['fraction_saved']:.0f}% saved by pruning and early stopping)",
+    ]
+    best = result.best
+    if best is not None:
+        config = " ".join(f"{k}={v}" for k, v in best.config.items())
+        lines.append(f"  best: trial {best.trial_id} {study.metric}={best.best[study.metric]:.4g} at epoch "
+                     f"{best.best.get('epoch')}: {config}")
+    failed = [t for t in result.trials if t.status == "failed"]
+    for t in failed[:5]:
+        lines.append(f"  failed: trial {t.trial_id}: {t.error}")
+    lines.append(f"  results: {identity.display_uri(result.manifest.path)}")
+    lines.append(f"  {result.target.where()}")
+    return "\n".join(lines)
+
+
+def format_studies(manifests: list[Manifest]) -> str:
+    """What `ls` prints: one line per study."""
+    if not manifests:
+        return "no studies"
+    rows = [("NAME", "STATE", "TRIALS", "BEST", "UPDATED", "MLFLOW EXPERIMENT")]
+    for m in manifests:
+        counts = m.summary.get("counts", {})
+        trials = " ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "-"
+        best_key = next((k for k in m.summary if k.startswith("best_") and k not in ("best_trial", "best_run", "best_config")), None)
+        best = m.summary.get(best_key) if best_key else None
+        best_text = f"{best_key.removeprefix('best_')} {best:.4g}" if isinstance(best, (int, float)) else "-"
+        updated = time.strftime("%Y-%m-%d %H:%M", time.localtime(m.updated))
+        rows.append((m.name, m.state, trials, best_text, updated, f"{m.experiment_name} ({m.tracking_uri})"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)

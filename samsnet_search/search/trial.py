@@ -1,0 +1,96 @@
+"""The Ray Tune trainable: one trial = one `Trainer.fit` with a reporting callback.
+
+Runs inside a Ray worker. The trial config holds only the searched keys
+(`{"model.slices": 4, ...}`); the fixed parts and the MLflow parent run id arrive in a
+`TrialContext` (through `tune.with_parameters`). Every epoch the callback logs metrics to
+the trial's MLflow child run and calls `tune.report(metrics, checkpoint=...)` with the
+trainer's checkpoint folder, the one checkpoint format (so a resumed or retried trial
+continues from `tune.get_checkpoint()`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import ExperimentConfig, validate_model
+from ..tracking import ChildRunSpec, TrialRun
+from .study import merge
+
+log = logging.getLogger(__name__)
+
+# Extra keys in every Tune result (beside the trainer's metrics).
+RUN_ID_KEY = "mlflow_run_id"
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial shares: fixed config, tracking target, per-trial CPUs."""
+
+    study_name: str
+    base: dict[str, Any]
+    tracking: ChildRunSpec
+    cpus: float = 1.0
+
+
+def build_experiment(base: dict[str, Any], config: dict[str, Any], cpus: float = 1.0) -> ExperimentConfig:
+    """The trial's ExperimentConfig: fixed parts + sampled values.
+
+    torch's default thread count is every core of the node; trials share the node, so
+    unless the study sets train.threads a trial uses the CPUs it reserved.
+    """
+    data = merge(base, config)
+    train = data.setdefault("train", {})
+    if train.get("threads") is None:
+        train["threads"] = max(1, int(math.floor(cpus)))
+    return validate_model(ExperimentConfig, data, "trial config")
+
+
+def _tune_metrics(metrics: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Tune results: the trainer's flat metrics (None dropped) plus the MLflow run id."""
+    out = {k: v for k, v in metrics.items() if v is not None}
+    out[RUN_ID_KEY] = run_id
+    return out
+
+
+def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """Function trainable for `tune.Tuner` (wrap with `tune.with_parameters(train_trial, ctx=...)`)."""
+    from ray import tune
+
+    from ..train import Trainer
+
+    tune_ctx = tune.get_context()
+    trial_id, trial_name = tune_ctx.get_trial_id(), tune_ctx.get_trial_name()
+    cfg = build_experiment(ctx.base, config, ctx.cpus)
+    run = TrialRun(ctx.tracking, trial_id, trial_name)
+    run.start_system_metrics()
+    try:
+        run.log_config(cfg.model_dump(mode="json"), cfg.resolved_model().model_dump(mode="json"))
+        checkpoint = tune.get_checkpoint()
+        resume = Path(checkpoint.to_directory()) if checkpoint else None
+
+        def report(result) -> None:
+            metrics = result.metrics()
+            run.log_epoch(metrics, result.epoch)
+            if result.is_best:
+                run.log_best(result.checkpoint_dir, result.epoch)
+            tune.report(
+                _tune_metrics(metrics, run.run_id),
+                checkpoint=tune.Checkpoint.from_directory(str(result.checkpoint_dir)),
+            )
+
+        workdir = Path(tune_ctx.get_trial_dir()) / "work"
+        summary = Trainer(cfg, workdir, callbacks=[report]).fit(resume=resume)
+    except BaseException as e:
+        # Recorded as failed here; Tune records the error and the study goes on.
+        # (ASHA's pruning does not pass through here: Ray ends the actor instead.)
+        if isinstance(e, Exception):
+            run.finish("failed", error="".join(traceback.format_exception_only(type(e), e)).strip())
+        else:
+            run.stop_system_metrics()
+        raise
+    run.finish("stopped_early" if summary.stopped_early else "completed")

@@ -1,0 +1,445 @@
+"""MLflow: one experiment per study, a parent run for the study, a nested child run per trial.
+
+Ray's and Optuna's MLflow integrations do not nest runs (ray-project/ray#19978,
+optuna/optuna#5148), so the driver opens the parent run and every trial, in whatever
+Ray worker it lands, opens its child run with the parent's id passed in explicitly
+(`mlflow.parentRunId`). The MlflowClient API is used throughout, never the fluent
+global "active run", because several runs are written from one process (the driver)
+and a worker may resume a run it did not create.
+
+Tracking targets: a plain folder (the default `./mlruns`) is an embedded store that
+needs nothing started: an SQLite database `mlflow.db` plus an `artifacts/` folder in it.
+(MLflow 3 refuses its old file store unless told otherwise; SQLite is its successor.)
+Anything with a scheme (`http://`, `sqlite:///`, `postgresql://`) is used as given.
+
+Nothing secret is logged: params are configuration values, tags are names and versions;
+`secret_values()` lists what must never appear (checked by the tests).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+from urllib.parse import urlsplit
+
+from .errors import ConfigError, SamsNetError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_DB = "mlflow.db"
+EMBEDDED_ARTIFACTS = "artifacts"
+
+# Tags (names are part of the interface: the selection step and reports read them).
+STUDY_TAG = "samsnet.study"
+ROLE_TAG = "samsnet.role"  # "study" (parent) or "trial" (child)
+TRIAL_TAG = "samsnet.trial_id"
+STATUS_TAG = "samsnet.status"
+PARENT_TAG = "mlflow.parentRunId"
+BEST_RUN_TAG = "best_run"
+# completed: ran its full budget; stopped_early: the trainer's patience ended it;
+# pruned: ASHA stopped it at a rung; stopped: ended by the time budget or a shutdown;
+# failed: training raised.
+STATUSES = ("running", "completed", "stopped_early", "pruned", "stopped", "failed")
+FINAL_STATUSES = STATUSES[1:]
+RUN_STATUS = {
+    "completed": "FINISHED",
+    "stopped_early": "FINISHED",
+    "pruned": "KILLED",
+    "stopped": "KILLED",
+    "failed": "FAILED",
+}
+# Env var names whose values are credentials: never logged anywhere.
+SECRET_NAME_RE = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|CREDENTIAL", re.IGNORECASE)
+# MLflow limits a param value to 6000 characters; longer values are cut (with a marker).
+MAX_PARAM_CHARS = 6000
+PACKAGES = ("samsnet-search", "torch", "numpy", "ray", "optuna", "mlflow", "museval", "pydantic")
+
+
+class TrackingError(SamsNetError):
+    """The MLflow tracking store cannot be reached or used."""
+
+
+@dataclass(frozen=True)
+class TrackingTarget:
+    """Where runs go. `artifact_root` is set for the embedded store (experiments created here)."""
+
+    uri: str
+    artifact_root: str | None = None
+
+    @property
+    def embedded(self) -> bool:
+        return self.artifact_root is not None
+
+    def where(self) -> str:
+        """A line telling a person where to look at the runs."""
+        if self.uri.startswith(("http://", "https://")):
+            return f"MLflow UI: {self.uri}"
+        store = self.uri
+        root = f" --default-artifact-root {self.artifact_root}" if self.artifact_root else ""
+        return f"MLflow UI: mlflow ui --backend-store-uri {store}{root}"
+
+
+def resolve_tracking(uri: str, base_dir: Path | str | None = None) -> TrackingTarget:
+    """A folder becomes the embedded SQLite store; URIs with a scheme are used as given."""
+    parts = urlsplit(uri)
+    if parts.username or parts.password:
+        raise ConfigError("tracking.uri: credentials in the URI would be logged; use MLFLOW_TRACKING_* env vars")
+    if parts.scheme and len(parts.scheme) > 1:  # a one-letter scheme is a Windows drive
+        if parts.scheme == "file":
+            raise ConfigError(
+                f"tracking.uri: {uri}: MLflow 3's file store is in maintenance mode; give a folder "
+                "(embedded SQLite store) or an http(s):// server instead"
+            )
+        return TrackingTarget(uri=uri)
+    folder = Path(uri).expanduser()
+    if not folder.is_absolute():
+        folder = Path(base_dir or Path.cwd()) / folder
+    folder = folder.resolve()
+    return TrackingTarget(uri=f"sqlite:///{folder / EMBEDDED_DB}", artifact_root=(folder / EMBEDDED_ARTIFACTS).as_uri())
+
+
+def client(target: TrackingTarget):
+    """An MlflowClient for the target (creating the embedded store's folder if needed)."""
+    from mlflow.tracking import MlflowClient
+
+    if target.embedded:
+        Path(target.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=target.uri)
+
+
+def ensure_experiment(target: TrackingTarget, name: str) -> str:
+    """The experiment named `name` (created if missing; restored if deleted). Returns its id."""
+    c = client(target)
+    try:
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            location = f"{target.artifact_root}/{name}" if target.artifact_root else None
+            return c.create_experiment(name, artifact_location=location)
+        if exp.lifecycle_stage == "deleted":
+            c.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    except Exception as e:  # connection refused, bad URI, database errors: one clear line
+        if isinstance(e, SamsNetError):
+            raise
+        raise TrackingError(f"tracking.uri {target.uri}: cannot open MLflow experiment {name!r}: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+# --- params and secrets --------------------------------------------------------------
+
+
+def flatten_params(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> `{"model.slices": "4", ...}`: the same names in every trial."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten_params(v, key + "."))
+        else:
+            text = json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
+            out[key] = text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 3] + "..."
+    return out
+
+
+def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Values of env vars whose names say they are credentials (KEY, SECRET, TOKEN, PASSWORD)."""
+    env = os.environ if environ is None else environ
+    return [v for k, v in env.items() if SECRET_NAME_RE.search(k) and len(v) >= 4]
+
+
+def assert_no_secrets(values: Mapping[str, str], what: str) -> None:
+    """Refuse to log a value that contains a credential from the environment."""
+    secrets = secret_values()
+    for key, value in values.items():
+        if any(s in str(value) or s in key for s in secrets):
+            raise TrackingError(f"refusing to log {what} {key!r}: its value contains a credential from the environment")
+
+
+def package_versions(packages: Iterable[str] = PACKAGES) -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in packages:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def git_commit(path: Path | str | None = None) -> str | None:
+    """The commit of the checkout this code runs from (None outside git), `+dirty` if modified."""
+    cwd = Path(path or Path(__file__).parent)
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=cwd, capture_output=True, text=True, timeout=10)  # noqa: E731
+        head = run("rev-parse", "HEAD")
+        if head.returncode:
+            return None
+        dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# --- the study's parent run ----------------------------------------------------------
+
+
+def start_parent_run(target: TrackingTarget, experiment_id: str, study_name: str, tags: Mapping[str, str] = ()) -> str:
+    """Open the study's parent run; returns its id."""
+    c = client(target)
+    all_tags = {STUDY_TAG: study_name, ROLE_TAG: "study", "mlflow.runName": f"{study_name} (study)", **dict(tags)}
+    assert_no_secrets(all_tags, "tag")
+    return c.create_run(experiment_id, tags=all_tags, run_name=f"{study_name} (study)").info.run_id
+
+
+def log_study_details(
+    target: TrackingTarget,
+    run_id: str,
+    study_text: str,
+    params: Mapping[str, Any],
+    fingerprint: str | None = None,
+    data_kind: str | None = None,
+    study_file_name: str = "study.yaml",
+) -> None:
+    """Study YAML as artifact; settings as params; versions, commit and data fingerprint as tags."""
+    c = client(target)
+    flat = flatten_params(params)
+    existing = c.get_run(run_id).data.params
+    # Params are immutable in MLflow: on resume only new ones are logged.
+    flat = {k: v for k, v in flat.items() if k not in existing}
+    tags = {f"version.{k}": v for k, v in package_versions().items()}
+    commit = git_commit()
+    if commit:
+        tags["samsnet.git_commit"] = commit
+    if fingerprint:
+        tags["samsnet.data_fingerprint"] = fingerprint
+    if data_kind:
+        tags["samsnet.data_kind"] = data_kind
+    assert_no_secrets(flat, "param")
+    assert_no_secrets(tags, "tag")
+    assert_no_secrets({study_file_name: study_text}, "artifact")
+    _log_batch(c, run_id, params=flat, tags=tags)
+    c.log_text(run_id, study_text, study_file_name)
+
+
+def _log_batch(c, run_id: str, params: Mapping[str, str] = (), tags: Mapping[str, str] = (), metrics=()) -> None:
+    from mlflow.entities import Metric, Param, RunTag
+
+    params, tags = dict(params), dict(tags)
+    param_items = [Param(k, v) for k, v in params.items()]
+    tag_items = [RunTag(k, str(v)) for k, v in tags.items()]
+    # MLflow caps a batch at 100 params / 1000 entities: send in chunks.
+    for i in range(0, max(len(param_items), 1), 100):
+        c.log_batch(run_id, params=param_items[i : i + 100], tags=tag_items if i == 0 else [], metrics=list(metrics) if i == 0 else [])
+
+
+def set_status(target: TrackingTarget, run_id: str, status: str, error: str | None = None) -> None:
+    """Tag a trial run with its final status and close it with the matching MLflow run status."""
+    if status not in FINAL_STATUSES:
+        raise ValueError(f"status must be one of {FINAL_STATUSES}, got {status!r}")
+    c = client(target)
+    c.set_tag(run_id, STATUS_TAG, status)
+    if error:
+        c.set_tag(run_id, "samsnet.error", _redact(error)[:4000])
+    c.set_terminated(run_id, RUN_STATUS[status])
+
+
+def _redact(text: str) -> str:
+    for secret in secret_values():
+        text = text.replace(secret, "***")
+    return text
+
+
+def find_child_runs(target: TrackingTarget, experiment_id: str, parent_run_id: str) -> list:
+    """All trial runs of a study (any status), oldest first."""
+    c = client(target)
+    runs, token = [], None
+    while True:
+        page = c.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+            max_results=1000,
+            page_token=token,
+            order_by=["attributes.start_time ASC"],
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def find_trial_run(target: TrackingTarget, experiment_id: str, parent_run_id: str, trial_id: str) -> str | None:
+    c = client(target)
+    found = c.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
+        max_results=1,
+    )
+    return found[0].info.run_id if found else None
+
+
+# --- a trial's child run (runs in the Ray worker) ------------------------------------
+
+
+@dataclass(frozen=True)
+class ChildRunSpec:
+    """Everything a worker needs to open its run: passed explicitly, picklable."""
+
+    tracking_uri: str
+    artifact_root: str | None
+    experiment_id: str
+    parent_run_id: str
+    study_name: str
+    system_metrics: bool = True
+    system_metrics_interval_s: float = 10.0
+
+    @property
+    def target(self) -> TrackingTarget:
+        return TrackingTarget(self.tracking_uri, self.artifact_root)
+
+
+class TrialRun:
+    """One trial's nested MLflow run: params once, metrics per epoch, best weights, status.
+
+    A retried or resumed trial reopens the run it already has (found by its trial id),
+    so a trial is one run however often it restarts.
+    """
+
+    def __init__(self, spec: ChildRunSpec, trial_id: str, trial_name: str | None = None):
+        self.spec = spec
+        self.trial_id = trial_id
+        self.client = client(spec.target)
+        self.run_id = find_trial_run(spec.target, spec.experiment_id, spec.parent_run_id, trial_id)
+        self.resumed = self.run_id is not None
+        if self.run_id is None:
+            tags = {
+                PARENT_TAG: spec.parent_run_id,
+                STUDY_TAG: spec.study_name,
+                ROLE_TAG: "trial",
+                TRIAL_TAG: trial_id,
+                STATUS_TAG: "running",
+            }
+            self.run_id = self.client.create_run(spec.experiment_id, tags=tags, run_name=trial_name or trial_id).info.run_id
+        else:
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.client.set_tag(self.run_id, STATUS_TAG, "running")
+        self._monitor = None
+        self._best_logged_epoch = -1
+
+    def start_system_metrics(self) -> None:
+        if not self.spec.system_metrics:
+            return
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(
+                self.run_id,
+                sampling_interval=self.spec.system_metrics_interval_s,
+                resume_logging=self.resumed,
+                tracking_uri=self.spec.tracking_uri,
+            )
+            self._monitor.start()
+        except Exception as e:  # psutil missing or similar: metrics are optional, training is not
+            log.warning("system metrics disabled: %s", _first_line(e))
+            self._monitor = None
+
+    def log_config(self, experiment: Mapping[str, Any], model_config: Mapping[str, Any]) -> None:
+        """All hyperparameters as params (dotted names), model config as an artifact."""
+        params = flatten_params(experiment)
+        existing = self.client.get_run(self.run_id).data.params
+        new = {k: v for k, v in params.items() if k not in existing}
+        assert_no_secrets(new, "param")
+        if new:
+            _log_batch(self.client, self.run_id, params=new)
+        if not self.resumed:
+            self.client.log_dict(self.run_id, dict(model_config), "model/model_config.json")
+            self.client.log_dict(self.run_id, dict(experiment), "model/experiment.json")
+
+    def log_epoch(self, metrics: Mapping[str, Any], epoch: int) -> None:
+        from mlflow.entities import Metric
+        import time
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(k, float(v), now, epoch)
+            for k, v in metrics.items()
+            if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+        ]
+        if items:
+            self.client.log_batch(self.run_id, metrics=items)
+
+    def log_best(self, checkpoint_dir: Path, epoch: int, name: str = "best.pt") -> None:
+        """Upload the best weights (overwriting the previous best) under `model/`."""
+        path = Path(checkpoint_dir) / name
+        if epoch == self._best_logged_epoch or not path.is_file():
+            return
+        self.client.log_artifact(self.run_id, str(path), "model")
+        self.client.set_tag(self.run_id, "samsnet.best_epoch", str(epoch))
+        self._best_logged_epoch = epoch
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        self.stop_system_metrics()
+        set_status(self.spec.target, self.run_id, status, error)
+
+    def stop_system_metrics(self) -> None:
+        if self._monitor is not None:
+            try:
+                self._monitor.finish()
+            except Exception as e:
+                log.warning("system metrics monitor did not stop cleanly: %s", _first_line(e))
+            self._monitor = None
+
+
+# --- registry ------------------------------------------------------------------------
+
+
+def registered_model_name(study_name: str) -> str:
+    return f"samsnet-{study_name}"
+
+
+def register_model(
+    target: TrackingTarget,
+    study_name: str,
+    run_id: str,
+    artifact_path: str = "model",
+    tags: Mapping[str, str] = (),
+    description: str | None = None,
+) -> str:
+    """Register `runs:/<run_id>/<artifact_path>` as a new version of `samsnet-<study>`; returns the version."""
+    c = client(target)
+    name = registered_model_name(study_name)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        c.get_registered_model(name)
+    except MlflowException:
+        c.create_registered_model(name, description=f"Sams-Net chosen by study {study_name}")
+    source = f"{c.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
+    tags = dict(tags)
+    assert_no_secrets(tags, "tag")
+    version = c.create_model_version(name, source, run_id=run_id, tags=tags, description=description)
+    return str(version.version)
+
+
+def log_json(target: TrackingTarget, run_id: str, payload: Any, artifact_file: str) -> None:
+    """A JSON artifact (written via a temp file so that large payloads stream)."""
+    text = json.dumps(payload, indent=2, default=str)
+    assert_no_secrets({artifact_file: text}, "artifact")
+    c = client(target)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        path.write_text(text)
+        parent = str(Path(artifact_file).parent)
+        c.log_artifact(run_id, str(path), None if parent == "." else parent)
