@@ -42,6 +42,52 @@ def model_info(
         print(f"{key:>24}: {value}")
 
 
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Argument(..., help="folder to write the MUSDB18-HQ-format tree into"),
+    train: int = typer.Option(8, help="training tracks (in train/)"),
+    valid: int = typer.Option(2, help="validation tracks (also in train/, named in samsnet-synth.json)"),
+    test: int = typer.Option(2, help="test tracks (in test/)"),
+    seconds: float = typer.Option(20.0, help="length of each track"),
+    seed: int = typer.Option(0, help="same seed, same audio"),
+    section_min: float = typer.Option(1.0, help="shortest section, seconds"),
+    section_max: float = typer.Option(6.0, help="longest section, seconds"),
+    force: bool = typer.Option(False, "--force", help="replace existing train/ and test/ folders"),
+) -> None:
+    """Write a synthetic dataset (stems with vocals, drums, bass, chords; sections that change)."""
+    from .data.synth import synthesize
+
+    root = synthesize(out, n_train=train, n_valid=valid, n_test=test, seconds=seconds, seed=seed,
+                      section_range=(section_min, section_max), overwrite=force)  # fmt: skip
+    print(f"wrote {train + valid} train/ tracks ({valid} for validation) and {test} test/ tracks of {seconds:g} s to {root}")
+
+
+@data_app.command("info")
+def data_info(
+    root: Path = typer.Argument(..., help="MUSDB18 / MUSDB18-HQ / synthetic dataset folder"),
+    format: str = typer.Option("auto", "--format", help="auto, hq (wav folders) or stems (.stem.mp4)"),
+    valid_track: Optional[list[str]] = typer.Option(None, help="validation track name (repeatable); default: official list"),
+    cache_dir: Optional[Path] = typer.Option(None, help="decoded-audio cache; default <root>/.samsnet-cache"),
+    check: bool = typer.Option(False, "--check", help="decode every track now (fills the cache, finds bad samples)"),
+) -> None:
+    """Load the splits of a dataset and print counts, kind and fingerprint."""
+    from .config import DataConfig, validate_model
+    from .data.splits import load_splits, prepare
+
+    cfg = validate_model(DataConfig, dict(root=root, format=format, valid_tracks=valid_track or None,
+                                          cache_dir=cache_dir), "command line")  # fmt: skip
+    splits = load_splits(cfg)
+    print(f"       root: {splits.root}")
+    print(f"       kind: {splits.kind}")
+    print(f"fingerprint: {splits.fingerprint}")
+    for name in ("train", "valid", "test"):
+        tracks = getattr(splits, name)
+        print(f"{name:>11}: {len(tracks)} tracks")
+    if check:
+        samples = prepare(splits.all_tracks())
+        print(f"    decoded: {samples / 44100 / 60:.1f} min of audio, all checked (cache: {splits.train[0].cache.folder})")
+
+
 _STORAGE_HELP = "storage root holding the studies (local folder or s3://bucket/prefix)"
 
 
