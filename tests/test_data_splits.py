@@ -214,3 +214,20 @@ def test_corrupt_stem_file(stems_root):
     # Stem files are probed (ffprobe) when the splits load, so a bad file stops a study before it starts.
     with pytest.raises(DataError, match=f"test/{FALCON}.stem.mp4: unreadable stems file \\(Invalid data"):
         load_splits(DataConfig(root=stems_root, format="stems", valid_tracks=[FALCON]))
+
+
+@needs_ffmpeg
+def test_stem_file_with_too_few_streams(stems_root, stem_example):
+    import subprocess
+
+    bad = stems_root / "test" / f"{FALCON}.stem.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(stem_example), "-map", "0:0", "-c", "copy", "-f", "mp4", str(bad)],
+                   check=True, timeout=60)  # fmt: skip
+    with pytest.raises(DataError, match=f"test/{FALCON}.stem.mp4: 1 audio stream\\(s\\), a MUSDB18 .stem.mp4 needs 5"):
+        load_splits(DataConfig(root=stems_root, valid_tracks=[FALCON]))
+
+
+def test_stems_without_ffmpeg_is_a_clear_error(stems_root, monkeypatch):
+    monkeypatch.setattr(readers.shutil, "which", lambda tool: None)
+    with pytest.raises(DataError, match="stem.mp4: decoding MUSDB18 .stem.mp4 needs ffmpeg, which is not on PATH"):
+        load_splits(DataConfig(root=stems_root, valid_tracks=[FALCON]))
