@@ -44,8 +44,8 @@ class Track:
     subset: str  # "train" | "test" (validation tracks are train/ tracks)
     source: Source
     cache: AudioCache = field(repr=False)
-    _num_samples: int | None = field(default=None, repr=False)
-    _audio: np.ndarray | None = field(default=None, repr=False)
+    _num_samples: int | None = field(default=None, init=False, repr=False)
+    _audio: np.ndarray | None = field(default=None, init=False, repr=False)
 
     def audio(self) -> np.ndarray:
         if self._audio is None:
@@ -180,8 +180,9 @@ def split_train_valid(train_folder: list[Track], cfg: DataConfig, root: Path) ->
         )
     if not names:
         raise DataError(f"{origin}: no validation tracks given; validation needs at least one train/ track")
-    valid = sorted((by_name[n] for n in set(names)), key=lambda t: t.name)
-    train = [t for t in train_folder if t.name not in set(names)]
+    chosen = set(names)
+    valid = sorted((by_name[n] for n in chosen), key=lambda t: t.name)
+    train = [t for t in train_folder if t.name not in chosen]
     if not train:
         raise DataError(f"{root / 'train'}: no training tracks left after taking out the validation tracks ({origin})")
     return train[: cfg.max_train_tracks], valid[: cfg.max_valid_tracks]
