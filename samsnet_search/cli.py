@@ -19,6 +19,8 @@ from .errors import SamsNetError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Hyperparameter search for Sams-Net.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: synthesize, inspect.")
 app.add_typer(data_app, name="data")
+infra_app = typer.Typer(no_args_is_help=True, help="Local stack: SeaweedFS S3 store + MLflow tracking server.")
+app.add_typer(infra_app, name="infra")
 console = Console(stderr=True)
 
 
@@ -165,12 +167,159 @@ def ls(storage: str = typer.Option("./runs", help=_STORAGE_HELP)) -> None:
 
     print(format_studies(list_studies(resolve_storage(storage, Path.cwd()))))
 
+_STATE_HELP = "stack state folder; default $SAMSNET_INFRA_DIR or ./.samsnet/infra"
+
+
+@infra_app.command("up")
+def infra_up(
+    state_dir: Optional[Path] = typer.Option(None, help=_STATE_HELP),
+    host: Optional[str] = typer.Option(None, help="listen address (default 127.0.0.1); on a cluster one workers reach"),
+    s3_port: Optional[int] = typer.Option(None, help="S3 API port (default 8333; weed also opens +10000)"),
+    mlflow_port: Optional[int] = typer.Option(None, help="MLflow server port (default 5000)"),
+    master_port: Optional[int] = typer.Option(None, help="SeaweedFS master port (default 9333; and +10000)"),
+    volume_port: Optional[int] = typer.Option(None, help="SeaweedFS volume port (default 9340; and +10000)"),
+    filer_port: Optional[int] = typer.Option(None, help="SeaweedFS filer port (default 8888; and +10000)"),
+    admin_port: Optional[int] = typer.Option(None, help="SeaweedFS admin port (default 23646; and +10000)"),
+    bucket: Optional[str] = typer.Option(None, help="bucket for artifacts and Ray storage (default samsnet)"),
+    allowed_hosts: Optional[str] = typer.Option(None, help="MLflow --allowed-hosts, e.g. mlflow.example.org"),
+    timeout: Optional[float] = typer.Option(None, help="seconds to wait for each service (default 120)"),
+) -> None:
+    """Start SeaweedFS (S3) and an MLflow server with artifacts in it; no-op if running."""
+    from . import infra
+
+    cfg = infra.make_config(
+        state_dir=state_dir, host=host, s3_port=s3_port, mlflow_port=mlflow_port, master_port=master_port,
+        volume_port=volume_port, filer_port=filer_port, admin_port=admin_port, bucket=bucket,
+        allowed_hosts=allowed_hosts, start_timeout=timeout,
+    )  # fmt: skip
+    info = infra.up(cfg)
+    for name, url in (("s3", info.s3_endpoint), ("mlflow", info.tracking_uri)):
+        how = "already running" if name in info.already_running else "started"
+        print(f"{name:>7}: {url}  pid {info.pids[name]}  ({how})")
+    print(f" bucket: {info.bucket} (MLflow artifacts under {info.artifact_root})")
+    print(f"  state: {info.state_dir} (logs in {info.state_dir / 'logs'})")
+    print(f'client environment: eval "$(samsnet-search infra env --state-dir {info.state_dir})"')
+
+
+@infra_app.command("down")
+def infra_down(state_dir: Optional[Path] = typer.Option(None, help=_STATE_HELP)) -> None:
+    """Stop the MLflow server and SeaweedFS (data stays in the state folder)."""
+    from . import infra
+
+    stopped = infra.down(infra.make_config(state_dir=state_dir))
+    print("stopped: " + ", ".join(stopped) if stopped else "nothing was running")
+
+
+@infra_app.command("status")
+def infra_status(state_dir: Optional[Path] = typer.Option(None, help=_STATE_HELP)) -> None:
+    """Each service: address, pid, health. Exit code 1 unless all are healthy."""
+    from . import infra
+
+    services = infra.status(infra.make_config(state_dir=state_dir))
+    for s in services:
+        state = "healthy" if s.healthy else ("running, not answering" if s.running else "down")
+        pid = f"  pid {s.pid}" if s.pid else ""
+        print(f"{s.name:>7}: {state:<8} {s.address}{pid}")
+    if not all(s.healthy for s in services):
+        raise typer.Exit(1)
+
+
+@infra_app.command("env")
+def infra_env(state_dir: Optional[Path] = typer.Option(None, help=_STATE_HELP)) -> None:
+    """Print `export` lines (including the S3 secret) for `eval "$(samsnet-search infra env)"`."""
+    import shlex
+
+    from . import infra
+
+    for key, value in infra.client_env(infra.make_config(state_dir=state_dir)).items():
+        print(f"export {key}={shlex.quote(value)}")
+
+
+
+_STORAGE_HELP = "storage root holding the studies (local folder or s3://bucket/prefix)"
+
+
+@app.command("validate")
+def validate(study_file: Path = typer.Argument(..., help="study YAML (see search_spaces/)")) -> None:
+    """Check a study file (keys, types, ranges, slices vs segment frames, data) and print the resolved space."""
+    from .search.show import format_space
+    from .search.study import load_study
+
+    print(format_space(load_study(study_file)))
+
+
+def _run_live(study, live: bool, **kwargs):
+    """Run (or continue) a study, with the live terminal view unless --no-live."""
+    from contextlib import nullcontext
+
+    from .search.runner import run_study
+
+    view = nullcontext()
+    if live:
+        from .search.live import LiveView
+
+        view = LiveView(study, console)
+    with view:
+        return run_study(study, **kwargs)
+
+
+@app.command("run")
+def run(
+    study_file: Path = typer.Argument(..., help="study YAML (see search_spaces/)"),
+    address: Optional[str] = typer.Option(None, help="existing Ray cluster (e.g. auto); default: start a local Ray"),
+    num_cpus: Optional[int] = typer.Option(None, help="CPUs of the local Ray (default: all of this machine)"),
+    num_gpus: Optional[int] = typer.Option(None, help="GPUs of the local Ray (default: detected)"),
+    restart_errored: bool = typer.Option(False, "--restart-errored", help="when continuing: run failed trials again"),
+    live: bool = typer.Option(True, "--live/--no-live", help="live table of trials in the terminal"),
+) -> None:
+    """Run a study; if it exists (same name, same file) it continues where it stopped."""
+    from .search.show import format_result
+    from .search.study import load_study
+
+    study = load_study(study_file)
+    result = _run_live(study, live, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
+                       restart_errored=restart_errored)  # fmt: skip
+    print(format_result(result))
+
+
+@app.command("resume")
+def resume(
+    name: str = typer.Argument(..., help="study name (or its folder / s3:// URI)"),
+    storage: str = typer.Option("./runs", help=_STORAGE_HELP),
+    address: Optional[str] = typer.Option(None, help="existing Ray cluster (e.g. auto); default: start a local Ray"),
+    num_cpus: Optional[int] = typer.Option(None, help="CPUs of the local Ray (default: all of this machine)"),
+    num_gpus: Optional[int] = typer.Option(None, help="GPUs of the local Ray (default: detected)"),
+    restart_errored: bool = typer.Option(False, "--restart-errored", help="run failed trials again"),
+    live: bool = typer.Option(True, "--live/--no-live", help="live table of trials in the terminal"),
+) -> None:
+    """Continue an interrupted study: finished trials stay, unfinished ones continue from their checkpoint."""
+    from .search.identity import find_study
+    from .search.runner import load_stored_study
+    from .search.show import format_result
+    from .search.study import resolve_storage
+
+    study = load_stored_study(find_study(name, resolve_storage(storage, Path.cwd())))
+    result = _run_live(study, live, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
+                       restart_errored=restart_errored)  # fmt: skip
+    print(format_result(result))
+
+
+@app.command("ls")
+def ls(storage: str = typer.Option("./runs", help=_STORAGE_HELP)) -> None:
+    """List the studies in a storage root with their state."""
+    from .search.identity import list_studies
+    from .search.show import format_studies
+    from .search.study import resolve_storage
+
+    print(format_studies(list_studies(resolve_storage(storage, Path.cwd()))))
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code instead of exiting when called from tests."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        app(args=argv, standalone_mode=False)
+        # With standalone_mode=False click returns typer.Exit's code instead of raising it.
+        rc = app(args=argv, standalone_mode=False)
     except SamsNetError as e:
         console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         return 2
@@ -188,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, click.exceptions.Abort):
             return 130
         raise
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":

