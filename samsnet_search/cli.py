@@ -114,7 +114,7 @@ def _run_live(study, live: bool, **kwargs):
 
         view = LiveView(study, console)
     with view:
-        return run_study(study, **kwargs)
+        return run_study(study, quiet=live, **kwargs)
 
 
 @app.command("run")
@@ -260,7 +260,7 @@ def _run_live(study, live: bool, **kwargs):
 
         view = LiveView(study, console)
     with view:
-        return run_study(study, **kwargs)
+        return run_study(study, quiet=live, **kwargs)
 
 
 @app.command("run")

@@ -15,6 +15,7 @@ pickled (the terminal view) are registered per study in this process with
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -24,7 +25,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
 from .. import tracking
 from ..tracking import TrackingTarget
-from .trial import RUN_ID_KEY
+from .trial import RUN_ID_KEY, trial_workdir
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,9 @@ class StudyCallback(Callback):
         status = self._final_status(trial.trial_id, result, trial.config)
         self._tag(result, status)
         self.statuses[trial.trial_id] = status
+        # A pruned trial's actor is ended before its code can clean up (Tune keeps the
+        # reported checkpoints); only where the driver shares the worker's disk.
+        shutil.rmtree(trial_workdir(self.study_name, trial.trial_id), ignore_errors=True)
         self._emit("complete", trial, result)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:

@@ -122,14 +122,20 @@ class StudyResult:
 
 
 @contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> Iterator[None]:
-    """Connect to `address`, or start a small local Ray; reuse one already started in this process."""
+def ray_session(
+    address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None, quiet: bool = False
+) -> Iterator[None]:
+    """Connect to `address`, or start a small local Ray; reuse one already started in this process.
+
+    quiet: keep worker output (per-epoch logs, Ray's checkpoint lines) out of the terminal,
+    for the live view; errors still reach the driver through Tune.
+    """
     import ray
 
     if ray.is_initialized():
         yield
         return
-    common = dict(include_dashboard=False, configure_logging=False)
+    common = dict(include_dashboard=False, configure_logging=False, log_to_driver=not quiet)
     if address:
         env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
         ray.init(address=address, runtime_env={"env_vars": env}, **common)
@@ -167,7 +173,7 @@ def _searcher(study: Study):
         from ray.tune.search.optuna import OptunaSearch
 
         # TPE seeded: the same study file proposes the same first configurations.
-        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=s.seed), metric=study.metric, mode=study.mode)
+        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=s.seed))  # metric/mode: from TuneConfig
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     # random: Ray's own sampling; grid: the space is tune.grid_search over every value.
@@ -181,9 +187,7 @@ def _scheduler(study: Study):
     if s.scheduler == "fifo":
         return None
     return PruneRecordingASHA(
-        time_attr="training_iteration",  # one report per epoch
-        metric=study.metric,
-        mode=study.mode,
+        time_attr="training_iteration",  # one report per epoch; metric/mode: from TuneConfig
         max_t=study.max_t,
         grace_period=s.grace_period,
         reduction_factor=s.reduction_factor,
@@ -215,6 +219,7 @@ def _new_tuner(study: Study, ctx: TrialContext, callback) -> Any:
         max_concurrent_trials=s.max_concurrent_trials,
         time_budget_s=s.time_budget_s,
         trial_dirname_creator=trial_dirname,
+        reuse_actors=True,  # a new trial in a warm worker skips the torch/MLflow imports
     )
     run_config = tune.RunConfig(
         name=study.name,
@@ -321,13 +326,16 @@ def run_study(
     num_cpus: int | None = None,
     num_gpus: int | None = None,
     restart_errored: bool = False,
+    quiet: bool = False,
 ) -> StudyResult:
     """Run a study to the end (or continue it); returns the per-trial records."""
     start = time.monotonic()
+    # Every epoch checkpoints, so Tune snapshots its state often; that is intended here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     manifest, target, resuming = open_study(study)
     if resuming and manifest.state == "finished" and not restart_errored:
         log.info("study %s is already finished; loading its results", study.name)
-        with ray_session(address, num_cpus, num_gpus):
+        with ray_session(address, num_cpus, num_gpus, quiet):
             grid = _restore_tuner(study, _context(study, manifest), False).get_results()
             return _result(study, manifest, target, grid, time.monotonic() - start)
     fingerprint, kind = _fingerprint(study)
@@ -337,9 +345,10 @@ def run_study(
     identity.write_manifest(manifest)
     ctx = _context(study, manifest)
     callback = _callback(study, manifest, target)
-    interrupted = True
+    state = "failed"
+    result = None
     try:
-        with ray_session(address, num_cpus, num_gpus):
+        with ray_session(address, num_cpus, num_gpus, quiet):
             if resuming and _can_restore(study):
                 tuner = _restore_tuner(study, ctx, restart_errored)
                 log.info("resuming study %s from %s", study.name, identity.display_uri(manifest.path))
@@ -347,9 +356,12 @@ def run_study(
                 tuner = _new_tuner(study, ctx, callback)
             grid = tuner.fit()
             result = _result(study, manifest, target, grid, time.monotonic() - start)
-            interrupted = result.interrupted
+            state = "interrupted" if result.interrupted else "finished"
+    except KeyboardInterrupt:
+        state = "interrupted"
+        raise
     finally:
-        _close(manifest, target, interrupted, locals().get("result"))
+        _close(manifest, target, state, result)
     return result
 
 
@@ -382,9 +394,9 @@ def _callback(study: Study, manifest: Manifest, target: tracking.TrackingTarget)
     )
 
 
-def _close(manifest: Manifest, target, interrupted: bool, result: StudyResult | None) -> None:
+def _close(manifest: Manifest, target, state: str, result: StudyResult | None) -> None:
     """Record the study's state in study.json and on the parent run."""
-    manifest.state = "interrupted" if interrupted else "finished"
+    manifest.state = state
     if result is not None:
         manifest.summary = result.summary()
     identity.write_manifest(manifest)
@@ -401,7 +413,7 @@ def _close(manifest: Manifest, target, interrupted: bool, result: StudyResult | 
                 c.log_metric(manifest.parent_run_id, f"trials.{status}", float(n))
             tracking.log_json(target, manifest.parent_run_id, summary, "search_summary.json")
         c.set_tag(manifest.parent_run_id, "samsnet.state", manifest.state)
-        c.set_terminated(manifest.parent_run_id, "KILLED" if interrupted else "FINISHED")
+        c.set_terminated(manifest.parent_run_id, {"finished": "FINISHED", "failed": "FAILED"}.get(state, "KILLED"))
     except Exception as e:  # the results are on disk already; tracking trouble is reported, not fatal
         log.warning("could not update the study's parent run: %s", e)
 
@@ -414,11 +426,13 @@ def resume_study(
     num_cpus: int | None = None,
     num_gpus: int | None = None,
     restart_errored: bool = False,
+    quiet: bool = False,
 ) -> StudyResult:
     """Continue a study by name (in `storage`) or by its folder."""
     manifest = identity.find_study(name_or_path, resolve_storage(storage, Path.cwd()))
     study = load_stored_study(manifest)
-    return run_study(study, address=address, num_cpus=num_cpus, num_gpus=num_gpus, restart_errored=restart_errored)
+    return run_study(study, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
+                     restart_errored=restart_errored, quiet=quiet)  # fmt: skip
 
 
 def load_stored_study(manifest: Manifest) -> Study:

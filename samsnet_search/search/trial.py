@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
+import tempfile
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,15 @@ log = logging.getLogger(__name__)
 
 # Extra keys in every Tune result (beside the trainer's metrics).
 RUN_ID_KEY = "mlflow_run_id"
+
+
+def trial_workdir(study_name: str, trial_id: str) -> Path:
+    """The trainer's folder for a trial: its checkpoints before Tune copies them.
+
+    Outside Ray's trial folders on purpose: Ray syncs some of those to the storage, which
+    would store every checkpoint twice.
+    """
+    return Path(tempfile.gettempdir()) / "samsnet-trials" / f"{study_name}_{trial_id}"
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,8 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     from ..train import Trainer
 
+    # The monitor's start/stop lines are noise in a study with many trials.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     tune_ctx = tune.get_context()
     trial_id, trial_name = tune_ctx.get_trial_id(), tune_ctx.get_trial_name()
     cfg = build_experiment(ctx.base, config, ctx.cpus)
@@ -83,7 +96,9 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                 checkpoint=tune.Checkpoint.from_directory(str(result.checkpoint_dir)),
             )
 
-        workdir = Path(tune_ctx.get_trial_dir()) / "work"
+        workdir = trial_workdir(ctx.study_name, trial_id)
+        if resume is None:
+            shutil.rmtree(workdir, ignore_errors=True)  # a stale copy from an earlier attempt
         summary = Trainer(cfg, workdir, callbacks=[report]).fit(resume=resume)
     except BaseException as e:
         # Recorded as failed here; Tune records the error and the study goes on.
@@ -94,3 +109,5 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             run.stop_system_metrics()
         raise
     run.finish("stopped_early" if summary.stopped_early else "completed")
+    # Tune holds the reported checkpoints; the trainer's own copy is not needed any more.
+    shutil.rmtree(workdir, ignore_errors=True)
