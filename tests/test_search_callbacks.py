@@ -1,0 +1,78 @@
+"""Driver-side pieces without a Ray cluster: pruning records, final statuses, the live view."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import yaml
+from rich.console import Console
+from ray.tune.schedulers import TrialScheduler
+
+from samsnet_search.search.callbacks import PruneRecordingASHA, StudyCallback, TrialEvent
+from samsnet_search.search.live import LiveView
+from samsnet_search.search.study import load_study
+from samsnet_search.tracking import TrackingTarget
+
+
+def test_asha_records_pruned_trials_not_finished_ones():
+    sched = PruneRecordingASHA(time_attr="training_iteration", metric="valid_loss", mode="min",
+                               max_t=4, grace_period=1, reduction_factor=2, stop_last_trials=True)  # fmt: skip
+    trials = [SimpleNamespace(trial_id=f"t{i}") for i in range(4)]
+    for t in trials:
+        sched.on_trial_add(None, t)
+    # rung at epoch 1: the good trials report first, the worst is cut
+    decisions = {t.trial_id: sched.on_trial_result(None, t, {"training_iteration": 1, "valid_loss": loss})
+                 for t, loss in zip(trials, [0.1, 0.2, 0.3, 5.0])}  # fmt: skip
+    stopped = {t for t, d in decisions.items() if d == TrialScheduler.STOP}
+    assert "t3" in stopped and "t0" not in stopped  # the best continues, the worst is cut
+    assert sched.pruned == {t: 1 for t in stopped}
+    # a trial that reaches max_t is stopped by ASHA too, but that is finishing, not pruning
+    assert sched.on_trial_result(None, trials[0], {"training_iteration": 4, "valid_loss": 0.01}) == TrialScheduler.STOP
+    assert "t0" not in sched.pruned
+
+
+def _callback(**kw) -> StudyCallback:
+    fields = dict(study_name="s", target=TrackingTarget("sqlite:///x.db"), metric="valid_loss", mode="min",
+                  max_t=4, epochs=4, experiment_id="1", parent_run_id="p")  # fmt: skip
+    return StudyCallback(**{**fields, **kw})
+
+
+def test_final_status_rules():
+    sched = PruneRecordingASHA(time_attr="training_iteration", metric="valid_loss", mode="min", max_t=4)
+    sched.pruned["a"] = 1
+    cb = _callback(scheduler=sched)
+    assert cb._final_status("a", {"epoch": 1}, {}) == "pruned"
+    assert cb._final_status("b", {"epoch": 2, "stopped_early": 1.0}, {}) == "stopped_early"
+    assert cb._final_status("c", {"epoch": 4, "stopped_early": 0.0}, {}) == "completed"
+    assert cb._final_status("d", {"epoch": 2}, {"train.epochs": 2}) == "completed"  # searched epochs
+    assert cb._final_status("e", {"epoch": 2}, {}) == "stopped"  # time budget / shutdown
+    # best so far follows the mode
+    trial = SimpleNamespace(trial_id="x", config={"model.slices": 2})
+    cb.on_trial_result(0, [], trial, {"valid_loss": 0.5, "epoch": 1})
+    cb.on_trial_result(0, [], SimpleNamespace(trial_id="y", config={}), {"valid_loss": 0.7, "epoch": 1})
+    assert cb.best["trial_id"] == "x" and cb.best["valid_loss"] == 0.5
+
+
+def test_live_view_shows_counts_and_best(tmp_path):
+    (tmp_path / "d").mkdir()
+    path = tmp_path / "v.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": {"n_fft": 512, "hop_length": 128, "slices": {"choice": [1, 2]}},
+        "data": {"root": str(tmp_path / "d")},
+        "train": {"epochs": 2, "patience": 2},
+        "search": {"num_samples": 3},
+    }))  # fmt: skip
+    study = load_study(path, base_dir=tmp_path)
+    console = Console(record=True, width=120, file=open(tmp_path / "out.txt", "w"))
+    with LiveView(study, console) as view:
+        statuses = {"t1": "completed", "t2": "pruned", "t3": "running"}
+        best = {"trial_id": "t1", "epoch": 2, "valid_loss": 0.125, "config": {"model.slices": 2}}
+        view.on_event(TrialEvent("complete", "t1", "completed", {"epoch": 2, "valid_loss": 0.125,
+                                 "config": {"model.slices": 2}}, statuses, best))  # fmt: skip
+        view.on_event(TrialEvent("complete", "t2", "pruned", {"epoch": 1, "valid_loss": 0.9,
+                                 "config": {"model.slices": 1}}, statuses, best))  # fmt: skip
+    text = console.export_text()
+    assert "3/3 trials" in text
+    assert "completed 1" in text and "pruned 1" in text and "running 1" in text
+    assert "best so far: valid_loss 0.125 (trial t1, epoch 2) slices=2" in text
+    assert "t2" in text and "pruned" in text
