@@ -33,15 +33,132 @@ def model_info(
     slices: Optional[int] = typer.Option(None, help="override model.slices"),
 ) -> None:
     """Parameter count and MACs per second of audio for a configuration."""
-    from .config import ExperimentConfig, load_experiment
-    from .model.info import describe
+    from .checkpoint import build_model
+    from .config import ExperimentConfig, load_experiment, validate_model
+    from .model.info import macs_per_second, parameter_breakdown
 
     exp = load_experiment(config) if config else ExperimentConfig()
     overrides = {k: v for k, v in dict(channels=channels, heads=heads, depth=depth, slices=slices).items() if v}
-    exp = exp.model_copy(update={"model": exp.model.model_copy(update=overrides)})
-    info = describe(exp.resolved_model())
-    for key, value in info.items():
-        print(f"{key:>24}: {value}")
+    exp = validate_model(ExperimentConfig, {**exp.model_dump(), "model": {**exp.model.model_dump(), **overrides}},
+                         "command line")  # fmt: skip
+    model_cfg = exp.resolved_model()
+    model = build_model(model_cfg)
+    rows = {**model_cfg.model_dump(), "segment_seconds": exp.data.segment_seconds, **parameter_breakdown(model),
+            "GMACs_per_second_of_audio": round(macs_per_second(model) / 1e9, 3)}  # fmt: skip
+    for key, value in rows.items():
+        print(f"{key:>28}: {value}")
+
+
+def _experiment(config: Path, data: Optional[Path]):
+    from .config import ExperimentConfig, load_experiment, validate_model
+
+    exp = load_experiment(config)
+    if data is not None:
+        exp = validate_model(ExperimentConfig, {**exp.model_dump(), "data": {**exp.data.model_dump(), "root": data}},
+                             f"{config} with --data")  # fmt: skip
+    return exp
+
+
+@app.command("train")
+def train(
+    config: Path = typer.Argument(..., help="experiment YAML with model:, data:, train: sections"),
+    out: Path = typer.Option(Path("runs/train"), "--out", help="work folder: checkpoint/last.pt and best.pt"),
+    data: Optional[Path] = typer.Option(None, "--data", help="dataset folder (overrides data.root / MUSDB_PATH)"),
+    resume: bool = typer.Option(False, "--resume", help="continue from <out>/checkpoint/last.pt"),
+) -> None:
+    """Train one Sams-Net configuration (no Ray, no MLflow)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .train import Trainer
+
+    exp = _experiment(config, data)
+    trainer = Trainer(exp, out)
+    last = out / "checkpoint" / "last.pt"
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} epochs"),
+                  TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=console) as bar:  # fmt: skip
+        task = bar.add_task("training", total=exp.train.epochs, status="")
+
+        def show(r) -> None:
+            sdr = f" valid_sdr={r.valid_sdr:.2f} dB" if r.valid_sdr is not None else ""
+            bar.update(task, completed=r.epoch, status=f"train_loss={r.train_loss:.4g} valid_loss={r.valid_loss:.4g}{sdr}")
+
+        trainer.callbacks.append(show)
+        summary = trainer.fit(resume=last if resume and last.is_file() else None)
+    why = "early stopping" if summary.stopped_early else "epoch limit"
+    print(f"stopped after {summary.epochs} epochs ({why}); best valid_loss {summary.best_valid_loss:.5g} "
+          f"at epoch {summary.best_epoch}; checkpoints in {summary.checkpoint_dir}")  # fmt: skip
+
+
+@app.command("evaluate")
+def evaluate(
+    model: Optional[Path] = typer.Argument(None, help="checkpoint folder or .pt file (best weights are used)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="dataset folder (default: the model's data.root / MUSDB_PATH)"),
+    subset: str = typer.Option("test", help="test or valid"),
+    oracle: Optional[str] = typer.Option(None, help="irm1 (magnitude ratio) or irm2 (power ratio) instead of a model"),
+    backend: str = typer.Option("museval", help="museval (reference) or fast (samsnet_search.metrics)"),
+    out: Path = typer.Option(Path("runs/eval"), "--out", help="museval JSON per track and summary.json"),
+    max_tracks: Optional[int] = typer.Option(None, help="only the first N tracks"),
+    device: str = typer.Option("auto", help="auto, cpu or cuda"),
+) -> None:
+    """Separate full tracks and score them with BSSEval v4 (median over frames, then tracks)."""
+    from .checkpoint import load_model
+    from .config import DataConfig, validate_model
+    from .data import load_splits
+    from .errors import ConfigError
+    from .evaluate import evaluate_tracks, model_estimator, oracle_estimator
+    from .train import pick_device
+
+    if (model is None) == (oracle is None):
+        raise ConfigError("give either a model checkpoint or --oracle irm1|irm2")
+    if oracle not in (None, "irm1", "irm2") or backend not in ("museval", "fast") or subset not in ("test", "valid"):
+        raise ConfigError(f"--oracle must be irm1 or irm2, --backend museval or fast, --subset test or valid "
+                          f"(got {oracle}, {backend}, {subset})")  # fmt: skip
+    data_cfg, name = DataConfig(), oracle
+    if model is not None:
+        net, state = load_model(model)
+        data_cfg, name = validate_model(DataConfig, state["experiment"]["data"], f"{model}"), str(model)
+        estimator = model_estimator(net, pick_device(device))
+    if data is not None:
+        data_cfg = data_cfg.model_copy(update={"root": data})
+    splits = load_splits(data_cfg)
+    if oracle is not None:
+        estimator = oracle_estimator(oracle)
+    tracks = (splits.test if subset == "test" else splits.valid)[:max_tracks]
+    report = evaluate_tracks(estimator, tracks, name=name, backend=backend, data_kind=splits.kind, subset=subset,
+                             out_dir=out)  # fmt: skip
+    _print_scores(report)
+
+
+def _print_scores(report) -> None:
+    from rich.table import Table
+
+    from .config import TARGETS
+
+    table = Table(title=f"{report.estimator}: SDR (dB), {report.subset} set of {report.data}, {report.backend}")
+    for col in ("track", *TARGETS, "avg"):
+        table.add_column(col, justify="right" if col != "track" else "left")
+    for name, scores in report.tracks.items():
+        table.add_row(name, *(f"{scores[t]:.2f}" for t in TARGETS), f"{sum(scores[t] for t in TARGETS) / 4:.2f}")
+    summary = report.summary
+    table.add_row("median", *(f"{summary[t]:.2f}" for t in TARGETS), f"{summary['avg']:.2f}", style="bold")
+    Console().print(table)
+
+
+@app.command("separate")
+def separate(
+    model: Path = typer.Argument(..., help="checkpoint folder or .pt file"),
+    audio: Path = typer.Argument(..., help="audio file (wav, flac, ...); resampled to 44.1 kHz"),
+    out: Path = typer.Option(Path("separated"), "--out", help="writes <target>.wav per target"),
+    device: str = typer.Option("auto", help="auto, cpu or cuda"),
+) -> None:
+    """Separate one song into vocals, drums, bass and other."""
+    from .checkpoint import load_model
+    from .separate import separate_file
+    from .train import pick_device
+
+    net, _ = load_model(model)
+    for target, path in separate_file(net, audio, out, pick_device(device)).items():
+        print(f"{target:>7}: {path}")
 
 
 @data_app.command("synth")

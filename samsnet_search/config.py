@@ -179,7 +179,10 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        got = "" if e["type"] in ("missing", "extra_forbidden") else f" (got {e.get('input')!r})"
+        value = e.get("input")
+        # Whole-section inputs (cross-field checks) would print the entire file: skip them.
+        quiet = e["type"] in ("missing", "extra_forbidden") or isinstance(value, (dict, list))
+        got = "" if quiet else f" (got {value!r})"
         lines.append(f"{source}: {path}: {msg}{got}")
     return "\n".join(lines)
 

@@ -79,8 +79,11 @@ class SlicedMultiHeadAttention(nn.Module):
         mask = None
         if pad:
             # Keys in the padded tail of the last slice are never attended to.
-            mask = torch.ones(i, 1, L, dtype=torch.bool, device=x.device)  # (i, 1, L) -> (.., i, L, L)
+            mask = torch.ones(i, 1, L, dtype=torch.bool, device=x.device)
             mask[-1, :, L - pad :] = False
+            # Expanded (a stride-0 view, no copy) to q's full shape: a broadcastable mask sends
+            # CPU SDPA to its slow "math" path (30x slower here), the full-shape one to flash.
+            mask = mask.expand(q.shape[0], i, L, L)  # (B h F, i, L, L)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0 / math.sqrt(d))
         out = out.view(B, h, Fq, i * L, d)[:, :, :, :T]  # (B, h, F, T, d)
         return out.permute(0, 1, 4, 2, 3).reshape(B, h * d, Fq, T)  # (B, h d, F, T)
