@@ -1,0 +1,290 @@
+"""Trainer: one configuration, one device. Reporting goes through callbacks.
+
+The search passes a callback that calls `tune.report`; the CLI passes one that draws a
+progress bar. Nothing here knows about Ray or MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint
+from .config import TARGETS, ExperimentConfig
+from .data import Splits, load_splits
+from .data.dataset import make_train_loader, validation_excerpts
+from .errors import SamsNetError
+from .metrics import median_over_tracks, sdr_v4, track_scores
+from .model import SamsNet
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(SamsNetError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class EpochResult:
+    epoch: int  # 1-based
+    train_loss: float
+    valid_loss: float
+    valid_sdr: float | None  # average of the four targets (dB); None where not computed
+    valid_sdr_targets: dict[str, float] | None
+    best_valid_loss: float
+    is_best: bool
+    epochs_without_improvement: int
+    stop: bool  # early stopping fires after this epoch
+    seconds: float
+    checkpoint_dir: Path
+
+    def metrics(self) -> dict[str, float]:
+        """Flat, consistently named metrics for Tune and MLflow."""
+        out = {
+            "epoch": self.epoch,
+            "train_loss": self.train_loss,
+            "valid_loss": self.valid_loss,
+            "best_valid_loss": self.best_valid_loss,
+            "epochs_without_improvement": self.epochs_without_improvement,
+            "stopped_early": float(self.stop),
+            "epoch_seconds": self.seconds,
+        }
+        if self.valid_sdr is not None:
+            out["valid_sdr"] = self.valid_sdr
+            out.update({f"valid_sdr_{t}": v for t, v in (self.valid_sdr_targets or {}).items()})
+        return out
+
+
+Callback = Callable[[EpochResult], None]
+
+
+@dataclass
+class TrainSummary:
+    epochs: int
+    best_epoch: int
+    best_valid_loss: float
+    stopped_early: bool
+    checkpoint_dir: Path
+    history: list[dict] = field(default_factory=list)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SamsNetError("train.device: cuda requested but no CUDA device is available (use auto or cpu)")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def magnitude_loss(model: SamsNet, mixture: torch.Tensor, targets: torch.Tensor, amp: bool) -> torch.Tensor:
+    """MSE between estimated and true target magnitudes (paper eq. 4, all four targets).
+
+    mixture: (B, C, N); targets: (B, S, C, N).
+    """
+    mix_mag = model.spectrogram(mixture).abs()  # (B, C, F, T), STFT in float32
+    target_mag = model.spectrogram(targets).abs()  # (B, S, C, F, T)
+    with torch.autocast(mixture.device.type, dtype=_amp_dtype(), enabled=amp):
+        masks = model(mix_mag)  # (B, S, C, F, T)
+    return F.mse_loss(masks.float() * mix_mag.unsqueeze(1), target_mag)
+
+
+def _amp_dtype() -> torch.dtype:
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+class Trainer:
+    """Trains one Sams-Net configuration; writes `workdir/checkpoint/{last,best}.pt` every epoch."""
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        workdir: str | Path,
+        callbacks: Sequence[Callback] = (),
+        splits: Splits | None = None,
+    ):
+        self.cfg = cfg
+        self.workdir = Path(workdir)
+        self.ckpt_dir = self.workdir / "checkpoint"
+        self.callbacks = list(callbacks)
+        self.device = pick_device(cfg.train.device)
+        self.amp = cfg.train.amp and self.device.type == "cuda"
+        self.splits = splits or load_splits(cfg.data)
+        self._setup_backends()
+        torch.manual_seed(cfg.train.seed)
+        self.model_config = cfg.resolved_model()
+        self.model = checkpoint.build_model(self.model_config).to(self.device)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+        )
+        # Loss scaling only matters for float16; bfloat16 has float32's range.
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and _amp_dtype() == torch.float16)
+        self.loader = make_train_loader(
+            self.splits.train,
+            cfg.data,
+            batch_size=cfg.train.batch_size,
+            seed=cfg.train.seed,
+            pin_memory=self.device.type == "cuda",
+        )
+        self.epoch = 0
+        self.history: list[dict] = []
+        self.best_valid_loss = math.inf
+        self.best_epoch = 0
+
+    def _setup_backends(self) -> None:
+        if self.cfg.train.threads:
+            torch.set_num_threads(self.cfg.train.threads)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick kernels
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+    # --- state -----------------------------------------------------------------------
+
+    def _state(self) -> dict:
+        return {
+            "experiment": self.cfg.model_dump(mode="json"),
+            "model_config": self.model_config.model_dump(mode="json"),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": {"torch": torch.get_rng_state()},
+            "epoch": self.epoch,
+            "history": self.history,
+            "best": {"epoch": self.best_epoch, "valid_loss": self.best_valid_loss},
+        }
+
+    def _restore(self, path: Path) -> None:
+        state = checkpoint.load(path, map_location=self.device)
+        if state["model_config"] != self.model_config.model_dump(mode="json"):
+            raise checkpoint.CheckpointError(f"{path}: model config differs from the configuration being trained")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        self.epoch = state["epoch"]
+        self.history = list(state["history"])
+        self.best_epoch = state["best"]["epoch"]
+        self.best_valid_loss = state["best"]["valid_loss"]
+        source_dir = path if path.is_dir() else path.parent
+        if source_dir.resolve() != self.ckpt_dir.resolve() and (source_dir / checkpoint.BEST).is_file():
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source_dir / checkpoint.BEST, self.ckpt_dir / checkpoint.BEST)
+        log.info("resumed from %s at epoch %d", path, self.epoch)
+
+    # --- loops -----------------------------------------------------------------------
+
+    def train_epoch(self) -> float:
+        self.model.train()
+        self.loader.dataset.set_epoch(self.epoch)
+        total, count = 0.0, 0
+        for mixture, targets in self.loader:
+            mixture = mixture.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            loss = magnitude_loss(self.model, mixture, targets, self.amp)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"train_loss became {loss.item()} in epoch {self.epoch + 1} "
+                    f"(lr={self.cfg.train.lr}); lower train.lr or set train.grad_clip"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.cfg.train.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            total += loss.item() * mixture.shape[0]
+            count += mixture.shape[0]
+        return total / max(count, 1)
+
+    @torch.no_grad()
+    def validate(self, with_sdr: bool) -> tuple[float, dict[str, float] | None]:
+        """valid_loss over the validation excerpts; per-target SDR (median/median) when asked."""
+        self.model.eval()
+        excerpts = validation_excerpts(
+            self.splits.valid, self.cfg.data, epoch=self.epoch, seed=self.cfg.train.seed
+        )
+        losses, scores = [], []
+        for ex in excerpts:
+            mixture = torch.from_numpy(np.ascontiguousarray(ex.mixture))[None].to(self.device)
+            targets = torch.from_numpy(np.ascontiguousarray(ex.targets))[None].to(self.device)
+            losses.append(magnitude_loss(self.model, mixture, targets, self.amp).item())
+            if with_sdr:
+                with torch.autocast(self.device.type, dtype=_amp_dtype(), enabled=self.amp):
+                    estimates = self.model.separate(mixture)[0]  # (S, C, N)
+                sdr = sdr_v4(targets[0].transpose(1, 2).double(), estimates.transpose(1, 2).double())
+                scores.append(track_scores(sdr, TARGETS))
+        return float(np.mean(losses)), (median_over_tracks(scores) if with_sdr else None)
+
+    def fit(self, resume: str | Path | None = None) -> TrainSummary:
+        if resume is not None:
+            self._restore(Path(resume))
+        train = self.cfg.train
+        stopped_early = False
+        while self.epoch < train.epochs and not stopped_early:
+            start = time.perf_counter()
+            train_loss = self.train_epoch()
+            self.epoch += 1
+            every = train.valid_sdr_every
+            with_sdr = every > 0 and (self.epoch % every == 0 or self.epoch == train.epochs)
+            valid_loss, sdr = self.validate(with_sdr)
+            is_best = valid_loss < self.best_valid_loss
+            if is_best:
+                self.best_valid_loss, self.best_epoch = valid_loss, self.epoch
+            waited = self.epoch - self.best_epoch
+            stopped_early = waited >= train.patience
+            result = EpochResult(
+                epoch=self.epoch,
+                train_loss=train_loss,
+                valid_loss=valid_loss,
+                valid_sdr=sdr["avg"] if sdr else None,
+                valid_sdr_targets={t: sdr[t] for t in TARGETS} if sdr else None,
+                best_valid_loss=self.best_valid_loss,
+                is_best=is_best,
+                epochs_without_improvement=waited,
+                stop=stopped_early,
+                seconds=time.perf_counter() - start,
+                checkpoint_dir=self.ckpt_dir,
+            )
+            self.history.append(result.metrics())
+            self._write_checkpoints(result)
+            log.info("epoch %d: %s", self.epoch, _fmt(result.metrics()))
+            for callback in self.callbacks:
+                callback(result)
+        return TrainSummary(
+            epochs=self.epoch,
+            best_epoch=self.best_epoch,
+            best_valid_loss=self.best_valid_loss,
+            stopped_early=stopped_early,
+            checkpoint_dir=self.ckpt_dir,
+            history=self.history,
+        )
+
+    def _write_checkpoints(self, result: EpochResult) -> None:
+        if result.is_best:
+            checkpoint.save(
+                self.ckpt_dir / checkpoint.BEST,
+                {
+                    "experiment": self.cfg.model_dump(mode="json"),
+                    "model_config": self.model_config.model_dump(mode="json"),
+                    "model": self.model.state_dict(),
+                    "epoch": self.epoch,
+                    "metrics": result.metrics(),
+                },
+            )
+        checkpoint.save(self.ckpt_dir / checkpoint.LAST, self._state())
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch")
