@@ -1,0 +1,25 @@
+#!/bin/sh
+# SeaweedFS S3 gateway for a cluster (infra/compose.yaml, infra/k8s/stack.yaml), run from
+# the samsnet-search image. Keys come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (an
+# env file or a Kubernetes Secret); the identities file holding them lives only in the
+# container's /tmp (mode 0600), and there is no anonymous identity: unsigned requests get 403.
+#   usage: seaweedfs.sh DATA_DIR
+set -eu
+data="${1:?usage: seaweedfs.sh DATA_DIR}"
+: "${AWS_ACCESS_KEY_ID:?set AWS_ACCESS_KEY_ID (env file or Kubernetes Secret)}"
+: "${AWS_SECRET_ACCESS_KEY:?set AWS_SECRET_ACCESS_KEY (env file or Kubernetes Secret)}"
+mkdir -p "$data"
+umask 077
+python - > /tmp/s3-identities.json <<'PY'
+import json, os
+print(json.dumps({"identities": [{
+    "name": "admin",
+    "credentials": [{"accessKey": os.environ["AWS_ACCESS_KEY_ID"], "secretKey": os.environ["AWS_SECRET_ACCESS_KEY"]}],
+    "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+}]}))
+PY
+# One process: master, volume, filer and S3 on :8333. Internal traffic stays on 127.0.0.1;
+# only the listening sockets bind every interface of the container. Telemetry, WebDAV, the
+# admin UI and the Iceberg/Lance catalogs are off.
+exec weed mini -dir="$data" -ip=127.0.0.1 -ip.bind=0.0.0.0 -s3.config=/tmp/s3-identities.json \
+    -master.telemetry=false -webdav=false -admin.ui=false -s3.port.iceberg=0 -s3.port.lance=0
