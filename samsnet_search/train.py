@@ -223,7 +223,11 @@ class Trainer:
             if with_sdr:
                 with torch.autocast(self.device.type, dtype=_amp_dtype(), enabled=self.amp):
                     estimates = self.model.separate(mixture)[0]  # (S, C, N)
-                sdr = sdr_v4(targets[0].transpose(1, 2).double(), estimates.transpose(1, 2).double())
+                # A stem silent over a whole excerpt gives NaN (museval would refuse it);
+                # the medians skip NaN.
+                sdr = sdr_v4(
+                    targets[0].transpose(1, 2).double(), estimates.transpose(1, 2).double(), on_silent="nan"
+                )
                 scores.append(track_scores(sdr, TARGETS))
         return float(np.mean(losses)), (median_over_tracks(scores) if with_sdr else None)
 
