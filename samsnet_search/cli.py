@@ -146,19 +146,40 @@ def _print_scores(report) -> None:
 
 @app.command("separate")
 def separate(
-    model: Path = typer.Argument(..., help="checkpoint folder or .pt file"),
+    model: str = typer.Argument(..., help="export folder, models:/samsnet-NAME@ALIAS, or checkpoint folder / .pt file"),
     audio: Path = typer.Argument(..., help="audio file (wav, flac, ...); resampled to 44.1 kHz"),
     out: Path = typer.Option(Path("separated"), "--out", help="writes <target>.wav per target"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow server for models:/ URIs (default $MLFLOW_TRACKING_URI, else ./mlruns)"),
 ) -> None:
     """Separate one song into vocals, drums, bass and other."""
-    from .checkpoint import load_model
-    from .separate import separate_file
+    from .separate import load_separator, separate_file
     from .train import pick_device
 
-    net, _ = load_model(model)
+    net = load_separator(model, tracking_uri)
     for target, path in separate_file(net, audio, out, pick_device(device)).items():
         print(f"{target:>7}: {path}")
+
+
+@app.command("export")
+def export(
+    source: str = typer.Argument(..., help="study name (or folder), MLflow run id, or checkpoint folder / .pt file"),
+    out: Path = typer.Option(..., "--out", help="export folder (TorchScript, ONNX, weights, configs, model card)"),
+    storage: str = typer.Option("./runs", help="storage root holding the studies (local folder or s3://bucket/prefix)"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow for run ids / --register (default $MLFLOW_TRACKING_URI, else ./mlruns)"),
+    register: Optional[str] = typer.Option(None, help="also register as samsnet-NAME (a study always registers as samsnet-<study>)"),
+    alias: str = typer.Option("champion", help="registry alias set on the new version"),
+) -> None:
+    """Export the best model of a study (or a run / checkpoint) as a self-contained folder."""
+    import os
+
+    from .export import export_source
+
+    folder, version = export_source(source, out, storage=storage, tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
+                                    register_as=register, alias=alias)  # fmt: skip
+    print(f"exported to {folder}")
+    if version is not None:
+        print(f"registered version {version} with alias {alias}")
 
 
 @data_app.command("synth")

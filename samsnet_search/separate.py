@@ -62,3 +62,37 @@ def separate_file(
         written[target] = out_dir / f"{target}.wav"
         sf.write(written[target], audio.T, SAMPLE_RATE, subtype="FLOAT")
     return written
+
+
+def load_separator(model_ref: str | Path, tracking_uri: str | None = None, map_location: str = "cpu"):
+    """A model for `separate` / `separate_file` from any of:
+
+    - an export folder (`samsnet-search export`): its TorchScript module, so no SamsNet
+      Python code runs (torch.stft/istft and the network are inside model.ts);
+    - an MLflow registry URI `models:/NAME@ALIAS` or `models:/NAME/VERSION`: the export
+      folder stored in that model version, downloaded and loaded the same way (the pyfunc
+      wrapper is not unpickled or executed); `tracking_uri` (default `$MLFLOW_TRACKING_URI`,
+      else ./mlruns) names the server;
+    - a checkpoint folder or .pt file: the Python SamsNet with the best weights.
+    """
+    import os
+    import tempfile
+
+    from . import export
+    from .checkpoint import load_model
+
+    ref = str(model_ref)
+    if ref.startswith(export.REGISTRY_PREFIX):
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = export.download_registered(ref, tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"), tmp)
+            return export.load_exported(folder, map_location)
+    if export.is_export(ref):
+        return export.load_exported(ref, map_location)
+    path = Path(ref)
+    if not path.exists():
+        raise export.ExportError(f"{ref}: no such file or folder (expected an export folder, a checkpoint "
+                                 "folder or .pt file, or models:/NAME@ALIAS)")  # fmt: skip
+    if path.is_dir() and not any((path / name).is_file() for name in ("best.pt", "last.pt")):
+        raise export.ExportError(f"{ref}: neither an export folder (no {export.MANIFEST}) nor a checkpoint "
+                                 "folder (no best.pt / last.pt)")  # fmt: skip
+    return load_model(ref, map_location)[0]

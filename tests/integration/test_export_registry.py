@@ -1,0 +1,133 @@
+"""Export through a real MLflow server (artifacts in SeaweedFS S3): register with alias `champion`,
+separate from `models:/samsnet-NAME@champion`, export a study's best run and a run id."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from samsnet_search import checkpoint, export, tracking
+from samsnet_search.cli import main
+from samsnet_search.config import TARGETS, ExperimentConfig
+from samsnet_search.search import identity
+from samsnet_search.separate import read_audio
+
+pytestmark = [pytest.mark.servers, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def best_pt(synth_root, tmp_path_factory) -> Path:
+    """A freshly initialised tiny model (fixed seed) saved as a checkpoint's best.pt."""
+    exp = ExperimentConfig.model_validate({
+        "model": {"n_fft": 256, "hop_length": 128, "channels": 3, "heads": 2, "depth": 1, "slices": 2},
+        "data": {"root": str(synth_root), "segment_seconds": 0.5},
+    })  # fmt: skip
+    cfg = exp.resolved_model()
+    torch.manual_seed(11)
+    net = checkpoint.build_model(cfg)
+    path = tmp_path_factory.mktemp("ckpt") / "checkpoint" / checkpoint.BEST
+    checkpoint.save(path, {"experiment": exp.model_dump(mode="json"), "model_config": cfg.model_dump(mode="json"),
+                           "model": net.state_dict(), "epoch": 1, "metrics": {"valid_loss": 0.5}})  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(best_pt, tmp_path_factory) -> Path:
+    return export.export_checkpoint(best_pt.parent, tmp_path_factory.mktemp("export") / "model")
+
+
+@pytest.fixture(scope="module")
+def song(synth_root, tmp_path_factory) -> Path:
+    audio = read_audio(sorted((synth_root / "test").iterdir())[0] / "mixture.wav")[:, : 44100 + 333]
+    path = tmp_path_factory.mktemp("song") / "song.wav"
+    sf.write(path, audio.T, 44100, subtype="FLOAT")
+    return path
+
+
+def _stems(folder: Path) -> np.ndarray:
+    return np.stack([sf.read(folder / f"{t}.wav", dtype="float32")[0] for t in TARGETS])
+
+
+def test_register_then_separate_from_the_champion_alias(mlflow_server, exported, song, tmp_path, capsys):
+    name = f"x{uuid.uuid4().hex[:8]}"
+    first = export.register(exported, name, mlflow_server)
+    second = export.register(exported, name, mlflow_server)
+    assert (first, second) == ("1", "2")
+    model = tracking.client(tracking.resolve_tracking(mlflow_server)).get_registered_model(f"samsnet-{name}")
+    assert model.aliases == {"champion": "2"}  # the alias follows the newest export
+
+    uri = f"models:/samsnet-{name}@champion"
+    assert main(["separate", uri, str(song), "--out", str(tmp_path / "reg"), "--tracking-uri", mlflow_server]) == 0
+    assert main(["separate", str(exported), str(song), "--out", str(tmp_path / "dir")]) == 0
+    got, want = _stems(tmp_path / "reg"), _stems(tmp_path / "dir")
+    assert got.shape == (4, sf.info(song).frames, 2)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_registered_pyfunc_predicts_stems(mlflow_server, exported, song, monkeypatch):
+    import mlflow.pyfunc
+
+    name = f"p{uuid.uuid4().hex[:8]}"
+    export.register(exported, name, mlflow_server)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)  # where pyfunc resolves models:/ URIs
+    model = mlflow.pyfunc.load_model(f"models:/samsnet-{name}@champion")
+    audio = read_audio(song)
+    stems = model.predict(audio)
+    ref = export.load_exported(exported).separate(torch.from_numpy(audio)[None]).detach().numpy()
+    assert stems.shape == (1, 4, *audio.shape)
+    np.testing.assert_allclose(stems, ref, atol=1e-6)
+
+
+def test_unknown_alias_and_model_are_one_line_errors(mlflow_server, exported, song, tmp_path, capsys):
+    name = f"a{uuid.uuid4().hex[:8]}"
+    export.register(exported, name, mlflow_server)
+    args = [str(song), "--out", str(tmp_path / "o"), "--tracking-uri", mlflow_server]
+    assert main(["separate", f"models:/samsnet-{name}@nope", *args]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"registered model 'samsnet-{name}' has no alias 'nope' (aliases: champion)" in err
+    assert main(["separate", "models:/samsnet-never-registered@champion", *args]) == 2
+    assert "no registered model 'samsnet-never-registered'" in " ".join(capsys.readouterr().err.split())
+
+
+def _fake_study(mlflow_server: str, best_pt: Path, storage: Path) -> tuple[str, str]:
+    """A finished study as the runner leaves it: study.json, a parent run, a trial run with model/best.pt."""
+    name = f"s{uuid.uuid4().hex[:8]}"
+    target = tracking.resolve_tracking(mlflow_server)
+    c = tracking.client(target)
+    experiment_id = tracking.ensure_experiment(target, name)
+    parent = tracking.start_parent_run(target, experiment_id, name)
+    child = c.create_run(experiment_id, tags={tracking.PARENT_TAG: parent, tracking.ROLE_TAG: "trial"}).info.run_id
+    c.log_artifact(child, str(best_pt), "model")
+    identity.write_manifest(identity.Manifest(
+        name=name, storage=str(storage), experiment_name=name, experiment_id=experiment_id, parent_run_id=parent,
+        registered_model=tracking.registered_model_name(name), tracking_uri=target.uri, artifact_root=None,
+        base_dir=str(storage), source="study.yaml", state="finished",
+        summary={"trials": 1, "best_trial": "t1", "best_run": child, "best_valid_loss": 0.5},
+    ))  # fmt: skip
+    return name, child
+
+
+def test_export_a_study_registers_its_best_run(mlflow_server, best_pt, song, tmp_path, capsys):
+    name, child = _fake_study(mlflow_server, best_pt, tmp_path / "runs")
+    assert main(["export", name, "--out", str(tmp_path / "best"), "--storage", str(tmp_path / "runs")]) == 0
+    assert "registered version 1 with alias champion" in capsys.readouterr().out
+    card = (tmp_path / "best" / "MODEL_CARD.md").read_text()
+    assert f"study {name}, MLflow run {child}" in card and "best_valid_loss: 0.5" in card
+    assert main(["separate", f"models:/samsnet-{name}@champion", str(song), "--out", str(tmp_path / "o"),
+                 "--tracking-uri", mlflow_server]) == 0  # fmt: skip
+    assert all((tmp_path / "o" / f"{t}.wav").is_file() for t in TARGETS)
+
+
+def test_export_a_run_id(mlflow_server, best_pt, tmp_path, capsys):
+    _, child = _fake_study(mlflow_server, best_pt, tmp_path / "runs")
+    assert main(["export", child, "--out", str(tmp_path / "run"), "--tracking-uri", mlflow_server,
+                 "--storage", str(tmp_path / "runs")]) == 0  # fmt: skip
+    weights = torch.load(tmp_path / "run" / "weights.pt", weights_only=True)
+    want = checkpoint.load(best_pt)["model"]
+    assert all(torch.equal(weights[k], want[k]) for k in want)
+    assert f"MLflow run {child}" in export.read_manifest(tmp_path / "run")["source"]

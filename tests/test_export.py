@@ -1,0 +1,211 @@
+"""Export: TorchScript + ONNX + weights + card; separating from the export matches the checkpoint."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from samsnet_search import checkpoint, export
+from samsnet_search.cli import main
+from samsnet_search.config import ExperimentConfig, TARGETS
+from samsnet_search.separate import load_separator, read_audio, separate
+from samsnet_search.train import Trainer
+
+
+def tiny_experiment(root: Path) -> ExperimentConfig:
+    """One epoch of a very small model (non-paper sizes): 1 s segments are 345 frames, slice_frames 115."""
+    return ExperimentConfig.model_validate({
+        "model": {"n_fft": 256, "hop_length": 128, "channels": 4, "heads": 2, "depth": 1, "slices": 3},
+        "data": {"root": str(root), "segment_seconds": 1.0, "samples_per_track": 1, "valid_seconds": 4.0},
+        "train": {"lr": 0.01, "batch_size": 4, "epochs": 1, "patience": 5, "valid_sdr_every": 1, "seed": 7,
+                  "threads": 2},
+    })  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(synth_root, tmp_path_factory) -> Path:
+    """Checkpoint folder of a tiny model trained one epoch on the synthetic set."""
+    workdir = tmp_path_factory.mktemp("export-train")
+    return Trainer(tiny_experiment(synth_root), workdir).fit().checkpoint_dir
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory) -> Path:
+    return export.export_checkpoint(trained, tmp_path_factory.mktemp("export") / "best")
+
+
+@pytest.fixture(scope="module")
+def song(synth_root, tmp_path_factory) -> Path:
+    """A real (synthetic) test-track mixture, cut to an odd length in samples and in frames."""
+    audio = read_audio(sorted((synth_root / "test").iterdir())[0] / "mixture.wav")[:, : 2 * 44100 + 777]
+    path = tmp_path_factory.mktemp("song") / "song.wav"
+    sf.write(path, audio.T, 44100, subtype="FLOAT")
+    return path
+
+
+def test_export_folder_holds_every_artifact(trained, exported):
+    for name in ("model.ts", "model.onnx", "weights.pt", "model_config.json", "experiment.json", "MODEL_CARD.md",
+                 "export.json", "mlflow_model.py"):  # fmt: skip
+        assert (exported / name).is_file(), name
+    best = checkpoint.load(trained / "best.pt")
+    weights = torch.load(exported / "weights.pt", weights_only=True)
+    assert weights.keys() == best["model"].keys()
+    assert all(torch.equal(weights[k], best["model"][k]) for k in weights)
+    assert json.loads((exported / "model_config.json").read_text()) == best["model_config"]
+    assert json.loads((exported / "experiment.json").read_text()) == best["experiment"]
+    manifest = export.read_manifest(exported)
+    assert manifest["onnx"]["opset"] >= 17 and manifest["onnx"]["max_abs_error"] <= 1e-4
+    # The check ran on an input whose frames do not fill whole slices.
+    assert manifest["onnx"]["input_frames"] % best["model_config"]["slice_frames"] != 0
+
+
+def test_model_card_names_data_size_and_scores(trained, exported):
+    card = (exported / "MODEL_CARD.md").read_text()
+    best = checkpoint.load(trained / "best.pt")
+    net, _ = checkpoint.load_model(trained)
+    assert "synthetic (MUSDB18-HQ format)" in card
+    assert f"{sum(p.numel() for p in net.parameters()):,}" in card
+    assert "GMACs per second of audio" in card
+    assert "| model.slices | 3 |" in card
+    assert f"{best['metrics']['valid_sdr']:.2f}" in card  # the checkpoint's validation SDR
+    assert "validation (checkpoint)" in card
+
+
+@pytest.mark.parametrize("frames", [5, 115, 116, 230, 301])
+def test_onnx_matches_the_checkpoint_model_at_any_frame_count(trained, exported, song, frames):
+    """onnxruntime vs. the original SamsNet (not the export wrapper) on a real magnitude, within 1e-4."""
+    import onnxruntime as ort
+
+    net, _ = checkpoint.load_model(trained)
+    with torch.no_grad():
+        mag = net.spectrogram(torch.from_numpy(read_audio(song))[None]).abs()[..., :frames]  # (1, C, F, T)
+        want = net(mag).numpy()
+    session = ort.InferenceSession(str(exported / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(["masks"], {"mag": mag.numpy()})[0]
+    assert got.shape == (1, 4, 2, 129, frames)
+    assert np.abs(got - want).max() <= 1e-4
+
+
+@pytest.mark.parametrize("frames", [7, 115, 116, 231])
+def test_torchscript_matches_the_checkpoint_model(trained, exported, frames):
+    net, _ = checkpoint.load_model(trained)
+    ts = export.load_exported(exported)
+    mag = torch.rand(2, 2, 129, frames, generator=torch.Generator().manual_seed(frames))
+    with torch.no_grad():
+        torch.testing.assert_close(ts(mag), net(mag), atol=1e-5, rtol=1e-5)
+
+
+def test_torchscript_chunked_separation_matches_the_checkpoint(trained, exported, song):
+    net, _ = checkpoint.load_model(trained)
+    ts = export.load_exported(exported)
+    audio = torch.from_numpy(read_audio(song))[None, :, :44100]  # (1, 2, N): 345 frames
+    with torch.no_grad():
+        for chunk in (None, 300):  # whole; 300 rounds down to 230 frames (two slices) per chunk, with context
+            torch.testing.assert_close(ts.separate(audio, chunk_frames=chunk), net.separate(audio, chunk_frames=chunk),
+                                       atol=1e-5, rtol=1e-4)  # fmt: skip
+
+
+def test_separate_from_export_writes_stems_matching_the_checkpoint(trained, exported, song, tmp_path, capsys):
+    assert main(["separate", str(exported), str(song), "--out", str(tmp_path / "ts"), "--device", "cpu"]) == 0
+    assert main(["separate", str(trained), str(song), "--out", str(tmp_path / "ckpt"), "--device", "cpu"]) == 0
+    n = sf.info(song).frames
+    for target in TARGETS:
+        got, rate = sf.read(tmp_path / "ts" / f"{target}.wav", dtype="float32")
+        want, _ = sf.read(tmp_path / "ckpt" / f"{target}.wav", dtype="float32")
+        assert rate == 44100 and got.shape == (n, 2)
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    assert np.abs(got).max() > 0  # not silence
+
+
+def test_load_separator_picks_torchscript_for_an_export(trained, exported, song):
+    model = load_separator(exported)
+    assert isinstance(model, torch.jit.ScriptModule)
+    stems = separate(model, read_audio(song))
+    assert list(stems) == list(TARGETS) and stems["vocals"].shape == read_audio(song).shape
+    assert not isinstance(load_separator(trained), torch.jit.ScriptModule)
+
+
+def test_export_runs_with_torch_alone(exported, song, tmp_path):
+    """model.ts separates in a fresh interpreter that never imports samsnet_search."""
+    ref = separate(load_separator(exported), read_audio(song))
+    np.save(tmp_path / "mix.npy", read_audio(song))
+    code = (
+        "import sys, numpy as np, torch\n"
+        f"m = torch.jit.load({str(exported / 'model.ts')!r}).eval()\n"
+        f"x = torch.from_numpy(np.load({str(tmp_path / 'mix.npy')!r}))[None]\n"
+        "with torch.no_grad(): y = m.separate(x)[0].numpy()\n"
+        f"np.save({str(tmp_path / 'out.npy')!r}, y)\n"
+        "assert not any(k.startswith('samsnet_search') for k in sys.modules), 'imported samsnet_search'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, timeout=120)
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), np.stack([ref[t] for t in TARGETS]), atol=1e-5)
+
+
+def test_weights_load_without_pickled_code(exported, trained):
+    net = export.load_weights(exported)
+    ref, _ = checkpoint.load_model(trained)
+    for (k, a), (_, b) in zip(net.state_dict().items(), ref.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_export_command_writes_a_folder(trained, tmp_path, capsys):
+    assert main(["export", str(trained / "best.pt"), "--out", str(tmp_path / "cli"), "--storage", str(tmp_path / "runs")]) == 0
+    assert "exported to" in capsys.readouterr().out
+    assert export.is_export(tmp_path / "cli")
+
+
+# --- errors: one line, exit code 2 ---------------------------------------------------------
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and err.startswith("error:")
+    return " ".join(err.split())
+
+
+def test_separate_missing_model_folder(song, tmp_path, capsys):
+    assert main(["separate", str(tmp_path / "nope"), str(song), "--out", str(tmp_path / "o")]) == 2
+    assert "nope: no such file or folder" in _error(capsys)
+
+
+def test_separate_folder_that_is_not_an_export(song, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["separate", str(tmp_path / "empty"), str(song), "--out", str(tmp_path / "o")]) == 2
+    assert "neither an export folder (no export.json) nor a checkpoint folder" in _error(capsys)
+
+
+def test_separate_export_with_unknown_format(exported, song, tmp_path, capsys):
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "export.json").write_text(json.dumps({"format": "something-else/9"}))
+    assert main(["separate", str(fake), str(song), "--out", str(tmp_path / "o")]) == 2
+    assert "unknown export format (expected samsnet-export/1)" in _error(capsys)
+
+
+def test_separate_export_with_missing_torchscript(exported, song, tmp_path, capsys):
+    import shutil
+
+    broken = Path(shutil.copytree(exported, tmp_path / "broken"))
+    (broken / "model.ts").unlink()
+    assert main(["separate", str(broken), str(song), "--out", str(tmp_path / "o")]) == 2
+    assert "model.ts: missing from the export folder" in _error(capsys)
+
+
+def test_export_unknown_source(tmp_path, capsys):
+    assert main(["export", "no-such-study", "--out", str(tmp_path / "o"), "--storage", str(tmp_path / "runs")]) == 2
+    assert "no-such-study: not a checkpoint folder or .pt file, not a study" in _error(capsys)
+
+
+def test_export_refuses_a_non_export_out_folder(trained, tmp_path, capsys):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    assert main(["export", str(trained), "--out", str(tmp_path / "busy")]) == 2
+    assert "exists and is not an export folder" in _error(capsys)
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
