@@ -285,11 +285,21 @@ class Resources(Strict):
 
     cpu: float = Field(1.0, gt=0, description="CPUs per trial (also torch threads when train.threads is unset)")
     gpu: float = Field(0.0, ge=0, description="GPUs per trial; fractions (0.5) share a GPU between trials")
+    custom: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources per trial ({name: amount}), e.g. a slot that `ray start --resources` gives nodes",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "Resources":
         if self.gpu > 1 and self.gpu != int(self.gpu):
             raise ValueError(f"gpu: fractions are only possible below 1, got {self.gpu}")
+        for name, amount in self.custom.items():
+            # CPU/GPU/memory have their own keys; Ray would double-book them under custom.
+            if not name or name.lower() in ("cpu", "gpu", "memory", "object_store_memory"):
+                raise ValueError(f"custom: {name!r} is not a custom resource name (use cpu: / gpu: for those)")
+            if not amount > 0:
+                raise ValueError(f"custom.{name}: amount must be > 0, got {amount}")
         return self
 
 
@@ -300,6 +310,12 @@ class SelectionSettings(Strict):
     epochs: int | None = Field(None, gt=0, description="retraining budget; default: train.epochs")
     bootstrap: int = Field(2000, gt=0, description="bootstrap resamples over (track x seed)")
     confidence: float = Field(0.95, gt=0, lt=1, description="interval coverage")
+    valid_backend: Literal["fast", "museval"] = Field(
+        "fast", description="BSSEval v4 for the full validation tracks (fast: same numbers, much quicker)"
+    )
+    test_backend: Literal["fast", "museval"] = Field("museval", description="BSSEval v4 for the winner's test score")
+    listen_seconds: float = Field(5.0, ge=0, description="seconds of the winner's test stems logged as wav; 0: none")
+    enabled: bool = Field(True, description="false: `run` stops after the search (no retraining)")
 
 
 class TrackingSettings(Strict):

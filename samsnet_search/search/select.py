@@ -1,0 +1,597 @@
+"""Choosing the slice count after the search (DESIGN.md, "Choosing the slice count").
+
+1. Contenders: for each slice value the search tried, its best trial by the study metric.
+2. Retraining: each contender is trained to the full budget (`selection.epochs`) with
+   `selection.seeds` seeds (`train.seed + k`, k = 0..n-1), as plain Ray tasks with the
+   trial resources. A trial that already ran its full budget with seed k = 0 counts as
+   seed 0 (its best checkpoint is reused). Every retraining is an MLflow child run of the
+   study's parent run, tagged `samsnet.phase=selection`.
+3. Scoring: every model is scored on the FULL validation tracks (per track and target).
+   Each finished job writes `<study>/selection/jobs/<key>.json` (and its best weights
+   beside it), so an interrupted selection never redoes finished jobs.
+4. Bootstrap over (track x seed) pairs gives each slice value a confidence interval of
+   its median SDR; the winner has the best median; an overlapping interval means "not
+   significantly different" from the winner. The table is labelled *validation*.
+5. Only then the winner (its best seed) is scored on the TEST set, exported and
+   registered as `samsnet-<study>` (alias `champion`); a few seconds of its separated
+   test stems are logged as wav files. Test data cannot influence steps 1-4: they never
+   load it.
+
+The statistics (`bootstrap_table`) are pure functions of the scores, testable alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import tracking
+from ..config import SAMPLE_RATE, TARGETS, ExperimentConfig, validate_model
+from ..errors import SamsNetError
+from . import identity
+
+log = logging.getLogger(__name__)
+
+PHASE_TAG = "samsnet.phase"
+CHOSEN_TAG = "samsnet.chosen_slices"
+SELECTION_FOLDER = "selection"
+RESULT_FILE = "selection.json"  # the finished selection, in <study>/selection/
+COLUMNS = (*TARGETS, "avg")
+# Statuses of a search trial that trained to its own budget (not cut short by ASHA or a stop).
+FULL_BUDGET = ("completed", "stopped_early")
+
+Progress = Callable[[str], None]
+
+
+class SelectionError(SamsNetError):
+    """The slice-count selection cannot run (no scored trials, no finished retraining, ...)."""
+
+
+# --- statistics ----------------------------------------------------------------------
+
+
+@dataclass
+class SliceRow:
+    """One slice value: median SDR over (track x seed) pairs per target and avg, with intervals."""
+
+    slices: int
+    median: dict[str, float]  # COLUMNS -> dB
+    interval: dict[str, tuple[float, float]]  # COLUMNS -> (low, high) bootstrap interval
+    pairs: int
+    tracks: int
+    seeds: int
+    significant: bool | None = None  # vs the winner: False = "not significantly different"; None: the winner
+    info: dict[str, Any] = field(default_factory=dict)  # trial id, config, runs, best seed
+
+
+@dataclass
+class SelectionTable:
+    """The Table-2-style validation table and its verdict."""
+
+    rows: list[SliceRow]
+    winner: int
+    confidence: float
+    resamples: int
+    backend: str
+    data: str
+    subset: str = "validation"
+
+    def row(self, slices: int) -> SliceRow:
+        return next(r for r in self.rows if r.slices == slices)
+
+    @property
+    def tied(self) -> list[int]:
+        """Slice values whose interval overlaps the winner's (not significantly different)."""
+        return [r.slices for r in self.rows if r.significant is False]
+
+    def verdict(self) -> str:
+        w = self.row(self.winner)
+        low, high = w.interval["avg"]
+        pct = round(100 * self.confidence)
+        text = f"chosen slices: {self.winner} (validation avg SDR {w.median['avg']:.2f} dB, {pct}% interval [{low:.2f}, {high:.2f}])"
+        if self.tied:
+            text += f"; not significantly different from slices {', '.join(map(str, self.tied))} (intervals overlap)"
+        elif len(self.rows) > 1:
+            text += "; its interval overlaps no other slice value's"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "label": self.label()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SelectionTable":
+        rows = [SliceRow(**{**r, "interval": {k: tuple(v) for k, v in r["interval"].items()}}) for r in d["rows"]]
+        return cls(rows=rows, **{k: d[k] for k in ("winner", "confidence", "resamples", "backend", "data", "subset")})
+
+    def label(self) -> str:
+        return (f"SDR (dB) on the {self.subset} set of {self.data}, median over tracks and seeds, {self.backend} "
+                f"BSSEval v4; interval: {round(100 * self.confidence)}% bootstrap over (track x seed), "
+                f"{self.resamples} resamples")  # fmt: skip
+
+    def records(self) -> list[dict[str, Any]]:
+        """One flat dict per row (CSV / markdown / the export's model card)."""
+        out = []
+        for r in self.rows:
+            low, high = r.interval["avg"]
+            rec = {"slices": r.slices, **{c: round(r.median[c], 3) for c in COLUMNS}}
+            rec.update({"avg_low": round(low, 3), "avg_high": round(high, 3), "pairs": r.pairs,
+                        "vs_winner": _versus(r)})  # fmt: skip
+            out.append(rec)
+        return out
+
+    def markdown(self) -> str:
+        recs = self.records()
+        head = ["slices", *COLUMNS, "interval (avg)", "vs winner"]
+        lines = [f"**{self.label()}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for rec in recs:
+            cells = [str(rec["slices"]), *(f"{rec[c]:.2f}" for c in COLUMNS),
+                     f"[{rec['avg_low']:.2f}, {rec['avg_high']:.2f}]", rec["vs_winner"]]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines + ["", self.verdict()]) + "\n"
+
+    def csv(self) -> str:
+        recs = self.records()
+        keys = list(recs[0])
+        return "\n".join([",".join(keys)] + [",".join(str(r[k]) for k in keys) for r in recs]) + "\n"
+
+
+def _versus(row: SliceRow) -> str:
+    if row.significant is None:
+        return "winner"
+    return "significantly worse" if row.significant else "not significantly different"
+
+
+def _statistic(values: np.ndarray) -> np.ndarray:
+    """values (..., P, S) SDR per pair and target -> (..., S + 1): median over pairs per target, then avg.
+
+    avg is the mean of the target medians, as the paper (and `median_over_tracks`) aggregates.
+    NaN pairs (a silent reference) are skipped.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN resample of one target
+        med = np.nanmedian(values, axis=-2)  # (..., S)
+    return np.concatenate([med, med.mean(axis=-1, keepdims=True)], axis=-1)
+
+
+def bootstrap_row(values: np.ndarray, resamples: int, confidence: float, rng: np.random.Generator):
+    """values (P, S): one row's pairs. Returns (point (S+1,), low (S+1,), high (S+1,))."""
+    P = values.shape[0]
+    idx = rng.integers(0, P, size=(resamples, P))  # resample pairs with replacement
+    stats = _statistic(values[idx])  # (R, S + 1)
+    alpha = (1 - confidence) / 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = np.nanquantile(stats, [alpha, 1 - alpha], axis=0)
+    return _statistic(values), low, high
+
+
+def overlaps(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def bootstrap_table(
+    scores: dict[int, list[dict[str, Any]]],
+    *,
+    resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    backend: str = "fast",
+    data: str = "",
+    info: dict[int, dict[str, Any]] | None = None,
+) -> SelectionTable:
+    """The validation table from per-pair scores.
+
+    scores: slices -> list of pairs `{"track": str, "seed": int, "scores": {target: dB}}`.
+    The winner has the best median avg (ties: fewer slices); a row whose avg interval
+    overlaps the winner's is "not significantly different".
+    """
+    if not scores:
+        raise SelectionError("no slice value has any scored (track x seed) pair: nothing to choose from")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for slices in sorted(scores):
+        pairs = scores[slices]
+        if not pairs:
+            raise SelectionError(f"slices={slices}: no scored (track x seed) pair")
+        values = np.array([[p["scores"][t] for t in TARGETS] for p in pairs], dtype=np.float64)  # (P, S)
+        point, low, high = bootstrap_row(values, resamples, confidence, rng)
+        rows.append(SliceRow(
+            slices=slices,
+            median={c: float(point[i]) for i, c in enumerate(COLUMNS)},
+            interval={c: (float(low[i]), float(high[i])) for i, c in enumerate(COLUMNS)},
+            pairs=len(pairs), tracks=len({p["track"] for p in pairs}), seeds=len({p["seed"] for p in pairs}),
+            info=dict((info or {}).get(slices, {})),
+        ))  # fmt: skip
+    # NaN medians (a target silent everywhere) never win.
+    winner = max(rows, key=lambda r: (_finite(r.median["avg"]), -r.slices))
+    for r in rows:
+        r.significant = None if r is winner else not overlaps(r.interval["avg"], winner.interval["avg"])
+    return SelectionTable(rows, winner.slices, confidence, resamples, backend, data)
+
+
+def _finite(x: float) -> float:
+    return x if math.isfinite(x) else -math.inf
+
+
+# --- retraining jobs -----------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """One (slice value, seed) retraining: what a Ray task needs (picklable)."""
+
+    key: str  # slices_<n>_seed_<k>
+    slices: int
+    seed_index: int
+    seed: int
+    trial_id: str  # the search trial whose configuration this is
+    config: dict[str, Any]  # the trial's sampled values
+    experiment: dict[str, Any]  # ExperimentConfig (JSON form) with the selection budget and seed
+    reuse_checkpoint: Any = None  # ray.tune.Checkpoint of a full-budget trial (seed 0), else None
+    reuse_run_id: str | None = None
+
+
+def contenders(trials: list, metric: str, mode: str) -> dict[int, Any]:
+    """slices -> the best TrialRecord of that slice value by the study metric (failed trials excluded)."""
+    sign = 1 if mode == "min" else -1
+    best: dict[int, Any] = {}
+    for t in trials:
+        value = (t.best or {}).get(metric)
+        slices = t.experiment.get("model", {}).get("slices")
+        if value is None or slices is None or t.status == "failed" or not math.isfinite(value):
+            continue
+        if slices not in best or sign * value < sign * best[slices].best[metric]:
+            best[slices] = t
+    return best
+
+
+def plan_jobs(trials: list, metric: str, mode: str, seeds: int, epochs: int) -> list[Job]:
+    """Every (contender, seed) job; seed 0 reuses a trial that already trained its full budget."""
+    jobs = []
+    for slices, trial in sorted(contenders(trials, metric, mode).items()):
+        base_seed = int(trial.experiment["train"]["seed"])
+        full = (trial.status in FULL_BUDGET and int(trial.experiment["train"]["epochs"]) == epochs
+                and trial.best_checkpoint is not None)  # fmt: skip
+        for k in range(seeds):
+            experiment = json.loads(json.dumps(trial.experiment))
+            experiment["train"].update(epochs=epochs, seed=base_seed + k)
+            reuse = full and k == 0
+            jobs.append(Job(
+                key=f"slices_{slices}_seed_{k}", slices=slices, seed_index=k, seed=base_seed + k,
+                trial_id=trial.trial_id, config=dict(trial.config), experiment=experiment,
+                reuse_checkpoint=trial.best_checkpoint if reuse else None,
+                reuse_run_id=trial.mlflow_run_id if reuse else None,
+            ))  # fmt: skip
+    return jobs
+
+
+def selection_uri(study_path: str) -> str:
+    return identity.study_uri(study_path, SELECTION_FOLDER)
+
+
+def _job_uri(store: str, key: str, name: str) -> str:
+    return identity.study_uri(identity.study_uri(store, "jobs"), f"{key}.{name}")
+
+
+def _put_file(uri: str, local: Path) -> None:
+    fs, path = identity.filesystem(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(local.read_bytes())
+
+
+def _get_file(uri: str, local: Path) -> Path:
+    fs, path = identity.filesystem(uri)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    with fs.open_input_stream(path) as f:
+        local.write_bytes(f.read())
+    return local
+
+
+def read_json(uri: str) -> dict[str, Any] | None:
+    text = identity._read_text(uri)
+    return None if text is None else json.loads(text)
+
+
+def write_json(uri: str, payload: Any) -> None:
+    identity._write_text(uri, json.dumps(payload, indent=2, default=str))
+
+
+def retrain_and_score(job: Job, spec: tracking.ChildRunSpec, store: str, backend: str) -> dict[str, Any]:
+    """Runs in a Ray worker: train (or reuse) one job, score it on the full validation tracks.
+
+    Returns the job's record (what `<store>/jobs/<key>.json` holds).
+    """
+    from ..checkpoint import BEST, load_model
+    from ..data import load_splits
+    from ..evaluate import evaluate_tracks, model_estimator
+    from ..train import pick_device
+
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    cfg = validate_model(ExperimentConfig, job.experiment, f"selection job {job.key}")
+    if job.reuse_checkpoint is not None:
+        ckpt_dir, run_id, epochs = Path(job.reuse_checkpoint.to_directory()), job.reuse_run_id, None
+    else:
+        ckpt_dir, run_id, epochs = _retrain(job, cfg, spec)
+    model, state = load_model(ckpt_dir)
+    splits = load_splits(cfg.data)  # only .valid is used: test data never reaches the choice
+    report = evaluate_tracks(model_estimator(model, pick_device(cfg.train.device)), splits.valid,
+                             name=f"slices={job.slices} seed={job.seed}", backend=backend,
+                             data_kind=splits.kind, subset="valid")  # fmt: skip
+    _put_file(_job_uri(store, job.key, BEST), ckpt_dir / BEST)
+    if run_id:
+        summary = report.summary
+        tracking.client(spec.target).log_batch(run_id, metrics=_metrics({f"selection.valid_sdr_{k}": v for k, v in summary.items()}))
+    return {
+        "key": job.key, "slices": job.slices, "seed_index": job.seed_index, "seed": job.seed,
+        "trial_id": job.trial_id, "config": job.config, "run_id": run_id, "reused": job.reuse_checkpoint is not None,
+        "epochs": epochs if epochs is not None else state.get("epoch"), "best_epoch": state.get("epoch"),
+        "tracks": report.tracks, "summary": report.summary, "data": report.data, "backend": backend,
+        "checkpoint": _job_uri(store, job.key, BEST),
+    }  # fmt: skip
+
+
+def _metrics(values: dict[str, float]) -> list:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, 0) for k, v in values.items() if v is not None and math.isfinite(float(v))]
+
+
+def _retrain(job: Job, cfg: ExperimentConfig, spec: tracking.ChildRunSpec) -> tuple[Path, str, int]:
+    """Train one seed to the full budget as a child run tagged samsnet.phase=selection."""
+    from ..train import Trainer
+
+    run = tracking.TrialRun(spec, f"selection-{job.key}", f"selection slices={job.slices} seed={job.seed}")
+    run.client.set_tag(run.run_id, PHASE_TAG, "selection")
+    run.client.set_tag(run.run_id, "samsnet.search_trial", job.trial_id)
+    run.start_system_metrics()
+    # A local work folder: an interrupted job continues from its last epoch on this node.
+    workdir = Path(tempfile.gettempdir()) / "samsnet-selection" / f"{spec.study_name}_{job.key}"
+    last = workdir / "checkpoint" / "last.pt"
+    try:
+        run.log_config(cfg.model_dump(mode="json"), cfg.resolved_model().model_dump(mode="json"))
+
+        def report(result) -> None:
+            run.log_epoch(result.metrics(), result.epoch)
+            if result.is_best:
+                run.log_best(result.checkpoint_dir, result.epoch)
+
+        summary = Trainer(cfg, workdir, callbacks=[report]).fit(resume=last if last.is_file() else None)
+    except Exception as e:
+        run.finish("failed", error=f"{type(e).__name__}: {e}")
+        raise
+    run.finish("stopped_early" if summary.stopped_early else "completed")
+    return summary.checkpoint_dir, run.run_id, summary.epochs
+
+
+# --- the selection -------------------------------------------------------------------
+
+
+@dataclass
+class SelectionResult:
+    table: SelectionTable
+    jobs: list[dict[str, Any]]  # every job's record
+    trained: list[str]  # job keys run by this call (the others were found finished)
+    winner_job: dict[str, Any]
+    test: dict[str, Any]  # EvalReport.to_dict() of the winner on the test set
+    registered: dict[str, Any]  # {"name", "version", "alias"}
+    seconds: dict[str, float]  # wall time per phase
+    where: str  # MLflow UI line
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"table": self.table.to_dict(), "jobs": self.jobs, "winner_job": self.winner_job, "test": self.test,
+                "registered": self.registered, "seconds": self.seconds, "where": self.where}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], trained: list[str] | None = None) -> "SelectionResult":
+        return cls(SelectionTable.from_dict(d["table"]), d["jobs"], trained or [], d["winner_job"], d["test"],
+                   d["registered"], d["seconds"], d["where"])  # fmt: skip
+
+
+def run_selection(
+    result,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    progress: Progress | None = None,
+    quiet: bool = False,
+) -> SelectionResult:
+    """The whole selection for a finished search (`runner.StudyResult`); resumable, idempotent."""
+    from .runner import ray_session
+
+    study, manifest = result.study, result.manifest
+    store = selection_uri(manifest.path)
+    say = progress or (lambda msg: log.info("%s", msg))
+    done = read_json(identity.study_uri(store, RESULT_FILE))
+    if done is not None:
+        say(f"selection of study {study.name} is already finished; loading it")
+        return SelectionResult.from_dict(done)
+    sel = study.spec.selection
+    epochs = sel.epochs or study.max_epochs
+    jobs = plan_jobs(result.trials, study.metric, study.mode, sel.seeds, epochs)
+    if not jobs:
+        raise SelectionError(f"study {study.name}: no trial has a {study.metric}; nothing to retrain")
+    start = time.monotonic()
+    with ray_session(address, num_cpus, num_gpus, quiet):
+        records, trained = _run_jobs(jobs, result, store, say)
+    seconds = {"retrain_and_validate": time.monotonic() - start}
+    table = _table(records, study, result.study.spec.selection)
+    say(table.verdict())
+    start = time.monotonic()
+    final = _finish(table, records, trained, result, store, seconds, say)
+    final.seconds["test_and_register"] = time.monotonic() - start
+    write_json(identity.study_uri(store, RESULT_FILE), final.to_dict())
+    _update_manifest(manifest, final)
+    return final
+
+
+def _run_jobs(jobs: list[Job], result, store: str, say: Progress) -> tuple[list[dict[str, Any]], list[str]]:
+    """Run the unfinished jobs as Ray tasks (at most max_concurrent_trials at once); records in job order."""
+    import ray
+
+    study, manifest = result.study, result.manifest
+    from .runner import _context
+
+    spec = _context(study, manifest).tracking
+    records = {j.key: read_json(_job_uri(store, j.key, "json")) for j in jobs}
+    todo = [j for j in jobs if records[j.key] is None]
+    if len(todo) < len(jobs):
+        say(f"selection: {len(jobs) - len(todo)} of {len(jobs)} jobs already finished (not run again)")
+    res = study.spec.resources
+    task = ray.remote(num_cpus=res.cpu, num_gpus=res.gpu, max_retries=0)(retrain_and_score)
+    limit = study.search.max_concurrent_trials or len(todo) or 1
+    backend = study.spec.selection.valid_backend
+    pending: dict[Any, Job] = {}
+    failures = []
+    queue = list(todo)
+    while queue or pending:
+        while queue and len(pending) < limit:
+            job = queue.pop(0)
+            pending[task.remote(job, spec, store, backend)] = job
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        job = pending.pop(ready[0])
+        try:
+            record = ray.get(ready[0])
+        except Exception as e:  # one failed retraining: recorded, the others go on
+            failures.append(f"{job.key}: {str(e).strip().splitlines()[-1]}")
+            log.warning("selection job %s failed: %s", job.key, failures[-1])
+            continue
+        write_json(_job_uri(store, job.key, "json"), record)
+        records[job.key] = record
+        avg = record["summary"]["avg"]
+        say(f"selection: {job.key} {'(search trial reused) ' if record['reused'] else ''}valid avg SDR {avg:.2f} dB")
+    if failures:
+        say("selection: failed jobs (run again to retry them): " + "; ".join(failures))
+    return [records[j.key] for j in jobs if records[j.key] is not None], [j.key for j in todo if records[j.key] is not None]
+
+
+def _table(records: list[dict[str, Any]], study, sel) -> SelectionTable:
+    scores: dict[int, list[dict[str, Any]]] = {}
+    info: dict[int, dict[str, Any]] = {}
+    for rec in records:
+        for track, sdr in rec["tracks"].items():
+            scores.setdefault(rec["slices"], []).append({"track": track, "seed": rec["seed"], "scores": sdr})
+        best = info.setdefault(rec["slices"], {"trial_id": rec["trial_id"], "config": rec["config"], "runs": {}})
+        best["runs"][str(rec["seed"])] = rec["run_id"]
+    backend = records[0]["backend"] if records else sel.valid_backend
+    data = records[0]["data"] if records else ""
+    # The bootstrap is seeded by the study seed: the same scores give the same intervals.
+    return bootstrap_table(scores, resamples=sel.bootstrap, confidence=sel.confidence, seed=study.search.seed,
+                           backend=backend, data=data, info=info)  # fmt: skip
+
+
+def _finish(table: SelectionTable, records, trained, result, store: str, seconds, say: Progress) -> SelectionResult:
+    """Log the table, score the winner on the test set, export and register it."""
+    study, manifest, target = result.study, result.manifest, result.target
+    winner_jobs = [r for r in records if r["slices"] == table.winner]
+    best = max(winner_jobs, key=lambda r: _finite(r["summary"]["avg"]))
+    _log_table(target, manifest.parent_run_id, table, best)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = _get_file(best["checkpoint"], Path(tmp) / "checkpoint" / "best.pt").parent
+        sel = study.spec.selection
+        say(f"scoring the winner (slices={table.winner}, seed {best['seed']}) on the test set with {sel.test_backend} ...")
+        test = _score_test(ckpt, target, manifest.parent_run_id, sel.test_backend, sel.listen_seconds)
+        say(f"test avg SDR {test['summary']['avg']:.2f} dB ({test['backend']}, {test['data']})")
+        registered = _register(ckpt, Path(tmp) / "export", table, test, study.name, manifest)
+    say(f"registered {registered['name']} version {registered['version']} (alias {registered['alias']})")
+    return SelectionResult(table, records, trained, best, test, registered, dict(seconds), target.where())
+
+
+def _log_table(target, parent_run_id: str, table: SelectionTable, best: dict[str, Any]) -> None:
+    c = tracking.client(target)
+    metrics = {}
+    for r in table.rows:
+        for col in COLUMNS:
+            metrics[f"selection.slices_{r.slices}.{col}"] = r.median[col]
+        metrics[f"selection.slices_{r.slices}.avg_low"], metrics[f"selection.slices_{r.slices}.avg_high"] = r.interval["avg"]
+    c.log_batch(parent_run_id, metrics=_metrics(metrics))
+    c.set_tag(parent_run_id, CHOSEN_TAG, str(table.winner))
+    if best.get("run_id"):
+        c.set_tag(parent_run_id, tracking.BEST_RUN_TAG, best["run_id"])
+    tracking.log_json(target, parent_run_id, table.to_dict(), "selection/table.json")
+    c.log_text(parent_run_id, table.markdown(), "selection/table.md")
+    c.log_text(parent_run_id, table.csv(), "selection/table.csv")
+
+
+def _score_test(ckpt: Path, target, parent_run_id: str, backend: str, listen_seconds: float) -> dict[str, Any]:
+    """The winner on the test split (the first and only time test data is read)."""
+    from ..checkpoint import load_model
+    from ..data import load_splits
+    from ..evaluate import evaluate_tracks, model_estimator
+    from ..train import pick_device
+
+    model, state = load_model(ckpt)
+    cfg = validate_model(ExperimentConfig, state["experiment"], f"{ckpt}: experiment")
+    splits = load_splits(cfg.data)
+    if not splits.test:
+        raise SelectionError(f"{splits.root}: no test tracks; the winner cannot be scored on the test set")
+    device = pick_device(cfg.train.device)
+    report = evaluate_tracks(model_estimator(model, device), splits.test, name="winner", backend=backend,
+                             data_kind=splits.kind, subset="test")  # fmt: skip
+    c = tracking.client(target)
+    c.log_batch(parent_run_id, metrics=_metrics({f"test.{k}": v for k, v in report.summary.items()}))
+    tracking.log_json(target, parent_run_id, report.to_dict(), "test/scores.json")
+    if listen_seconds > 0:
+        _log_listening(model, splits.test[0], listen_seconds, device, target, parent_run_id)
+    return report.to_dict()
+
+
+def _log_listening(model, track, seconds: float, device, target, run_id: str) -> None:
+    """`listen/<track>/{mixture,<target>}.wav`: the first seconds of the winner's test stems."""
+    import soundfile as sf
+
+    from ..separate import separate
+
+    mixture = np.ascontiguousarray(track.audio()[0][:, : int(seconds * SAMPLE_RATE)])  # (C, N)
+    stems = separate(model, mixture, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / track.name.replace("/", "_")
+        folder.mkdir()
+        for name, audio in {"mixture": mixture, **stems}.items():
+            sf.write(folder / f"{name}.wav", audio.T, SAMPLE_RATE, subtype="PCM_16")
+        tracking.client(target).log_artifacts(run_id, str(folder), f"listen/{folder.name}")
+
+
+def _register(ckpt: Path, out: Path, table: SelectionTable, test, study_name: str, manifest) -> dict[str, Any]:
+    from ..export import DEFAULT_ALIAS, export_checkpoint, register
+
+    info = {"title": f"Sams-Net chosen by study {study_name} (slices={table.winner})",
+            "source": f"study {study_name}, selection winner slices={table.winner}",
+            "data_kind": test["data"], "test_sdr": test["summary"], "selection_table": table.records()}  # fmt: skip
+    export_checkpoint(ckpt, out, info)
+    version = register(out, study_name, manifest.tracking_uri, run_id=manifest.parent_run_id, alias=DEFAULT_ALIAS)
+    return {"name": tracking.registered_model_name(study_name), "version": version, "alias": DEFAULT_ALIAS}
+
+
+def _update_manifest(manifest, final: SelectionResult) -> None:
+    """study.json: the choice, for `ls`, `report` and `export` (which exports `best_run`)."""
+    fresh = identity.read_manifest(manifest.path) or manifest
+    fresh.summary = {**fresh.summary, "selection": final.table.records(), "chosen_slices": final.table.winner,
+                     "test": final.test["summary"], "registered": final.registered}  # fmt: skip
+    if final.winner_job.get("run_id"):
+        fresh.summary["best_run"] = final.winner_job["run_id"]
+    identity.write_manifest(fresh)
+
+
+def load_selection(study_path: str) -> SelectionResult | None:
+    """A finished selection from the study folder, or None."""
+    done = read_json(identity.study_uri(selection_uri(study_path), RESULT_FILE))
+    return None if done is None else SelectionResult.from_dict(done)
+
+
+def reset_selection(study_path: str) -> None:
+    """Forget a selection (local storage only): the next run retrains everything."""
+    if not identity.is_s3(study_path):
+        shutil.rmtree(Path(selection_uri(study_path)), ignore_errors=True)
