@@ -52,6 +52,7 @@ class LiveView:
         remove_listener(self.study.name, self.on_event)
         self.live.update(self.render())
         self.live.__exit__(*exc)
+        self.console.line()
 
     def on_event(self, event: TrialEvent) -> None:
         with self.lock:
@@ -86,8 +87,9 @@ class LiveView:
                     style="bold",
                 )
             table = Table(box=None, pad_edge=False)
-            for col in ("trial", "status", "epoch", self.study.metric, *self.study.space):
-                table.add_column(col)
+            # short headers (slices, lr, ...): the table must fit an 80-column terminal
+            for col in ("trial", "status", "epoch", self.study.metric, *(k.rsplit(".", 1)[-1] for k in self.study.space)):
+                table.add_column(col, no_wrap=True)
             for trial_id, row in list(self.trials.items())[-RECENT_ROWS:]:
                 metric = row.get("metric")
                 table.add_row(

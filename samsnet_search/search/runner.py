@@ -138,7 +138,10 @@ def ray_session(
     common = dict(include_dashboard=False, configure_logging=False, log_to_driver=not quiet)
     if address:
         env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
-        ray.init(address=address, runtime_env={"env_vars": env}, **common)
+        try:
+            ray.init(address=address, runtime_env={"env_vars": env}, **common)
+        except ConnectionError as e:  # no cluster there, or its auth token differs
+            raise StudyError(f"--address {address}: cannot connect to a Ray cluster ({_first_line(e)})") from None
     else:
         ray.init(
             num_cpus=num_cpus or os.cpu_count() or 1,
@@ -150,6 +153,11 @@ def ray_session(
         yield
     finally:
         ray.shutdown()
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def trial_dirname(trial) -> str:
@@ -197,11 +205,23 @@ def _scheduler(study: Study):
     )
 
 
+def trial_resources(study: Study) -> dict[str, Any]:
+    """What each trial reserves, in `tune.with_resources` form.
+
+    Fractional GPUs pass through as they are (gpu: 0.5 lets two trials share one GPU);
+    custom resources (resources.custom) pin trials to nodes that offer them.
+    """
+    r = study.spec.resources
+    out: dict[str, Any] = {"cpu": r.cpu, "gpu": r.gpu}
+    if r.custom:
+        out["custom_resources"] = dict(r.custom)
+    return out
+
+
 def _trainable(study: Study, ctx: TrialContext):
     from ray import tune
 
-    resources = {"cpu": study.spec.resources.cpu, "gpu": study.spec.resources.gpu}
-    return tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), resources)
+    return tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), trial_resources(study))
 
 
 def _new_tuner(study: Study, ctx: TrialContext, callback) -> Any:
