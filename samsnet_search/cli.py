@@ -374,6 +374,26 @@ def ls(storage: str = typer.Option("./runs", help=_STORAGE_HELP)) -> None:
     print(format_studies(list_studies(resolve_storage(storage, Path.cwd()))))
 
 
+@app.command("bench")
+def bench(
+    quick: bool = typer.Option(False, "--quick", help="small sizes, a few minutes (no paper-config runs, no search)"),
+    device: str = typer.Option("cpu", help="cpu or cuda (cuda adds the 60 s paper-config attention case)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the report (machine, sizes, figures) as JSON"),
+    only: Optional[list[str]] = typer.Option(None, "--only", help="attention, train, sdr or search (repeatable)"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: all cores); recorded"),
+    smoke: bool = typer.Option(False, "--smoke", help="smallest sizes (seconds): checks the benchmarks run, figures not meaningful"),
+) -> None:
+    """Measure the hot paths: sliced attention vs slices, training step, fast SDR vs museval, search overhead."""
+    from .bench import run_benchmarks, write_report
+    from .bench.show import print_report
+
+    report = run_benchmarks(quick=quick, device=device, only=only, threads=threads, smoke=smoke,
+                            progress=lambda name: console.print(f"[dim]bench: {name}...[/dim]"))  # fmt: skip
+    print_report(report, Console())
+    if out is not None:
+        print(f"wrote {write_report(report, out)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code instead of exiting when called from tests."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,118 @@
+"""`samsnet-search bench`: measure the hot paths (issue 6). Benchmarks are not tests.
+
+One module per benchmark, each with `run(quick, device, threads, ...) -> {"sizes", "figures", "notes"}`
+where `figures` is a flat mapping name -> float:
+
+- `attention`: sliced attention step and whole model, time and peak memory vs slices; batched vs loop.
+- `train`: training-step samples/s and the share of step time waiting on data.
+- `sdr`: fast BSSEval v4 vs museval, time ratio and largest differences.
+- `search`: per-trial time outside training on a tiny study (full mode only).
+
+`run_benchmarks` runs a selection and returns one JSON-ready report with the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .common import BenchError, machine_info
+
+log = logging.getLogger(__name__)
+
+NAMES: tuple[str, ...] = ("attention", "train", "sdr", "search")
+FULL_ONLY = ("search",)  # a Ray study does not fit --quick's few minutes
+
+
+def _runner(name: str) -> Callable[..., dict[str, Any]]:
+    if name == "attention":
+        from .attention import run
+    elif name == "train":
+        from .train_step import run
+    elif name == "sdr":
+        from .sdr import run
+    else:
+        from .search_overhead import run
+    return run
+
+
+def check_options(device: str, only: list[str] | None, threads: int | None) -> list[str]:
+    """Validated benchmark names to run; BenchError names the bad option and what is valid."""
+    import torch
+
+    if device not in ("cpu", "cuda"):
+        raise BenchError(f"--device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BenchError("--device cuda: no CUDA device is available here (use --device cpu)")
+    unknown = sorted(set(only or ()) - set(NAMES))
+    if unknown:
+        raise BenchError(f"--only: unknown benchmark {', '.join(unknown)} (valid: {', '.join(NAMES)})")
+    if threads is not None and threads < 1:
+        raise BenchError(f"--threads must be >= 1, got {threads}")
+    return [n for n in NAMES if not only or n in only]
+
+
+def run_benchmarks(
+    quick: bool = False,
+    device: str = "cpu",
+    only: list[str] | None = None,
+    threads: int | None = None,
+    smoke: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the selected benchmarks; returns {"machine", "settings", "benchmarks", "skipped"}.
+
+    smoke: the smallest sizes (seconds; figures not meaningful), implies quick.
+    threads: torch CPU threads (default: all cores), fixed for every benchmark and recorded.
+    """
+    quick = quick or smoke
+    names = check_options(device, only, threads)
+    threads = threads or os.cpu_count() or 1
+    import torch
+
+    torch.set_num_threads(threads)
+    report: dict[str, Any] = {
+        "machine": machine_info(device, threads),
+        "settings": {"quick": quick, "smoke": smoke, "device": device, "only": only or list(NAMES)},
+        "benchmarks": {},
+        "skipped": {},
+    }
+    for name in names:
+        if quick and name in FULL_ONLY:
+            report["skipped"][name] = "full mode only (a Ray study takes minutes)"
+            continue
+        if progress:
+            progress(name)
+        start = time.perf_counter()
+        kwargs = {"smoke": smoke} if name != "search" else {}
+        result = _runner(name)(quick, device, threads, **kwargs)
+        result["seconds"] = time.perf_counter() - start
+        _check_finite(name, result["figures"])
+        report["benchmarks"][name] = result
+        log.info("bench %s: %.1f s", name, result["seconds"])
+    report["machine"]["load_average_1m_end"] = round(os.getloadavg()[0], 2)
+    return report
+
+
+def _check_finite(name: str, figures: dict[str, float]) -> None:
+    bad = {k: v for k, v in figures.items() if not isinstance(v, (int, float)) or not math.isfinite(v)}
+    if bad:
+        raise BenchError(f"benchmark {name} produced non-finite figures: {bad}")
+
+
+def write_report(report: dict[str, Any], path: str | Path) -> Path:
+    """Write the report as JSON (atomically: temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+__all__ = ["NAMES", "BenchError", "check_options", "run_benchmarks", "write_report"]

@@ -1,0 +1,66 @@
+"""Rich tables of a bench report (CLI only; the library returns plain dicts)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+_SLICE_KEY = re.compile(r"^(c\d+_)?(.+)_s(\d+)$")
+
+
+def _fmt(value: float) -> str:
+    if value == 0 or 1e-3 <= abs(value) < 1e6:
+        return f"{value:.4g}"
+    return f"{value:.3e}"
+
+
+def attention_table(result: dict[str, Any]) -> list[Table]:
+    """One table per size: a row per slice count, a column per figure."""
+    tables = []
+    by_case: dict[str, dict[int, dict[str, float]]] = {}
+    for key, value in result["figures"].items():
+        m = _SLICE_KEY.match(key)
+        if m:
+            by_case.setdefault(m.group(1) or "", {}).setdefault(int(m.group(3)), {})[m.group(2)] = value
+    for index, (prefix, rows) in enumerate(sorted(by_case.items())):
+        size = result["sizes"][index]
+        title = (f"sliced attention fwd+bwd: {size['label']}; {size['bins']} bins x {size['frames']} frames x "
+                 f"{size['channels']} maps, {size['heads']} heads, batch {size['batch']}")  # fmt: skip
+        cols = sorted({c for r in rows.values() for c in r}, key=lambda c: (not c.startswith("attn"), c))
+        table = Table(title=title)
+        table.add_column("slices", justify="right")
+        for c in cols:
+            table.add_column(c, justify="right")
+        for n in sorted(rows):
+            table.add_row(str(n), *(_fmt(rows[n][c]) if c in rows[n] else "" for c in cols))
+        tables.append(table)
+    return tables
+
+
+def figures_table(name: str, result: dict[str, Any]) -> Table:
+    table = Table(title=f"{name} ({result['seconds']:.0f} s)")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key, value in result["figures"].items():
+        table.add_row(key, _fmt(value))
+    return table
+
+
+def print_report(report: dict[str, Any], console: Console) -> None:
+    m = report["machine"]
+    console.print(f"machine: {m['cpu']}, {m['cores']} cores, load {m['load_average_1m']} -> "
+                  f"{m.get('load_average_1m_end')}; torch {m['torch']} ({m['torch_threads']} threads), "
+                  f"device {m['device']}")  # fmt: skip
+    for name, result in report["benchmarks"].items():
+        if name == "attention":
+            for table in attention_table(result):
+                console.print(table)
+        else:
+            console.print(figures_table(name, result))
+        for note in result.get("notes", []):
+            console.print(f"  [dim]{note}[/dim]")
+    for name, why in report["skipped"].items():
+        console.print(f"skipped {name}: {why}")
