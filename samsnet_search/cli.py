@@ -394,6 +394,42 @@ def bench(
         print(f"wrote {write_report(report, out)}")
 
 
+@app.command("estimate-slices")
+def estimate_slices_cmd(
+    data: Path = typer.Option(..., "--data", help="dataset folder (MUSDB18 / MUSDB18-HQ / synthetic); only train/ training tracks are read"),
+    segment_seconds: float = typer.Option(6.0, help="training segment length; paper: 6 s"),
+    slices: str = typer.Option("1,2,4,8,12,16,18,24", help="slice counts the study allows (comma-separated); paper Table 2"),
+    n_fft: int = typer.Option(4096, help="the model's STFT frame; paper: 4096"),
+    hop: int = typer.Option(1024, help="the model's STFT hop; paper: 1024"),
+    max_tracks: Optional[int] = typer.Option(None, help="use only the first N training tracks"),
+    min_part_seconds: float = typer.Option(0.5, help="shorter runs merge into a neighbour"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the full estimate (per segment) as JSON"),
+) -> None:
+    """Estimate the slice count without training: spectral clustering of mixture frames, eigengap count.
+
+    Hypothesis: one slice per contiguous part. Each training segment's number of temporally contiguous parts (clusters of similar frames, a returning pattern counted once per run) is mapped to the nearest allowed slice count; the estimate is the median over segments and tracks.
+    """
+    import json
+
+    from .config import DataConfig, validate_model
+    from .data.splits import load_splits
+    from .errors import ConfigError
+    from .estimate import EstimateParams, estimate_slices
+
+    try:
+        allowed = [int(s) for s in slices.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--slices: expected comma-separated integers such as 1,2,4,8, got {slices!r}") from None
+    splits = load_splits(validate_model(DataConfig, dict(root=data), "--data"))
+    est = estimate_slices(splits, segment_seconds, allowed, n_fft, hop, max_tracks,
+                          EstimateParams(min_part_seconds=min_part_seconds))  # fmt: skip
+    print(est.format())
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(est.to_dict(), indent=1))
+        print(f"wrote {json_out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code instead of exiting when called from tests."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
