@@ -17,8 +17,19 @@ def _fmt(value: float) -> str:
     return f"{value:.3e}"
 
 
+# Columns of the per-slice table: (figure stem, header); other per-slice figures go below it.
+_ATTN_COLUMNS = (
+    ("attn_ms", "fwd+bwd ms"),
+    ("attn_time_ratio", "time / 1 slice"),
+    ("ideal_ratio", "ideal 1/slices"),
+    ("attn_peak_mib", "peak MiB"),
+    ("attn_mem_ratio", "mem / 1 slice"),
+    ("attn_scores_mib", "scores MiB*"),
+)
+
+
 def attention_table(result: dict[str, Any]) -> list[Table]:
-    """One table per size: a row per slice count, a column per figure."""
+    """Per size: a row per slice count (attention step), then the loop and whole-model figures."""
     tables = []
     by_case: dict[str, dict[int, dict[str, float]]] = {}
     for key, value in result["figures"].items():
@@ -29,14 +40,20 @@ def attention_table(result: dict[str, Any]) -> list[Table]:
         size = result["sizes"][index]
         title = (f"sliced attention fwd+bwd: {size['label']}; {size['bins']} bins x {size['frames']} frames x "
                  f"{size['channels']} maps, {size['heads']} heads, batch {size['batch']}")  # fmt: skip
-        cols = sorted({c for r in rows.values() for c in r}, key=lambda c: (not c.startswith("attn"), c))
-        table = Table(title=title)
+        table = Table(title=title, caption="* score matrix (B h F, i, L, L) float32 if materialized (analytic)")
         table.add_column("slices", justify="right")
-        for c in cols:
-            table.add_column(c, justify="right")
+        for _, header in _ATTN_COLUMNS:
+            table.add_column(header, justify="right")
+        other = Table(title=f"batched vs loop, whole model ({size['depth']} modules)")
+        other.add_column("figure")
+        other.add_column("value", justify="right")
         for n in sorted(rows):
-            table.add_row(str(n), *(_fmt(rows[n][c]) if c in rows[n] else "" for c in cols))
-        tables.append(table)
+            if "attn_ms" in rows[n]:
+                table.add_row(str(n), *(_fmt(rows[n][c]) if c in rows[n] else "" for c, _ in _ATTN_COLUMNS))
+            for key, value in rows[n].items():
+                if key not in dict(_ATTN_COLUMNS):
+                    other.add_row(f"{prefix}{key}_s{n}", _fmt(value))
+        tables += [table, other]
     return tables
 
 
