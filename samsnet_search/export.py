@@ -223,7 +223,7 @@ def example_magnitude(state: dict[str, Any], net: nn.Module, seconds: float = 2.
         from .data.synth import synthesize
 
         with tempfile.TemporaryDirectory() as tmp:
-            root = synthesize(Path(tmp), n_train=1, n_valid=1, n_test=0, seconds=seconds, seed=0)
+            root = synthesize(Path(tmp), n_train=1, n_valid=1, n_test=1, seconds=seconds, seed=0)
             audio = _first_mixture(root / "train", seconds)
     # An odd frame count exercises the padded last slice in the exported graph.
     hop = net.spectrogram.hop_length

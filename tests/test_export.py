@@ -209,3 +209,12 @@ def test_export_refuses_a_non_export_out_folder(trained, tmp_path, capsys):
     assert main(["export", str(trained), "--out", str(tmp_path / "busy")]) == 2
     assert "exists and is not an export folder" in _error(capsys)
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+
+
+def test_onnx_example_falls_back_to_synthetic_audio_when_the_data_is_gone():
+    from samsnet_search.config import ModelConfig
+
+    net = checkpoint.build_model(ModelConfig(n_fft=256, hop_length=128, channels=2, depth=1, slices=2).resolved(22050))
+    mag = export.example_magnitude({"experiment": {"data": {"root": "/no/such/data"}}}, net)
+    assert mag.shape[:3] == (1, 2, 129) and mag.shape[-1] % net.slice_frames != 0
+    assert float(mag.mean()) > 0  # real (synthesized) audio, not zeros
