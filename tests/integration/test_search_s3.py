@@ -1,0 +1,94 @@
+"""A tiny study against the full local stack: Ray storage on SeaweedFS S3, a real MLflow
+server with its artifacts in the same bucket. Everything is listed back with boto3."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from samsnet_search import infra, tracking
+from samsnet_search.cli import main
+from samsnet_search.search import identity
+from samsnet_search.search.runner import run_study
+from samsnet_search.search.study import load_study
+
+pytestmark = [pytest.mark.slow, pytest.mark.servers]
+
+
+@pytest.fixture(scope="module")
+def stack_env(infra_config, s3_stack, mlflow_server):
+    """The client environment (keys included) set before Ray starts, so workers inherit it."""
+    import ray
+
+    env = infra.client_env(infra_config)
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    ray.init(num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=False, configure_logging=False)
+    yield env
+    ray.shutdown()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def test_study_on_s3_and_mlflow_server(tmp_path, synth_root, s3_stack, mlflow_server, stack_env, capsys):
+    storage = infra.storage_uri(s3_stack.bucket, "studies", s3_stack.endpoint_url)
+    study_file = tmp_path / "s3tiny.yaml"
+    study_file.write_text(yaml.safe_dump({
+        "model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}, "heads": 1, "channels": 2, "depth": 1},
+        "data": {"root": str(synth_root), "segment_seconds": 0.5, "valid_seconds": 1.0},
+        "train": {"lr": {"loguniform": [1e-3, 1e-2]}, "batch_size": 2, "epochs": 2, "patience": 2,
+                  "valid_sdr_every": 0, "device": "cpu"},
+        "search": {"num_samples": 2, "max_concurrent_trials": 2},
+        "storage": storage,
+        "tracking": {"uri": mlflow_server, "system_metrics": False},
+    }))  # fmt: skip
+    study = load_study(study_file, base_dir=tmp_path)
+    result = run_study(study)
+    assert len(result.trials) == 2 and {t.status for t in result.trials} <= {"completed", "pruned"}
+    assert not result.target.embedded and result.target.uri == mlflow_server
+
+    # Ray's study folder, checkpoints and the manifest are objects in the bucket
+    s3 = infra.s3_client(s3_stack.endpoint_url, s3_stack.access_key, s3_stack.secret_key)
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3_stack.bucket)
+            for o in page.get("Contents", [])]  # fmt: skip
+    study_keys = [k for k in keys if k.startswith("studies/s3tiny/")]
+    assert "studies/s3tiny/study.json" in study_keys and "studies/s3tiny/study.yaml" in study_keys
+    assert any(k.endswith("tuner.pkl") for k in study_keys)
+    for t in result.trials:
+        assert any(k.startswith(f"studies/s3tiny/trial_{t.trial_id}/checkpoint_") and k.endswith("/last.pt")
+                   for k in study_keys), t.trial_id  # fmt: skip
+        assert t.best_checkpoint.path.startswith(f"{s3_stack.bucket}/studies/s3tiny/")
+    # MLflow artifacts went through the server into the same bucket
+    runs = tracking.find_child_runs(result.target, result.manifest.experiment_id, result.manifest.parent_run_id)
+    assert len(runs) == 2
+    for run in runs:
+        assert any(k.endswith(f"{run.info.run_id}/artifacts/model/best.pt") for k in keys), run.info.run_id
+    assert any(k.endswith(f"{result.manifest.parent_run_id}/artifacts/study.yaml") for k in keys)
+
+    # nothing secret in params, tags, or any object the study wrote
+    secret = s3_stack.secret_key
+    c = tracking.client(result.target)
+    for run_id in [result.manifest.parent_run_id] + [r.info.run_id for r in runs]:
+        run = c.get_run(run_id)
+        assert not any(secret in v for v in {**run.data.params, **run.data.tags}.values())
+    for key in keys:
+        if key.endswith((".json", ".yaml", ".csv", ".txt")):
+            body = s3.get_object(Bucket=s3_stack.bucket, Key=key)["Body"].read()
+            assert secret.encode() not in body, key
+
+    # identity on S3: the manifest reads back, ls lists the study
+    manifest = identity.read_manifest(identity.study_uri(storage, "s3tiny"))
+    assert manifest.state == "finished" and manifest.tracking_uri == mlflow_server
+    assert main(["ls", "--storage", storage]) == 0
+    assert "s3tiny" in capsys.readouterr().out
+    # a checkpoint on S3 is usable by the next step (download + load)
+    from samsnet_search.checkpoint import load_model
+
+    model, state = load_model(Path(result.best.best_checkpoint.to_directory()))
+    assert state["model_config"]["slices"] == result.best.config["model.slices"]
