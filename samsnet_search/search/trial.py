@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 
 # Extra keys in every Tune result (beside the trainer's metrics).
 RUN_ID_KEY = "mlflow_run_id"
+# Where a trial runs: the Ray node of its latest attempt, and every attempt's node in order
+# (a trial retried after losing its node moves to another one).
+NODE_TAG = "samsnet.node"
+NODES_TAG = "samsnet.nodes"
+HOST_TAG = "samsnet.host"
 
 
 def trial_workdir(study_name: str, trial_id: str) -> Path:
@@ -68,6 +73,21 @@ def _tune_metrics(metrics: dict[str, Any], run_id: str) -> dict[str, Any]:
     return out
 
 
+def record_node(run: TrialRun) -> str:
+    """Tag the trial's MLflow run with the Ray node this attempt runs on; returns the node id."""
+    import socket
+
+    import ray
+    from mlflow.entities import RunTag
+
+    node = ray.get_runtime_context().get_node_id()
+    earlier = run.client.get_run(run.run_id).data.tags.get(NODES_TAG)
+    nodes = f"{earlier} {node}" if earlier else node
+    host = f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
+    run.client.log_batch(run.run_id, tags=[RunTag(NODE_TAG, node), RunTag(NODES_TAG, nodes), RunTag(HOST_TAG, host)])
+    return node
+
+
 def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Function trainable for `tune.Tuner` (wrap with `tune.with_parameters(train_trial, ctx=...)`)."""
     from ray import tune
@@ -80,6 +100,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     trial_id, trial_name = tune_ctx.get_trial_id(), tune_ctx.get_trial_name()
     cfg = build_experiment(ctx.base, config, ctx.cpus)
     run = TrialRun(ctx.tracking, trial_id, trial_name)
+    log.info("trial %s runs on node %s", trial_id, record_node(run))
     run.start_system_metrics()
     try:
         run.log_config(cfg.model_dump(mode="json"), cfg.resolved_model().model_dump(mode="json"))
