@@ -208,7 +208,8 @@ def run(quick: bool, device: str, threads: int, smoke: bool = False) -> dict[str
     records = []
     for index, sizes in enumerate(sizes_for(quick, device, smoke)):
         args = {"sizes": asdict(sizes), "device": device, "threads": threads}
-        result = run_child(__name__, args, timeout=900)
+        # A guard against a hung child, not a budget: the paper-size cases take minutes on a busy CPU.
+        result = run_child(__name__, args, timeout=7200)
         prefix = "" if index == 0 else f"c{index}_"
         figures.update({prefix + k: v for k, v in result.items()})
         records.append(_sizes_record(sizes))
