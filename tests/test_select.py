@@ -110,3 +110,136 @@ def test_contenders_and_jobs():
     assert all(j.experiment["train"]["epochs"] == 4 for j in jobs)
     # a longer selection budget than the search's: nothing is reused
     assert all(j.reuse_checkpoint is None for j in plan_jobs(trials, "valid_loss", "min", 3, 8))
+
+
+# --- end to end: a tiny finished study, then the selection -------------------------------
+
+import json  # noqa: E402
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import soundfile as sf  # noqa: E402
+import yaml  # noqa: E402
+
+from samsnet_search import tracking  # noqa: E402
+from samsnet_search.cli import main  # noqa: E402
+from samsnet_search.search import identity  # noqa: E402
+from samsnet_search.search.runner import run_study  # noqa: E402
+from samsnet_search.search.select import PHASE_TAG, run_selection, selection_uri  # noqa: E402
+from samsnet_search.search.study import load_study  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def tiny_selection_study(tmp_path: Path, data_root: Path) -> Path:
+    """2 slice values (grid, both trained to the end), 2 epochs, 3 seeds: seconds per job."""
+    study = {
+        "name": "sel",
+        "model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}, "heads": 1, "channels": 2, "depth": 1},
+        "data": {"root": str(data_root), "segment_seconds": 0.5, "samples_per_track": 1, "valid_seconds": 1.0},
+        "train": {"lr": 3e-3, "batch_size": 2, "epochs": 2, "patience": 2, "valid_sdr_every": 0, "device": "cpu"},
+        "search": {"searcher": "grid", "scheduler": "fifo", "num_samples": 1, "max_concurrent_trials": 2},
+        "selection": {"seeds": 3, "epochs": 2, "bootstrap": 500, "test_backend": "fast", "listen_seconds": 1.0},
+        "resources": {"cpu": 1},
+        "storage": str(tmp_path / "runs"),
+        "tracking": {"uri": str(tmp_path / "mlruns"), "system_metrics": False},
+    }
+    path = tmp_path / "sel.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def garble_test_split(root: Path) -> None:
+    """Replace every test stem with noise (same length and format): valid files, different content."""
+    rng = np.random.default_rng(123)
+    for folder in sorted((root / "test").iterdir()):
+        stems = [0.1 * rng.standard_normal(sf.info(folder / f"{s}.wav").frames * 2).reshape(-1, 2) for s in TARGETS]
+        for name, audio in zip(TARGETS, stems):
+            sf.write(folder / f"{name}.wav", audio.astype(np.float32), 44100, subtype="FLOAT")
+        sf.write(folder / "mixture.wav", sum(stems).astype(np.float32), 44100, subtype="FLOAT")
+
+
+@pytest.mark.slow
+def test_selection_end_to_end(tmp_path, synth_root, ray_local, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(synth_root, data, ignore=shutil.ignore_patterns(".samsnet-cache"))
+    study = load_study(tiny_selection_study(tmp_path, data), base_dir=tmp_path)
+    result = run_study(study)
+    assert sorted(t.status for t in result.trials) == ["completed", "completed"]
+
+    sel = run_selection(result)
+    table = sel.table
+    assert [r.slices for r in table.rows] == [1, 2] and table.subset == "validation"
+    assert all(r.pairs == 6 and r.tracks == 2 and r.seeds == 3 for r in table.rows)  # 2 valid tracks x 3 seeds
+    assert table.winner == max(table.rows, key=lambda r: r.median["avg"]).slices
+    for r in table.rows:
+        low, high = r.interval["avg"]
+        assert low <= r.median["avg"] <= high
+    # seed 0 of each slice value is its completed search trial (scored only); seeds 1 and 2 were retrained
+    assert sorted(sel.trained) == [f"slices_{s}_seed_{k}" for s in (1, 2) for k in range(3)]
+    assert [j["reused"] for j in sel.jobs] == [True, False, False, True, False, False]
+    assert sel.test["subset"] == "test" and sel.test["backend"] == "fast" and len(sel.test["tracks"]) == 2
+
+    # MLflow: selection child runs, the parent's tags, metrics and artifacts, the registry
+    target, m = result.target, result.manifest
+    c = tracking.client(target)
+    runs = tracking.find_child_runs(target, m.experiment_id, m.parent_run_id)
+    selection_runs = [r for r in runs if r.data.tags.get(PHASE_TAG) == "selection"]
+    assert len(selection_runs) == 4 and all(r.info.status == "FINISHED" for r in selection_runs)
+    assert all("selection.valid_sdr_avg" in r.data.metrics for r in selection_runs)
+    parent = c.get_run(m.parent_run_id)
+    assert parent.data.tags["samsnet.chosen_slices"] == str(table.winner)
+    assert parent.data.tags[tracking.BEST_RUN_TAG] == sel.winner_job["run_id"]
+    assert parent.data.metrics[f"selection.slices_{table.winner}.avg"] == pytest.approx(table.row(table.winner).median["avg"])
+    assert parent.data.metrics["test.avg"] == pytest.approx(sel.test["summary"]["avg"])
+    artifacts = {a.path for a in c.list_artifacts(m.parent_run_id, "selection")}
+    assert artifacts == {"selection/table.json", "selection/table.md", "selection/table.csv"}
+    listen = c.list_artifacts(m.parent_run_id, "listen")
+    wavs = {Path(a.path).name for a in c.list_artifacts(m.parent_run_id, listen[0].path)}
+    assert wavs == {"mixture.wav", *(f"{t}.wav" for t in TARGETS)}
+    version = c.get_model_version_by_alias("samsnet-sel", "champion")
+    assert str(version.version) == sel.registered["version"] == "1" and version.run_id == m.parent_run_id
+    manifest = identity.read_manifest(m.path)
+    assert manifest.summary["chosen_slices"] == table.winner and manifest.summary["best_run"] == sel.winner_job["run_id"]
+
+    # report: the same table, the counts, the choice, where to look
+    assert main(["report", "sel", "--storage", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "2 trials (2 completed)" in out and "VALIDATION" in out and f"chosen slices: {table.winner}" in out
+    assert "mlflow ui --backend-store-uri" in out and "models:/samsnet-sel@champion" in out
+
+    # a finished selection is loaded, not run again
+    assert run_selection(result).table.to_dict() == table.to_dict()
+
+    # interrupted: one job's record and the final result are missing -> only that job runs again
+    store = selection_uri(m.path)
+    Path(store, "jobs", "slices_2_seed_2.json").unlink()
+    Path(store, "selection.json").unlink()
+    ends = {r.info.run_id: r.info.end_time for r in selection_runs}
+    again = run_selection(result)
+    assert again.trained == ["slices_2_seed_2"]
+    rerun = c.get_run(again.jobs[5]["run_id"])
+    for run_id, end in ends.items():
+        if run_id != rerun.info.run_id:
+            assert c.get_run(run_id).info.end_time == end  # finished retrainings untouched
+    assert again.registered["version"] == "2"
+
+    # test data never influences the choice: garbage test stems, everything retrained, same table
+    shutil.rmtree(store)
+    garble_test_split(data)
+    third = run_selection(result)
+    assert len(third.trained) == 6 and third.table.winner == table.winner
+    for a, b in zip(third.table.rows, table.rows):
+        assert a.median == pytest.approx(b.median, abs=1e-4) and a.interval["avg"] == pytest.approx(b.interval["avg"], abs=1e-4)
+    assert third.test["summary"]["avg"] != pytest.approx(sel.test["summary"]["avg"], abs=1e-3)
+    # the retrainings' local work folders are removed once their best weights are stored
+    import tempfile
+
+    assert not list((Path(tempfile.gettempdir()) / "samsnet-selection").glob(f"sel_{m.parent_run_id[:12]}_*"))

@@ -329,6 +329,8 @@ def retrain_and_score(job: Job, spec: tracking.ChildRunSpec, store: str, backend
                              name=f"slices={job.slices} seed={job.seed}", backend=backend,
                              data_kind=splits.kind, subset="valid")  # fmt: skip
     _put_file(_job_uri(store, job.key, BEST), ckpt_dir / BEST)
+    if job.reuse_checkpoint is None:  # the best weights are stored: the work folder is not needed
+        shutil.rmtree(job_workdir(spec, job), ignore_errors=True)
     if run_id:
         summary = report.summary
         tracking.client(spec.target).log_batch(run_id, metrics=_metrics({f"selection.valid_sdr_{k}": v for k, v in summary.items()}))
@@ -348,6 +350,14 @@ def _metrics(values: dict[str, float]) -> list:
     return [Metric(k, float(v), now, 0) for k, v in values.items() if v is not None and math.isfinite(float(v))]
 
 
+def job_workdir(spec: tracking.ChildRunSpec, job: Job) -> Path:
+    """A local work folder: an interrupted job continues from its last epoch on this node.
+
+    Named by the parent run too, so a new study with the same name never resumes a stale one.
+    """
+    return Path(tempfile.gettempdir()) / "samsnet-selection" / f"{spec.study_name}_{spec.parent_run_id[:12]}_{job.key}"
+
+
 def _retrain(job: Job, cfg: ExperimentConfig, spec: tracking.ChildRunSpec) -> tuple[Path, str, int]:
     """Train one seed to the full budget as a child run tagged samsnet.phase=selection."""
     from ..train import Trainer
@@ -356,8 +366,7 @@ def _retrain(job: Job, cfg: ExperimentConfig, spec: tracking.ChildRunSpec) -> tu
     run.client.set_tag(run.run_id, PHASE_TAG, "selection")
     run.client.set_tag(run.run_id, "samsnet.search_trial", job.trial_id)
     run.start_system_metrics()
-    # A local work folder: an interrupted job continues from its last epoch on this node.
-    workdir = Path(tempfile.gettempdir()) / "samsnet-selection" / f"{spec.study_name}_{job.key}"
+    workdir = job_workdir(spec, job)
     last = workdir / "checkpoint" / "last.pt"
     try:
         run.log_config(cfg.model_dump(mode="json"), cfg.resolved_model().model_dump(mode="json"))
@@ -382,7 +391,7 @@ def _retrain(job: Job, cfg: ExperimentConfig, spec: tracking.ChildRunSpec) -> tu
 class SelectionResult:
     table: SelectionTable
     jobs: list[dict[str, Any]]  # every job's record
-    trained: list[str]  # job keys run by this call (the others were found finished)
+    trained: list[str]  # job keys run by this call (retrained, or scored for a reused trial); others were found finished
     winner_job: dict[str, Any]
     test: dict[str, Any]  # EvalReport.to_dict() of the winner on the test set
     registered: dict[str, Any]  # {"name", "version", "alias"}
@@ -450,7 +459,7 @@ def _run_jobs(jobs: list[Job], result, store: str, say: Progress) -> tuple[list[
     if len(todo) < len(jobs):
         say(f"selection: {len(jobs) - len(todo)} of {len(jobs)} jobs already finished (not run again)")
     res = study.spec.resources
-    task = ray.remote(num_cpus=res.cpu, num_gpus=res.gpu, max_retries=0)(retrain_and_score)
+    task = ray.remote(num_cpus=res.cpu, num_gpus=res.gpu, resources=res.custom or None, max_retries=0)(retrain_and_score)
     limit = study.search.max_concurrent_trials or len(todo) or 1
     backend = study.spec.selection.valid_backend
     pending: dict[Any, Job] = {}
@@ -590,8 +599,3 @@ def load_selection(study_path: str) -> SelectionResult | None:
     done = read_json(identity.study_uri(selection_uri(study_path), RESULT_FILE))
     return None if done is None else SelectionResult.from_dict(done)
 
-
-def reset_selection(study_path: str) -> None:
-    """Forget a selection (local storage only): the next run retrains everything."""
-    if not identity.is_s3(study_path):
-        shutil.rmtree(Path(selection_uri(study_path)), ignore_errors=True)

@@ -1,0 +1,72 @@
+"""`samsnet-search report NAME`: the study's counts, validation table, choice and where to look.
+
+The study folder is written here by the project's own writers (manifest, selection record),
+so the report is checked without running a search; the end-to-end selection test runs the
+command on a real finished study.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from samsnet_search.cli import main
+from samsnet_search.config import TARGETS
+from samsnet_search.report import gather, render_text
+from samsnet_search.search import identity
+from samsnet_search.search.select import RESULT_FILE, SelectionResult, bootstrap_table, selection_uri, write_json
+
+
+def _pairs(avg: float, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [{"track": f"t{t}", "seed": s, "scores": {k: avg + rng.normal(0, 0.3) for k in TARGETS}}
+            for t in range(3) for s in range(3)]  # fmt: skip
+
+
+def write_study(storage, state="finished", with_selection=True) -> identity.Manifest:
+    m = identity.Manifest(name="demo", storage=str(storage), experiment_name="demo", experiment_id="1",
+                          parent_run_id="p" * 32, registered_model="samsnet-demo",
+                          tracking_uri=f"sqlite:///{storage}/mlruns/mlflow.db",
+                          artifact_root=f"file://{storage}/mlruns/artifacts", base_dir=str(storage),
+                          source="demo.yaml", state=state,
+                          summary={"trials": 12, "counts": {"completed": 4, "pruned": 8}, "seconds": 321.0,
+                                   "epochs_run": 30, "epochs_full": 72, "fraction_saved": 1 - 30 / 72})  # fmt: skip
+    identity.write_manifest(m)
+    if with_selection:
+        table = bootstrap_table({1: _pairs(3.0, 0), 4: _pairs(5.0, 1), 8: _pairs(4.9, 2)}, resamples=300,
+                                backend="fast", data="synthetic (MUSDB18-HQ format)")  # fmt: skip
+        test = {"estimator": "winner", "backend": "museval", "data": "synthetic (MUSDB18-HQ format)", "subset": "test",
+                "summary": {**{t: 4.0 for t in TARGETS}, "avg": 4.0}, "tracks": {"a": {t: 4.0 for t in TARGETS}}}  # fmt: skip
+        sel = SelectionResult(table, [], [], {"seed": 43, "run_id": "r" * 32}, test,
+                              {"name": "samsnet-demo", "version": "1", "alias": "champion"},
+                              {"retrain_and_validate": 100.0, "test_and_register": 20.0}, "MLflow UI: ...")  # fmt: skip
+        write_json(identity.study_uri(selection_uri(m.path), RESULT_FILE), sel.to_dict())
+    return m
+
+
+def test_report_prints_counts_table_choice_and_where(tmp_path, capsys):
+    write_study(tmp_path / "runs")
+    assert main(["report", "demo", "--storage", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "12 trials (4 completed, 8 pruned)" in out
+    assert "42 of 72" not in out and "30 of 72" in out and "58% saved" in out
+    assert "VALIDATION" in out and "median over tracks and seeds" in out
+    assert "chosen slices: 4" in out and "not significantly different from slices 8" in out
+    assert "significantly worse" in out  # slices 1
+    assert "TEST (synthetic (MUSDB18-HQ format), 1 tracks, museval BSSEval v4), winner only (slices=4, seed 43)" in out
+    assert "models:/samsnet-demo@champion (version 1)" in out
+    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/runs/mlruns/mlflow.db" in out
+
+
+def test_report_before_selection_says_so(tmp_path):
+    write_study(tmp_path / "runs", state="running", with_selection=False)
+    report = gather("demo", str(tmp_path / "runs"))
+    text = [x for x in render_text(report) if isinstance(x, str)]
+    assert any("not chosen yet (the search is not finished)" in line for line in text)
+    assert report.to_dict()["selection"] is None
+
+
+def test_report_of_unknown_study_is_one_line_error(tmp_path, capsys):
+    write_study(tmp_path / "runs", with_selection=False)
+    assert main(["report", "nope", "--storage", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "no study 'nope'" in err and "known studies: demo" in err
