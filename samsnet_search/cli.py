@@ -331,6 +331,7 @@ def run(
     num_gpus: Optional[int] = typer.Option(None, help="GPUs of the local Ray (default: detected)"),
     restart_errored: bool = typer.Option(False, "--restart-errored", help="when continuing: run failed trials again"),
     live: bool = typer.Option(True, "--live/--no-live", help="live table of trials in the terminal"),
+    select: bool = typer.Option(True, "--select/--no-select", help="after the search: choose the slice count (retrain, score, register)"),
 ) -> None:
     """Run a study; if it exists (same name, same file) it continues where it stopped."""
     from .search.show import format_result
@@ -340,6 +341,22 @@ def run(
     result = _run_live(study, live, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
                        restart_errored=restart_errored)  # fmt: skip
     print(format_result(result))
+    _select(result, select, address=address, num_cpus=num_cpus, num_gpus=num_gpus)
+
+
+def _select(result, select: bool, **ray_args) -> None:
+    """The slice-count selection after a finished search; prints the validation table and the choice."""
+    if not select or not result.study.spec.selection.enabled or result.interrupted:
+        return
+    from .report import selection_lines, table_renderable
+    from .search.select import run_selection
+
+    sel = run_selection(result, progress=lambda msg: console.print(f"[dim]{msg}[/dim]", highlight=False), **ray_args)
+    out = Console(width=max(Console().width, 120))
+    out.print(table_renderable(sel.table))
+    for line in selection_lines(sel):
+        out.print(line, highlight=False, soft_wrap=True)
+    print(f"  {sel.where}")
 
 
 @app.command("resume")
@@ -351,6 +368,7 @@ def resume(
     num_gpus: Optional[int] = typer.Option(None, help="GPUs of the local Ray (default: detected)"),
     restart_errored: bool = typer.Option(False, "--restart-errored", help="run failed trials again"),
     live: bool = typer.Option(True, "--live/--no-live", help="live table of trials in the terminal"),
+    select: bool = typer.Option(True, "--select/--no-select", help="after the search: choose the slice count (retrain, score, register)"),
 ) -> None:
     """Continue an interrupted study: finished trials stay, unfinished ones continue from their checkpoint."""
     from .search.identity import find_study
@@ -362,6 +380,18 @@ def resume(
     result = _run_live(study, live, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
                        restart_errored=restart_errored)  # fmt: skip
     print(format_result(result))
+    _select(result, select, address=address, num_cpus=num_cpus, num_gpus=num_gpus)
+
+
+@app.command("report")
+def report(
+    name: str = typer.Argument(..., help="study name (or its folder / s3:// URI)"),
+    storage: str = typer.Option("./runs", help=_STORAGE_HELP),
+) -> None:
+    """What a study found: trial counts, the validation table by slice count, the choice, the test score."""
+    from .report import gather, print_report
+
+    print_report(gather(name, storage), Console(width=max(Console().width, 120)))
 
 
 @app.command("ls")
