@@ -75,7 +75,7 @@ def oracle_estimator(kind: Literal["irm1", "irm2"], n_fft: int = 4096, hop_lengt
 
     @torch.no_grad()
     def estimate(track: Track) -> np.ndarray:
-        audio = torch.from_numpy(np.ascontiguousarray(track.audio()))  # (1 + S, C, N)
+        audio = torch.from_numpy(np.array(track.audio()))  # (1 + S, C, N), a writable copy of the cache
         spec = stft(audio)  # (1 + S, C, F, T)
         weights = spec[1:].abs() ** power  # (S, C, F, T)
         masks = weights / (weights.sum(0, keepdim=True) + torch.finfo(weights.dtype).eps)
