@@ -181,11 +181,12 @@ def _searcher(study: Study):
         from ray.tune.search.optuna import OptunaSearch
 
         # TPE seeded: the same study file proposes the same first configurations.
-        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=s.seed))  # metric/mode: from TuneConfig
+        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=s.seed),  # metric/mode: from TuneConfig
+                            points_to_evaluate=study.points_to_evaluate or None)  # fmt: skip
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     # random: Ray's own sampling; grid: the space is tune.grid_search over every value.
-    return BasicVariantGenerator(random_state=s.seed)
+    return BasicVariantGenerator(random_state=s.seed, points_to_evaluate=study.points_to_evaluate or None)
 
 
 def _scheduler(study: Study):
@@ -361,6 +362,10 @@ def run_study(
     fingerprint, kind = _fingerprint(study)
     tracking.client(target).update_run(manifest.parent_run_id, status="RUNNING")
     tracking.log_study_details(target, manifest.parent_run_id, study.text, _parent_params(study), fingerprint, kind)
+    if not resuming:  # a restored Tuner keeps its own space and searcher
+        from .estimate_step import before_search
+
+        before_search(study, target, manifest.parent_run_id)
     manifest.state = "running"
     identity.write_manifest(manifest)
     ctx = _context(study, manifest)

@@ -264,7 +264,9 @@ class SearchSettings(Strict):
     max_concurrent_trials: int | None = Field(None, gt=0, description="default: as many as resources allow")
     time_budget_s: float | None = Field(None, gt=0, description="stop starting/continuing trials after this")
     max_failures: int = Field(0, ge=0, description="retries of a failed trial from its last checkpoint")
-    checkpoints_to_keep: int = Field(1, gt=0, description="best N by metric; the latest is kept as well")
+    checkpoints_to_keep: int = Field(
+        1, gt=0, description="best N by metric; the latest and a margin of 2 (for resuming after a crash) are kept too"
+    )
 
     @property
     def resolved_mode(self) -> str:
@@ -336,6 +338,24 @@ class TrackingSettings(Strict):
         return self
 
 
+class EstimateSettings(Strict):
+    """The unsupervised slice estimate (samsnet_search.estimate) before the search (issue 7)."""
+
+    enabled: bool = Field(False, description="compute the estimate on the training mixtures and log it to the parent run")
+    use: Literal["none", "seed", "narrow"] = Field(
+        "none",
+        description="none: report only; seed: try the estimated slice count first (points_to_evaluate); "
+        "narrow: search only the model.slices choices inside the estimate's interquartile range",
+    )
+    max_tracks: int | None = Field(None, gt=0, description="estimate from the first N training tracks only")
+
+    @model_validator(mode="after")
+    def _check(self) -> "EstimateSettings":
+        if self.use != "none" and not self.enabled:
+            raise ValueError(f"use: {self.use} needs enabled: true")
+        return self
+
+
 class StudySpec(Strict):
     """The YAML file as written (distributions unparsed in model/data/train)."""
 
@@ -349,6 +369,7 @@ class StudySpec(Strict):
     selection: SelectionSettings = Field(default_factory=SelectionSettings)
     storage: str = Field("./runs", description="local folder or s3://bucket/prefix[?endpoint_override=host:port&scheme=http]")
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    estimate: EstimateSettings = Field(default_factory=EstimateSettings)
 
     @model_validator(mode="after")
     def _check(self) -> "StudySpec":
@@ -385,6 +406,8 @@ class Study:
     base_dir: Path
     max_t: int = 0
     notes: list[str] = field(default_factory=list)
+    # Configurations tried first (dotted keys, every searched key): the slice estimate's seed.
+    points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def search(self) -> SearchSettings:
@@ -682,6 +705,12 @@ def _check_settings(study: Study) -> None:
     epochs = study.spec.selection.epochs
     if epochs is not None and epochs < 1:
         raise ConfigError(f"{src}: selection.epochs: must be positive")
+    est = study.spec.estimate
+    if est.use != "none" and not isinstance(study.space.get("model.slices"), (Choice, IntRange)):
+        raise ConfigError(
+            f"{src}: estimate.use: {est.use} needs model.slices to be searched as a choice or int range "
+            "(it seeds or narrows that distribution)"
+        )
 
 
 def _check_data(study: Study) -> None:
