@@ -42,7 +42,10 @@ How this module gets the same numbers faster (museval: about 80 s for 4 stereo t
 - On CPU the per-bin products run in fused numba kernels and the FFTs in numpy, into reused
   buffers (torch's batched complex matmul and FFT were 7x and 2x slower on these shapes, and
   fresh memory costs a page fault per 4 KiB); on CUDA every step is torch on the tensors'
-  device, in float64.
+  device, in float64. The numba kernels are single-threaded on purpose: numba's parallel
+  (OpenMP) layer resets the process-wide OpenMP thread count, which silently changed torch's
+  thread setting (1 -> 2 in a Ray-style 1-thread worker), and it is not fork-safe. torch's
+  threads still serve the Cholesky factorization.
 
 Numerical note: MUSDB18 stems are AAC-coded, which leaves so little energy near Nyquist that
 ``G`` is nearly singular (condition number about 1e15 on stempeg's excerpt). museval's own
@@ -86,11 +89,6 @@ OnSilent = Literal["raise", "nan"]
 
 def _use_numba(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and _CPU_KERNELS == "numba"
-
-
-def _threads() -> int:
-    """Threads for the numba kernels: torch's setting, so one knob (and Ray's) governs both."""
-    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -327,7 +325,6 @@ def _frame_sdr_terms(
     (nframes,) bool: museval's NaN frames (some reference or estimate sums to zero over
     channels at every sample of the frame)."""
     if _use_numba(refs):
-        numba.set_num_threads(_threads())
         out = _nb_frame_sdr_terms(refs.numpy(), ests.numpy(), nframes, wlen, hop)
         return tuple(torch.from_numpy(a) for a in out)  # type: ignore[return-value]
     nums, dens, silent = [], [], []
@@ -415,7 +412,7 @@ def _lagged_correlations(
     for zf in _segment_spectra(refs, ests, block, nblocks, block, n_fft):  # (n, 2P, F)
         _accumulate_cross_spectra(zf, zf, acc)
     r = torch.fft.irfft(acc, n=n_fft, dim=0)[:L].permute(1, 2, 0)  # (2P, P, L)
-    if nblocks > 1:
+    if nblocks > 1 and L > 1:  # at lag 0 no pair straddles a boundary
         r = r + _boundary_correlations(refs, ests, block, nblocks, L)
     return r[:P].contiguous(), r[P:].contiguous()
 
@@ -442,7 +439,6 @@ def _accumulate_cross_spectra(zf: torch.Tensor, yf: torch.Tensor, acc: torch.Ten
     zf: (nb, R, F), yf: (nb, >= P, F) (only its first P rows are used), acc: (F, R, P).
     """
     if _use_numba(zf):
-        numba.set_num_threads(_threads())
         _nb_cross_spectra(zf.numpy(), yf.numpy(), acc.numpy())
         return
     P = acc.shape[2]
@@ -520,7 +516,6 @@ def _frame_energy_sums(zf: torch.Tensor, cf_all: torch.Tensor, cf_own: torch.Ten
     cf_own: (F, nsrc, nchan, nchan) filter spectra; w: (F,) Parseval weights.
     """
     if _use_numba(zf):
-        numba.set_num_threads(_threads())
         partial = _nb_frame_energies(zf.numpy(), cf_all.numpy(), cf_own.numpy(), w.numpy())
         return torch.from_numpy(partial.sum(axis=0))
     P, (nsrc, nchan) = cf_all.shape[1], cf_own.shape[1:3]
@@ -553,14 +548,14 @@ def _nb_source_activity(x):  # pragma: no cover - compiled
     return active, poison == 0.0
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@numba.njit(cache=True, nogil=True)
 def _nb_frame_sdr_terms(refs, ests, nframes, wlen, hop):  # pragma: no cover - compiled
     """refs, ests: (nsrc, nsamples, nchan) -> |s|^2, |e - s|^2 (nsrc, nframes) and silent (nframes,)."""
     nsrc, _, nchan = refs.shape
     num = np.zeros((nsrc, nframes))
     den = np.zeros((nsrc, nframes))
     silent = np.zeros(nframes, np.bool_)
-    for t in numba.prange(nframes):
+    for t in range(nframes):
         for j in range(nsrc):
             ref_on, est_on, s2, d2 = False, False, 0.0, 0.0
             for i in range(t * hop, t * hop + wlen):
@@ -580,11 +575,11 @@ def _nb_frame_sdr_terms(refs, ests, nframes, wlen, hop):  # pragma: no cover - c
     return num, den, silent
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@numba.njit(cache=True, nogil=True)
 def _nb_cross_spectra(z, y, acc):  # pragma: no cover - compiled
     """acc[f, a, p] += sum_b z[b, a, f] * conj(y[b, p, f]); z (nb, R, F), y (nb, >= P, F), acc (F, R, P)."""
     nblocks, nrows, nbins = z.shape
-    for chunk in numba.prange((nbins + _F_CHUNK - 1) // _F_CHUNK):
+    for chunk in range((nbins + _F_CHUNK - 1) // _F_CHUNK):
         for b in range(nblocks):
             for f in range(chunk * _F_CHUNK, min((chunk + 1) * _F_CHUNK, nbins)):
                 for p in range(acc.shape[2]):
@@ -593,7 +588,7 @@ def _nb_cross_spectra(z, y, acc):  # pragma: no cover - compiled
                         acc[f, a, p] += z[b, a, f] * yc
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@numba.njit(cache=True, nogil=True)
 def _nb_frame_energies(z, ca, co, w):  # pragma: no cover - compiled
     """Per frequency chunk, frame and channel: weighted energies of Pall, Pj, Pall-Pj, Pj-s, e-Pall.
 
@@ -604,7 +599,7 @@ def _nb_frame_energies(z, ca, co, w):  # pragma: no cover - compiled
     P, nsrc, nchan = ca.shape[1], co.shape[1], co.shape[2]
     nchunks = (nbins + _F_CHUNK - 1) // _F_CHUNK
     out = np.zeros((nchunks, nframes, 5, P))
-    for chunk in numba.prange(nchunks):
+    for chunk in range(nchunks):
         x = np.empty(P, np.complex128)
         pall = np.empty(P, np.complex128)
         pj = np.empty(P, np.complex128)

@@ -304,3 +304,17 @@ def test_aggregation_matches_museval_stores():
     for target in targets:
         assert abs(mine[target] - theirs[(target, "SDR")]) < 1e-4  # museval stores 5 decimals
     assert mine["avg"] == pytest.approx(np.mean([mine[t] for t in targets]))
+
+
+def test_torch_thread_setting_is_left_alone(backend):
+    """A Ray worker pins torch to one thread; evaluating must not change that (numba's OpenMP
+    layer used to reset the process-wide thread count)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        refs = coloured(np.random.default_rng(9), 2, 20_000, 2)
+        bss_eval_v4(refs, 0.9 * refs + 0.1 * refs[::-1], win=5000, hop=5000, filters_len=16)
+        sdr_v4(refs, 0.9 * refs + 0.1 * refs[::-1], win=5000, hop=5000)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
