@@ -323,6 +323,8 @@ class TrialRun:
         self.client = client(spec.target)
         self.run_id = find_trial_run(spec.target, spec.experiment_id, spec.parent_run_id, trial_id)
         self.resumed = self.run_id is not None
+        # completed / stopped_early when this trial already finished (see `finished`)
+        self.previous_status: str | None = None
         if self.run_id is None:
             tags = {
                 PARENT_TAG: spec.parent_run_id,
@@ -333,10 +335,25 @@ class TrialRun:
             }
             self.run_id = self.client.create_run(spec.experiment_id, tags=tags, run_name=trial_name or trial_id).info.run_id
         else:
-            self.client.update_run(self.run_id, status="RUNNING")
-            self.client.set_tag(self.run_id, STATUS_TAG, "running")
+            self.previous_status = self.client.get_run(self.run_id).data.tags.get(STATUS_TAG)
+            if not self.finished:
+                self.client.update_run(self.run_id, status="RUNNING")
+                self.client.set_tag(self.run_id, STATUS_TAG, "running")
         self._monitor = None
         self._best_logged_epoch = -1
+
+    @property
+    def finished(self) -> bool:
+        """The trial ran to its end before (a resumed study whose saved Tune state lagged behind)."""
+        return self.previous_status in ("completed", "stopped_early")
+
+    def last_metrics(self) -> dict[str, float]:
+        """The latest value of every epoch metric, and the last epoch (for re-reporting a finished trial)."""
+        run = self.client.get_run(self.run_id)
+        metrics = {k: v for k, v in run.data.metrics.items() if not k.startswith("system/")}
+        steps = [m.step for m in self.client.get_metric_history(self.run_id, "train_loss")]
+        metrics["epoch"] = max(steps, default=0)
+        return metrics
 
     def start_system_metrics(self) -> None:
         if not self.spec.system_metrics:

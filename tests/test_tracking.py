@@ -110,6 +110,11 @@ def test_parent_and_child_runs(store, tmp_path):
     again.finish("completed")
     done = c.get_run(run.run_id)
     assert done.data.tags[tracking.STATUS_TAG] == "completed" and done.info.status == "FINISHED"
+    # reopening a finished trial (Tune's saved state lagged) leaves it finished
+    third = TrialRun(spec, "t0001")
+    assert third.finished and third.previous_status == "completed"
+    assert c.get_run(run.run_id).data.tags[tracking.STATUS_TAG] == "completed"
+    assert third.last_metrics()["epoch"] == 2 and third.last_metrics()["valid_loss"] == 0.7
     other = TrialRun(spec, "t0002")
     other.finish("failed", error="TrainingDiverged: train_loss became nan")
     failed = c.get_run(other.run_id)

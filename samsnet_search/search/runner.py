@@ -47,6 +47,7 @@ FORWARD_ENV = (
     "AWS_ENDPOINT_URL_S3",
     "MUSDB_PATH",
 )
+CHECKPOINT_MARGIN = 2
 HISTORY_KEYS = ("epoch", "train_loss", "valid_loss", "valid_sdr", "best_valid_loss", "epochs_without_improvement")
 
 
@@ -247,7 +248,10 @@ def _new_tuner(study: Study, ctx: TrialContext, callback) -> Any:
         storage_path=storage_path,
         storage_filesystem=fs,
         checkpoint_config=tune.CheckpointConfig(
-            num_to_keep=s.checkpoints_to_keep,  # the best N by metric; Ray keeps the latest as well
+            # The best N by metric (Ray keeps the latest as well), plus a margin: Tune saves
+            # its experiment state asynchronously, and a study resumed after a crash must
+            # still find the checkpoint that state points to.
+            num_to_keep=s.checkpoints_to_keep + CHECKPOINT_MARGIN,
             checkpoint_score_attribute=study.metric,
             checkpoint_score_order=study.mode,
         ),
@@ -478,7 +482,19 @@ def _result(study: Study, manifest: Manifest, target, grid, seconds: float) -> S
     runs = {r.data.tags.get(tracking.TRIAL_TAG): r for r in tracking.find_child_runs(target, manifest.experiment_id, manifest.parent_run_id)}
     trials = [_record(study, r, runs) for r in grid]
     unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    if not unfinished:
+        _close_orphans(target, runs, {t.trial_id for t in trials})
     return StudyResult(study, manifest, target, trials, seconds, interrupted=unfinished > 0, result_grid=grid)
+
+
+def _close_orphans(target, runs: dict, trial_ids: set[str]) -> None:
+    """Runs of trials Tune never recorded (the driver died between starting a trial and
+    saving its state; on resume Tune proposes a new trial instead): close them as stopped."""
+    for trial_id, run in runs.items():
+        if trial_id not in trial_ids and run.data.tags.get(tracking.STATUS_TAG) not in tracking.FINAL_STATUSES:
+            log.info("closing MLflow run %s of trial %s, which the resumed study does not contain", run.info.run_id, trial_id)
+            tracking.set_status(target, run.info.run_id, "stopped",
+                                error="abandoned: the driver stopped before Tune recorded this trial")  # fmt: skip
 
 
 def _record(study: Study, result, runs: dict) -> TrialRecord:
@@ -489,7 +505,9 @@ def _record(study: Study, result, runs: dict) -> TrialRecord:
     history = _history(result)
     run = runs.get(trial_id)
     status = run.data.tags.get(tracking.STATUS_TAG) if run else None
-    if result.error is not None:
+    if result.error is not None and status not in ("completed", "stopped_early"):
+        # (a trial that finished, but whose checkpoint Tune could not restore after a crash,
+        # keeps the status it recorded)
         status = "failed"
     best = _best(history, study)
     try:

@@ -101,6 +101,12 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     cfg = build_experiment(ctx.base, config, ctx.cpus)
     run = TrialRun(ctx.tracking, trial_id, trial_name)
     log.info("trial %s runs on node %s", trial_id, record_node(run))
+    if run.finished:
+        # Tune's saved state lagged behind this trial's end (the driver stopped in between):
+        # report what the trial recorded instead of training it again.
+        log.info("trial %s already %s; not training it again", trial_id, run.previous_status)
+        tune.report(_tune_metrics(run.last_metrics(), run.run_id))
+        return
     run.start_system_metrics()
     try:
         run.log_config(cfg.model_dump(mode="json"), cfg.resolved_model().model_dump(mode="json"))
