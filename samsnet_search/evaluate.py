@@ -62,7 +62,7 @@ def model_estimator(model: SamsNet, device: torch.device, chunk_seconds: float =
 
     @torch.no_grad()
     def estimate(track: Track) -> np.ndarray:
-        mixture = torch.from_numpy(np.ascontiguousarray(track.audio()[0]))[None].to(device)  # (1, C, N)
+        mixture = torch.from_numpy(np.array(track.audio()[0]))[None].to(device)  # (1, C, N), writable copy
         return model.separate(mixture, chunk_frames=chunk_frames)[0].cpu().numpy()  # (S, C, N)
 
     return estimate
