@@ -387,11 +387,17 @@ def resume(
 def report(
     name: str = typer.Argument(..., help="study name (or its folder / s3:// URI)"),
     storage: str = typer.Option("./runs", help=_STORAGE_HELP),
+    html: Optional[Path] = typer.Option(None, "--html", help="also write one self-contained HTML page (plots, audio) here"),
 ) -> None:
     """What a study found: trial counts, the validation table by slice count, the choice, the test score."""
     from .report import gather, print_report
 
-    print_report(gather(name, storage), Console(width=max(Console().width, 120)))
+    found = gather(name, storage)
+    print_report(found, Console(width=max(Console().width, 120)))
+    if html is not None:
+        from .report_html import write_html
+
+        print(f"HTML report: {write_html(found, html)}")
 
 
 @app.command("ls")
@@ -463,6 +469,8 @@ def estimate_slices_cmd(
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code instead of exiting when called from tests."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for chatty in ("onnx_ir", "onnxscript", "torch.onnx"):  # ONNX export logs every graph pass at INFO
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         # With standalone_mode=False click returns typer.Exit's code instead of raising it.
         rc = app(args=argv, standalone_mode=False)

@@ -1,0 +1,423 @@
+"""The study report as ONE self-contained HTML page (plotly.js inlined, audio as data: URIs).
+
+`write_html(report, path)` renders a `report.StudyReport` plus what only MLflow holds:
+every trial's learning curve (the trial child runs' `valid_loss` history), its resolved
+model config (`model/model_config.json`, for parameter count and MACs) and the winner's
+listening excerpts (`listen/<track>/*.wav` on the parent run). Sections:
+
+1. SDR vs slices (the Table-2 view: median per target + avg, bootstrap intervals),
+2. learning curves (pruned trials dashed grey),
+3. ASHA rungs (each trial's last epoch vs its last valid_loss, rung epochs marked),
+4. parallel coordinates over hyperparameters -> best metric,
+5. best metric against parameter count and MACs per second,
+6. audio players for the winner's excerpts.
+
+A part that is missing (no selection yet, MLflow unreachable, no excerpts) becomes a
+note on the page instead of an error. The page never loads anything over the network.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import TARGETS
+from .report import StudyReport, search_lines, selection_lines
+from .search.select import COLUMNS
+from .tracking import ROLE_TAG, STATUS_TAG, TRIAL_TAG, TrackingTarget
+
+log = logging.getLogger(__name__)
+
+# Hyperparameters shown on the parallel-coordinates plot, when the trials logged them.
+HYPERPARAMETERS = ("model.slices", "model.heads", "model.channels", "model.depth", "train.lr")
+STATUS_COLORS = {"completed": "#2ca02c", "stopped_early": "#1f77b4", "pruned": "#999999",
+                 "stopped": "#ff7f0e", "failed": "#d62728", "running": "#000000"}  # fmt: skip
+LISTEN_FOLDER = "listen"
+DEFAULT_LISTEN_SECONDS = 3.0  # each excerpt is cut to this: 5 stereo 16-bit wavs of 3 s are ~3.5 MB as base64
+
+
+@dataclass
+class Trial:
+    """One search trial as read back from its MLflow child run."""
+
+    trial_id: str
+    run_id: str
+    status: str
+    params: dict[str, str]
+    curve: list[tuple[int, float]]  # (epoch, valid_loss), epoch order
+    metric: float | None = None  # best value of the study metric
+    cost: dict[str, int] = field(default_factory=dict)  # {"parameters", "macs_per_second"} when known
+
+    @property
+    def last(self) -> tuple[int, float] | None:
+        return self.curve[-1] if self.curve else None
+
+
+@dataclass
+class PageData:
+    """Everything the page shows, with a note for each part that could not be read."""
+
+    report: StudyReport
+    trials: list[Trial]
+    metric: str = "valid_loss"
+    mode: str = "min"
+    asha: dict[str, Any] | None = None  # grace_period, reduction_factor, max_t
+    clips: list[tuple[str, str, str]] = field(default_factory=list)  # (track, stem, base64 wav)
+    notes: dict[str, str] = field(default_factory=dict)  # section -> why it is missing
+
+
+# --- reading -------------------------------------------------------------------------
+
+
+def _client(report: StudyReport):
+    from . import tracking
+
+    m = report.manifest
+    return tracking.client(TrackingTarget(m.tracking_uri, m.artifact_root))
+
+
+def read_trials(report: StudyReport, metric: str, mode: str) -> list[Trial]:
+    """The study's trial runs (selection retrainings excluded), oldest first."""
+    from . import tracking
+
+    m = report.manifest
+    target = TrackingTarget(m.tracking_uri, m.artifact_root)
+    c = tracking.client(target)
+    out = []
+    for run in tracking.find_child_runs(target, m.experiment_id, m.parent_run_id):
+        tags = run.data.tags
+        if tags.get(ROLE_TAG) != "trial" or "samsnet.phase" in tags:
+            continue
+        rid = run.info.run_id
+        history = sorted((h.step, h.value) for h in c.get_metric_history(rid, "valid_loss"))
+        values = [h.value for h in c.get_metric_history(rid, metric)] if metric != "valid_loss" else [v for _, v in history]
+        values = [v for v in values if math.isfinite(v)]
+        best = (min(values) if mode == "min" else max(values)) if values else None
+        trial = Trial(tags.get(TRIAL_TAG, rid[:8]), rid, tags.get(STATUS_TAG, "running"), dict(run.data.params), history, best)
+        trial.cost = model_cost(c, rid)
+        out.append(trial)
+    return out
+
+
+_COST_CACHE: dict[str, dict[str, int]] = {}
+
+
+def model_cost(client, run_id: str) -> dict[str, int]:
+    """Parameter count and MACs per second of a trial's resolved model config (empty if not logged)."""
+    from .checkpoint import build_model
+    from .config import ModelConfig
+    from .model.info import macs_per_second, parameter_breakdown
+
+    cfg = _download_json(client, run_id, "model/model_config.json")
+    if not cfg:
+        return {}
+    key = json.dumps(cfg, sort_keys=True)
+    if key not in _COST_CACHE:  # trials share configs; building a model costs real time
+        model = build_model(ModelConfig(**cfg))
+        _COST_CACHE[key] = {"parameters": parameter_breakdown(model)["parameters"],
+                            "macs_per_second": macs_per_second(model)}  # fmt: skip
+    return _COST_CACHE[key]
+
+
+def _download_json(client, run_id: str, artifact: str) -> dict[str, Any] | None:
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = client.download_artifacts(run_id, artifact, tmp)
+        except Exception as e:  # an older run without the artifact
+            log.debug("run %s has no %s: %s", run_id, artifact, e)
+            return None
+        return json.loads(Path(local).read_text())
+
+
+def read_asha(report: StudyReport) -> dict[str, Any] | None:
+    """ASHA's settings from the study file copy (None for a FIFO study or a missing copy)."""
+    import yaml
+
+    from .config import validate_model
+    from .search import identity
+    from .search.study import SearchSettings
+
+    text = identity.read_study_copy(report.manifest.path)
+    if text is None:
+        return None
+    raw = yaml.safe_load(text) or {}
+    s = validate_model(SearchSettings, raw.get("search") or {}, f"{report.manifest.path}/{identity.STUDY_COPY}: search")
+    if s.scheduler != "asha":
+        return None
+    epochs = (raw.get("train") or {}).get("epochs")
+    max_t = s.max_t or (int(epochs) if isinstance(epochs, int) else None)
+    return {"grace_period": s.grace_period, "reduction_factor": s.reduction_factor, "max_t": max_t,
+            "metric": s.metric, "mode": s.resolved_mode}  # fmt: skip
+
+
+def rung_epochs(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
+    """The epochs at which ASHA compares trials: grace * rf^k below max_t."""
+    out, t = [], float(grace_period)
+    while t < max_t and len(out) < 64:  # bounded: rf > 1 always, the cap guards odd inputs
+        out.append(int(t))
+        t *= reduction_factor
+    return out
+
+
+def read_clips(report: StudyReport, seconds: float = DEFAULT_LISTEN_SECONDS) -> list[tuple[str, str, str]]:
+    """The winner's excerpts under `listen/` on the parent run, cut to `seconds`, as base64 wav."""
+    import soundfile as sf
+
+    c = _client(report)
+    run_id = report.manifest.parent_run_id
+    clips = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for folder in c.list_artifacts(run_id, LISTEN_FOLDER):
+            if not folder.is_dir:
+                continue
+            local = Path(c.download_artifacts(run_id, folder.path, tmp))
+            order = {name: i for i, name in enumerate(("mixture", *TARGETS))}
+            for wav in sorted(local.glob("*.wav"), key=lambda p: (order.get(p.stem, 99), p.stem)):
+                audio, rate = sf.read(wav, dtype="int16", always_2d=True)  # (N, C)
+                buf = io.BytesIO()
+                sf.write(buf, audio[: int(seconds * rate)], rate, format="WAV", subtype="PCM_16")
+                clips.append((local.name, wav.stem, base64.b64encode(buf.getvalue()).decode("ascii")))
+    return clips
+
+
+def _attempt(notes: dict[str, str], section: str, fn, default):
+    """Run one reader; a failure becomes a note on the page (the rest still renders)."""
+    try:
+        return fn()
+    except Exception as e:
+        log.warning("report section %s: %s", section, e)
+        notes[section] = f"could not be read: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+        return default
+
+
+def collect(report: StudyReport, listen_seconds: float = DEFAULT_LISTEN_SECONDS) -> PageData:
+    notes: dict[str, str] = {}
+    asha = _attempt(notes, "asha", lambda: read_asha(report), None)
+    metric = (asha or {}).get("metric", "valid_loss")
+    mode = (asha or {}).get("mode", "min" if metric == "valid_loss" else "max")
+    trials = _attempt(notes, "trials", lambda: read_trials(report, metric, mode), [])
+    clips = _attempt(notes, "listen", lambda: read_clips(report, listen_seconds), [])
+    return PageData(report, trials, metric, mode, asha, clips, notes)
+
+
+# --- figures -------------------------------------------------------------------------
+
+
+def fig_sdr_vs_slices(report: StudyReport):
+    """Median validation SDR per target and avg against slices, with bootstrap intervals."""
+    import plotly.graph_objects as go
+
+    table = report.selection.table
+    rows = sorted(table.rows, key=lambda r: r.slices)
+    x = [r.slices for r in rows]
+    fig = go.Figure()
+    for col in COLUMNS:
+        y = [r.median[col] for r in rows]
+        hi = [r.interval[col][1] - r.median[col] for r in rows]
+        lo = [r.median[col] - r.interval[col][0] for r in rows]
+        fig.add_trace(go.Scatter(x=x, y=y, name=col, mode="lines+markers",
+                                 error_y=dict(type="data", array=hi, arrayminus=lo, visible=True),
+                                 line=dict(width=4 if col == "avg" else 2)))  # fmt: skip
+    fig.add_vline(x=table.winner, line_dash="dot", annotation_text=f"chosen: {table.winner}")
+    fig.update_layout(title=f"Validation SDR vs slices ({round(100 * table.confidence)}% bootstrap intervals)",
+                      xaxis_title="slices", yaxis_title="SDR (dB)", xaxis_type="category" if len(x) < 2 else "linear")  # fmt: skip
+    return fig
+
+
+def fig_learning_curves(trials: list[Trial]):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for t in trials:
+        if not t.curve:
+            continue
+        pruned = t.status == "pruned"
+        fig.add_trace(go.Scatter(
+            x=[e for e, _ in t.curve], y=[v for _, v in t.curve], mode="lines+markers", name=f"{t.trial_id} ({t.status})",
+            line=dict(dash="dash" if pruned else "solid", color=STATUS_COLORS["pruned"] if pruned else None),
+            opacity=0.6 if pruned else 1.0))  # fmt: skip
+    fig.update_layout(title="Learning curves (pruned trials dashed grey)", xaxis_title="epoch", yaxis_title="valid_loss")
+    return fig
+
+
+def fig_asha(trials: list[Trial], asha: dict[str, Any] | None):
+    """Each trial's last epoch against its last valid_loss; rung epochs as vertical lines."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    by_status: dict[str, list[Trial]] = {}
+    for t in trials:
+        if t.last is not None:
+            by_status.setdefault(t.status, []).append(t)
+    for status, group in sorted(by_status.items()):
+        fig.add_trace(go.Scatter(x=[t.last[0] for t in group], y=[t.last[1] for t in group], mode="markers",
+                                 name=status, text=[t.trial_id for t in group],
+                                 marker=dict(size=11, color=STATUS_COLORS.get(status))))  # fmt: skip
+    title = "ASHA: where each trial stopped"
+    if asha and asha.get("max_t"):
+        for r in rung_epochs(asha["grace_period"], asha["reduction_factor"], asha["max_t"]):
+            fig.add_vline(x=r, line_dash="dot", line_color="#888", annotation_text=f"rung {r}")
+        title += f" (grace {asha['grace_period']}, reduction factor {asha['reduction_factor']:g}, max_t {asha['max_t']})"
+    fig.update_layout(title=title, xaxis_title="last epoch", yaxis_title="last valid_loss")
+    return fig
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        x = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return x if x is not None and math.isfinite(x) else None
+
+
+def fig_parallel(trials: list[Trial], metric: str):
+    """Parallel coordinates: hyperparameters -> best metric (lr on a log10 axis)."""
+    import plotly.graph_objects as go
+
+    scored = [t for t in trials if t.metric is not None]
+    dims = []
+    for key in HYPERPARAMETERS:
+        values = [_number(t.params.get(key)) for t in scored]
+        if not values or any(v is None for v in values):
+            continue
+        if key == "train.lr" and all(v > 0 for v in values):
+            dims.append(dict(label="log10 lr", values=[math.log10(v) for v in values]))
+        else:
+            dims.append(dict(label=key.split(".")[-1], values=values))
+    metric_values = [t.metric for t in scored]
+    dims.append(dict(label=metric, values=metric_values))
+    fig = go.Figure(go.Parcoords(dimensions=dims, line=dict(color=metric_values, colorscale="Viridis", showscale=True)))
+    fig.update_layout(title=f"Hyperparameters -> best {metric} ({len(scored)} scored trials)")
+    return fig
+
+
+def fig_cost(trials: list[Trial], metric: str):
+    """Best metric against parameter count and MACs per second of audio (two panels)."""
+    from plotly.subplots import make_subplots
+    import plotly.graph_objects as go
+
+    known = [t for t in trials if t.metric is not None and t.cost]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("parameters", "MACs per second of audio"))
+    for col, key in ((1, "parameters"), (2, "macs_per_second")):
+        fig.add_trace(go.Scatter(x=[t.cost[key] for t in known], y=[t.metric for t in known], mode="markers",
+                                 text=[f"{t.trial_id} slices={t.params.get('model.slices', '?')}" for t in known],
+                                 marker=dict(size=10, color=[STATUS_COLORS.get(t.status) for t in known]),
+                                 showlegend=False), row=1, col=col)  # fmt: skip
+        fig.update_xaxes(type="log", title_text=key, row=1, col=col)
+        fig.update_yaxes(title_text=f"best {metric}", row=1, col=col)
+    fig.update_layout(title=f"Best {metric} against model size and cost")
+    return fig
+
+
+# --- page ----------------------------------------------------------------------------
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>'
+
+
+def _plot(fig, div_id: str) -> str:
+    # plotly.js is inlined once in <head>; each figure is only its div and script
+    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"displaylogo": False})
+
+
+def _table_html(report: StudyReport) -> str:
+    table = report.selection.table
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["slices", *COLUMNS, "interval (avg)", "vs winner"])
+    rows = []
+    for rec in table.records():
+        cls = ' class="winner"' if rec["slices"] == table.winner else ""
+        cells = [str(rec["slices"]), *(f"{rec[c]:.2f}" for c in COLUMNS), f"[{rec['avg_low']:.2f}, {rec['avg_high']:.2f}]",
+                 html.escape(rec["vs_winner"])]  # fmt: skip
+        rows.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return (f'<table><caption>{html.escape(table.label())}</caption><tr>{head}</tr>{"".join(rows)}</table>'
+            + "".join(f"<p>{html.escape(line)}</p>" for line in selection_lines(report.selection)))  # fmt: skip
+
+
+def _section(title: str, body: str) -> str:
+    return f"<section><h2>{html.escape(title)}</h2>{body}</section>"
+
+
+def _trials_note(data: PageData) -> str | None:
+    if "trials" in data.notes:
+        return f"Trial runs {data.notes['trials']}"
+    if not data.trials:
+        return "No trial runs recorded in MLflow yet."
+    return None
+
+
+def _sections(data: PageData) -> list[str]:
+    r = data.report
+    out = [_section("Study", "".join(f"<pre>{html.escape(line)}</pre>" for line in search_lines(r))
+                    + f"<pre>{html.escape(r.where)}</pre>")]  # fmt: skip
+    if r.selection is None:
+        hint = "the search is not finished" if r.manifest.state != "finished" else "run the study again to choose it"
+        out.append(_section("SDR vs slices", _note(f"Slice count not chosen yet ({hint}): no validation table.")))
+    else:
+        out.append(_section("SDR vs slices", _plot(fig_sdr_vs_slices(r), "sdr-vs-slices") + _table_html(r)))
+    missing = _trials_note(data)
+    curved = [t for t in data.trials if t.curve]
+    if missing or not curved:
+        why = missing or "No trial reported a valid_loss yet."
+        for title in ("Learning curves", "ASHA rungs", "Hyperparameters", "Size and cost"):
+            out.append(_section(title, _note(why)))
+    else:
+        out.append(_section("Learning curves", _plot(fig_learning_curves(data.trials), "learning-curves")))
+        asha_note = "" if data.asha else _note("No ASHA settings (FIFO scheduler or no study file copy): rungs not marked.")
+        out.append(_section("ASHA rungs", _plot(fig_asha(data.trials, data.asha), "asha") + asha_note))
+        out.append(_section("Hyperparameters", _plot(fig_parallel(data.trials, data.metric), "parallel")))
+        if any(t.cost for t in data.trials):
+            out.append(_section("Size and cost", _plot(fig_cost(data.trials, data.metric), "cost")))
+        else:
+            out.append(_section("Size and cost", _note("No trial logged its model config (model/model_config.json).")))
+    out.append(_section("Listen: the winner's test excerpts", _audio_html(data)))
+    return out
+
+
+def _audio_html(data: PageData) -> str:
+    if "listen" in data.notes:
+        return _note(f"Excerpts {data.notes['listen']}")
+    if not data.clips:
+        return _note("No excerpts logged (the selection step logs them under listen/ on the parent run).")
+    parts = []
+    for track, stem, b64 in data.clips:
+        parts.append(f'<div class="clip"><span>{html.escape(track)} / {html.escape(stem)}</span>'
+                     f'<audio controls preload="none" src="data:audio/wav;base64,{b64}"></audio></div>')  # fmt: skip
+    return "".join(parts)
+
+
+STYLE = """body{font-family:sans-serif;margin:2em;max-width:1300px}section{margin-bottom:2em}
+.note{background:#fff6d5;border-left:4px solid #e0b000;padding:.5em 1em}table{border-collapse:collapse}
+td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}tr.winner{font-weight:bold;background:#e8f5e9}
+caption{text-align:left;font-style:italic}pre{margin:.2em 0;white-space:pre-wrap;word-break:break-all}.clip{margin:.3em 0}.clip span{display:inline-block;width:16em}"""
+
+
+def render_html(data: PageData) -> str:
+    """The whole page as one string; plotly.js is inlined (no network needed to view it)."""
+    from plotly.offline import get_plotlyjs
+
+    title = f"Study {data.report.manifest.name}: Sams-Net search report"
+    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style>"
+            f"<script type=\"text/javascript\">{get_plotlyjs()}</script></head><body>"
+            f"<h1>{html.escape(title)}</h1>{''.join(_sections(data))}</body></html>\n")  # fmt: skip
+
+
+def write_html(report: StudyReport, path: str | Path, listen_seconds: float = DEFAULT_LISTEN_SECONDS) -> Path:
+    """Collect the MLflow data of `report`'s study and write the page to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page = render_html(collect(report, listen_seconds))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)  # atomic: a half-written page never replaces a good one
+    log.info("wrote %s (%.1f MB)", path, len(page) / 1e6)
+    return path

@@ -1,0 +1,178 @@
+"""`samsnet-search report NAME --html FILE`: one self-contained page, checked in headless Chromium.
+
+The study is made the cheap way: the project's own writers (manifest, study copy,
+selection record, MLflow parent and trial runs with per-epoch metrics, listening wavs)
+fill a study folder and an embedded MLflow store, without running a search.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile as sf
+from plotly.offline import get_plotlyjs
+
+from samsnet_search import tracking
+from samsnet_search.cli import main
+from samsnet_search.config import SAMPLE_RATE, TARGETS
+from samsnet_search.report import gather
+from samsnet_search.report_html import collect, render_html, rung_epochs, write_html
+from samsnet_search.search import identity
+
+from test_report import write_study
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+PLOT_IDS = ("sdr-vs-slices", "learning-curves", "asha", "parallel", "cost")
+STUDY_YAML = """\
+model: {n_fft: 256, hop_length: 128, channels: 2, depth: 1}
+train: {epochs: 8}
+search: {grace_period: 1, reduction_factor: 2, num_samples: 4}
+"""
+# (status, slices, heads, lr, epochs trained)
+TRIALS = [("completed", 4, 1, 1e-3, 8), ("pruned", 1, 2, 3e-4, 1), ("pruned", 8, 1, 1e-4, 2), ("stopped_early", 2, 2, 1e-3, 6)]
+
+
+def _log_trials(m: identity.Manifest, target: tracking.TrackingTarget) -> None:
+    """Trial runs as the search writes them: params, resolved model config, metrics per epoch, status."""
+    from samsnet_search.config import ExperimentConfig
+
+    spec = tracking.ChildRunSpec(m.tracking_uri, m.artifact_root, m.experiment_id, m.parent_run_id, m.name,
+                                 system_metrics=False)  # fmt: skip
+    for i, (status, slices, heads, lr, epochs) in enumerate(TRIALS):
+        cfg = ExperimentConfig.model_validate({"model": {"n_fft": 256, "hop_length": 128, "channels": 2 * heads, "depth": 1,
+                                                         "heads": heads, "slices": slices},
+                                               "data": {"segment_seconds": 1.0}, "train": {"lr": lr, "epochs": 8}})  # fmt: skip
+        run = tracking.TrialRun(spec, f"t{i:04d}")
+        run.log_config(cfg.model_dump(mode="json"), cfg.resolved_model().model_dump(mode="json"))
+        for epoch in range(1, epochs + 1):
+            run.log_epoch({"train_loss": 1.0 / epoch, "valid_loss": 0.5 + 0.1 * i + 0.3 / epoch}, epoch)
+        run.finish(status)
+
+
+def _log_listening(m: identity.Manifest, target: tracking.TrackingTarget, folder) -> None:
+    """`listen/<track>/*.wav` on the parent run, 6 s each (the page cuts them to 3 s)."""
+    track = folder / "song_a"
+    track.mkdir(parents=True)
+    t = np.arange(6 * SAMPLE_RATE) / SAMPLE_RATE
+    for k, name in enumerate(("mixture", *TARGETS)):
+        tone = 0.2 * np.sin(2 * np.pi * 110 * (k + 1) * t)
+        sf.write(track / f"{name}.wav", np.stack([tone, tone], axis=1), SAMPLE_RATE, subtype="PCM_16")
+    tracking.client(target).log_artifacts(m.parent_run_id, str(track), "listen/song_a")
+
+
+def make_study(storage, with_selection=True, with_runs=True) -> identity.Manifest:
+    """A finished study folder (manifest, study.yaml, selection) and its embedded MLflow store."""
+    written = write_study(storage, with_selection=with_selection)
+    target = tracking.resolve_tracking(str(storage / "mlruns"))
+    m = written
+    m.tracking_uri, m.artifact_root = target.uri, target.artifact_root
+    if with_runs:
+        m.experiment_id = tracking.ensure_experiment(target, m.experiment_name)
+        m.parent_run_id = tracking.start_parent_run(target, m.experiment_id, m.name)
+        _log_trials(m, target)
+        _log_listening(m, target, storage / "wav")
+    identity.write_manifest(m)
+    identity.write_study_copy(m.path, STUDY_YAML)
+    return m
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory):
+    """The full study, built once for the module (MLflow's store is slow to create)."""
+    root = tmp_path_factory.mktemp("html") / "runs"
+    make_study(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def page(storage):
+    """The full study written to HTML through the CLI."""
+    out = storage.parent / "report.html"
+    assert main(["report", "demo", "--storage", str(storage), "--html", str(out)]) == 0
+    return out
+
+
+def test_page_has_every_part_and_is_self_contained(page):
+    text = page.read_text()
+    for div in PLOT_IDS:
+        assert f'id="{div}"' in text
+    assert text.count("<audio") == 5 and "data:audio/wav;base64," in text
+    assert 'class="note"' not in text  # nothing missing
+    assert "chosen slices: 4" in text and "models:/samsnet-demo@champion" in text
+    # plotly.js is inlined once, verbatim (its own text holds credit links for map tiles, never loaded here)
+    assert text.count(get_plotlyjs()) == 1
+    text = text.replace(get_plotlyjs(), "")
+    # nothing is fetched: no external src/href, no script files, no CSS imports
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)
+    assert "<script src" not in text and "@import" not in text
+
+
+def test_collected_data_match_the_runs(storage):
+    data = collect(gather("demo", str(storage)), listen_seconds=1.0)
+    assert data.notes == {}
+    assert [t.status for t in data.trials] == [s for s, *_ in TRIALS]
+    assert [len(t.curve) for t in data.trials] == [e for *_, e in TRIALS]
+    assert data.trials[0].metric == pytest.approx(0.5 + 0.3 / 8)  # best (min) valid_loss of trial 0
+    assert data.trials[1].params["model.slices"] == "1"
+    # cost grows with heads (channels = 2 x heads here); MACs depend on slice length too
+    small, big = data.trials[0].cost, data.trials[1].cost
+    assert 0 < small["parameters"] < big["parameters"] and small["macs_per_second"] > 0
+    assert data.asha == {"grace_period": 1, "reduction_factor": 2.0, "max_t": 8, "metric": "valid_loss", "mode": "min"}
+    assert [(track, stem) for track, stem, _ in data.clips] == [("song_a", s) for s in ("mixture", *TARGETS)]
+    import base64, io
+
+    audio, rate = sf.read(io.BytesIO(base64.b64decode(data.clips[0][2])))
+    assert rate == SAMPLE_RATE and audio.shape == (SAMPLE_RATE, 2)  # cut to 1 s
+
+
+def test_rungs():
+    assert rung_epochs(1, 2, 8) == [1, 2, 4]
+    assert rung_epochs(10, 3, 100) == [10, 30, 90]
+    assert rung_epochs(5, 2, 5) == []
+
+
+def test_missing_parts_become_notes(tmp_path):
+    make_study(tmp_path / "runs", with_selection=False, with_runs=False)
+    text = render_html(collect(gather("demo", str(tmp_path / "runs"))))
+    assert "Slice count not chosen yet" in text
+    assert "No trial runs recorded in MLflow yet." in text
+    assert "No excerpts logged" in text or "Excerpts could not be read" in text
+    assert "<audio" not in text and 'id="learning-curves"' not in text
+
+
+def test_unreachable_tracking_is_a_note_not_a_failure(tmp_path, monkeypatch):
+    m = make_study(tmp_path / "runs", with_runs=False)
+    m.tracking_uri, m.artifact_root = "http://127.0.0.1:9", None  # nothing listens on the discard port
+    identity.write_manifest(m)
+    report = gather("demo", str(tmp_path / "runs"))
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail at once, no backoff
+    text = render_html(collect(report))
+    assert "Trial runs could not be read" in text and 'id="sdr-vs-slices"' in text
+
+
+def _chromium(args: list[str], tmp_path) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--host-resolver-rules=MAP * ~NOTFOUND",  # any network lookup fails: the page must not need one
+             f"--user-data-dir={tmp_path / 'chrome-profile'}", "--enable-logging=stderr", "--v=0",
+             "--virtual-time-budget=10000"]  # fmt: skip
+    return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+def test_page_renders_in_chromium_without_errors(page, tmp_path):
+    dom = _chromium(["--dump-dom", page.as_uri()], tmp_path)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "Uncaught" not in dom.stderr and "ERROR:CONSOLE" not in dom.stderr, dom.stderr[-2000:]
+    # plotly rendered every figure: each plot div holds an svg of class main-svg
+    for div in PLOT_IDS:
+        start = dom.stdout.index(f'id="{div}"')
+        assert 'class="main-svg"' in dom.stdout[start : start + 5000], div
+    shot = tmp_path / "report.png"
+    _chromium([f"--screenshot={shot}", "--window-size=1400,3000", page.as_uri()], tmp_path)
+    assert shot.is_file() and shot.stat().st_size > 10_000
+    shutil.copy(shot, page.with_suffix(".png"))  # for a person to look at (pytest's basetemp)
