@@ -438,12 +438,17 @@ def estimate_slices_cmd(
     n_fft: int = typer.Option(4096, help="the model's STFT frame; paper: 4096"),
     hop: int = typer.Option(1024, help="the model's STFT hop; paper: 1024"),
     max_tracks: Optional[int] = typer.Option(None, help="use only the first N training tracks"),
-    min_part_seconds: float = typer.Option(0.5, help="shorter runs merge into a neighbour"),
+    min_part_seconds: float = typer.Option(0.5, help="shortest part; closer change points merge"),
+    method: str = typer.Option("novelty", help="novelty (Foote change points, default) or eigengap (spectral clustering)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the full estimate (per segment) as JSON"),
 ) -> None:
-    """Estimate the slice count without training: spectral clustering of mixture frames, eigengap count.
+    """Estimate the slice count without training, from the training mixtures alone.
 
-    Hypothesis: one slice per contiguous part. Each training segment's number of temporally contiguous parts (clusters of similar frames, a returning pattern counted once per run) is mapped to the nearest allowed slice count; the estimate is the median over segments and tracks.
+    Parts: change points of a novelty curve over the frames' self-similarity (default), or
+    spectral clustering with the count from the eigengap (a returning pattern counted once per
+    contiguous run). Hypothesis (unverified): one slice per contiguous part; each training
+    segment's part count is mapped to the nearest allowed slice count, and the estimate is the
+    median over segments and tracks.
     """
     import json
 
@@ -458,7 +463,7 @@ def estimate_slices_cmd(
         raise ConfigError(f"--slices: expected comma-separated integers such as 1,2,4,8, got {slices!r}") from None
     splits = load_splits(validate_model(DataConfig, dict(root=data), "--data"))
     est = estimate_slices(splits, segment_seconds, allowed, n_fft, hop, max_tracks,
-                          EstimateParams(min_part_seconds=min_part_seconds))  # fmt: skip
+                          EstimateParams(min_part_seconds=min_part_seconds, method=method))  # fmt: skip
     print(est.format())
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
