@@ -7,6 +7,7 @@ stderr and exit code 2, with no traceback.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -476,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for chatty in ("onnx_ir", "onnxscript", "torch.onnx"):  # ONNX export logs every graph pass at INFO
         logging.getLogger(chatty).setLevel(logging.WARNING)
+    # MLflow draws a progress bar for every artifact download; reports download dozens.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         # With standalone_mode=False click returns typer.Exit's code instead of raising it.
         rc = app(args=argv, standalone_mode=False)
