@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: a synthetic dataset, then the quickstart study (search, slice selection,
-# test score) on the embedded default (local Ray, ./mlruns, ./runs). About 10 minutes on 2 cores.
+# test score) on the embedded default (local Ray, ./mlruns, ./runs). About 5 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${VENV:-.venv}/bin
