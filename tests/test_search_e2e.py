@@ -249,9 +249,12 @@ def test_resume_after_killing_the_driver(tmp_path, synth_root):
         assert after[trial_id].data.tags[tracking.STATUS_TAG] == "stopped"
         assert after[trial_id].data.tags["samsnet.error"].startswith("abandoned")
     for trial_id in finished:  # finished trials did not run again
-        assert after[trial_id].info.end_time == before[trial_id].info.end_time
+        # The kill can land between the trial's final status tag and its end_run: then the
+        # resume closes the run (end_time changes from None) without training it again.
+        if before[trial_id].info.end_time is not None:
+            assert after[trial_id].info.end_time == before[trial_id].info.end_time
         steps = [m.step for m in c.get_metric_history(after[trial_id].info.run_id, "train_loss")]
-        assert steps == [1, 2, 3, 4]
+        assert steps == [1, 2, 3, 4]  # a second run of the trial would log its epochs again
     continued = [t for t in halfway if t in {r.trial_id for r in result.trials}]
     assert continued, (halfway, [t.trial_id for t in result.trials])
     for trial_id in continued:  # unfinished trials continued from their last checkpoint
