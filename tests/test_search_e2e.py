@@ -199,10 +199,11 @@ def _trial_progress(target, manifest) -> dict[str, tuple[str, int]]:
 
 
 def test_resume_after_killing_the_driver(tmp_path, synth_root):
+    EPOCHS = 24  # tiny epochs take ~0.3 s: enough of them that a trial is still running after the wait below
     path = tiny_study(
         tmp_path, synth_root, "killed",
         search={"num_samples": 3, "seed": 1, "scheduler": "fifo", "max_concurrent_trials": 2},
-        train__epochs=4, train__patience=4,
+        train__epochs=EPOCHS, train__patience=EPOCHS,
     )  # fmt: skip
     storage = str(tmp_path / "runs")
     cmd = [sys.executable, "-m", "samsnet_search.cli", "run", str(path), "--no-live", "--num-cpus", "2"]
@@ -224,6 +225,10 @@ def test_resume_after_killing_the_driver(tmp_path, synth_root):
             done = [t for t, (s, _) in snapshot.items() if s == "completed"]
             halfway = [t for t, (s, n) in snapshot.items() if s == "running" and n >= 2]
             if done and halfway:
+                # Tune's own state (what a resume restores) is saved every >= 1 s here: let it
+                # record the halfway trial's checkpoint before the kill, which the trial's
+                # remaining epochs leave time for.
+                time.sleep(3)
                 break
         assert driver.poll() is None, "the driver ended before it could be killed:\n" + (tmp_path / "driver.log").read_text()
     finally:
@@ -254,9 +259,9 @@ def test_resume_after_killing_the_driver(tmp_path, synth_root):
         if before[trial_id].info.end_time is not None:
             assert after[trial_id].info.end_time == before[trial_id].info.end_time
         steps = [m.step for m in c.get_metric_history(after[trial_id].info.run_id, "train_loss")]
-        assert steps == [1, 2, 3, 4]  # a second run of the trial would log its epochs again
+        assert steps == list(range(1, EPOCHS + 1))  # a second run of the trial would log its epochs again
     continued = [t for t in halfway if t in {r.trial_id for r in result.trials}]
     assert continued, (halfway, [t.trial_id for t in result.trials])
     for trial_id in continued:  # unfinished trials continued from their last checkpoint
         steps = [m.step for m in c.get_metric_history(after[trial_id].info.run_id, "train_loss")]
-        assert steps.count(1) == 1 and sorted(set(steps)) == [1, 2, 3, 4], steps
+        assert steps.count(1) == 1 and sorted(set(steps)) == list(range(1, EPOCHS + 1)), steps
