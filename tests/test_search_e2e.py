@@ -265,3 +265,49 @@ def test_resume_after_killing_the_driver(tmp_path, synth_root):
     for trial_id in continued:  # unfinished trials continued from their last checkpoint
         steps = [m.step for m in c.get_metric_history(after[trial_id].info.run_id, "train_loss")]
         assert steps.count(1) == 1 and sorted(set(steps)) == list(range(1, EPOCHS + 1)), steps
+
+
+def test_multi_objective_study_finds_a_pareto_front(tmp_path, synth_root):
+    """valid_sdr against parameter count: Optuna's multi-objective TPE, FIFO, a front on the parent run."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    from samsnet_search.search import pareto
+
+    path = tiny_study(
+        tmp_path, synth_root, "mo", model__channels={"choice": [2, 4]}, data__valid_seconds=3.0,  # SDR needs active frames
+        train__valid_sdr_every=1, train__epochs=2,
+        train__patience=2, search={"objectives": ["valid_sdr", "params"], "num_samples": 4, "seed": 0,
+                                   "max_concurrent_trials": 2},
+    )  # fmt: skip
+    study = load_study(path, base_dir=tmp_path)
+    assert study.search.scheduler == "fifo" and study.metric == "valid_sdr"
+    result = run_study(study)
+    assert {t.status for t in result.trials} <= {"completed", "stopped_early"}  # FIFO: nothing pruned
+    for t in result.trials:  # costs reported with every result, best_valid_sdr = the best epoch's
+        assert t.metrics["params"] > 0 and t.metrics["gmacs_per_second"] > 0
+        assert t.metrics["best_valid_sdr"] == pytest.approx(max(h["valid_sdr"] for h in t.history))
+
+    front = result.pareto
+    assert front["objectives"] == {"valid_sdr": "max", "params": "min"} and len(front["points"]) == 4
+    values = {p["trial_id"]: (p["values"]["valid_sdr"], p["values"]["params"]) for p in front["points"]}
+    on = [values[t] for t in front["front"]]
+    off = [v for t, v in values.items() if t not in front["front"]]
+    signs = [-1, 1]
+    assert on and not any(pareto.dominates(a, b, signs) for a in on for b in on)
+    assert all(any(pareto.dominates(a, b, signs) for a in on) for b in off)
+    assert all(p["latency_ms"] > 0 for p in pareto.front_points(front))
+
+    # Optuna was told both objectives of every trial (its state is saved in the study folder)
+    searcher = OptunaSearch()
+    searcher.restore_from_dir(str(tmp_path / "runs" / "mo"))
+    told = [t for t in searcher._ot_study.trials if t.values is not None]
+    assert len(searcher._ot_study.directions) == 2 and len(told) == 4
+    assert sorted(tuple(t.values) for t in told) == sorted((p["values"]["valid_sdr"], p["values"]["params"])
+                                                           for p in front["points"])  # fmt: skip
+
+    c = tracking.client(result.target)
+    parent = result.manifest.parent_run_id
+    assert {pareto.ARTIFACT_JSON, pareto.ARTIFACT_MD} <= {a.path for a in c.list_artifacts(parent)}
+    assert c.get_run(parent).data.metrics["pareto.size"] == len(front["front"])
+    stored = identity.read_manifest(identity.study_uri(str(tmp_path / "runs"), "mo"))
+    assert stored.summary["pareto"]["front"] == front["front"]

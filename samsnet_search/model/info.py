@@ -36,3 +36,8 @@ def parameter_breakdown(model: SamsNet) -> dict[str, int]:
     norms = sum(p.numel() for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters())
     total = sum(p.numel() for p in model.parameters())
     return {"parameters": total, "conv_parameters": total - norms, "layernorm_parameters": norms}
+
+
+def model_cost(model: SamsNet) -> dict[str, float]:
+    """The cost objectives a study can minimize: parameter count and GMACs per second of audio."""
+    return {"params": float(parameter_breakdown(model)["parameters"]), "gmacs_per_second": macs_per_second(model) / 1e9}

@@ -83,6 +83,7 @@ class StudyResult:
     seconds: float
     interrupted: bool = False
     result_grid: Any = None
+    pareto: dict[str, Any] | None = None  # multi-objective studies: search.pareto.pareto_summary
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -116,7 +117,7 @@ class StudyResult:
             "best_run": best.mlflow_run_id if best else None,
             f"best_{self.study.metric}": best.best[self.study.metric] if best else None,
             "best_config": best.config if best else None,
-        }
+        } | ({"pareto": self.pareto} if self.pareto else {})
 
 
 # --- Ray -----------------------------------------------------------------------------
@@ -181,13 +182,31 @@ def _searcher(study: Study):
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
-        # TPE seeded: the same study file proposes the same first configurations.
-        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=s.seed),  # metric/mode: from TuneConfig
+        # TPE seeded: the same study file proposes the same first configurations. One objective:
+        # metric/mode come from TuneConfig; several: Optuna's multi-objective TPE gets them all.
+        objectives = searcher_objectives(study) if s.multi_objective else {}
+        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=s.seed),
+                            metric=list(objectives) or None, mode=list(objectives.values()) or None,
                             points_to_evaluate=study.points_to_evaluate or None)  # fmt: skip
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     # random: Ray's own sampling; grid: the space is tune.grid_search over every value.
     return BasicVariantGenerator(random_state=s.seed, points_to_evaluate=study.points_to_evaluate or None)
+
+
+def searcher_objectives(study: Study) -> dict[str, str]:
+    """What a multi-objective searcher is told of each finished trial: the quality at its best
+    epoch (`best_<metric>`, what its best checkpoint holds) and the model's costs."""
+    modes = study.search.objective_modes
+    return {f"best_{study.metric}": study.mode, **{k: v for k, v in modes.items() if k != study.metric}}
+
+
+def _tune_metric(study: Study) -> dict[str, Any]:
+    """TuneConfig's metric/mode: the study metric, or none when several objectives are searched
+    (Tune would pass its single metric on to the searcher and the scheduler, which have their own)."""
+    if study.search.multi_objective:
+        return {"metric": None, "mode": None}
+    return {"metric": study.metric, "mode": study.mode}
 
 
 def _scheduler(study: Study):
@@ -196,7 +215,13 @@ def _scheduler(study: Study):
     s = study.search
     if s.scheduler == "fifo":
         return None
+    if s.multi_objective:
+        # ASHA compares one metric: it prunes on the quality metric alone (a cheap model that
+        # learns slowly can be pruned before its cost advantage counts; the report says so).
+        log.warning("search.scheduler: asha prunes on %s alone, not on the other objectives", study.metric)
+    own_metric = {"metric": study.metric, "mode": study.mode} if s.multi_objective else {}
     return PruneRecordingASHA(
+        **own_metric,
         time_attr="training_iteration",  # one report per epoch; metric/mode: from TuneConfig
         max_t=study.max_t,
         grace_period=s.grace_period,
@@ -233,8 +258,7 @@ def _new_tuner(study: Study, ctx: TrialContext, callback) -> Any:
     storage_path, fs = _storage(study.storage)
     scheduler = callback.scheduler
     tune_config = tune.TuneConfig(
-        metric=study.metric,
-        mode=study.mode,
+        **_tune_metric(study),
         search_alg=_searcher(study),
         scheduler=scheduler,
         num_samples=s.num_samples,
@@ -386,6 +410,8 @@ def run_study(
             grid = tuner.fit()
             result = _result(study, manifest, target, grid, time.monotonic() - start)
             state = "interrupted" if result.interrupted else "finished"
+            if study.search.multi_objective and not result.interrupted:
+                result.pareto = _pareto(study, result)
     except KeyboardInterrupt:
         state = "interrupted"
         raise
@@ -404,7 +430,8 @@ def _context(study: Study, manifest: Manifest) -> TrialContext:
         system_metrics=study.spec.tracking.system_metrics,
         system_metrics_interval_s=study.spec.tracking.system_metrics_interval_s,
     )
-    return TrialContext(study_name=study.name, base=study.base, tracking=spec, cpus=study.spec.resources.cpu)
+    return TrialContext(study_name=study.name, base=study.base, tracking=spec, cpus=study.spec.resources.cpu,
+                        metric=study.metric, mode=study.mode)  # fmt: skip
 
 
 def _callback(study: Study, manifest: Manifest, target: tracking.TrackingTarget):
@@ -421,6 +448,25 @@ def _callback(study: Study, manifest: Manifest, target: tracking.TrackingTarget)
         epochs=study.max_epochs,
         scheduler=_scheduler(study),
     )
+
+
+def _pareto(study: Study, result: StudyResult) -> dict[str, Any]:
+    """The Pareto front of a finished multi-objective search, with the front's CPU latency
+    measured now that no trial competes for the CPU."""
+    from . import pareto
+
+    front = pareto.pareto_summary(result.trials, study.metric, study.search.objective_modes, study.search.scheduler)
+    pareto.add_latency(front, result.trials, study.representative().data.segment_seconds)
+    log.info("Pareto front: %d of %d scored trials", len(front["front"]), len(front["points"]))
+    return front
+
+
+def _log_pareto(target, run_id: str, front: dict[str, Any]) -> None:
+    from . import pareto
+
+    tracking.log_json(target, run_id, front, pareto.ARTIFACT_JSON)
+    tracking.client(target).log_text(run_id, pareto.front_markdown(front), pareto.ARTIFACT_MD)
+    tracking.client(target).log_metric(run_id, "pareto.size", float(len(front["front"])))
 
 
 def _close(manifest: Manifest, target, state: str, result: StudyResult | None) -> None:
@@ -441,6 +487,8 @@ def _close(manifest: Manifest, target, state: str, result: StudyResult | None) -
             for status, n in summary["counts"].items():
                 c.log_metric(manifest.parent_run_id, f"trials.{status}", float(n))
             tracking.log_json(target, manifest.parent_run_id, summary, "search_summary.json")
+            if result.pareto:
+                _log_pareto(target, manifest.parent_run_id, result.pareto)
         c.set_tag(manifest.parent_run_id, "samsnet.state", manifest.state)
         c.set_terminated(manifest.parent_run_id, {"finished": "FINISHED", "failed": "FAILED"}.get(state, "KILLED"))
     except Exception as e:  # the results are on disk already; tracking trouble is reported, not fatal

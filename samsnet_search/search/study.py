@@ -245,6 +245,14 @@ def _prefixed(err: ValidationError, source: str, key: str) -> str:
 # --- study-level settings ------------------------------------------------------------
 
 
+# Objectives a study can name, with the direction each is compared in. The first objective is
+# the quality metric (reported each epoch: ASHA and checkpoints use it); the others are costs
+# of the model, known before training (`samsnet_search.model.info.model_cost`).
+QUALITY_MODES = {"valid_loss": "min", "valid_sdr": "max"}
+COST_MODES = {"params": "min", "gmacs_per_second": "min"}
+OBJECTIVE_MODES = QUALITY_MODES | COST_MODES
+
+
 class SearchSettings(Strict):
     """How trials are proposed, scheduled and compared."""
 
@@ -252,12 +260,22 @@ class SearchSettings(Strict):
         "valid_loss", description="reported every epoch; valid_sdr needs train.valid_sdr_every: 1"
     )
     mode: Literal["min", "max"] | None = Field(None, description="default: min for valid_loss, max for valid_sdr")
+    objectives: list[str] | None = Field(
+        None,
+        description="multi-objective search: the quality metric first (valid_sdr or valid_loss), then costs "
+        "(params, gmacs_per_second); Optuna's multi-objective TPE proposes trials and the report shows "
+        "the Pareto front",
+    )
     num_samples: int = Field(16, gt=0, description="trials to run")
     seed: int = Field(0, description="seeds the searcher (Optuna TPE)")
     searcher: Literal["optuna", "random", "grid"] = Field(
         "optuna", description="optuna: TPE; random: Ray's sampler; grid: every choice once per sample"
     )
-    scheduler: Literal["asha", "fifo"] = Field("asha", description="asha prunes weak trials at rungs; fifo never")
+    scheduler: Literal["asha", "fifo"] = Field(
+        "asha",
+        description="asha prunes weak trials at rungs (on the quality metric alone); fifo never; "
+        "default: asha, or fifo when objectives are set",
+    )
     grace_period: int = Field(1, gt=0, description="ASHA: epochs before a trial can be pruned")
     reduction_factor: float = Field(2.0, gt=1, description="ASHA: keep 1/reduction_factor of trials per rung")
     max_t: int | None = Field(None, gt=0, description="ASHA: epochs at most; default: train.epochs")
@@ -270,16 +288,55 @@ class SearchSettings(Strict):
 
     @property
     def resolved_mode(self) -> str:
-        return self.mode or ("min" if self.metric == "valid_loss" else "max")
+        return self.mode or QUALITY_MODES[self.metric]
+
+    @property
+    def objective_modes(self) -> dict[str, str]:
+        """{objective: min|max} in the order given; the single metric when no objectives are set."""
+        return {name: OBJECTIVE_MODES[name] for name in self.objectives or [self.metric]}
+
+    @property
+    def multi_objective(self) -> bool:
+        return bool(self.objectives)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_from_objectives(cls, data: Any) -> Any:
+        """With objectives: the first is the study metric (unless metric: says otherwise, checked
+        below), and the scheduler defaults to fifo (ASHA compares one metric only)."""
+        if not (isinstance(data, dict) and isinstance(data.get("objectives"), list) and data["objectives"]):
+            return data
+        data = {"scheduler": "fifo", **data}
+        if "metric" not in data and data["objectives"][0] in QUALITY_MODES:
+            data["metric"] = data["objectives"][0]
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> "SearchSettings":
-        expected = "min" if self.metric == "valid_loss" else "max"
+        expected = QUALITY_MODES[self.metric]
         if self.mode is not None and self.mode != expected:
             raise ValueError(f"mode: {self.metric} is compared with mode {expected}, got {self.mode}")
         if self.max_t is not None and self.grace_period > self.max_t:
             raise ValueError(f"grace_period ({self.grace_period}) must not exceed max_t ({self.max_t})")
+        if self.objectives is not None:
+            _check_objectives(self.objectives, self.metric)
         return self
+
+
+def _check_objectives(objectives: list[str], metric: str) -> None:
+    valid_quality, valid_cost = " or ".join(QUALITY_MODES), ", ".join(COST_MODES)
+    if len(objectives) < 2:
+        raise ValueError(f"objectives: name the quality metric ({valid_quality}) and at least one cost ({valid_cost}); "
+                         f"got {objectives} (for one objective use metric: instead)")  # fmt: skip
+    if objectives[0] not in QUALITY_MODES:
+        raise ValueError(f"objectives: the first must be the quality metric ({valid_quality}), got {objectives[0]!r}")
+    if objectives[0] != metric:
+        raise ValueError(f"objectives: the first objective {objectives[0]!r} differs from metric: {metric!r} (drop metric:)")
+    for name in objectives[1:]:
+        if name not in COST_MODES:
+            raise ValueError(f"objectives: {name!r} is not a cost objective; valid after the quality metric: {valid_cost}")
+    if len(set(objectives)) != len(objectives):
+        raise ValueError(f"objectives: {objectives} names an objective twice")
 
 
 class Resources(Strict):

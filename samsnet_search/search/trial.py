@@ -51,6 +51,8 @@ class TrialContext:
     base: dict[str, Any]
     tracking: ChildRunSpec
     cpus: float = 1.0
+    metric: str = "valid_loss"  # the study metric and its direction (for best_<metric>)
+    mode: str = "min"
 
 
 def build_experiment(base: dict[str, Any], config: dict[str, Any], cpus: float = 1.0) -> ExperimentConfig:
@@ -71,6 +73,34 @@ def _tune_metrics(metrics: dict[str, Any], run_id: str) -> dict[str, Any]:
     out = {k: v for k, v in metrics.items() if v is not None}
     out[RUN_ID_KEY] = run_id
     return out
+
+
+def model_cost_metrics(cfg: ExperimentConfig) -> dict[str, float]:
+    """Parameter count and GMACs per second of the trial's model: cost objectives, known before training."""
+    from ..checkpoint import build_model
+    from ..model.info import model_cost
+
+    return model_cost(build_model(cfg.resolved_model()))
+
+
+class BestSoFar:
+    """The best value of the study metric over a trial's epochs, reported as `best_<metric>`.
+
+    A multi-objective searcher judges a trial by its final result only; it should see the
+    trial's best epoch (the one its best checkpoint holds), not its last.
+    """
+
+    def __init__(self, metric: str, mode: str, earlier: list[float]):
+        self.key, self.metric, self.sign = f"best_{metric}", metric, (1 if mode == "min" else -1)
+        self.value = min(earlier, key=lambda v: self.sign * v) if earlier else None
+
+    def update(self, metrics: dict[str, Any]) -> None:
+        value = metrics.get(self.metric)
+        if value is not None and math.isfinite(value) and (self.value is None or self.sign * value < self.sign * self.value):
+            self.value = float(value)
+        # Always present (Tune checks that every result has the searcher's metrics); NaN until a
+        # finite value arrives. The trainer's own best_valid_loss wins.
+        metrics.setdefault(self.key, math.nan if self.value is None else self.value)
 
 
 def record_node(run: TrialRun) -> str:
@@ -110,16 +140,21 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     run.start_system_metrics()
     try:
         run.log_config(cfg.model_dump(mode="json"), cfg.resolved_model().model_dump(mode="json"))
+        cost = model_cost_metrics(cfg)
+        run.log_epoch(cost, 0)
         checkpoint = tune.get_checkpoint()
         resume = Path(checkpoint.to_directory()) if checkpoint else None
+        earlier = [m.value for m in run.client.get_metric_history(run.run_id, ctx.metric)] if resume else []
+        best = BestSoFar(ctx.metric, ctx.mode, earlier)
 
         def report(result) -> None:
             metrics = result.metrics()
+            best.update(metrics)
             run.log_epoch(metrics, result.epoch)
             if result.is_best:
                 run.log_best(result.checkpoint_dir, result.epoch)
             tune.report(
-                _tune_metrics(metrics, run.run_id),
+                _tune_metrics(metrics | cost, run.run_id),
                 checkpoint=tune.Checkpoint.from_directory(str(result.checkpoint_dir)),
             )
 
