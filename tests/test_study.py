@@ -200,7 +200,7 @@ def test_validate_prints_resolved_space(tmp_path, data_root, monkeypatch, capsys
     assert "model.n_fft" in out and "512" in out  # fixed values are listed too
 
 
-@pytest.mark.parametrize("name", ["quickstart", "paper", "wide"])
+@pytest.mark.parametrize("name", ["quickstart", "paper", "wide", "quality-vs-cost"])
 def test_shipped_study_files_validate(name, tmp_path, monkeypatch):
     """The shipped files are valid apart from the data folder, which a user provides."""
     monkeypatch.setenv("MUSDB_PATH", str(tmp_path))

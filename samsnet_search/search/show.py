@@ -21,7 +21,8 @@ def format_space(study: Study) -> str:
         f"  tracking: {study.tracking_uri} (experiment {study.name}, registered model samsnet-{study.name})",
         f"  search:   {num_trials(study)} trials, {s.searcher} (seed {s.seed}), {s.scheduler}"
         + (f" grace {s.grace_period} / reduction {s.reduction_factor:g} / max_t {study.max_t}" if s.scheduler == "asha" else "")
-        + f", {study.metric} ({study.mode})",
+        + (f", objectives {', '.join(f'{k} ({v})' for k, v in s.objective_modes.items())}" if s.multi_objective
+           else f", {study.metric} ({study.mode})"),
         f"  trial:    {study.spec.resources.cpu:g} CPU, {study.spec.resources.gpu:g} GPU"
         + (f", at most {s.max_concurrent_trials} at once" if s.max_concurrent_trials else "")
         + (f", time budget {s.time_budget_s:g} s" if s.time_budget_s else ""),
