@@ -335,14 +335,26 @@ def run(
     select: bool = typer.Option(True, "--select/--no-select", help="after the search: choose the slice count (retrain, score, register)"),
 ) -> None:
     """Run a study; if it exists (same name, same file) it continues where it stopped."""
-    from .search.show import format_result
     from .search.study import load_study
 
     study = load_study(study_file)
-    result = _run_live(study, live, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
-                       restart_errored=restart_errored)  # fmt: skip
+    _search_then_select(study, live, select, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
+                        restart_errored=restart_errored)  # fmt: skip
+
+
+def _search_then_select(study, live: bool, select: bool, restart_errored: bool, **ray_args) -> None:
+    """The search, its summary (and Pareto front), then the slice selection; exit 130 when interrupted."""
+    from .search.show import format_result
+
+    result = _run_live(study, live, restart_errored=restart_errored, **ray_args)
     print(format_result(result))
-    _select(result, select, address=address, num_cpus=num_cpus, num_gpus=num_gpus)
+    if result.pareto:
+        from .search.pareto import front_table
+
+        Console(width=max(Console().width, 120)).print(front_table(result.pareto))
+    if result.interrupted:  # Tune caught the Ctrl-C and returned; the shell should still see it
+        raise typer.Exit(130)
+    _select(result, select, **ray_args)
 
 
 def _select(result, select: bool, **ray_args) -> None:
@@ -374,14 +386,11 @@ def resume(
     """Continue an interrupted study: finished trials stay, unfinished ones continue from their checkpoint."""
     from .search.identity import find_study
     from .search.runner import load_stored_study
-    from .search.show import format_result
     from .search.study import resolve_storage
 
     study = load_stored_study(find_study(name, resolve_storage(storage, Path.cwd())))
-    result = _run_live(study, live, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
-                       restart_errored=restart_errored)  # fmt: skip
-    print(format_result(result))
-    _select(result, select, address=address, num_cpus=num_cpus, num_gpus=num_gpus)
+    _search_then_select(study, live, select, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
+                        restart_errored=restart_errored)  # fmt: skip
 
 
 @app.command("report")
