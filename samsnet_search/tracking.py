@@ -142,17 +142,16 @@ def _first_line(e: BaseException) -> str:
 # --- params and secrets --------------------------------------------------------------
 
 
-def flatten_params(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+def flatten_params(d: Mapping[str, Any]) -> dict[str, str]:
     """Nested config -> `{"model.slices": "4", ...}`: the same names in every trial."""
-    out: dict[str, str] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
-            out.update(flatten_params(v, key + "."))
-        else:
-            text = json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
-            out[key] = text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 3] + "..."
-    return out
+    from .config import flatten
+
+    return {key: _param_text(v) for key, v in flatten(d).items()}
+
+
+def _param_text(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+    return text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 3] + "..."
 
 
 def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:

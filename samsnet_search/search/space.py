@@ -91,7 +91,7 @@ def space_size(study: Study) -> int | None:
 
 def describe(study: Study) -> list[tuple[str, str]]:
     """(key, description) rows of the resolved space: searched keys, then fixed values."""
-    from .study import flatten
+    from ..config import flatten
 
     rows = [(key, dist.describe()) for key, dist in study.space.items()]
     fixed = flatten(study.representative().model_dump(mode="json"))

@@ -542,18 +542,6 @@ def get_path(d: dict[str, Any], key: str) -> Any:
     return d
 
 
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """`{"model": {"slices": 4}}` -> `{"model.slices": 4}` (lists stay values)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def resolve_storage(storage: str, base_dir: Path) -> str:
     """Local storage becomes an absolute path; URIs (s3://...) stay as written."""
     parts = urlsplit(storage)
