@@ -124,8 +124,10 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     from ..train import Trainer
 
-    # The monitor's start/stop lines are noise in a study with many trials.
-    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    # The monitor's start/stop lines and Ray's "Checkpoint successfully created" (one per
+    # epoch) are noise in a study with many trials.
+    for chatty in ("mlflow.system_metrics", "ray.train._internal.storage"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     tune_ctx = tune.get_context()
     trial_id, trial_name = tune_ctx.get_trial_id(), tune_ctx.get_trial_name()
     cfg = build_experiment(ctx.base, config, ctx.cpus)
