@@ -454,9 +454,10 @@ def estimate_slices_cmd(
 ) -> None:
     """Estimate the slice count without training, from the training mixtures alone.
 
-    Parts: change points of a novelty curve over the frames' self-similarity (default), or
-    spectral clustering with the count from the eigengap (a returning pattern counted once per
-    contiguous run). Hypothesis (unverified): one slice per contiguous part; each training
+    Parts: change points of a novelty curve over the frames' self-similarity, from timbre
+    (log-mel), harmony (chroma) and rhythm (tempogram) views (default), or spectral clustering
+    with the count from the eigengap (a returning pattern counted once per contiguous run).
+    Hypothesis (unverified): one slice per contiguous part; each training
     segment's part count is mapped to the nearest allowed slice count, and the estimate is the
     median over segments and tracks.
     """
