@@ -176,6 +176,52 @@ def test_framings_match_museval(backend, nsrc, nchan, nsamples, win, hop):
     assert_matches(bss_eval_v4(refs, ests, win=win, hop=hop, filters_len=32), ref)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize(
+    "nsamples, win, hop, L",
+    [
+        (2_000, 36, 36, 8),  # FFT length 45 (odd) for frames and correlation blocks
+        (50_000, 8_000, 8_000, 32),  # frames are the correlation blocks; an unscored tail
+        (70_001, 7_000, 9_000, 33),  # gaps; 32k correlation blocks, the last one partial
+        (40_000, 10_000, 6_000, 16),  # overlapping frames
+        (12_345, 44_100, 44_100, 16),  # one frame, shorter than the window
+    ],
+)
+def test_cpu_kernels_equal_torch_path(monkeypatch, threads, nsamples, win, hop, L):
+    """The CPU path (strided FFTs, numba kernels, work split over threads) and the torch path
+    (CUDA's) agree to rounding; museval's tolerance would hide a wrong FFT length or frame."""
+    rng = np.random.default_rng(nsamples + L)
+    refs = coloured(rng, 3, nsamples, 2)
+    ests = 0.8 * refs + 0.2 * np.roll(refs, 1, axis=0) + 0.05 * rng.standard_normal(refs.shape)
+    refs[1, 5 * win : 6 * win] = 0.0  # a NaN frame (when there are six)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = {}
+        for kernels in ("numba", "torch"):
+            monkeypatch.setattr(metrics, "_CPU_KERNELS", kernels)
+            out[kernels] = bss_eval_v4(refs, ests, win=win, hop=hop, filters_len=L)
+            out[kernels]["sdr_v4"] = sdr_v4(refs, ests, win=win, hop=hop)
+    finally:
+        torch.set_num_threads(before)
+    for m in (*METRICS, "sdr_v4"):
+        a, b = out["torch"][m], out["numba"][m]
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=m)
+        np.testing.assert_allclose(b[~np.isnan(a)], a[~np.isnan(a)], rtol=0, atol=1e-9, err_msg=m)
+
+
+def test_identical_stereo_channels_fall_back_like_museval(backend):
+    """A reference with left == right makes G exactly singular: museval's LU solve fails and
+    it takes least squares; so must we (a Cholesky that "succeeds" on rounding-level pivots
+    gave ISR 60 dB away)."""
+    rng = np.random.default_rng(1)
+    refs = rng.standard_normal((2, 20_000, 2))
+    refs[0, :, 1] = refs[0, :, 0]
+    ests = 0.9 * refs + 0.1 * rng.standard_normal(refs.shape)
+    ref = museval_dict(refs, ests, window=5000, hop=5000, filters_len=16)
+    assert_matches(bss_eval_v4(refs, ests, win=5000, hop=5000, filters_len=16), ref)
+
+
 def test_torch_float32_inputs_equal_numpy_float64(backend):
     rng = np.random.default_rng(5)
     refs = torch.from_numpy(coloured(rng, 2, 30_000, 2)).float()
