@@ -54,10 +54,11 @@ def test_table_and_markdown_show_the_front():
     summary = pareto.pareto_summary([trial("a", 1.0, 100), trial("b", 3.0, 300)], "valid_sdr", MODES, "fifo")
     pareto.front_points(summary)[0]["latency_ms"] = 12.34
     header, rows = pareto.front_rows(summary)
-    assert header[:3] == ["trial", "valid_sdr (max)", "params (min)"] and "latency ms" in header
-    assert rows[0][:4] == ["a", "1.00", "100", "12.3"] and rows[1][3] == "-"
+    assert header[:3] == ["trial", "SDR dB", "params"] and "latency ms" in header
+    assert rows[0][:5] == ["a", "1.00", "100", "12.3", "4"] and rows[1][3] == "-"
     md = pareto.front_markdown(summary)
-    assert "PARETO FRONT (validation): 2 of 2 scored trials" in md and "| b | 3.00 | 300 |" in md
+    assert "PARETO FRONT (validation; max valid_sdr, min params): 2 of 2 scored trials" in md
+    assert "| b | 3.00 | 300 |" in md
 
 
 def test_latency_is_measured_from_the_best_checkpoint(tmp_path):

@@ -109,6 +109,7 @@ def add_latency(pareto: dict[str, Any], trials: Sequence[Any], seconds: float) -
 # --- rendering ---------------------------------------------------------------------------
 
 _FORMATS = {"valid_sdr": "{:.2f}", "valid_loss": "{:.4f}", "params": "{:,.0f}", "gmacs_per_second": "{:.3f}"}
+_HEADERS = {"valid_sdr": "SDR dB", "valid_loss": "loss", "params": "params", "gmacs_per_second": "GMAC/s"}
 
 
 def _searched_keys(pareto: dict[str, Any]) -> list[str]:
@@ -118,7 +119,7 @@ def _searched_keys(pareto: dict[str, Any]) -> list[str]:
 def front_rows(pareto: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the front table: trial, objectives, latency, epochs, searched values."""
     names, keys = list(pareto["objectives"]), _searched_keys(pareto)
-    header = ["trial", *(f"{n} ({m})" for n, m in pareto["objectives"].items())]
+    header = ["trial", *(_HEADERS.get(n, n) for n in names)]
     has_latency = any("latency_ms" in p for p in front_points(pareto))
     header += (["latency ms"] if has_latency else []) + ["epochs"] + [k.rsplit(".", 1)[-1] for k in keys]
     rows = []
@@ -126,7 +127,7 @@ def front_rows(pareto: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         row = [p["trial_id"], *(_FORMATS.get(n, "{:.4g}").format(p["values"][n]) for n in names)]
         if has_latency:
             row.append(f"{p['latency_ms']:.1f}" if "latency_ms" in p else "-")
-        row.append(f"{p['epochs']} ({p['status']})")
+        row.append(str(p["epochs"]) + ("" if p["status"] == "completed" else f" {p['status']}"))
         row += [_short(p["config"].get(k)) for k in keys]
         rows.append(row)
     return header, rows
@@ -138,7 +139,8 @@ def _short(value: Any) -> str:
 
 def title(pareto: dict[str, Any]) -> str:
     n, total = len(pareto["front"]), len(pareto["points"])
-    return f"PARETO FRONT (validation): {n} of {total} scored trials; {pareto['caveat']}"
+    goals = ", ".join(f"{'max' if m == 'max' else 'min'} {name}" for name, m in pareto["objectives"].items())
+    return f"PARETO FRONT (validation; {goals}): {n} of {total} scored trials. {pareto['caveat']}"
 
 
 def front_table(pareto: dict[str, Any]):
