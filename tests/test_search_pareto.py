@@ -106,3 +106,20 @@ def test_bad_objectives_name_the_key(tmp_path, synth_root, objectives, message):
     with pytest.raises(ConfigError) as err:
         load_study(write_study(tmp_path, synth_root, {"objectives": objectives}))
     assert "mo.yaml: search: objectives: " in str(err.value) and message in str(err.value)
+
+
+def test_runner_wiring_for_several_objectives(tmp_path, synth_root):
+    """Optuna gets every objective (quality at the best epoch first), ASHA the quality metric alone,
+    TuneConfig none (Tune would hand its single metric to both)."""
+    from samsnet_search.search import runner
+
+    study = load_study(write_study(tmp_path, synth_root, {"objectives": ["valid_loss", "params", "gmacs_per_second"],
+                                                          "scheduler": "asha"}))  # fmt: skip
+    assert runner.searcher_objectives(study) == {"best_valid_loss": "min", "params": "min", "gmacs_per_second": "min"}
+    searcher = runner._searcher(study)
+    assert searcher.metric == ["best_valid_loss", "params", "gmacs_per_second"] and searcher.mode == ["min"] * 3
+    asha = runner._scheduler(study)
+    assert (asha.metric, asha._mode) == ("valid_loss", "min")
+    assert runner._tune_metric(study) == {"metric": None, "mode": None}
+    single = load_study(write_study(tmp_path, synth_root, {"metric": "valid_loss"}))
+    assert runner._tune_metric(single) == {"metric": "valid_loss", "mode": "min"} and runner._scheduler(single).metric is None
