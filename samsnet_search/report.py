@@ -1,9 +1,10 @@
 """The study report: what a finished study found, gathered once and rendered as text.
 
 `gather(name, storage)` collects everything from the study folder (study.json, the
-selection's `selection/selection.json`) into a `StudyReport`: search counts and timing,
-ASHA's savings, the validation table with intervals, the chosen slice count, the
-winner's test score and registry entry, and where to look in MLflow. `render_text`
+selection's `selection/selection.json`, `slice_estimate.json` when the study ran with the
+unsupervised estimate) into a `StudyReport`: search counts and timing, ASHA's savings, the
+validation table with intervals, the chosen slice count beside the estimate, the winner's
+test score and registry entry, and where to look in MLflow. `render_text`
 turns it into rich renderables (the `report` and `run` commands print them); an HTML
 page can be built from the same `StudyReport`.
 """
@@ -15,7 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import TARGETS
+from .errors import ConfigError
 from .search import identity
+from .search.estimate_step import ARTIFACT as ESTIMATE_FILE
+from .search.estimate_step import load_estimate
 from .search.identity import Manifest
 from .search.select import COLUMNS, SelectionResult, SelectionTable, load_selection
 from .search.study import resolve_storage
@@ -30,6 +34,7 @@ class StudyReport:
     search: dict[str, Any]  # the search summary: trials, counts, seconds, epochs_run/full, fraction_saved, best
     selection: SelectionResult | None
     where: str  # how to open the MLflow UI on this study
+    estimate: dict[str, Any] | None = None  # the slice estimate's summary (estimate_summary), if the study ran it
 
     @property
     def counts(self) -> dict[str, int]:
@@ -38,7 +43,12 @@ class StudyReport:
     def to_dict(self) -> dict[str, Any]:
         return {"study": self.manifest.name, "state": self.manifest.state, "storage": identity.display_uri(self.manifest.path),
                 "search": self.search, "selection": self.selection.to_dict() if self.selection else None,
-                "where": self.where}  # fmt: skip
+                "where": self.where, "estimate": self.estimate}  # fmt: skip
+
+    @property
+    def optimum(self) -> int | None:
+        """The searched optimum: the selection's chosen slice count (None before the selection)."""
+        return self.selection.table.winner if self.selection else None
 
 
 def gather(name_or_path: str, storage: str = "./runs", base_dir=None) -> StudyReport:
@@ -48,7 +58,44 @@ def gather(name_or_path: str, storage: str = "./runs", base_dir=None) -> StudyRe
     manifest = identity.find_study(name_or_path, resolve_storage(storage, Path(base_dir or Path.cwd())))
     selection = load_selection(manifest.path)
     target = TrackingTarget(manifest.tracking_uri, manifest.artifact_root)
-    return StudyReport(manifest, dict(manifest.summary or {}), selection, target.where())
+    estimate = estimate_summary(load_estimate(manifest.path))
+    return StudyReport(manifest, dict(manifest.summary or {}), selection, target.where(), estimate)
+
+
+# Summary keys kept from the estimate JSON: its per-segment lists stay in the file.
+ESTIMATE_KEYS = ("slices_estimate", "median_slices", "median_parts", "iqr", "histogram", "allowed_slices",
+                 "segment_seconds", "n_tracks", "hypothesis", "action")  # fmt: skip
+
+
+def estimate_summary(data: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The report's view of `slice_estimate.json`: its summary numbers, the method and the
+    number of segments (None when the study ran without the estimate)."""
+    if data is None:
+        return None
+    missing = [k for k in ("slices_estimate", "median_slices", "iqr") if k not in data]
+    if missing:
+        raise ConfigError(f"{ESTIMATE_FILE}: not a slice estimate (missing {', '.join(missing)})")
+    out = {k: data[k] for k in ESTIMATE_KEYS if k in data}
+    out["method"] = (data.get("params") or {}).get("method", "novelty")
+    out["segments"] = len(data.get("segments") or [])
+    return out
+
+
+def estimate_line(report: StudyReport) -> str | None:
+    """One line: the unsupervised estimate, its spread and hypothesis, against the searched optimum."""
+    est = report.estimate
+    if est is None:
+        return None
+    value, (low, high) = int(est["slices_estimate"]), est["iqr"]
+    line = (f"  slice estimate (unsupervised, training mixtures): {value} (median {est['median_slices']:g}, "
+            f"IQR {low:g}-{high:g}; hypothesis: one slice per contiguous part)")  # fmt: skip
+    optimum = report.optimum
+    if optimum is None:
+        return line + "; searched optimum: not chosen yet"
+    if optimum == value:
+        return line + f"; searched optimum: {optimum} (agrees)"
+    side = "inside" if low <= optimum <= high else "outside"
+    return line + f"; searched optimum: {optimum} (differs by {optimum - value:+d}; {side} the estimate's IQR)"
 
 
 # --- text ----------------------------------------------------------------------------
@@ -106,12 +153,15 @@ def selection_lines(sel: SelectionResult) -> list[str]:
 def render_text(report: StudyReport) -> list[Any]:
     """Rich renderables (strings and a Table) in reading order."""
     out: list[Any] = list(search_lines(report))
+    estimate = estimate_line(report)
     if report.selection is None:
         hint = "the search is not finished" if report.manifest.state != "finished" else "run the study again to choose it"
         out.append(f"  slice count: not chosen yet ({hint})")
+        out.extend([estimate] if estimate else [])
     else:
         out.append(table_renderable(report.selection.table))
-        out.extend(selection_lines(report.selection))
+        verdict, *rest = selection_lines(report.selection)  # the verdict names the chosen slice count
+        out.extend([verdict, *([estimate] if estimate else []), *rest])
     out.append(f"  where to look: {report.where}")
     return out
 

@@ -5,7 +5,8 @@ every trial's learning curve (the trial child runs' `valid_loss` history), its r
 model config (`model/model_config.json`, for parameter count and MACs) and the winner's
 listening excerpts (`listen/<track>/*.wav` on the parent run). Sections:
 
-1. SDR vs slices (the Table-2 view: median per target + avg, bootstrap intervals),
+1. SDR vs slices (the Table-2 view: median per target + avg, bootstrap intervals), with the
+   unsupervised slice estimate marked beside the chosen count when the study ran it,
 2. learning curves (pruned trials dashed grey),
 3. ASHA rungs (each trial's last epoch vs its last valid_loss, rung epochs marked),
 4. parallel coordinates over hyperparameters -> best metric,
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import TARGETS
-from .report import StudyReport, search_lines, selection_lines
+from .report import StudyReport, estimate_line, search_lines, selection_lines
 from .search.select import COLUMNS
 from .tracking import ROLE_TAG, STATUS_TAG, TRIAL_TAG, TrackingTarget
 
@@ -227,6 +228,13 @@ def fig_sdr_vs_slices(report: StudyReport):
                                  error_y=dict(type="data", array=hi, arrayminus=lo, visible=True),
                                  line=dict(width=4 if col == "avg" else 2)))  # fmt: skip
     fig.add_vline(x=table.winner, line_dash="dot", annotation_text=f"chosen: {table.winner}")
+    if report.estimate is not None:
+        # The estimate and its IQR, from the training mixtures alone: where it sits against the
+        # searched curve is the test of its hypothesis. Annotated at the bottom, apart from "chosen".
+        value, (low, high) = int(report.estimate["slices_estimate"]), report.estimate["iqr"]
+        fig.add_vrect(x0=low, x1=high, fillcolor="#9467bd", opacity=0.08, line_width=0)
+        fig.add_vline(x=value, line_dash="dash", line_color="#9467bd", annotation_position="bottom right",
+                      annotation_text=f"estimate: {value} (IQR {low:g}-{high:g})")  # fmt: skip
     fig.update_layout(title=f"Validation SDR vs slices ({round(100 * table.confidence)}% bootstrap intervals)",
                       xaxis_title="slices", yaxis_title="SDR (dB)", xaxis_type="category" if len(x) < 2 else "linear")  # fmt: skip
     return fig
@@ -358,11 +366,13 @@ def _sections(data: PageData) -> list[str]:
     r = data.report
     out = [_section("Study", "".join(f"<pre>{html.escape(line)}</pre>" for line in search_lines(r))
                     + f"<pre>{html.escape(r.where)}</pre>")]  # fmt: skip
+    estimate = estimate_line(r)
+    estimate_html = f'<p class="estimate">{html.escape(estimate.strip())}</p>' if estimate else ""
     if r.selection is None:
         hint = "the search is not finished" if r.manifest.state != "finished" else "run the study again to choose it"
-        out.append(_section("SDR vs slices", _note(f"Slice count not chosen yet ({hint}): no validation table.")))
+        out.append(_section("SDR vs slices", _note(f"Slice count not chosen yet ({hint}): no validation table.") + estimate_html))
     else:
-        out.append(_section("SDR vs slices", _plot(fig_sdr_vs_slices(r), "sdr-vs-slices") + _table_html(r)))
+        out.append(_section("SDR vs slices", _plot(fig_sdr_vs_slices(r), "sdr-vs-slices") + estimate_html + _table_html(r)))
     missing = _trials_note(data)
     curved = [t for t in data.trials if t.curve]
     if missing or not curved:
@@ -397,7 +407,7 @@ def _audio_html(data: PageData) -> str:
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:1300px}section{margin-bottom:2em}
 .note{background:#fff6d5;border-left:4px solid #e0b000;padding:.5em 1em}table{border-collapse:collapse}
 td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}tr.winner{font-weight:bold;background:#e8f5e9}
-caption{text-align:left;font-style:italic}pre{margin:.2em 0;white-space:pre-wrap;word-break:break-all}.clip{margin:.3em 0}.clip span{display:inline-block;width:16em}"""
+caption{text-align:left;font-style:italic}.estimate{border-left:4px solid #9467bd;padding:.3em 1em}pre{margin:.2em 0;white-space:pre-wrap;word-break:break-all}.clip{margin:.3em 0}.clip span{display:inline-block;width:16em}"""
 
 
 def render_html(data: PageData) -> str:

@@ -23,7 +23,7 @@ from samsnet_search.report import gather
 from samsnet_search.report_html import collect, render_html, rung_epochs, write_html
 from samsnet_search.search import identity
 
-from test_report import write_study
+from test_report import fake_estimate, write_study
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PLOT_IDS = ("sdr-vs-slices", "learning-curves", "asha", "parallel", "cost")
@@ -64,9 +64,10 @@ def _log_listening(m: identity.Manifest, target: tracking.TrackingTarget, folder
     tracking.client(target).log_artifacts(m.parent_run_id, str(track), "listen/song_a")
 
 
-def make_study(storage, with_selection=True, with_runs=True) -> identity.Manifest:
-    """A finished study folder (manifest, study.yaml, selection) and its embedded MLflow store."""
-    written = write_study(storage, with_selection=with_selection)
+def make_study(storage, with_selection=True, with_runs=True, estimate=None) -> identity.Manifest:
+    """A finished study folder (manifest, study.yaml, selection, optionally the slice estimate) and
+    its embedded MLflow store."""
+    written = write_study(storage, with_selection=with_selection, estimate=estimate)
     target = tracking.resolve_tracking(str(storage / "mlruns"))
     m = written
     m.tracking_uri, m.artifact_root = target.uri, target.artifact_root
@@ -84,7 +85,7 @@ def make_study(storage, with_selection=True, with_runs=True) -> identity.Manifes
 def storage(tmp_path_factory):
     """The full study, built once for the module (MLflow's store is slow to create)."""
     root = tmp_path_factory.mktemp("html") / "runs"
-    make_study(root)
+    make_study(root, estimate=fake_estimate([1, 2, 2, 2]))  # estimate 2 (IQR 1.75-2); the selection chose 4
     return root
 
 
@@ -103,6 +104,10 @@ def test_page_has_every_part_and_is_self_contained(page):
     assert text.count("<audio") == 5 and "data:audio/wav;base64," in text
     assert 'class="note"' not in text  # nothing missing
     assert "chosen slices: 4" in text and "models:/samsnet-demo@champion" in text
+    # the estimate beside the searched optimum: marked on the SDR-vs-slices plot and said in words
+    assert "estimate: 2 (IQR 1.75-2)" in text
+    assert "slice estimate (unsupervised, training mixtures): 2" in text
+    assert "searched optimum: 4 (differs by +2; outside the estimate&#x27;s IQR)" in text
     # plotly.js is inlined once, verbatim (its own text holds credit links for map tiles, never loaded here)
     assert text.count(get_plotlyjs()) == 1
     text = text.replace(get_plotlyjs(), "")
@@ -139,6 +144,7 @@ def test_missing_parts_become_notes(tmp_path):
     make_study(tmp_path / "runs", with_selection=False, with_runs=False)
     text = render_html(collect(gather("demo", str(tmp_path / "runs"))))
     assert "Slice count not chosen yet" in text
+    assert "slice estimate" not in text  # this study ran without the estimate
     assert "No trial runs recorded in MLflow yet." in text
     assert "No excerpts logged" in text or "Excerpts could not be read" in text
     assert "<audio" not in text and 'id="learning-curves"' not in text

@@ -10,7 +10,9 @@ import yaml
 
 from samsnet_search import tracking
 from samsnet_search.errors import ConfigError
-from samsnet_search.search.estimate_step import ARTIFACT, apply_estimate, before_search, narrowed_slices, study_estimate
+from samsnet_search.search import identity
+from samsnet_search.search.estimate_step import (ARTIFACT, apply_estimate, before_search, load_estimate, narrowed_slices,
+                                                 study_estimate)  # fmt: skip
 from samsnet_search.search.study import Choice, load_study
 
 
@@ -77,11 +79,16 @@ def test_before_search_logs_params_metrics_and_json_to_the_parent_run(synth_root
     data = json.loads(Path(local).read_text())
     assert data["slices_estimate"] == est.slices_estimate and len(data["segments"]) == 8
     assert "one slice per contiguous part" in data["hypothesis"]
+    # ... and the same JSON in the study folder, for `samsnet-search report` without MLflow
+    saved = load_estimate(identity.study_uri(study.storage, study.name))
+    assert saved == data
+    assert (Path(study.storage) / "est" / ARTIFACT).is_file()
 
 
 def test_disabled_estimate_does_nothing(synth_root, tmp_path):
     study = load_study(write_study(tmp_path, synth_root, None))
     assert before_search(study, None, "unused") is None  # no tracking call either
+    assert load_estimate(identity.study_uri(study.storage, study.name)) is None
 
 
 def test_study_file_errors_name_the_key(synth_root, tmp_path):

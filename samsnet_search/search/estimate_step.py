@@ -2,7 +2,9 @@
 to the parent MLflow run, and optionally used to seed or narrow the search over `model.slices`.
 
 The estimate reads the study's training mixtures only (never validation or test data), with the
-study's shortest training segment, its STFT, and the slice values its space allows.
+study's shortest training segment, its STFT, and the slice values its space allows. Its JSON also
+goes into the study folder (`<storage>/<name>/slice_estimate.json`), so `samsnet-search report`
+can show it beside the searched optimum without MLflow.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 from .. import tracking
 from ..errors import ConfigError
 from ..estimate import SliceEstimate, estimate_slices
+from . import identity
 from .study import Choice, Study
 
 log = logging.getLogger(__name__)
@@ -89,4 +92,16 @@ def before_search(study: Study, target: tracking.TrackingTarget, run_id: str) ->
     log.info("slice estimate: %d (median %g, IQR %g-%g); %s", est.slices_estimate, est.median_slices,
              est.iqr[0], est.iqr[1], action)  # fmt: skip
     log_estimate(target, run_id, est, action)
+    save_estimate(identity.study_uri(study.storage, study.name), est, action)
     return est
+
+
+def save_estimate(study_path: str, est: SliceEstimate, action: str) -> str:
+    """The full estimate JSON (as logged to MLflow) into the study folder; returns its URI."""
+    identity.write_study_json(study_path, ARTIFACT, est.to_dict() | {"action": action})
+    return identity.study_uri(study_path, ARTIFACT)
+
+
+def load_estimate(study_path: str) -> dict[str, Any] | None:
+    """The study folder's estimate JSON, or None when the study ran without the estimate."""
+    return identity.read_study_json(study_path, ARTIFACT)

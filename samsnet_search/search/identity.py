@@ -135,6 +135,22 @@ def read_study_copy(study_path: str) -> str | None:
     return _read_text(_join(study_path, STUDY_COPY))
 
 
+def write_study_json(study_path: str, name: str, data: dict[str, Any]) -> None:
+    """`<study path>/<name>` as JSON (local or s3://), written whole or not at all."""
+    _write_text(_join(study_path, name), json.dumps(data, indent=1, default=str))
+
+
+def read_study_json(study_path: str, name: str) -> dict[str, Any] | None:
+    """`<study path>/<name>` parsed, or None when the file is absent."""
+    text = _read_text(_join(study_path, name))
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"{display_uri(_join(study_path, name))}: not JSON: {e}") from None
+
+
 def find_study(name_or_path: str, storage: str) -> Manifest:
     """A study by name in `storage`, or by its folder (local path or s3:// URI)."""
     candidates = [name_or_path] if ("/" in name_or_path or is_s3(name_or_path)) else []
