@@ -131,6 +131,8 @@ def test_compare_with_museval_synthetic_track_with_silent_second():
         assert result[f"{m}_max_frame_diff"] < TOL_DB
         assert result[f"{m}_max_median_diff"] < TOL_DB
     assert result["museval_s"] > 0 and result["fast_s"] > 0
+    stages = result["fast_stages_s"]
+    assert set(stages) == {"scan", "correlations", "solve", "frames"} and sum(stages.values()) <= result["fast_s"]
 
 
 def coloured(rng: np.random.Generator, nsrc: int, nsamples: int, nchan: int) -> np.ndarray:
