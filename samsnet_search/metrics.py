@@ -44,7 +44,8 @@ How this module gets the same numbers faster (museval: about 80 s for 4 stereo t
   numba kernels whose inner loops run over contiguous bins (real and imaginary parts apart)
   and vectorize; silence checks and the SDR terms take one fused pass; frames and blocks are
   split over ``torch.get_num_threads()`` Python threads (the kernels and pocketfft release
-  the GIL). The numba kernels themselves are single-threaded on purpose: numba's parallel
+  the GIL): frames in batches pulled from a queue, correlation blocks in fixed shares whose
+  partial sums are added in order, so that results do not depend on scheduling. The numba kernels themselves are single-threaded on purpose: numba's parallel
   (OpenMP) layer resets the process-wide OpenMP thread count, which silently changed torch's
   thread setting (1 -> 2 in a Ray-style 1-thread worker), and it is not fork-safe. torch's
   (MKL) Cholesky does the solves. On CUDA every step is torch on the tensors' device, in
@@ -70,10 +71,11 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, TypeVar
 
 import numba
 import numpy as np
@@ -93,6 +95,7 @@ _FAST = {"reassoc", "contract", "nsz"}
 _CPU_KERNELS: Literal["numba", "torch"] = "numba"
 
 ArrayLike = np.ndarray | torch.Tensor
+T = TypeVar("T")
 OnSilent = Literal["raise", "nan"]
 # seconds spent per stage by the latest bss_eval_v4 call (scan, correlations, solve, frames): for benchmarks
 LAST_TIMINGS: dict[str, float] = {}
@@ -572,19 +575,36 @@ def _cpu_workers() -> int:
     return max(1, torch.get_num_threads())
 
 
-def _split(total: int, parts: int) -> list[range]:
-    """`total` items cut into at most `parts` contiguous, non-empty ranges of nearly equal size."""
-    parts = max(1, min(parts, total))
-    edges = [total * k // parts for k in range(parts + 1)]
-    return [range(a, b) for a, b in zip(edges, edges[1:])]
+def _pull_batches(count: int, per: int, make_state: Callable[[], T], body: Callable[[T, range], None]) -> list[T]:
+    """body(state, batch) over batches of `per` items of range(count), pulled from one shared
+    queue by up to _cpu_workers() threads, each with its own state from make_state(); returns
+    the states. A queue rather than fixed shares: on a busy machine a descheduled thread does
+    not hold up the others for a whole share of the work."""
+    batches = iter([range(i, min(i + per, count)) for i in range(0, count, per)])
+    lock = threading.Lock()
+
+    def worker(_: int) -> T:
+        state = make_state()
+        while True:
+            with lock:
+                batch = next(batches, None)
+            if batch is None:
+                return state
+            body(state, batch)
+
+    threads = min(_cpu_workers(), -(-count // per))
+    if threads <= 1:
+        return [worker(0)]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(worker, range(threads)))
 
 
-def _in_threads(fn: Callable[[range], object], ranges: list[range]) -> list:
-    """fn over the ranges, one thread each (none when there is one range)."""
-    if len(ranges) == 1:
-        return [fn(ranges[0])]
-    with ThreadPoolExecutor(len(ranges)) as pool:
-        return list(pool.map(fn, ranges))
+def _cpu_batch(count: int, per_item_bytes: int) -> int:
+    """Items per batch: all workers' buffers together hold about _CHUNK_BYTES, and each worker
+    gets about four batches or more (for balance)."""
+    workers = _cpu_workers()
+    by_memory = _CHUNK_BYTES // (workers * max(per_item_bytes, 1))
+    return max(1, min(by_memory, -(-count // (4 * workers))))
 
 
 def _cpu_projection_filters(r_xx: np.ndarray, r_ex: np.ndarray, nsrc: int, nchan: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -638,32 +658,30 @@ def _cpu_spectra_into(
                 dst[i, k] = 0
 
 
-def _cpu_batch(count: int, per_item_bytes: int, workers: int) -> int:
-    """Items per batch so that all workers' buffers together hold about _CHUNK_BYTES."""
-    return max(1, min(count, _CHUNK_BYTES // (workers * max(per_item_bytes, 1))))
-
-
 def _cpu_block_cross_spectra(refs: np.ndarray, ests: np.ndarray, block: int, nblocks: int, n_fft: int) -> np.ndarray:
     """(F, 2P, P) complex128 (a strided view): sum over blocks of Z_a(f) conj(X_p(f)), Z the
-    reference then estimate channels; each thread sums its own blocks, the partial sums are
-    added at the end."""
+    reference then estimate channels; each thread sums its own share of blocks, the partial
+    sums are added at the end."""
     P, nbins = refs.shape[0] * refs.shape[2], n_fft // 2 + 1
     workers = _cpu_workers()
+    # one fixed share of blocks per thread, partial sums added in share order: the result does
+    # not depend on scheduling (on ill-conditioned G, SIR/SAR move with rounding-level changes)
+    share = -(-nblocks // workers)
+    sub = max(1, min(share, _CHUNK_BYTES // (workers * 2 * P * nbins * 16)))  # blocks per FFT batch
 
-    def work(blocks: range) -> np.ndarray:
+    def body(partials: dict[int, np.ndarray], blocks: range) -> None:
         acc = np.zeros((2 * P, P, 2, nbins))  # real and imaginary parts apart, bins last: the kernel vectorizes
-        per = _cpu_batch(len(blocks), 2 * P * nbins * 16, workers)
-        buf = np.empty((per, 2 * P, nbins), np.complex128)
-        for b0 in range(blocks.start, blocks.stop, per):
-            n = min(per, blocks.stop - b0)
-            _cpu_spectra_into(buf[:n], refs, ests, b0 * block, block, block, n_fft)
-            _nb_cross_spectra(buf[:n], acc, P)
-        return acc
+        buf = np.empty((sub, 2 * P, nbins), np.complex128)
+        for b0 in range(blocks.start, blocks.stop, sub):
+            spectra = buf[: min(sub, blocks.stop - b0)]
+            _cpu_spectra_into(spectra, refs, ests, b0 * block, block, block, n_fft)
+            _nb_cross_spectra(spectra, acc, P)
+        partials[blocks.start] = acc
 
-    parts = _in_threads(work, _split(nblocks, workers))
-    acc = parts[0]
-    for other in parts[1:]:
-        acc += other
+    partials = {k: v for state in _pull_batches(nblocks, share, dict, body) for k, v in state.items()}
+    acc = partials.pop(0)
+    for start in sorted(partials):
+        acc += partials[start]
     out = acc[:, :, 0] + 1j * acc[:, :, 1]  # (2P, P, F)
     upper = np.triu_indices(P, 1)  # reference pairs (a, p) with a < p: conj of (p, a), not computed
     out[upper] = out[upper[1], upper[0]].conj()
@@ -688,34 +706,31 @@ def _cpu_frame_energies(
     ca = np.ascontiguousarray(np.stack([cf_all.real, cf_all.imag]).transpose(2, 3, 0, 1))  # (P, Q, 2, F)
     co = np.ascontiguousarray(np.stack([cf_own.real, cf_own.imag]).transpose(2, 3, 4, 0, 1))  # (nsrc, cin, cout, 2, F)
     out = np.zeros((nframes, 5, P))
-    workers = _cpu_workers()
+    per = _cpu_batch(nframes, 2 * P * nbins * 16)
 
-    def work(frames: range) -> None:
-        per = _cpu_batch(len(frames), 2 * P * nbins * 16, workers)
-        buf = np.empty((per, 2 * P, nbins), np.complex128)
-        for t0 in range(frames.start, frames.stop, per):
-            n = min(per, frames.stop - t0)
-            _cpu_spectra_into(buf[:n], refs, ests, t0 * hop, hop, wlen, n_fft)
-            _nb_frame_energies(buf[:n], ca, co, w, out[t0 : t0 + n])
+    def body(buf: np.ndarray, frames: range) -> None:
+        spectra = buf[: len(frames)]
+        _cpu_spectra_into(spectra, refs, ests, frames.start * hop, hop, wlen, n_fft)
+        _nb_frame_energies(spectra, ca, co, w, out[frames.start : frames.stop])
 
-    _in_threads(work, _split(nframes, workers))
+    _pull_batches(nframes, per, lambda: np.empty((per, 2 * P, nbins), np.complex128), body)
     return out
 
 
 def _cpu_scan(refs: np.ndarray, ests: np.ndarray, nframes: int, wlen: int, hop: int) -> _Scan:
-    """_Scan in one numba pass over the signals, frames split over threads. Each thread also
-    checks the samples no frame covers from its first frame's start to the next thread's."""
+    """_Scan in one numba pass over the signals, batches of frames over threads. A batch of
+    frames [t0, t1) also checks the samples no frame covers in [t0*hop, t1*hop) (from 0 for the
+    first batch, to the end for the last): the batches tile the signal."""
     nsrc, nsamples, _ = refs.shape
     num, den = np.zeros((nsrc, nframes)), np.zeros((nsrc, nframes))
     silent = np.zeros(nframes, np.bool_)
-    ranges = _split(nframes, _cpu_workers())
 
-    def work(frames: range) -> tuple[np.ndarray, np.ndarray, bool, bool]:
+    def body(state: list, frames: range) -> None:
         lo = 0 if frames.start == 0 else frames.start * hop
         hi = nsamples if frames.stop == nframes else frames.stop * hop
-        return _nb_scan(refs, ests, frames.start, frames.stop, wlen, hop, lo, hi, num, den, silent)
+        state.append(_nb_scan(refs, ests, frames.start, frames.stop, wlen, hop, lo, hi, num, den, silent))
 
-    parts = _in_threads(work, ranges)
+    parts = [part for state in _pull_batches(nframes, _cpu_batch(nframes, 0), list, body) for part in state]
     ref_active = np.logical_or.reduce([p[0] for p in parts])
     est_active = np.logical_or.reduce([p[1] for p in parts])
     t = torch.from_numpy

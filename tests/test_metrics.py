@@ -212,6 +212,23 @@ def test_cpu_kernels_equal_torch_path(monkeypatch, threads, nsamples, win, hop, 
         np.testing.assert_allclose(b[~np.isnan(a)], a[~np.isnan(a)], rtol=0, atol=1e-9, err_msg=m)
 
 
+def test_cpu_results_do_not_depend_on_thread_scheduling():
+    """Threads pull batches from a queue; the partial sums must still add up in a fixed order
+    (on ill-conditioned G a rounding-level change moves SIR/SAR visibly)."""
+    rng = np.random.default_rng(4)
+    refs = coloured(rng, 3, 90_000, 2)
+    ests = 0.8 * refs + 0.2 * np.roll(refs, 1, axis=0) + 0.05 * rng.standard_normal(refs.shape)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        runs = [bss_eval_v4(refs, ests, win=4000, hop=4000, filters_len=32) for _ in range(3)]
+    finally:
+        torch.set_num_threads(before)
+    for m in METRICS:
+        np.testing.assert_array_equal(runs[1][m], runs[0][m])
+        np.testing.assert_array_equal(runs[2][m], runs[0][m])
+
+
 def test_identical_stereo_channels_fall_back_like_museval(backend):
     """A reference with left == right makes G exactly singular: museval's LU solve fails and
     it takes least squares; so must we (a Cholesky that "succeeds" on rounding-level pivots
