@@ -153,6 +153,10 @@ def selection_lines(sel: SelectionResult) -> list[str]:
 def render_text(report: StudyReport) -> list[Any]:
     """Rich renderables (strings and a Table) in reading order."""
     out: list[Any] = list(search_lines(report))
+    if report.search.get("pareto"):  # a multi-objective study: quality against cost
+        from .search.pareto import front_table
+
+        out.append(front_table(report.search["pareto"]))
     estimate = estimate_line(report)
     if report.selection is None:
         hint = "the search is not finished" if report.manifest.state != "finished" else "run the study again to choose it"

@@ -123,3 +123,21 @@ def test_runner_wiring_for_several_objectives(tmp_path, synth_root):
     assert runner._tune_metric(study) == {"metric": None, "mode": None}
     single = load_study(write_study(tmp_path, synth_root, {"metric": "valid_loss"}))
     assert runner._tune_metric(single) == {"metric": "valid_loss", "mode": "min"} and runner._scheduler(single).metric is None
+
+
+def test_report_shows_the_front_of_a_multi_objective_study(tmp_path, capsys):
+    from samsnet_search.cli import main
+    from samsnet_search.search import identity
+
+    storage = tmp_path / "runs"
+    front = pareto.pareto_summary([trial("a1b2", 1.0, 100), trial("c3d4", 3.0, 300), trial("e5f6", 0.5, 400)],
+                                  "valid_sdr", MODES, "fifo")  # fmt: skip
+    identity.write_manifest(identity.Manifest(
+        name="mo", storage=str(storage), experiment_name="mo", experiment_id="1", parent_run_id="p" * 32,
+        registered_model="samsnet-mo", tracking_uri=f"sqlite:///{storage}/mlflow.db", artifact_root=f"file://{storage}/a",
+        base_dir=str(storage), source="mo.yaml", state="finished",
+        summary={"trials": 3, "counts": {"completed": 3}, "seconds": 10.0, "pareto": front}))  # fmt: skip
+    assert main(["report", "mo", "--storage", str(storage)]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # the table title wraps
+    assert "PARETO FRONT (validation; max valid_sdr, min params): 2 of 3 scored trials" in out
+    assert "a1b2" in out and "c3d4" in out and "e5f6" not in out  # e5f6 is dominated
