@@ -660,28 +660,27 @@ def _cpu_spectra_into(
 
 def _cpu_block_cross_spectra(refs: np.ndarray, ests: np.ndarray, block: int, nblocks: int, n_fft: int) -> np.ndarray:
     """(F, 2P, P) complex128 (a strided view): sum over blocks of Z_a(f) conj(X_p(f)), Z the
-    reference then estimate channels; each thread sums its own share of blocks, the partial
-    sums are added at the end."""
+    reference then estimate channels."""
     P, nbins = refs.shape[0] * refs.shape[2], n_fft // 2 + 1
-    workers = _cpu_workers()
-    # one fixed share of blocks per thread, partial sums added in share order: the result does
-    # not depend on scheduling (on ill-conditioned G, SIR/SAR move with rounding-level changes)
-    share = -(-nblocks // workers)
-    sub = max(1, min(share, _CHUNK_BYTES // (workers * 2 * P * nbins * 16)))  # blocks per FFT batch
+    per = max(1, min(nblocks, _CHUNK_BYTES // (2 * P * nbins * 16)))  # blocks per batch (one shared buffer)
+    buf = np.empty((per, 2 * P, nbins), np.complex128)
+    acc = np.zeros((2 * P, P, 2, nbins))  # real and imaginary parts apart, bins last: the kernel vectorizes
+    step = 16 * _F_CHUNK
+    bins = [range(f, min(f + step, nbins)) for f in range(0, nbins, step)]
+    # per batch: the blocks' FFTs, then the kernel over ranges of bins, each range summing the
+    # blocks in order: the result does not depend on the threads or their scheduling
+    with ThreadPoolExecutor(_cpu_workers()) as pool:
+        for b0 in range(0, nblocks, per):
+            n = min(per, nblocks - b0)
 
-    def body(partials: dict[int, np.ndarray], blocks: range) -> None:
-        acc = np.zeros((2 * P, P, 2, nbins))  # real and imaginary parts apart, bins last: the kernel vectorizes
-        buf = np.empty((sub, 2 * P, nbins), np.complex128)
-        for b0 in range(blocks.start, blocks.stop, sub):
-            spectra = buf[: min(sub, blocks.stop - b0)]
-            _cpu_spectra_into(spectra, refs, ests, b0 * block, block, block, n_fft)
-            _nb_cross_spectra(spectra, acc, P)
-        partials[blocks.start] = acc
+            def fft(i: int, b0: int = b0) -> None:
+                _cpu_spectra_into(buf[i : i + 1], refs, ests, (b0 + i) * block, block, block, n_fft)
 
-    partials = {k: v for state in _pull_batches(nblocks, share, dict, body) for k, v in state.items()}
-    acc = partials.pop(0)
-    for start in sorted(partials):
-        acc += partials[start]
+            def kernel(r: range, n: int = n) -> None:
+                _nb_cross_spectra(buf[:n], acc, P, r.start, r.stop)
+
+            list(pool.map(fft, range(n)))
+            list(pool.map(kernel, bins))
     out = acc[:, :, 0] + 1j * acc[:, :, 1]  # (2P, P, F)
     upper = np.triu_indices(P, 1)  # reference pairs (a, p) with a < p: conj of (p, a), not computed
     out[upper] = out[upper[1], upper[0]].conj()
@@ -804,17 +803,17 @@ def _nb_scan(refs, ests, t0, t1, wlen, hop, lo, hi, num, den, silent):  # pragma
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FAST)
-def _nb_cross_spectra(z, acc, P):  # pragma: no cover - compiled
+def _nb_cross_spectra(z, acc, P, f_lo, f_hi):  # pragma: no cover - compiled
     """acc[a, p, :, f] += (re, im) of sum_b z[b, a, f] conj(z[b, p, f]) for p < P (only p <= a where
-    a < P: the rest is the conjugate). z: (nb, R, F), acc: (R, P, 2, F).
+    a < P: the rest is the conjugate), for bins f_lo <= f < f_hi. z: (nb, R, F), acc: (R, P, 2, F).
 
     Per chunk of bins and block the spectra are split into real and imaginary parts in a small
     local buffer, so that the inner loops run over contiguous bins and vectorize."""
-    nblocks, nrows, nbins = z.shape
+    nblocks, nrows, _ = z.shape
     zr = np.empty((nrows, _F_CHUNK))
     zi = np.empty((nrows, _F_CHUNK))
-    for f0 in range(0, nbins, _F_CHUNK):
-        m = min(_F_CHUNK, nbins - f0)
+    for f0 in range(f_lo, f_hi, _F_CHUNK):
+        m = min(_F_CHUNK, f_hi - f0)
         for b in range(nblocks):
             for a in range(nrows):
                 for k in range(m):
