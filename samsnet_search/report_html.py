@@ -325,6 +325,37 @@ def fig_cost(trials: list[Trial], metric: str):
     return fig
 
 
+def fig_pareto(pareto: dict[str, Any]):
+    """Quality against each cost objective: every scored trial, the front's members joined up."""
+    from plotly.subplots import make_subplots
+    import plotly.graph_objects as go
+
+    quality, *costs = list(pareto["objectives"])
+    fig = make_subplots(rows=1, cols=len(costs), subplot_titles=costs)
+    for col, cost in enumerate(costs, start=1):
+        for on_front in (False, True):
+            pts = sorted((p for p in pareto["points"] if p["on_front"] == on_front), key=lambda p: p["values"][cost])
+            fig.add_trace(go.Scatter(
+                x=[p["values"][cost] for p in pts], y=[p["values"][quality] for p in pts],
+                mode="lines+markers" if on_front else "markers", name="Pareto front" if on_front else "other trials",
+                text=[f"{p['trial_id']} " + " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in p["config"].items()) for p in pts],
+                marker=dict(size=11 if on_front else 8, color="#d62728" if on_front else "#999999"),
+                line=dict(dash="dot"), showlegend=col == 1), row=1, col=col)  # fmt: skip
+        fig.update_xaxes(type="log", title_text=cost, row=1, col=col)
+        fig.update_yaxes(title_text=f"best {quality}", row=1, col=col)
+    fig.update_layout(title=f"Quality against cost: {len(pareto['front'])} of {len(pareto['points'])} trials on the front")
+    return fig
+
+
+def _pareto_html(pareto: dict[str, Any]) -> str:
+    from .search.pareto import front_rows, title
+
+    header, rows = front_rows(pareto)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return _plot(fig_pareto(pareto), "pareto") + f"<table><caption>{html.escape(title(pareto))}</caption><tr>{head}</tr>{body}</table>"
+
+
 # --- page ----------------------------------------------------------------------------
 
 
@@ -388,6 +419,8 @@ def _sections(data: PageData) -> list[str]:
             out.append(_section("Size and cost", _plot(fig_cost(data.trials, data.metric), "cost")))
         else:
             out.append(_section("Size and cost", _note("No trial logged its model config (model/model_config.json).")))
+    if r.search.get("pareto"):
+        out.append(_section("Quality against cost (Pareto front)", _pareto_html(r.search["pareto"])))
     out.append(_section("Listen: the winner's test excerpts", _audio_html(data)))
     return out
 

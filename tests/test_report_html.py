@@ -26,7 +26,7 @@ from samsnet_search.search import identity
 from test_report import fake_estimate, write_study
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-PLOT_IDS = ("sdr-vs-slices", "learning-curves", "asha", "parallel", "cost")
+PLOT_IDS = ("sdr-vs-slices", "learning-curves", "asha", "parallel", "cost", "pareto")
 STUDY_YAML = """\
 model: {n_fft: 256, hop_length: 128, channels: 2, depth: 1}
 train: {epochs: 8}
@@ -85,8 +85,23 @@ def make_study(storage, with_selection=True, with_runs=True, estimate=None) -> i
 def storage(tmp_path_factory):
     """The full study, built once for the module (MLflow's store is slow to create)."""
     root = tmp_path_factory.mktemp("html") / "runs"
-    make_study(root, estimate=fake_estimate([1, 2, 2, 2]))  # estimate 2 (IQR 1.75-2); the selection chose 4
+    m = make_study(root, estimate=fake_estimate([1, 2, 2, 2]))  # estimate 2 (IQR 1.75-2); the selection chose 4
+    m.summary["pareto"] = _pareto()  # as a multi-objective search leaves it in study.json
+    identity.write_manifest(m)
     return root
+
+
+def _pareto() -> dict:
+    """Three trials scored on valid_sdr, params and GMAC/s: t0002 is dominated by t0000."""
+    from types import SimpleNamespace
+
+    from samsnet_search.search.pareto import pareto_summary
+
+    trials = [SimpleNamespace(trial_id=f"t{i:04d}", mlflow_run_id=None, status="completed", epochs=8,
+                              best={"epoch": 8, "valid_sdr": sdr}, config={"model.slices": slices},
+                              metrics={"params": params, "gmacs_per_second": params / 1e5})
+              for i, (sdr, params, slices) in enumerate([(2.0, 1000.0, 4), (3.0, 4000.0, 2), (1.0, 2000.0, 8)])]  # fmt: skip
+    return pareto_summary(trials, "valid_sdr", {"valid_sdr": "max", "params": "min", "gmacs_per_second": "min"}, "fifo")
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +123,8 @@ def test_page_has_every_part_and_is_self_contained(page):
     assert "estimate: 2 (IQR 1.75-2)" in text
     assert "slice estimate (unsupervised, training mixtures): 2" in text
     assert "searched optimum: 4 (differs by +2; outside the estimate&#x27;s IQR)" in text
+    # a multi-objective study's front: plotted against each cost and listed
+    assert "PARETO FRONT (validation; max valid_sdr, min params, min gmacs_per_second): 2 of 3 scored trials" in text
     # plotly.js is inlined once, verbatim (its own text holds credit links for map tiles, never loaded here)
     assert text.count(get_plotlyjs()) == 1
     text = text.replace(get_plotlyjs(), "")
