@@ -3,7 +3,7 @@
 Both score the same 4 stereo references and imperfect estimates
 (`metrics.synthetic_sources`, with a silent second that museval reports as NaN); the time
 ratio and the largest per-frame and per-target-median differences (dB) come from
-`metrics.compare_with_museval`, with the fast path's time per stage (scan: silence checks
+`metrics.compare_with_museval` (museval once, the fast path three times: its median), with the fast path's time per stage (scan: silence checks
 and SDR terms; correlations: FFTs and cross-spectra for G and D; solve: the Cholesky solves;
 frames: FFTs and projections per frame) and the load average around the run (on a shared
 2-core machine a load above about 1 inflates both times).
