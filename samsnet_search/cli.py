@@ -361,14 +361,13 @@ def _select(result, select: bool, **ray_args) -> None:
     """The slice-count selection after a finished search; prints the validation table and the choice."""
     if not select or not result.study.spec.selection.enabled or result.interrupted:
         return
-    from .report import selection_lines, table_renderable
+    from .report import gather, selection_renderables
     from .search.select import run_selection
 
     sel = run_selection(result, progress=lambda msg: console.print(f"[dim]{msg}[/dim]", highlight=False), **ray_args)
     out = Console(width=max(Console().width, 120))
-    out.print(table_renderable(sel.table))
-    for line in selection_lines(sel):
-        out.print(line, highlight=False, soft_wrap=True)
+    for item in selection_renderables(gather(result.manifest.path)):  # as `report` shows it, estimate included
+        out.print(item, highlight=False, soft_wrap=isinstance(item, str))
     print(f"  {sel.where}")
 
 

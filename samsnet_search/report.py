@@ -157,17 +157,19 @@ def render_text(report: StudyReport) -> list[Any]:
         from .search.pareto import front_table
 
         out.append(front_table(report.search["pareto"]))
+    out.extend(selection_renderables(report))
+    out.append(f"  where to look: {report.where}")
+    return out
+
+
+def selection_renderables(report: StudyReport) -> list[Any]:
+    """The validation table, the choice with the slice estimate beside it, the test score."""
     estimate = estimate_line(report)
     if report.selection is None:
         hint = "the search is not finished" if report.manifest.state != "finished" else "run the study again to choose it"
-        out.append(f"  slice count: not chosen yet ({hint})")
-        out.extend([estimate] if estimate else [])
-    else:
-        out.append(table_renderable(report.selection.table))
-        verdict, *rest = selection_lines(report.selection)  # the verdict names the chosen slice count
-        out.extend([verdict, *([estimate] if estimate else []), *rest])
-    out.append(f"  where to look: {report.where}")
-    return out
+        return [f"  slice count: not chosen yet ({hint})", *([estimate] if estimate else [])]
+    verdict, *rest = selection_lines(report.selection)  # the verdict names the chosen slice count
+    return [table_renderable(report.selection.table), verdict, *([estimate] if estimate else []), *rest]
 
 
 def print_report(report: StudyReport, console) -> None:
