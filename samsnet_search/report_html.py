@@ -55,7 +55,7 @@ class Trial:
     params: dict[str, str]
     curve: list[tuple[int, float]]  # (epoch, valid_loss), epoch order
     metric: float | None = None  # best value of the study metric
-    cost: dict[str, int] = field(default_factory=dict)  # {"parameters", "macs_per_second"} when known
+    cost: dict[str, float] = field(default_factory=dict)  # model.info.model_cost: {"params", "gmacs_per_second"} when known
 
     @property
     def last(self) -> tuple[int, float] | None:
@@ -108,23 +108,21 @@ def read_trials(report: StudyReport, metric: str, mode: str) -> list[Trial]:
     return out
 
 
-_COST_CACHE: dict[str, dict[str, int]] = {}
+_COST_CACHE: dict[str, dict[str, float]] = {}
 
 
-def model_cost(client, run_id: str) -> dict[str, int]:
-    """Parameter count and MACs per second of a trial's resolved model config (empty if not logged)."""
+def model_cost(client, run_id: str) -> dict[str, float]:
+    """Parameter count and GMACs per second of a trial's resolved model config (empty if not logged)."""
     from .checkpoint import build_model
     from .config import ModelConfig
-    from .model.info import macs_per_second, parameter_breakdown
+    from .model.info import model_cost as count
 
     cfg = _download_json(client, run_id, "model/model_config.json")
     if not cfg:
         return {}
     key = json.dumps(cfg, sort_keys=True)
     if key not in _COST_CACHE:  # trials share configs; building a model costs real time
-        model = build_model(ModelConfig(**cfg))
-        _COST_CACHE[key] = {"parameters": parameter_breakdown(model)["parameters"],
-                            "macs_per_second": macs_per_second(model)}  # fmt: skip
+        _COST_CACHE[key] = count(build_model(ModelConfig(**cfg)))
     return _COST_CACHE[key]
 
 
@@ -313,8 +311,8 @@ def fig_cost(trials: list[Trial], metric: str):
     import plotly.graph_objects as go
 
     known = [t for t in trials if t.metric is not None and t.cost]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("parameters", "MACs per second of audio"))
-    for col, key in ((1, "parameters"), (2, "macs_per_second")):
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("parameters", "GMACs per second of audio"))
+    for col, key in ((1, "params"), (2, "gmacs_per_second")):
         fig.add_trace(go.Scatter(x=[t.cost[key] for t in known], y=[t.metric for t in known], mode="markers",
                                  text=[f"{t.trial_id} slices={t.params.get('model.slices', '?')}" for t in known],
                                  marker=dict(size=10, color=[STATUS_COLORS.get(t.status) for t in known]),

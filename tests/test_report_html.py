@@ -142,7 +142,7 @@ def test_collected_data_match_the_runs(storage):
     assert data.trials[1].params["model.slices"] == "1"
     # cost grows with heads (channels = 2 x heads here); MACs depend on slice length too
     small, big = data.trials[0].cost, data.trials[1].cost
-    assert 0 < small["parameters"] < big["parameters"] and small["macs_per_second"] > 0
+    assert 0 < small["params"] < big["params"] and small["gmacs_per_second"] > 0
     assert data.asha == {"grace_period": 1, "reduction_factor": 2.0, "max_t": 8, "metric": "valid_loss", "mode": "min"}
     assert [(track, stem) for track, stem, _ in data.clips] == [("song_a", s) for s in ("mixture", *TARGETS)]
     import base64, io
