@@ -73,20 +73,24 @@ class SlicedMultiHeadAttention(nn.Module):
         h, L = self.heads, self.slice_frames
         i = math.ceil(T / L)
         pad = i * L - T
-        qkv = F.pad(self.qkv(x), (0, pad))  # (B, 3hd, F, iL)
-        qkv = qkv.view(B, 3, h, d, Fq, i, L).permute(1, 0, 2, 4, 5, 6, 3)  # (3, B, h, F, i, L, d)
-        q, k, v = qkv.reshape(3, B * h * Fq, i, L, d).unbind(0)  # each (B h F, i, L, d)
+        # The 1x1 Q/K/V convolution as one matmul over (B, F, T', d) rows: its output
+        # (B, F, T', 3hd) folds slices into the batch as a view, so q/k/v reach SDPA as
+        # strided views (no permute copy of the 3hd maps, the largest tensor here), and the
+        # time axis is padded on the d input maps rather than on the 3hd output maps.
+        rows = F.pad(x, (0, pad)).permute(0, 2, 3, 1)  # (B, F, iL, d)
+        qkv = F.linear(rows, self.qkv.weight.view(3 * h * d, d), self.qkv.bias)
+        q, k, v = (t.transpose(1, 2) for t in qkv.view(B * Fq * i, L, 3, h, d).unbind(2))  # (B F i, h, L, d)
         mask = None
         if pad:
-            # Keys in the padded tail of the last slice are never attended to.
-            mask = torch.ones(i, 1, L, dtype=torch.bool, device=x.device)
-            mask[-1, :, L - pad :] = False
-            # Expanded (a stride-0 view, no copy) to q's full shape: a broadcastable mask sends
-            # CPU SDPA to its slow "math" path (30x slower here), the full-shape one to flash.
-            mask = mask.expand(q.shape[0], i, L, L)  # (B h F, i, L, L)
+            # Keys in the padded tail of the last slice are never attended to. Built at full
+            # shape (a broadcastable mask sends CPU SDPA to its slow "math" path, 30x slower here);
+            # (B F i, 1, L, L) booleans, expanded over heads as a stride-0 view.
+            keep = torch.ones(i, L, dtype=torch.bool, device=x.device)
+            keep[-1, L - pad :] = False
+            mask = keep.view(1, i, 1, 1, L).expand(B * Fq, i, 1, L, L).reshape(B * Fq * i, 1, L, L).expand(-1, h, L, L)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0 / math.sqrt(d))
-        out = out.view(B, h, Fq, i * L, d)[:, :, :, :T]  # (B, h, F, T, d)
-        return out.permute(0, 1, 4, 2, 3).reshape(B, h * d, Fq, T)  # (B, h d, F, T)
+        out = out.transpose(1, 2).reshape(B, Fq, i * L, h * d)[:, :, :T]  # (B, F, T, h d)
+        return out.permute(0, 3, 1, 2)  # (B, h d, F, T) in channels-last strides, which W^O's conv takes as is
 
 
 class SamsModule(nn.Module):
