@@ -4,12 +4,16 @@
   convention: tests that modify data make their own copy or their own tree).
 - `make_hq_track`: writes one MUSDB18-HQ track folder from arrays (for bad-data tests).
 - `stem_example`: the MUSDB18-format excerpt that the stempeg wheel ships.
+- `local_ray`: a context manager: environment variables set, then one small local Ray (workers
+  inherit the environment); both undone on exit.
 """
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import pytest
@@ -56,3 +60,27 @@ def stem_example() -> Path:
     if not path.is_file():
         pytest.skip(f"stempeg's example stem file is missing at {path}")
     return path
+
+
+@contextmanager
+def _env_and_local_ray(env: Mapping[str, str]) -> Iterator[None]:
+    import ray
+
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    ray.init(num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def local_ray() -> Callable[[Mapping[str, str]], Iterator[None]]:
+    """`with local_ray(env): ...` for module fixtures that need one Ray with a given environment."""
+    return _env_and_local_ray

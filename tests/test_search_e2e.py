@@ -31,20 +31,10 @@ FAKE_SECRETS = {"AWS_SECRET_ACCESS_KEY": "fake-aws-secret-0123456789", "SAMSNET_
 
 
 @pytest.fixture(scope="module", autouse=True)
-def ray_cluster():
+def ray_cluster(local_ray):
     """Credentials in the environment (they must never reach MLflow), then one local Ray."""
-    import ray
-
-    old = {k: os.environ.get(k) for k in FAKE_SECRETS}
-    os.environ.update(FAKE_SECRETS)
-    ray.init(num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=False, configure_logging=False)
-    yield
-    ray.shutdown()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with local_ray(FAKE_SECRETS):
+        yield
 
 
 def tiny_study(tmp_path: Path, data_root: Path, name: str, **overrides) -> Path:

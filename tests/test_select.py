@@ -130,12 +130,9 @@ from samsnet_search.search.study import load_study  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=False, configure_logging=False)
-    yield
-    ray.shutdown()
+def ray_local(local_ray):
+    with local_ray({}):
+        yield
 
 
 def tiny_selection_study(tmp_path: Path, data_root: Path) -> Path:

@@ -3,7 +3,6 @@ server with its artifacts in the same bucket. Everything is listed back with bot
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -19,21 +18,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.servers]
 
 
 @pytest.fixture(scope="module")
-def stack_env(infra_config, s3_stack, mlflow_server):
+def stack_env(infra_config, s3_stack, mlflow_server, local_ray):
     """The client environment (keys included) set before Ray starts, so workers inherit it."""
-    import ray
-
     env = infra.client_env(infra_config)
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    ray.init(num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=False, configure_logging=False)
-    yield env
-    ray.shutdown()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with local_ray(env):
+        yield env
 
 
 def test_study_on_s3_and_mlflow_server(tmp_path, synth_root, s3_stack, mlflow_server, stack_env, capsys):
