@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 from urllib.parse import urlsplit
 
+from .config import flatten
 from .errors import ConfigError, SamsNetError
 
 log = logging.getLogger(__name__)
@@ -144,8 +145,6 @@ def _first_line(e: BaseException) -> str:
 
 def flatten_params(d: Mapping[str, Any]) -> dict[str, str]:
     """Nested config -> `{"model.slices": "4", ...}`: the same names in every trial."""
-    from .config import flatten
-
     return {key: _param_text(v) for key, v in flatten(d).items()}
 
 

@@ -77,9 +77,10 @@ def measure_latency(checkpoint_dir, seconds: float, seed: int = 0) -> float:
 
     from ..bench.common import timed
     from ..checkpoint import load_model
+    from ..config import SAMPLE_RATE
 
     model, _ = load_model(checkpoint_dir)
-    audio = torch.randn(1, 2, int(seconds * 44100), generator=torch.Generator().manual_seed(seed)) * 0.1
+    audio = torch.randn(1, 2, int(seconds * SAMPLE_RATE), generator=torch.Generator().manual_seed(seed)) * 0.1
     threads = torch.get_num_threads()
     torch.set_num_threads(LATENCY_THREADS)
     try:
@@ -139,7 +140,7 @@ def _short(value: Any) -> str:
 
 def title(pareto: dict[str, Any]) -> str:
     n, total = len(pareto["front"]), len(pareto["points"])
-    goals = ", ".join(f"{'max' if m == 'max' else 'min'} {name}" for name, m in pareto["objectives"].items())
+    goals = ", ".join(f"{mode} {name}" for name, mode in pareto["objectives"].items())
     return f"PARETO FRONT (validation; {goals}): {n} of {total} scored trials. {pareto['caveat']}"
 
 

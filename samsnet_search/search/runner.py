@@ -222,7 +222,7 @@ def _scheduler(study: Study):
     own_metric = {"metric": study.metric, "mode": study.mode} if s.multi_objective else {}
     return PruneRecordingASHA(
         **own_metric,
-        time_attr="training_iteration",  # one report per epoch; metric/mode: from TuneConfig
+        time_attr="training_iteration",  # one report per epoch; metric/mode: own, or from TuneConfig
         max_t=study.max_t,
         grace_period=s.grace_period,
         reduction_factor=s.reduction_factor,
