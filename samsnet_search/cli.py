@@ -153,6 +153,7 @@ def _print_scores(report) -> None:
     summary = report.summary
     table.add_row("median", *(f"{summary[t]:.2f}" for t in TARGETS), f"{summary['avg']:.2f}", style="bold")
     Console().print(table)
+    print(f"decoding: {report.decoding}")
 
 
 @app.command("separate")
