@@ -94,17 +94,24 @@ def train(
 def evaluate(
     model: Optional[Path] = typer.Argument(None, help="checkpoint folder or .pt file (best weights are used)"),
     data: Optional[Path] = typer.Option(None, "--data", help="dataset folder (default: the model's data.root / MUSDB_PATH)"),
-    subset: str = typer.Option("test", help="test or valid"),
+    subset: str = typer.Option("test", help="test (reads test/ only) or valid (the validation tracks of train/)"),
     oracle: Optional[str] = typer.Option(None, help="irm1 (magnitude ratio) or irm2 (power ratio) instead of a model"),
     backend: str = typer.Option("museval", help="museval (reference) or fast (samsnet_search.metrics)"),
     out: Path = typer.Option(Path("runs/eval"), "--out", help="museval JSON per track and summary.json"),
     max_tracks: Optional[int] = typer.Option(None, help="only the first N tracks"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    valid_track: Optional[list[str]] = typer.Option(None, help="validation track name for --subset valid (repeatable); "
+                                                    "default: the model's data.valid_tracks, else the dataset's list"),
+    cache_dir: Optional[Path] = typer.Option(None, help="decoded-audio cache; default: <data>/.samsnet-cache "
+                                             "(the model's data.cache_dir only without --data)"),
 ) -> None:
-    """Separate full tracks and score them with BSSEval v4 (median over frames, then tracks)."""
+    """Separate full tracks and score them with BSSEval v4 (median over frames, then tracks).
+
+    Only the scored subset is read. MUSDB18 stems are decoded as musdb decodes them (16-bit PCM).
+    """
     from .checkpoint import load_model
     from .config import DataConfig, validate_model
-    from .data import load_splits
+    from .data import load_subset
     from .errors import ConfigError
     from .evaluate import evaluate_tracks, model_estimator, oracle_estimator
     from .train import pick_device
@@ -119,13 +126,16 @@ def evaluate(
         net, state = load_model(model)
         data_cfg, name = validate_model(DataConfig, state["experiment"]["data"], f"{model}"), str(model)
         estimator = model_estimator(net, pick_device(device))
-    if data is not None:
-        data_cfg = data_cfg.model_copy(update={"root": data})
-    splits = load_splits(data_cfg)
+    if data is not None:  # the checkpoint's cache folder belongs to the data it was trained on
+        data_cfg = data_cfg.model_copy(update={"root": data, "cache_dir": None})
+    if cache_dir is not None:
+        data_cfg = data_cfg.model_copy(update={"cache_dir": cache_dir})
+    if valid_track:
+        data_cfg = data_cfg.model_copy(update={"valid_tracks": list(valid_track)})
+    tracks, kind = load_subset(data_cfg, subset)
     if oracle is not None:
         estimator = oracle_estimator(oracle)
-    tracks = (splits.test if subset == "test" else splits.valid)[:max_tracks]
-    report = evaluate_tracks(estimator, tracks, name=name, backend=backend, data_kind=splits.kind, subset=subset,
+    report = evaluate_tracks(estimator, tracks[:max_tracks], name=name, backend=backend, data_kind=kind, subset=subset,
                              out_dir=out)  # fmt: skip
     _print_scores(report)
 
@@ -143,6 +153,7 @@ def _print_scores(report) -> None:
     summary = report.summary
     table.add_row("median", *(f"{summary[t]:.2f}" for t in TARGETS), f"{summary['avg']:.2f}", style="bold")
     Console().print(table)
+    print(f"decoding: {report.decoding}")
 
 
 @app.command("separate")
