@@ -10,6 +10,7 @@ from samsnet_search import cli
 
 
 def test_interrupted_search_exits_130_and_skips_selection(tmp_path, synth_root, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the study's storage (./runs) and its lease
     study_file = tmp_path / "s.yaml"
     study_file.write_text(yaml.safe_dump({"model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}},
                                           "data": {"root": str(synth_root), "segment_seconds": 0.5}}))  # fmt: skip
@@ -19,4 +20,6 @@ def test_interrupted_search_exits_130_and_skips_selection(tmp_path, synth_root, 
     monkeypatch.setattr("samsnet_search.search.show.format_result", lambda result: "study s: INTERRUPTED")
     monkeypatch.setattr(cli, "_select", lambda *a, **kw: selected.append(a))
     assert cli.main(["run", str(study_file), "--no-live"]) == 130
-    assert "INTERRUPTED" in capsys.readouterr().out and not selected
+    captured = capsys.readouterr()
+    assert "INTERRUPTED" in captured.out and not selected
+    assert "continue with: samsnet-search resume s" in captured.err

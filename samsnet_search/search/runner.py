@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,9 +21,10 @@ from typing import Any, Iterator
 
 from .. import tracking
 from ..errors import ConfigError, SamsNetError
-from . import identity
+from . import identity, lease
 from .identity import Manifest
-from .space import describe, tune_space
+from .select import PHASE_TAG
+from .space import describe, num_trials, tune_space
 from .study import Study, parse_study, resolve_storage
 from .trial import RUN_ID_KEY, TrialContext, train_trial
 
@@ -190,8 +193,11 @@ def _searcher(study: Study):
                             points_to_evaluate=study.points_to_evaluate or None)  # fmt: skip
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    # random: Ray's own sampling; grid: the space is tune.grid_search over every value.
-    return BasicVariantGenerator(random_state=s.seed, points_to_evaluate=study.points_to_evaluate or None)
+    # random: Ray's own sampling; grid: the space is tune.grid_search over every value. Tune
+    # applies TuneConfig.max_concurrent_trials only to a Searcher (it warns and ignores it for
+    # a given BasicVariantGenerator), so the generator gets the limit itself.
+    return BasicVariantGenerator(random_state=s.seed, points_to_evaluate=study.points_to_evaluate or None,
+                                 max_concurrent=s.max_concurrent_trials or 0)  # fmt: skip
 
 
 def searcher_objectives(study: Study) -> dict[str, str]:
@@ -262,7 +268,7 @@ def _new_tuner(study: Study, ctx: TrialContext, callback) -> Any:
         search_alg=_searcher(study),
         scheduler=scheduler,
         num_samples=s.num_samples,
-        max_concurrent_trials=s.max_concurrent_trials,
+        max_concurrent_trials=s.max_concurrent_trials if s.searcher == "optuna" else None,  # grid/random: see _searcher
         time_budget_s=s.time_budget_s,
         trial_dirname_creator=trial_dirname,
         reuse_actors=True,  # a new trial in a warm worker skips the torch/MLflow imports
@@ -349,7 +355,7 @@ def open_study(study: Study, check_same_file: bool = True) -> tuple[Manifest, tr
     target = tracking.resolve_tracking(study.tracking_uri, study.base_dir)
     experiment_id = tracking.ensure_experiment(target, study.name)
     if manifest is None:
-        parent = tracking.start_parent_run(target, experiment_id, study.name, {"samsnet.storage": identity.display_uri(study_path)})
+        parent = tracking.start_parent_run(target, experiment_id, study.name, {identity.STORAGE_TAG: identity.display_uri(study_path)})
         manifest = Manifest(
             name=study.name,
             storage=study.storage,
@@ -377,7 +383,16 @@ def run_study(
     restart_errored: bool = False,
     quiet: bool = False,
 ) -> StudyResult:
-    """Run a study to the end (or continue it); returns the per-trial records."""
+    """Run a study to the end (or continue it); returns the per-trial records.
+
+    Holds the study's lease throughout: a second driver of the same study stops with
+    `lease.StudyLocked` before it touches anything.
+    """
+    with lease.hold(identity.study_uri(study.storage, study.name), study.name):
+        return _run_study(study, address, num_cpus, num_gpus, restart_errored, quiet)
+
+
+def _run_study(study: Study, address, num_cpus, num_gpus, restart_errored: bool, quiet: bool) -> StudyResult:
     start = time.monotonic()
     # Every epoch checkpoints, so Tune snapshots its state often; that is intended here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -407,8 +422,9 @@ def run_study(
                 log.info("resuming study %s from %s", study.name, identity.display_uri(manifest.path))
             else:
                 tuner = _new_tuner(study, ctx, callback)
-            grid = tuner.fit()
-            result = _result(study, manifest, target, grid, time.monotonic() - start)
+            with _sigint_seen() as stopped:
+                grid = tuner.fit()
+            result = _result(study, manifest, target, grid, time.monotonic() - start, stopped.is_set())
             state = "interrupted" if result.interrupted else "finished"
             if study.search.multi_objective and not result.interrupted:
                 result.pareto = _pareto(study, result)
@@ -418,6 +434,36 @@ def run_study(
     finally:
         _close(manifest, target, state, result)
     return result
+
+
+@contextmanager
+def _sigint_seen() -> Iterator[threading.Event]:
+    """An event set when Ctrl-C stopped Tune's loop (during `fit`).
+
+    Tune replaces the SIGINT handler for `fit`, ends its loop on the first Ctrl-C and returns
+    normally, putting back the handler it found. The handler installed here is the one it finds:
+    seeing it back after `fit` means Tune's fired. Without Tune's handler (not the main thread,
+    or TUNE_DISABLE_SIGINT_HANDLER=1) a Ctrl-C reaches ours, which raises KeyboardInterrupt as
+    Python's own does. Tune leaves its handler installed when nothing fired: the previous one is
+    put back, so a Ctrl-C after the search (during selection) is not swallowed by a stale one.
+    """
+    seen = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+
+    def on_sigint(signum, frame):
+        seen.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    tune_handles = not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0"))
+    try:
+        yield seen
+        if tune_handles and signal.getsignal(signal.SIGINT) is on_sigint:
+            seen.set()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _context(study: Study, manifest: Manifest) -> TrialContext:
@@ -526,19 +572,29 @@ def load_stored_study(manifest: Manifest) -> Study:
 # --- results -------------------------------------------------------------------------
 
 
-def _result(study: Study, manifest: Manifest, target, grid, seconds: float) -> StudyResult:
+def _result(study: Study, manifest: Manifest, target, grid, seconds: float, stopped: bool = False) -> StudyResult:
+    """The records of a search; `interrupted` when Ctrl-C stopped it (`stopped`), when a trial is
+    unfinished, or when the searcher had not yet proposed every trial."""
     runs = {r.data.tags.get(tracking.TRIAL_TAG): r for r in tracking.find_child_runs(target, manifest.experiment_id, manifest.parent_run_id)}
     trials = [_record(study, r, runs) for r in grid]
     unfinished = len(grid) - grid.num_terminated - grid.num_errors
-    if not unfinished:
+    # A time budget ends a search with fewer trials than asked for; without one, missing trials
+    # are trials a stopped search never started.
+    if study.search.time_budget_s is None:
+        unfinished += max(0, num_trials(study) - len(grid))
+    interrupted = stopped or unfinished > 0
+    if not interrupted:
         _close_orphans(target, runs, {t.trial_id for t in trials})
-    return StudyResult(study, manifest, target, trials, seconds, interrupted=unfinished > 0, result_grid=grid)
+    return StudyResult(study, manifest, target, trials, seconds, interrupted=interrupted, result_grid=grid)
 
 
 def _close_orphans(target, runs: dict, trial_ids: set[str]) -> None:
     """Runs of trials Tune never recorded (the driver died between starting a trial and
-    saving its state; on resume Tune proposes a new trial instead): close them as stopped."""
+    saving its state; on resume Tune proposes a new trial instead): close them as stopped.
+    Selection runs are children of the same parent but no search trial's: they are left alone."""
     for trial_id, run in runs.items():
+        if PHASE_TAG in run.data.tags:
+            continue
         if trial_id not in trial_ids and run.data.tags.get(tracking.STATUS_TAG) not in tracking.FINAL_STATUSES:
             log.info("closing MLflow run %s of trial %s, which the resumed study does not contain", run.info.run_id, trial_id)
             tracking.set_status(target, run.info.run_id, "stopped",

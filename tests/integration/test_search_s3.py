@@ -3,6 +3,12 @@ server with its artifacts in the same bucket. Everything is listed back with bot
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -10,7 +16,7 @@ import yaml
 
 from samsnet_search import infra, tracking
 from samsnet_search.cli import main
-from samsnet_search.search import identity
+from samsnet_search.search import identity, lease
 from samsnet_search.search.runner import run_study
 from samsnet_search.search.study import load_study
 
@@ -81,3 +87,55 @@ def test_study_on_s3_and_mlflow_server(tmp_path, synth_root, s3_stack, mlflow_se
 
     model, state = load_model(Path(result.best.best_checkpoint.to_directory()))
     assert state["model_config"]["slices"] == result.best.config["model.slices"]
+
+
+HOLDER = """
+import sys, time
+from samsnet_search.search import lease
+held = lease.acquire(sys.argv[1], "study", heartbeat_s=0.2)
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_one_driver_per_study_on_s3(s3_stack, monkeypatch, caplog):
+    """The lease object on S3: a live second driver is refused, a killed one's lease taken over,
+    and of drivers starting together one gets it."""
+    env = {"AWS_ACCESS_KEY_ID": s3_stack.access_key, "AWS_SECRET_ACCESS_KEY": s3_stack.secret_key,
+           "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    storage = infra.storage_uri(s3_stack.bucket, "lease-test", s3_stack.endpoint_url)
+    study_path = identity.study_uri(storage, f"s{os.getpid()}")
+    other = subprocess.Popen([sys.executable, "-c", HOLDER, study_path], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "held"
+        with pytest.raises(lease.StudyLocked, match=f"pid {other.pid}"):
+            lease.acquire(study_path, "s")
+    finally:
+        other.send_signal(signal.SIGKILL)
+        other.wait(30)
+    with caplog.at_level(logging.WARNING, logger="samsnet_search.search.lease"):
+        held = lease.acquire(study_path, "s")
+    assert f"pid {other.pid}" in caplog.text and "no longer runs" in caplog.text
+    assert lease.read_holder(study_path).token == held.holder.token
+    held.release()
+    assert lease.read_holder(study_path) is None
+
+    won, refused = [], []
+    start = threading.Barrier(4)
+
+    def one():
+        start.wait()
+        try:
+            won.append(lease.acquire(study_path, "s"))
+        except lease.StudyLocked as e:
+            refused.append(e)
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(won) == 1 and len(refused) == 3
+    won[0].release()
