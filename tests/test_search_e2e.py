@@ -31,9 +31,11 @@ FAKE_SECRETS = {"AWS_SECRET_ACCESS_KEY": "fake-aws-secret-0123456789", "SAMSNET_
 
 
 @pytest.fixture(scope="module", autouse=True)
-def ray_cluster(local_ray):
-    """Credentials in the environment (they must never reach MLflow), then one local Ray."""
-    with local_ray(FAKE_SECRETS):
+def ray_cluster(local_ray, tmp_path_factory):
+    """Credentials in the environment (they must never reach MLflow), the user's config folder
+    (the drivers' state-signing key) in a temporary HOME, then one local Ray."""
+    home = tmp_path_factory.mktemp("home")
+    with local_ray({**FAKE_SECRETS, "XDG_CONFIG_HOME": str(home / ".config")}):
         yield
 
 

@@ -109,7 +109,8 @@ def registered(target) -> bool:
     return any(m.name == tracking.registered_model_name(NAME) for m in tracking.client(target).search_registered_models())
 
 
-def test_ctrl_c_stops_the_study_and_resume_finishes_it(tmp_path, synth_root, capsys):
+def test_ctrl_c_stops_the_study_and_resume_finishes_it(tmp_path, synth_root, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home" / ".config"))  # the drivers' signing key
     study_file = write_study(tmp_path, synth_root)
     storage = str(tmp_path / "runs")
     target = tracking.resolve_tracking(str(tmp_path / "mlruns"))

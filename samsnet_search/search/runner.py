@@ -260,6 +260,8 @@ def _trainable(study: Study, ctx: TrialContext):
 def _new_tuner(study: Study, ctx: TrialContext, callback) -> Any:
     from ray import tune
 
+    from .integrity import StateSigner
+
     s = study.search
     storage_path, fs = _storage(study.storage)
     scheduler = callback.scheduler
@@ -286,7 +288,7 @@ def _new_tuner(study: Study, ctx: TrialContext, callback) -> Any:
             checkpoint_score_order=study.mode,
         ),
         failure_config=tune.FailureConfig(max_failures=s.max_failures),
-        callbacks=[callback],
+        callbacks=[callback, StateSigner(identity.study_uri(study.storage, study.name))],
         verbose=0,
     )
     return tune.Tuner(_trainable(study, ctx), param_space=tune_space(study), tune_config=tune_config, run_config=run_config)
@@ -400,6 +402,7 @@ def _run_study(study: Study, address, num_cpus, num_gpus, restart_errored: bool,
     if resuming and manifest.state == "finished" and not restart_errored:
         log.info("study %s is already finished; loading its results", study.name)
         with ray_session(address, num_cpus, num_gpus, quiet):
+            _verify_state(study)
             grid = _restore_tuner(study, _context(study, manifest), False).get_results()
             return _result(study, manifest, target, grid, time.monotonic() - start)
     fingerprint, kind = _fingerprint(study)
@@ -418,10 +421,12 @@ def _run_study(study: Study, address, num_cpus, num_gpus, restart_errored: bool,
     try:
         with ray_session(address, num_cpus, num_gpus, quiet):
             if resuming and _can_restore(study):
+                _verify_state(study)
                 tuner = _restore_tuner(study, ctx, restart_errored)
                 log.info("resuming study %s from %s", study.name, identity.display_uri(manifest.path))
             else:
                 tuner = _new_tuner(study, ctx, callback)
+                _sign_tuner(study)
             with _sigint_seen() as stopped:
                 grid = tuner.fit()
             result = _result(study, manifest, target, grid, time.monotonic() - start, stopped.is_set())
@@ -434,6 +439,20 @@ def _run_study(study: Study, address, num_cpus, num_gpus, restart_errored: bool,
     finally:
         _close(manifest, target, state, result)
     return result
+
+
+def _verify_state(study: Study) -> None:
+    """Before Tune unpickles the study's state: each file must carry this driver's signature."""
+    from . import integrity  # imports ray.tune
+
+    integrity.verify(identity.study_uri(study.storage, study.name))
+
+
+def _sign_tuner(study: Study) -> None:
+    """tuner.pkl is written once, when the Tuner is made (Tune's later files: integrity.StateSigner)."""
+    from . import integrity  # imports ray.tune
+
+    integrity.sign_stored(identity.study_uri(study.storage, study.name), ["tuner.pkl"])
 
 
 @contextmanager
