@@ -33,23 +33,23 @@ log = logging.getLogger(__name__)
 # Ray reserves a large share of RAM for its object store by default; trials pass only
 # configs and small results through it.
 OBJECT_STORE_BYTES = 300 * 1024**2
-# Forwarded to workers of an existing cluster (--address); a local Ray started here
-# inherits this process's environment instead, so nothing secret enters the job config.
+# Forwarded to workers of an existing cluster (--address) in the job's runtime env. No secrets:
+# Ray logs runtime envs (runtime_env_agent.log) and passes them on worker command lines, so
+# cluster nodes get keys and passwords from their own environment (`ray start`, a Secret).
 FORWARD_ENV = (
     "MLFLOW_TRACKING_URI",
     "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_TOKEN",
     "MLFLOW_S3_ENDPOINT_URL",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
     "AWS_DEFAULT_REGION",
     "AWS_REGION",
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_S3",
     "MUSDB_PATH",
 )
+# Ray Tune copies these from the driver's environment into every trial's runtime env
+# (ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE); while Ray runs here they are moved
+# into a credentials file that AWS clients (pyarrow, boto3) find through AWS_SHARED_CREDENTIALS_FILE.
+AWS_SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 CHECKPOINT_MARGIN = 2
 HISTORY_KEYS = ("epoch", "train_loss", "valid_loss", "valid_sdr", "best_valid_loss", "epochs_without_improvement")
 
@@ -137,27 +137,67 @@ def ray_session(
     """
     import ray
 
-    if ray.is_initialized():
+    with aws_keys_in_file():
+        if ray.is_initialized():
+            yield
+            return
+        common = dict(include_dashboard=False, configure_logging=False, log_to_driver=not quiet)
+        if address:
+            env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
+            try:
+                ray.init(address=address, runtime_env={"env_vars": env}, **common)
+            except ConnectionError as e:  # no cluster there, or its auth token differs
+                raise StudyError(f"--address {address}: cannot connect to a Ray cluster ({_first_line(e)})") from None
+        else:
+            # Workers of a local Ray inherit this environment: the credentials file's path, no keys.
+            ray.init(
+                num_cpus=num_cpus or os.cpu_count() or 1,
+                num_gpus=num_gpus,
+                object_store_memory=OBJECT_STORE_BYTES,
+                **common,
+            )
+        try:
+            yield
+        finally:
+            ray.shutdown()
+
+
+@contextmanager
+def aws_keys_in_file() -> Iterator[None]:
+    """AWS keys of the environment moved into a 0600 credentials file for the block.
+
+    Tune would copy them into each trial's runtime env, which Ray writes to its session logs
+    and puts on worker command lines. The file lives in memory (/dev/shm) where there is one,
+    in a 0700 folder, and is removed at the end; AWS_SHARED_CREDENTIALS_FILE names it.
+    """
+    keys = {k: os.environ[k] for k in AWS_SECRET_ENV if k in os.environ}
+    if "AWS_ACCESS_KEY_ID" not in keys or "AWS_SECRET_ACCESS_KEY" not in keys or "AWS_SHARED_CREDENTIALS_FILE" in os.environ:
         yield
         return
-    common = dict(include_dashboard=False, configure_logging=False, log_to_driver=not quiet)
-    if address:
-        env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
-        try:
-            ray.init(address=address, runtime_env={"env_vars": env}, **common)
-        except ConnectionError as e:  # no cluster there, or its auth token differs
-            raise StudyError(f"--address {address}: cannot connect to a Ray cluster ({_first_line(e)})") from None
-    else:
-        ray.init(
-            num_cpus=num_cpus or os.cpu_count() or 1,
-            num_gpus=num_gpus,
-            object_store_memory=OBJECT_STORE_BYTES,
-            **common,
-        )
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="samsnet-aws-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    path = os.path.join(folder, "credentials")
+    lines = ["[default]", f"aws_access_key_id = {keys['AWS_ACCESS_KEY_ID']}",
+             f"aws_secret_access_key = {keys['AWS_SECRET_ACCESS_KEY']}"]  # fmt: skip
+    if keys.get("AWS_SESSION_TOKEN"):
+        lines.append(f"aws_session_token = {keys['AWS_SESSION_TOKEN']}")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    profile = os.environ.pop("AWS_PROFILE", None)  # the file's [default] profile
+    for k in keys:
+        del os.environ[k]
+    os.environ["AWS_SHARED_CREDENTIALS_FILE"] = path
     try:
         yield
     finally:
-        ray.shutdown()
+        os.environ.pop("AWS_SHARED_CREDENTIALS_FILE", None)
+        os.environ.update(keys)
+        if profile is not None:
+            os.environ["AWS_PROFILE"] = profile
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _first_line(e: BaseException) -> str:

@@ -139,3 +139,51 @@ def test_one_driver_per_study_on_s3(s3_stack, monkeypatch, caplog):
         t.join(60)
     assert len(won) == 1 and len(refused) == 3
     won[0].release()
+
+
+def test_s3_secret_in_no_ray_file_and_no_command_line(tmp_path, synth_root, infra_config, s3_stack, mlflow_server):
+    """A real `run` on S3 storage with the keys in its environment (as after `eval "$(infra env)"`):
+    the secret is in no file under Ray's temp folder and on no command line while trials run."""
+    import shutil
+    import tempfile
+    import time
+
+    import psutil
+
+    storage = infra.storage_uri(s3_stack.bucket, "secrets", s3_stack.endpoint_url)
+    study_file = tmp_path / "nosecret.yaml"
+    study_file.write_text(yaml.safe_dump({
+        "model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}, "heads": 1, "channels": 2, "depth": 1},
+        "data": {"root": str(synth_root), "segment_seconds": 0.5, "valid_seconds": 1.0},
+        "train": {"lr": 1e-3, "batch_size": 2, "epochs": 2, "patience": 2, "valid_sdr_every": 0, "device": "cpu"},
+        "search": {"num_samples": 2, "scheduler": "fifo", "max_concurrent_trials": 2},
+        "storage": storage,
+        "tracking": {"uri": mlflow_server, "system_metrics": False},
+    }))  # fmt: skip
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = {**os.environ, **infra.client_env(infra_config), "RAY_TMPDIR": ray_tmp,
+           "XDG_CONFIG_HOME": str(tmp_path / "home" / ".config")}  # fmt: skip
+    secret = s3_stack.secret_key
+    cmd = [sys.executable, "-m", "samsnet_search.cli", "run", str(study_file), "--no-live", "--no-select", "--num-cpus", "2"]
+    seen_on = []
+    try:
+        with open(tmp_path / "driver.log", "w") as log:
+            driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 300
+            while driver.poll() is None and time.monotonic() < deadline:
+                for p in psutil.process_iter(["pid", "cmdline"]):
+                    if any(secret in arg for arg in p.info["cmdline"] or []):
+                        seen_on.append(" ".join(p.info["cmdline"])[:200])
+                time.sleep(0.2)
+            assert driver.wait(30) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+        assert not seen_on, seen_on
+        files = [f for f in Path(ray_tmp).rglob("*") if f.is_file() and not f.is_symlink()]
+        assert any(f.name == "runtime_env_agent.log" for f in files), "Ray's session logs are where the test looks"
+        leaked = [str(f) for f in files if secret.encode() in f.read_bytes()]
+        assert not leaked, leaked
+        assert secret not in (tmp_path / "driver.log").read_text()
+        manifest = identity.read_manifest(identity.study_uri(storage, "nosecret"))
+        assert manifest is not None and manifest.state == "finished"  # the trials wrote to S3 all the same
+        assert not list(Path("/dev/shm").glob("samsnet-aws-*"))  # the credentials file is gone
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
