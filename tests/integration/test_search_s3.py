@@ -187,3 +187,20 @@ def test_s3_secret_in_no_ray_file_and_no_command_line(tmp_path, synth_root, infr
         assert not list(Path("/dev/shm").glob("samsnet-aws-*"))  # the credentials file is gone
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_validate_reaches_the_stack(tmp_path, synth_root, infra_config, s3_stack, mlflow_server, monkeypatch, capsys):
+    for k, v in infra.client_env(infra_config).items():
+        monkeypatch.setenv(k, v)
+    study_file = tmp_path / "reach.yaml"
+    study_file.write_text(yaml.safe_dump({
+        "model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}},
+        "data": {"root": str(synth_root), "segment_seconds": 0.5},
+        "storage": infra.storage_uri(s3_stack.bucket, "studies", s3_stack.endpoint_url),
+        "tracking": {"uri": mlflow_server},
+    }))  # fmt: skip
+    assert main(["validate", str(study_file)]) == 0
+    assert "reachable: storage and tracking server" in capsys.readouterr().out
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    assert main(["validate", str(study_file)]) == 2
+    assert "cannot access storage" in capsys.readouterr().err
