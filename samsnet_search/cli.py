@@ -400,18 +400,11 @@ def _search_then_select(study, live: bool, select: bool, restart_errored: bool, 
         try:
             _select(result, select, **ray_args)
         except KeyboardInterrupt:
-            _mark_interrupted(result.manifest)
+            from .search.runner import mark_interrupted
+
+            mark_interrupted(result.manifest, result.target)
             console.print(f"selection interrupted; continue with: {_resume_hint(study)}", highlight=False)
             raise typer.Exit(130) from None
-
-
-def _mark_interrupted(manifest) -> None:
-    """A selection stopped by Ctrl-C: the study is not finished (`resume` goes on with it)."""
-    from .search import identity
-
-    fresh = identity.read_manifest(manifest.path) or manifest
-    fresh.state = "interrupted"
-    identity.write_manifest(fresh)
 
 
 def _select(result, select: bool, **ray_args) -> None:

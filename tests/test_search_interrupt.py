@@ -150,7 +150,9 @@ def test_ctrl_c_stops_the_study_and_resume_continues_it(tmp_path, synth_root, ca
         term.kill()
     assert rc == 130, term.text()[-3000:]
     assert f"samsnet-search resume {NAME}" in term.text()
-    assert identity.read_manifest(identity.study_uri(storage, NAME)).state == "interrupted"
+    manifest = identity.read_manifest(identity.study_uri(storage, NAME))
+    assert manifest.state == "interrupted"
+    assert tracking.client(target).get_run(manifest.parent_run_id).data.tags["samsnet.state"] == "interrupted"
     trials = {r.data.tags[tracking.TRIAL_TAG] for r in child_runs(target, storage) if PHASE_TAG not in r.data.tags}
     assert len(trials) == 3 and searched <= trials
     assert not registered(target)

@@ -600,6 +600,18 @@ def _close(manifest: Manifest, target, state: str, result: StudyResult | None) -
         log.warning("could not update the study's parent run: %s", e)
 
 
+def mark_interrupted(manifest: Manifest, target) -> None:
+    """A study stopped by Ctrl-C after its search (during the selection): not finished, so that
+    `ls` says so and `resume` goes on with it."""
+    fresh = identity.read_manifest(manifest.path) or manifest
+    fresh.state = "interrupted"
+    identity.write_manifest(fresh)
+    try:
+        tracking.client(target).set_tag(fresh.parent_run_id, "samsnet.state", "interrupted")
+    except Exception as e:  # the manifest holds the state; the tag follows when it can
+        log.warning("could not update the study's parent run: %s", e)
+
+
 def resume_study(
     name_or_path: str,
     storage: str = "./runs",
