@@ -132,3 +132,14 @@ def test_hold_is_reentrant_and_releases_at_the_outer_end(tmp_path):
     assert lease.read_holder(study_path) is None
     assert not Path(study_path).exists()  # a study that never started leaves no folder
 
+
+
+def test_an_unreadable_lease_is_replaced(tmp_path, caplog):
+    study_path = tmp_path / "s"
+    study_path.mkdir()
+    Path(lease.lease_uri(str(study_path))).write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="samsnet_search.search.lease"):
+        held = lease.acquire(str(study_path), "s")
+    assert "not a lease; replacing it" in caplog.text
+    assert lease.read_holder(str(study_path)).token == held.holder.token
+    held.release()

@@ -162,22 +162,22 @@ def _create_local(study_path: str, holder: Holder) -> bool:
     return True
 
 
-def _remove_stale_local(study_path: str, stale: Holder) -> None:
-    """Rename the stale lease away (one of two racing drivers wins), then drop it."""
+def _remove_stale_local(study_path: str, stale: Holder | None) -> None:
+    """Rename the stale (or unreadable: None) lease away (one of two racing drivers wins), then drop it."""
     uri = lease_uri(study_path)
     aside = f"{uri}.stale-{uuid.uuid4().hex}"
     try:
         os.rename(uri, aside)
     except FileNotFoundError:
         return
-    moved = read_holder_file(aside)
-    if moved is not None and moved.token != stale.token:  # a fresh lease was put there meanwhile: restore it
+    moved = _read_holder_file(aside)
+    if moved is not None and (stale is None or moved.token != stale.token):  # a fresh lease was put there meanwhile: restore it
         os.replace(aside, uri)
         return
     os.unlink(aside)
 
 
-def read_holder_file(path: str) -> Holder | None:
+def _read_holder_file(path: str) -> Holder | None:
     try:
         return Holder(**json.loads(Path(path).read_text()))
     except (OSError, TypeError, ValueError):
@@ -205,7 +205,7 @@ def acquire(study_path: str, name: str, *, timeout_s: float = TIMEOUT_S, heartbe
             if back is not None and back.stale_reason(timeout_s) is None:
                 raise _locked(name, study_path, back, timeout_s)
             continue
-        if current is not None:
+        if current is not None or Path(lease_uri(study_path)).exists():
             _remove_stale_local(study_path, current)
         if _create_local(study_path, me):
             return Lease(study_path, me, heartbeat_s)
