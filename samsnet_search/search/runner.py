@@ -439,10 +439,11 @@ def _run_study(study: Study, address, num_cpus, num_gpus, restart_errored: bool,
     # Every epoch checkpoints, so Tune snapshots its state often; that is intended here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     manifest, target, resuming = open_study(study)
+    if resuming:  # before anything starts: Tune's state is unpickled on restore
+        _verify_state(study)
     if resuming and manifest.state == "finished" and not restart_errored:
         log.info("study %s is already finished; loading its results", study.name)
         with ray_session(address, num_cpus, num_gpus, quiet):
-            _verify_state(study)
             grid = _restore_tuner(study, _context(study, manifest), False).get_results()
             return _result(study, manifest, target, grid, time.monotonic() - start)
     fingerprint, kind = _fingerprint(study)
@@ -461,7 +462,6 @@ def _run_study(study: Study, address, num_cpus, num_gpus, restart_errored: bool,
     try:
         with ray_session(address, num_cpus, num_gpus, quiet):
             if resuming and _can_restore(study):
-                _verify_state(study)
                 tuner = _restore_tuner(study, ctx, restart_errored)
                 log.info("resuming study %s from %s", study.name, identity.display_uri(manifest.path))
             else:
