@@ -368,11 +368,14 @@ def run(
 
 
 def _resume_hint(study) -> str:
-    from .search.identity import default_storage
+    """The command that continues the study; --storage only where the default would not find it."""
+    import shlex
+
+    from .search.identity import default_storage, display_uri
     from .search.study import resolve_storage
 
     same = resolve_storage(default_storage(), Path.cwd()) == study.storage
-    return f"samsnet-search resume {study.name}" + ("" if same else f" --storage {study.storage}")
+    return f"samsnet-search resume {study.name}" + ("" if same else f" --storage {shlex.quote(display_uri(study.storage))}")
 
 
 def _search_then_select(study, live: bool, select: bool, restart_errored: bool, **ray_args) -> None:
