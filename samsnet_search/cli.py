@@ -308,16 +308,41 @@ def infra_env(state_dir: Optional[Path] = typer.Option(None, help=_STATE_HELP)) 
 
 
 
-_STORAGE_HELP = "storage root holding the studies (local folder or s3://bucket/prefix)"
+_STORAGE_HELP = ("storage root holding the studies (local folder or s3://bucket/prefix); default "
+                 "$SAMSNET_STORAGE, else `storage:` in ~/.config/samsnet/config.yaml, else ./runs")
+
+
+def _storage(storage: Optional[str]) -> str:
+    from .search.identity import default_storage
+    from .search.study import resolve_storage
+
+    return resolve_storage(storage or default_storage(), Path.cwd())
 
 
 @app.command("validate")
-def validate(study_file: Path = typer.Argument(..., help="study YAML (see search_spaces/)")) -> None:
-    """Check a study file (keys, types, ranges, slices vs segment frames, data) and print the resolved space."""
+def validate(
+    study_file: Path = typer.Argument(..., help="study YAML (see search_spaces/)"),
+    offline: bool = typer.Option(False, "--offline", help="do not try to reach the storage and the tracking server"),
+) -> None:
+    """Check a study file (keys, types, ranges, slices vs segment frames, data) and print the resolved space.
+
+    Also tries the study's storage and tracking server once (a few seconds): exit code 2 if
+    either cannot be reached.
+    """
+    from .search.reach import storage_problem, tracking_problem
     from .search.show import format_space
     from .search.study import load_study
 
-    print(format_space(load_study(study_file)))
+    study = load_study(study_file)
+    print(format_space(study))
+    if offline:
+        return
+    problems = [p for p in (storage_problem(study.storage), tracking_problem(study.tracking_uri)) if p]
+    for problem in problems:
+        console.print(f"[red]error:[/red] {study_file}: {problem}", highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(2)
+    print("  reachable: storage and tracking server")
 
 
 def _run_live(study, live: bool, **kwargs):
@@ -353,19 +378,47 @@ def run(
                         restart_errored=restart_errored)  # fmt: skip
 
 
+def _resume_hint(study) -> str:
+    """The command that continues the study; --storage only where the default would not find it."""
+    import shlex
+
+    from .search.identity import default_storage, display_uri
+    from .search.study import resolve_storage
+
+    same = resolve_storage(default_storage(), Path.cwd()) == study.storage
+    return f"samsnet-search resume {study.name}" + ("" if same else f" --storage {shlex.quote(display_uri(study.storage))}")
+
+
 def _search_then_select(study, live: bool, select: bool, restart_errored: bool, **ray_args) -> None:
-    """The search, its summary (and Pareto front), then the slice selection; exit 130 when interrupted."""
+    """The search, its summary (and Pareto front), then the slice selection; exit 130 when interrupted.
+
+    The study's lease is held for both: no second driver starts on it while this one selects.
+    """
+    from .search import identity, lease
     from .search.show import format_result
 
-    result = _run_live(study, live, restart_errored=restart_errored, **ray_args)
-    print(format_result(result))
-    if result.pareto:
-        from .search.pareto import front_table
+    with lease.hold(identity.study_uri(study.storage, study.name), study.name):
+        try:
+            result = _run_live(study, live, restart_errored=restart_errored, **ray_args)
+        except KeyboardInterrupt:  # a second Ctrl-C: Tune's own handler was already spent
+            console.print(f"interrupted; continue with: {_resume_hint(study)}", highlight=False)
+            raise typer.Exit(130) from None
+        print(format_result(result))
+        if result.pareto:
+            from .search.pareto import front_table
 
-        Console(width=max(Console().width, 120)).print(front_table(result.pareto))
-    if result.interrupted:  # Tune caught the Ctrl-C and returned; the shell should still see it
-        raise typer.Exit(130)
-    _select(result, select, **ray_args)
+            Console(width=max(Console().width, 120)).print(front_table(result.pareto))
+        if result.interrupted:  # Tune caught the Ctrl-C and returned; the shell should still see it
+            console.print(f"interrupted; continue with: {_resume_hint(study)}", highlight=False)
+            raise typer.Exit(130)
+        try:
+            _select(result, select, **ray_args)
+        except KeyboardInterrupt:
+            from .search.runner import mark_interrupted
+
+            mark_interrupted(result.manifest, result.target)
+            console.print(f"selection interrupted; continue with: {_resume_hint(study)}", highlight=False)
+            raise typer.Exit(130) from None
 
 
 def _select(result, select: bool, **ray_args) -> None:
@@ -385,7 +438,7 @@ def _select(result, select: bool, **ray_args) -> None:
 @app.command("resume")
 def resume(
     name: str = typer.Argument(..., help="study name (or its folder / s3:// URI)"),
-    storage: str = typer.Option("./runs", help=_STORAGE_HELP),
+    storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
     address: Optional[str] = typer.Option(None, help="existing Ray cluster (e.g. auto); default: start a local Ray"),
     num_cpus: Optional[int] = typer.Option(None, help="CPUs of the local Ray (default: all of this machine)"),
     num_gpus: Optional[int] = typer.Option(None, help="GPUs of the local Ray (default: detected)"),
@@ -396,9 +449,8 @@ def resume(
     """Continue an interrupted study: finished trials stay, unfinished ones continue from their checkpoint."""
     from .search.identity import find_study
     from .search.runner import load_stored_study
-    from .search.study import resolve_storage
 
-    study = load_stored_study(find_study(name, resolve_storage(storage, Path.cwd())))
+    study = load_stored_study(find_study(name, _storage(storage)))
     _search_then_select(study, live, select, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
                         restart_errored=restart_errored)  # fmt: skip
 
@@ -406,13 +458,13 @@ def resume(
 @app.command("report")
 def report(
     name: str = typer.Argument(..., help="study name (or its folder / s3:// URI)"),
-    storage: str = typer.Option("./runs", help=_STORAGE_HELP),
+    storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
     html: Optional[Path] = typer.Option(None, "--html", help="also write one self-contained HTML page (plots, audio) here"),
 ) -> None:
     """What a study found: trial counts, the validation table by slice count, the choice, the test score."""
     from .report import gather, print_report
 
-    found = gather(name, storage)
+    found = gather(name, _storage(storage))
     print_report(found, Console(width=max(Console().width, 120)))
     if html is not None:
         from .report_html import write_html
@@ -421,13 +473,12 @@ def report(
 
 
 @app.command("ls")
-def ls(storage: str = typer.Option("./runs", help=_STORAGE_HELP)) -> None:
+def ls(storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP)) -> None:
     """List the studies in a storage root with their state."""
     from .search.identity import list_studies
     from .search.show import format_studies
-    from .search.study import resolve_storage
 
-    print(format_studies(list_studies(resolve_storage(storage, Path.cwd()))))
+    print(format_studies(list_studies(_storage(storage))))
 
 
 @app.command("bench")
