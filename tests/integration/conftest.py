@@ -5,18 +5,23 @@
   client environment.
 - `s3_stack`: a running SeaweedFS S3 store with credentials; yields
   `S3Stack(endpoint_url, access_key, secret_key, bucket)` (a NamedTuple, so it unpacks).
-- `mlflow_server`: a running `mlflow server` whose artifacts go to that bucket; yields
-  its tracking URI.
+- `mlflow_server`: a running `mlflow server` (basic auth on) whose artifacts go to that
+  bucket; yields its tracking URI. While it runs, MLFLOW_TRACKING_USERNAME/PASSWORD of its
+  admin are set in this process's environment, so MLflow clients in tests (and Ray workers
+  started after it) log in as the platform does after `eval "$(samsnet-search infra env)"`.
 
-The servers are stopped when the session ends. The `free_port` and `make_infra_config`
+The servers are stopped when the session ends. XDG_STATE_HOME points into the session's
+temporary folder, so a default `InfraConfig()` never touches the real home. The `free_port` and `make_infra_config`
 fixtures (factories) give further ports and configs that clash neither with each other
 nor with the session stack.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -70,6 +75,33 @@ class S3Stack(NamedTuple):
     bucket: str
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _state_home_in_tmp(tmp_path_factory) -> Iterator[None]:
+    """The stack's default state folder is user-level: keep it out of the real home."""
+    old = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("xdg-state"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = old
+
+
+@contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """`values` set in os.environ for the block, the old values back afterwards."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 @pytest.fixture(scope="session")
 def infra_config(tmp_path_factory) -> infra.InfraConfig:
     return free_infra_config(tmp_path_factory.mktemp("infra-session") / "state")
@@ -89,7 +121,10 @@ def s3_stack(infra_config) -> Iterator[S3Stack]:
 def mlflow_server(infra_config, s3_stack) -> Iterator[str]:
     try:
         info = infra.up(infra_config, services=("mlflow",))
-        yield info.tracking_uri
+        env = infra.client_env(infra_config)
+        login = {k: env[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+        with environment(login):
+            yield info.tracking_uri
     finally:
         infra.down(infra_config, services=("mlflow",))
 
