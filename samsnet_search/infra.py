@@ -1043,7 +1043,9 @@ def client_env(cfg: InfraConfig) -> dict[str, str]:
         "AWS_DEFAULT_REGION": region,
         "AWS_REGION": region,
     }
-    if svc.get("mlflow", {}).get("auth", cfg.auth):
+    mlflow = svc.get("mlflow")
+    # A running server says whether it wants the login; before its first start there may be none yet.
+    if (mlflow or {}).get("auth", cfg.auth) and (mlflow or "mlflow_password" in _read_credentials_file(credentials_path(cfg))):
         login = load_mlflow_login(cfg)
         env.update(MLFLOW_TRACKING_USERNAME=login.username, MLFLOW_TRACKING_PASSWORD=login.password)
     return env

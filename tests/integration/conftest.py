@@ -10,6 +10,9 @@
   admin are set in this process's environment, so MLflow clients in tests (and Ray workers
   started after it) log in as the platform does after `eval "$(samsnet-search infra env)"`.
 
+- `stack_listeners`: `stack_listeners(cfg)` -> what the stack of `cfg` listens on, found with
+  psutil: `outside` (the machine's network namespace) and `inside` (SeaweedFS's private one).
+
 The servers are stopped when the session ends. XDG_STATE_HOME points into the session's
 temporary folder, so a default `InfraConfig()` never touches the real home. The `free_port` and `make_infra_config`
 fixtures (factories) give further ports and configs that clash neither with each other
@@ -18,13 +21,17 @@ nor with the session stack.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
+import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
+import psutil
 import pytest
 
 from samsnet_search import infra
@@ -139,3 +146,53 @@ def make_infra_config():
 def free_port_fixture():
     """Factory: `free_port(grpc_twin=True)` -> a port (and port + 10000) free and unused this session."""
     return free_port
+
+
+class Listeners(NamedTuple):
+    outside: set[tuple[str, int]]  # (ip, port) listening in this machine's network namespace
+    inside: set[tuple[str, int]]  # listening inside SeaweedFS's private namespace
+    unix: set[str]  # path-bound unix sockets of the SeaweedFS processes
+    weed_pid: int
+
+
+# Run inside the weed process's network namespace: psutil reads the namespace's own tables there.
+_INSIDE = """
+import json, sys, psutil
+p = psutil.Process(int(sys.argv[1]))
+inet = [(c.laddr.ip, c.laddr.port) for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN]
+unix = [c.laddr for c in p.net_connections("unix") if c.laddr and not c.laddr.startswith(("\\0", "@"))]
+print(json.dumps({"inet": inet, "unix": unix}))
+"""
+
+
+def _stack_processes(cfg: infra.InfraConfig) -> list[psutil.Process]:
+    state = json.loads((cfg.state_dir / "stack.json").read_text())
+    procs = []
+    for rec in state["services"].values():
+        leader = psutil.Process(rec["pid"])
+        procs += [leader, *leader.children(recursive=True)]
+    return procs
+
+
+def stack_listeners(cfg: infra.InfraConfig) -> Listeners:
+    procs = _stack_processes(cfg)
+    outside = {
+        (c.laddr.ip, c.laddr.port)
+        for p in procs
+        for c in p.net_connections("inet")
+        if c.status == psutil.CONN_LISTEN
+    }
+    weed = next(p for p in procs if p.name() == "weed")
+    enter = ["nsenter", f"--target={weed.pid}", "--net"]
+    if os.geteuid() != 0:  # the namespace belongs to the sandbox's own user namespace
+        enter += ["--user", "--preserve-credentials"]
+    out = subprocess.run([*enter, sys.executable, "-c", _INSIDE, str(weed.pid)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    found = json.loads(out.stdout)
+    return Listeners(outside, {tuple(x) for x in found["inet"]}, set(found["unix"]), weed.pid)
+
+
+@pytest.fixture(name="stack_listeners", scope="session")
+def stack_listeners_fixture():
+    """Factory: `stack_listeners(cfg)` -> Listeners of the running stack of `cfg` (psutil, not by hand)."""
+    return stack_listeners

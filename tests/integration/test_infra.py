@@ -112,7 +112,21 @@ def test_mlflow_artifact_lands_in_the_bucket(mlflow_server, s3_stack, tmp_path):
 # ---------------------------------------------------------------- the CLI: up, status, env, down
 
 
-def test_cli_lifecycle(make_infra_config, free_port, tmp_path, capsys):
+def test_plain_s3_uri_works_with_infra_env(infra_config, s3_stack, monkeypatch):
+    """`storage: s3://BUCKET/PATH` (no query) reaches the stack once `infra env` is in the environment."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in infra.client_env(infra_config).items():
+        monkeypatch.setenv(name, value)
+    filesystem, path = pafs.FileSystem.from_uri(f"s3://{s3_stack.bucket}/plain/study")  # as Ray Tune opens storage
+    assert path == f"{s3_stack.bucket}/plain/study"
+    with filesystem.open_output_stream(f"{path}/marker.json") as f:
+        f.write(b'{"plain": true}')
+    s3 = infra.s3_client(*s3_stack[:3])
+    assert s3.get_object(Bucket=s3_stack.bucket, Key="plain/study/marker.json")["Body"].read() == b'{"plain": true}'
+
+
+def test_cli_lifecycle(make_infra_config, free_port, tmp_path, capsys, stack_listeners):
     cfg = make_infra_config(tmp_path / "stack")
     state = str(cfg.state_dir)
     # A stale option file from an earlier run must not win over today's flags.
@@ -122,9 +136,13 @@ def test_cli_lifecycle(make_infra_config, free_port, tmp_path, capsys):
     ports = [f"--{k.replace('_', '-')}={getattr(cfg, k)}" for k in (*infra.WEED_PORTS, "mlflow_port")]
     try:
         assert cli.main(["infra", "up", "--state-dir", state, *ports]) == 0
-        up_out = capsys.readouterr().out
+        up_out, progress = capsys.readouterr()
         assert f"http://127.0.0.1:{cfg.s3_port}" in up_out and "(started)" in up_out
-        assert listening(cfg.s3_port + infra.GRPC_OFFSET) and not listening(stale_grpc)
+        for line in ("s3: starting SeaweedFS", "s3: healthy after", "mlflow: starting the MLflow server", "mlflow: healthy after"):
+            assert line in progress, progress
+        inside = {port for _, port in stack_listeners(cfg).inside}
+        assert cfg.s3_port + infra.GRPC_OFFSET in inside and stale_grpc not in inside
+        assert not listening(cfg.filer_port) and not listening(cfg.master_port)  # only inside weed's namespace
 
         secret = json.loads((cfg.state_dir / "credentials.json").read_text())["secret_key"]
         assert (cfg.state_dir / "credentials.json").stat().st_mode & 0o777 == 0o600
@@ -141,10 +159,13 @@ def test_cli_lifecycle(make_infra_config, free_port, tmp_path, capsys):
         env_out = capsys.readouterr().out
         assert f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{cfg.mlflow_port}" in env_out
         assert f"export AWS_SECRET_ACCESS_KEY={secret}" in env_out  # the one place it is printed
+        password = json.loads((cfg.state_dir / "credentials.json").read_text())["mlflow_password"]
+        assert f"export MLFLOW_TRACKING_PASSWORD={password}" in env_out
 
         stack_json = (cfg.state_dir / "stack.json").read_text()
-        for text in (up_out, status_out, again, stack_json, (cfg.state_dir / "logs" / "mlflow.log").read_text()):
-            assert secret not in text
+        logs = [(cfg.state_dir / "logs" / name).read_text() for name in ("mlflow.log", "seaweedfs.log")]
+        for text in (up_out, progress, status_out, again, stack_json, *logs):
+            assert secret not in text and password not in text
         pids = json.loads(stack_json)["services"]
         keys = json.loads((cfg.state_dir / "credentials.json").read_text())
         s3 = infra.s3_client(f"http://127.0.0.1:{cfg.s3_port}", keys["access_key"], secret)
