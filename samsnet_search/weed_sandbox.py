@@ -32,6 +32,7 @@ import sys
 
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
+PR_SET_PDEATHSIG = 1
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 EXIT_BIND, EXIT_NAMESPACE = 2, 3
 CHUNK = 256 * 1024
@@ -41,9 +42,11 @@ class NamespaceError(OSError):
     """The kernel refused a private network namespace."""
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
 def _unshare(flags: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(flags) != 0:
+    if _libc.unshare(flags) != 0:
         err = ctypes.get_errno()
         raise NamespaceError(err, f"unshare: {os.strerror(err)}")
 
@@ -78,6 +81,17 @@ def enter_private_network() -> None:
         _loopback_up()
     except OSError as e:
         raise NamespaceError(e.errno or errno.EPERM, str(e)) from None
+
+
+def _die_with(parent: int) -> None:
+    """In weed's child before exec: SIGKILL it when this process dies, even by SIGKILL.
+
+    Otherwise a killed sandbox would leave weed running, unreachable, holding its data
+    folder and /tmp sockets, and the next `infra up` would find them taken.
+    """
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -171,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         os.unlink(args.socket)  # a stale socket from a killed run would make weed's listen fail
     except FileNotFoundError:
         pass
-    weed = subprocess.Popen(weed_cmd, stdin=subprocess.DEVNULL)
+    me = os.getpid()
+    weed = subprocess.Popen(weed_cmd, stdin=subprocess.DEVNULL, preexec_fn=lambda: _die_with(me))
     return asyncio.run(_serve(listener, args.socket, weed, args.stop_grace))
 
 

@@ -8,6 +8,7 @@ import urllib.error
 import urllib.request
 
 import boto3
+import psutil
 import pytest
 from botocore import UNSIGNED
 from botocore.config import Config
@@ -189,3 +190,23 @@ def test_cli_lifecycle(make_infra_config, free_port, tmp_path, capsys, stack_lis
         assert cli.main(["infra", "status", "--state-dir", state]) == 0
     finally:
         assert cli.main(["infra", "down", "--state-dir", state]) == 0
+
+
+def test_sigkill_of_the_store_takes_weed_along_and_up_restarts_it(make_infra_config, tmp_path):
+    """A SIGKILLed sandbox must not leave weed running unreachable, holding the data and sockets."""
+    cfg = make_infra_config(tmp_path / "killed")
+    try:
+        info = infra.up(cfg, services=("s3",))
+        creds = infra.load_credentials(cfg)
+        s3 = infra.s3_client(info.s3_endpoint, creds.access_key, creds.secret_key)
+        s3.put_object(Bucket=cfg.bucket, Key="before-kill.txt", Body=b"kept")
+        sandbox = psutil.Process(info.pids["s3"])
+        [weed] = [p for p in sandbox.children() if p.name() == "weed"]
+        sandbox.kill()
+        weed.wait(timeout=30)  # returns once weed is gone; raises TimeoutExpired if it outlives the sandbox
+
+        again = infra.up(cfg, services=("s3",))
+        assert again.started == ["s3"]
+        assert s3.get_object(Bucket=cfg.bucket, Key="before-kill.txt")["Body"].read() == b"kept"
+    finally:
+        infra.down(cfg)
