@@ -250,7 +250,7 @@ def infra_up(
     timeout: Optional[float] = typer.Option(None, help="seconds to wait for each service (default 120)"),
     no_auth: bool = typer.Option(False, "--no-auth", help="MLflow server without a login (127.0.0.1 only)"),
     no_isolation: bool = typer.Option(
-        False, "--no-isolation", help="SeaweedFS's internal ports on 127.0.0.1, open to this host's users (127.0.0.1 only)"
+        False, "--no-isolation", help="SeaweedFS's internal ports on 127.0.0.1, open to this host's users (no namespaces)"
     ),
 ) -> None:
     """Start SeaweedFS (S3) and an MLflow server with artifacts in it; no-op if running."""

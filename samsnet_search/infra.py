@@ -148,7 +148,7 @@ class InfraConfig(BaseModel):
     stop_timeout: float = Field(20.0, gt=0, description="seconds to wait after SIGTERM before SIGKILL")
     auth: bool = Field(True, description="MLflow basic auth; off (--no-auth) only on a loopback --host")
     isolate: bool = Field(
-        True, description="SeaweedFS's internal ports in a private network namespace; off (--no-isolation) only on loopback"
+        True, description="SeaweedFS's internal ports in a private network namespace; off (--no-isolation): on 127.0.0.1"
     )
 
     @field_validator("bucket")
@@ -164,13 +164,12 @@ class InfraConfig(BaseModel):
 
     @model_validator(mode="after")
     def _closed_beyond_loopback(self) -> "InfraConfig":
-        # The opt-outs leave a port answering without credentials: never on an address others reach.
-        for key, what in (("auth", "the MLflow server without a login"), ("isolate", "SeaweedFS's filer without keys")):
-            if not getattr(self, key) and not _is_loopback(self.host):
-                raise ValueError(
-                    f"{FLAGS[key]} with --host {self.host} would serve {what} to the network: "
-                    "use it only with --host 127.0.0.1"
-                )
+        # Without a login the MLflow server answers anyone who reaches it: never on an address others reach.
+        if not self.auth and not _is_loopback(self.host):
+            raise ValueError(
+                f"--no-auth with --host {self.host} would serve the MLflow server without a login to the network: "
+                "use it only with --host 127.0.0.1"
+            )
         return self
 
     @model_validator(mode="after")
@@ -197,12 +196,20 @@ class InfraConfig(BaseModel):
             out.append((self.mlflow_port, f"MLflow server ({FLAGS['mlflow_port']})"))
         return out
 
-    def host_ports(self, service: str | None = None) -> list[tuple[int, str]]:
-        """The part of `ports(service)` that listens in this machine's network namespace."""
-        if not self.isolate:
-            return self.ports(service)
-        outside = {self.s3_port, self.mlflow_port}  # the S3 API is forwarded, MLflow runs outside
-        return [(port, label) for port, label in self.ports(service) if port in outside]
+    def host_ports(self, service: str | None = None) -> list[tuple[str, int, str]]:
+        """(address, port, label) of each port of `service` in this machine's network namespace.
+
+        The S3 API (forwarded by the sandbox) and MLflow listen on `host`; SeaweedFS's internal
+        ports are inside its namespace, or on 127.0.0.1 when not isolated.
+        """
+        outside = {self.s3_port, self.mlflow_port}
+        out = []
+        for port, label in self.ports(service):
+            if port in outside:
+                out.append((self.host, port, label))
+            elif not self.isolate:
+                out.append(("127.0.0.1", port, label))
+        return out
 
 
 def make_config(**options: Any) -> InfraConfig:
@@ -456,13 +463,13 @@ def check_ports(cfg: InfraConfig, service: str | None = None) -> None:
     """Raise InfraError naming the first port of `service` that is taken, and the flag to change it."""
     if service in (None, "s3"):
         _check_weed_sockets(cfg)
-    for port, label in cfg.host_ports(service):
-        problem = _port_problem(cfg.host, port)
+    for host, port, label in cfg.host_ports(service):
+        problem = _port_problem(host, port)
         if problem == errno.EADDRINUSE:
-            raise InfraError(f"port {port} on {cfg.host} is already in use; it is the {label}: choose another port")
+            raise InfraError(f"port {port} on {host} is already in use; it is the {label}: choose another port")
         if problem is not None:
             raise InfraError(
-                f"cannot listen on {cfg.host}:{port} ({os.strerror(problem)}): --host must be an address of this machine"
+                f"cannot listen on {host}:{port} ({os.strerror(problem)}): --host must be an address of this machine"
             )
 
 
@@ -677,23 +684,31 @@ def _locked(cfg: InfraConfig) -> Iterator[None]:
 # ---------------------------------------------------------------- the services
 
 
-def _weed_command(cfg: InfraConfig, ident: Path) -> list[str]:
-    """`weed mini` with every port explicit, extras (WebDAV, Iceberg, Lance, telemetry) off.
+def _free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-    Isolated (the default), it runs under `weed_sandbox`: inside a private network namespace on
-    its own loopback, with only the S3 API forwarded to `cfg.host`. Otherwise it binds `cfg.host`
-    (a loopback address: the config refuses others) itself.
+
+def _weed_command(cfg: InfraConfig, ident: Path) -> list[str]:
+    """`weed_sandbox` running `weed mini`: every port explicit, extras (WebDAV, Iceberg, Lance, telemetry) off.
+
+    weed binds 127.0.0.1 only; the sandbox forwards the S3 API from `cfg.host`. Isolated (the
+    default), weed runs in a private network namespace and its ports exist only there. Not
+    isolated, they are on this machine's loopback, and weed's own S3 TCP port (unused: the
+    sandbox talks to its unix socket) moves to a free port so it does not clash with the sandbox's.
     """
     data = cfg.state_dir / "seaweedfs"
-    bind = "127.0.0.1" if cfg.isolate else cfg.host
+    weed_s3_port = cfg.s3_port if cfg.isolate else _free_loopback_port()
     weed = [
         _find_weed(),
         "mini",
         f"-dir={data}",
-        f"-ip={_connect_host(bind)}",  # the address weed announces to itself
-        f"-ip.bind={bind}",  # without it weed binds 0.0.0.0
+        "-ip=127.0.0.1",  # the address weed announces to itself
+        "-ip.bind=127.0.0.1",  # without it weed binds 0.0.0.0
         f"-s3.config={ident}",
-        f"-s3.port={cfg.s3_port}",
+        f"-s3.port={weed_s3_port}",
+        f"-s3.port.grpc={cfg.s3_port + GRPC_OFFSET}",
         f"-master.port={cfg.master_port}",
         f"-volume.port={cfg.volume_port}",
         f"-filer.port={cfg.filer_port}",
@@ -708,10 +723,11 @@ def _weed_command(cfg: InfraConfig, ident: Path) -> list[str]:
         "-master.telemetry=false",
         "-volume.preStopSeconds=0",  # one node: no peers to warn before stopping
     ]
-    if not cfg.isolate:
-        return weed
     sandbox = [sys.executable, "-m", "samsnet_search.weed_sandbox", "--host", cfg.host, "--port", str(cfg.s3_port)]
-    return [*sandbox, "--socket", str(cfg.state_dir / "s3.sock"), "--stop-grace", str(cfg.stop_timeout), "--", *weed]
+    sandbox += ["--socket", str(cfg.state_dir / "s3.sock"), "--stop-grace", str(cfg.stop_timeout)]
+    if not cfg.isolate:
+        sandbox.append("--no-namespace")
+    return [*sandbox, "--", *weed]
 
 
 def _ensure_bucket(client, bucket: str) -> bool:
@@ -766,7 +782,7 @@ def _start_s3(cfg: InfraConfig, creds: Credentials, state: dict[str, Any], say: 
     # (a stale gRPC port would survive a port change): every option is given, so drop the file.
     (data / "mini.options").unlink(missing_ok=True)
     endpoint = _url(cfg.host, cfg.s3_port)
-    where = "internal ports in a private network namespace" if cfg.isolate else "internal ports OPEN on this host"
+    where = "internal ports in a private network namespace" if cfg.isolate else "internal ports OPEN on 127.0.0.1"
     say(f"s3: starting SeaweedFS (S3 API on {endpoint}, {where})")
     began = time.monotonic()
     rec = _spawn(_weed_command(cfg, ident), cfg.state_dir / "logs" / "seaweedfs.log")

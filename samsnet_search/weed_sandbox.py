@@ -12,7 +12,9 @@ signatures. So this process, which `infra up` starts in place of `weed` itself:
 4. forwards each connection on the S3 address, byte for byte, to the S3 gateway's unix socket
    (--socket), which lives in the 0700 state folder.
 
-It stops weed on SIGTERM/SIGINT and exits when weed exits. Run as
+With --no-namespace, step 2 is skipped: weed's ports are then on this machine's loopback
+(`infra up --no-isolation`, where namespaces are not allowed). It stops weed on
+SIGTERM/SIGINT and exits when weed exits. Run as
 `python -m samsnet_search.weed_sandbox --host H --port P --socket S -- weed mini ...`.
 """
 
@@ -158,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--socket", required=True, help="weed's S3 unix socket (-s3.localSocket)")
     parser.add_argument("--stop-grace", type=float, default=15.0, help="seconds weed gets after SIGTERM")
+    parser.add_argument("--no-namespace", action="store_true", help="run weed in this namespace (its ports on loopback)")
     parser.add_argument("weed", nargs=argparse.REMAINDER, help="-- weed mini ...")
     args = parser.parse_args(argv)
     weed_cmd = args.weed[1:] if args.weed[:1] == ["--"] else args.weed
@@ -169,13 +172,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"weed_sandbox: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr, flush=True)
         return EXIT_BIND
     try:
-        enter_private_network()
+        if not args.no_namespace:
+            enter_private_network()
     except NamespaceError as e:
         print(
             f"weed_sandbox: cannot make a private network namespace for SeaweedFS's internal ports ({e.strerror}); "
             "allow user namespaces (sysctl kernel.unprivileged_userns_clone=1, on Ubuntu "
             "kernel.apparmor_restrict_unprivileged_userns=0), run as root, or start with "
-            "`infra up --no-isolation` (its master, volume and filer ports then answer anyone on this host)",
+            "`infra up --no-isolation` (its master, volume and filer ports then answer anyone on this host's loopback)",
             file=sys.stderr,
             flush=True,
         )

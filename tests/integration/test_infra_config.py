@@ -83,7 +83,6 @@ def test_missing_stack_messages_name_state_dir(monkeypatch, tmp_path, capsys):
         ({"s3_port": 9000, "mlflow_port": 19000}, "port 19000 is used twice: S3 API gRPC (--s3-port + 10000)"),
         ({"colour": "red"}, "colour: unknown option"),
         ({"auth": False, "host": "0.0.0.0"}, "--no-auth with --host 0.0.0.0 would serve the MLflow server without"),
-        ({"isolate": False, "host": "10.0.0.5"}, "--no-isolation with --host 10.0.0.5 would serve SeaweedFS's filer"),
     ],
 )
 def test_bad_options_name_the_flag(options, expected):
@@ -191,13 +190,18 @@ def test_commands_bind_host_and_carry_no_secret(tmp_path):
     assert f"admin_password = {login.password}" in ini.read_text() and "default_permission = NO_PERMISSIONS" in ini.read_text()
 
 
-def test_opt_outs_on_loopback(tmp_path):
+def test_opt_outs(tmp_path):
     cfg = infra.InfraConfig(state_dir=tmp_path, auth=False, isolate=False)
-    weed = infra._weed_command(cfg, tmp_path / "ident.json")
-    assert weed[1] == "mini" and "-ip.bind=127.0.0.1" in weed  # weed itself, no sandbox
+    cmd = infra._weed_command(cfg, tmp_path / "ident.json")
+    sandbox, weed = cmd[: cmd.index("--")], cmd[cmd.index("--") + 1 :]
+    assert "--no-namespace" in sandbox and "-ip.bind=127.0.0.1" in weed
+    assert "-s3.port=8333" not in weed  # weed's own S3 TCP port moves aside: the sandbox listens on 8333
     assert "--app-name" not in infra._mlflow_command(cfg, "samsnet")
-    # Not isolated, every weed port is on this host and is checked; isolated, only S3 and MLflow.
-    assert len(cfg.host_ports()) == 11 and [p for p, _ in infra.InfraConfig().host_ports()] == [8333, 5000]
+    # Not isolated, the internal ports are on this machine's loopback and checked there, whatever --host.
+    open_cfg = infra.InfraConfig(state_dir=tmp_path, isolate=False, host="10.0.0.5")
+    hosts = {host for host, _, label in open_cfg.host_ports() if "S3 API (" not in label and "MLflow" not in label}
+    assert len(open_cfg.host_ports()) == 11 and hosts == {"127.0.0.1"}
+    assert [(h, p) for h, p, _ in infra.InfraConfig().host_ports()] == [("127.0.0.1", 8333), ("127.0.0.1", 5000)]
 
 
 # ---------------------------------------------------------------- addresses for clients

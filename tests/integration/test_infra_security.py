@@ -148,3 +148,20 @@ def test_the_login_of_infra_env_runs_the_platform_end_to_end(infra_config, s3_st
     s3 = infra.s3_client(*s3_stack[:3])
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_stack.bucket, Prefix=f"{infra.ARTIFACT_PREFIX}/").get("Contents", [])]
     assert any(k.endswith(f"{run.info.run_id}/artifacts/model/best.pt") for k in keys)
+
+
+def test_without_namespaces_internal_ports_stay_on_loopback(make_infra_config, tmp_path, stack_listeners):
+    """--no-isolation (where namespaces are not allowed): --host gets the S3 API only, weed keeps to 127.0.0.1."""
+    cfg = make_infra_config(tmp_path / "open", isolate=False, host="127.0.0.2")  # another local address
+    try:
+        info = infra.up(cfg, services=("s3",))
+        found = stack_listeners(cfg)
+        assert {(ip, port) for ip, port in found.outside if ip != "127.0.0.1"} == {("127.0.0.2", cfg.s3_port)}
+        assert {getattr(cfg, key) for key in infra.WEED_PORTS if key != "s3_port"} <= {p for _, p in found.outside}
+        assert _request("127.0.0.2", cfg.s3_port, "GET", f"/{cfg.bucket}/?list-type=2") == 403
+        creds = infra.load_credentials(cfg)
+        s3 = infra.s3_client(info.s3_endpoint, creds.access_key, creds.secret_key)
+        s3.put_object(Bucket=cfg.bucket, Key="open.txt", Body=b"signed")
+        assert s3.get_object(Bucket=cfg.bucket, Key="open.txt")["Body"].read() == b"signed"
+    finally:
+        infra.down(cfg)
