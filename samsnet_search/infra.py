@@ -103,7 +103,9 @@ WEED_PORTS = {
 
 # Where weed puts the gRPC unix sockets it dials before TCP (not configurable in weed 4.48).
 WEED_GRPC_SOCKET = "/tmp/seaweedfs-{part}-grpc-{port}.sock"
-WEED_SOCKET_PARTS = {"s3_port": "s3", "master_port": "master", "volume_port": "volume", "filer_port": "filer", "admin_port": "admin"}
+WEED_SOCKET_PARTS = {
+    "s3_port": "s3", "master_port": "master", "volume_port": "volume", "filer_port": "filer", "admin_port": "admin"
+}  # fmt: skip
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the trailing NUL
 
 
@@ -320,7 +322,8 @@ def load_credentials(cfg: InfraConfig, *, create: bool = False, source: str | No
     if found:
         return found
     if not create:
-        raise InfraError(f"no S3 credentials: {path} does not exist and AWS_ACCESS_KEY_ID is not set; " + _missing_stack_hint(cfg))
+        hint = _missing_stack_hint(cfg)
+        raise InfraError(f"no S3 credentials: {path} does not exist and AWS_ACCESS_KEY_ID is not set; {hint}")
     creds = Credentials("SN" + secrets.token_hex(9).upper(), secrets.token_urlsafe(30), "file")
     _update_credentials_file(path, {"access_key": creds.access_key, "secret_key": creds.secret_key})
     log.info("generated S3 credentials in %s (mode 0600)", path)
@@ -1059,9 +1062,11 @@ def client_env(cfg: InfraConfig) -> dict[str, str]:
         "AWS_DEFAULT_REGION": region,
         "AWS_REGION": region,
     }
-    mlflow = svc.get("mlflow")
-    # A running server says whether it wants the login; before its first start there may be none yet.
-    if (mlflow or {}).get("auth", cfg.auth) and (mlflow or "mlflow_password" in _read_credentials_file(credentials_path(cfg))):
+    if "mlflow" in svc:
+        wants_login = svc["mlflow"].get("auth", False)  # as the running server was started
+    else:  # the next `up` follows cfg.auth; before the first one there is no login yet
+        wants_login = cfg.auth and "mlflow_password" in _read_credentials_file(credentials_path(cfg))
+    if wants_login:
         login = load_mlflow_login(cfg)
         env.update(MLFLOW_TRACKING_USERNAME=login.username, MLFLOW_TRACKING_PASSWORD=login.password)
     return env
@@ -1105,7 +1110,8 @@ def _s3_endpoint_of(uri: str) -> tuple[str, str, int]:
         url = override if "://" in override else f"{query.get('scheme', 'https')}://{override}"
     else:
         region = query.get("region") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-        url = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or f"https://s3.{region}.amazonaws.com"
+        aws = f"https://s3.{region}.amazonaws.com"
+        url = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or aws
     parts = urlsplit(url)
     default = 443 if parts.scheme == "https" else 80
     return url, parts.hostname or "", parts.port or default

@@ -153,6 +153,7 @@ class Listeners(NamedTuple):
     inside: set[tuple[str, int]]  # listening inside SeaweedFS's private namespace
     unix: set[str]  # path-bound unix sockets of the SeaweedFS processes
     weed_pid: int
+    enter: list[str]  # command prefix that runs a command inside weed's network namespace
 
 
 # Run inside the weed process's network namespace: psutil reads the namespace's own tables there.
@@ -189,7 +190,7 @@ def stack_listeners(cfg: infra.InfraConfig) -> Listeners:
     out = subprocess.run([*enter, sys.executable, "-c", _INSIDE, str(weed.pid)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     found = json.loads(out.stdout)
-    return Listeners(outside, {tuple(x) for x in found["inet"]}, set(found["unix"]), weed.pid)
+    return Listeners(outside, {tuple(x) for x in found["inet"]}, set(found["unix"]), weed.pid, enter)
 
 
 @pytest.fixture(name="stack_listeners", scope="session")

@@ -139,8 +139,8 @@ def test_cli_lifecycle(make_infra_config, free_port, tmp_path, capsys, stack_lis
         assert cli.main(["infra", "up", "--state-dir", state, *ports]) == 0
         up_out, progress = capsys.readouterr()
         assert f"http://127.0.0.1:{cfg.s3_port}" in up_out and "(started)" in up_out
-        for line in ("s3: starting SeaweedFS", "s3: healthy after", "mlflow: starting the MLflow server", "mlflow: healthy after"):
-            assert line in progress, progress
+        steps = ("s3: starting SeaweedFS", "s3: healthy after", "mlflow: starting the MLflow server", "mlflow: healthy after")
+        assert all(step in progress for step in steps), progress
         inside = {port for _, port in stack_listeners(cfg).inside}
         assert cfg.s3_port + infra.GRPC_OFFSET in inside and stale_grpc not in inside
         assert not listening(cfg.filer_port) and not listening(cfg.master_port)  # only inside weed's namespace

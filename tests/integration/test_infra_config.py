@@ -12,7 +12,7 @@ import psutil
 import pytest
 from pyarrow import fs as pafs
 
-from samsnet_search import cli, infra
+from samsnet_search import cli, infra, weed_sandbox
 from samsnet_search.infra import InfraError
 
 
@@ -353,3 +353,32 @@ def test_mlflow_needs_s3(tmp_path):
         infra.up(infra.InfraConfig(state_dir=tmp_path), services=("mlflow",))
     with pytest.raises(InfraError, match="unknown service"):
         infra.up(infra.InfraConfig(state_dir=tmp_path), services=("redis",))
+
+
+def test_cli_no_auth_beyond_loopback_is_one_line_and_exit_2(tmp_path, capsys):
+    assert cli.main(["infra", "up", "--state-dir", str(tmp_path), "--host", "0.0.0.0", "--no-auth"]) == 2
+    err = capsys.readouterr().err
+    assert "--no-auth with --host 0.0.0.0" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- the sandbox's own errors
+
+
+def test_sandbox_without_namespaces_says_what_to_do(monkeypatch, capsys, free_port):
+    def refused() -> None:
+        raise weed_sandbox.NamespaceError(1, "unshare: Operation not permitted")
+
+    monkeypatch.setattr(weed_sandbox, "enter_private_network", refused)
+    args = ["--host", "127.0.0.1", "--port", str(free_port()), "--socket", "/nonexistent/s3.sock", "--", "weed", "mini"]
+    assert weed_sandbox.main(args) == weed_sandbox.EXIT_NAMESPACE
+    err = capsys.readouterr().err
+    assert "cannot make a private network namespace" in err and "Operation not permitted" in err
+    assert "--no-isolation" in err and "apparmor_restrict_unprivileged_userns" in err
+
+
+def test_sandbox_port_taken(capsys, free_port):
+    port = free_port()
+    with _listen(port):
+        args = ["--host", "127.0.0.1", "--port", str(port), "--socket", "/nonexistent/s3.sock", "--", "weed", "mini"]
+        assert weed_sandbox.main(args) == weed_sandbox.EXIT_BIND
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err

@@ -74,8 +74,8 @@ def test_seaweedfs_internal_ports_exist_only_inside_its_namespace(infra_config, 
     # Inside, the filer answers anyone: the namespace is what keeps it closed.
     filer = f"http://127.0.0.1:{infra_config.filer_port}/buckets/{s3_stack.bucket}/?pretty=y"
     probe = f"import urllib.request; print(urllib.request.urlopen({filer!r}, timeout=10).status)"
-    enter = ["nsenter", f"--target={found.weed_pid}", "--net"] + (["--user", "--preserve-credentials"] if os.geteuid() else [])
-    assert subprocess.run([*enter, sys.executable, "-c", probe], capture_output=True, text=True, timeout=60).stdout.strip() == "200"
+    inside_get = subprocess.run([*found.enter, sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert inside_get.stdout.strip() == "200", inside_get.stderr
     for port in sorted(inside - {infra_config.s3_port}):  # the S3 port outside is the sandbox's (tested above)
         assert _refused_outside(port), f"port {port} of weed's namespace answers outside it"
 
@@ -146,7 +146,8 @@ def test_the_login_of_infra_env_runs_the_platform_end_to_end(infra_config, s3_st
     assert open(got, "rb").read() == b"\x00weights"
     assert client.get_metric_history(run.info.run_id, "valid_loss")[0].value == 0.25
     s3 = infra.s3_client(*s3_stack[:3])
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_stack.bucket, Prefix=f"{infra.ARTIFACT_PREFIX}/").get("Contents", [])]
+    listed = s3.list_objects_v2(Bucket=s3_stack.bucket, Prefix=f"{infra.ARTIFACT_PREFIX}/")
+    keys = [o["Key"] for o in listed.get("Contents", [])]
     assert any(k.endswith(f"{run.info.run_id}/artifacts/model/best.pt") for k in keys)
 
 
