@@ -959,7 +959,8 @@ def up(cfg: InfraConfig, services: tuple[str, ...] = SERVICES, progress: Progres
         to_start = [n for n in SERVICES if n in services and n not in state["services"]]
         already = [n for n in SERVICES if n in services and n in state["services"]]
         for name in already:
-            log.info("%s already running at %s", name, state["services"][name]["endpoint"])
+            rec = state["services"][name]
+            say(f"{name}: already running at {rec['endpoint']} (pid {rec['pid']})")
         if "mlflow" in to_start and "s3" not in state["services"] and "s3" not in to_start:
             raise InfraError("the MLflow server keeps its artifacts in S3: start the S3 store first (infra up)")
         for name in to_start:  # every port checked before anything starts

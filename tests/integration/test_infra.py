@@ -153,8 +153,9 @@ def test_cli_lifecycle(make_infra_config, free_port, tmp_path, capsys, stack_lis
         assert status_out.count("healthy") == 2, status_out
 
         assert cli.main(["infra", "up", "--state-dir", state, *ports]) == 0
-        again = capsys.readouterr().out
+        again, again_progress = capsys.readouterr()
         assert again.count("(already running)") == 2, again
+        assert "s3: already running at" in again_progress and "starting" not in again_progress
 
         assert cli.main(["infra", "env", "--state-dir", state]) == 0
         env_out = capsys.readouterr().out
@@ -165,7 +166,7 @@ def test_cli_lifecycle(make_infra_config, free_port, tmp_path, capsys, stack_lis
 
         stack_json = (cfg.state_dir / "stack.json").read_text()
         logs = [(cfg.state_dir / "logs" / name).read_text() for name in ("mlflow.log", "seaweedfs.log")]
-        for text in (up_out, progress, status_out, again, stack_json, *logs):
+        for text in (up_out, progress, status_out, again, again_progress, stack_json, *logs):
             assert secret not in text and password not in text
         pids = json.loads(stack_json)["services"]
         keys = json.loads((cfg.state_dir / "credentials.json").read_text())
