@@ -267,6 +267,8 @@ def infra_up(
         how = "already running" if name in info.already_running else "started"
         print(f"{name:>7}: {url}  pid {info.pids[name]}  ({how})")
     print(f" bucket: {info.bucket} (MLflow artifacts under {info.artifact_root})")
+    if info.mlflow_login:
+        print(f"  login: MLflow user {info.mlflow_login}; the password is MLFLOW_TRACKING_PASSWORD in `infra env`")
     print(f"  state: {info.state_dir} (logs in {info.state_dir / 'logs'})")
     print(f'client environment: eval "$(samsnet-search infra env --state-dir {info.state_dir})"')
 

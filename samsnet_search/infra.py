@@ -913,6 +913,7 @@ class StackInfo:
     pids: dict[str, int]
     started: list[str]
     already_running: list[str]
+    mlflow_login: str | None = None  # the admin user name when the MLflow server wants a login
 
     @property
     def artifact_root(self) -> str:
@@ -931,6 +932,7 @@ def _info(cfg: InfraConfig, state: dict[str, Any], started: list[str], already: 
         pids={name: rec["pid"] for name, rec in svc.items()},
         started=started,
         already_running=already,
+        mlflow_login=MLFLOW_ADMIN if svc.get("mlflow", {}).get("auth") else None,
     )
 
 

@@ -139,6 +139,7 @@ def test_cli_lifecycle(make_infra_config, free_port, tmp_path, capsys, stack_lis
         assert cli.main(["infra", "up", "--state-dir", state, *ports]) == 0
         up_out, progress = capsys.readouterr()
         assert f"http://127.0.0.1:{cfg.s3_port}" in up_out and "(started)" in up_out
+        assert f"login: MLflow user {infra.MLFLOW_ADMIN}" in up_out
         steps = ("s3: starting SeaweedFS", "s3: healthy after", "mlflow: starting the MLflow server", "mlflow: healthy after")
         assert all(step in progress for step in steps), progress
         inside = {port for _, port in stack_listeners(cfg).inside}
