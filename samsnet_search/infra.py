@@ -57,6 +57,7 @@ from urllib.parse import parse_qsl, urlsplit
 import psutil
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import weed_sandbox
 from .errors import SamsNetError
 
 log = logging.getLogger(__name__)
@@ -967,6 +968,12 @@ def up(cfg: InfraConfig, services: tuple[str, ...] = SERVICES, progress: Progres
             raise InfraError("the MLflow server keeps its artifacts in S3: start the S3 store first (infra up)")
         for name in to_start:  # every port checked before anything starts
             check_ports(cfg, name)
+        if "s3" in to_start and cfg.isolate:
+            problem = weed_sandbox.namespace_problem()
+            if problem:
+                raise InfraError(
+                    f"cannot give SeaweedFS a private network namespace ({problem}): {weed_sandbox.NAMESPACE_HELP}"
+                )
         creds = load_credentials(cfg, create=True, source=state.get("credentials") if live.get("s3") else None)
         for name in to_start:
             if name == "s3":

@@ -40,6 +40,15 @@ EXIT_BIND, EXIT_NAMESPACE = 2, 3
 CHUNK = 256 * 1024
 
 
+# What to do when the kernel refuses: said by the sandbox and by `infra up`.
+NAMESPACE_HELP = (
+    "allow user namespaces (sysctl kernel.unprivileged_userns_clone=1, on Ubuntu "
+    "kernel.apparmor_restrict_unprivileged_userns=0; in Docker the default seccomp profile forbids them), "
+    "run as root, or start with `infra up --no-isolation` (SeaweedFS's master, volume and filer ports "
+    "then answer anyone on this host's loopback)"
+)
+
+
 class NamespaceError(OSError):
     """The kernel refused a private network namespace."""
 
@@ -94,6 +103,19 @@ def _die_with(parent: int) -> None:
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
+
+
+def namespace_problem() -> str | None:
+    """None if this machine lets us make a private network namespace, else the kernel's answer.
+
+    A child process tries (unsharing needs a single-threaded process, and must not move us).
+    """
+    probe = "import samsnet_search.weed_sandbox as w; w.enter_private_network()"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    if done.returncode == 0:
+        return None
+    lines = done.stderr.strip().splitlines()
+    return lines[-1].split(": ", 1)[-1] if lines else f"exit code {done.returncode}"
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -177,9 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     except NamespaceError as e:
         print(
             f"weed_sandbox: cannot make a private network namespace for SeaweedFS's internal ports ({e.strerror}); "
-            "allow user namespaces (sysctl kernel.unprivileged_userns_clone=1, on Ubuntu "
-            "kernel.apparmor_restrict_unprivileged_userns=0), run as root, or start with "
-            "`infra up --no-isolation` (its master, volume and filer ports then answer anyone on this host's loopback)",
+            + NAMESPACE_HELP,
             file=sys.stderr,
             flush=True,
         )

@@ -34,7 +34,9 @@ from typing import Iterator, NamedTuple
 import psutil
 import pytest
 
-from samsnet_search import infra
+from samsnet_search import infra, weed_sandbox
+
+NAMESPACE_PROBLEM = weed_sandbox.namespace_problem()
 
 # Below Linux's ephemeral range (32768+), so outgoing connections never take our ports;
 # weed's gRPC twins (port + 10000) stay below it too.
@@ -69,8 +71,10 @@ def free_infra_config(state_dir: Path, **overrides) -> infra.InfraConfig:
     """An InfraConfig on 127.0.0.1 with every port free; `overrides` replace fields."""
     ports = {key: free_port() for key in infra.WEED_PORTS}
     ports["mlflow_port"] = free_port(grpc_twin=False)
-    # Short stop timeout: tests should not hang on a stuck server.
-    fields = dict(state_dir=state_dir, host="127.0.0.1", stop_timeout=15.0, **ports)
+    # Short stop timeout: tests should not hang on a stuck server. Where the kernel allows no
+    # private namespaces, stacks run --no-isolation so the tests that only need S3 still run
+    # (test_infra_security skips, saying why).
+    fields = dict(state_dir=state_dir, host="127.0.0.1", stop_timeout=15.0, isolate=NAMESPACE_PROBLEM is None, **ports)
     fields.update(overrides)
     return infra.InfraConfig(**fields)
 

@@ -376,6 +376,16 @@ def test_sandbox_without_namespaces_says_what_to_do(monkeypatch, capsys, free_po
     assert "--no-isolation" in err and "apparmor_restrict_unprivileged_userns" in err
 
 
+def test_up_refuses_when_namespaces_are_not_allowed(make_infra_config, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(weed_sandbox, "namespace_problem", lambda: "Operation not permitted")
+    cfg = make_infra_config(tmp_path / "s", isolate=True)
+    args = [f"--{k.replace('_', '-')}={getattr(cfg, k)}" for k in (*infra.WEED_PORTS, "mlflow_port")]
+    assert cli.main(["infra", "up", "--state-dir", str(cfg.state_dir), *args]) == 2
+    err = capsys.readouterr().err
+    assert "cannot give SeaweedFS a private network namespace (Operation not permitted)" in err
+    assert "--no-isolation" in err and not (cfg.state_dir / "stack.json").exists()
+
+
 def test_sandbox_port_taken(capsys, free_port):
     port = free_port()
     with _listen(port):
