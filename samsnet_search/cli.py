@@ -239,22 +239,30 @@ def data_info(
         samples = prepare(splits.all_tracks())
         print(f"    decoded: {samples / 44100 / 60:.1f} min of audio, all checked (cache: {splits.train[0].cache.folder})")
 
-_STATE_HELP = "stack state folder; default $SAMSNET_INFRA_DIR or ./.samsnet/infra"
+_STATE_HELP = "stack state folder; default $SAMSNET_INFRA_DIR, else $XDG_STATE_HOME/samsnet/infra (~/.local/state/...)"
+
+
+def _stderr_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 @infra_app.command("up")
 def infra_up(
     state_dir: Optional[Path] = typer.Option(None, help=_STATE_HELP),
     host: Optional[str] = typer.Option(None, help="listen address (default 127.0.0.1); on a cluster one workers reach"),
-    s3_port: Optional[int] = typer.Option(None, help="S3 API port (default 8333; weed also opens +10000)"),
+    s3_port: Optional[int] = typer.Option(None, help="S3 API port (default 8333)"),
     mlflow_port: Optional[int] = typer.Option(None, help="MLflow server port (default 5000)"),
-    master_port: Optional[int] = typer.Option(None, help="SeaweedFS master port (default 9333; and +10000)"),
-    volume_port: Optional[int] = typer.Option(None, help="SeaweedFS volume port (default 9340; and +10000)"),
-    filer_port: Optional[int] = typer.Option(None, help="SeaweedFS filer port (default 8888; and +10000)"),
-    admin_port: Optional[int] = typer.Option(None, help="SeaweedFS admin port (default 23646; and +10000)"),
+    master_port: Optional[int] = typer.Option(None, help="SeaweedFS master port, inside its namespace (default 9333; and +10000)"),
+    volume_port: Optional[int] = typer.Option(None, help="SeaweedFS volume port, inside its namespace (default 9340; and +10000)"),
+    filer_port: Optional[int] = typer.Option(None, help="SeaweedFS filer port, inside its namespace (default 8888; and +10000)"),
+    admin_port: Optional[int] = typer.Option(None, help="SeaweedFS admin port, inside its namespace (default 23646; and +10000)"),
     bucket: Optional[str] = typer.Option(None, help="bucket for artifacts and Ray storage (default samsnet)"),
     allowed_hosts: Optional[str] = typer.Option(None, help="MLflow --allowed-hosts, e.g. mlflow.example.org"),
     timeout: Optional[float] = typer.Option(None, help="seconds to wait for each service (default 120)"),
+    no_auth: bool = typer.Option(False, "--no-auth", help="MLflow server without a login (127.0.0.1 only)"),
+    no_isolation: bool = typer.Option(
+        False, "--no-isolation", help="SeaweedFS's internal ports on 127.0.0.1, open to this host's users (no namespaces)"
+    ),
 ) -> None:
     """Start SeaweedFS (S3) and an MLflow server with artifacts in it; no-op if running."""
     from . import infra
@@ -262,13 +270,16 @@ def infra_up(
     cfg = infra.make_config(
         state_dir=state_dir, host=host, s3_port=s3_port, mlflow_port=mlflow_port, master_port=master_port,
         volume_port=volume_port, filer_port=filer_port, admin_port=admin_port, bucket=bucket,
-        allowed_hosts=allowed_hosts, start_timeout=timeout,
+        allowed_hosts=allowed_hosts, start_timeout=timeout, auth=False if no_auth else None,
+        isolate=False if no_isolation else None,
     )  # fmt: skip
-    info = infra.up(cfg)
+    info = infra.up(cfg, progress=_stderr_line)
     for name, url in (("s3", info.s3_endpoint), ("mlflow", info.tracking_uri)):
         how = "already running" if name in info.already_running else "started"
         print(f"{name:>7}: {url}  pid {info.pids[name]}  ({how})")
     print(f" bucket: {info.bucket} (MLflow artifacts under {info.artifact_root})")
+    if info.mlflow_login:
+        print(f"  login: MLflow user {info.mlflow_login}; the password is MLFLOW_TRACKING_PASSWORD in `infra env`")
     print(f"  state: {info.state_dir} (logs in {info.state_dir / 'logs'})")
     print(f'client environment: eval "$(samsnet-search infra env --state-dir {info.state_dir})"')
 
@@ -278,8 +289,9 @@ def infra_down(state_dir: Optional[Path] = typer.Option(None, help=_STATE_HELP))
     """Stop the MLflow server and SeaweedFS (data stays in the state folder)."""
     from . import infra
 
-    stopped = infra.down(infra.make_config(state_dir=state_dir))
-    print("stopped: " + ", ".join(stopped) if stopped else "nothing was running")
+    cfg = infra.make_config(state_dir=state_dir)
+    stopped = infra.down(cfg)
+    print("stopped: " + ", ".join(stopped) if stopped else f"nothing was running (state: {cfg.state_dir}; --state-dir)")
 
 
 @infra_app.command("status")
@@ -287,11 +299,14 @@ def infra_status(state_dir: Optional[Path] = typer.Option(None, help=_STATE_HELP
     """Each service: address, pid, health. Exit code 1 unless all are healthy."""
     from . import infra
 
-    services = infra.status(infra.make_config(state_dir=state_dir))
+    cfg = infra.make_config(state_dir=state_dir)
+    services = infra.status(cfg)
     for s in services:
         state = "healthy" if s.healthy else ("running, not answering" if s.running else "down")
         pid = f"  pid {s.pid}" if s.pid else ""
         print(f"{s.name:>7}: {state:<8} {s.address}{pid}")
+    if not infra.recorded(cfg):
+        print(f"no stack recorded in {cfg.state_dir}: start one with `samsnet-search infra up`, or pass --state-dir")
     if not all(s.healthy for s in services):
         raise typer.Exit(1)
 
