@@ -344,7 +344,7 @@ def validate(
     Also tries the study's storage and tracking server once (a few seconds): exit code 2 if
     either cannot be reached.
     """
-    from .search.reach import storage_problem, tracking_problem
+    from .infra import check_reachable
     from .search.show import format_space
     from .search.study import load_study
 
@@ -352,7 +352,7 @@ def validate(
     print(format_space(study))
     if offline:
         return
-    problems = [p for p in (storage_problem(study.storage), tracking_problem(study.tracking_uri)) if p]
+    problems = check_reachable(study.storage, study.tracking_uri)
     for problem in problems:
         console.print(f"[red]error:[/red] {study_file}: {problem}", highlight=False, soft_wrap=True)
     if problems:

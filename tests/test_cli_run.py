@@ -111,8 +111,8 @@ def test_validate_says_when_storage_and_tracking_server_cannot_be_reached(tmp_pa
     }))  # fmt: skip
     assert cli.main(["validate", str(study_file)]) == 2
     err = capsys.readouterr().err
-    assert f"cannot access storage s3://samsnet/ray?endpoint_override=127.0.0.1:{port}" in err
-    assert f"cannot reach tracking server http://127.0.0.1:{port}" in err and "infra up" in err
+    assert f"storage s3://samsnet/ray?endpoint_override=127.0.0.1:{port}&scheme=http: cannot reach the S3 endpoint" in err
+    assert f"tracking server http://127.0.0.1:{port} does not answer" in err and "infra up" in err
     assert cli.main(["validate", str(study_file), "--offline"]) == 0
 
 

@@ -233,9 +233,9 @@ def _find_through_tracking(name: str) -> Manifest | None:
     uri = os.environ.get("MLFLOW_TRACKING_URI") or user_config().get("tracking_uri")
     if not uri or "/" in name:
         return None
-    from . import reach
+    from ..infra import check_reachable
 
-    if reach.tracking_problem(uri) is not None:
+    if check_reachable(None, uri):
         log.info("tracking server %s not reachable: studies are not looked up there", uri)
         return None
     from .. import tracking
