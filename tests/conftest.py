@@ -6,6 +6,9 @@
 - `stem_example`: the MUSDB18-format excerpt that the stempeg wheel ships.
 - `local_ray`: a context manager: environment variables set, then one small local Ray (workers
   inherit the environment); both undone on exit.
+
+Every test session gets its own user folders (XDG_CONFIG_HOME, XDG_STATE_HOME): the study-state
+signing key, the user config and the infra state never touch the real home.
 """
 
 from __future__ import annotations
@@ -20,6 +23,20 @@ import pytest
 import soundfile as sf
 
 SYNTH = dict(n_train=2, n_valid=2, n_test=2, seconds=8.0, seed=0, section_range=(1.5, 4.0))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _user_folders(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    home = tmp_path_factory.mktemp("user")
+    env = {"XDG_CONFIG_HOME": str(home / "config"), "XDG_STATE_HOME": str(home / "state")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @pytest.fixture(scope="session")
