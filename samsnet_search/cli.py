@@ -166,6 +166,8 @@ def separate(
     bits: str = typer.Option("32f", help="output samples: 16, 24 (integer PCM, clipped to [-1, 1]) or 32f (float)"),
 ) -> None:
     """Separate one song into vocals, drums, bass and other."""
+    from contextlib import ExitStack
+
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from .config import SAMPLE_RATE
@@ -179,11 +181,16 @@ def separate(
         raise ConfigError(f"--wiener {wiener}: EM iterations must be >= 0 (0: plain masks)")
     selected = parse_stems(stems)
     net = load_separator(model, tracking_uri)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[where]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as bar:  # fmt: skip
-        task = bar.add_task(f"separating {audio.name}", total=None, where="")
+    with ExitStack() as stack:
+        bar = task = None
 
         def show(done: int, total: int | None) -> None:
+            nonlocal bar, task
+            if bar is None:  # opened on the first report: errors found before any work stay one line
+                bar = stack.enter_context(Progress(TextColumn("{task.description}"), BarColumn(),
+                                                   TextColumn("{task.fields[where]}"), TimeElapsedColumn(),
+                                                   TimeRemainingColumn(), console=console))  # fmt: skip
+                task = bar.add_task(f"separating {audio.name}", total=None, where="")
             total = max(total or 0, done) or None  # a decoder's stated length can be a little short
             bar.update(task, completed=done, total=total, where=f"{done / SAMPLE_RATE:.0f}"
                        + (f" / {total / SAMPLE_RATE:.0f} s" if total else " s"))  # fmt: skip

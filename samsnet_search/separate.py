@@ -110,7 +110,10 @@ def separate_file(model: nn.Module, path: str | Path, out_dir: str | Path, devic
     plan = sep.plan(chunk_seconds)
     report = None if progress is None else (lambda done: progress(done, inp.frames))
     written = 0
-    with StemWriter(out_dir, stems, channels, bits) as writer:
+    writer = StemWriter(out_dir, stems, channels, bits)  # checks `bits` before anything is written
+    if report is not None:
+        report(0)  # the input is probed and the options are valid: work starts
+    with writer:
         for piece in apply_chunked(sep, read_blocks(inp, plan.chunk, channels), plan, report):
             writer.write(dict(zip(TARGETS, piece)))
             written += piece.shape[-1]

@@ -25,20 +25,22 @@ from samsnet_search.wiener import PostFilter, sum_snr, wiener
 PLAIN, WIENER1, RESIDUAL = PostFilter(), PostFilter(wiener=1), PostFilter(residual=True)
 
 
-def tiny_model(seed: int = 0) -> torch.nn.Module:
+def tiny_config(slices: int = 2) -> ModelConfig:
+    return ModelConfig(n_fft=512, hop_length=256, channels=4, heads=1, depth=1, slices=slices).resolved(SAMPLE_RATE)
+
+
+def tiny_model(seed: int = 0, slices: int = 2) -> torch.nn.Module:
     """A freshly initialised small Sams-Net (separation needs no training to show the property)."""
     torch.manual_seed(seed)
-    cfg = ModelConfig(n_fft=512, hop_length=256, channels=4, heads=1, depth=1, slices=2).resolved(SAMPLE_RATE)
-    return checkpoint.build_model(cfg).eval()
+    return checkpoint.build_model(tiny_config(slices)).eval()
 
 
-def save_tiny_checkpoint(folder, seed: int = 0):
+def save_tiny_checkpoint(folder, seed: int = 0, slices: int = 2):
     """tiny_model() in the checkpoint format, as `separate` and `evaluate` load it."""
-    model = tiny_model(seed)
-    cfg = ModelConfig(n_fft=512, hop_length=256, channels=4, heads=1, depth=1, slices=2).resolved(SAMPLE_RATE)
     checkpoint.save(folder / checkpoint.BEST, {
-        "experiment": {"data": DataConfig().model_dump(mode="json")}, "model_config": cfg.model_dump(mode="json"),
-        "model": model.state_dict(), "epoch": 0, "metrics": {},
+        "experiment": {"data": DataConfig().model_dump(mode="json")},
+        "model_config": tiny_config(slices).model_dump(mode="json"),
+        "model": tiny_model(seed, slices).state_dict(), "epoch": 0, "metrics": {},
     })  # fmt: skip
     return folder
 
