@@ -71,6 +71,8 @@ class MaskSeparator:
 def separate(model: nn.Module, audio: np.ndarray, device: str | torch.device = "cpu", chunk_seconds: float = 30.0,
              post: PostFilter = PostFilter()) -> dict[str, np.ndarray]:  # fmt: skip
     """audio (C, N) at 44.1 kHz -> {target: (C, N)}, `chunk_seconds` at a time."""
+    if not audio.shape[-1]:
+        raise DataError("empty audio (0 samples): nothing to separate")
     sep = MaskSeparator(model, device, post)
     plan = sep.plan(chunk_seconds)
     estimates = np.concatenate(list(apply_chunked(sep, blocks_of(audio, plan.chunk), plan)), axis=-1)
