@@ -30,6 +30,7 @@ __all__ = ["MaskSeparator", "separate", "separate_file", "read_audio", "load_sep
 
 FileProgress = Callable[[int, "int | None"], None]  # (samples done, total samples if known)
 MODEL_SUFFIXES = (".pt", ".ts", ".pth")
+MODEL_FOLDER_MARKS = ("*.pt", "*.ts", "export.json")  # what a checkpoint or export folder holds
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".mp4", ".aac", ".aif", ".aiff", ".opus")
 
 
@@ -91,7 +92,8 @@ def parse_stems(text: str | Sequence[str] | None) -> list[str]:
 def check_arguments(model_ref: str | Path, audio: str | Path) -> None:
     """One clear line for the usual slip, `separate SONG MODEL` (arguments swapped)."""
     model_path, audio_path = Path(str(model_ref)), Path(audio)
-    audio_is_model = audio_path.is_dir() or audio_path.suffix.lower() in MODEL_SUFFIXES or str(audio).startswith("models:/")
+    model_folder = audio_path.is_dir() and any(next(audio_path.glob(p), None) for p in MODEL_FOLDER_MARKS)
+    audio_is_model = model_folder or audio_path.suffix.lower() in MODEL_SUFFIXES or str(audio).startswith("models:/")
     model_is_audio = model_path.is_file() and model_path.name.lower().endswith(AUDIO_SUFFIXES)
     if audio_is_model or model_is_audio:
         raise DataError(f"arguments swapped? `separate MODEL AUDIO` takes the model first (an export or checkpoint "

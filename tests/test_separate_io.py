@@ -136,6 +136,13 @@ def test_swapped_arguments_are_one_clear_line(ckpt, song, tmp_path, capsys):
     assert "pop from empty list" not in err
 
 
+def test_audio_folder_is_not_mistaken_for_swapped_arguments(ckpt, tmp_path, capsys):
+    (tmp_path / "songs").mkdir()
+    assert main(["separate", str(ckpt), str(tmp_path / "songs"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "songs: is a folder, expected an audio file" in err and "swapped" not in err, err
+
+
 def test_wiener_and_residual_from_the_command_line(ckpt, song, tmp_path):
     assert main(["separate", str(ckpt), str(song), "--out", str(tmp_path / "w"), "--wiener", "1", "--residual"]) == 0
     stems = _written(tmp_path / "w")
