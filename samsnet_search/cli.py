@@ -104,6 +104,8 @@ def evaluate(
                                                     "default: the model's data.valid_tracks, else the dataset's list"),
     cache_dir: Optional[Path] = typer.Option(None, help="decoded-audio cache; default: <data>/.samsnet-cache "
                                              "(the model's data.cache_dir only without --data)"),
+    wiener: int = typer.Option(0, help="multichannel Wiener filter EM iterations after the masks; 0: plain masks as the paper"),
+    residual: bool = typer.Option(False, "--residual", help="other = mixture - (vocals + drums + bass)"),
 ) -> None:
     """Separate full tracks and score them with BSSEval v4 (median over frames, then tracks).
 
@@ -115,17 +117,21 @@ def evaluate(
     from .errors import ConfigError
     from .evaluate import evaluate_tracks, model_estimator, oracle_estimator
     from .train import pick_device
+    from .wiener import PostFilter
 
     if (model is None) == (oracle is None):
         raise ConfigError("give either a model checkpoint or --oracle irm1|irm2")
     if oracle not in (None, "irm1", "irm2") or backend not in ("museval", "fast") or subset not in ("test", "valid"):
         raise ConfigError(f"--oracle must be irm1 or irm2, --backend museval or fast, --subset test or valid "
                           f"(got {oracle}, {backend}, {subset})")  # fmt: skip
+    if wiener < 0:
+        raise ConfigError(f"--wiener {wiener}: EM iterations must be >= 0 (0: plain masks)")
+    post = PostFilter(wiener=wiener, residual=residual)
     data_cfg, name = DataConfig(), oracle
     if model is not None:
         net, state = load_model(model)
         data_cfg, name = validate_model(DataConfig, state["experiment"]["data"], f"{model}"), str(model)
-        estimator = model_estimator(net, pick_device(device))
+        estimator = model_estimator(net, pick_device(device), post=post)
     if data is not None:  # the checkpoint's cache folder belongs to the data it was trained on
         data_cfg = data_cfg.model_copy(update={"root": data, "cache_dir": None})
     if cache_dir is not None:
@@ -134,7 +140,8 @@ def evaluate(
         data_cfg = data_cfg.model_copy(update={"valid_tracks": list(valid_track)})
     tracks, kind = load_subset(data_cfg, subset)
     if oracle is not None:
-        estimator = oracle_estimator(oracle)
+        estimator = oracle_estimator(oracle, post=post)
+    name = f"{name}, {post.label}"
     report = evaluate_tracks(estimator, tracks[:max_tracks], name=name, backend=backend, data_kind=kind, subset=subset,
                              out_dir=out)  # fmt: skip
     _print_scores(report)
@@ -159,17 +166,50 @@ def _print_scores(report) -> None:
 @app.command("separate")
 def separate(
     model: str = typer.Argument(..., help="export folder, models:/samsnet-NAME@ALIAS, or checkpoint folder / .pt file"),
-    audio: Path = typer.Argument(..., help="audio file (wav, flac, ...); resampled to 44.1 kHz"),
+    audio: Path = typer.Argument(..., help="audio file ffmpeg reads (wav, flac, mp3, .stem.mp4: its mixture stream, ...); resampled to 44.1 kHz"),
     out: Path = typer.Option(Path("separated"), "--out", help="writes <target>.wav per target"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow server for models:/ URIs (default $MLFLOW_TRACKING_URI, else ./mlruns)"),
+    chunk_seconds: float = typer.Option(30.0, help="seconds separated at a time: sets the peak memory (not the song length)"),
+    wiener: int = typer.Option(0, help="multichannel Wiener filter EM iterations (norbert); 0: plain masks as the paper"),
+    residual: bool = typer.Option(False, "--residual", help="other = mixture - (vocals + drums + bass): stems sum to the mixture"),
+    stems: Optional[str] = typer.Option(None, help="comma-separated targets to write, e.g. vocals,drums (default: all four)"),
+    bits: str = typer.Option("32f", help="output samples: 16, 24 (integer PCM, clipped to [-1, 1]) or 32f (float)"),
 ) -> None:
     """Separate one song into vocals, drums, bass and other."""
-    from .separate import load_separator, separate_file
-    from .train import pick_device
+    from contextlib import ExitStack
 
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .config import SAMPLE_RATE
+    from .errors import ConfigError
+    from .separate import check_arguments, load_separator, parse_stems, separate_file
+    from .train import pick_device
+    from .wiener import PostFilter
+
+    check_arguments(model, audio)
+    if wiener < 0:
+        raise ConfigError(f"--wiener {wiener}: EM iterations must be >= 0 (0: plain masks)")
+    selected = parse_stems(stems)
     net = load_separator(model, tracking_uri)
-    for target, path in separate_file(net, audio, out, pick_device(device)).items():
+    with ExitStack() as stack:
+        bar = task = None
+
+        def show(done: int, total: int | None) -> None:
+            nonlocal bar, task
+            if bar is None:  # opened on the first report: errors found before any work stay one line
+                bar = stack.enter_context(Progress(TextColumn("{task.description}"), BarColumn(),
+                                                   TextColumn("{task.fields[where]}"), TimeElapsedColumn(),
+                                                   TimeRemainingColumn(), console=console))  # fmt: skip
+                task = bar.add_task(f"separating {audio.name}", total=None, where="")
+            total = max(total or 0, done) or None  # a decoder's stated length can be a little short
+            bar.update(task, completed=done, total=total, where=f"{done / SAMPLE_RATE:.0f}"
+                       + (f" / {total / SAMPLE_RATE:.0f} s" if total else " s"))  # fmt: skip
+
+        written = separate_file(net, audio, out, pick_device(device), chunk_seconds=chunk_seconds,
+                                post=PostFilter(wiener=wiener, residual=residual), stems=selected, bits=bits,
+                                progress=show)  # fmt: skip
+    for target, path in written.items():
         print(f"{target:>7}: {path}")
 
 

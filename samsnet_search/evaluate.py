@@ -18,10 +18,13 @@ from typing import Callable, Literal
 import numpy as np
 import torch
 
+from .apply import apply_chunked, blocks_of
 from .config import SAMPLE_RATE, TARGETS
 from .data import Track
 from .metrics import bss_eval_v4, median_over_tracks, track_scores
 from .model import SamsNet, Spectrogram
+from .separate import MaskSeparator
+from .wiener import PostFilter, mixture_residual
 
 log = logging.getLogger(__name__)
 
@@ -57,21 +60,22 @@ class EvalReport:
         }
 
 
-def model_estimator(model: SamsNet, device: torch.device, chunk_seconds: float = 30.0) -> Estimator:
-    """Separate with the mixture phase, `chunk_seconds` of frames at a time."""
-    model = model.to(device).eval()
-    chunk_frames = int(chunk_seconds * SAMPLE_RATE / model.spectrogram.hop_length)
+def model_estimator(model: SamsNet, device: torch.device, chunk_seconds: float = 30.0,
+                    post: PostFilter = PostFilter()) -> Estimator:  # fmt: skip
+    """Separate with the mixture phase and `post` (default: the paper's plain masks), `chunk_seconds` at a time."""
+    separator = MaskSeparator(model, device, post)
+    plan = separator.plan(chunk_seconds)
 
-    @torch.no_grad()
     def estimate(track: Track) -> np.ndarray:
-        mixture = torch.from_numpy(np.array(track.audio()[0]))[None].to(device)  # (1, C, N), writable copy
-        return model.separate(mixture, chunk_frames=chunk_frames)[0].cpu().numpy()  # (S, C, N)
+        mixture = track.audio()[0]  # (C, N), the cache's memory map: read a chunk at a time
+        return np.concatenate(list(apply_chunked(separator, blocks_of(mixture, plan.chunk), plan)), axis=-1)
 
     return estimate
 
 
-def oracle_estimator(kind: Literal["irm1", "irm2"], n_fft: int = 4096, hop_length: int = 1024) -> Estimator:
-    """Ideal ratio mask from the true stems: irm1 magnitude ratio, irm2 power ratio."""
+def oracle_estimator(kind: Literal["irm1", "irm2"], n_fft: int = 4096, hop_length: int = 1024,
+                     post: PostFilter = PostFilter()) -> Estimator:  # fmt: skip
+    """Ideal ratio mask from the true stems: irm1 magnitude ratio, irm2 power ratio; then `post`."""
     power = {"irm1": 1, "irm2": 2}[kind]
     stft = Spectrogram(n_fft, hop_length)
 
@@ -81,7 +85,8 @@ def oracle_estimator(kind: Literal["irm1", "irm2"], n_fft: int = 4096, hop_lengt
         spec = stft(audio)  # (1 + S, C, F, T)
         weights = spec[1:].abs() ** power  # (S, C, F, T)
         masks = weights / (weights.sum(0, keepdim=True) + torch.finfo(weights.dtype).eps)
-        return stft.inverse(masks * spec[:1], audio.shape[-1]).numpy()
+        estimates = stft.inverse(post.apply(masks, spec[0]), audio.shape[-1]).numpy()
+        return mixture_residual(estimates, audio[0].numpy()) if post.residual else estimates
 
     return estimate
 

@@ -141,10 +141,14 @@ def selection_lines(sel: SelectionResult) -> list[str]:
     winner = sel.winner_job
     reg = sel.registered
     timing = ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in sel.seconds.items())
+    filtered = test.get("wiener")  # the same test set after the Wiener post-filter, when the study scored it
     return [
         sel.table.verdict(),
         f"  TEST ({test['data']}, {len(test['tracks'])} tracks, {test['backend']} BSSEval v4), winner only "
-        f"(slices={sel.table.winner}, seed {winner['seed']}): avg {summary['avg']:.2f} dB ({per_target})",
+        f"(slices={sel.table.winner}, seed {winner['seed']}), {test.get('post_filter', 'plain masks (paper)')}: "
+        f"avg {summary['avg']:.2f} dB ({per_target})",
+        *([f"  TEST, same winner, {filtered['post_filter']}: avg {filtered['summary']['avg']:.2f} dB ("
+           + " ".join(f"{t} {filtered['summary'][t]:.2f}" for t in TARGETS) + ")"] if filtered else []),
         f"  registered: models:/{reg['name']}@{reg['alias']} (version {reg['version']})",
         f"  selection wall time: {timing}",
     ]

@@ -11,7 +11,8 @@ listening excerpts (`listen/<track>/*.wav` on the parent run). Sections:
 3. ASHA rungs (each trial's last epoch vs its last valid_loss, rung epochs marked),
 4. parallel coordinates over hyperparameters -> best metric,
 5. best metric against parameter count and MACs per second,
-6. audio players for the winner's excerpts.
+6. audio players for one test track: the mixture, then per target its reference stem beside the
+   winner's estimate (and the Wiener-filtered estimate when the study scored one).
 
 A part that is missing (no selection yet, MLflow unreachable, no excerpts) becomes a
 note on the page instead of an error. The page never loads anything over the network.
@@ -42,7 +43,10 @@ HYPERPARAMETERS = ("model.slices", "model.heads", "model.channels", "model.depth
 STATUS_COLORS = {"completed": "#2ca02c", "stopped_early": "#1f77b4", "pruned": "#999999",
                  "stopped": "#ff7f0e", "failed": "#d62728", "running": "#000000"}  # fmt: skip
 LISTEN_FOLDER = "listen"
-DEFAULT_LISTEN_SECONDS = 3.0  # each excerpt is cut to this: 5 stereo 16-bit wavs of 3 s are ~3.5 MB as base64
+DEFAULT_LISTEN_SECONDS = 3.0  # each excerpt is cut to this: 13 stereo 16-bit wavs of 3 s are ~9 MB as base64
+# What `select._log_listening` writes per target: `<target>.wav` is the estimate, a suffix names the others.
+CLIP_KINDS = {"reference": "reference", "": "estimate (plain masks)", "wiener": "estimate (Wiener filter)"}
+DODGE = 0.08  # x offset between neighbouring columns on the SDR-vs-slices plot, in slice-category units
 
 
 @dataclass
@@ -166,20 +170,32 @@ def rung_epochs(grace_period: int, reduction_factor: float, max_t: int) -> list[
     return out
 
 
+def clip_name(stem: str) -> tuple[str, str]:
+    """`vocals.reference` -> ("vocals", "reference"); `vocals` -> ("vocals", "") (the estimate)."""
+    target, _, kind = stem.partition(".")
+    return target, kind
+
+
+def _clip_order(stem: str) -> tuple[int, int, str]:
+    target, kind = clip_name(stem)
+    targets = ("mixture", *TARGETS)
+    kinds = list(CLIP_KINDS)
+    return (targets.index(target) if target in targets else 99, kinds.index(kind) if kind in kinds else 99, stem)
+
+
 def read_clips(report: StudyReport, seconds: float = DEFAULT_LISTEN_SECONDS) -> list[tuple[str, str, str]]:
-    """The winner's excerpts under `listen/` on the parent run, cut to `seconds`, as base64 wav."""
+    """The excerpts of the first track under `listen/` on the parent run, cut to `seconds`, as base64 wav:
+    (track, stem, data) with stem `mixture`, `<target>.reference`, `<target>` or `<target>.wiener`."""
     import soundfile as sf
 
     c = _client(report)
     run_id = report.manifest.parent_run_id
     clips = []
     with tempfile.TemporaryDirectory() as tmp:
-        for folder in c.list_artifacts(run_id, LISTEN_FOLDER):
-            if not folder.is_dir:
-                continue
+        folders = sorted((f for f in c.list_artifacts(run_id, LISTEN_FOLDER) if f.is_dir), key=lambda f: f.path)
+        for folder in folders[:1]:  # one track: the page is for listening closely, not for every track
             local = Path(c.download_artifacts(run_id, folder.path, tmp))
-            order = {name: i for i, name in enumerate(("mixture", *TARGETS))}
-            for wav in sorted(local.glob("*.wav"), key=lambda p: (order.get(p.stem, 99), p.stem)):
+            for wav in sorted(local.glob("*.wav"), key=lambda p: _clip_order(p.stem)):
                 audio, rate = sf.read(wav, dtype="int16", always_2d=True)  # (N, C)
                 buf = io.BytesIO()
                 sf.write(buf, audio[: int(seconds * rate)], rate, format="WAV", subtype="PCM_16")
@@ -210,31 +226,53 @@ def collect(report: StudyReport, listen_seconds: float = DEFAULT_LISTEN_SECONDS)
 # --- figures -------------------------------------------------------------------------
 
 
+def category_position(value: float, slices: list[int]) -> float:
+    """Where a slice count (possibly fractional, e.g. an IQR bound) sits on the categorical axis whose
+    category k is slices[k]: linear between neighbouring categories, clamped to the ends."""
+    if value <= slices[0] or len(slices) == 1:
+        return 0.0
+    for k in range(1, len(slices)):
+        if value <= slices[k]:
+            return k - 1 + (value - slices[k - 1]) / (slices[k] - slices[k - 1])
+    return float(len(slices) - 1)
+
+
 def fig_sdr_vs_slices(report: StudyReport):
-    """Median validation SDR per target and avg against slices, with bootstrap intervals."""
+    """Median validation SDR per target and avg against slices, with bootstrap intervals.
+
+    The slice counts are categories (the searched values, evenly spaced, no 1.5 ticks); each
+    column is offset a little (dodged) so that the five error bars at one slice count stay apart.
+    """
     import plotly.graph_objects as go
 
     table = report.selection.table
     rows = sorted(table.rows, key=lambda r: r.slices)
-    x = [r.slices for r in rows]
+    slices = [r.slices for r in rows]
     fig = go.Figure()
-    for col in COLUMNS:
+    for k, col in enumerate(COLUMNS):
+        offset = (k - (len(COLUMNS) - 1) / 2) * DODGE
         y = [r.median[col] for r in rows]
         hi = [r.interval[col][1] - r.median[col] for r in rows]
         lo = [r.median[col] - r.interval[col][0] for r in rows]
-        fig.add_trace(go.Scatter(x=x, y=y, name=col, mode="lines+markers",
+        fig.add_trace(go.Scatter(x=[i + offset for i in range(len(rows))], y=y, name=col, mode="lines+markers",
+                                 customdata=slices, hovertemplate=f"{col}, slices %{{customdata}}: %{{y:.2f}} dB<extra></extra>",
                                  error_y=dict(type="data", array=hi, arrayminus=lo, visible=True),
                                  line=dict(width=4 if col == "avg" else 2)))  # fmt: skip
-    fig.add_vline(x=table.winner, line_dash="dot", annotation_text=f"chosen: {table.winner}")
+    fig.add_vline(x=category_position(table.winner, slices), line_dash="dot", annotation_text=f"chosen: {table.winner}")
     if report.estimate is not None:
         # The estimate and its IQR, from the training mixtures alone: where it sits against the
         # searched curve is the test of its hypothesis. Annotated at the bottom, apart from "chosen".
         value, (low, high) = int(report.estimate["slices_estimate"]), report.estimate["iqr"]
-        fig.add_vrect(x0=low, x1=high, fillcolor="#9467bd", opacity=0.08, line_width=0)
-        fig.add_vline(x=value, line_dash="dash", line_color="#9467bd", annotation_position="bottom right",
-                      annotation_text=f"estimate: {value} (IQR {low:g}-{high:g})")  # fmt: skip
+        fig.add_vrect(x0=category_position(low, slices), x1=category_position(high, slices), fillcolor="#9467bd",
+                      opacity=0.08, line_width=0)  # fmt: skip
+        fig.add_vline(x=category_position(value, slices), line_dash="dash", line_color="#9467bd",
+                      annotation_position="bottom right", annotation_text=f"estimate: {value} (IQR {low:g}-{high:g})")  # fmt: skip
     fig.update_layout(title=f"Validation SDR vs slices ({round(100 * table.confidence)}% bootstrap intervals)",
-                      xaxis_title="slices", yaxis_title="SDR (dB)", xaxis_type="category" if len(x) < 2 else "linear")  # fmt: skip
+                      yaxis_title="SDR (dB)")  # fmt: skip
+    # A linear axis showing only the category ticks: the dodge offsets and the estimate's fractional
+    # position need numbers, which a plotly "category" axis would read as category names.
+    fig.update_xaxes(title_text="slices (searched values)", tickmode="array", tickvals=list(range(len(slices))),
+                     ticktext=[str(v) for v in slices], range=[-0.5, len(slices) - 0.5], zeroline=False)  # fmt: skip
     return fig
 
 
@@ -419,26 +457,43 @@ def _sections(data: PageData) -> list[str]:
             out.append(_section("Size and cost", _note("No trial logged its model config (model/model_config.json).")))
     if r.search.get("pareto"):
         out.append(_section("Quality against cost (Pareto front)", _pareto_html(r.search["pareto"])))
-    out.append(_section("Listen: the winner's test excerpts", _audio_html(data)))
+    out.append(_section("Listen: references and the winner's estimates", _audio_html(data)))
     return out
 
 
+def _player(track: str, stem: str, b64: str) -> str:
+    target, kind = clip_name(stem)
+    return (f'<audio controls preload="none" data-track="{html.escape(track)}" data-target="{html.escape(target)}" '
+            f'data-kind="{html.escape(kind or "estimate")}" src="data:audio/wav;base64,{b64}"></audio>')  # fmt: skip
+
+
 def _audio_html(data: PageData) -> str:
+    """One track: the mixture, then a row per target with its reference beside the estimate(s)."""
     if "listen" in data.notes:
         return _note(f"Excerpts {data.notes['listen']}")
     if not data.clips:
         return _note("No excerpts logged (the selection step logs them under listen/ on the parent run).")
-    parts = []
-    for track, stem, b64 in data.clips:
-        parts.append(f'<div class="clip"><span>{html.escape(track)} / {html.escape(stem)}</span>'
-                     f'<audio controls preload="none" src="data:audio/wav;base64,{b64}"></audio></div>')  # fmt: skip
-    return "".join(parts)
+    track = data.clips[0][0]
+    by_name = {stem: b64 for t, stem, b64 in data.clips if t == track}
+    kinds = [k for k in CLIP_KINDS if any(clip_name(s)[1] == k and clip_name(s)[0] in TARGETS for s in by_name)]
+    head = "".join(f"<th>{html.escape(CLIP_KINDS[k])}</th>" for k in kinds)
+    rows = []
+    if "mixture" in by_name:
+        rows.append(f'<tr><th>mixture</th><td colspan="{max(1, len(kinds))}">{_player(track, "mixture", by_name["mixture"])}</td></tr>')
+    for target in TARGETS:
+        cells = []
+        for kind in kinds:
+            stem = f"{target}.{kind}" if kind else target
+            cells.append(f"<td>{_player(track, stem, by_name[stem]) if stem in by_name else ''}</td>")
+        rows.append(f"<tr><th>{html.escape(target)}</th>{''.join(cells)}</tr>")
+    caption = f"test track {track}: each target's reference stem beside the winner's estimate"
+    return f'<table class="listen"><caption>{html.escape(caption)}</caption><tr><th></th>{head}</tr>{"".join(rows)}</table>'
 
 
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:1300px}section{margin-bottom:2em}
 .note{background:#fff6d5;border-left:4px solid #e0b000;padding:.5em 1em}table{border-collapse:collapse}
 td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}tr.winner{font-weight:bold;background:#e8f5e9}
-caption{text-align:left;font-style:italic}.estimate{border-left:4px solid #9467bd;padding:.3em 1em}pre{margin:.2em 0;white-space:pre-wrap;word-break:break-all}.clip{margin:.3em 0}.clip span{display:inline-block;width:16em}"""
+caption{text-align:left;font-style:italic}.estimate{border-left:4px solid #9467bd;padding:.3em 1em}pre{margin:.2em 0;white-space:pre-wrap;word-break:break-all}table.listen td,table.listen th{text-align:left}"""
 
 
 def render_html(data: PageData) -> str:

@@ -1,67 +1,130 @@
-"""Inference: separate an audio file into the four targets with a trained model."""
+"""Inference: separate a song into the four targets with a trained model, in chunks of bounded memory.
+
+`MaskSeparator` turns a mask model (the Python `SamsNet` or its TorchScript export: both give
+`forward(mag) -> masks`, `spectrogram` and `slice_frames`) into a chunk separator for
+`apply.apply_chunked`: STFT, masks, the post-filter (`wiener.PostFilter`: the paper's plain
+masks, a multichannel Wiener filter, the residual "other"), ISTFT. `separate` works on an array,
+`separate_file` streams a file of any format ffmpeg reads (`audio_io`) to one wav per stem.
+"""
 
 from __future__ import annotations
 
 import logging
-from math import gcd
+import math
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
-import soundfile as sf
 import torch
-from scipy.signal import resample_poly
+from torch import nn
 
+from .apply import ChunkPlan, apply_chunked, blocks_of
+from .audio_io import StemWriter, open_audio, read_audio, read_blocks
 from .config import SAMPLE_RATE, TARGETS
 from .errors import DataError
-from .model import SamsNet
+from .wiener import PostFilter, mixture_residual
 
 log = logging.getLogger(__name__)
 
+__all__ = ["MaskSeparator", "separate", "separate_file", "read_audio", "load_separator", "check_arguments", "parse_stems"]
 
-def read_audio(path: str | Path, channels: int = 2) -> np.ndarray:
-    """Read any soundfile-readable file as float32 (channels, N) at 44.1 kHz."""
-    path = Path(path)
-    try:
-        audio, rate = sf.read(path, dtype="float32", always_2d=True)  # (N, C)
-    except Exception as e:
-        raise DataError(f"{path}: cannot read audio ({e})") from None
-    if not np.isfinite(audio).all():
-        raise DataError(f"{path}: contains NaN or infinite samples")
-    if audio.shape[1] == 1 and channels == 2:
-        audio = np.repeat(audio, 2, axis=1)  # mono: the same signal on both channels
-    elif audio.shape[1] != channels:
-        raise DataError(f"{path}: has {audio.shape[1]} channels, the model takes {channels} (or mono)")
-    if rate != SAMPLE_RATE:
-        log.info("%s: resampling %d Hz -> %d Hz", path, rate, SAMPLE_RATE)
-        g = gcd(rate, SAMPLE_RATE)
-        audio = resample_poly(audio, SAMPLE_RATE // g, rate // g, axis=0).astype(np.float32)
-    return np.ascontiguousarray(audio.T)
+FileProgress = Callable[[int, "int | None"], None]  # (samples done, total samples if known)
+MODEL_SUFFIXES = (".pt", ".ts", ".pth")
+MODEL_FOLDER_MARKS = ("*.pt", "*.ts", "export.json")  # what a checkpoint or export folder holds
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".mp4", ".aac", ".aif", ".aiff", ".opus")
 
 
-@torch.no_grad()
-def separate(
-    model: SamsNet, audio: np.ndarray, device: str | torch.device = "cpu", chunk_seconds: float = 30.0
-) -> dict[str, np.ndarray]:
-    """audio (C, N) at 44.1 kHz -> {target: (C, N)}; long inputs in chunks of bounded memory."""
-    model = model.to(device).eval()
-    chunk_frames = int(chunk_seconds * SAMPLE_RATE / model.spectrogram.hop_length)
-    mixture = torch.from_numpy(audio)[None].to(device)  # (1, C, N)
-    estimates = model.separate(mixture, chunk_frames=chunk_frames)[0].cpu().numpy()  # (S, C, N)
+class MaskSeparator:
+    """A mask model as a chunk separator: audio (C, n) -> estimates (S, C, n) as float32 numpy."""
+
+    def __init__(self, model: nn.Module, device: str | torch.device = "cpu", post: PostFilter = PostFilter()):
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.post = post
+        spec = model.spectrogram
+        self.n_fft, self.hop = int(spec.n_fft), int(spec.hop_length)
+        self.slice_frames = int(model.slice_frames)
+        ctx = model.context_frames  # a method on SamsNet, an int attribute on the TorchScript export
+        self.context_frames = int(ctx() if callable(ctx) else ctx)
+
+    def plan(self, chunk_seconds: float) -> ChunkPlan:
+        """Chunks that start on slice boundaries, with context for the network's receptive field
+        plus the STFT frames a chunk edge changes on each side of it (so plain masks are exact)."""
+        edge = math.ceil(self.n_fft / (2 * self.hop))  # frames whose window crosses a chunk edge
+        context = (self.context_frames + 2 * edge + 1) * self.hop
+        return ChunkPlan.make(int(chunk_seconds * SAMPLE_RATE), context, self.slice_frames * self.hop)
+
+    @torch.no_grad()
+    def __call__(self, audio: np.ndarray) -> np.ndarray:
+        n = audio.shape[-1]
+        x = torch.tensor(audio, dtype=torch.float32, device=self.device)  # (C, n), a copy: inputs may be read-only
+        if n <= self.n_fft:  # the centred STFT needs more samples than half a frame: pad, crop below
+            x = torch.nn.functional.pad(x, (0, self.n_fft + 1 - n))
+        spec = self.model.spectrogram(x[None])  # (1, C, F, T) complex
+        masks = self.model(spec.abs())[0]  # (S, C, F, T)
+        targets = self.post.apply(masks, spec[0])  # (S, C, F, T) complex
+        estimates = self.model.spectrogram.inverse(targets[None], x.shape[-1])[0, ..., :n].float().cpu().numpy()
+        if self.post.residual:
+            estimates = mixture_residual(estimates, audio)
+        return estimates
+
+
+def separate(model: nn.Module, audio: np.ndarray, device: str | torch.device = "cpu", chunk_seconds: float = 30.0,
+             post: PostFilter = PostFilter()) -> dict[str, np.ndarray]:  # fmt: skip
+    """audio (C, N) at 44.1 kHz -> {target: (C, N)}, `chunk_seconds` at a time."""
+    if not audio.shape[-1]:
+        raise DataError("empty audio (0 samples): nothing to separate")
+    sep = MaskSeparator(model, device, post)
+    plan = sep.plan(chunk_seconds)
+    estimates = np.concatenate(list(apply_chunked(sep, blocks_of(audio, plan.chunk), plan)), axis=-1)
     return dict(zip(TARGETS, estimates))
 
 
-def separate_file(
-    model: SamsNet, path: str | Path, out_dir: str | Path, device: str | torch.device = "cpu"
-) -> dict[str, Path]:
-    """Write `<out_dir>/<target>.wav` for each target; returns the paths."""
-    stems = separate(model, read_audio(path, model.audio_channels), device)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for target, audio in stems.items():
-        written[target] = out_dir / f"{target}.wav"
-        sf.write(written[target], audio.T, SAMPLE_RATE, subtype="FLOAT")
-    return written
+def parse_stems(text: str | Sequence[str] | None) -> list[str]:
+    """"vocals,drums" -> ["vocals", "drums"] (all targets when empty); unknown names are a DataError."""
+    names = [s.strip() for s in (text.split(",") if isinstance(text, str) else text or []) if s.strip()]
+    unknown = [s for s in names if s not in TARGETS]
+    if unknown:
+        raise DataError(f"--stems {','.join(names)}: unknown {', '.join(unknown)} (choose from {','.join(TARGETS)})")
+    return list(dict.fromkeys(names)) or list(TARGETS)
+
+
+def check_arguments(model_ref: str | Path, audio: str | Path) -> None:
+    """One clear line for the usual slip, `separate SONG MODEL` (arguments swapped)."""
+    model_path, audio_path = Path(str(model_ref)), Path(audio)
+    model_folder = audio_path.is_dir() and any(next(audio_path.glob(p), None) for p in MODEL_FOLDER_MARKS)
+    audio_is_model = model_folder or audio_path.suffix.lower() in MODEL_SUFFIXES or str(audio).startswith("models:/")
+    model_is_audio = model_path.is_file() and model_path.name.lower().endswith(AUDIO_SUFFIXES)
+    if audio_is_model or model_is_audio:
+        raise DataError(f"arguments swapped? `separate MODEL AUDIO` takes the model first (an export or checkpoint "
+                        f"folder, a .pt file or models:/NAME@ALIAS), then the audio file; got MODEL={model_ref}, "
+                        f"AUDIO={audio}")  # fmt: skip
+
+
+def separate_file(model: nn.Module, path: str | Path, out_dir: str | Path, device: str | torch.device = "cpu", *,
+                  chunk_seconds: float = 30.0, post: PostFilter = PostFilter(), stems: Sequence[str] = TARGETS,
+                  bits: str = "32f", progress: FileProgress | None = None) -> dict[str, Path]:  # fmt: skip
+    """Write `<out_dir>/<stem>.wav` for each of `stems`, streaming: memory is set by the chunk, not the song."""
+    if chunk_seconds <= 0:
+        raise DataError(f"--chunk-seconds {chunk_seconds:g}: must be > 0")
+    stems = parse_stems(list(stems))
+    channels = int(model.audio_channels)
+    inp = open_audio(path, channels)
+    sep = MaskSeparator(model, device, post)
+    plan = sep.plan(chunk_seconds)
+    report = None if progress is None else (lambda done: progress(done, inp.frames))
+    written = 0
+    writer = StemWriter(out_dir, stems, channels, bits)  # checks `bits` before anything is written
+    if report is not None:
+        report(0)  # the input is probed and the options are valid: work starts
+    with writer:
+        for piece in apply_chunked(sep, read_blocks(inp, plan.chunk, channels), plan, report):
+            writer.write(dict(zip(TARGETS, piece)))
+            written += piece.shape[-1]
+        if not written:
+            raise DataError(f"{path}: empty audio (0 samples)")
+    log.info("%s: %.1f s separated (%s) into %s", path, written / SAMPLE_RATE, post.label, out_dir)
+    return dict(writer.paths)
 
 
 def load_separator(model_ref: str | Path, tracking_uri: str | None = None, map_location: str = "cpu"):

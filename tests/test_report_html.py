@@ -53,12 +53,16 @@ def _log_trials(m: identity.Manifest, target: tracking.TrackingTarget) -> None:
         run.finish(status)
 
 
+CLIP_STEMS = ("mixture", *(f"{t}{kind}" for t in TARGETS for kind in (".reference", "", ".wiener")))
+
+
 def _log_listening(m: identity.Manifest, target: tracking.TrackingTarget, folder) -> None:
-    """`listen/<track>/*.wav` on the parent run, 6 s each (the page cuts them to 3 s)."""
+    """`listen/<track>/*.wav` on the parent run as the selection writes them (mixture, then per target
+    reference, estimate, Wiener estimate), 6 s each (the page cuts them to 3 s)."""
     track = folder / "song_a"
     track.mkdir(parents=True)
     t = np.arange(6 * SAMPLE_RATE) / SAMPLE_RATE
-    for k, name in enumerate(("mixture", *TARGETS)):
+    for k, name in enumerate(CLIP_STEMS):
         tone = 0.2 * np.sin(2 * np.pi * 110 * (k + 1) * t)
         sf.write(track / f"{name}.wav", np.stack([tone, tone], axis=1), SAMPLE_RATE, subtype="PCM_16")
     tracking.client(target).log_artifacts(m.parent_run_id, str(track), "listen/song_a")
@@ -116,7 +120,7 @@ def test_page_has_every_part_and_is_self_contained(page):
     text = page.read_text()
     for div in PLOT_IDS:
         assert f'id="{div}"' in text
-    assert text.count("<audio") == 5 and "data:audio/wav;base64," in text
+    assert text.count("<audio") == len(CLIP_STEMS) and "data:audio/wav;base64," in text
     assert 'class="note"' not in text  # nothing missing
     assert "chosen slices: 4" in text and "models:/samsnet-demo@champion" in text
     # the estimate beside the searched optimum: marked on the SDR-vs-slices plot and said in words
@@ -144,11 +148,40 @@ def test_collected_data_match_the_runs(storage):
     small, big = data.trials[0].cost, data.trials[1].cost
     assert 0 < small["params"] < big["params"] and small["gmacs_per_second"] > 0
     assert data.asha == {"grace_period": 1, "reduction_factor": 2.0, "max_t": 8, "metric": "valid_loss", "mode": "min"}
-    assert [(track, stem) for track, stem, _ in data.clips] == [("song_a", s) for s in ("mixture", *TARGETS)]
+    assert [(track, stem) for track, stem, _ in data.clips] == [("song_a", s) for s in CLIP_STEMS]
     import base64, io
 
     audio, rate = sf.read(io.BytesIO(base64.b64decode(data.clips[0][2])))
     assert rate == SAMPLE_RATE and audio.shape == (SAMPLE_RATE, 2)  # cut to 1 s
+
+
+def test_each_target_row_has_its_reference_beside_the_estimates(page):
+    text = page.read_text()
+    rows = re.findall(r"<tr><th>(\w+)</th>(.*?)</tr>", text.split('class="listen"')[1].split("</table>")[0])
+    assert [name for name, _ in rows] == ["mixture", *TARGETS]
+    for target, cells in rows[1:]:
+        kinds = re.findall(r'data-target="(\w+)" data-kind="(\w+)"', cells)
+        assert kinds == [(target, "reference"), (target, "estimate"), (target, "wiener")], (target, kinds)
+    for header in ("reference", "estimate (plain masks)", "estimate (Wiener filter)"):
+        assert f"<th>{header}</th>" in text
+
+
+def test_slices_axis_is_categorical_and_error_bars_are_dodged(storage):
+    from samsnet_search.report_html import category_position, fig_sdr_vs_slices
+    from samsnet_search.search.select import COLUMNS
+
+    fig = fig_sdr_vs_slices(gather("demo", str(storage)))
+    axis = fig.layout.xaxis
+    assert list(axis.tickvals) == [0, 1, 2] and list(axis.ticktext) == ["1", "4", "8"]  # no 1.5, 2.5, ... ticks
+    assert axis.tickmode == "array"
+    xs = {trace.name: list(trace.x) for trace in fig.data}
+    assert sorted(xs) == sorted(COLUMNS)
+    at_first = sorted(x[0] for x in xs.values())
+    assert len(set(at_first)) == len(COLUMNS) and all(abs(x) < 0.5 for x in at_first)  # apart, inside category 0
+    assert all(b - a == pytest.approx(at_first[1] - at_first[0]) for a, b in zip(at_first, at_first[1:]))
+    # markers sit at the category positions: the chosen count (4) is category 1, the estimate's IQR 1.75-2 between 0 and 1
+    assert category_position(4, [1, 4, 8]) == 1.0 and category_position(6, [1, 4, 8]) == 1.5
+    assert category_position(1.75, [1, 2, 4]) == pytest.approx(0.75) and category_position(99, [1, 2]) == 1.0
 
 
 def test_rungs():
@@ -163,7 +196,7 @@ def test_missing_parts_become_notes(tmp_path):
     assert "Slice count not chosen yet" in text
     assert "slice estimate" not in text  # this study ran without the estimate
     assert "No trial runs recorded in MLflow yet." in text
-    assert "No excerpts logged" in text or "Excerpts could not be read" in text
+    assert "Excerpts could not be read: Run with id=" in text  # the study's parent run is not in MLflow
     assert "<audio" not in text and 'id="learning-curves"' not in text
 
 

@@ -186,6 +186,11 @@ def test_selection_end_to_end(tmp_path, synth_root, ray_local, capsys):
     assert sorted(sel.trained) == [f"slices_{s}_seed_{k}" for s in (1, 2) for k in range(3)]
     assert [j["reused"] for j in sel.jobs] == [True, False, False, True, False, False]
     assert sel.test["subset"] == "test" and sel.test["backend"] == "fast" and len(sel.test["tracks"]) == 2
+    # the test set is scored twice, labelled: the paper's plain masks and after the Wiener filter (selection.wiener: 1)
+    assert sel.test["post_filter"] == "plain masks (paper)"
+    assert sel.test["wiener"]["post_filter"] == "Wiener filter (1 EM iteration)"
+    assert sel.test["wiener"]["tracks"].keys() == sel.test["tracks"].keys()
+    assert sel.test["wiener"]["summary"] != sel.test["summary"]
 
     # MLflow: selection child runs, the parent's tags, metrics and artifacts, the registry
     target, m = result.target, result.manifest
@@ -199,11 +204,12 @@ def test_selection_end_to_end(tmp_path, synth_root, ray_local, capsys):
     assert parent.data.tags[tracking.BEST_RUN_TAG] == sel.winner_job["run_id"]
     assert parent.data.metrics[f"selection.slices_{table.winner}.avg"] == pytest.approx(table.row(table.winner).median["avg"])
     assert parent.data.metrics["test.avg"] == pytest.approx(sel.test["summary"]["avg"])
+    assert parent.data.metrics["test_wiener.avg"] == pytest.approx(sel.test["wiener"]["summary"]["avg"])
     artifacts = {a.path for a in c.list_artifacts(m.parent_run_id, "selection")}
     assert artifacts == {"selection/table.json", "selection/table.md", "selection/table.csv"}
     listen = c.list_artifacts(m.parent_run_id, "listen")
     wavs = {Path(a.path).name for a in c.list_artifacts(m.parent_run_id, listen[0].path)}
-    assert wavs == {"mixture.wav", *(f"{t}.wav" for t in TARGETS)}
+    assert wavs == {"mixture.wav", *(f"{t}{kind}.wav" for t in TARGETS for kind in ("", ".reference", ".wiener"))}
     version = c.get_model_version_by_alias("samsnet-sel", "champion")
     assert str(version.version) == sel.registered["version"] == "1" and version.run_id == m.parent_run_id
     manifest = identity.read_manifest(m.path)
@@ -214,6 +220,7 @@ def test_selection_end_to_end(tmp_path, synth_root, ray_local, capsys):
     out = capsys.readouterr().out
     assert "2 trials (2 completed)" in out and "VALIDATION" in out and f"chosen slices: {table.winner}" in out
     assert "mlflow ui --backend-store-uri" in out and "models:/samsnet-sel@champion" in out
+    assert "plain masks (paper): avg" in out and "TEST, same winner, Wiener filter (1 EM iteration): avg" in out
 
     # a finished selection is loaded, not run again
     assert run_selection(result).table.to_dict() == table.to_dict()

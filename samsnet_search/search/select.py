@@ -522,8 +522,9 @@ def _finish(table: SelectionTable, records, trained, result, store: str, seconds
         ckpt = _get_file(best["checkpoint"], Path(tmp) / "checkpoint" / "best.pt").parent
         sel = study.spec.selection
         say(f"scoring the winner (slices={table.winner}, seed {best['seed']}) on the test set with {sel.test_backend} ...")
-        test = _score_test(ckpt, target, manifest.parent_run_id, sel.test_backend, sel.listen_seconds)
-        say(f"test avg SDR {test['summary']['avg']:.2f} dB ({test['backend']}, {test['data']})")
+        test = _score_test(ckpt, target, manifest.parent_run_id, sel.test_backend, sel.listen_seconds, sel.wiener)
+        say(f"test avg SDR {test['summary']['avg']:.2f} dB ({test['backend']}, {test['data']})"
+            + (f"; {test['wiener']['post_filter']}: {test['wiener']['summary']['avg']:.2f} dB" if "wiener" in test else ""))
         registered = _register(ckpt, Path(tmp) / "export", table, test, study.name, manifest)
     say(f"registered {registered['name']} version {registered['version']} (alias {registered['alias']})")
     return SelectionResult(table, records, trained, best, test, registered, dict(seconds), target.where())
@@ -545,12 +546,18 @@ def _log_table(target, parent_run_id: str, table: SelectionTable, best: dict[str
     c.log_text(parent_run_id, table.csv(), "selection/table.csv")
 
 
-def _score_test(ckpt: Path, target, parent_run_id: str, backend: str, listen_seconds: float) -> dict[str, Any]:
-    """The winner on the test split (the first and only time test data is read)."""
+def _score_test(ckpt: Path, target, parent_run_id: str, backend: str, listen_seconds: float,
+                wiener: int = 0) -> dict[str, Any]:  # fmt: skip
+    """The winner on the test split (the first and only time test data is read).
+
+    Scored as the paper separates (plain masks) and, with `wiener` > 0, again after the Wiener
+    post-filter; the filtered report rides along as `test["wiener"]`, labelled by its post-filter.
+    """
     from ..checkpoint import load_model
     from ..data import load_splits
     from ..evaluate import evaluate_tracks, model_estimator
     from ..train import pick_device
+    from ..wiener import PostFilter
 
     model, state = load_model(ckpt)
     cfg = validate_model(ExperimentConfig, state["experiment"], f"{ckpt}: experiment")
@@ -558,29 +565,39 @@ def _score_test(ckpt: Path, target, parent_run_id: str, backend: str, listen_sec
     if not splits.test:
         raise SelectionError(f"{splits.root}: no test tracks; the winner cannot be scored on the test set")
     device = pick_device(cfg.train.device)
-    report = evaluate_tracks(model_estimator(model, device), splits.test, name="winner", backend=backend,
-                             data_kind=splits.kind, subset="test")  # fmt: skip
     c = tracking.client(target)
-    c.log_batch(parent_run_id, metrics=_metrics({f"test.{k}": v for k, v in report.summary.items()}))
-    tracking.log_json(target, parent_run_id, report.to_dict(), "test/scores.json")
+    posts = [PostFilter()] + ([PostFilter(wiener=wiener)] if wiener > 0 else [])
+    scored = []
+    for post, prefix, artifact in zip(posts, ("test", "test_wiener"), ("test/scores.json", "test/scores_wiener.json")):
+        report = evaluate_tracks(model_estimator(model, device, post=post), splits.test, name=f"winner, {post.label}",
+                                 backend=backend, data_kind=splits.kind, subset="test")  # fmt: skip
+        c.log_batch(parent_run_id, metrics=_metrics({f"{prefix}.{k}": v for k, v in report.summary.items()}))
+        scored.append({**report.to_dict(), "post_filter": post.label})
+        tracking.log_json(target, parent_run_id, scored[-1], artifact)
     if listen_seconds > 0:
-        _log_listening(model, splits.test[0], listen_seconds, device, target, parent_run_id)
-    return report.to_dict()
+        _log_listening(model, splits.test[0], listen_seconds, device, target, parent_run_id, posts[1:])
+    return {**scored[0], **({"wiener": scored[1]} if len(scored) > 1 else {})}
 
 
-def _log_listening(model, track, seconds: float, device, target, run_id: str) -> None:
-    """`listen/<track>/{mixture,<target>}.wav`: the first seconds of the winner's test stems."""
+def _log_listening(model, track, seconds: float, device, target, run_id: str, posts=()) -> None:
+    """`listen/<track>/`: the first seconds of the mixture, each reference stem (`<target>.reference.wav`),
+    the winner's estimate (`<target>.wav`) and, per post-filter, its filtered estimate (`<target>.wiener.wav`)."""
     import soundfile as sf
 
     from ..separate import separate
 
-    mixture = np.ascontiguousarray(track.audio()[0][:, : int(seconds * SAMPLE_RATE)])  # (C, N)
-    stems = separate(model, mixture, device)
+    n = int(seconds * SAMPLE_RATE)
+    audio = track.audio()  # (1 + S, C, N): mixture, then the references in TARGETS order
+    mixture = np.ascontiguousarray(audio[0][:, :n])  # (C, N)
+    clips = {"mixture": mixture, **{f"{t}.reference": np.asarray(audio[1 + i][:, :n]) for i, t in enumerate(TARGETS)},
+             **separate(model, mixture, device)}  # fmt: skip
+    for post in posts:
+        clips.update({f"{t}.wiener": est for t, est in separate(model, mixture, device, post=post).items()})
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / track.name.replace("/", "_")
         folder.mkdir()
-        for name, audio in {"mixture": mixture, **stems}.items():
-            sf.write(folder / f"{name}.wav", audio.T, SAMPLE_RATE, subtype="PCM_16")
+        for name, clip in clips.items():
+            sf.write(folder / f"{name}.wav", np.clip(clip, -1.0, 1.0).T, SAMPLE_RATE, subtype="PCM_16")
         tracking.client(target).log_artifacts(run_id, str(folder), f"listen/{folder.name}")
 
 

@@ -374,6 +374,8 @@ class SelectionSettings(Strict):
     )
     test_backend: Literal["fast", "museval"] = Field("museval", description="BSSEval v4 for the winner's test score")
     listen_seconds: float = Field(5.0, ge=0, description="seconds of the winner's test stems logged as wav; 0: none")
+    wiener: int = Field(1, ge=0, description="the test set is also scored after this many Wiener filter EM "
+                                             "iterations (beside the paper's plain masks); 0: plain masks only")
     enabled: bool = Field(True, description="false: `run` stops after the search (no retraining)")
 
 
