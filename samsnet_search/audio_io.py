@@ -28,7 +28,7 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from .config import SAMPLE_RATE
-from .data.readers import STEMS_SUFFIX, stem_stream_ids
+from .data.readers import STEMS_PCM_FORMAT, STEMS_SUFFIX, stem_stream_ids
 from .errors import DataError
 
 log = logging.getLogger(__name__)
@@ -141,10 +141,16 @@ def _whole_file_blocks(inp: AudioInput, block: int) -> Iterator[np.ndarray]:
 
 
 def _ffmpeg_blocks(inp: AudioInput, block: int) -> Iterator[np.ndarray]:
-    """ffmpeg decodes (and resamples) one stream to float32 on a pipe; read `block` frames at a time."""
+    """ffmpeg decodes (and resamples) one stream on a pipe; read `block` frames at a time.
+
+    A MUSDB18 stems file is decoded to 16-bit PCM / 32768, as the training reader and musdb do
+    (the samples then equal those the model was trained and scored on); anything else to float32.
+    """
+    pcm = STEMS_PCM_FORMAT if inp.path.name.endswith(STEMS_SUFFIX) else "f32le"
+    dtype, scale = ("<i2", 1 / 32768) if pcm == "s16le" else ("<f4", 1.0)
     cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(inp.path),
-           "-map", f"0:a:{inp.stream}", "-f", "f32le", "-acodec", "pcm_f32le", "-ar", str(SAMPLE_RATE), "pipe:1"]  # fmt: skip
-    width = 4 * inp.channels  # bytes per frame
+           "-map", f"0:a:{inp.stream}", "-f", pcm, "-acodec", f"pcm_{pcm}", "-ar", str(SAMPLE_RATE), "pipe:1"]  # fmt: skip
+    width = np.dtype(dtype).itemsize * inp.channels  # bytes per frame
     with tempfile.TemporaryFile() as errors:  # a file, not a pipe: ffmpeg never blocks on a full stderr
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors)
         try:
@@ -154,7 +160,8 @@ def _ffmpeg_blocks(inp: AudioInput, block: int) -> Iterator[np.ndarray]:
                     break
                 usable = len(data) // width * width
                 if usable:
-                    yield np.frombuffer(data[:usable], dtype="<f4").reshape(-1, inp.channels)
+                    frames = np.frombuffer(data[:usable], dtype=dtype).reshape(-1, inp.channels)
+                    yield frames if scale == 1.0 else (frames * np.float32(scale)).astype(np.float32)
             rc = proc.wait()
         finally:
             if proc.poll() is None:  # the consumer stopped early (an error downstream)
