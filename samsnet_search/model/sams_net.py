@@ -17,6 +17,10 @@ Readings of what the paper leaves open (each is a keyword argument where it is a
   and the time axis of any input is cut into blocks of L frames. The last block is
   zero-padded and its padded frames are masked out as keys, never dropped, so a 6 s
   excerpt and a whole song are processed alike.
+* Kernel. Slices and heads are folded into one batch of B*F*i*h sequences and attended in
+  one call. On CPU that call is our batched-matmul softmax attention (`KERNELS["bmm"]`):
+  SDPA's CPU kernel is dominated by per-sequence overhead on tens of thousands of
+  sequences of 6-44 frames; on CUDA it is SDPA (`kernel_for`).
 * LayerNorm axes. `LayerNorm(x + Sublayer(x))` normalizes each frame over
   (d_k, F) with an elementwise affine per (map, bin). It is local in time, so
   separating a track in chunks gives the same result as separating it whole. The
@@ -53,14 +57,81 @@ class FrameLayerNorm(nn.Module):
         return self.norm(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
+class _BatchedSoftmaxAttention(torch.autograd.Function):
+    """softmax(q k^T * scale + bias) v over many short sequences, with batched matmuls (CPU).
+
+    q, k, v: (N, L, d) contiguous; bias: None or an additive key mask broadcastable to
+    (N, L, L) (0 or -inf). Returns (N, L, d).
+
+    Why not SDPA here: on CPU its flash kernel pays a per-sequence overhead that dominates
+    when there are tens of thousands of sequences of 6-44 frames with head sizes 4-64, and
+    torch.softmax over rows that short is several times slower than its own exp. This keeps
+    the exact same arithmetic (max-subtracted softmax, float32) in a few large calls and
+    saves only q, k, v, the probabilities and the output for backward, where
+    rowsum(dP * P) is taken as rowsum(dO * O), an (N, L) rather than (N, L, L) product.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, scale: float):
+        if bias is None:
+            s = torch.bmm(q, k.transpose(1, 2)).mul_(scale)  # (N, L, L) scores
+        else:
+            s = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale)
+        s = s.sub_(s.amax(-1, keepdim=True)).exp_()
+        p = s.div_(s.sum(-1, keepdim=True))  # (N, L, L) probabilities, in place of the scores
+        out = torch.bmm(p, v)  # (N, L, d)
+        ctx.save_for_backward(q, k, v, p, out)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, p, out = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        grad_v = torch.bmm(p.transpose(1, 2), grad_out)
+        grad_p = torch.bmm(grad_out, v.transpose(1, 2))  # (N, L, L)
+        delta = (grad_out * out).sum(-1, keepdim=True)  # rowsum(dP * P), (N, L, 1)
+        grad_s = grad_p.sub_(delta).mul_(p).mul_(ctx.scale)  # softmax backward, times the score scale
+        return torch.bmm(grad_s, k), torch.bmm(grad_s.transpose(1, 2), q), grad_v, None, None
+
+
+def _bmm_kernel(q, k, v, keep, scale: float) -> torch.Tensor:
+    bias = None
+    if keep is not None:
+        bias = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill_(~keep, float("-inf"))
+    return _BatchedSoftmaxAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), bias, scale)
+
+
+def _sdpa_kernel(q, k, v, keep, scale: float) -> torch.Tensor:
+    # Built at full (N, L, L) shape: a broadcastable mask sends SDPA to its slow "math" path.
+    mask = None if keep is None else keep.expand(-1, q.shape[1], -1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+# Attention kernels: q, k, v (N, L, d), keep None or boolean (N, 1, L) (False: a padded key,
+# never attended to), scale -> (N, L, d). Both compute softmax(q k^T * scale) v up to float
+# rounding; `kernel_for` picks one by device.
+KERNELS = {"bmm": _bmm_kernel, "sdpa": _sdpa_kernel}
+
+
+def kernel_for(device: torch.device) -> str:
+    """The faster kernel on a device: batched matmuls on CPU (faster at every slice count
+    and head size measured by `bench`, see `_BatchedSoftmaxAttention`), SDPA's fused kernels
+    elsewhere (CUDA)."""
+    return "bmm" if device.type == "cpu" else "sdpa"
+
+
 class SlicedMultiHeadAttention(nn.Module):
     """Sliced multi-head attention (paper eqs. 1-3) without W^O.
 
     x: (B, d, F, T) -> concatenated heads (B, h * d, F, T).
     """
 
-    def __init__(self, channels: int, heads: int, slice_frames: int):
+    def __init__(self, channels: int, heads: int, slice_frames: int, kernel: str | None = None):
         super().__init__()
+        if kernel is not None and kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {sorted(KERNELS)} or None (by device), got {kernel!r}")
+        self.kernel = kernel  # None: `kernel_for(x.device)`; a name forces one (tests, bench)
         self.channels = channels
         self.heads = heads
         self.slice_frames = slice_frames
@@ -73,23 +144,21 @@ class SlicedMultiHeadAttention(nn.Module):
         h, L = self.heads, self.slice_frames
         i = math.ceil(T / L)
         pad = i * L - T
-        # The 1x1 Q/K/V convolution as one matmul over (B, F, T', d) rows: its output
-        # (B, F, T', 3hd) folds slices into the batch as a view, so q/k/v reach SDPA as
-        # strided views (no permute copy of the 3hd maps, the largest tensor here), and the
-        # time axis is padded on the d input maps rather than on the 3hd output maps.
+        # The 1x1 Q/K/V convolution as one matmul over (B, F, T', d) rows; the time axis is
+        # padded on the d input maps rather than on the 3hd output maps.
         rows = F.pad(x, (0, pad)).permute(0, 2, 3, 1)  # (B, F, iL, d)
-        qkv = F.linear(rows, self.qkv.weight.view(3 * h * d, d), self.qkv.bias)
-        q, k, v = (t.transpose(1, 2) for t in qkv.view(B * Fq * i, L, 3, h, d).unbind(2))  # (B F i, h, L, d)
-        mask = None
+        qkv = F.linear(rows, self.qkv.weight.view(3 * h * d, d), self.qkv.bias)  # (B, F, iL, 3hd)
+        # Slices and heads folded into one batch of N = B F i h sequences of L frames.
+        q, k, v = qkv.view(B * Fq * i, L, 3, h, d).permute(2, 0, 3, 1, 4).reshape(3, -1, L, d).unbind(0)  # (N, L, d)
+        keep = None
         if pad:
-            # Keys in the padded tail of the last slice are never attended to. Built at full
-            # shape (a broadcastable mask sends CPU SDPA to its slow "math" path, 30x slower here);
-            # (B F i, 1, L, L) booleans, expanded over heads as a stride-0 view.
+            # Keys in the padded tail of the last slice are never attended to.
             keep = torch.ones(i, L, dtype=torch.bool, device=x.device)
             keep[-1, L - pad :] = False
-            mask = keep.view(1, i, 1, 1, L).expand(B * Fq, i, 1, L, L).reshape(B * Fq * i, 1, L, L).expand(-1, h, L, L)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0 / math.sqrt(d))
-        out = out.transpose(1, 2).reshape(B, Fq, i * L, h * d)[:, :, :T]  # (B, F, T, h d)
+            keep = keep.view(1, i, 1, 1, L).expand(B * Fq, i, h, 1, L).reshape(-1, 1, L)  # (N, 1, L)
+        kernel = KERNELS[self.kernel or kernel_for(x.device)]
+        out = kernel(q, k, v, keep, 1.0 / math.sqrt(d))  # (N, L, d)
+        out = out.view(B, Fq, i, h, L, d).transpose(3, 4).reshape(B, Fq, i * L, h * d)[:, :, :T]  # (B, F, T, h d)
         return out.permute(0, 3, 1, 2)  # (B, h d, F, T) in channels-last strides, which W^O's conv takes as is
 
 
