@@ -18,7 +18,7 @@ implementation it replaced (`ref_*`: one SDPA call on strided views, kept verbat
 
 A Python loop over slices (`looped_attention`) checks that the batched call computes the
 same attention. The whole model is timed at `model_slices`. Everything runs in one child
-process so that peak memory can be read from the resident set (see `common`);
+process (times) and again in one set up to read peak memory from the resident set (see `common`);
 `python -m samsnet_search.bench.attention ARGS_JSON` is that child.
 """
 
@@ -196,7 +196,7 @@ def _fwd_bwd(forward, inputs: list, grad_out):
     return step
 
 
-def _attention_cases(sizes: AttentionSizes, device: str, roof: dict[str, float]) -> dict[str, float]:
+def _attention_cases(sizes: AttentionSizes, device: str, roof: dict[str, float], memory: bool) -> dict[str, float]:
     import torch
     import torch.nn.functional as F
 
@@ -223,7 +223,9 @@ def _attention_cases(sizes: AttentionSizes, device: str, roof: dict[str, float])
             "convs": lambda: (F.linear(rows, module.qkv.weight.view(3 * h * d, d), module.qkv.bias).backward(grad_qkv),
                               w_o(heads_out).backward(grad_y)),
         }  # fmt: skip
-        figures[f"attn_peak_mib_s{n}"] = peak_bytes(steps["attn"], device) / MiB
+        if memory:
+            figures[f"attn_peak_mib_s{n}"] = peak_bytes(steps["attn"], device) / MiB
+            continue
         times = timed_side_by_side(steps, repeats=sizes.repeats, device=device)
         cost = step_cost(sizes, n)
         figures[f"gflop_s{n}"] = cost["flops"] / 1e9
@@ -263,7 +265,7 @@ def _loop_case(module, x, n) -> dict[str, float]:
     return {f"loop_max_abs_diff_s{n}": diff, f"loop_grad_max_abs_diff_s{n}": (grads[0] - grads[1]).abs().max().item()}
 
 
-def _model_cases(sizes: AttentionSizes, device: str) -> dict[str, float]:
+def _model_cases(sizes: AttentionSizes, device: str, memory: bool) -> dict[str, float]:
     import torch
 
     from ..model import SamsNet
@@ -283,7 +285,9 @@ def _model_cases(sizes: AttentionSizes, device: str) -> dict[str, float]:
             with reference_attention(model):
                 new()
 
-        figures[f"model_peak_mib_s{n}"] = peak_bytes(new, device) / MiB
+        if memory:
+            figures[f"model_peak_mib_s{n}"] = peak_bytes(new, device) / MiB
+            continue
         times = timed_side_by_side({"new": new, "ref": old}, repeats=sizes.repeats, device=device)
         figures[f"model_ms_s{n}"] = times["new"]["median_s"] * 1e3
         figures[f"model_ref_ms_s{n}"] = times["ref"]["median_s"] * 1e3
@@ -304,13 +308,13 @@ def sdpa_backends(device: str) -> list[str]:
     return [name for name, on in enabled.items() if on]
 
 
-def measure(sizes: AttentionSizes, device: str, threads: int, roof: dict[str, float]) -> dict[str, float]:
-    """All figures of one size (runs in the child process)."""
+def measure(sizes: AttentionSizes, device: str, threads: int, roof: dict[str, float], memory: bool = False) -> dict[str, float]:
+    """All figures of one size (runs in a child process): times, or (memory) peak memory only."""
     import torch
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    return {**_attention_cases(sizes, device, roof), **_model_cases(sizes, device)}
+    return {**_attention_cases(sizes, device, roof, memory), **_model_cases(sizes, device, memory)}
 
 
 def _sizes_record(sizes: AttentionSizes) -> dict[str, Any]:
@@ -328,7 +332,9 @@ def run(quick: bool, device: str, threads: int, smoke: bool = False) -> dict[str
     for index, sizes in enumerate(sizes_for(quick, device, smoke)):
         args = {"sizes": asdict(sizes), "device": device, "threads": threads, "quick": quick or smoke}
         # A guard against a hung child, not a budget: the paper-size cases take minutes on a busy CPU.
-        result = run_child(__name__, args, timeout=7200)
+        # Times come from a child with the ordinary allocator, peak memory from one with CHILD_MALLOC_ENV.
+        result = run_child(__name__, {**args, "memory": False}, timeout=7200, malloc_env=False)
+        result.update(run_child(__name__, {**args, "memory": True}, timeout=7200)["figures"])
         if index == 0:
             figures.update({f"machine_{k}": v for k, v in result.pop("roofline").items()})
         else:
@@ -359,6 +365,9 @@ def _child_main(argv: list[str]) -> None:
         raw[key] = tuple(raw[key])
     sizes = AttentionSizes(**raw)
     torch.set_num_threads(int(args["threads"]))
+    if args["memory"]:
+        print(json.dumps({"figures": measure(sizes, args["device"], int(args["threads"]), {}, memory=True)}))
+        return
     roof = machine_roofline(args["device"], quick=bool(args.get("quick")))
     print(json.dumps({"roofline": roof, **measure(sizes, args["device"], int(args["threads"]), roof)}))
 

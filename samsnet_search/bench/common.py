@@ -166,9 +166,11 @@ def machine_info(device: str, threads: int) -> dict[str, Any]:
     return info
 
 
-def run_child(module: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Run `python -m module ARGS_JSON` with CHILD_MALLOC_ENV; its last stdout line is the JSON result."""
-    env = {**os.environ, **CHILD_MALLOC_ENV}
+def run_child(module: str, args: dict[str, Any], timeout: float, malloc_env: bool = True) -> dict[str, Any]:
+    """Run `python -m module ARGS_JSON` (with CHILD_MALLOC_ENV unless malloc_env is False: that
+    setting makes every large allocation a page-faulting mmap, right for reading peak memory,
+    wrong for timing); its last stdout line is the JSON result."""
+    env = {**os.environ, **(CHILD_MALLOC_ENV if malloc_env else {})}
     cmd = [sys.executable, "-m", module, json.dumps(args)]
     log.debug("child: %s", " ".join(cmd))
     try:

@@ -103,9 +103,11 @@ def _bmm_kernel(q, k, v, keep, scale: float) -> torch.Tensor:
 
 
 def _sdpa_kernel(q, k, v, keep, scale: float) -> torch.Tensor:
-    # Built at full (N, L, L) shape: a broadcastable mask sends SDPA to its slow "math" path.
-    mask = None if keep is None else keep.expand(-1, q.shape[1], -1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    # SDPA's fused kernels take 4-d inputs only (3-d ones go to its "math" path): (N, 1, L, d).
+    # The mask is built at full shape: a broadcastable one also sends CPU SDPA to "math".
+    mask = None if keep is None else keep.unsqueeze(1).expand(-1, 1, q.shape[1], -1)  # (N, 1, L, L)
+    out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), attn_mask=mask, scale=scale)
+    return out.squeeze(1)
 
 
 # Attention kernels: q, k, v (N, L, d), keep None or boolean (N, 1, L) (False: a padded key,
