@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from samsnet_search.model import SlicedMultiHeadAttention
-from samsnet_search.model.sams_net import KERNELS, kernel_for
+from samsnet_search.model.sams_net import BMM_MAX_SLICE_FRAMES, KERNELS, kernel_for
 
 REL_TOL = 1e-5
 
@@ -72,7 +72,7 @@ def test_kernels_agree_at_real_frame_counts(frames, slices):
 
 
 def test_cpu_uses_batched_matmuls_not_sdpa(monkeypatch):
-    """On CPU the model's attention does not go through SDPA (its per-sequence overhead)."""
+    """On CPU, short slices do not go through SDPA (its per-sequence overhead)."""
 
     def refuse(*args, **kwargs):
         raise AssertionError("scaled_dot_product_attention called on CPU")
@@ -82,9 +82,10 @@ def test_cpu_uses_batched_matmuls_not_sdpa(monkeypatch):
     att(torch.randn(1, 4, 3, 13, requires_grad=True)).sum().backward()
 
 
-def test_kernel_is_chosen_by_device():
-    assert kernel_for(torch.device("cpu")) == "bmm"
-    assert kernel_for(torch.device("cuda", 0)) == "sdpa"
+def test_kernel_is_chosen_by_device_and_slice_length():
+    assert kernel_for(torch.device("cpu"), 22) == "bmm"
+    assert kernel_for(torch.device("cpu"), BMM_MAX_SLICE_FRAMES + 1) == "sdpa"  # SDPA's flash kernel wins on long rows
+    assert kernel_for(torch.device("cuda", 0), 22) == "sdpa"
 
 
 def test_unknown_kernel_is_named():
