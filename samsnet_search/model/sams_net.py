@@ -126,8 +126,8 @@ def _sdpa_kernel(qkv, keep, scale: float) -> torch.Tensor:
 
 
 # Attention kernels: qkv (S, L, 3, h, d) (S sequences of L frames), keep None or boolean
-# (S, 1, L) (False: a padded key, never attended to), scale -> (S, L, h, d). Both compute softmax(q k^T * scale) v up to float
-# rounding; `kernel_for` picks one by device and slice length.
+# (S, 1, L) (False: a padded key, never attended to), scale -> (S, L, h, d). Both compute
+# softmax(q k^T * scale) v up to float rounding; `kernel_for` picks one by device and slice length.
 KERNELS = {"bmm": _bmm_kernel, "sdpa": _sdpa_kernel}
 
 
@@ -151,7 +151,7 @@ class SlicedMultiHeadAttention(nn.Module):
     def __init__(self, channels: int, heads: int, slice_frames: int, kernel: str | None = None):
         super().__init__()
         if kernel is not None and kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {sorted(KERNELS)} or None (by device), got {kernel!r}")
+            raise ValueError(f"kernel must be one of {sorted(KERNELS)} or None (by device and slice length), got {kernel!r}")
         self.kernel = kernel  # None: `kernel_for(device, slice_frames)`; a name forces one (tests, bench)
         self.channels = channels
         self.heads = heads
