@@ -3,8 +3,11 @@
 One module per benchmark, each with `run(quick, device, threads, ...) -> {"sizes", "figures", "notes"}`
 where `figures` is a flat mapping name -> float:
 
-- `attention`: sliced attention step and whole model, time and peak memory vs slices; batched vs loop.
-- `train`: training-step samples/s and the share of step time waiting on data.
+- `attention`: the attention step (projection, scores, softmax, values, W^O) vs slices, the model's
+  kernel beside the previous SDPA line, FLOPs, bytes, GFLOPS, GB/s and this machine's roofline;
+  peak memory; the whole model.
+- `train`: training-step samples/s, the share of step time waiting on data, and a quickstart
+  trial-epoch with the model's attention vs the previous one.
 - `sdr`: fast BSSEval v4 vs museval, time ratio and largest differences.
 - `search`: per-trial time outside training on a tiny study (full mode only).
 

@@ -51,18 +51,56 @@ def sync(device: str) -> None:
 
 
 def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1, device: str = "cpu") -> dict[str, float]:
-    """Median and minimum wall time (seconds) of `fn()` over `repeats` runs after `warmup` runs."""
+    """Median and minimum wall time (seconds) of `fn()` over `repeats` runs after `warmup` runs,
+    and the median process CPU time (`cpu_s`: all threads; on a shared machine it moves less
+    with other people's load than wall time does)."""
     for _ in range(warmup):
         fn()
         sync(device)
-    times = []
+    times, cpu = [], []
     for _ in range(max(1, repeats)):
         sync(device)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         sync(device)
         times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "min_s": min(times), "runs": len(times)}
+        cpu.append(time.process_time() - start_cpu)
+    return {"median_s": statistics.median(times), "min_s": min(times), "cpu_s": statistics.median(cpu), "runs": len(times)}
+
+
+def timed_side_by_side(fns: dict[str, Callable[[], Any]], repeats: int, device: str = "cpu") -> dict[str, dict[str, float]]:
+    """`timed` for several functions, their runs interleaved (A B A B ...) so that a change in
+    the machine's load falls on all of them alike; one untimed warm-up run each first."""
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+        sync(device)
+    for _ in range(max(1, repeats)):
+        for name, fn in fns.items():
+            results[name].append(timed(fn, repeats=1, warmup=0, device=device))
+    return {
+        name: {
+            "median_s": statistics.median(r["median_s"] for r in runs),
+            "min_s": min(r["min_s"] for r in runs),
+            "cpu_s": statistics.median(r["cpu_s"] for r in runs),
+            "runs": len(runs),
+        }
+        for name, runs in results.items()
+    }
+
+
+def machine_roofline(device: str, quick: bool = False) -> dict[str, float]:
+    """This machine's ceilings, measured now: float32 matmul GFLOPS (square sgemm) and copy
+    bandwidth in GB/s (bytes read + written by a copy much larger than the caches)."""
+    import torch
+
+    n = 1024 if quick else 2048
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    mm = timed(lambda: a @ b, repeats=3 if quick else 5, device=device)
+    src = torch.randn(64 * MiB // 4, device=device)  # 64 MiB: larger than the last-level cache
+    dst = torch.empty_like(src)
+    cp = timed(lambda: dst.copy_(src), repeats=3 if quick else 5, device=device)
+    return {"matmul_gflops": 2 * n**3 / mm["min_s"] / 1e9, "copy_gbps": 2 * src.numel() * 4 / cp["min_s"] / 1e9}
 
 
 def _status_kib(field: str) -> int:
@@ -128,9 +166,11 @@ def machine_info(device: str, threads: int) -> dict[str, Any]:
     return info
 
 
-def run_child(module: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Run `python -m module ARGS_JSON` with CHILD_MALLOC_ENV; its last stdout line is the JSON result."""
-    env = {**os.environ, **CHILD_MALLOC_ENV}
+def run_child(module: str, args: dict[str, Any], timeout: float, malloc_env: bool = True) -> dict[str, Any]:
+    """Run `python -m module ARGS_JSON` (with CHILD_MALLOC_ENV unless malloc_env is False: that
+    setting makes every large allocation a page-faulting mmap, right for reading peak memory,
+    wrong for timing); its last stdout line is the JSON result."""
+    env = {**os.environ, **(CHILD_MALLOC_ENV if malloc_env else {})}
     cmd = [sys.executable, "-m", module, json.dumps(args)]
     log.debug("child: %s", " ".join(cmd))
     try:

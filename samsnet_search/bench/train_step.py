@@ -1,7 +1,9 @@
 """Benchmark 2: training-step throughput and the share of step time spent waiting on data.
 
 Uses the real Trainer's model, optimizer and DataLoader on a synthetic dataset written to a
-temporary folder. Each step is timed in two parts: `next(iterator)` (waiting on the
+temporary folder. A quickstart trial-epoch (`train_epoch` + `validate`, at the largest
+model search_spaces/quickstart.yaml can draw) is timed with the model's attention and with
+the previous SDPA implementation (`attention.ReferenceAttention`), epochs interleaved. Each step is timed in two parts: `next(iterator)` (waiting on the
 DataLoader: reading memmaps, augmentation, collation) and the compute (STFT, forward,
 loss, backward, optimizer step), the same work as `Trainer.train_epoch`.
 """
@@ -15,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from .common import BenchError, sync
+from .attention import QUICKSTART, reference_attention
+from .common import BenchError, sync, timed_side_by_side
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,43 @@ def _time_steps(trainer, warmup: int, steps: int) -> dict[str, float]:
     }
 
 
+def quickstart_experiment(smoke: bool) -> dict[str, Any]:
+    """The quickstart study's experiment with every searched value at its largest choice
+    (the slowest trial it can draw); smoke: a tiny model on the same data path."""
+    import yaml
+
+    space = yaml.safe_load(QUICKSTART.read_text())
+    pick = {}
+    for section in ("model", "data", "train"):
+        pick[section] = {k: (max(v["choice"]) if "choice" in v else v.get("int", v.get("loguniform", [0]))[-1])
+                         if isinstance(v, dict) else v for k, v in space[section].items()}  # fmt: skip
+    pick["data"].pop("root", None)
+    if smoke:
+        pick["model"].update(n_fft=256, hop_length=128, channels=2, heads=1, depth=1, slices=2)
+        pick["data"].update(segment_seconds=0.5, valid_seconds=1.0)
+    return pick
+
+
+def _trial_epochs(trainer, repeats: int) -> dict[str, float]:
+    """A trial-epoch (train_epoch + validate without SDR) with the model's attention and the reference."""
+
+    def epoch() -> None:
+        trainer.train_epoch()
+        trainer.validate(with_sdr=False)
+
+    def reference_epoch() -> None:
+        with reference_attention(trainer.model):
+            epoch()
+
+    times = timed_side_by_side({"new": epoch, "ref": reference_epoch}, repeats=repeats, device=str(trainer.device))
+    return {
+        "epoch_s": times["new"]["median_s"],
+        "epoch_ref_s": times["ref"]["median_s"],
+        "epoch_speedup": times["ref"]["median_s"] / times["new"]["median_s"],
+        "epoch_cpu_speedup": times["ref"]["cpu_s"] / max(times["new"]["cpu_s"], 1e-9),
+    }
+
+
 def run(quick: bool, device: str, threads: int, smoke: bool = False) -> dict[str, Any]:
     from ..config import ExperimentConfig, validate_model
     from ..data.synth import synthesize
@@ -108,5 +148,16 @@ def run(quick: bool, device: str, threads: int, smoke: bool = False) -> dict[str
                           "num_workers": cfg.data.num_workers, "warmup": case["warmup"], "steps": case["steps"],
                           "amp": trainer.amp})  # fmt: skip
             del trainer
-    notes = ["data wait: time in next(DataLoader iterator); compute: STFT + forward + loss + backward + Adam step"]
+        exp = quickstart_experiment(smoke)
+        exp["data"].update(root=str(root))
+        exp["train"].update(device=device, threads=threads, seed=0)
+        cfg = validate_model(ExperimentConfig, exp, "bench quickstart trial-epoch")
+        trainer = Trainer(cfg, Path(tmp) / "epochs")
+        figures.update({"quickstart_" + k: v for k, v in _trial_epochs(trainer, 1 if smoke else 3).items()})
+        sizes.append({"label": "quickstart trial-epoch (largest choices)", "model": cfg.resolved_model().model_dump(mode="json"),
+                      "batch_size": cfg.train.batch_size, "segment_seconds": cfg.data.segment_seconds,
+                      "samples_per_track": cfg.data.samples_per_track, "train_tracks": 4})  # fmt: skip
+    notes = ["data wait: time in next(DataLoader iterator); compute: STFT + forward + loss + backward + Adam step",
+             "quickstart trial-epoch: train_epoch + validate (valid_loss), model's attention vs the previous "
+             "SDPA implementation, interleaved; medians"]  # fmt: skip
     return {"sizes": sizes, "figures": figures, "notes": notes}

@@ -17,6 +17,11 @@ Readings of what the paper leaves open (each is a keyword argument where it is a
   and the time axis of any input is cut into blocks of L frames. The last block is
   zero-padded and its padded frames are masked out as keys, never dropped, so a 6 s
   excerpt and a whole song are processed alike.
+* Kernel. Slices and heads are folded into one batch of B*F*i*h sequences and attended in
+  one call. On CPU, for slices up to `BMM_MAX_SLICE_FRAMES`, that call is our batched-matmul
+  softmax attention (`KERNELS["bmm"]`): SDPA's CPU kernel is dominated by per-sequence
+  overhead on tens of thousands of sequences of 6-44 frames; for longer slices and on CUDA
+  it is SDPA (`kernel_for`).
 * LayerNorm axes. `LayerNorm(x + Sublayer(x))` normalizes each frame over
   (d_k, F) with an elementwise affine per (map, bin). It is local in time, so
   separating a track in chunks gives the same result as separating it whole. The
@@ -53,14 +58,101 @@ class FrameLayerNorm(nn.Module):
         return self.norm(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
+class _BatchedSoftmaxAttention(torch.autograd.Function):
+    """softmax(q k^T * scale + bias) v per head over many short sequences, with batched matmuls.
+
+    qkv: (S, L, 3, h, d) contiguous, S sequences of L frames (the Q/K/V projection's output
+    as it comes, so q, k, v of a head are strided views and no layout copy is made); bias:
+    None or an additive key mask broadcastable to (S, L, L) (0 or -inf). Returns (S, L, h, d).
+
+    Why not SDPA on CPU: its flash kernel pays a per-sequence overhead that dominates on
+    tens of thousands of sequences of 6-44 frames with head sizes 4-64, and torch.softmax
+    over rows that short is several times slower than its own exp. This is the same
+    arithmetic (max-subtracted softmax, float32) in a few large calls; backward keeps only
+    qkv, the output and the probabilities, takes rowsum(dP * P) as rowsum(dO * O) (an
+    (S, L) rather than (S, L, L) product) and writes the Q/K/V gradients into one tensor.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv, bias, scale: float):
+        S, L, _, h, d = qkv.shape
+        out = qkv.new_empty(S, L, h, d)
+        probs = []
+        for head in range(h):  # h is 1-2 (paper: 2); each head is one batched call
+            q, k, v = qkv[:, :, 0, head], qkv[:, :, 1, head], qkv[:, :, 2, head]  # (S, L, d) views
+            if bias is None:
+                s = torch.bmm(q, k.transpose(1, 2)).mul_(scale)  # (S, L, L) scores
+            else:
+                s = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale)
+            s = s.sub_(s.amax(-1, keepdim=True)).exp_()
+            p = s.div_(s.sum(-1, keepdim=True))  # probabilities, in place of the scores
+            out[:, :, head] = torch.bmm(p, v)
+            probs.append(p)
+        ctx.save_for_backward(qkv, out, *probs)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        qkv, out, *probs = ctx.saved_tensors
+        grad_qkv = torch.empty_like(qkv)
+        for head, p in enumerate(probs):
+            q, k, v = qkv[:, :, 0, head], qkv[:, :, 1, head], qkv[:, :, 2, head]
+            go, o = grad_out[:, :, head], out[:, :, head]  # (S, L, d)
+            grad_qkv[:, :, 2, head] = torch.bmm(p.transpose(1, 2), go)
+            grad_p = torch.bmm(go, v.transpose(1, 2))  # (S, L, L)
+            delta = (go * o).sum(-1, keepdim=True)  # rowsum(dP * P), (S, L, 1)
+            grad_s = grad_p.sub_(delta).mul_(p).mul_(ctx.scale)  # softmax backward, times the score scale
+            grad_qkv[:, :, 0, head] = torch.bmm(grad_s, k)
+            grad_qkv[:, :, 1, head] = torch.bmm(grad_s.transpose(1, 2), q)
+        return grad_qkv, None, None
+
+
+def _bmm_kernel(qkv, keep, scale: float) -> torch.Tensor:
+    bias = None
+    if keep is not None:
+        bias = torch.zeros(keep.shape, dtype=qkv.dtype, device=qkv.device).masked_fill_(~keep, float("-inf"))
+    return _BatchedSoftmaxAttention.apply(qkv.contiguous(), bias, scale)
+
+
+def _sdpa_kernel(qkv, keep, scale: float) -> torch.Tensor:
+    # q, k, v go to SDPA as strided (S, h, L, d) views of the projection (no layout copy).
+    # The mask is built at full (S, h, L, L) shape: a broadcastable one sends CPU SDPA to its
+    # slow "math" path; expanded over heads as a stride-0 view.
+    S, L, _, h, d = qkv.shape
+    q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (S, h, L, d)
+    mask = None if keep is None else keep.view(S, 1, 1, L).expand(S, h, L, L)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale).transpose(1, 2)  # (S, L, h, d)
+
+
+# Attention kernels: qkv (S, L, 3, h, d) (S sequences of L frames), keep None or boolean
+# (S, 1, L) (False: a padded key, never attended to), scale -> (S, L, h, d). Both compute
+# softmax(q k^T * scale) v up to float rounding; `kernel_for` picks one by device and slice length.
+KERNELS = {"bmm": _bmm_kernel, "sdpa": _sdpa_kernel}
+
+
+# Longest slice for which the batched-matmul kernel beat CPU SDPA in `bench` (attention step,
+# one thread: 1.2-1.5x at 11-44 frames, 0.8x at 87, where SDPA's flash kernel has long rows).
+BMM_MAX_SLICE_FRAMES = 48
+
+
+def kernel_for(device: torch.device, slice_frames: int) -> str:
+    """The faster kernel for a device and slice length: batched matmuls on CPU for short
+    slices (see `_BatchedSoftmaxAttention`), SDPA for long ones and on CUDA (fused kernels)."""
+    return "bmm" if device.type == "cpu" and slice_frames <= BMM_MAX_SLICE_FRAMES else "sdpa"
+
+
 class SlicedMultiHeadAttention(nn.Module):
     """Sliced multi-head attention (paper eqs. 1-3) without W^O.
 
     x: (B, d, F, T) -> concatenated heads (B, h * d, F, T).
     """
 
-    def __init__(self, channels: int, heads: int, slice_frames: int):
+    def __init__(self, channels: int, heads: int, slice_frames: int, kernel: str | None = None):
         super().__init__()
+        if kernel is not None and kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {sorted(KERNELS)} or None (by device and slice length), got {kernel!r}")
+        self.kernel = kernel  # None: `kernel_for(device, slice_frames)`; a name forces one (tests, bench)
         self.channels = channels
         self.heads = heads
         self.slice_frames = slice_frames
@@ -73,23 +165,20 @@ class SlicedMultiHeadAttention(nn.Module):
         h, L = self.heads, self.slice_frames
         i = math.ceil(T / L)
         pad = i * L - T
-        # The 1x1 Q/K/V convolution as one matmul over (B, F, T', d) rows: its output
-        # (B, F, T', 3hd) folds slices into the batch as a view, so q/k/v reach SDPA as
-        # strided views (no permute copy of the 3hd maps, the largest tensor here), and the
-        # time axis is padded on the d input maps rather than on the 3hd output maps.
+        # The 1x1 Q/K/V convolution as one matmul over (B, F, T', d) rows; the time axis is
+        # padded on the d input maps rather than on the 3hd output maps.
         rows = F.pad(x, (0, pad)).permute(0, 2, 3, 1)  # (B, F, iL, d)
-        qkv = F.linear(rows, self.qkv.weight.view(3 * h * d, d), self.qkv.bias)
-        q, k, v = (t.transpose(1, 2) for t in qkv.view(B * Fq * i, L, 3, h, d).unbind(2))  # (B F i, h, L, d)
-        mask = None
+        qkv = F.linear(rows, self.qkv.weight.view(3 * h * d, d), self.qkv.bias)  # (B, F, iL, 3hd)
+        qkv = qkv.view(B * Fq * i, L, 3, h, d)  # slices folded into a batch of S = B F i sequences (a view)
+        keep = None
         if pad:
-            # Keys in the padded tail of the last slice are never attended to. Built at full
-            # shape (a broadcastable mask sends CPU SDPA to its slow "math" path, 30x slower here);
-            # (B F i, 1, L, L) booleans, expanded over heads as a stride-0 view.
+            # Keys in the padded tail of the last slice are never attended to.
             keep = torch.ones(i, L, dtype=torch.bool, device=x.device)
             keep[-1, L - pad :] = False
-            mask = keep.view(1, i, 1, 1, L).expand(B * Fq, i, 1, L, L).reshape(B * Fq * i, 1, L, L).expand(-1, h, L, L)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0 / math.sqrt(d))
-        out = out.transpose(1, 2).reshape(B, Fq, i * L, h * d)[:, :, :T]  # (B, F, T, h d)
+            keep = keep.view(1, i, 1, L).expand(B * Fq, i, 1, L).reshape(-1, 1, L)  # (S, 1, L)
+        kernel = KERNELS[self.kernel or kernel_for(x.device, L)]
+        out = kernel(qkv, keep, 1.0 / math.sqrt(d))  # (S, L, h, d)
+        out = out.reshape(B, Fq, i * L, h * d)[:, :, :T]  # (B, F, T, h d)
         return out.permute(0, 3, 1, 2)  # (B, h d, F, T) in channels-last strides, which W^O's conv takes as is
 
 

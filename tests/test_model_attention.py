@@ -1,0 +1,103 @@
+"""Sliced attention kernels: every kernel equals the plain definition, outputs and gradients.
+
+The definition is a loop over slices (autograd through plain matmul + softmax); the model's
+kernels fold slices and heads into one batch. Relative error = max |a - b| / max |b|.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from samsnet_search.model import SlicedMultiHeadAttention
+from samsnet_search.model.sams_net import BMM_MAX_SLICE_FRAMES, KERNELS, kernel_for
+
+REL_TOL = 1e-5
+
+
+def definition(att: SlicedMultiHeadAttention, x: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v inside each slice of L frames; the last slice is shorter."""
+    B, d, Fq, T = x.shape
+    h, L = att.heads, att.slice_frames
+    q, k, v = att.qkv(x).double().view(B, 3, h, d, Fq, T).unbind(1)  # each (B, h, d, F, T)
+    outs = []
+    for s in range(0, T, L):
+        qs, ks, vs = (t[..., s : s + L].permute(0, 1, 3, 4, 2) for t in (q, k, v))  # (B, h, F, l, d)
+        w = torch.softmax(qs @ ks.transpose(-1, -2) / math.sqrt(d), dim=-1)
+        outs.append((w @ vs).permute(0, 1, 4, 2, 3))  # (B, h, d, F, l)
+    return torch.cat(outs, dim=-1).reshape(B, h * d, Fq, T)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
+
+
+def outputs_and_grads(att, forward, x, grad_out):
+    x = x.clone().requires_grad_()
+    att.zero_grad(set_to_none=True)
+    out = forward(x)
+    out.backward(grad_out.to(out.dtype))
+    return [out.detach(), x.grad, att.qkv.weight.grad, att.qkv.bias.grad]
+
+
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+@pytest.mark.parametrize("slices", [1, 2, 3, 5, 8, 16])
+@pytest.mark.parametrize("frames", [11, 17, 24])  # odd lengths, and lengths that leave the last slice padded
+@pytest.mark.parametrize("heads,channels", [(1, 4), (2, 8), (3, 5)])
+def test_kernel_matches_the_definition(kernel, slices, frames, heads, channels):
+    torch.manual_seed(slices * 100 + frames)
+    L = math.ceil(frames / slices)
+    att = SlicedMultiHeadAttention(channels, heads, L, kernel=kernel)
+    x = torch.randn(2, channels, 7, frames)
+    grad_out = torch.randn(2, heads * channels, 7, frames)
+    got = outputs_and_grads(att, att, x, grad_out)
+    want = outputs_and_grads(att, lambda t: definition(att, t), x, grad_out)
+    for name, a, b in zip(("output", "grad x", "grad W_qkv", "grad b_qkv"), got, want):
+        assert rel_err(a, b) < REL_TOL, f"{kernel}: {name} differs by {rel_err(a, b):.2e} (relative)"
+
+
+@pytest.mark.parametrize("frames", [173, 259])  # the quickstart's 1 s and the paper's 6 s segment
+@pytest.mark.parametrize("slices", [2, 4, 12, 16, 24])
+def test_kernels_agree_at_real_frame_counts(frames, slices):
+    torch.manual_seed(0)
+    L = math.ceil(frames / slices)
+    bmm = SlicedMultiHeadAttention(4, 2, L, kernel="bmm")
+    sdpa = SlicedMultiHeadAttention(4, 2, L, kernel="sdpa")
+    sdpa.load_state_dict(bmm.state_dict())
+    x = torch.randn(1, 4, 3, frames)
+    grad_out = torch.randn(1, 8, 3, frames)
+    for a, b in zip(outputs_and_grads(bmm, bmm, x, grad_out), outputs_and_grads(sdpa, sdpa, x, grad_out)):
+        assert rel_err(a, b) < REL_TOL
+
+
+def test_cpu_uses_batched_matmuls_not_sdpa(monkeypatch):
+    """On CPU, short slices do not go through SDPA (its per-sequence overhead)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("scaled_dot_product_attention called on CPU")
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", refuse)
+    att = SlicedMultiHeadAttention(4, 2, 5)
+    att(torch.randn(1, 4, 3, 13, requires_grad=True)).sum().backward()
+
+
+def test_kernel_is_chosen_by_device_and_slice_length():
+    assert kernel_for(torch.device("cpu"), 22) == "bmm"
+    assert kernel_for(torch.device("cpu"), BMM_MAX_SLICE_FRAMES + 1) == "sdpa"  # SDPA's flash kernel wins on long rows
+    assert kernel_for(torch.device("cuda", 0), 22) == "sdpa"
+
+
+def test_unknown_kernel_is_named():
+    with pytest.raises(ValueError, match="kernel must be one of \\['bmm', 'sdpa'\\]"):
+        SlicedMultiHeadAttention(4, 2, 5, kernel="flash")
+
+
+def test_fully_padded_rows_stay_finite():
+    """A last slice with one real frame: every query still has a key, no NaN from -inf rows."""
+    torch.manual_seed(0)
+    att = SlicedMultiHeadAttention(4, 1, 8)
+    x = torch.randn(1, 4, 2, 17, requires_grad=True)  # slices [0,8) [8,16) [16,17)+7 padded keys
+    out = att(x)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
