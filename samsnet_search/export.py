@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint
-from .config import TARGETS, ModelConfig
+from .config import TARGETS, ModelConfig, flatten
 from .errors import SamsNetError
 
 log = logging.getLogger(__name__)
@@ -392,14 +392,16 @@ def _scores(metrics: dict[str, Any], test_sdr: dict[str, float] | None, selectio
     return lines
 
 
-# Summary entries that are shown elsewhere on the card (selection, test) or describe the registry,
-# which the card, written before registration, cannot know.
-_SUMMARY_SKIP = ("selection", "test", "registered")
+# Summary entries shown elsewhere on the card (selection, test), too large for a row (pareto: the
+# report shows the front), or about the registry, which the card (written before registering) cannot know.
+_SUMMARY_SKIP = ("selection", "test", "registered", "pareto")
 
 
 def _summary_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{"key": k, "value": f"{v:.5g}" if isinstance(v, float) else v} for k, v in summary.items()
-            if k not in _SUMMARY_SKIP and not isinstance(v, (dict, list))]  # fmt: skip
+    """One `key | value` row per scalar; sections (counts, best_config) as dotted keys."""
+    kept = {k: v for k, v in summary.items() if k not in _SUMMARY_SKIP}
+    return [{"key": k, "value": f"{v:.5g}" if isinstance(v, float) else v}
+            for k, v in flatten(kept).items() if not isinstance(v, (dict, list))]  # fmt: skip
 
 
 def _table(rows: list[dict[str, Any]]) -> list[str]:

@@ -253,14 +253,16 @@ def test_card_numbers_come_from_the_selection_and_read_as_tables(exports):
     selection = [{"slices": 2, "vocals": 0.91, "drums": 0.95, "bass": 0.9, "other": 0.96, "avg": 0.93,
                   "avg_low": 0.8, "avg_high": 1.1, "pairs": 6, "vs_winner": "winner"}]  # fmt: skip
     test = {"vocals": 1.25, "drums": 1.5, "bass": 0.75, "other": 1.0, "avg": 1.125}
-    summary = {"trials": 4, "best_valid_loss": 0.0123456, "best_run": "abc", "selection": selection, "test": test,
-               "chosen_slices": 2, "registered": {"name": "samsnet-s", "version": "1", "alias": "champion"}}  # fmt: skip
+    summary = {"trials": 4, "counts": {"completed": 3, "pruned": 1}, "best_valid_loss": 0.0123456, "best_run": "abc",
+               "best_config": {"model.slices": 2}, "selection": selection, "test": test, "chosen_slices": 2,
+               "registered": {"name": "samsnet-s", "version": "1", "alias": "champion"}}  # fmt: skip
     card = export.model_card(net, state, {"source": "study s", "study_summary": summary, "selection_table": selection,
                                           "test_sdr": test}, 1e-7)  # fmt: skip
     assert "validation (checkpoint)" not in card and "-0.00" not in card  # the excerpt score would contradict
     assert "| 2 | 0.91 | 0.95 | 0.90 | 0.96 | 0.93 |" in card
     assert "| test | 1.25 | 1.50 | 0.75 | 1.00 | 1.12 |" in card
     assert "| trials | 4 |" in card and "| best_valid_loss | 0.012346 |" in card and "| chosen_slices | 2 |" in card
+    assert "| counts.completed | 3 |" in card and "| best_config.model.slices | 2 |" in card
     assert "{" not in card and "registered" not in card and "version '1'" not in card
 
 
