@@ -226,7 +226,10 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, card_info
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    """Written whole or not at all (export.json last: a crash mid-export leaves a folder that fails its checks)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    tmp.replace(path)
 
 
 def sha256_file(path: Path) -> str:
