@@ -149,3 +149,20 @@ def test_user_yaml_is_parsed_in_one_place():
 def test_the_limits_do_not_refuse_the_shipped_files():
     for path in sorted((REPO / "search_spaces").glob("*.yaml")) + sorted((REPO / "configs").glob("*.yaml")):
         assert config.read_yaml(path) == yaml.safe_load(path.read_text()), path
+
+
+def test_the_user_config_has_the_same_limits(tmp_path, monkeypatch):
+    from samsnet_search.search import identity
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    path = identity.user_config_path()
+    path.parent.mkdir(parents=True)
+    path.write_text("storage: s3://bucket/ray\n")
+    assert identity.user_config() == {"storage": "s3://bucket/ray"}
+    path.write_bytes("storage: x\n".encode("utf-16"))
+    with pytest.raises(ConfigError, match="config.yaml: not UTF-8 text"):
+        identity.user_config()
+    path.write_text("a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcd", "bcde")))
+    with pytest.raises(ConfigError, match="aliases"):
+        identity.user_config()
