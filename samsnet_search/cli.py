@@ -220,18 +220,18 @@ def export(
     storage: str = typer.Option("./runs", help="storage root holding the studies (local folder or s3://bucket/prefix)"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow for run ids / --register (default $MLFLOW_TRACKING_URI, else ./mlruns)"),
     register: Optional[str] = typer.Option(None, help="also register as samsnet-NAME (a study always registers as samsnet-<study>)"),
-    alias: str = typer.Option("champion", help="registry alias set on the new version"),
+    alias: str = typer.Option("champion", help="registry alias set on the new version (weights registered before keep theirs)"),
 ) -> None:
     """Export the best model of a study (or a run / checkpoint) as a self-contained folder."""
     import os
 
     from .export import export_source
 
-    folder, version = export_source(source, out, storage=storage, tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
-                                    register_as=register, alias=alias)  # fmt: skip
+    folder, registration = export_source(source, out, storage=storage, tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
+                                         register_as=register, alias=alias)  # fmt: skip
     print(f"exported to {folder}")
-    if version is not None:
-        print(f"registered version {version} with alias {alias}")
+    if registration is not None:
+        print(registration.describe())
 
 
 @data_app.command("synth")

@@ -7,10 +7,11 @@ comment says otherwise. `load_yaml_model` turns any validation problem into a
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal, Mapping, TypeVar
+from typing import Any, Literal, Mapping, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -183,14 +184,17 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    """One line per problem: `source: key.path: message (got value)`."""
+def format_validation_error(err: ValidationError, source: str, cls: type[BaseModel] | None = None) -> str:
+    """One line per problem: `source: key.path: message (got value)`.
+
+    With `cls` (the model that was validated), an unknown key also names the closest valid key.
+    """
     lines = []
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"]) or "<top level>"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + did_you_mean(str(e["loc"][-1]), known_keys(cls, e["loc"][:-1]))
         value = e.get("input")
         # Whole-section inputs (cross-field checks) would print the entire file: skip them.
         quiet = e["type"] in ("missing", "extra_forbidden") or isinstance(value, (dict, list))
@@ -199,21 +203,157 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def known_keys(cls: type[BaseModel] | None, loc: tuple = ()) -> list[str]:
+    """The keys the section at `loc` of `cls` accepts (field names, or aliases where set); [] when unknown."""
+    for part in loc:
+        if cls is None:
+            return []
+        field = cls.model_fields.get(str(part)) or next((f for f in cls.model_fields.values() if f.alias == part), None)
+        cls = model_in(field.annotation) if field is not None else None
+    if cls is None:
+        return []
+    return [f.alias or name for name, f in cls.model_fields.items()]
+
+
+def model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds (`X`, `X | None`), else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+
+
+def did_you_mean(key: str, valid: list[str]) -> str:
+    """` (did you mean 'slices'?)` for a near miss, else the list of valid keys."""
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (valid: {', '.join(valid)})" if valid else ""
+
+
+# --- reading YAML: the one place where a user's YAML is parsed -----------------------------
+
+# A study or experiment file is a few kilobytes; anything near this is not one.
+MAX_YAML_BYTES = 1_000_000
+# Values once every alias is expanded: a real file has hundreds. An alias chain ("billion
+# laughs") is a small graph that expands exponentially wherever it is copied or validated,
+# so its expanded size is counted on the graph, before any Python object is built from it.
+MAX_YAML_NODES = 100_000
+# Nesting levels: a study is about four deep; the checks that walk it recurse once per level.
+MAX_YAML_DEPTH = 32
+
+
 def read_yaml(path: str | Path) -> Any:
+    return read_yaml_text(path)[1]
+
+
+def read_yaml_text(path: str | Path) -> tuple[str, Any]:
+    """(text, parsed document) of a user's YAML file: size-limited, UTF-8, safe tags, aliases bounded."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: {size:,} bytes; study and experiment files are limited to {MAX_YAML_BYTES:,} bytes")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        with path.open("rb") as f:
+            data = f.read(MAX_YAML_BYTES + 1)  # at most this much, even if the file grew after stat
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read it ({e.strerror or e})") from None
+    text = decode_text(data, str(path))
+    return text, parse_yaml(text, str(path))
+
+
+def decode_text(data: bytes, source: str) -> str:
+    """UTF-8 text (a BOM is dropped) of at most MAX_YAML_BYTES, or a ConfigError naming `source`."""
+    if len(data) > MAX_YAML_BYTES:
+        raise ConfigError(f"{source}: more than {MAX_YAML_BYTES:,} bytes; study and experiment files are limited to that")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")
+        hint = "it looks like UTF-16: save it as UTF-8" if utf16 else "expected a YAML text file"
+        raise ConfigError(f"{source}: not UTF-8 text (byte {e.start} is {data[e.start:e.start + 1]!r}); {hint}") from None
+    if "\x00" in text:
+        raise ConfigError(f"{source}: contains NUL bytes (a binary file?); expected a YAML text file")
+    return text
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """`yaml.safe_load` with the size and alias limits; an empty document is {}."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{source}: more than {MAX_YAML_BYTES:,} characters; study and experiment files are limited to that")
+    loader = _BoundedLoader(text)
+    loader.source = source
+    try:
+        return loader.get_single_data() or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{source}: not valid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply for a study or experiment file") from None
+    finally:
+        loader.dispose()
+
+
+class _BoundedLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml when available: 10x faster
+    """The safe loader, measuring the expanded document before constructing anything from it."""
+
+    source = "<yaml>"
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        check_expanded_size(node, self.source)
+        return self.construct_document(node)
+
+
+def check_expanded_size(root: yaml.Node, source: str) -> None:
+    """Refuse recursive aliases, documents of more than MAX_YAML_NODES values once aliases expand,
+    and nesting deeper than MAX_YAML_DEPTH.
+
+    Each node's expanded size and height are computed once (memoised by identity) in an iterative
+    post-order walk: linear in the size of the graph however large its expansion.
+    """
+    sizes: dict[int, int] = {}
+    heights: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            on_path.discard(key)
+            children = _children(node)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in children)
+            heights[key] = 1 + max((heights[id(c)] for c in children), default=0)
+            line = node.start_mark.line + 1
+            if sizes[key] > MAX_YAML_NODES:
+                raise ConfigError(f"{source}: line {line}: more than {MAX_YAML_NODES:,} values once its aliases "
+                                  "(*name) are expanded; write the values out instead")  # fmt: skip
+            if heights[key] > MAX_YAML_DEPTH:
+                raise ConfigError(f"{source}: line {line}: nested more than {MAX_YAML_DEPTH} levels deep; "
+                                  "a study or experiment file needs a few")  # fmt: skip
+        elif key in on_path:
+            raise ConfigError(f"{source}: line {node.start_mark.line + 1}: an alias refers to a section that contains it")
+        elif key not in sizes:
+            on_path.add(key)
+            stack.append((node, True))
+            stack.extend((c, False) for c in _children(node) if id(c) not in sizes)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
 
 
 def validate_model(cls: type[M], data: Any, source: str) -> M:
     try:
         return cls.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None
+        raise ConfigError(format_validation_error(e, source, cls)) from None
 
 
 def load_yaml_model(cls: type[M], path: str | Path) -> M:

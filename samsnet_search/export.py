@@ -11,8 +11,13 @@ An export folder holds:
 * `model.onnx`: the mask network on magnitudes, `mag (B, C, F, T) -> masks (B, 4, C, F, T)`,
   batch and frame count dynamic (opset 18), checked against PyTorch with onnxruntime.
 * `weights.pt`: the best weights as a plain state dict (`torch.load(weights_only=True)`).
-* `model_config.json`, `experiment.json`, `MODEL_CARD.md`, and `export.json` (format, files,
-  ONNX parity, source), which marks the folder as an export.
+* `model_config.json`, `experiment.json`, `MODEL_CARD.md`, and `export.json` (format, each
+  file's path and sha256, ONNX parity, source), which marks the folder as an export.
+
+Loading checks every file it reads against `export.json`: a path must stay inside the folder
+and the file's sha256 must match, else the load is refused naming the file. A registered
+version also records the sha256 of `export.json` itself in the registry (a tag), so that an
+export replaced as a whole in the artifact store is refused too.
 
 Both exported graphs use a branch-free form of the sliced attention: the time axis is
 always padded to whole slices and the padded keys always masked (with no padding the mask
@@ -23,12 +28,15 @@ check it at lengths that are and are not multiples of `slice_frames`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import hashlib
 import json
 import logging
 import math
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -38,15 +46,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint
-from .config import TARGETS, ModelConfig
+from .config import TARGETS, ModelConfig, flatten
 from .errors import SamsNetError
 
 log = logging.getLogger(__name__)
 
-FORMAT = "samsnet-export/1"
+# /2: every file with its sha256 (/1 had bare names and no checksums; it is refused).
+FORMAT = "samsnet-export/2"
 MANIFEST = "export.json"
 TS_FILE, ONNX_FILE, WEIGHTS_FILE, CARD_FILE = "model.ts", "model.onnx", "weights.pt", "MODEL_CARD.md"
-PYFUNC_FILE = "mlflow_model.py"
+CONFIG_FILE, EXPERIMENT_FILE, PYFUNC_FILE = "model_config.json", "experiment.json", "mlflow_model.py"
+# export.json "files" key -> file name in the folder.
+FILES = {"torchscript": TS_FILE, "onnx": ONNX_FILE, "weights": WEIGHTS_FILE, "card": CARD_FILE,
+         "model_config": CONFIG_FILE, "experiment": EXPERIMENT_FILE, "pyfunc": PYFUNC_FILE}  # fmt: skip
+# Registry tags of a version: what it was registered from, checked when it is loaded back.
+MANIFEST_SHA_TAG, WEIGHTS_SHA_TAG = "samsnet.export_sha256", "samsnet.weights_sha256"
+MODEL_ARTIFACT = "registered_model"  # run artifact folder of the pyfunc (a trial run keeps model/ for best.pt)
 ONNX_OPSET = 18
 ONNX_TOLERANCE = 1e-4  # max |masks_onnx - masks_torch| on a real input
 DEFAULT_ALIAS = "champion"
@@ -185,8 +200,8 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, card_info
         raise ExportError(f"{out}: exists and is not an export folder; give an empty or new --out folder")
     out.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), out / WEIGHTS_FILE)
-    _write_json(out / "model_config.json", state["model_config"])
-    _write_json(out / "experiment.json", state["experiment"])
+    _write_json(out / CONFIG_FILE, state["model_config"])
+    _write_json(out / EXPERIMENT_FILE, state["experiment"])
     wrapper = ExportedSamsNet(net).eval()
     with warnings.catch_warnings():  # torch 2.13 marks TorchScript deprecated; it is still the
         warnings.simplefilter("ignore", DeprecationWarning)  # format that runs without Python code
@@ -203,7 +218,7 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, card_info
         "source": card_info["source"],
         "epoch": state.get("epoch"),
         "targets": list(TARGETS),
-        "files": {"torchscript": TS_FILE, "onnx": ONNX_FILE, "weights": WEIGHTS_FILE, "card": CARD_FILE},
+        "files": {key: {"path": name, "sha256": sha256_file(out / name)} for key, name in FILES.items()},
         "onnx": {"opset": ONNX_OPSET, "max_abs_error": onnx_error, "input_frames": int(example.shape[-1])},
     })  # fmt: skip
     log.info("exported %s to %s (ONNX max error %.2e)", checkpoint_dir, out, onnx_error)
@@ -211,7 +226,18 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, card_info
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    """Written whole or not at all (export.json last: a crash mid-export leaves a folder that fails its checks)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def example_magnitude(state: dict[str, Any], net: nn.Module, seconds: float = 2.0) -> torch.Tensor:
@@ -258,7 +284,7 @@ def export_onnx(wrapper: ExportedSamsNet, example: torch.Tensor, path: Path) -> 
     """Write the mask network as ONNX (dynamic batch and frames); returns the max abs error
     of onnxruntime against PyTorch on `example` and on a shorter odd-length cut of it."""
     batch, frames = torch.export.Dim("batch", max=64), torch.export.Dim("frames", min=2)
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_onnx_exporter():
         program = torch.onnx.export(wrapper, (example,), dynamo=True, opset_version=ONNX_OPSET,
                                     input_names=["mag"], output_names=["masks"],
                                     dynamic_shapes={"mag": {0: batch, 3: frames}}, external_data=False,
@@ -268,6 +294,29 @@ def export_onnx(wrapper: ExportedSamsNet, example: torch.Tensor, path: Path) -> 
     if not error <= ONNX_TOLERANCE:
         raise ExportError(f"{path}: ONNX output differs from PyTorch by {error:.3g} (> {ONNX_TOLERANCE}); not exported")
     return error
+
+
+class _DropTorchvisionNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("torchvision is not installed")
+
+
+@contextlib.contextmanager
+def _quiet_onnx_exporter():
+    """Silence what torch 2.13's ONNX exporter says on every export that is not about our model:
+    its op registry logs a warning per torchvision op when torchvision is absent (we use none),
+    and `ExportedProgram.run_decompositions` deep-copies its own pytree `LeafSpec`s, which
+    torch itself marks deprecated (a FutureWarning from torch/export, not from our code)."""
+    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    notices = _DropTorchvisionNotices()
+    registry_log.addFilter(notices)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                    category=FutureWarning)  # fmt: skip
+            yield
+    finally:
+        registry_log.removeFilter(notices)
 
 
 def onnx_parity(path: Path, wrapper: nn.Module, mag: torch.Tensor) -> float:
@@ -307,11 +356,10 @@ def model_card(net: nn.Module, state: dict[str, Any], info: dict[str, Any], onnx
               f"(convolutions {params['conv_parameters']:,}, LayerNorm affine {params['layernorm_parameters']:,})",
               f"- {macs_per_second(net) / 1e9:.3f} GMACs per second of audio (mask network, STFT excluded)", ""]  # fmt: skip
     lines += ["## Scores (SDR, dB, BSSEval v4: median over frames, then tracks)", ""]
-    lines += _scores(state.get("metrics") or {}, info.get("test_sdr"))
-    if info.get("selection_table"):
-        lines += ["", "### Study selection table (validation)", "", *_table(info["selection_table"])]
-    if info.get("study_summary"):
-        lines += ["", "### Search summary", "", *(f"- {k}: {v}" for k, v in info["study_summary"].items())]
+    lines += _scores(state.get("metrics") or {}, info.get("test_sdr"), info.get("selection_table"))
+    summary = _summary_rows(info.get("study_summary") or {})
+    if summary:
+        lines += ["", "### Search summary", "", *_table(summary)]
     lines += ["", "## Files", "",
               f"- `{TS_FILE}`: TorchScript (scripted), `separate(audio (B, C, N)) -> (B, 4, C, N)` and "
               "`forward(mag (B, C, F, T)) -> masks (B, 4, C, F, T)`; needs torch only.",
@@ -326,17 +374,37 @@ def model_card(net: nn.Module, state: dict[str, Any], info: dict[str, Any], onnx
 _TRAIN_KEYS = ("lr", "batch_size", "epochs", "patience", "seed", "weight_decay", "grad_clip")
 
 
-def _scores(metrics: dict[str, Any], test_sdr: dict[str, float] | None) -> list[str]:
-    rows = []
-    valid = {t: metrics.get(f"valid_sdr_{t}") for t in TARGETS}
-    if any(v is not None for v in valid.values()):
-        rows.append({"set": "validation (checkpoint)", **valid, "avg": metrics.get("valid_sdr")})
+def _scores(metrics: dict[str, Any], test_sdr: dict[str, float] | None, selection: list[dict] | None) -> list[str]:
+    """The SDR tables. A study's validation numbers are its selection table (full validation tracks,
+    all seeds); the checkpoint's own per-epoch score on short excerpts is shown only without one,
+    since the two measure different things and would contradict each other side by side."""
+    lines: list[str] = []
+    if selection:
+        lines += ["Validation (full tracks, median over seeds; the study's selection table):", "", *_table(selection), ""]
+    else:
+        valid = {t: metrics.get(f"valid_sdr_{t}") for t in TARGETS}
+        if any(v is not None for v in valid.values()):
+            lines += _table([{"set": "validation (checkpoint)", **valid, "avg": metrics.get("valid_sdr")}]) + [""]
     if test_sdr:
-        rows.append({"set": "test", **{t: test_sdr.get(t) for t in TARGETS}, "avg": test_sdr.get("avg")})
-    lines = _table(rows) if rows else ["No SDR recorded with this checkpoint."]
+        lines += ["Test (this model only; test data never influenced the choice):" if selection else "Test:", "",
+                  *_table([{"set": "test", **{t: test_sdr.get(t) for t in TARGETS}, "avg": test_sdr.get("avg")}]), ""]  # fmt: skip
+    if not lines:
+        lines = ["No SDR recorded with this checkpoint.", ""]
     if metrics.get("valid_loss") is not None:
-        lines += ["", f"valid_loss {metrics['valid_loss']:.5g} at this checkpoint."]
+        lines += [f"valid_loss {metrics['valid_loss']:.5g} at this checkpoint."]
     return lines
+
+
+# Summary entries shown elsewhere on the card (selection, test), too large for a row (pareto: the
+# report shows the front), or about the registry, which the card (written before registering) cannot know.
+_SUMMARY_SKIP = ("selection", "test", "registered", "pareto")
+
+
+def _summary_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One `key | value` row per scalar; sections (counts, best_config) as dotted keys."""
+    kept = {k: v for k, v in summary.items() if k not in _SUMMARY_SKIP}
+    return [{"key": k, "value": f"{v:.5g}" if isinstance(v, float) else v}
+            for k, v in flatten(kept).items() if not isinstance(v, (dict, list))]  # fmt: skip
 
 
 def _table(rows: list[dict[str, Any]]) -> list[str]:
@@ -372,6 +440,8 @@ def is_export(path: str | Path) -> bool:
 
 
 def read_manifest(export_dir: str | Path) -> dict[str, Any]:
+    """export.json of an export folder, checked: known format, every file a path inside the folder
+    with a sha256 (the files themselves are checked when read: `verified_file`)."""
     folder = Path(export_dir)
     if not folder.is_dir():
         raise ExportError(f"{folder}: no such folder (expected an export folder from `samsnet-search export`)")
@@ -379,20 +449,59 @@ def read_manifest(export_dir: str | Path) -> dict[str, Any]:
         raise ExportError(f"{folder}: not a samsnet export (no {MANIFEST}); `samsnet-search export` writes one")
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         raise ExportError(f"{folder / MANIFEST}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    fmt = manifest.get("format") if isinstance(manifest, dict) else None
+    if fmt == "samsnet-export/1":
+        raise ExportError(f"{folder / MANIFEST}: format {fmt} records no checksums, so its files cannot be "
+                          "verified; export the model again")  # fmt: skip
+    if fmt != FORMAT:
         raise ExportError(f"{folder / MANIFEST}: unknown export format (expected {FORMAT})")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(key in files for key in FILES):
+        raise ExportError(f"{folder / MANIFEST}: files: expected an entry for each of {', '.join(FILES)}")
+    for key, entry in files.items():
+        _check_entry(folder, key, entry)
+    return manifest
+
+
+def _check_entry(folder: Path, key: str, entry: Any) -> None:
+    where = f"{folder / MANIFEST}: files.{key}"
+    if not (isinstance(entry, dict) and isinstance(entry.get("path"), str) and isinstance(entry.get("sha256"), str)
+            and len(entry["sha256"]) == 64):  # fmt: skip
+        raise ExportError(f"{where}: expected {{path: <file in the folder>, sha256: <64 hex digits>}}, got {entry!r}")
+    rel = Path(entry["path"])
+    # Resolved (symlinks followed) it must still be inside the folder: `../x.ts`, `/tmp/x.ts` or a
+    # link pointing out would load a file the export never contained.
+    if rel.is_absolute() or ".." in rel.parts or not (folder / rel).resolve().is_relative_to(folder.resolve()):
+        raise ExportError(f"{where}: path {entry['path']!r} is outside the export folder; refusing to load it")
+
+
+def verified_file(folder: str | Path, manifest: dict[str, Any], key: str) -> Path:
+    """The path of `files.<key>`, after checking that the file is there and its sha256 matches."""
+    entry = manifest["files"][key]
+    path = Path(folder) / entry["path"]
+    if not path.is_file():
+        raise ExportError(f"{path}: missing from the export folder")
+    actual = sha256_file(path)
+    if actual != entry["sha256"]:
+        raise ExportError(f"{path}: sha256 {actual[:12]}... differs from {entry['sha256'][:12]}... recorded in "
+                          f"{MANIFEST}: the file was changed after export; refusing to load it")  # fmt: skip
+    return path
+
+
+def verify_export(export_dir: str | Path) -> dict[str, Any]:
+    """Every file of an export checked against its manifest; returns the manifest."""
+    manifest = read_manifest(export_dir)
+    for key in manifest["files"]:
+        verified_file(export_dir, manifest, key)
     return manifest
 
 
 def load_exported(export_dir: str | Path, map_location: str | torch.device = "cpu") -> torch.jit.ScriptModule:
     """The TorchScript module of an export folder (no pickles, no SamsNet code), in eval mode."""
     folder = Path(export_dir)
-    manifest = read_manifest(folder)
-    path = folder / manifest["files"]["torchscript"]
-    if not path.is_file():
-        raise ExportError(f"{path}: missing from the export folder")
+    path = verified_file(folder, read_manifest(folder), "torchscript")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -404,26 +513,54 @@ def load_exported(export_dir: str | Path, map_location: str | torch.device = "cp
 def load_weights(export_dir: str | Path) -> nn.Module:
     """The Python SamsNet from `weights.pt` + `model_config.json` (weights_only loading)."""
     folder = Path(export_dir)
-    read_manifest(folder)
-    net = checkpoint.build_model(json.loads((folder / "model_config.json").read_text()))
-    net.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+    manifest = read_manifest(folder)
+    config = json.loads(verified_file(folder, manifest, "model_config").read_text())
+    net = checkpoint.build_model(config)
+    net.load_state_dict(torch.load(verified_file(folder, manifest, "weights"), map_location="cpu", weights_only=True))
     return net.eval()
 
 
 # --- MLflow registry ------------------------------------------------------------------
 
 
-def register(
+@dataclass(frozen=True)
+class Registration:
+    """What `register_export` did: a new version, or an existing one with the same weights."""
+
+    name: str  # samsnet-<study>
+    version: str
+    reused: bool  # True: these weights were registered before; no new version was made
+    alias: str
+    alias_version: str | None  # the version the alias points to after the call
+
+    def describe(self) -> str:
+        if not self.reused:
+            return f"registered {self.name} version {self.version} with alias {self.alias}"
+        where = "on it" if self.alias_version == self.version else f"stays on version {self.alias_version}"
+        return f"{self.name} version {self.version} already holds these weights (not registered again; alias {self.alias} {where})"
+
+
+def register(export_dir: str | Path, name: str, tracking_uri: str, run_id: str | None = None,
+             alias: str = DEFAULT_ALIAS) -> str:  # fmt: skip
+    """`register_export`, returning the version only."""
+    return register_export(export_dir, name, tracking_uri, run_id=run_id, alias=alias).version
+
+
+def register_export(
     export_dir: str | Path,
     name: str,
     tracking_uri: str,
     run_id: str | None = None,
     alias: str = DEFAULT_ALIAS,
-) -> str:
+) -> Registration:
     """Log the export as an MLflow pyfunc model and register it as `samsnet-<name>` with `alias`.
 
-    The model is logged under `model/` of `run_id` (e.g. a study's parent run), or of a new
-    run in the experiment `name`. Returns the new version. The pyfunc is "model from code"
+    `run_id` is the run that produced the weights (a trial or selection run); the model is logged
+    under its `registered_model/` so that the version links to it. Without one, a run named
+    "export" is made in the experiment `name`. If a version of `samsnet-<name>` already holds these
+    weights (same sha256), that version is returned and nothing is registered or moved: exporting
+    the same winner twice must not make a second version or take the alias from a newer one (the
+    alias is set only if the model has none of that name). The pyfunc is "model from code"
     (`mlflow_model.py`, which loads model.ts), so no pickle is stored in the registry.
     """
     import mlflow.pyfunc
@@ -431,30 +568,68 @@ def register(
     from . import tracking
 
     folder = Path(export_dir)
-    read_manifest(folder)
+    manifest = verify_export(folder)
+    weights_sha = manifest["files"]["weights"]["sha256"]
     target = tracking.resolve_tracking(tracking_uri)
     c = tracking.client(target)
+    registered = tracking.registered_model_name(name)
     try:
+        existing = _version_with_weights(c, registered, weights_sha)
+        if existing is not None:
+            aliases = dict(c.get_registered_model(registered).aliases or {})
+            if alias not in aliases:
+                c.set_registered_model_alias(registered, alias, existing)
+                aliases[alias] = existing
+            log.info("%s version %s already holds weights %s...; not registered again", registered, existing, weights_sha[:12])
+            return Registration(registered, existing, True, alias, str(aliases[alias]))
         if run_id is None:
             experiment_id = tracking.ensure_experiment(target, name)
             run_id = c.create_run(experiment_id, run_name="export", tags={tracking.STUDY_TAG: name,
                                                                           tracking.ROLE_TAG: "export"}).info.run_id  # fmt: skip
             c.set_terminated(run_id, "FINISHED")
+        config = json.loads(verified_file(folder, manifest, "model_config").read_text())
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = Path(tmp) / "model"
-            mlflow.pyfunc.save_model(str(model_dir), python_model=str(folder / PYFUNC_FILE),
-                                     artifacts={"export": str(folder)}, pip_requirements=_requirements())  # fmt: skip
-            c.log_artifacts(run_id, str(model_dir), "model")
-        version = tracking.register_model(target, name, run_id, "model", tags={"samsnet.export": FORMAT},
-                                          description=f"Sams-Net export from {read_manifest(folder)['source']}")  # fmt: skip
-        c.set_registered_model_alias(tracking.registered_model_name(name), alias, version)
+            channels = int(config["audio_channels"])
+            # The example (0.1 s of silence) documents the input in the UI; MLflow also runs it once.
+            mlflow.pyfunc.save_model(str(model_dir), python_model=str(verified_file(folder, manifest, "pyfunc")),
+                                     artifacts={"export": str(folder)}, pip_requirements=_requirements(),
+                                     signature=pyfunc_signature(channels),
+                                     input_example=np.zeros((1, channels, 4410), dtype=np.float32))  # fmt: skip
+            c.log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT)
+        tags = {"samsnet.export": FORMAT, MANIFEST_SHA_TAG: sha256_file(folder / MANIFEST), WEIGHTS_SHA_TAG: weights_sha}
+        version = tracking.register_model(target, name, run_id, MODEL_ARTIFACT, tags=tags,
+                                          description=f"Sams-Net export from {manifest['source']}")  # fmt: skip
+        c.set_registered_model_alias(registered, alias, version)
     except SamsNetError:
         raise
     except Exception as e:  # server down, permissions, ...: one clear line
-        raise ExportError(f"cannot register {folder} as {tracking.registered_model_name(name)} at {target.uri}: "
+        raise ExportError(f"cannot register {folder} as {registered} at {target.uri}: "
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None  # fmt: skip
-    log.info("registered %s version %s (alias %s)", tracking.registered_model_name(name), version, alias)
-    return version
+    log.info("registered %s version %s (alias %s)", registered, version, alias)
+    return Registration(registered, version, False, alias, version)
+
+
+def _version_with_weights(c, registered: str, weights_sha: str) -> str | None:
+    """The oldest version of `registered` whose weights have this sha256, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = c.search_model_versions(f"name = '{registered}'")
+    except MlflowException:
+        return None
+    same = sorted(int(v.version) for v in versions if (v.tags or {}).get(WEIGHTS_SHA_TAG) == weights_sha)
+    return str(same[0]) if same else None
+
+
+def pyfunc_signature(audio_channels: int):
+    """audio float32 (B, C, N) at 44.1 kHz -> stems (B, 4, C, N); batch and length free."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    f32 = np.dtype(np.float32)
+    return ModelSignature(inputs=Schema([TensorSpec(f32, (-1, audio_channels, -1))]),
+                          outputs=Schema([TensorSpec(f32, (-1, len(TARGETS), audio_channels, -1))]))  # fmt: skip
 
 
 def _requirements() -> list[str]:
@@ -481,7 +656,23 @@ def download_registered(uri: str, tracking_uri: str | None, dest: str | Path) ->
     found = sorted(Path(local).rglob(MANIFEST))
     if not found:
         raise ExportError(f"{uri}: the registered model holds no samsnet export ({MANIFEST} not found)")
-    return found[0].parent
+    folder = found[0].parent
+    _check_registered_manifest(uri, version, folder / MANIFEST)
+    verify_export(folder)
+    return folder
+
+
+def _check_registered_manifest(uri: str, version, path: Path) -> None:
+    """The export.json in the artifact store is the one registered: its sha256 is a registry tag, kept
+    in the tracking database, so replacing the whole export in the artifact store is caught too."""
+    expected = (version.tags or {}).get(MANIFEST_SHA_TAG)
+    if expected is None:
+        raise ExportError(f"{uri}: version {version.version} was registered without a checksum of its {MANIFEST} "
+                          "(an older samsnet-search); export and register it again")  # fmt: skip
+    if sha256_file(path) != expected:
+        raise ExportError(f"{uri}: {MANIFEST} of version {version.version} in the artifact store differs from the "
+                          "checksum recorded in the registry: the stored model was changed after registration; "
+                          "refusing to load it")  # fmt: skip
 
 
 def _model_version(uri: str, target):
@@ -516,15 +707,15 @@ def _model_version(uri: str, target):
 
 
 def export_source(source: str, out_dir: str | Path, *, storage: str = "./runs", tracking_uri: str | None = None,
-                  register_as: str | None = None, alias: str = DEFAULT_ALIAS) -> tuple[Path, str | None]:
+                  register_as: str | None = None, alias: str = DEFAULT_ALIAS) -> tuple[Path, Registration | None]:
     """Export a checkpoint folder / .pt file, a study (name or folder: its best trial), or an
     MLflow run id; register it (always for a study, as `samsnet-<study>`; else when `register_as`
-    is given). Returns (export folder, registered version or None)."""
+    is given). Returns (export folder, what the registry did, or None)."""
     path = Path(source)
     if path.exists() and not (path / "study.json").is_file():
         out = export_checkpoint(path, out_dir)
-        version = register(out, register_as, tracking_uri or "./mlruns", alias=alias) if register_as else None
-        return out, version
+        done = register_export(out, register_as, tracking_uri or "./mlruns", alias=alias) if register_as else None
+        return out, done
     study = _find_study(source, storage)
     if study is not None:
         return _export_study(study, out_dir, alias)
@@ -532,8 +723,8 @@ def export_source(source: str, out_dir: str | Path, *, storage: str = "./runs", 
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = _download_run_checkpoint(source, tracking_uri or "./mlruns", Path(tmp))
             out = export_checkpoint(ckpt, out_dir, {"source": f"MLflow run {source}"})
-        version = register(out, register_as, tracking_uri or "./mlruns", alias=alias) if register_as else None
-        return out, version
+        done = register_export(out, register_as, tracking_uri or "./mlruns", run_id=source, alias=alias) if register_as else None
+        return out, done
     raise ExportError(f"{source}: not a checkpoint folder or .pt file, not a study in {storage}, and not an "
                       "MLflow run id (32 hex digits)")  # fmt: skip
 
@@ -569,8 +760,9 @@ def _download_run_checkpoint(run_id: str, tracking_uri: str, dest: Path) -> Path
     return Path(local)
 
 
-def _export_study(manifest, out_dir: str | Path, alias: str) -> tuple[Path, str]:
-    """The study's best trial (by its metric): exported, then registered as `samsnet-<study>`."""
+def _export_study(manifest, out_dir: str | Path, alias: str) -> tuple[Path, Registration]:
+    """The study's best trial (by its metric; the selection's winner once chosen): exported, then
+    registered as `samsnet-<study>` from that trial's run (or found registered already)."""
     from . import tracking
 
     summary = dict(manifest.summary or {})
@@ -581,20 +773,24 @@ def _export_study(manifest, out_dir: str | Path, alias: str) -> tuple[Path, str]
     if not run_id:
         raise ExportError(f"study {manifest.name!r} ({manifest.state}) has no best trial yet; run it to the end first")
     info = {"title": f"Sams-Net chosen by study {manifest.name}", "source": f"study {manifest.name}, MLflow run {run_id}",
-            "study_summary": {k: v for k, v in summary.items() if k != "selection"},
-            "selection_table": summary.get("selection")}  # fmt: skip
+            "study_summary": summary, "selection_table": summary.get("selection"),
+            "test_sdr": summary.get("test") if isinstance(summary.get("test"), dict) else None}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = _download_run_checkpoint(run_id, manifest.tracking_uri, Path(tmp))
         out = export_checkpoint(ckpt, out_dir, info)
-    version = register(out, manifest.name, manifest.tracking_uri, run_id=manifest.parent_run_id, alias=alias)
-    return out, version
+    return out, register_export(out, manifest.name, manifest.tracking_uri, run_id=run_id, alias=alias)
 
 
 _PYFUNC_CODE = '''"""MLflow pyfunc ("model from code") for a samsnet export: loads model.ts with torch only.
 
-predict(audio): float32 (C, N) or (B, C, N) at 44.1 kHz -> stems (B, 4, C, N) in the order
-vocals, drums, bass, other.
+predict(audio): float32 (B, C, N) at 44.1 kHz -> stems (B, 4, C, N) in the order vocals, drums,
+bass, other. model.ts is loaded only if its sha256 is the one export.json records.
 """
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -602,13 +798,28 @@ from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
 
 
+def verified_file(folder, key):
+    """files.<key> of export.json: a path inside the folder whose sha256 matches, else ValueError."""
+    folder = Path(folder)
+    entry = json.loads((folder / "export.json").read_text())["files"][key]
+    path = folder / entry["path"]
+    if Path(entry["path"]).is_absolute() or ".." in Path(entry["path"]).parts or not path.resolve().is_relative_to(folder.resolve()):
+        raise ValueError(f"{path}: outside the export folder; refusing to load it")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != entry["sha256"]:
+        raise ValueError(f"{path}: sha256 {digest[:12]}... differs from {entry['sha256'][:12]}... recorded in "
+                         "export.json: the file was changed after export; refusing to load it")
+    return path
+
+
 class SamsNetSeparator(PythonModel):
     def load_context(self, context):
-        from pathlib import Path
+        path = verified_file(context.artifacts["export"], "torchscript")
+        with warnings.catch_warnings():  # torch marks TorchScript deprecated; it runs without Python code
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.model = torch.jit.load(str(path), map_location="cpu").eval()
 
-        self.model = torch.jit.load(str(Path(context.artifacts["export"]) / "model.ts"), map_location="cpu").eval()
-
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
         audio = torch.from_numpy(np.asarray(model_input, dtype=np.float32))
         if audio.dim() == 2:
             audio = audio[None]

@@ -142,16 +142,14 @@ def _download_json(client, run_id: str, artifact: str) -> dict[str, Any] | None:
 
 def read_asha(report: StudyReport) -> dict[str, Any] | None:
     """ASHA's settings from the study file copy (None for a FIFO study or a missing copy)."""
-    import yaml
-
-    from .config import validate_model
+    from .config import parse_yaml, validate_model
     from .search import identity
     from .search.study import SearchSettings
 
     text = identity.read_study_copy(report.manifest.path)
     if text is None:
         return None
-    raw = yaml.safe_load(text) or {}
+    raw = parse_yaml(text, f"{report.manifest.path}/{identity.STUDY_COPY}")
     s = validate_model(SearchSettings, raw.get("search") or {}, f"{report.manifest.path}/{identity.STUDY_COPY}: search")
     if s.scheduler != "asha":
         return None

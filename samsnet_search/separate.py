@@ -131,11 +131,12 @@ def load_separator(model_ref: str | Path, tracking_uri: str | None = None, map_l
     """A model for `separate` / `separate_file` from any of:
 
     - an export folder (`samsnet-search export`): its TorchScript module, so no SamsNet
-      Python code runs (torch.stft/istft and the network are inside model.ts);
+      Python code runs (torch.stft/istft and the network are inside model.ts); every file of
+      the folder must match the sha256 its export.json records, or nothing is loaded;
     - an MLflow registry URI `models:/NAME@ALIAS` or `models:/NAME/VERSION`: the export
-      folder stored in that model version, downloaded and loaded the same way (the pyfunc
-      wrapper is not unpickled or executed); `tracking_uri` (default `$MLFLOW_TRACKING_URI`,
-      else ./mlruns) names the server;
+      folder stored in that model version, downloaded, checked against the checksum the
+      registry recorded, and loaded the same way (the pyfunc wrapper is not unpickled or
+      executed); `tracking_uri` (default `$MLFLOW_TRACKING_URI`, else ./mlruns) names the server;
     - a checkpoint folder or .pt file: the Python SamsNet with the best weights.
     """
     import os
@@ -150,6 +151,7 @@ def load_separator(model_ref: str | Path, tracking_uri: str | None = None, map_l
             folder = export.download_registered(ref, tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"), tmp)
             return export.load_exported(folder, map_location)
     if export.is_export(ref):
+        export.verify_export(ref)  # the whole folder, not only model.ts: a changed file is named
         return export.load_exported(ref, map_location)
     path = Path(ref)
     if not path.exists():

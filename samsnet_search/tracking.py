@@ -118,16 +118,23 @@ def client(target: TrackingTarget):
     return MlflowClient(tracking_uri=target.uri)
 
 
+# MLflow 3's UI opens an experiment by its kind; untagged ones open on the (empty) GenAI traces page.
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def ensure_experiment(target: TrackingTarget, name: str) -> str:
-    """The experiment named `name` (created if missing; restored if deleted). Returns its id."""
+    """The experiment named `name` (created if missing; restored if deleted), marked as a training
+    experiment unless it already has a kind. Returns its id."""
     c = client(target)
     try:
         exp = c.get_experiment_by_name(name)
         if exp is None:
             location = f"{target.artifact_root}/{name}" if target.artifact_root else None
-            return c.create_experiment(name, artifact_location=location)
+            return c.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
         if exp.lifecycle_stage == "deleted":
             c.restore_experiment(exp.experiment_id)
+        if EXPERIMENT_KIND_TAG not in (exp.tags or {}):  # made by an older version, or by hand
+            c.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
         return exp.experiment_id
     except Exception as e:  # connection refused, bad URI, database errors: one clear line
         if isinstance(e, SamsNetError):
@@ -432,7 +439,11 @@ def register_model(
     tags: Mapping[str, str] = (),
     description: str | None = None,
 ) -> str:
-    """Register `runs:/<run_id>/<artifact_path>` as a new version of `samsnet-<study>`; returns the version."""
+    """Register `<run artifacts>/<artifact_path>` as a new version of `samsnet-<study>`; returns the version.
+
+    `run_id` is the run that produced the weights (a trial or selection run, not the study's parent):
+    the version links to it as its source run.
+    """
     c = client(target)
     name = registered_model_name(study_name)
     from mlflow.exceptions import MlflowException
@@ -441,7 +452,10 @@ def register_model(
         c.get_registered_model(name)
     except MlflowException:
         c.create_registered_model(name, description=f"Sams-Net chosen by study {study_name}")
-    source = f"{c.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
+    run = c.get_run(run_id)
+    if run.data.tags.get(ROLE_TAG) == "study":
+        raise TrackingError(f"run {run_id} is the study's parent run; register from the run that produced the weights")
+    source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
     tags = dict(tags)
     assert_no_secrets(tags, "tag")
     version = c.create_model_version(name, source, run_id=run_id, tags=tags, description=description)

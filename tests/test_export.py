@@ -186,7 +186,7 @@ def test_separate_export_with_unknown_format(exported, song, tmp_path, capsys):
     fake.mkdir()
     (fake / "export.json").write_text(json.dumps({"format": "something-else/9"}))
     assert main(["separate", str(fake), str(song), "--out", str(tmp_path / "o")]) == 2
-    assert "unknown export format (expected samsnet-export/1)" in _error(capsys)
+    assert f"unknown export format (expected {export.FORMAT})" in _error(capsys)
 
 
 def test_separate_export_with_missing_torchscript(exported, song, tmp_path, capsys):

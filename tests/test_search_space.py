@@ -60,7 +60,7 @@ def _study(tmp_path, **search):
     }
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(data))
-    return load_study(path, base_dir=tmp_path)
+    return load_study(path, base_dir=tmp_path, check_data=False)  # the space, not the data, is tested
 
 
 def test_study_space_has_dotted_keys_and_samples_build_configs(tmp_path):
@@ -83,7 +83,7 @@ def test_grid_searcher(tmp_path):
     data = yaml.safe_load((tmp_path / "s.yaml").read_text())
     data["train"]["lr"] = 1e-3
     (tmp_path / "d.yaml").write_text(yaml.safe_dump(data | {"search": {"searcher": "grid", "num_samples": 2}}))
-    study = load_study(tmp_path / "d.yaml", base_dir=tmp_path)
+    study = load_study(tmp_path / "d.yaml", base_dir=tmp_path, check_data=False)
     space = tune_space(study)
     assert space["model.slices"] == {"grid_search": [1, 2, 4]}
     assert space["model.depth"] == {"grid_search": [1, 2]}

@@ -122,6 +122,7 @@ import soundfile as sf  # noqa: E402
 import yaml  # noqa: E402
 
 from samsnet_search import tracking  # noqa: E402
+from samsnet_search.export import WEIGHTS_SHA_TAG  # noqa: E402
 from samsnet_search.cli import main  # noqa: E402
 from samsnet_search.search import identity  # noqa: E402
 from samsnet_search.search.runner import run_study  # noqa: E402
@@ -211,7 +212,8 @@ def test_selection_end_to_end(tmp_path, synth_root, ray_local, capsys):
     wavs = {Path(a.path).name for a in c.list_artifacts(m.parent_run_id, listen[0].path)}
     assert wavs == {"mixture.wav", *(f"{t}{kind}.wav" for t in TARGETS for kind in ("", ".reference", ".wiener"))}
     version = c.get_model_version_by_alias("samsnet-sel", "champion")
-    assert str(version.version) == sel.registered["version"] == "1" and version.run_id == m.parent_run_id
+    # registered from the run that trained the winner's weights, not from the study's parent run
+    assert str(version.version) == sel.registered["version"] == "1" and version.run_id == sel.winner_job["run_id"]
     manifest = identity.read_manifest(m.path)
     assert manifest.summary["chosen_slices"] == table.winner and manifest.summary["best_run"] == sel.winner_job["run_id"]
 
@@ -236,7 +238,9 @@ def test_selection_end_to_end(tmp_path, synth_root, ray_local, capsys):
     for run_id, end in ends.items():
         if run_id != rerun.info.run_id:
             assert c.get_run(run_id).info.end_time == end  # finished retrainings untouched
-    assert again.registered["version"] == "2"
+    # the same weights keep their version (retraining is deterministic); new weights get a new one
+    versions = c.search_model_versions("name = 'samsnet-sel'")
+    assert len({v.tags[WEIGHTS_SHA_TAG] for v in versions}) == len(versions)
 
     # test data never influences the choice: garbage test stems, everything retrained, same table
     shutil.rmtree(store)

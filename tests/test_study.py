@@ -43,10 +43,9 @@ def write(tmp_path: Path, data: dict, name: str = "study.yaml") -> Path:
 
 
 @pytest.fixture
-def data_root(tmp_path: Path) -> Path:
-    root = tmp_path / "data"
-    root.mkdir()
-    return root
+def data_root(synth_root: Path) -> Path:
+    """A dataset whose splits serve a study (validation checks train, valid and test tracks)."""
+    return synth_root
 
 
 def test_good_study_resolves(tmp_path, data_root):
@@ -69,8 +68,16 @@ def test_good_study_resolves(tmp_path, data_root):
     assert exp.model.n_fft == 512 and exp.train.epochs == 4
 
 
-def test_name_and_relative_data_root(tmp_path):
-    (tmp_path / "d").mkdir()
+def tiny_dataset(root: Path, make_hq_track) -> Path:
+    """Smallest dataset a study can use: one training, one validation and one test track."""
+    for subset, name in (("train", "t"), ("train", "v"), ("test", "x")):
+        make_hq_track(root / subset / name, seconds=0.1)
+    (root / "samsnet-synth.json").write_text('{"valid_tracks": ["v"]}')
+    return root
+
+
+def test_name_and_relative_data_root(tmp_path, make_hq_track):
+    tiny_dataset(tmp_path / "d", make_hq_track)
     data = good(Path("d")) | {"name": "explicit"}
     study = load_study(write(tmp_path, data), base_dir=tmp_path)
     assert study.name == "explicit"
@@ -101,9 +108,16 @@ _DELETE = object()
 
 # (key to set, value, text the message must contain besides the file name)
 BAD = [
-    ("colour", "red", "colour: unknown key"),
-    ("model.slicez", {"choice": [1, 2]}, "model.slicez: unknown key"),
+    ("colour", "red", "colour: unknown key (valid: name, description, model, data"),
+    ("serach", {"num_samples": 2}, "serach: unknown key (did you mean 'search'?)"),
+    ("model.slicez", {"choice": [1, 2]}, "model.slicez: unknown key (did you mean 'slices'?)"),
     ("model.slices", {"choice": [1, 2], "stepp": 1}, "model.slices.stepp: unknown key"),
+    ("model.channels", {"int": [4, 8], "stpe": 2}, "model.channels.stpe: unknown key (did you mean 'step'?)"),
+    ("model.slices", {"choise": [1, 2]}, "model.slices: {choise} is neither a value nor a distribution "
+                                         "(did you mean 'choice'?)"),
+    ("data.augment.gain_mni", 0.5, "data.augment.gain_mni: unknown key (did you mean 'gain_min'?)"),
+    ("search.num_sample", 4, "search.num_sample: unknown key (did you mean 'num_samples'?)"),
+    ("train.learning_rate", 1e-3, "train.learning_rate: unknown key"),
     ("model.slices", {"choice": [1], "int": [1, 2]}, "model.slices: a distribution has exactly one of"),
     ("model.channels", "many", "model.channels: Input should be a valid integer"),
     ("model.channels", {"int": ["a", 8]}, "model.channels.int.0"),
@@ -207,3 +221,49 @@ def test_shipped_study_files_validate(name, tmp_path, monkeypatch):
     study = load_study(REPO / "search_spaces" / f"{name}.yaml", base_dir=tmp_path, check_data=False)
     assert {"model.slices"} <= set(study.space)
     assert study.name == name
+
+
+# --- the data must serve the study ------------------------------------------------------------
+
+
+@pytest.fixture
+def one_track_root(tmp_path: Path, make_hq_track) -> Path:
+    """A MUSDB18-HQ layout with a single track: no official validation track is in it."""
+    root = tmp_path / "one"
+    make_hq_track(root / "train" / "Only Track")
+    make_hq_track(root / "test" / "Test Track")
+    return root
+
+
+def test_validate_rejects_data_whose_splits_cannot_serve_the_study(tmp_path, one_track_root, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    data = good(one_track_root)
+    del data["data"]["root"]
+    monkeypatch.setenv("MUSDB_PATH", str(one_track_root))
+    path = write(tmp_path, data, "paper.yaml")
+    assert main(["validate", str(path)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"paper.yaml: data.root: {one_track_root} cannot serve the study" in err
+    assert "validation track" in err and "is not in" in err and "1 tracks there: 'Only Track'" in err
+
+
+def test_run_that_fails_validation_leaves_no_study_folder(tmp_path, one_track_root, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MUSDB_PATH", str(one_track_root))
+    data = good(one_track_root)
+    del data["data"]["root"]
+    path = write(tmp_path, data, "paper.yaml")
+    assert main(["run", str(path), "--no-live"]) == 2
+    assert "cannot serve the study" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_data_without_test_tracks_is_refused(tmp_path, make_hq_track, synth_root):
+    root = tmp_path / "notest"
+    for track in sorted((synth_root / "train").iterdir()):
+        if track.is_dir():
+            make_hq_track(root / "train" / track.name)
+    (root / "test").mkdir()
+    (root / "samsnet-synth.json").write_text((synth_root / "samsnet-synth.json").read_text())
+    with pytest.raises(ConfigError, match=r"cannot serve the study: .*test: no tracks found"):
+        load_study(write(tmp_path, good(root)), base_dir=tmp_path)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from ..config import read_yaml
 from ..errors import ConfigError, SamsNetError
 
 log = logging.getLogger(__name__)
@@ -178,15 +179,10 @@ def user_config_path() -> Path:
 
 def user_config() -> dict[str, Any]:
     """The user's defaults (`storage:`, `tracking_uri:`); {} when there is no file."""
-    import yaml
-
     path = user_config_path()
     if not path.is_file():
         return {}
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read the user config: {e}") from None
+    data = read_yaml(path)  # the one YAML loader: size, encoding and alias limits
     unknown = set(data) - {"storage", "tracking_uri"} if isinstance(data, dict) else {"(not a mapping)"}
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; valid: storage, tracking_uri")

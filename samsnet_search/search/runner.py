@@ -27,7 +27,7 @@ from . import identity, lease
 from .identity import Manifest
 from .select import PHASE_TAG
 from .space import describe, num_trials, tune_space
-from .study import Study, parse_study, resolve_storage
+from .study import Study, load_study_text, resolve_storage
 from .trial import RUN_ID_KEY, TrialContext, train_trial
 
 log = logging.getLogger(__name__)
@@ -631,13 +631,11 @@ def resume_study(
 
 def load_stored_study(manifest: Manifest) -> Study:
     """The study as it was started: its file copy, with paths resolved where it was first run."""
-    import yaml
-
     text = identity.read_study_copy(manifest.path)
     if text is None:
         raise StudyError(f"{identity.display_uri(manifest.path)}: the study file copy ({identity.STUDY_COPY}) is missing")
     source = Path(manifest.source)
-    return parse_study(yaml.safe_load(text) or {}, text, source, Path(manifest.base_dir))
+    return load_study_text(text, source, Path(manifest.base_dir))
 
 
 # --- results -------------------------------------------------------------------------

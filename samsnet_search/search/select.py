@@ -525,7 +525,7 @@ def _finish(table: SelectionTable, records, trained, result, store: str, seconds
         test = _score_test(ckpt, target, manifest.parent_run_id, sel.test_backend, sel.listen_seconds, sel.wiener)
         say(f"test avg SDR {test['summary']['avg']:.2f} dB ({test['backend']}, {test['data']})"
             + (f"; {test['wiener']['post_filter']}: {test['wiener']['summary']['avg']:.2f} dB" if "wiener" in test else ""))
-        registered = _register(ckpt, Path(tmp) / "export", table, test, study.name, manifest)
+        registered = _register(ckpt, Path(tmp) / "export", table, test, study.name, manifest, best.get("run_id"))
     say(f"registered {registered['name']} version {registered['version']} (alias {registered['alias']})")
     return SelectionResult(table, records, trained, best, test, registered, dict(seconds), target.where())
 
@@ -601,14 +601,16 @@ def _log_listening(model, track, seconds: float, device, target, run_id: str, po
         tracking.client(target).log_artifacts(run_id, str(folder), f"listen/{folder.name}")
 
 
-def _register(ckpt: Path, out: Path, table: SelectionTable, test, study_name: str, manifest) -> dict[str, Any]:
+def _register(ckpt: Path, out: Path, table: SelectionTable, test, study_name: str, manifest,
+              run_id: str | None) -> dict[str, Any]:  # fmt: skip
+    """Export the winner and register it from `run_id`, the run that trained its weights."""
     from ..export import DEFAULT_ALIAS, export_checkpoint, register
 
     info = {"title": f"Sams-Net chosen by study {study_name} (slices={table.winner})",
             "source": f"study {study_name}, selection winner slices={table.winner}",
             "data_kind": test["data"], "test_sdr": test["summary"], "selection_table": table.records()}  # fmt: skip
     export_checkpoint(ckpt, out, info)
-    version = register(out, study_name, manifest.tracking_uri, run_id=manifest.parent_run_id, alias=DEFAULT_ALIAS)
+    version = register(out, study_name, manifest.tracking_uri, run_id=run_id, alias=DEFAULT_ALIAS)
     return {"name": tracking.registered_model_name(study_name), "version": version, "alias": DEFAULT_ALIAS}
 
 

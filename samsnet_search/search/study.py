@@ -33,11 +33,15 @@ from ..config import (
     ModelConfig,
     Strict,
     TrainConfig,
+    did_you_mean,
     format_validation_error,
-    read_yaml,
+    known_keys,
+    parse_yaml,
+    read_yaml_text,
     validate_model,
 )
-from ..errors import ConfigError
+from ..data.splits import load_splits
+from ..errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -227,12 +231,12 @@ def parse_distribution(value: dict, key: str, source: str) -> Distribution:
     try:
         return cls.model_validate(value)
     except ValidationError as e:
-        raise ConfigError(_prefixed(e, source, key)) from None
+        raise ConfigError(_prefixed(e, source, key, cls)) from None
 
 
-def _prefixed(err: ValidationError, source: str, key: str) -> str:
+def _prefixed(err: ValidationError, source: str, key: str, cls: type[BaseModel]) -> str:
     """Validation lines of a nested object, with the study key path in front."""
-    lines = format_validation_error(err, source).splitlines()
+    lines = format_validation_error(err, source, cls).splitlines()
     out = []
     for line in lines:
         rest = line[len(source) + 2 :]
@@ -559,9 +563,13 @@ def resolve_storage(storage: str, base_dir: Path) -> str:
 def load_study(path: str | Path, base_dir: str | Path | None = None, check_data: bool = True) -> Study:
     """Read and check a study file; relative paths in it resolve against `base_dir` (cwd)."""
     path = Path(path)
-    raw = read_yaml(path)
-    text = path.read_text()
+    text, raw = read_yaml_text(path)
     return parse_study(raw, text, path, Path(base_dir or Path.cwd()).resolve(), check_data=check_data)
+
+
+def load_study_text(text: str, source: Path, base_dir: Path, check_data: bool = True) -> Study:
+    """A study from its text (e.g. the copy kept in the study folder), with the same limits as a file."""
+    return parse_study(parse_yaml(text, str(source)), text, source, base_dir, check_data=check_data)
 
 
 def parse_study(raw: Any, text: str, source: Path, base_dir: Path, check_data: bool = True) -> Study:
@@ -609,6 +617,8 @@ def _split(section: dict[str, Any], prefix: str, src: str) -> tuple[dict[str, An
         dotted = f"{prefix}.{key}"
         if is_distribution(value):
             dists[dotted] = parse_distribution(value, dotted, src)
+        elif isinstance(value, dict) and _is_value_field(dotted):
+            raise ConfigError(_not_a_distribution(value, dotted, src))
         elif isinstance(value, dict):
             sub_fixed, sub_dists = _split(value, dotted, src)
             fixed[key] = sub_fixed
@@ -616,6 +626,19 @@ def _split(section: dict[str, Any], prefix: str, src: str) -> tuple[dict[str, An
         else:
             fixed[key] = value
     return fixed, dists
+
+
+def _is_value_field(dotted: str) -> bool:
+    """`model.slices` holds a value (or a distribution); `data.augment` is a section."""
+    *parents, leaf = dotted.split(".")
+    return leaf in known_keys(ExperimentConfig, tuple(parents)) and not known_keys(ExperimentConfig, (*parents, leaf))
+
+
+def _not_a_distribution(value: dict, dotted: str, src: str) -> str:
+    """A mapping where a value belongs: most often a misspelt distribution (`{choise: [...]}`)."""
+    options = [k for k in value if k not in ("step", "log")]
+    hint = did_you_mean(str(options[0]), list(DIST_KEYS)) if options else f" (valid: {', '.join(DIST_KEYS)})"
+    return f"{src}: {dotted}: {{{', '.join(map(str, value))}}} is neither a value nor a distribution{hint}"
 
 
 def _resolve_paths(base: dict[str, Any], base_dir: Path) -> None:
@@ -761,6 +784,8 @@ def _check_settings(study: Study) -> None:
 
 
 def _check_data(study: Study) -> None:
+    """Each data root is a dataset whose splits serve the study: training, validation and test
+    tracks (headers checked), so that a run never fails on its data after it has started."""
     roots = {str(v) for v in study.values("data.root")}
     for root in roots:
         cfg = study.representative().data.model_copy(update={"root": None if root == "None" else root})
@@ -769,3 +794,7 @@ def _check_data(study: Study) -> None:
         except ConfigError as e:
             hint = " (for synthetic data: samsnet-search data synth DIR, then data.root: DIR)"
             raise ConfigError(f"{study.source}: {e}{hint}") from None
+        try:
+            load_splits(cfg)
+        except DataError as e:
+            raise ConfigError(f"{study.source}: data.root: {cfg.resolved_root()} cannot serve the study: {e}") from None

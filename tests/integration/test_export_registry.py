@@ -1,8 +1,10 @@
 """Export through a real MLflow server (artifacts in SeaweedFS S3): register with alias `champion`,
-separate from `models:/samsnet-NAME@champion`, export a study's best run and a run id."""
+separate from `models:/samsnet-NAME@champion`, export a study's best run and a run id; a registered
+model whose stored files were replaced is refused; the same weights keep one version."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
@@ -57,9 +59,10 @@ def test_register_then_separate_from_the_champion_alias(mlflow_server, exported,
     name = f"x{uuid.uuid4().hex[:8]}"
     first = export.register(exported, name, mlflow_server)
     second = export.register(exported, name, mlflow_server)
-    assert (first, second) == ("1", "2")
-    model = tracking.client(tracking.resolve_tracking(mlflow_server)).get_registered_model(f"samsnet-{name}")
-    assert model.aliases == {"champion": "2"}  # the alias follows the newest export
+    assert (first, second) == ("1", "1")  # the same weights: one version
+    c = tracking.client(tracking.resolve_tracking(mlflow_server))
+    assert len(c.search_model_versions(f"name = 'samsnet-{name}'")) == 1
+    assert {k: str(v) for k, v in c.get_registered_model(f"samsnet-{name}").aliases.items()} == {"champion": "1"}
 
     uri = f"models:/samsnet-{name}@champion"
     assert main(["separate", uri, str(song), "--out", str(tmp_path / "reg"), "--tracking-uri", mlflow_server]) == 0
@@ -76,10 +79,11 @@ def test_registered_pyfunc_predicts_stems(mlflow_server, exported, song, monkeyp
     export.register(exported, name, mlflow_server)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)  # where pyfunc resolves models:/ URIs
     model = mlflow.pyfunc.load_model(f"models:/samsnet-{name}@champion")
-    audio = read_audio(song)
+    audio = read_audio(song)[None]  # (B, C, N), as the signature says
     stems = model.predict(audio)
-    ref = export.load_exported(exported).separate(torch.from_numpy(audio)[None]).detach().numpy()
-    assert stems.shape == (1, 4, *audio.shape)
+    ref = export.load_exported(exported).separate(torch.from_numpy(audio)).detach().numpy()
+    assert stems.shape == (1, 4, *audio.shape[1:])
+    assert model.metadata.get_input_schema().inputs[0].shape == (-1, 2, -1)
     np.testing.assert_allclose(stems, ref, atol=1e-6)
 
 
@@ -115,9 +119,17 @@ def _fake_study(mlflow_server: str, best_pt: Path, storage: Path) -> tuple[str, 
 def test_export_a_study_registers_its_best_run(mlflow_server, best_pt, song, tmp_path, capsys):
     name, child = _fake_study(mlflow_server, best_pt, tmp_path / "runs")
     assert main(["export", name, "--out", str(tmp_path / "best"), "--storage", str(tmp_path / "runs")]) == 0
-    assert "registered version 1 with alias champion" in capsys.readouterr().out
+    assert f"registered samsnet-{name} version 1 with alias champion" in capsys.readouterr().out
     card = (tmp_path / "best" / "MODEL_CARD.md").read_text()
-    assert f"study {name}, MLflow run {child}" in card and "best_valid_loss: 0.5" in card
+    assert f"study {name}, MLflow run {child}" in card and "| best_valid_loss | 0.5 |" in card
+    c = tracking.client(tracking.resolve_tracking(mlflow_server))
+    version = c.get_model_version(f"samsnet-{name}", "1")
+    # The source is the run that produced the weights, not the study's parent run.
+    assert version.run_id == child and version.source.startswith(c.get_run(child).info.artifact_uri)
+    # Exporting the same winner again reuses that version and leaves the alias where it is.
+    assert main(["export", name, "--out", str(tmp_path / "again"), "--storage", str(tmp_path / "runs")]) == 0
+    assert f"samsnet-{name} version 1 already holds these weights" in capsys.readouterr().out
+    assert [v.version for v in c.search_model_versions(f"name = 'samsnet-{name}'")] == ["1"]
     assert main(["separate", f"models:/samsnet-{name}@champion", str(song), "--out", str(tmp_path / "o"),
                  "--tracking-uri", mlflow_server]) == 0  # fmt: skip
     assert all((tmp_path / "o" / f"{t}.wav").is_file() for t in TARGETS)
@@ -131,3 +143,52 @@ def test_export_a_run_id(mlflow_server, best_pt, tmp_path, capsys):
     want = checkpoint.load(best_pt)["model"]
     assert all(torch.equal(weights[k], want[k]) for k in want)
     assert f"MLflow run {child}" in export.read_manifest(tmp_path / "run")["source"]
+
+
+def _stored_export_dir(c, version) -> str:
+    """The artifact path (in the version's run) of the export folder inside the pyfunc model."""
+    base = version.source.split("/artifacts/", 1)[1]  # e.g. registered_model
+    for entry in c.list_artifacts(version.run_id, f"{base}/artifacts"):
+        if entry.is_dir and any(f.path.endswith("/export.json") for f in c.list_artifacts(version.run_id, entry.path)):
+            return entry.path
+    raise AssertionError(f"no export folder under {version.source}")
+
+
+def _other_valid_torchscript(exported: Path, dest: Path) -> Path:
+    """model.ts with one weight changed: still a loadable TorchScript module, other bytes."""
+    module = torch.jit.load(str(exported / "model.ts"))
+    with torch.no_grad():
+        next(module.parameters()).add_(0.5)
+    dest.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(module, str(dest / "model.ts"))
+    return dest / "model.ts"
+
+
+def test_a_registered_model_whose_artifact_was_replaced_is_refused(mlflow_server, exported, song, tmp_path, capsys, monkeypatch):
+    """What someone with write access to the artifact store could do: replace model.ts of a
+    registered version (alone, or with an export.json that matches it)."""
+    import mlflow.pyfunc
+
+    name = f"t{uuid.uuid4().hex[:8]}"
+    c = tracking.client(tracking.resolve_tracking(mlflow_server))
+    version = c.get_model_version(f"samsnet-{name}", export.register(exported, name, mlflow_server))
+    stored = _stored_export_dir(c, version)
+    c.log_artifact(version.run_id, str(_other_valid_torchscript(exported, tmp_path / "evil")), stored)
+    uri = f"models:/samsnet-{name}@champion"
+    args = [str(song), "--out", str(tmp_path / "o"), "--tracking-uri", mlflow_server]
+    assert main(["separate", uri, *args]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "model.ts: sha256" in err and "changed after export; refusing to load it" in err
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    with pytest.raises(Exception, match=r"model.ts: sha256 \w+\.\.\. differs from"):
+        mlflow.pyfunc.load_model(uri)
+
+    # The whole export rewritten to match the new model.ts: the registry's own checksum tells.
+    manifest = export.read_manifest(exported)
+    manifest["files"]["torchscript"]["sha256"] = export.sha256_file(tmp_path / "evil" / "model.ts")
+    (tmp_path / "evil" / "export.json").write_text(json.dumps(manifest))
+    c.log_artifact(version.run_id, str(tmp_path / "evil" / "export.json"), stored)
+    assert main(["separate", uri, *args]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "export.json of version 1 in the artifact store differs from the checksum recorded in the registry" in err
+    assert not (tmp_path / "o").exists()
