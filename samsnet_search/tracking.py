@@ -69,7 +69,7 @@ MAX_PARAM_CHARS = 6000
 HEALTH_TIMEOUT_S = 5.0
 # MLflow's own HTTP retries in trial workers: short, because `faults.retry` does the
 # waiting there, bounded by the study's search.infra_retry_s.
-WORKER_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0.5",
+WORKER_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}  # fmt: skip
 PACKAGES = ("samsnet-search", "torch", "numpy", "ray", "optuna", "mlflow", "museval", "pydantic")
 
