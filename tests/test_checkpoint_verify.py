@@ -114,3 +114,12 @@ def test_resume_with_nothing_intact_is_a_clear_error(trial_storage):
         flip_bytes(trial / f"checkpoint_{i:06d}" / checkpoint.LAST)
     with pytest.raises(CheckpointError, match="checkpoint_000002: corrupt, and the trial has no intact checkpoint"):
         resume_point(latest, work)
+
+
+def test_a_local_copy_of_a_tune_checkpoint_is_removed_after_use(trial_storage):
+    from samsnet_search.search.trial import local_copy
+
+    trial, latest, _, temp = trial_storage
+    with local_copy(latest) as folder:
+        assert checkpoint.load(folder)["epoch"] == 3
+    assert not folder.exists() and list(temp.iterdir()) == []

@@ -99,3 +99,16 @@ def test_searcher_tolerates_trials_it_does_not_know():
     searcher.on_trial_result("known", {"valid_loss": 0.3, "training_iteration": 1})
     searcher.on_trial_complete("known", {"valid_loss": 0.3, "training_iteration": 1})
     assert [t.value for t in searcher._ot_study.trials if t.value is not None] == [0.3]
+
+
+def test_a_failed_trials_work_folder_is_removed():
+    """Tune retries a failed trial no more: the trainer's local copy goes (its kept
+    checkpoints in the storage serve --restart-errored)."""
+    from samsnet_search.search.trial import trial_workdir
+
+    work = trial_workdir("s", "tfail")
+    (work / "checkpoint").mkdir(parents=True, exist_ok=True)
+    (work / "checkpoint" / "last.pt").write_bytes(b"x")
+    cb = _callback()
+    cb.on_trial_error(0, [], SimpleNamespace(trial_id="tfail", last_result={}, error_message="boom", config={}))
+    assert not work.exists() and cb.statuses["tfail"] == "failed"

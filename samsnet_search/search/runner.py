@@ -301,8 +301,11 @@ def _restore_tuner(study: Study, ctx: TrialContext, restart_errored: bool) -> An
         path,
         _trainable(study, ctx),
         resume_unfinished=True,  # unfinished trials continue from their last checkpoint
-        resume_errored=False,
-        restart_errored=restart_errored,
+        # --restart-errored: failed trials continue from their last checkpoint too (Tune's own
+        # restart_errored would train them from scratch); one that failed in an outage then
+        # loses nothing, one without a checkpoint starts over.
+        resume_errored=restart_errored,
+        restart_errored=False,
         storage_filesystem=fs,
     )
     # Studies started with actor reuse keep it in their saved TuneConfig, and restore takes no

@@ -20,9 +20,10 @@ import math
 import shutil
 import tempfile
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .. import checkpoint as ckpt_format
 from ..config import ExperimentConfig, validate_model
@@ -132,6 +133,18 @@ def stored_name(checkpoint) -> str:
     """Where a Tune checkpoint is stored, as a person finds it (`s3://bucket/...` or a folder)."""
     kind = getattr(checkpoint.filesystem, "type_name", "local")
     return checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"
+
+
+@contextmanager
+def local_copy(checkpoint) -> Iterator[Path]:
+    """A Tune checkpoint as a local folder for the `with` block, removed afterwards
+    (`Checkpoint.to_directory()` alone leaves a temp folder per call behind)."""
+    folder = Path(tempfile.mkdtemp(prefix="samsnet-checkpoint-"))
+    try:
+        checkpoint.to_directory(str(folder))
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def kept_checkpoints(checkpoint) -> list:
