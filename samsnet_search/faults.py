@@ -40,7 +40,7 @@ _TRANSIENT = re.compile(
 _TRANSIENT_CLASSES = ("ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "ProtocolError",
                       "NewConnectionError", "MaxRetryError", "EndpointConnectionError",
                       "ConnectionClosedError", "ReadTimeoutError", "ConnectTimeoutError")  # fmt: skip
-# MLflow error codes of a server that could not do the work right now.
+# MLflow error codes of a server that could not do the work right now (HTTP 5xx, 429).
 _TRANSIENT_MLFLOW_CODES = ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED")
 
 
@@ -69,7 +69,9 @@ def _looks_transient(e: BaseException) -> bool:
         return True
     if any(cls.__name__ in _TRANSIENT_CLASSES for cls in type(e).__mro__ if cls.__module__ != "builtins"):
         return True
-    if getattr(e, "error_code", None) in _TRANSIENT_MLFLOW_CODES:
+    # A server's answer (RestException) with a server-side code; a client-side MlflowException
+    # carries INTERNAL_ERROR by default, so for those only the message counts.
+    if type(e).__name__ == "RestException" and getattr(e, "error_code", None) in _TRANSIENT_MLFLOW_CODES:
         return True
     message_counts = isinstance(e, (OSError, RuntimeError)) or type(e).__name__ in ("MlflowException", "RestException")
     return message_counts and bool(_TRANSIENT.search(str(e)))

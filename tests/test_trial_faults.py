@@ -136,3 +136,9 @@ def test_a_failed_trial_is_never_the_best(tmp_path):
     assert result.summary()["best_trial"] == "b" and result.summary()["best_run"] == "run-b"
     only_failed = StudyResult(study, None, None, [record("a", "failed", 0.1)], 1.0)
     assert only_failed.best is None and only_failed.summary()["best_trial"] is None
+
+
+def test_a_client_side_mlflow_error_is_not_an_outage():
+    """MlflowException defaults to INTERNAL_ERROR; only a server's answer with that code is one."""
+    assert not is_infra_error(MlflowException("Invalid value for metric 'x'"))
+    assert is_infra_error(RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "busy"}))
