@@ -142,3 +142,22 @@ def test_a_client_side_mlflow_error_is_not_an_outage():
     """MlflowException defaults to INTERNAL_ERROR; only a server's answer with that code is one."""
     assert not is_infra_error(MlflowException("Invalid value for metric 'x'"))
     assert is_infra_error(RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "busy"}))
+
+
+def test_run_with_a_stopped_tracking_server_is_one_line_and_exit_2(tmp_path, synth_root, capsys):
+    """Before: 249 s of urllib3 retry warnings, then the error. Now: the health check's line."""
+    import yaml
+
+    from samsnet_search.cli import main
+
+    uri = f"http://127.0.0.1:{dead_port()}"
+    path = tmp_path / "down.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}, "heads": 1, "channels": 2, "depth": 1},
+        "data": {"root": str(synth_root), "segment_seconds": 0.5, "valid_seconds": 1.0},
+        "train": {"epochs": 1, "patience": 1, "device": "cpu"},
+        "storage": str(tmp_path / "runs"), "tracking": {"uri": uri},
+    }))  # fmt: skip
+    assert main(["run", str(path), "--no-live", "--no-select"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"tracking.uri {uri}: no MLflow server answers" in err[0] and "samsnet-search infra up" in err[0]
