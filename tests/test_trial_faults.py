@@ -161,3 +161,33 @@ def test_run_with_a_stopped_tracking_server_is_one_line_and_exit_2(tmp_path, syn
     assert main(["run", str(path), "--no-live", "--no-select"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"tracking.uri {uri}: no MLflow server answers" in err[0] and "samsnet-search infra up" in err[0]
+
+
+@pytest.mark.slow
+def test_a_stopped_trial_still_busy_does_not_fail_the_next_one(tmp_path, synth_root, local_ray):
+    """ASHA stops a trial while its thread is still at work (in the field: waiting out an
+    MLflow outage). With actor reuse Tune gives that worker the next trial only if the old
+    thread ends within TUNE_FUNCTION_THREAD_TIMEOUT_S, else it fails the next trial ("reuse
+    requires reset_config()"); 0 here makes every stopped trial such a one."""
+    import yaml
+
+    from samsnet_search.search.runner import run_study
+    from samsnet_search.search.study import load_study
+
+    path = tmp_path / "reuse.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}, "heads": 1, "channels": 2, "depth": 1},
+        "data": {"root": str(synth_root), "segment_seconds": 0.5, "samples_per_track": 1, "valid_seconds": 1.0},
+        # a good learning rate first: the barely learning ones after it are pruned at epoch 1
+        "train": {"lr": {"choice": [1e-2, 1e-7]}, "batch_size": 2, "epochs": 3, "patience": 3,
+                  "valid_sdr_every": 0, "device": "cpu"},
+        "search": {"searcher": "grid", "num_samples": 1, "scheduler": "asha", "grace_period": 1,
+                   "reduction_factor": 2, "max_concurrent_trials": 1},
+        "storage": str(tmp_path / "runs"),
+        "tracking": {"uri": str(tmp_path / "mlruns"), "system_metrics": False},
+    }))  # fmt: skip
+    with local_ray({"TUNE_FUNCTION_THREAD_TIMEOUT_S": "0"}):
+        result = run_study(load_study(path, base_dir=tmp_path))
+    statuses = [(t.config["train.lr"], t.status, t.error) for t in result.trials]
+    assert len(result.trials) == 4 and "pruned" in {t.status for t in result.trials}, statuses
+    assert "failed" not in {t.status for t in result.trials}, statuses
