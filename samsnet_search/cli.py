@@ -94,17 +94,24 @@ def train(
 def evaluate(
     model: Optional[Path] = typer.Argument(None, help="checkpoint folder or .pt file (best weights are used)"),
     data: Optional[Path] = typer.Option(None, "--data", help="dataset folder (default: the model's data.root / MUSDB_PATH)"),
-    subset: str = typer.Option("test", help="test or valid"),
+    subset: str = typer.Option("test", help="test (reads test/ only) or valid (the validation tracks of train/)"),
     oracle: Optional[str] = typer.Option(None, help="irm1 (magnitude ratio) or irm2 (power ratio) instead of a model"),
     backend: str = typer.Option("museval", help="museval (reference) or fast (samsnet_search.metrics)"),
     out: Path = typer.Option(Path("runs/eval"), "--out", help="museval JSON per track and summary.json"),
     max_tracks: Optional[int] = typer.Option(None, help="only the first N tracks"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    valid_track: Optional[list[str]] = typer.Option(None, help="validation track name for --subset valid (repeatable); "
+                                                    "default: the model's data.valid_tracks, else the dataset's list"),
+    cache_dir: Optional[Path] = typer.Option(None, help="decoded-audio cache; default: <data>/.samsnet-cache "
+                                             "(the model's data.cache_dir only without --data)"),
 ) -> None:
-    """Separate full tracks and score them with BSSEval v4 (median over frames, then tracks)."""
+    """Separate full tracks and score them with BSSEval v4 (median over frames, then tracks).
+
+    Only the scored subset is read. MUSDB18 stems are decoded as musdb decodes them (16-bit PCM).
+    """
     from .checkpoint import load_model
     from .config import DataConfig, validate_model
-    from .data import load_splits
+    from .data import load_subset
     from .errors import ConfigError
     from .evaluate import evaluate_tracks, model_estimator, oracle_estimator
     from .train import pick_device
@@ -119,13 +126,16 @@ def evaluate(
         net, state = load_model(model)
         data_cfg, name = validate_model(DataConfig, state["experiment"]["data"], f"{model}"), str(model)
         estimator = model_estimator(net, pick_device(device))
-    if data is not None:
-        data_cfg = data_cfg.model_copy(update={"root": data})
-    splits = load_splits(data_cfg)
+    if data is not None:  # the checkpoint's cache folder belongs to the data it was trained on
+        data_cfg = data_cfg.model_copy(update={"root": data, "cache_dir": None})
+    if cache_dir is not None:
+        data_cfg = data_cfg.model_copy(update={"cache_dir": cache_dir})
+    if valid_track:
+        data_cfg = data_cfg.model_copy(update={"valid_tracks": list(valid_track)})
+    tracks, kind = load_subset(data_cfg, subset)
     if oracle is not None:
         estimator = oracle_estimator(oracle)
-    tracks = (splits.test if subset == "test" else splits.valid)[:max_tracks]
-    report = evaluate_tracks(estimator, tracks, name=name, backend=backend, data_kind=splits.kind, subset=subset,
+    report = evaluate_tracks(estimator, tracks[:max_tracks], name=name, backend=backend, data_kind=kind, subset=subset,
                              out_dir=out)  # fmt: skip
     _print_scores(report)
 
@@ -143,6 +153,7 @@ def _print_scores(report) -> None:
     summary = report.summary
     table.add_row("median", *(f"{summary[t]:.2f}" for t in TARGETS), f"{summary['avg']:.2f}", style="bold")
     Console().print(table)
+    print(f"decoding: {report.decoding}")
 
 
 @app.command("separate")
@@ -228,22 +239,30 @@ def data_info(
         samples = prepare(splits.all_tracks())
         print(f"    decoded: {samples / 44100 / 60:.1f} min of audio, all checked (cache: {splits.train[0].cache.folder})")
 
-_STATE_HELP = "stack state folder; default $SAMSNET_INFRA_DIR or ./.samsnet/infra"
+_STATE_HELP = "stack state folder; default $SAMSNET_INFRA_DIR, else $XDG_STATE_HOME/samsnet/infra (~/.local/state/...)"
+
+
+def _stderr_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 @infra_app.command("up")
 def infra_up(
     state_dir: Optional[Path] = typer.Option(None, help=_STATE_HELP),
     host: Optional[str] = typer.Option(None, help="listen address (default 127.0.0.1); on a cluster one workers reach"),
-    s3_port: Optional[int] = typer.Option(None, help="S3 API port (default 8333; weed also opens +10000)"),
+    s3_port: Optional[int] = typer.Option(None, help="S3 API port (default 8333)"),
     mlflow_port: Optional[int] = typer.Option(None, help="MLflow server port (default 5000)"),
-    master_port: Optional[int] = typer.Option(None, help="SeaweedFS master port (default 9333; and +10000)"),
-    volume_port: Optional[int] = typer.Option(None, help="SeaweedFS volume port (default 9340; and +10000)"),
-    filer_port: Optional[int] = typer.Option(None, help="SeaweedFS filer port (default 8888; and +10000)"),
-    admin_port: Optional[int] = typer.Option(None, help="SeaweedFS admin port (default 23646; and +10000)"),
+    master_port: Optional[int] = typer.Option(None, help="SeaweedFS master port, inside its namespace (default 9333; and +10000)"),
+    volume_port: Optional[int] = typer.Option(None, help="SeaweedFS volume port, inside its namespace (default 9340; and +10000)"),
+    filer_port: Optional[int] = typer.Option(None, help="SeaweedFS filer port, inside its namespace (default 8888; and +10000)"),
+    admin_port: Optional[int] = typer.Option(None, help="SeaweedFS admin port, inside its namespace (default 23646; and +10000)"),
     bucket: Optional[str] = typer.Option(None, help="bucket for artifacts and Ray storage (default samsnet)"),
     allowed_hosts: Optional[str] = typer.Option(None, help="MLflow --allowed-hosts, e.g. mlflow.example.org"),
     timeout: Optional[float] = typer.Option(None, help="seconds to wait for each service (default 120)"),
+    no_auth: bool = typer.Option(False, "--no-auth", help="MLflow server without a login (127.0.0.1 only)"),
+    no_isolation: bool = typer.Option(
+        False, "--no-isolation", help="SeaweedFS's internal ports on 127.0.0.1, open to this host's users (no namespaces)"
+    ),
 ) -> None:
     """Start SeaweedFS (S3) and an MLflow server with artifacts in it; no-op if running."""
     from . import infra
@@ -251,13 +270,16 @@ def infra_up(
     cfg = infra.make_config(
         state_dir=state_dir, host=host, s3_port=s3_port, mlflow_port=mlflow_port, master_port=master_port,
         volume_port=volume_port, filer_port=filer_port, admin_port=admin_port, bucket=bucket,
-        allowed_hosts=allowed_hosts, start_timeout=timeout,
+        allowed_hosts=allowed_hosts, start_timeout=timeout, auth=False if no_auth else None,
+        isolate=False if no_isolation else None,
     )  # fmt: skip
-    info = infra.up(cfg)
+    info = infra.up(cfg, progress=_stderr_line)
     for name, url in (("s3", info.s3_endpoint), ("mlflow", info.tracking_uri)):
         how = "already running" if name in info.already_running else "started"
         print(f"{name:>7}: {url}  pid {info.pids[name]}  ({how})")
     print(f" bucket: {info.bucket} (MLflow artifacts under {info.artifact_root})")
+    if info.mlflow_login:
+        print(f"  login: MLflow user {info.mlflow_login}; the password is MLFLOW_TRACKING_PASSWORD in `infra env`")
     print(f"  state: {info.state_dir} (logs in {info.state_dir / 'logs'})")
     print(f'client environment: eval "$(samsnet-search infra env --state-dir {info.state_dir})"')
 
@@ -267,8 +289,9 @@ def infra_down(state_dir: Optional[Path] = typer.Option(None, help=_STATE_HELP))
     """Stop the MLflow server and SeaweedFS (data stays in the state folder)."""
     from . import infra
 
-    stopped = infra.down(infra.make_config(state_dir=state_dir))
-    print("stopped: " + ", ".join(stopped) if stopped else "nothing was running")
+    cfg = infra.make_config(state_dir=state_dir)
+    stopped = infra.down(cfg)
+    print("stopped: " + ", ".join(stopped) if stopped else f"nothing was running (state: {cfg.state_dir}; --state-dir)")
 
 
 @infra_app.command("status")
@@ -276,11 +299,14 @@ def infra_status(state_dir: Optional[Path] = typer.Option(None, help=_STATE_HELP
     """Each service: address, pid, health. Exit code 1 unless all are healthy."""
     from . import infra
 
-    services = infra.status(infra.make_config(state_dir=state_dir))
+    cfg = infra.make_config(state_dir=state_dir)
+    services = infra.status(cfg)
     for s in services:
         state = "healthy" if s.healthy else ("running, not answering" if s.running else "down")
         pid = f"  pid {s.pid}" if s.pid else ""
         print(f"{s.name:>7}: {state:<8} {s.address}{pid}")
+    if not infra.recorded(cfg):
+        print(f"no stack recorded in {cfg.state_dir}: start one with `samsnet-search infra up`, or pass --state-dir")
     if not all(s.healthy for s in services):
         raise typer.Exit(1)
 
@@ -297,16 +323,41 @@ def infra_env(state_dir: Optional[Path] = typer.Option(None, help=_STATE_HELP)) 
 
 
 
-_STORAGE_HELP = "storage root holding the studies (local folder or s3://bucket/prefix)"
+_STORAGE_HELP = ("storage root holding the studies (local folder or s3://bucket/prefix); default "
+                 "$SAMSNET_STORAGE, else `storage:` in ~/.config/samsnet/config.yaml, else ./runs")
+
+
+def _storage(storage: Optional[str]) -> str:
+    from .search.identity import default_storage
+    from .search.study import resolve_storage
+
+    return resolve_storage(storage or default_storage(), Path.cwd())
 
 
 @app.command("validate")
-def validate(study_file: Path = typer.Argument(..., help="study YAML (see search_spaces/)")) -> None:
-    """Check a study file (keys, types, ranges, slices vs segment frames, data) and print the resolved space."""
+def validate(
+    study_file: Path = typer.Argument(..., help="study YAML (see search_spaces/)"),
+    offline: bool = typer.Option(False, "--offline", help="do not try to reach the storage and the tracking server"),
+) -> None:
+    """Check a study file (keys, types, ranges, slices vs segment frames, data) and print the resolved space.
+
+    Also tries the study's storage and tracking server once (a few seconds): exit code 2 if
+    either cannot be reached.
+    """
+    from .infra import check_reachable
     from .search.show import format_space
     from .search.study import load_study
 
-    print(format_space(load_study(study_file)))
+    study = load_study(study_file)
+    print(format_space(study))
+    if offline:
+        return
+    problems = check_reachable(study.storage, study.tracking_uri)
+    for problem in problems:
+        console.print(f"[red]error:[/red] {study_file}: {problem}", highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(2)
+    print("  reachable: storage and tracking server")
 
 
 def _run_live(study, live: bool, **kwargs):
@@ -342,19 +393,47 @@ def run(
                         restart_errored=restart_errored)  # fmt: skip
 
 
+def _resume_hint(study) -> str:
+    """The command that continues the study; --storage only where the default would not find it."""
+    import shlex
+
+    from .search.identity import default_storage, display_uri
+    from .search.study import resolve_storage
+
+    same = resolve_storage(default_storage(), Path.cwd()) == study.storage
+    return f"samsnet-search resume {study.name}" + ("" if same else f" --storage {shlex.quote(display_uri(study.storage))}")
+
+
 def _search_then_select(study, live: bool, select: bool, restart_errored: bool, **ray_args) -> None:
-    """The search, its summary (and Pareto front), then the slice selection; exit 130 when interrupted."""
+    """The search, its summary (and Pareto front), then the slice selection; exit 130 when interrupted.
+
+    The study's lease is held for both: no second driver starts on it while this one selects.
+    """
+    from .search import identity, lease
     from .search.show import format_result
 
-    result = _run_live(study, live, restart_errored=restart_errored, **ray_args)
-    print(format_result(result))
-    if result.pareto:
-        from .search.pareto import front_table
+    with lease.hold(identity.study_uri(study.storage, study.name), study.name):
+        try:
+            result = _run_live(study, live, restart_errored=restart_errored, **ray_args)
+        except KeyboardInterrupt:  # a second Ctrl-C: Tune's own handler was already spent
+            console.print(f"interrupted; continue with: {_resume_hint(study)}", highlight=False)
+            raise typer.Exit(130) from None
+        print(format_result(result))
+        if result.pareto:
+            from .search.pareto import front_table
 
-        Console(width=max(Console().width, 120)).print(front_table(result.pareto))
-    if result.interrupted:  # Tune caught the Ctrl-C and returned; the shell should still see it
-        raise typer.Exit(130)
-    _select(result, select, **ray_args)
+            Console(width=max(Console().width, 120)).print(front_table(result.pareto))
+        if result.interrupted:  # Tune caught the Ctrl-C and returned; the shell should still see it
+            console.print(f"interrupted; continue with: {_resume_hint(study)}", highlight=False)
+            raise typer.Exit(130)
+        try:
+            _select(result, select, **ray_args)
+        except KeyboardInterrupt:
+            from .search.runner import mark_interrupted
+
+            mark_interrupted(result.manifest, result.target)
+            console.print(f"selection interrupted; continue with: {_resume_hint(study)}", highlight=False)
+            raise typer.Exit(130) from None
 
 
 def _select(result, select: bool, **ray_args) -> None:
@@ -374,7 +453,7 @@ def _select(result, select: bool, **ray_args) -> None:
 @app.command("resume")
 def resume(
     name: str = typer.Argument(..., help="study name (or its folder / s3:// URI)"),
-    storage: str = typer.Option("./runs", help=_STORAGE_HELP),
+    storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
     address: Optional[str] = typer.Option(None, help="existing Ray cluster (e.g. auto); default: start a local Ray"),
     num_cpus: Optional[int] = typer.Option(None, help="CPUs of the local Ray (default: all of this machine)"),
     num_gpus: Optional[int] = typer.Option(None, help="GPUs of the local Ray (default: detected)"),
@@ -385,9 +464,8 @@ def resume(
     """Continue an interrupted study: finished trials stay, unfinished ones continue from their checkpoint."""
     from .search.identity import find_study
     from .search.runner import load_stored_study
-    from .search.study import resolve_storage
 
-    study = load_stored_study(find_study(name, resolve_storage(storage, Path.cwd())))
+    study = load_stored_study(find_study(name, _storage(storage)))
     _search_then_select(study, live, select, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
                         restart_errored=restart_errored)  # fmt: skip
 
@@ -395,13 +473,13 @@ def resume(
 @app.command("report")
 def report(
     name: str = typer.Argument(..., help="study name (or its folder / s3:// URI)"),
-    storage: str = typer.Option("./runs", help=_STORAGE_HELP),
+    storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
     html: Optional[Path] = typer.Option(None, "--html", help="also write one self-contained HTML page (plots, audio) here"),
 ) -> None:
     """What a study found: trial counts, the validation table by slice count, the choice, the test score."""
     from .report import gather, print_report
 
-    found = gather(name, storage)
+    found = gather(name, _storage(storage))
     print_report(found, Console(width=max(Console().width, 120)))
     if html is not None:
         from .report_html import write_html
@@ -410,13 +488,12 @@ def report(
 
 
 @app.command("ls")
-def ls(storage: str = typer.Option("./runs", help=_STORAGE_HELP)) -> None:
+def ls(storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP)) -> None:
     """List the studies in a storage root with their state."""
     from .search.identity import list_studies
     from .search.show import format_studies
-    from .search.study import resolve_storage
 
-    print(format_studies(list_studies(resolve_storage(storage, Path.cwd()))))
+    print(format_studies(list_studies(_storage(storage))))
 
 
 @app.command("bench")

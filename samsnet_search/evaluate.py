@@ -37,6 +37,7 @@ class EvalReport:
     data: str  # which data: "MUSDB18", "MUSDB18-HQ" or "synthetic (MUSDB18-HQ format)"
     subset: str
     tracks: dict[str, dict[str, float]] = field(default_factory=dict)  # track -> target -> median SDR
+    decoding: str = ""  # how the audio was decoded (MUSDB18: 16-bit PCM as musdb, so museval's numbers)
 
     @property
     def summary(self) -> dict[str, float]:
@@ -49,6 +50,7 @@ class EvalReport:
             "backend": self.backend,
             "data": self.data,
             "subset": self.subset,
+            "decoding": self.decoding,
             "aggregation": "SDR: median over 1 s frames, then median over tracks; avg = mean of targets",
             "summary": self.summary,
             "tracks": self.tracks,
@@ -117,7 +119,8 @@ def evaluate_tracks(
     out_dir: Path | None = None,
 ) -> EvalReport:
     """Separate and score each track; write museval JSON per track and a summary to `out_dir`."""
-    report = EvalReport(estimator=name, backend=backend, data=data_kind, subset=subset)
+    decoding = "; ".join(sorted({track.source.decoding for track in tracks}))
+    report = EvalReport(estimator=name, backend=backend, data=data_kind, subset=subset, decoding=decoding)
     for track in tracks:
         estimates = estimator(track)
         metrics = score(track.audio()[1:], estimates, backend)

@@ -3,27 +3,38 @@
 `up(cfg)` starts both as detached processes under one state folder, waits until they
 answer, and records them in `<state>/stack.json`; `down(cfg)` stops them, `status(cfg)`
 checks them, and `client_env(cfg)` gives the environment a client (the search, a Ray
-worker, a shell) needs to log to MLflow and read/write the bucket.
+worker, a shell) needs to log to MLflow and read/write the bucket. `check_reachable`
+tells whether a storage URI and a tracking URI answer, within a short timeout.
 
-State folder layout (default `./.samsnet/infra`, or `$SAMSNET_INFRA_DIR`):
+State folder layout (default `$XDG_STATE_HOME/samsnet/infra`, i.e. `~/.local/state/samsnet/infra`,
+or `$SAMSNET_INFRA_DIR`, or `--state-dir`):
 
-    credentials.json     generated S3 keys (mode 0600; only when none come from the environment)
-    s3-identities.json   SeaweedFS identities file built from those keys (mode 0600)
+    credentials.json     generated S3 keys (only when none come from the environment) and the
+                         MLflow admin login and session key (mode 0600)
+    s3-identities.json   SeaweedFS identities file built from the S3 keys (mode 0600)
+    mlflow-auth.ini      MLflow basic-auth config with the admin login (mode 0600)
+    mlflow-auth.db       MLflow's user database (sqlite)
+    s3.sock, filer.sock  SeaweedFS's S3 and filer unix sockets (only this user may connect)
     seaweedfs/           SeaweedFS data (master, volumes, filer metadata)
     mlflow.db            MLflow backend store (sqlite)
     stack.json           pids, ports and addresses of the running services (no secrets)
     logs/seaweedfs.log, logs/mlflow.log
 
-SeaweedFS runs as `weed mini` (master, volume, filer and S3 gateway in one process).
-Each of its HTTP ports P also opens a gRPC port P + 10000, so both must be free.
-S3 requests must be signed: the identities file has one admin identity and no
-anonymous one, so unsigned requests get 403.
+Closed by default: SeaweedFS (`weed mini`: master, volume, filer and S3 gateway in one
+process) runs inside a private network namespace (see `weed_sandbox`), so its master,
+volume, filer and admin ports and their gRPC twins (P + 10000) answer nobody outside it;
+only the S3 API is forwarded to `--host`. S3 requests must be signed (one admin identity,
+no anonymous one: unsigned requests get 403). The MLflow server runs MLflow's basic-auth
+app with a generated admin login: requests without it get 401 (`--no-auth` turns that off,
+on 127.0.0.1 only).
 """
 
 from __future__ import annotations
 
+import base64
 import errno
 import fcntl
+import ipaddress
 import json
 import logging
 import os
@@ -33,6 +44,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -40,11 +52,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import psutil
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import weed_sandbox
 from .errors import SamsNetError
 
 log = logging.getLogger(__name__)
@@ -76,6 +89,8 @@ FLAGS = {
     "admin_port": "--admin-port",
     "allowed_hosts": "--allowed-hosts",
     "start_timeout": "--timeout",
+    "auth": "--no-auth",
+    "isolate": "--no-isolation",
 }
 # The weed ports of the config, with a readable name each.
 WEED_PORTS = {
@@ -87,8 +102,31 @@ WEED_PORTS = {
 }
 
 
-def _default_state_dir() -> Path:
-    return Path(os.environ.get("SAMSNET_INFRA_DIR") or ".samsnet/infra")
+# Where weed puts the gRPC unix sockets it dials before TCP (not configurable in weed 4.48).
+WEED_GRPC_SOCKET = "/tmp/seaweedfs-{part}-grpc-{port}.sock"
+WEED_SOCKET_PARTS = {
+    "s3_port": "s3", "master_port": "master", "volume_port": "volume", "filer_port": "filer", "admin_port": "admin"
+}  # fmt: skip
+UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the trailing NUL
+
+
+def default_state_dir() -> Path:
+    """$SAMSNET_INFRA_DIR, else $XDG_STATE_HOME/samsnet/infra (XDG default: ~/.local/state).
+
+    A user-level folder, so `infra status` and `infra env` find the stack from any folder.
+    """
+    if os.environ.get("SAMSNET_INFRA_DIR"):
+        return Path(os.environ["SAMSNET_INFRA_DIR"])
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "state"
+    return base / "samsnet" / "infra"
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class InfraConfig(BaseModel):
@@ -96,7 +134,7 @@ class InfraConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    state_dir: Path = Field(default_factory=_default_state_dir, description="state, data and logs")
+    state_dir: Path = Field(default_factory=default_state_dir, description="state, data and logs")
     host: str = Field("127.0.0.1", min_length=1, description="listen address; on a cluster one the workers reach")
     bucket: str = Field("samsnet", description="bucket for MLflow artifacts and Ray storage")
     region: str = Field("us-east-1", min_length=1, description="region name clients sign with")
@@ -111,6 +149,10 @@ class InfraConfig(BaseModel):
     )
     start_timeout: float = Field(120.0, gt=0, description="seconds to wait for each service to become healthy")
     stop_timeout: float = Field(20.0, gt=0, description="seconds to wait after SIGTERM before SIGKILL")
+    auth: bool = Field(True, description="MLflow basic auth; off (--no-auth) only on a loopback --host")
+    isolate: bool = Field(
+        True, description="SeaweedFS's internal ports in a private network namespace; off (--no-isolation): on 127.0.0.1"
+    )
 
     @field_validator("bucket")
     @classmethod
@@ -124,6 +166,16 @@ class InfraConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
+    def _closed_beyond_loopback(self) -> "InfraConfig":
+        # Without a login the MLflow server answers anyone who reaches it: never on an address others reach.
+        if not self.auth and not _is_loopback(self.host):
+            raise ValueError(
+                f"--no-auth with --host {self.host} would serve the MLflow server without a login to the network: "
+                "use it only with --host 127.0.0.1"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _distinct_ports(self) -> "InfraConfig":
         seen: dict[int, str] = {}
         for port, label in self.ports():
@@ -133,7 +185,10 @@ class InfraConfig(BaseModel):
         return self
 
     def ports(self, service: str | None = None) -> list[tuple[int, str]]:
-        """(port, 'name (flag)') for every port `service` ('s3', 'mlflow' or None: both) opens."""
+        """(port, 'name (flag)') for every port `service` ('s3', 'mlflow' or None: both) opens.
+
+        With `isolate`, all but the S3 API and MLflow ports are inside SeaweedFS's namespace.
+        """
         out: list[tuple[int, str]] = []
         if service in (None, "s3"):
             for key, name in WEED_PORTS.items():
@@ -142,6 +197,21 @@ class InfraConfig(BaseModel):
                 out.append((port + GRPC_OFFSET, f"{name} gRPC ({FLAGS[key]} + {GRPC_OFFSET})"))
         if service in (None, "mlflow"):
             out.append((self.mlflow_port, f"MLflow server ({FLAGS['mlflow_port']})"))
+        return out
+
+    def host_ports(self, service: str | None = None) -> list[tuple[str, int, str]]:
+        """(address, port, label) of each port of `service` in this machine's network namespace.
+
+        The S3 API (forwarded by the sandbox) and MLflow listen on `host`; SeaweedFS's internal
+        ports are inside its namespace, or on 127.0.0.1 when not isolated.
+        """
+        outside = {self.s3_port, self.mlflow_port}
+        out = []
+        for port, label in self.ports(service):
+            if port in outside:
+                out.append((self.host, port, label))
+            elif not self.isolate:
+                out.append(("127.0.0.1", port, label))
         return out
 
 
@@ -196,16 +266,43 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _file_credentials(path: Path) -> Credentials | None:
+def _read_credentials_file(path: Path) -> dict[str, str]:
+    """The stored secrets ({} if none yet); errors name the file."""
     if not path.exists():
-        return None
+        return {}
     try:
         data = json.loads(path.read_text())
-        return Credentials(str(data["access_key"]), str(data["secret_key"]), "file")
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        if not isinstance(data, dict):
+            raise TypeError("not a JSON object")
+        return {str(k): str(v) for k, v in data.items()}
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
         raise InfraError(
-            f"{path}: not a credentials file with access_key and secret_key ({e}); delete it to make new keys"
+            f"{path}: not a credentials file ({e}); delete it to make new keys (and the MLflow login with "
+            "mlflow-auth.db)"
         ) from None
+
+
+def _update_credentials_file(path: Path, new: dict[str, str]) -> dict[str, str]:
+    data = {**_read_credentials_file(path), **new}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_private(path, json.dumps(data, indent=1))
+    return data
+
+
+def _file_credentials(path: Path) -> Credentials | None:
+    data = _read_credentials_file(path)
+    if not data.get("access_key") and not data.get("secret_key"):
+        return None  # the file may hold only the MLflow login (S3 keys from the environment)
+    if not (data.get("access_key") and data.get("secret_key")):
+        raise InfraError(f"{path}: has only one of access_key / secret_key; delete it to make new keys")
+    return Credentials(data["access_key"], data["secret_key"], "file")
+
+
+def _missing_stack_hint(cfg: InfraConfig) -> str:
+    return (
+        f"run `samsnet-search infra up` first, or point --state-dir (or $SAMSNET_INFRA_DIR) at the folder "
+        f"the stack was started with (looked in {cfg.state_dir})"
+    )
 
 
 def load_credentials(cfg: InfraConfig, *, create: bool = False, source: str | None = None) -> Credentials:
@@ -226,12 +323,45 @@ def load_credentials(cfg: InfraConfig, *, create: bool = False, source: str | No
     if found:
         return found
     if not create:
-        raise InfraError(f"no S3 credentials: {path} does not exist and AWS_ACCESS_KEY_ID is not set; run `infra up` first")
+        hint = _missing_stack_hint(cfg)
+        raise InfraError(f"no S3 credentials: {path} does not exist and AWS_ACCESS_KEY_ID is not set; {hint}")
     creds = Credentials("SN" + secrets.token_hex(9).upper(), secrets.token_urlsafe(30), "file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_private(path, json.dumps({"access_key": creds.access_key, "secret_key": creds.secret_key}))
+    _update_credentials_file(path, {"access_key": creds.access_key, "secret_key": creds.secret_key})
     log.info("generated S3 credentials in %s (mode 0600)", path)
     return creds
+
+
+@dataclass(frozen=True)
+class MlflowLogin:
+    """The MLflow server's admin login and its Flask session key. Secrets left out of repr."""
+
+    username: str
+    password: str = field(repr=False)
+    session_key: str = field(repr=False)
+
+
+MLFLOW_ADMIN = "samsnet-admin"
+
+
+def load_mlflow_login(cfg: InfraConfig, *, create: bool = False) -> MlflowLogin:
+    """The MLflow admin login from `<state>/credentials.json`; with `create`, generated once.
+
+    Always generated, never taken from MLFLOW_TRACKING_USERNAME/PASSWORD: those are a client's
+    variables, and a shell still holding another stack's would silently set this server's admin.
+    """
+    path = credentials_path(cfg)
+    data = _read_credentials_file(path)
+    if data.get("mlflow_username") and data.get("mlflow_password") and data.get("mlflow_session_key"):
+        return MlflowLogin(data["mlflow_username"], data["mlflow_password"], data["mlflow_session_key"])
+    if not create:
+        raise InfraError(f"no MLflow login in {path}; " + _missing_stack_hint(cfg))
+    login = MlflowLogin(MLFLOW_ADMIN, secrets.token_urlsafe(24), secrets.token_hex(32))
+    _update_credentials_file(
+        path,
+        {"mlflow_username": login.username, "mlflow_password": login.password, "mlflow_session_key": login.session_key},
+    )
+    log.info("generated the MLflow admin login in %s (mode 0600)", path)
+    return login
 
 
 def _write_identities(cfg: InfraConfig, creds: Credentials) -> Path:
@@ -335,13 +465,53 @@ def _port_problem(host: str, port: int) -> int | None:
 
 def check_ports(cfg: InfraConfig, service: str | None = None) -> None:
     """Raise InfraError naming the first port of `service` that is taken, and the flag to change it."""
-    for port, label in cfg.ports(service):
-        problem = _port_problem(cfg.host, port)
+    if service in (None, "s3"):
+        _check_weed_sockets(cfg)
+    for host, port, label in cfg.host_ports(service):
+        problem = _port_problem(host, port)
         if problem == errno.EADDRINUSE:
-            raise InfraError(f"port {port} on {cfg.host} is already in use; it is the {label}: choose another port")
+            raise InfraError(f"port {port} on {host} is already in use; it is the {label}: choose another port")
         if problem is not None:
             raise InfraError(
-                f"cannot listen on {cfg.host}:{port} ({os.strerror(problem)}): --host must be an address of this machine"
+                f"cannot listen on {host}:{port} ({os.strerror(problem)}): --host must be an address of this machine"
+            )
+
+
+def _socket_in_use(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        return s.connect_ex(path) == 0
+
+
+def weed_grpc_sockets(ports: dict[str, int]) -> dict[str, str]:
+    """{port key: the /tmp unix socket weed serves that port's gRPC twin on}."""
+    return {
+        key: WEED_GRPC_SOCKET.format(part=part, port=int(ports[key]) + GRPC_OFFSET)
+        for key, part in WEED_SOCKET_PARTS.items()
+        if key in ports
+    }
+
+
+def _check_weed_sockets(cfg: InfraConfig) -> None:
+    """weed dials its own gRPC services through /tmp sockets named by port, before TCP and across
+    network namespaces: a live one belongs to another SeaweedFS (its traffic would mix with ours),
+    one of another user could be a trap; a stale one of ours is removed."""
+    ports = {key: getattr(cfg, key) for key in WEED_PORTS}
+    for key, path in weed_grpc_sockets(ports).items():
+        if not os.path.lexists(path):
+            continue
+        label = f"{WEED_PORTS[key]} gRPC ({FLAGS[key]} + {GRPC_OFFSET})"
+        if os.lstat(path).st_uid != os.geteuid():
+            raise InfraError(f"{path} belongs to another user; it is the {label} socket: choose another port")
+        if _socket_in_use(path):
+            raise InfraError(f"{path} is in use by another SeaweedFS; it is the {label} socket: choose another port")
+        os.unlink(path)
+    for name in ("s3.sock", "filer.sock"):
+        path = cfg.state_dir.resolve() / name
+        if len(str(path)) > UNIX_PATH_MAX:
+            raise InfraError(
+                f"--state-dir {cfg.state_dir}: too long a path for the unix socket {path} "
+                f"(at most {UNIX_PATH_MAX} characters): choose a shorter folder"
             )
 
 
@@ -444,7 +614,7 @@ def _remove_weed_sockets(ports: dict[str, int]) -> None:
     for port in ports.values():
         for p in (int(port), int(port) + GRPC_OFFSET):
             for path in Path("/tmp").glob(f"seaweedfs-*-{p}.sock"):
-                if path.is_socket():
+                if path.is_socket() and path.lstat().st_uid == os.geteuid() and not _socket_in_use(str(path)):
                     path.unlink(missing_ok=True)
 
 
@@ -518,21 +688,38 @@ def _locked(cfg: InfraConfig) -> Iterator[None]:
 # ---------------------------------------------------------------- the services
 
 
+def _free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _weed_command(cfg: InfraConfig, ident: Path) -> list[str]:
-    """`weed mini` with every port explicit, loopback by default, extras (WebDAV, Iceberg, Lance, telemetry) off."""
+    """`weed_sandbox` running `weed mini`: every port explicit, extras (WebDAV, Iceberg, Lance, telemetry) off.
+
+    weed binds 127.0.0.1 only; the sandbox forwards the S3 API from `cfg.host`. Isolated (the
+    default), weed runs in a private network namespace and its ports exist only there. Not
+    isolated, they are on this machine's loopback, and weed's own S3 TCP port (unused: the
+    sandbox talks to its unix socket) moves to a free port so it does not clash with the sandbox's.
+    """
     data = cfg.state_dir / "seaweedfs"
-    return [
+    weed_s3_port = cfg.s3_port if cfg.isolate else _free_loopback_port()
+    weed = [
         _find_weed(),
         "mini",
         f"-dir={data}",
-        f"-ip={_connect_host(cfg.host)}",  # the address weed announces to itself
-        f"-ip.bind={cfg.host}",  # without it weed binds 0.0.0.0
+        "-ip=127.0.0.1",  # the address weed announces to itself
+        "-ip.bind=127.0.0.1",  # without it weed binds 0.0.0.0
         f"-s3.config={ident}",
-        f"-s3.port={cfg.s3_port}",
+        f"-s3.port={weed_s3_port}",
+        f"-s3.port.grpc={cfg.s3_port + GRPC_OFFSET}",
         f"-master.port={cfg.master_port}",
         f"-volume.port={cfg.volume_port}",
         f"-filer.port={cfg.filer_port}",
         f"-admin.port={cfg.admin_port}",
+        # weed's default unix sockets are /tmp/seaweedfs-{s3,filer}-PORT.sock: keep them in the 0700 state folder
+        f"-s3.localSocket={cfg.state_dir / 's3.sock'}",
+        f"-filer.localSocket={cfg.state_dir / 'filer.sock'}",
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         "-webdav=false",
@@ -540,6 +727,11 @@ def _weed_command(cfg: InfraConfig, ident: Path) -> list[str]:
         "-master.telemetry=false",
         "-volume.preStopSeconds=0",  # one node: no peers to warn before stopping
     ]
+    sandbox = [sys.executable, "-m", "samsnet_search.weed_sandbox", "--host", cfg.host, "--port", str(cfg.s3_port)]
+    sandbox += ["--socket", str(cfg.state_dir / "s3.sock"), "--stop-grace", str(cfg.stop_timeout)]
+    if not cfg.isolate:
+        sandbox.append("--no-namespace")
+    return [*sandbox, "--", *weed]
 
 
 def _ensure_bucket(client, bucket: str) -> bool:
@@ -583,23 +775,31 @@ def _s3_ready(client, bucket: str) -> bool:
         return False
 
 
-def _start_s3(cfg: InfraConfig, creds: Credentials, state: dict[str, Any]) -> dict[str, Any]:
+Progress = Callable[[str], None]
+
+
+def _start_s3(cfg: InfraConfig, creds: Credentials, state: dict[str, Any], say: Progress) -> dict[str, Any]:
     ident = _write_identities(cfg, creds)
     data = cfg.state_dir / "seaweedfs"
     data.mkdir(parents=True, exist_ok=True)
     # weed mini saves its options here and reloads any not given on the next command line
     # (a stale gRPC port would survive a port change): every option is given, so drop the file.
     (data / "mini.options").unlink(missing_ok=True)
-    rec = _spawn(_weed_command(cfg, ident), cfg.state_dir / "logs" / "seaweedfs.log")
     endpoint = _url(cfg.host, cfg.s3_port)
-    rec.update(endpoint=endpoint, ports={k: getattr(cfg, k) for k in WEED_PORTS})
+    where = "internal ports in a private network namespace" if cfg.isolate else "internal ports OPEN on 127.0.0.1"
+    say(f"s3: starting SeaweedFS (S3 API on {endpoint}, {where})")
+    began = time.monotonic()
+    rec = _spawn(_weed_command(cfg, ident), cfg.state_dir / "logs" / "seaweedfs.log")
+    rec.update(endpoint=endpoint, ports={k: getattr(cfg, k) for k in WEED_PORTS}, isolated=cfg.isolate)
     state["services"]["s3"] = rec
     _write_state(cfg, state)  # recorded before waiting, so `down` can stop a start that hangs
     deadline = time.monotonic() + cfg.start_timeout
     _wait_healthy(lambda: _http_ok(endpoint + "/healthz"), rec, "SeaweedFS", cfg.start_timeout)
+    say(f"s3: answering after {time.monotonic() - began:.1f} s; waiting for bucket {cfg.bucket!r} to take writes")
     client = s3_client(endpoint, creds.access_key, creds.secret_key, cfg.region)
     left = max(1.0, deadline - time.monotonic())
     _wait_healthy(lambda: _s3_ready(client, cfg.bucket), rec, "SeaweedFS S3 bucket", left)
+    say(f"s3: healthy after {time.monotonic() - began:.1f} s (pid {rec['pid']})")
     log.info("SeaweedFS S3 at %s (pid %d), bucket %s", endpoint, rec["pid"], cfg.bucket)
     return rec
 
@@ -614,13 +814,31 @@ def _mlflow_command(cfg: InfraConfig, bucket: str) -> list[str]:
         "--backend-store-uri", f"sqlite:///{db}",
         "--artifacts-destination", f"s3://{bucket}/{ARTIFACT_PREFIX}",
     ]  # fmt: skip
+    if cfg.auth:
+        cmd += ["--app-name", "basic-auth"]  # users in mlflow-auth.db; config from MLFLOW_AUTH_CONFIG_PATH
     if cfg.allowed_hosts:
         cmd += ["--allowed-hosts", cfg.allowed_hosts]
     return cmd
 
 
-def _mlflow_env(s3_endpoint: str, creds: Credentials, region: str) -> dict[str, str]:
-    """The server's environment: the S3 keys go here only, never on its command line."""
+def _write_auth_config(cfg: InfraConfig, login: MlflowLogin) -> Path:
+    """MLflow's basic-auth config: our admin, and no permission for anyone else by default."""
+    db = (cfg.state_dir / "mlflow-auth.db").resolve()
+    path = cfg.state_dir / "mlflow-auth.ini"
+    _write_private(
+        path,
+        "[mlflow]\n"
+        "default_permission = NO_PERMISSIONS\n"
+        f"database_uri = sqlite:///{db}\n"
+        f"admin_username = {login.username}\n"
+        f"admin_password = {login.password}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
+    )
+    return path
+
+
+def _mlflow_env(s3_endpoint: str, creds: Credentials, region: str, auth: dict[str, str] | None = None) -> dict[str, str]:
+    """The server's environment: the S3 keys and the auth settings go here only, never on its command line."""
     env = {k: v for k, v in os.environ.items() if k not in _FOREIGN_AWS_VARS}
     env.update(
         MLFLOW_S3_ENDPOINT_URL=s3_endpoint,
@@ -630,20 +848,55 @@ def _mlflow_env(s3_endpoint: str, creds: Credentials, region: str) -> dict[str, 
         MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",  # no job-runner processes (memory)
         MLFLOW_DISABLE_TELEMETRY="true",
     )
+    env.update(auth or {})
     return env
 
 
-def _start_mlflow(cfg: InfraConfig, creds: Credentials, state: dict[str, Any]) -> dict[str, Any]:
+def _http_status(url: str, login: tuple[str, str] | None = None, timeout: float = 3.0, method: str = "GET") -> int | str:
+    """HTTP status of a request (basic auth if `login`), or the connection error as text."""
+    req = urllib.request.Request(url, method=method)
+    if login:
+        token = base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        return str(reason)
+
+
+def _start_mlflow(cfg: InfraConfig, creds: Credentials, state: dict[str, Any], say: Progress) -> dict[str, Any]:
     s3 = state["services"]["s3"]
     bucket = state["bucket"]
-    env = _mlflow_env(s3["endpoint"], creds, state["region"])
-    rec = _spawn(_mlflow_command(cfg, bucket), cfg.state_dir / "logs" / "mlflow.log", env)
+    auth_env = None
+    if cfg.auth:
+        login = load_mlflow_login(cfg, create=True)
+        auth_env = {
+            "MLFLOW_AUTH_CONFIG_PATH": str(_write_auth_config(cfg, login).resolve()),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": login.session_key,  # signs the UI's session and CSRF cookies
+        }
+    env = _mlflow_env(s3["endpoint"], creds, state["region"], auth_env)
     endpoint = _url(cfg.host, cfg.mlflow_port)
-    rec.update(endpoint=endpoint, ports={"mlflow_port": cfg.mlflow_port})
+    say(f"mlflow: starting the MLflow server on {endpoint} ({'basic auth' if cfg.auth else 'NO authentication'})")
+    began = time.monotonic()
+    rec = _spawn(_mlflow_command(cfg, bucket), cfg.state_dir / "logs" / "mlflow.log", env)
+    rec.update(endpoint=endpoint, ports={"mlflow_port": cfg.mlflow_port}, auth=cfg.auth)
     state["services"]["mlflow"] = rec
     _write_state(cfg, state)
     # A new sqlite store runs its migrations first: about 20 s on 2 cores.
     _wait_healthy(lambda: _http_ok(endpoint + "/health"), rec, "MLflow server", cfg.start_timeout)
+    if cfg.auth:
+        probe = _http_status(endpoint + "/api/2.0/mlflow/experiments/search?max_results=1", (login.username, login.password))
+        if probe != 200:
+            raise InfraError(
+                f"the MLflow server at {endpoint} refuses the admin login of {credentials_path(cfg)} ({probe}): its "
+                f"user database {cfg.state_dir / 'mlflow-auth.db'} was made with another; delete that file "
+                "(runs and models stay) and run `infra up` again"
+            )
+    say(f"mlflow: healthy after {time.monotonic() - began:.1f} s (pid {rec['pid']})")
     log.info("MLflow server at %s (pid %d), artifacts in s3://%s/%s", endpoint, rec["pid"], bucket, ARTIFACT_PREFIX)
     return rec
 
@@ -661,6 +914,7 @@ class StackInfo:
     pids: dict[str, int]
     started: list[str]
     already_running: list[str]
+    mlflow_login: str | None = None  # the admin user name when the MLflow server wants a login
 
     @property
     def artifact_root(self) -> str:
@@ -679,6 +933,7 @@ def _info(cfg: InfraConfig, state: dict[str, Any], started: list[str], already: 
         pids={name: rec["pid"] for name, rec in svc.items()},
         started=started,
         already_running=already,
+        mlflow_login=MLFLOW_ADMIN if svc.get("mlflow", {}).get("auth") else None,
     )
 
 
@@ -688,13 +943,15 @@ def _check_services(services: tuple[str, ...] | list[str]) -> None:
         raise InfraError(f"unknown service(s) {bad}: valid are {list(SERVICES)}")
 
 
-def up(cfg: InfraConfig, services: tuple[str, ...] = SERVICES) -> StackInfo:
+def up(cfg: InfraConfig, services: tuple[str, ...] = SERVICES, progress: Progress | None = None) -> StackInfo:
     """Start the services not yet running (S3 first: MLflow stores its artifacts there).
 
     Idempotent: services already running are reported in `already_running` and left as
     they are (with the ports they were started with). Raises InfraError on a taken port,
     a service that dies while starting, or one not healthy within `cfg.start_timeout`.
+    `progress` gets one line per step (starting, answering, healthy with seconds).
     """
+    say = progress or (lambda line: log.info("%s", line))
     _check_services(services)
     cfg = cfg.model_copy(update={"state_dir": cfg.state_dir.resolve()})
     started: list[str] = []
@@ -705,17 +962,24 @@ def up(cfg: InfraConfig, services: tuple[str, ...] = SERVICES) -> StackInfo:
         to_start = [n for n in SERVICES if n in services and n not in state["services"]]
         already = [n for n in SERVICES if n in services and n in state["services"]]
         for name in already:
-            log.info("%s already running at %s", name, state["services"][name]["endpoint"])
+            rec = state["services"][name]
+            say(f"{name}: already running at {rec['endpoint']} (pid {rec['pid']})")
         if "mlflow" in to_start and "s3" not in state["services"] and "s3" not in to_start:
             raise InfraError("the MLflow server keeps its artifacts in S3: start the S3 store first (infra up)")
         for name in to_start:  # every port checked before anything starts
             check_ports(cfg, name)
+        if "s3" in to_start and cfg.isolate:
+            problem = weed_sandbox.namespace_problem()
+            if problem:
+                raise InfraError(
+                    f"cannot give SeaweedFS a private network namespace ({problem}): {weed_sandbox.NAMESPACE_HELP}"
+                )
         creds = load_credentials(cfg, create=True, source=state.get("credentials") if live.get("s3") else None)
         for name in to_start:
             if name == "s3":
                 state.update(host=cfg.host, bucket=cfg.bucket, region=cfg.region, credentials=creds.source)
             try:
-                (_start_s3 if name == "s3" else _start_mlflow)(cfg, creds, state)
+                (_start_s3 if name == "s3" else _start_mlflow)(cfg, creds, state, say)
             except BaseException:
                 # A failed or interrupted `up` stops what it started (MLflow first).
                 for done in reversed([*started, name]):
@@ -766,6 +1030,11 @@ class ServiceStatus:
     log: str | None = None
 
 
+def recorded(cfg: InfraConfig) -> bool:
+    """Whether `cfg.state_dir` holds a stack that `up` started (and `down` has not removed)."""
+    return _state_path(cfg).exists()
+
+
 def status(cfg: InfraConfig) -> list[ServiceStatus]:
     """Each service: recorded and alive (pid), and answering its health endpoint."""
     state = _read_state(cfg) if cfg.state_dir.exists() else {"services": {}}
@@ -782,18 +1051,153 @@ def status(cfg: InfraConfig) -> list[ServiceStatus]:
 
 
 def client_env(cfg: InfraConfig) -> dict[str, str]:
-    """Environment a client needs: MLflow tracking URI, S3 endpoint, keys and region.
+    """Environment a client needs: MLflow tracking URI and login, S3 endpoint, keys and region.
 
     Addresses come from the running stack (stack.json), else from `cfg`. This is the one
-    place that hands out the secret: pass it to a process environment, never to a log.
+    place that hands out the secrets: pass them to a process environment, never to a log.
+    AWS_ENDPOINT_URL_S3 makes a plain `s3://BUCKET/PATH` go to this store (pyarrow, so Ray
+    Tune's storage, and boto3 read it); MLflow reads MLFLOW_S3_ENDPOINT_URL.
     """
     state = _read_state(cfg) if cfg.state_dir.exists() else {"services": {}}
     svc = state["services"]
     creds = load_credentials(cfg, source=state.get("credentials") if "s3" in svc else None)
-    return {
+    s3_endpoint = svc.get("s3", {}).get("endpoint") or _url(cfg.host, cfg.s3_port)
+    region = state.get("region", cfg.region)
+    env = {
         "MLFLOW_TRACKING_URI": svc.get("mlflow", {}).get("endpoint") or _url(cfg.host, cfg.mlflow_port),
-        "MLFLOW_S3_ENDPOINT_URL": svc.get("s3", {}).get("endpoint") or _url(cfg.host, cfg.s3_port),
+        "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
+        "AWS_ENDPOINT_URL_S3": s3_endpoint,
         "AWS_ACCESS_KEY_ID": creds.access_key,
         "AWS_SECRET_ACCESS_KEY": creds.secret_key,
-        "AWS_DEFAULT_REGION": state.get("region", cfg.region),
+        "AWS_DEFAULT_REGION": region,
+        "AWS_REGION": region,
     }
+    if "mlflow" in svc:
+        wants_login = svc["mlflow"].get("auth", False)  # as the running server was started
+    else:  # the next `up` follows cfg.auth; before the first one there is no login yet
+        wants_login = cfg.auth and "mlflow_password" in _read_credentials_file(credentials_path(cfg))
+    if wants_login:
+        login = load_mlflow_login(cfg)
+        env.update(MLFLOW_TRACKING_USERNAME=login.username, MLFLOW_TRACKING_PASSWORD=login.password)
+    return env
+
+
+# ---------------------------------------------------------------- is it reachable?
+
+
+def _run_bounded(fn: Callable[[], Any], timeout: float) -> tuple[bool, Any]:
+    """(finished, result or exception) of `fn` run in a daemon thread for at most `timeout` s.
+
+    pyarrow's S3 client retries a dead endpoint for longer than a quick check may take.
+    """
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            out["value"] = fn()
+        except Exception as e:  # noqa: BLE001 - handed to the caller, who words it
+            out["value"] = e
+
+    t = threading.Thread(target=target, daemon=True, name="samsnet-reachable")
+    t.start()
+    t.join(timeout)
+    return ("value" in out), out.get("value")
+
+
+def _tcp_problem(host: str, port: int, timeout: float) -> str | None:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as e:
+        return e.strerror or str(e) or type(e).__name__
+
+
+def _s3_endpoint_of(uri: str) -> tuple[str, str, int]:
+    """(shown endpoint, host, port) an `s3://` URI goes to, as pyarrow resolves it."""
+    query = dict(parse_qsl(urlsplit(uri).query))
+    if query.get("endpoint_override"):
+        override = query["endpoint_override"]
+        url = override if "://" in override else f"{query.get('scheme', 'https')}://{override}"
+    else:
+        region = query.get("region") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        aws = f"https://s3.{region}.amazonaws.com"
+        url = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or aws
+    parts = urlsplit(url)
+    default = 443 if parts.scheme == "https" else 80
+    return url, parts.hostname or "", parts.port or default
+
+
+def _storage_problems(storage: str, timeout: float) -> list[str]:
+    if "://" not in storage or storage.startswith("file://"):
+        folder = Path(storage.removeprefix("file://")).expanduser()
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            return [f"storage {storage}: {existing or folder} is not a folder this user can write"]
+        return []
+    if not storage.startswith("s3://"):
+        return []  # gs://, hdfs://...: left to pyarrow at run time
+    endpoint, host, port = _s3_endpoint_of(storage)
+    down = _tcp_problem(host, port, timeout)
+    if down:
+        return [
+            f"storage {storage}: cannot reach the S3 endpoint {endpoint} ({down}); start the local stack "
+            '(`samsnet-search infra up`, then `eval "$(samsnet-search infra env)"`) or fix the endpoint'
+        ]
+    custom = "amazonaws.com" not in host
+    if custom and not (os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY")):
+        return [f"storage {storage}: no S3 keys for {endpoint}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"]
+    from pyarrow import fs as pafs
+
+    def probe() -> Any:
+        filesystem, path = pafs.FileSystem.from_uri(storage)
+        return filesystem.get_file_info(path.split("/", 1)[0])
+
+    finished, result = _run_bounded(probe, timeout)
+    if not finished:
+        return [f"storage {storage}: the S3 endpoint {endpoint} did not answer within {timeout:g} s"]
+    if isinstance(result, Exception):
+        text = str(result)
+        if any(code in text for code in ("ACCESS_DENIED", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403")):
+            return [f"storage {storage}: {endpoint} refused the keys in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"]
+        return [f"storage {storage}: {endpoint}: {text.splitlines()[0] if text else type(result).__name__}"]
+    if result.type == pafs.FileType.NotFound:
+        bucket = urlsplit(storage).netloc
+        return [f"storage {storage}: bucket {bucket!r} does not exist at {endpoint}"]
+    return []
+
+
+def _tracking_problems(uri: str, timeout: float) -> list[str]:
+    if not uri.startswith(("http://", "https://")):
+        return []  # a local store (file:, sqlite:, a folder) or a scheme MLflow resolves itself
+    base = uri.rstrip("/")
+    health = _http_status(base + "/health", timeout=timeout)
+    if health != 200:
+        return [
+            f"tracking server {uri} does not answer ({health}); start it (`samsnet-search infra up`) or fix tracking.uri"
+        ]
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    login = (user, password) if user and password else None
+    got = _http_status(base + "/api/2.0/mlflow/experiments/search?max_results=1", login, timeout)
+    if got == 401 and login is None:
+        return [
+            f"tracking server {uri} requires a login: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+            '(for the local stack: eval "$(samsnet-search infra env)")'
+        ]
+    if got in (401, 403):
+        return [f"tracking server {uri} refused the login in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD ({got})"]
+    if got != 200:
+        return [f"tracking server {uri}: the MLflow API answered {got}"]
+    return []
+
+
+def check_reachable(storage: str | None, tracking_uri: str | None, timeout: float = 3.0) -> list[str]:
+    """Problems (one line each, empty if none) reaching `storage` and the tracking server.
+
+    A local storage folder must be writable; an `s3://` URI's endpoint (from its query, or
+    AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS) must accept a connection and the keys,
+    and its bucket must exist; an http(s) tracking URI must answer /health and the MLflow API
+    with the login in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD. Each check gives up
+    after about `timeout` seconds.
+    """
+    problems = _storage_problems(str(storage), timeout) if storage else []
+    return problems + (_tracking_problems(str(tracking_uri), timeout) if tracking_uri else [])

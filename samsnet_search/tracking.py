@@ -127,29 +127,14 @@ def client(target: TrackingTarget):
 
 
 def check_server(target: TrackingTarget, timeout_s: float = HEALTH_TIMEOUT_S) -> None:
-    """Raise TrackingError when nothing answers at an http(s) tracking URI (embedded stores pass).
+    """Raise TrackingError (one line: the URI and what to do) when an http(s) tracking server
+    does not answer or refuses the login; embedded stores pass. `infra.check_reachable` is the
+    one reachability check (validate uses it too)."""
+    from .infra import check_reachable  # psutil, pydantic: only where a server is checked
 
-    Any HTTP answer counts (a 401 of a server with auth is still a server); only no answer
-    (refused, reset, timed out) fails.
-    """
-    import urllib.error
-    import urllib.request
-
-    if not target.uri.startswith(("http://", "https://")):
-        return
-    url = target.uri.rstrip("/") + "/health"
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the URI as given, no proxy
-    try:
-        with opener.open(url, timeout=timeout_s):
-            return
-    except urllib.error.HTTPError:
-        return
-    except (OSError, ValueError) as e:
-        reason = getattr(e, "reason", None) or e
-        raise TrackingError(
-            f"tracking.uri {target.uri}: no MLflow server answers ({reason}); start the local stack with "
-            "`samsnet-search infra up`, or set tracking.uri to a running server"
-        ) from None
+    problems = check_reachable(None, target.uri, timeout_s)
+    if problems:
+        raise TrackingError(problems[0])
 
 
 def worker_http_settings() -> None:

@@ -84,3 +84,24 @@ def test_separate_rejects_unreadable_audio(checkpoint_dir, tmp_path, capsys):
     bad.write_bytes(b"not audio")
     assert main(["separate", str(checkpoint_dir), str(bad), "--out", str(tmp_path / "x")]) == 2
     assert "bad.wav" in capsys.readouterr().err
+
+
+def test_evaluate_with_data_caches_under_that_data(tmp_path):
+    """A checkpoint's data.cache_dir belongs to the data it was trained on: with --data the cache
+    goes under the given root (its default), or where --cache-dir says."""
+    from samsnet_search.data.synth import synthesize
+
+    root = synthesize(tmp_path / "data", n_train=1, n_valid=1, n_test=1, seconds=2.0, seed=3)
+    cfg = ModelConfig(n_fft=256, hop_length=128, channels=4, heads=1, depth=1, slices=2).resolved(44100)
+    trained_cache = tmp_path / "trained-on" / "cache"
+    data = DataConfig(root=tmp_path / "elsewhere", cache_dir=trained_cache).model_dump(mode="json")
+    checkpoint.save(tmp_path / "ckpt" / checkpoint.BEST, {
+        "experiment": {"data": data}, "model_config": cfg.model_dump(mode="json"),
+        "model": checkpoint.build_model(cfg).state_dict(), "epoch": 0, "metrics": {},
+    })  # fmt: skip
+    args = ["evaluate", str(tmp_path / "ckpt"), "--data", str(root), "--backend", "fast", "--out", str(tmp_path / "o")]
+    assert main(args) == 0
+    assert not trained_cache.exists()
+    assert list((root / ".samsnet-cache" / "test").glob("*.npy"))
+    assert main([*args, "--cache-dir", str(tmp_path / "mine")]) == 0
+    assert list((tmp_path / "mine" / "test").glob("*.npy")) and not trained_cache.exists()

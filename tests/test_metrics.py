@@ -384,3 +384,77 @@ def test_torch_thread_setting_is_left_alone(backend):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- singular systems
+
+
+@pytest.fixture(scope="module")
+def stems_pcm16() -> np.ndarray:
+    """stempeg's excerpt decoded as musdb decodes it (16-bit PCM): (4, nsamples, 2) float64."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("stempeg needs the ffmpeg binary to decode its stems")
+    import stempeg
+
+    audio, _ = stempeg.read_stems(stempeg.example_stem_path(), ffmpeg_format="s16le")
+    return audio[1:]
+
+
+def museval_least_squares(monkeypatch, refs: np.ndarray, ests: np.ndarray, **kwargs) -> dict[str, np.ndarray]:
+    """museval with its least-squares branch forced: np.linalg.solve raises, so museval takes
+    np.linalg.lstsq(G, D). (museval 0.4.1 catches np.linalg.linalg.LinAlgError, a name numpy 2.4
+    no longer has: the shim lets its except clause run.)"""
+    with monkeypatch.context() as m:
+        m.setattr(np.linalg, "linalg", np.linalg, raising=False)
+
+        def refuse(*args, **kw):
+            raise np.linalg.LinAlgError("forced: take the least-squares branch")
+
+        m.setattr(np.linalg, "solve", refuse)
+        return museval_dict(refs, ests, **kwargs)
+
+
+def repeated_channels(stems: np.ndarray, nsamples: int, noise: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """A slice of the four real stems with the left channel repeated (mir_eval-style mono images;
+    `noise` adds an independent right-channel part), and leaky estimates."""
+    rng = np.random.default_rng(3)
+    refs = np.repeat(stems[:, 44100 : 44100 + nsamples, :1], 2, axis=2)
+    refs[..., 1] += noise * rng.standard_normal(refs.shape[:2])
+    ests = 0.8 * refs + 0.15 * np.roll(refs, 1, axis=0) + 0.01 * rng.standard_normal(refs.shape)
+    return refs, ests
+
+
+def test_exactly_singular_gram_solved_as_museval_least_squares(backend, stems_pcm16, monkeypatch, caplog):
+    """Channels repeated make G exactly singular (rank 128 of 256). The LU fallback "succeeded"
+    there with a useless solution (SIR/SAR 51 dB away from museval); the rank-revealing solve
+    gives museval's least-squares answer, and says that it took it."""
+    refs, ests = repeated_channels(stems_pcm16, 1024)
+    kwargs = dict(window=1024, hop=1024, filters_len=32)
+    ref = museval_least_squares(monkeypatch, refs, ests, **kwargs)
+    assert_matches(ref, museval_dict(refs, ests, **kwargs))  # museval's own LU agrees on this input
+    with caplog.at_level("WARNING", logger="samsnet_search.metrics"):
+        ours = bss_eval_v4(refs, ests, win=1024, hop=1024, filters_len=32)
+    assert_matches(ours, ref, tol=1e-6)
+    assert "rank-deficient Gram matrix (rank 128 of 256)" in caplog.text
+
+
+def test_near_singular_gram_keeps_the_direct_solve(backend, stems_pcm16, caplog):
+    """A right channel 1e-5 away from the left: G is near-singular but of full rank; the
+    Cholesky solve stands (no least-squares fallback) and equals museval's LU solve."""
+    refs, ests = repeated_channels(stems_pcm16, 4096, noise=1e-5)
+    with caplog.at_level("WARNING", logger="samsnet_search.metrics"):
+        ours = bss_eval_v4(refs, ests, win=2048, hop=2048, filters_len=32)
+    assert "rank-deficient" not in caplog.text
+    assert_matches(ours, museval_dict(refs, ests, window=2048, hop=2048, filters_len=32), tol=1e-4)
+
+
+@pytest.mark.parametrize("rank", [60, 37])
+def test_min_norm_solve_is_lstsq(rank):
+    """On Gram systems of known rank: numpy lstsq's minimum-norm solution, and the rank."""
+    rng = np.random.default_rng(rank)
+    x = rng.standard_normal((200, rank)) @ rng.standard_normal((rank, 60))  # 200 samples, 60 columns
+    gram, rhs = x.T @ x, x.T @ rng.standard_normal((200, 3))
+    solution, found = metrics.min_norm_solve(gram, rhs)
+    assert found == rank
+    expected = np.linalg.lstsq(gram, rhs)[0]
+    np.testing.assert_allclose(solution, expected, rtol=0, atol=1e-9 * np.abs(expected).max())

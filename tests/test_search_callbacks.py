@@ -63,7 +63,7 @@ def test_live_view_shows_counts_and_best(tmp_path):
         "search": {"num_samples": 3},
     }))  # fmt: skip
     study = load_study(path, base_dir=tmp_path)
-    console = Console(record=True, width=120, file=open(tmp_path / "out.txt", "w"))
+    console = Console(record=True, width=120, file=open(tmp_path / "out.txt", "w"), force_terminal=True)
     with LiveView(study, console) as view:
         statuses = {"t1": "completed", "t2": "pruned", "t3": "running"}
         best = {"trial_id": "t1", "epoch": 2, "valid_loss": 0.125, "config": {"model.slices": 2}}

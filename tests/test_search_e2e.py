@@ -31,9 +31,11 @@ FAKE_SECRETS = {"AWS_SECRET_ACCESS_KEY": "fake-aws-secret-0123456789", "SAMSNET_
 
 
 @pytest.fixture(scope="module", autouse=True)
-def ray_cluster(local_ray):
-    """Credentials in the environment (they must never reach MLflow), then one local Ray."""
-    with local_ray(FAKE_SECRETS):
+def ray_cluster(local_ray, tmp_path_factory):
+    """Credentials in the environment (they must never reach MLflow), the user's config folder
+    (the drivers' state-signing key) in a temporary HOME, then one local Ray."""
+    home = tmp_path_factory.mktemp("home")
+    with local_ray({**FAKE_SECRETS, "XDG_CONFIG_HOME": str(home / ".config")}):
         yield
 
 
@@ -176,6 +178,21 @@ def test_failing_trial_is_isolated(tmp_path, synth_root):
         assert "became nan" in run.data.tags["samsnet.error"]
     assert result.manifest.state == "finished"
     assert result.best.config["train.lr"] == 1e-3
+
+
+def test_grid_search_keeps_max_concurrent_trials(tmp_path, synth_root):
+    """Tune ignores TuneConfig.max_concurrent_trials for a given BasicVariantGenerator (grid,
+    random): one trial at a time although the local Ray has room for two."""
+    path = tiny_study(
+        tmp_path, synth_root, "one_at_a_time", model__slices={"choice": [1, 2]}, model__channels=2, train__lr=1e-3,
+        search={"searcher": "grid", "scheduler": "fifo", "num_samples": 1, "max_concurrent_trials": 1},
+        train__epochs=2, train__patience=2,
+    )  # fmt: skip
+    result = run_study(load_study(path, base_dir=tmp_path))
+    assert len(result.trials) == 2 and not result.interrupted
+    runs = sorted(child_runs(result, result.target), key=lambda r: r.info.start_time)
+    assert len(runs) == 2
+    assert runs[0].info.end_time <= runs[1].info.start_time, [(r.info.start_time, r.info.end_time) for r in runs]
 
 
 def _trial_progress(target, manifest) -> dict[str, tuple[str, int]]:

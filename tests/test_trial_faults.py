@@ -160,7 +160,7 @@ def test_run_with_a_stopped_tracking_server_is_one_line_and_exit_2(tmp_path, syn
     }))  # fmt: skip
     assert main(["run", str(path), "--no-live", "--no-select"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"tracking.uri {uri}: no MLflow server answers" in err[0] and "samsnet-search infra up" in err[0]
+    assert len(err) == 1 and f"tracking server {uri} does not answer" in err[0] and "samsnet-search infra up" in err[0]
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ _EXPORTS = {
     "Track": "splits",
     "Splits": "splits",
     "load_splits": "splits",
+    "load_subset": "splits",
     "prepare": "splits",
     "KIND_HQ": "splits",
     "KIND_STEMS": "splits",

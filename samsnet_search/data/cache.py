@@ -25,7 +25,7 @@ from ..errors import DataError
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: MUSDB18 stems decoded to 16-bit PCM as musdb does (1 decoded to float)
 N_STEMS = 5
 
 

@@ -96,21 +96,37 @@ class Splits:
 def detect_format(root: Path, fmt: str = "auto") -> str:
     """"hq" or "stems" for `root`, checking that train/ and test/ exist."""
     for subset in SUBSETS:
-        if not (root / subset).is_dir():
-            raise DataError(
-                f"{root / subset}: no such folder (a MUSDB18 / MUSDB18-HQ root holds train/ and test/; "
-                "`samsnet-search data synth DIR` makes a synthetic one)"
-            )
+        _require_folder(root / subset)
+    return folder_format(root / "train", fmt)
+
+
+def _require_folder(folder: Path) -> None:
+    if not folder.is_dir():
+        raise DataError(
+            f"{folder}: no such folder (a MUSDB18 / MUSDB18-HQ root holds train/ and test/; "
+            "`samsnet-search data synth DIR` makes a synthetic one)"
+        )
+
+
+def folder_format(folder: Path, fmt: str = "auto") -> str:
+    """"hq" or "stems" for the tracks in one subset folder (`fmt` unless it is "auto")."""
+    _require_folder(folder)
     if fmt != "auto":
         return fmt
-    train = root / "train"
-    has_stems = any(p.name.endswith(STEMS_SUFFIX) for p in train.iterdir())
-    has_folders = any(p.is_dir() and not p.name.startswith(".") for p in train.iterdir())
+    has_stems = any(p.name.endswith(STEMS_SUFFIX) for p in folder.iterdir())
+    has_folders = any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir())
     if has_stems and has_folders:
-        raise DataError(f"{train}: holds both .stem.mp4 files and track folders; set data.format to 'stems' or 'hq'")
+        raise DataError(f"{folder}: holds both .stem.mp4 files and track folders; set data.format to 'stems' or 'hq'")
     if not (has_stems or has_folders):
-        raise DataError(f"{train}: no tracks found (expected <track>/ folders of wav files or <track>{STEMS_SUFFIX} files)")
+        raise DataError(f"{folder}: no tracks found (expected <track>/ folders of wav files or <track>{STEMS_SUFFIX} files)")
     return "stems" if has_stems else "hq"
+
+
+def dataset_kind(root: Path, fmt: str) -> str:
+    """KIND_STEMS, KIND_SYNTH (the generator's manifest is there) or KIND_HQ."""
+    if fmt == "stems":
+        return KIND_STEMS
+    return KIND_SYNTH if (root / MANIFEST).is_file() else KIND_HQ
 
 
 def find_tracks(root: Path, subset: str, fmt: str, cache: AudioCache) -> list[Track]:
@@ -169,7 +185,8 @@ def fingerprint(kind: str, splits: dict[str, list[Track]]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def split_train_valid(train_folder: list[Track], cfg: DataConfig, root: Path) -> tuple[list[Track], list[Track]]:
+def pick_valid(train_folder: list[Track], cfg: DataConfig, root: Path) -> list[Track]:
+    """The validation tracks (by name, see `validation_names`) among the tracks of train/, sorted."""
     names, origin = validation_names(cfg, root)
     by_name = {t.name: t for t in train_folder}
     unknown = [n for n in names if n not in by_name]
@@ -180,10 +197,15 @@ def split_train_valid(train_folder: list[Track], cfg: DataConfig, root: Path) ->
         )
     if not names:
         raise DataError(f"{origin}: no validation tracks given; validation needs at least one train/ track")
-    chosen = set(names)
-    valid = sorted((by_name[n] for n in chosen), key=lambda t: t.name)
+    return sorted((by_name[n] for n in set(names)), key=lambda t: t.name)
+
+
+def split_train_valid(train_folder: list[Track], cfg: DataConfig, root: Path) -> tuple[list[Track], list[Track]]:
+    valid = pick_valid(train_folder, cfg, root)
+    chosen = {t.name for t in valid}
     train = [t for t in train_folder if t.name not in chosen]
     if not train:
+        _, origin = validation_names(cfg, root)
         raise DataError(f"{root / 'train'}: no training tracks left after taking out the validation tracks ({origin})")
     return train[: cfg.max_train_tracks], valid[: cfg.max_valid_tracks]
 
@@ -196,13 +218,32 @@ def load_splits(cfg: DataConfig) -> Splits:
     train, valid = split_train_valid(find_tracks(root, "train", fmt, cache), cfg, root)
     test = find_tracks(root, "test", fmt, cache)
     check_tracks(train + valid + test)
-    if fmt == "stems":
-        kind = KIND_STEMS
-    else:
-        kind = KIND_SYNTH if (root / MANIFEST).is_file() else KIND_HQ
+    kind = dataset_kind(root, fmt)
     fp = fingerprint(kind, {"train": train, "valid": valid, "test": test})
     log.info("%s at %s: %d train, %d valid, %d test tracks (fingerprint %s)", kind, root, len(train), len(valid), len(test), fp)
     return Splits(train=train, valid=valid, test=test, kind=kind, fingerprint=fp, root=root)
+
+
+def load_subset(cfg: DataConfig, subset: str) -> tuple[list[Track], str]:
+    """Only the tracks of one subset, headers checked, audio lazy; and the dataset's kind.
+
+    What evaluation reads (open-unmix's evaluate does the same): "test" needs test/ alone (train/
+    may be missing or partial), "valid" needs train/ with the validation tracks in it, "train" is
+    the training split.
+    """
+    if subset not in ("train", "valid", "test"):
+        raise DataError(f"subset {subset!r}: expected train, valid or test")
+    root = cfg.resolved_root()
+    folder = "test" if subset == "test" else "train"
+    fmt = folder_format(root / folder, cfg.format)
+    cache = AudioCache(cfg.cache_dir or root / CACHE_FOLDER)
+    tracks = find_tracks(root, folder, fmt, cache)
+    if subset == "valid":
+        tracks = pick_valid(tracks, cfg, root)[: cfg.max_valid_tracks]
+    elif subset == "train":
+        tracks = split_train_valid(tracks, cfg, root)[0]
+    check_tracks(tracks)
+    return tracks, dataset_kind(root, fmt)
 
 
 def prepare(tracks: list[Track]) -> int:

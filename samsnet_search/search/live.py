@@ -1,7 +1,9 @@
 """The terminal view of a running study (rich): trials running / pruned / done, best so far.
 
 Used by the CLI only. It listens to `StudyCallback` events in the driver process
-(see `callbacks.add_listener`) and redraws a small table.
+(see `callbacks.add_listener`) and redraws a small table. When the console is not a
+terminal (a log file, CI, `nohup`) a table cannot be redrawn, so it prints one plain line
+per trial event instead.
 """
 
 from __future__ import annotations
@@ -41,18 +43,26 @@ class LiveView:
         self.statuses: dict[str, str] = {}
         self.best: dict[str, Any] | None = None
         self.start = time.monotonic()
-        self.live = Live(self.render(), console=self.console, refresh_per_second=refresh_per_second, transient=False)
+        self.total = num_trials(self.study)
+        # get_renderable: every refresh renders anew, so the elapsed time moves between events.
+        self.live = (
+            Live(console=self.console, get_renderable=self.render, refresh_per_second=refresh_per_second)
+            if self.console.is_terminal
+            else None
+        )
 
     def __enter__(self) -> "LiveView":
         add_listener(self.study.name, self.on_event)
-        self.live.__enter__()
+        if self.live is not None:
+            self.live.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         remove_listener(self.study.name, self.on_event)
-        self.live.update(self.render())
-        self.live.__exit__(*exc)
-        self.console.line()
+        if self.live is not None:
+            self.live.refresh()
+            self.live.__exit__(*exc)
+            self.console.line()
 
     def on_event(self, event: TrialEvent) -> None:
         with self.lock:
@@ -62,10 +72,27 @@ class LiveView:
                 row["epoch"] = event.result["epoch"]
             if self.study.metric in event.result:
                 row["metric"] = event.result[self.study.metric]
-            row["config"] = {k: event.result.get("config", {}).get(k) for k in self.study.space} or row["config"]
+            if event.result.get("config"):
+                row["config"] = {k: event.result["config"].get(k) for k in self.study.space}
+            changed = event.kind != "result" or row.get("logged") != row["status"]
+            row["logged"] = row["status"]
             self.statuses = event.statuses
             self.best = event.best
-        self.live.update(self.render())
+        if self.live is None and changed:
+            self.console.print(self.event_line(event.trial_id), highlight=False, soft_wrap=True)
+
+    def event_line(self, trial_id: str) -> str:
+        """One plain line for a trial's change, with the study's counts and elapsed time."""
+        with self.lock:
+            row = self.trials[trial_id]
+            done = sum(s != "running" for s in self.statuses.values())
+            metric = row.get("metric")
+            value = f" {self.study.metric} {metric:.4g}" if isinstance(metric, (int, float)) else ""
+            epoch = f" epoch {row['epoch']}" if "epoch" in row else ""
+            return (
+                f"[{time.monotonic() - self.start:6.0f} s] trial {trial_id} {row['status']}{epoch}{value}"
+                f" {_short(row['config'])}  ({done}/{self.total} trials done)"
+            )
 
     def render(self) -> Group:
         with self.lock:
@@ -73,7 +100,7 @@ class LiveView:
             for status in self.statuses.values():
                 counts[status] = counts.get(status, 0) + 1
             header = Text(f"study {self.study.name}  ")
-            header.append(f"{len(self.statuses)}/{num_trials(self.study)} trials  ")
+            header.append(f"{len(self.statuses)}/{self.total} trials  ")
             for status, style in STATUS_STYLE.items():
                 if counts.get(status):
                     header.append(f"{status} {counts[status]}  ", style=style)

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import signal
+import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,9 +23,10 @@ from typing import Any, Iterator
 
 from .. import tracking
 from ..errors import ConfigError, SamsNetError
-from . import identity
+from . import identity, lease
 from .identity import Manifest
-from .space import describe, tune_space
+from .select import PHASE_TAG
+from .space import describe, num_trials, tune_space
 from .study import Study, parse_study, resolve_storage
 from .trial import RUN_ID_KEY, TrialContext, train_trial
 
@@ -30,23 +35,23 @@ log = logging.getLogger(__name__)
 # Ray reserves a large share of RAM for its object store by default; trials pass only
 # configs and small results through it.
 OBJECT_STORE_BYTES = 300 * 1024**2
-# Forwarded to workers of an existing cluster (--address); a local Ray started here
-# inherits this process's environment instead, so nothing secret enters the job config.
+# Forwarded to workers of an existing cluster (--address) in the job's runtime env. No secrets:
+# Ray logs runtime envs (runtime_env_agent.log) and passes them on worker command lines, so
+# cluster nodes get keys and passwords from their own environment (`ray start`, a Secret).
 FORWARD_ENV = (
     "MLFLOW_TRACKING_URI",
     "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_TOKEN",
     "MLFLOW_S3_ENDPOINT_URL",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
     "AWS_DEFAULT_REGION",
     "AWS_REGION",
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_S3",
     "MUSDB_PATH",
 )
+# Ray Tune copies these from the driver's environment into every trial's runtime env
+# (ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE); while Ray runs here they are moved
+# into a credentials file that AWS clients (pyarrow, boto3) find through AWS_SHARED_CREDENTIALS_FILE.
+AWS_SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 CHECKPOINT_MARGIN = 2
 HISTORY_KEYS = ("epoch", "train_loss", "valid_loss", "valid_sdr", "best_valid_loss", "epochs_without_improvement")
 
@@ -136,27 +141,65 @@ def ray_session(
     """
     import ray
 
-    if ray.is_initialized():
+    with aws_keys_in_file():
+        if ray.is_initialized():
+            yield
+            return
+        common = dict(include_dashboard=False, configure_logging=False, log_to_driver=not quiet)
+        if address:
+            env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
+            try:
+                ray.init(address=address, runtime_env={"env_vars": env}, **common)
+            except ConnectionError as e:  # no cluster there, or its auth token differs
+                raise StudyError(f"--address {address}: cannot connect to a Ray cluster ({_first_line(e)})") from None
+        else:
+            # Workers of a local Ray inherit this environment: the credentials file's path, no keys.
+            ray.init(
+                num_cpus=num_cpus or os.cpu_count() or 1,
+                num_gpus=num_gpus,
+                object_store_memory=OBJECT_STORE_BYTES,
+                **common,
+            )
+        try:
+            yield
+        finally:
+            ray.shutdown()
+
+
+@contextmanager
+def aws_keys_in_file() -> Iterator[None]:
+    """AWS keys of the environment moved into a 0600 credentials file for the block.
+
+    Tune would copy them into each trial's runtime env, which Ray writes to its session logs
+    and puts on worker command lines. The file lives in memory (/dev/shm) where there is one,
+    in a 0700 folder, and is removed at the end; AWS_SHARED_CREDENTIALS_FILE names it.
+    """
+    keys = {k: os.environ[k] for k in AWS_SECRET_ENV if k in os.environ}
+    if "AWS_ACCESS_KEY_ID" not in keys or "AWS_SECRET_ACCESS_KEY" not in keys or "AWS_SHARED_CREDENTIALS_FILE" in os.environ:
         yield
         return
-    common = dict(include_dashboard=False, configure_logging=False, log_to_driver=not quiet)
-    if address:
-        env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
-        try:
-            ray.init(address=address, runtime_env={"env_vars": env}, **common)
-        except ConnectionError as e:  # no cluster there, or its auth token differs
-            raise StudyError(f"--address {address}: cannot connect to a Ray cluster ({_first_line(e)})") from None
-    else:
-        ray.init(
-            num_cpus=num_cpus or os.cpu_count() or 1,
-            num_gpus=num_gpus,
-            object_store_memory=OBJECT_STORE_BYTES,
-            **common,
-        )
+    folder = tempfile.mkdtemp(prefix="samsnet-aws-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    path = os.path.join(folder, "credentials")
+    lines = ["[default]", f"aws_access_key_id = {keys['AWS_ACCESS_KEY_ID']}",
+             f"aws_secret_access_key = {keys['AWS_SECRET_ACCESS_KEY']}"]  # fmt: skip
+    token = keys.get("AWS_SESSION_TOKEN") or keys.get("AWS_SECURITY_TOKEN")  # the second: boto's old name
+    if token:
+        lines.append(f"aws_session_token = {token}")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    profile = os.environ.pop("AWS_PROFILE", None)  # the file's [default] profile
+    for k in keys:
+        del os.environ[k]
+    os.environ["AWS_SHARED_CREDENTIALS_FILE"] = path
     try:
         yield
     finally:
-        ray.shutdown()
+        os.environ.pop("AWS_SHARED_CREDENTIALS_FILE", None)
+        os.environ.update(keys)
+        if profile is not None:
+            os.environ["AWS_PROFILE"] = profile
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _first_line(e: BaseException) -> str:
@@ -193,8 +236,11 @@ def _searcher(study: Study):
                             points_to_evaluate=study.points_to_evaluate or None)  # fmt: skip
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    # random: Ray's own sampling; grid: the space is tune.grid_search over every value.
-    return BasicVariantGenerator(random_state=s.seed, points_to_evaluate=study.points_to_evaluate or None)
+    # random: Ray's own sampling; grid: the space is tune.grid_search over every value. Tune
+    # applies TuneConfig.max_concurrent_trials only to a Searcher (it warns and ignores it for
+    # a given BasicVariantGenerator), so the generator gets the limit itself.
+    return BasicVariantGenerator(random_state=s.seed, points_to_evaluate=study.points_to_evaluate or None,
+                                 max_concurrent=s.max_concurrent_trials or 0)  # fmt: skip
 
 
 def searcher_objectives(study: Study) -> dict[str, str]:
@@ -257,6 +303,8 @@ def _trainable(study: Study, ctx: TrialContext):
 def _new_tuner(study: Study, ctx: TrialContext, callback) -> Any:
     from ray import tune
 
+    from .integrity import StateSigner
+
     s = study.search
     storage_path, fs = _storage(study.storage)
     scheduler = callback.scheduler
@@ -265,7 +313,7 @@ def _new_tuner(study: Study, ctx: TrialContext, callback) -> Any:
         search_alg=_searcher(study),
         scheduler=scheduler,
         num_samples=s.num_samples,
-        max_concurrent_trials=s.max_concurrent_trials,
+        max_concurrent_trials=s.max_concurrent_trials if s.searcher == "optuna" else None,  # grid/random: see _searcher
         time_budget_s=s.time_budget_s,
         trial_dirname_creator=trial_dirname,
         # Each trial in a fresh worker: a reused one must first end the previous trial's
@@ -286,7 +334,7 @@ def _new_tuner(study: Study, ctx: TrialContext, callback) -> Any:
             checkpoint_score_order=study.mode,
         ),
         failure_config=tune.FailureConfig(max_failures=s.max_failures),
-        callbacks=[callback],
+        callbacks=[callback, StateSigner(identity.study_uri(study.storage, study.name))],
         verbose=0,
     )
     return tune.Tuner(_trainable(study, ctx), param_space=tune_space(study), tune_config=tune_config, run_config=run_config)
@@ -365,7 +413,7 @@ def open_study(study: Study, check_same_file: bool = True) -> tuple[Manifest, tr
     tracking.check_server(target)  # a stopped server: one line now, not minutes of retries
     experiment_id = tracking.ensure_experiment(target, study.name)
     if manifest is None:
-        parent = tracking.start_parent_run(target, experiment_id, study.name, {"samsnet.storage": identity.display_uri(study_path)})
+        parent = tracking.start_parent_run(target, experiment_id, study.name, {identity.STORAGE_TAG: identity.display_uri(study_path)})
         manifest = Manifest(
             name=study.name,
             storage=study.storage,
@@ -393,11 +441,22 @@ def run_study(
     restart_errored: bool = False,
     quiet: bool = False,
 ) -> StudyResult:
-    """Run a study to the end (or continue it); returns the per-trial records."""
+    """Run a study to the end (or continue it); returns the per-trial records.
+
+    Holds the study's lease throughout: a second driver of the same study stops with
+    `lease.StudyLocked` before it touches anything.
+    """
+    with lease.hold(identity.study_uri(study.storage, study.name), study.name):
+        return _run_study(study, address, num_cpus, num_gpus, restart_errored, quiet)
+
+
+def _run_study(study: Study, address, num_cpus, num_gpus, restart_errored: bool, quiet: bool) -> StudyResult:
     start = time.monotonic()
     # Every epoch checkpoints, so Tune snapshots its state often; that is intended here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     manifest, target, resuming = open_study(study)
+    if resuming:  # before anything starts: Tune's state is unpickled on restore
+        _verify_state(study)
     if resuming and manifest.state == "finished" and not restart_errored:
         log.info("study %s is already finished; loading its results", study.name)
         with ray_session(address, num_cpus, num_gpus, quiet):
@@ -423,8 +482,10 @@ def run_study(
                 log.info("resuming study %s from %s", study.name, identity.display_uri(manifest.path))
             else:
                 tuner = _new_tuner(study, ctx, callback)
-            grid = tuner.fit()
-            result = _result(study, manifest, target, grid, time.monotonic() - start)
+                _sign_tuner(study)
+            with _sigint_seen() as stopped:
+                grid = tuner.fit()
+            result = _result(study, manifest, target, grid, time.monotonic() - start, stopped.is_set())
             state = "interrupted" if result.interrupted else "finished"
             if study.search.multi_objective and not result.interrupted:
                 result.pareto = _pareto(study, result)
@@ -434,6 +495,50 @@ def run_study(
     finally:
         _close(manifest, target, state, result)
     return result
+
+
+def _verify_state(study: Study) -> None:
+    """Before Tune unpickles the study's state: each file must carry this driver's signature."""
+    from . import integrity  # imports ray.tune
+
+    integrity.verify(identity.study_uri(study.storage, study.name))
+
+
+def _sign_tuner(study: Study) -> None:
+    """tuner.pkl is written once, when the Tuner is made (Tune's later files: integrity.StateSigner)."""
+    from . import integrity  # imports ray.tune
+
+    integrity.sign_stored(identity.study_uri(study.storage, study.name), ["tuner.pkl"])
+
+
+@contextmanager
+def _sigint_seen() -> Iterator[threading.Event]:
+    """An event set when Ctrl-C stopped Tune's loop (during `fit`).
+
+    Tune replaces the SIGINT handler for `fit`, ends its loop on the first Ctrl-C and returns
+    normally, putting back the handler it found. The handler installed here is the one it finds:
+    seeing it back after `fit` means Tune's fired. Without Tune's handler (not the main thread,
+    or TUNE_DISABLE_SIGINT_HANDLER=1) a Ctrl-C reaches ours, which raises KeyboardInterrupt as
+    Python's own does. Tune leaves its handler installed when nothing fired: the previous one is
+    put back, so a Ctrl-C after the search (during selection) is not swallowed by a stale one.
+    """
+    seen = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+
+    def on_sigint(signum, frame):
+        seen.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    tune_handles = not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0"))
+    try:
+        yield seen
+        if tune_handles and signal.getsignal(signal.SIGINT) is on_sigint:
+            seen.set()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _context(study: Study, manifest: Manifest) -> TrialContext:
@@ -513,6 +618,18 @@ def _close(manifest: Manifest, target, state: str, result: StudyResult | None) -
         log.warning("could not update the study's parent run: %s", e)
 
 
+def mark_interrupted(manifest: Manifest, target) -> None:
+    """A study stopped by Ctrl-C after its search (during the selection): not finished, so that
+    `ls` says so and `resume` goes on with it."""
+    fresh = identity.read_manifest(manifest.path) or manifest
+    fresh.state = "interrupted"
+    identity.write_manifest(fresh)
+    try:
+        tracking.client(target).set_tag(fresh.parent_run_id, "samsnet.state", "interrupted")
+    except Exception as e:  # the manifest holds the state; the tag follows when it can
+        log.warning("could not update the study's parent run: %s", e)
+
+
 def resume_study(
     name_or_path: str,
     storage: str = "./runs",
@@ -544,19 +661,29 @@ def load_stored_study(manifest: Manifest) -> Study:
 # --- results -------------------------------------------------------------------------
 
 
-def _result(study: Study, manifest: Manifest, target, grid, seconds: float) -> StudyResult:
+def _result(study: Study, manifest: Manifest, target, grid, seconds: float, stopped: bool = False) -> StudyResult:
+    """The records of a search; `interrupted` when Ctrl-C stopped it (`stopped`), when a trial is
+    unfinished, or when the searcher had not yet proposed every trial."""
     runs = {r.data.tags.get(tracking.TRIAL_TAG): r for r in tracking.find_child_runs(target, manifest.experiment_id, manifest.parent_run_id)}
     trials = [_record(study, r, runs) for r in grid]
     unfinished = len(grid) - grid.num_terminated - grid.num_errors
-    if not unfinished:
+    # A time budget ends a search with fewer trials than asked for; without one, missing trials
+    # are trials a stopped search never started.
+    if study.search.time_budget_s is None:
+        unfinished += max(0, num_trials(study) - len(grid))
+    interrupted = stopped or unfinished > 0
+    if not interrupted:
         _close_orphans(target, runs, {t.trial_id for t in trials})
-    return StudyResult(study, manifest, target, trials, seconds, interrupted=unfinished > 0, result_grid=grid)
+    return StudyResult(study, manifest, target, trials, seconds, interrupted=interrupted, result_grid=grid)
 
 
 def _close_orphans(target, runs: dict, trial_ids: set[str]) -> None:
     """Runs of trials Tune never recorded (the driver died between starting a trial and
-    saving its state; on resume Tune proposes a new trial instead): close them as stopped."""
+    saving its state; on resume Tune proposes a new trial instead): close them as stopped.
+    Selection runs are children of the same parent but no search trial's: they are left alone."""
     for trial_id, run in runs.items():
+        if PHASE_TAG in run.data.tags:
+            continue
         if trial_id not in trial_ids and run.data.tags.get(tracking.STATUS_TAG) not in tracking.FINAL_STATUSES:
             log.info("closing MLflow run %s of trial %s, which the resumed study does not contain", run.info.run_id, trial_id)
             tracking.set_status(target, run.info.run_id, "stopped",

@@ -467,12 +467,15 @@ def _run_jobs(jobs: list[Job], result, store: str, say: Progress) -> tuple[list[
     pending: dict[Any, Job] = {}
     failures = []
     queue = list(todo)
+    say(f"selection: {len(todo)} jobs to run (retrain to the full budget + validation scoring), up to {limit} at once")
+    start, finished = time.monotonic(), 0
     while queue or pending:
         while queue and len(pending) < limit:
             job = queue.pop(0)
             pending[task.remote(job, spec, store, backend)] = job
         ready, _ = ray.wait(list(pending), num_returns=1)
         job = pending.pop(ready[0])
+        finished += 1
         try:
             record = ray.get(ready[0])
         except Exception as e:  # one failed retraining: recorded, the others go on
@@ -482,10 +485,18 @@ def _run_jobs(jobs: list[Job], result, store: str, say: Progress) -> tuple[list[
         write_json(_job_uri(store, job.key, "json"), record)
         records[job.key] = record
         avg = record["summary"]["avg"]
-        say(f"selection: {job.key} {'(search trial reused) ' if record['reused'] else ''}valid avg SDR {avg:.2f} dB")
+        reused = "(search trial reused) " if record["reused"] else ""
+        say(f"selection [{finished}/{len(todo)}, {_eta(start, finished, len(todo))}]: {job.key} {reused}valid avg SDR {avg:.2f} dB")
     if failures:
         say("selection: failed jobs (run again to retry them): " + "; ".join(failures))
     return [records[j.key] for j in jobs if records[j.key] is not None], [j.key for j in todo if records[j.key] is not None]
+
+
+def _eta(start: float, done: int, total: int) -> str:
+    """Elapsed time and a naive remaining-time estimate (jobs are of similar size)."""
+    elapsed = time.monotonic() - start
+    left = elapsed / done * (total - done) if done else float("nan")
+    return f"{elapsed:.0f} s, about {left:.0f} s left" if done < total else f"{elapsed:.0f} s"
 
 
 def _table(records: list[dict[str, Any]], study, sel) -> SelectionTable:

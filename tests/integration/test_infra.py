@@ -8,6 +8,7 @@ import urllib.error
 import urllib.request
 
 import boto3
+import psutil
 import pytest
 from botocore import UNSIGNED
 from botocore.config import Config
@@ -112,7 +113,21 @@ def test_mlflow_artifact_lands_in_the_bucket(mlflow_server, s3_stack, tmp_path):
 # ---------------------------------------------------------------- the CLI: up, status, env, down
 
 
-def test_cli_lifecycle(make_infra_config, free_port, tmp_path, capsys):
+def test_plain_s3_uri_works_with_infra_env(infra_config, s3_stack, monkeypatch):
+    """`storage: s3://BUCKET/PATH` (no query) reaches the stack once `infra env` is in the environment."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in infra.client_env(infra_config).items():
+        monkeypatch.setenv(name, value)
+    filesystem, path = pafs.FileSystem.from_uri(f"s3://{s3_stack.bucket}/plain/study")  # as Ray Tune opens storage
+    assert path == f"{s3_stack.bucket}/plain/study"
+    with filesystem.open_output_stream(f"{path}/marker.json") as f:
+        f.write(b'{"plain": true}')
+    s3 = infra.s3_client(*s3_stack[:3])
+    assert s3.get_object(Bucket=s3_stack.bucket, Key="plain/study/marker.json")["Body"].read() == b'{"plain": true}'
+
+
+def test_cli_lifecycle(make_infra_config, free_port, tmp_path, capsys, stack_listeners):
     cfg = make_infra_config(tmp_path / "stack")
     state = str(cfg.state_dir)
     # A stale option file from an earlier run must not win over today's flags.
@@ -122,9 +137,14 @@ def test_cli_lifecycle(make_infra_config, free_port, tmp_path, capsys):
     ports = [f"--{k.replace('_', '-')}={getattr(cfg, k)}" for k in (*infra.WEED_PORTS, "mlflow_port")]
     try:
         assert cli.main(["infra", "up", "--state-dir", state, *ports]) == 0
-        up_out = capsys.readouterr().out
+        up_out, progress = capsys.readouterr()
         assert f"http://127.0.0.1:{cfg.s3_port}" in up_out and "(started)" in up_out
-        assert listening(cfg.s3_port + infra.GRPC_OFFSET) and not listening(stale_grpc)
+        assert f"login: MLflow user {infra.MLFLOW_ADMIN}" in up_out
+        steps = ("s3: starting SeaweedFS", "s3: healthy after", "mlflow: starting the MLflow server", "mlflow: healthy after")
+        assert all(step in progress for step in steps), progress
+        inside = {port for _, port in stack_listeners(cfg).inside}
+        assert cfg.s3_port + infra.GRPC_OFFSET in inside and stale_grpc not in inside
+        assert not listening(cfg.filer_port) and not listening(cfg.master_port)  # only inside weed's namespace
 
         secret = json.loads((cfg.state_dir / "credentials.json").read_text())["secret_key"]
         assert (cfg.state_dir / "credentials.json").stat().st_mode & 0o777 == 0o600
@@ -134,17 +154,21 @@ def test_cli_lifecycle(make_infra_config, free_port, tmp_path, capsys):
         assert status_out.count("healthy") == 2, status_out
 
         assert cli.main(["infra", "up", "--state-dir", state, *ports]) == 0
-        again = capsys.readouterr().out
+        again, again_progress = capsys.readouterr()
         assert again.count("(already running)") == 2, again
+        assert "s3: already running at" in again_progress and "starting" not in again_progress
 
         assert cli.main(["infra", "env", "--state-dir", state]) == 0
         env_out = capsys.readouterr().out
         assert f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{cfg.mlflow_port}" in env_out
         assert f"export AWS_SECRET_ACCESS_KEY={secret}" in env_out  # the one place it is printed
+        password = json.loads((cfg.state_dir / "credentials.json").read_text())["mlflow_password"]
+        assert f"export MLFLOW_TRACKING_PASSWORD={password}" in env_out
 
         stack_json = (cfg.state_dir / "stack.json").read_text()
-        for text in (up_out, status_out, again, stack_json, (cfg.state_dir / "logs" / "mlflow.log").read_text()):
-            assert secret not in text
+        logs = [(cfg.state_dir / "logs" / name).read_text() for name in ("mlflow.log", "seaweedfs.log")]
+        for text in (up_out, progress, status_out, again, again_progress, stack_json, *logs):
+            assert secret not in text and password not in text
         pids = json.loads(stack_json)["services"]
         keys = json.loads((cfg.state_dir / "credentials.json").read_text())
         s3 = infra.s3_client(f"http://127.0.0.1:{cfg.s3_port}", keys["access_key"], secret)
@@ -168,3 +192,23 @@ def test_cli_lifecycle(make_infra_config, free_port, tmp_path, capsys):
         assert cli.main(["infra", "status", "--state-dir", state]) == 0
     finally:
         assert cli.main(["infra", "down", "--state-dir", state]) == 0
+
+
+def test_sigkill_of_the_store_takes_weed_along_and_up_restarts_it(make_infra_config, tmp_path):
+    """A SIGKILLed sandbox must not leave weed running unreachable, holding the data and sockets."""
+    cfg = make_infra_config(tmp_path / "killed")
+    try:
+        info = infra.up(cfg, services=("s3",))
+        creds = infra.load_credentials(cfg)
+        s3 = infra.s3_client(info.s3_endpoint, creds.access_key, creds.secret_key)
+        s3.put_object(Bucket=cfg.bucket, Key="before-kill.txt", Body=b"kept")
+        sandbox = psutil.Process(info.pids["s3"])
+        [weed] = [p for p in sandbox.children() if p.name() == "weed"]
+        sandbox.kill()
+        weed.wait(timeout=30)  # returns once weed is gone; raises TimeoutExpired if it outlives the sandbox
+
+        again = infra.up(cfg, services=("s3",))
+        assert again.started == ["s3"]
+        assert s3.get_object(Bucket=cfg.bucket, Key="before-kill.txt")["Body"].read() == b"kept"
+    finally:
+        infra.down(cfg)

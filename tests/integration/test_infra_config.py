@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import psutil
 import pytest
 from pyarrow import fs as pafs
 
-from samsnet_search import cli, infra
+from samsnet_search import cli, infra, weed_sandbox
 from samsnet_search.infra import InfraError
 
 
@@ -25,11 +26,51 @@ def _no_aws_env(monkeypatch):
 # ---------------------------------------------------------------- config
 
 
-def test_state_dir_default_follows_env(monkeypatch, tmp_path):
+def test_state_dir_default_is_user_level(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # never the real home
     monkeypatch.setenv("SAMSNET_INFRA_DIR", str(tmp_path / "here"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
     assert infra.InfraConfig().state_dir == tmp_path / "here"
     monkeypatch.delenv("SAMSNET_INFRA_DIR")
-    assert str(infra.InfraConfig().state_dir) == ".samsnet/infra"
+    assert infra.InfraConfig().state_dir == tmp_path / "xdg" / "samsnet" / "infra"
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/xdg")  # the XDG spec says: ignore a relative one
+    assert infra.InfraConfig().state_dir == tmp_path / "home" / ".local" / "state" / "samsnet" / "infra"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    assert infra.InfraConfig().state_dir == tmp_path / "home" / ".local" / "state" / "samsnet" / "infra"
+
+
+def _user_level_state(monkeypatch, tmp_path):
+    """HOME and XDG_STATE_HOME in tmp_path, no SAMSNET_INFRA_DIR, the cwd elsewhere."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("SAMSNET_INFRA_DIR", raising=False)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    return tmp_path / "xdg" / "samsnet" / "infra"
+
+
+def test_env_and_status_find_the_stack_from_any_folder(monkeypatch, tmp_path, capsys):
+    state = _user_level_state(monkeypatch, tmp_path)
+    cfg = infra.InfraConfig()
+    creds = infra.load_credentials(cfg, create=True)
+    login = infra.load_mlflow_login(cfg, create=True)
+    assert infra.credentials_path(cfg) == state / "credentials.json"
+    assert cli.main(["infra", "env"]) == 0
+    out = capsys.readouterr().out
+    assert f"export AWS_SECRET_ACCESS_KEY={creds.secret_key}" in out
+    assert f"export MLFLOW_TRACKING_PASSWORD={login.password}" in out
+    assert cli.main(["infra", "status"]) == 1  # recorded nowhere: the hint names the folder and the flag
+    out = capsys.readouterr().out
+    assert f"no stack recorded in {state}" in out and "--state-dir" in out
+
+
+def test_missing_stack_messages_name_state_dir(monkeypatch, tmp_path, capsys):
+    state = _user_level_state(monkeypatch, tmp_path)
+    assert cli.main(["infra", "env"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--state-dir" in err and str(state) in err and "infra up" in err, err
+    assert cli.main(["infra", "down"]) == 0
+    assert "--state-dir" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -41,6 +82,7 @@ def test_state_dir_default_follows_env(monkeypatch, tmp_path):
         ({"mlflow_port": 0}, "--mlflow-port"),
         ({"s3_port": 9000, "mlflow_port": 19000}, "port 19000 is used twice: S3 API gRPC (--s3-port + 10000)"),
         ({"colour": "red"}, "colour: unknown option"),
+        ({"auth": False, "host": "0.0.0.0"}, "--no-auth with --host 0.0.0.0 would serve the MLflow server without"),
     ],
 )
 def test_bad_options_name_the_flag(options, expected):
@@ -86,32 +128,80 @@ def test_half_set_environment_credentials_are_an_error(tmp_path, monkeypatch):
 
 def test_missing_or_corrupt_credentials(tmp_path):
     cfg = infra.InfraConfig(state_dir=tmp_path)
-    with pytest.raises(InfraError, match="run `infra up` first"):
+    with pytest.raises(InfraError, match="run `samsnet-search infra up` first, or point --state-dir"):
         infra.client_env(cfg)
     infra.credentials_path(cfg).write_text("{not json")
     with pytest.raises(InfraError, match="credentials.json: not a credentials file"):
         infra.load_credentials(cfg)
 
 
+def test_mlflow_login_is_generated_once_and_kept_with_the_keys(tmp_path, monkeypatch):
+    cfg = infra.InfraConfig(state_dir=tmp_path / "s")
+    creds = infra.load_credentials(cfg, create=True)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "a-client-variable")  # never taken as the server's admin
+    login = infra.load_mlflow_login(cfg, create=True)
+    assert login.username == infra.MLFLOW_ADMIN and len(login.password) >= 24 and login.password != "a-client-variable"
+    assert infra.load_mlflow_login(cfg) == login and infra.load_credentials(cfg) == creds  # one file, both kept
+    assert infra.credentials_path(cfg).stat().st_mode & 0o777 == 0o600
+    assert login.password not in repr(login) and login.session_key not in repr(login)
+
+
+def test_mlflow_login_with_environment_s3_keys(tmp_path, monkeypatch):
+    cfg = infra.InfraConfig(state_dir=tmp_path / "s")
+    infra.load_mlflow_login(cfg, create=True)  # the file now holds only the login
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKENV")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "envsecret")
+    assert infra.load_credentials(cfg).source == "environment"
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(InfraError, match="no S3 credentials"):
+        infra.load_credentials(cfg)
+
+
 def test_mlflow_server_env_has_our_keys_only(monkeypatch):
     monkeypatch.setenv("AWS_SESSION_TOKEN", "token-for-real-aws")
-    env = infra._mlflow_env("http://127.0.0.1:8333", infra.Credentials("AK", "SK"), "us-east-1")
+    auth = {"MLFLOW_AUTH_CONFIG_PATH": "/s/mlflow-auth.ini", "MLFLOW_FLASK_SERVER_SECRET_KEY": "k"}
+    env = infra._mlflow_env("http://127.0.0.1:8333", infra.Credentials("AK", "SK"), "us-east-1", auth)
+    assert env["MLFLOW_AUTH_CONFIG_PATH"] == "/s/mlflow-auth.ini" and env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == "k"
     assert "AWS_SESSION_TOKEN" not in env
     assert env["AWS_ACCESS_KEY_ID"] == "AK" and env["MLFLOW_S3_ENDPOINT_URL"] == "http://127.0.0.1:8333"
     assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
 
 
 def test_commands_bind_host_and_carry_no_secret(tmp_path):
-    cfg = infra.InfraConfig(state_dir=tmp_path)
+    cfg = infra.InfraConfig(state_dir=tmp_path, host="0.0.0.0")
     creds = infra.load_credentials(cfg, create=True)
-    weed = infra._weed_command(cfg, infra._write_identities(cfg, creds))
+    login = infra.load_mlflow_login(cfg, create=True)
+    cmd = infra._weed_command(cfg, infra._write_identities(cfg, creds))
+    # The sandbox binds --host; weed itself binds loopback inside its private namespace.
+    sandbox, weed = cmd[: cmd.index("--")], cmd[cmd.index("--") + 1 :]
+    assert sandbox[1:3] == ["-m", "samsnet_search.weed_sandbox"] and sandbox[sandbox.index("--host") + 1] == "0.0.0.0"
     assert "-ip.bind=127.0.0.1" in weed and "-master.telemetry=false" in weed and "-s3.port=8333" in weed
+    assert f"-s3.localSocket={tmp_path / 's3.sock'}" in weed and f"-filer.localSocket={tmp_path / 'filer.sock'}" in weed
     mlflow = infra._mlflow_command(cfg, "samsnet")
-    assert mlflow[mlflow.index("--host") + 1] == "127.0.0.1" and "s3://samsnet/mlartifacts" in mlflow
-    assert creds.secret_key not in " ".join(weed + mlflow)
+    assert mlflow[mlflow.index("--host") + 1] == "0.0.0.0" and "s3://samsnet/mlartifacts" in mlflow
+    assert mlflow[mlflow.index("--app-name") + 1] == "basic-auth"
+    assert creds.secret_key not in " ".join(cmd + mlflow) and login.password not in " ".join(cmd + mlflow)
     ident = tmp_path / "s3-identities.json"
     assert ident.stat().st_mode & 0o777 == 0o600
     assert json.loads(ident.read_text())["identities"][0]["credentials"][0]["secretKey"] == creds.secret_key
+    ini = infra._write_auth_config(cfg, login)
+    assert ini.stat().st_mode & 0o777 == 0o600
+    assert f"admin_password = {login.password}" in ini.read_text() and "default_permission = NO_PERMISSIONS" in ini.read_text()
+
+
+def test_opt_outs(tmp_path):
+    cfg = infra.InfraConfig(state_dir=tmp_path, auth=False, isolate=False)
+    cmd = infra._weed_command(cfg, tmp_path / "ident.json")
+    sandbox, weed = cmd[: cmd.index("--")], cmd[cmd.index("--") + 1 :]
+    assert "--no-namespace" in sandbox and "-ip.bind=127.0.0.1" in weed
+    assert "-s3.port=8333" not in weed  # weed's own S3 TCP port moves aside: the sandbox listens on 8333
+    assert "--app-name" not in infra._mlflow_command(cfg, "samsnet")
+    # Not isolated, the internal ports are on this machine's loopback and checked there, whatever --host.
+    open_cfg = infra.InfraConfig(state_dir=tmp_path, isolate=False, host="10.0.0.5")
+    hosts = {host for host, _, label in open_cfg.host_ports() if "S3 API (" not in label and "MLflow" not in label}
+    assert len(open_cfg.host_ports()) == 11 and hosts == {"127.0.0.1"}
+    assert [(h, p) for h, p, _ in infra.InfraConfig().host_ports()] == [("127.0.0.1", 8333), ("127.0.0.1", 5000)]
 
 
 # ---------------------------------------------------------------- addresses for clients
@@ -133,14 +223,32 @@ def test_endpoint_without_scheme_is_an_error():
 def test_client_env_uses_stored_keys_and_config_addresses(tmp_path):
     cfg = infra.InfraConfig(state_dir=tmp_path, mlflow_port=5123, s3_port=8444, host="0.0.0.0")
     creds = infra.load_credentials(cfg, create=True)
+    login = infra.load_mlflow_login(cfg, create=True)
     env = infra.client_env(cfg)
     assert env == {
         "MLFLOW_TRACKING_URI": "http://127.0.0.1:5123",  # a wildcard bind is reached on loopback
         "MLFLOW_S3_ENDPOINT_URL": "http://127.0.0.1:8444",
+        "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:8444",  # plain s3://BUCKET/PATH goes here (pyarrow, boto3)
         "AWS_ACCESS_KEY_ID": creds.access_key,
         "AWS_SECRET_ACCESS_KEY": creds.secret_key,
         "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "MLFLOW_TRACKING_USERNAME": login.username,
+        "MLFLOW_TRACKING_PASSWORD": login.password,
     }
+    no_auth = infra.client_env(cfg.model_copy(update={"auth": False, "host": "127.0.0.1"}))
+    assert "MLFLOW_TRACKING_PASSWORD" not in no_auth
+
+
+def test_plain_s3_uri_resolves_to_the_stack_endpoint(tmp_path, monkeypatch):
+    cfg = infra.InfraConfig(state_dir=tmp_path, s3_port=8444)
+    infra.load_credentials(cfg, create=True)
+    infra.load_mlflow_login(cfg, create=True)
+    for key, value in infra.client_env(cfg).items():
+        monkeypatch.setenv(key, value)
+    assert infra._s3_endpoint_of("s3://samsnet/ray") == ("http://127.0.0.1:8444", "127.0.0.1", 8444)
+    query = "s3://b/x?endpoint_override=10.1.2.3:9000&scheme=http"
+    assert infra._s3_endpoint_of(query) == ("http://10.1.2.3:9000", "10.1.2.3", 9000)  # the URI's query wins
 
 
 # ---------------------------------------------------------------- ports and stale state
@@ -155,18 +263,48 @@ def _listen(port: int) -> socket.socket:
 
 
 @pytest.mark.parametrize(
-    "taken, flag",
-    [("s3_port", "(--s3-port)"), ("s3_grpc", "(--s3-port + 10000)"), ("mlflow_port", "(--mlflow-port)")],
+    "taken, flag, extra",
+    [
+        ("s3_port", "(--s3-port)", []),
+        ("mlflow_port", "(--mlflow-port)", []),
+        ("s3_grpc", "(--s3-port + 10000)", ["--no-isolation"]),  # isolated, that port is inside the namespace
+        ("filer_port", "(--filer-port)", ["--no-isolation"]),
+    ],
 )
-def test_port_clash_names_port_and_flag(make_infra_config, tmp_path, capsys, taken, flag):
+def test_port_clash_names_port_and_flag(make_infra_config, tmp_path, capsys, taken, flag, extra):
     cfg = make_infra_config(tmp_path / "s")
     port = cfg.s3_port + infra.GRPC_OFFSET if taken == "s3_grpc" else getattr(cfg, taken)
     args = [f"--{k.replace('_', '-')}={getattr(cfg, k)}" for k in (*infra.WEED_PORTS, "mlflow_port")]
     with _listen(port):
-        assert cli.main(["infra", "up", "--state-dir", str(cfg.state_dir), *args]) == 2
+        assert cli.main(["infra", "up", "--state-dir", str(cfg.state_dir), *args, *extra]) == 2
     err = capsys.readouterr().err
     assert f"port {port} on 127.0.0.1 is already in use" in err and flag in err, err
     assert not (cfg.state_dir / "stack.json").exists()  # nothing was started
+
+
+def test_weed_socket_of_another_seaweedfs_is_a_clash(make_infra_config, tmp_path):
+    """weed dials its gRPC services through /tmp sockets named by port, across namespaces: a live one is a clash."""
+    cfg = make_infra_config(tmp_path / "s")
+    path = infra.weed_grpc_sockets({"filer_port": cfg.filer_port})["filer_port"]
+    with socket.socket(socket.AF_UNIX) as live:
+        live.bind(path)
+        live.listen()
+        try:
+            with pytest.raises(InfraError, match=rf"{path} is in use by another SeaweedFS.*\(--filer-port \+ 10000\)"):
+                infra.check_ports(cfg)
+        finally:
+            os.unlink(path)
+    with socket.socket(socket.AF_UNIX) as stale:
+        stale.bind(path)  # bound, never listening: what a killed weed leaves
+    infra.check_ports(cfg)
+    assert not os.path.exists(path)  # removed, so weed can listen there
+
+
+def test_state_dir_too_long_for_a_unix_socket(tmp_path):
+    deep = tmp_path / ("x" * 120)
+    with pytest.raises(InfraError, match="too long a path for the unix socket"):
+        infra.check_ports(infra.InfraConfig(state_dir=deep, s3_port=15001, mlflow_port=15002, master_port=15003,
+                                            volume_port=15004, filer_port=15005, admin_port=15006))  # fmt: skip
 
 
 def test_host_that_is_not_ours(tmp_path):
@@ -215,3 +353,42 @@ def test_mlflow_needs_s3(tmp_path):
         infra.up(infra.InfraConfig(state_dir=tmp_path), services=("mlflow",))
     with pytest.raises(InfraError, match="unknown service"):
         infra.up(infra.InfraConfig(state_dir=tmp_path), services=("redis",))
+
+
+def test_cli_no_auth_beyond_loopback_is_one_line_and_exit_2(tmp_path, capsys):
+    assert cli.main(["infra", "up", "--state-dir", str(tmp_path), "--host", "0.0.0.0", "--no-auth"]) == 2
+    err = capsys.readouterr().err
+    assert "--no-auth with --host 0.0.0.0" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- the sandbox's own errors
+
+
+def test_sandbox_without_namespaces_says_what_to_do(monkeypatch, capsys, free_port):
+    def refused() -> None:
+        raise weed_sandbox.NamespaceError(1, "unshare: Operation not permitted")
+
+    monkeypatch.setattr(weed_sandbox, "enter_private_network", refused)
+    args = ["--host", "127.0.0.1", "--port", str(free_port()), "--socket", "/nonexistent/s3.sock", "--", "weed", "mini"]
+    assert weed_sandbox.main(args) == weed_sandbox.EXIT_NAMESPACE
+    err = capsys.readouterr().err
+    assert "cannot make a private network namespace" in err and "Operation not permitted" in err
+    assert "--no-isolation" in err and "apparmor_restrict_unprivileged_userns" in err
+
+
+def test_up_refuses_when_namespaces_are_not_allowed(make_infra_config, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(weed_sandbox, "namespace_problem", lambda: "Operation not permitted")
+    cfg = make_infra_config(tmp_path / "s", isolate=True)
+    args = [f"--{k.replace('_', '-')}={getattr(cfg, k)}" for k in (*infra.WEED_PORTS, "mlflow_port")]
+    assert cli.main(["infra", "up", "--state-dir", str(cfg.state_dir), *args]) == 2
+    err = capsys.readouterr().err
+    assert "cannot give SeaweedFS a private network namespace (Operation not permitted)" in err
+    assert "--no-isolation" in err and not (cfg.state_dir / "stack.json").exists()
+
+
+def test_sandbox_port_taken(capsys, free_port):
+    port = free_port()
+    with _listen(port):
+        args = ["--host", "127.0.0.1", "--port", str(port), "--socket", "/nonexistent/s3.sock", "--", "weed", "mini"]
+        assert weed_sandbox.main(args) == weed_sandbox.EXIT_BIND
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err

@@ -3,6 +3,12 @@ server with its artifacts in the same bucket. Everything is listed back with bot
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -10,7 +16,7 @@ import yaml
 
 from samsnet_search import infra, tracking
 from samsnet_search.cli import main
-from samsnet_search.search import identity
+from samsnet_search.search import identity, lease
 from samsnet_search.search.runner import run_study
 from samsnet_search.search.study import load_study
 
@@ -81,3 +87,120 @@ def test_study_on_s3_and_mlflow_server(tmp_path, synth_root, s3_stack, mlflow_se
 
     model, state = load_model(Path(result.best.best_checkpoint.to_directory()))
     assert state["model_config"]["slices"] == result.best.config["model.slices"]
+
+
+HOLDER = """
+import sys, time
+from samsnet_search.search import lease
+held = lease.acquire(sys.argv[1], "study", heartbeat_s=0.2)
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_one_driver_per_study_on_s3(s3_stack, monkeypatch, caplog):
+    """The lease object on S3: a live second driver is refused, a killed one's lease taken over,
+    and of drivers starting together one gets it."""
+    env = {"AWS_ACCESS_KEY_ID": s3_stack.access_key, "AWS_SECRET_ACCESS_KEY": s3_stack.secret_key,
+           "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    storage = infra.storage_uri(s3_stack.bucket, "lease-test", s3_stack.endpoint_url)
+    study_path = identity.study_uri(storage, f"s{os.getpid()}")
+    other = subprocess.Popen([sys.executable, "-c", HOLDER, study_path], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "held"
+        with pytest.raises(lease.StudyLocked, match=f"pid {other.pid}"):
+            lease.acquire(study_path, "s")
+    finally:
+        other.send_signal(signal.SIGKILL)
+        other.wait(30)
+    with caplog.at_level(logging.WARNING, logger="samsnet_search.search.lease"):
+        held = lease.acquire(study_path, "s")
+    assert f"pid {other.pid}" in caplog.text and "no longer runs" in caplog.text
+    assert lease.read_holder(study_path).token == held.holder.token
+    held.release()
+    assert lease.read_holder(study_path) is None
+
+    won, refused = [], []
+    start = threading.Barrier(4)
+
+    def one():
+        start.wait()
+        try:
+            won.append(lease.acquire(study_path, "s"))
+        except lease.StudyLocked as e:
+            refused.append(e)
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(won) == 1 and len(refused) == 3
+    won[0].release()
+
+
+def test_s3_secret_in_no_ray_file_and_no_command_line(tmp_path, synth_root, infra_config, s3_stack, mlflow_server):
+    """A real `run` on S3 storage with the keys in its environment (as after `eval "$(infra env)"`):
+    the secret is in no file under Ray's temp folder and on no command line while trials run."""
+    import shutil
+    import tempfile
+    import time
+
+    import psutil
+
+    storage = infra.storage_uri(s3_stack.bucket, "secrets", s3_stack.endpoint_url)
+    study_file = tmp_path / "nosecret.yaml"
+    study_file.write_text(yaml.safe_dump({
+        "model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}, "heads": 1, "channels": 2, "depth": 1},
+        "data": {"root": str(synth_root), "segment_seconds": 0.5, "valid_seconds": 1.0},
+        "train": {"lr": 1e-3, "batch_size": 2, "epochs": 2, "patience": 2, "valid_sdr_every": 0, "device": "cpu"},
+        "search": {"num_samples": 2, "scheduler": "fifo", "max_concurrent_trials": 2},
+        "storage": storage,
+        "tracking": {"uri": mlflow_server, "system_metrics": False},
+    }))  # fmt: skip
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = {**os.environ, **infra.client_env(infra_config), "RAY_TMPDIR": ray_tmp,
+           "XDG_CONFIG_HOME": str(tmp_path / "home" / ".config")}  # fmt: skip
+    secret = s3_stack.secret_key
+    cmd = [sys.executable, "-m", "samsnet_search.cli", "run", str(study_file), "--no-live", "--no-select", "--num-cpus", "2"]
+    seen_on = []
+    try:
+        with open(tmp_path / "driver.log", "w") as log:
+            driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 300
+            while driver.poll() is None and time.monotonic() < deadline:
+                for p in psutil.process_iter(["pid", "cmdline"]):
+                    if any(secret in arg for arg in p.info["cmdline"] or []):
+                        seen_on.append(" ".join(p.info["cmdline"]).replace(secret, "***")[:300])
+                time.sleep(0.2)
+            assert driver.wait(30) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+        assert not seen_on, seen_on
+        files = [f for f in Path(ray_tmp).rglob("*") if f.is_file() and not f.is_symlink()]
+        assert any(f.name == "runtime_env_agent.log" for f in files), "Ray's session logs are where the test looks"
+        leaked = [str(f) for f in files if secret.encode() in f.read_bytes()]
+        assert not leaked, leaked
+        assert secret not in (tmp_path / "driver.log").read_text()
+        manifest = identity.read_manifest(identity.study_uri(storage, "nosecret"))
+        assert manifest is not None and manifest.state == "finished"  # the trials wrote to S3 all the same
+        assert not list(Path("/dev/shm").glob("samsnet-aws-*"))  # the credentials file is gone
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_validate_reaches_the_stack(tmp_path, synth_root, infra_config, s3_stack, mlflow_server, monkeypatch, capsys):
+    for k, v in infra.client_env(infra_config).items():
+        monkeypatch.setenv(k, v)
+    study_file = tmp_path / "reach.yaml"
+    study_file.write_text(yaml.safe_dump({
+        "model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}},
+        "data": {"root": str(synth_root), "segment_seconds": 0.5},
+        "storage": infra.storage_uri(s3_stack.bucket, "studies", s3_stack.endpoint_url),
+        "tracking": {"uri": mlflow_server},
+    }))  # fmt: skip
+    assert main(["validate", str(study_file)]) == 0
+    assert "reachable: storage and tracking server" in capsys.readouterr().out
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    assert main(["validate", str(study_file)]) == 2
+    assert "cannot access storage" in capsys.readouterr().err

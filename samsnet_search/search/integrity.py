@@ -1,0 +1,204 @@
+"""Ray Tune's state files are signed by the driver and checked before a study is restored.
+
+Tune unpickles files of the study folder on restore (Ray 2.60): `tuner.pkl`,
+`experiment_state-*.json` (trials embed cloudpickle), `searcher-state-*.pkl`,
+`search_gen_state-*.json`, `basic-variant-state-*.json`, `callback-states-*.pkl` (all
+cloudpickle) and each trial's `error.pkl`. Whoever can write the study folder (an S3 bucket,
+a shared disk) could otherwise run code in the next driver that resumes it.
+
+The driver signs each such file with an HMAC-SHA256 whose key never leaves this machine (a
+0600 file in the user's config folder) and keeps the signatures beside the key, not in the
+study folder: Tune uploads its state files in the background, and a driver killed mid-upload
+must still find every uploaded file signed. Signing happens where Tune writes: `StateSigner`
+is a Tune callback, and Tune asks callbacks for their state right after it has written its
+own files to the driver's local staging folder and before it uploads them. A few recent
+signatures per file are kept, so that a partial upload (an older file next to a newer one)
+verifies; an attacker can at most put back an older state this driver wrote.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from ray.tune import Callback
+
+from ..errors import SamsNetError
+from . import identity
+
+log = logging.getLogger(__name__)
+
+# Files of the study folder that Tune unpickles on restore; trial folders: TRIAL_FILES.
+STATE_FILES = ("tuner.pkl", "experiment_state-*.json", "searcher-state-*.pkl", "search_gen_state-*.json",
+               "basic-variant-state-*.json", "callback-states-*.pkl")  # fmt: skip
+TRIAL_FILES = ("error.pkl",)
+KEEP = 8  # signatures kept per file: recent versions that a partial upload can leave behind
+KEY_ENV = "SAMSNET_STATE_KEY_FILE"
+
+
+class StateTampered(SamsNetError):
+    """A Ray state file of a study is not one this machine's driver wrote."""
+
+
+def _home() -> Path:
+    return identity.user_config_path().parent
+
+
+def key_path() -> Path:
+    return Path(os.environ.get(KEY_ENV) or _home() / "state-hmac.key")
+
+
+def _key() -> bytes:
+    """The signing key: created on first use (0600, folder 0700); refused if others may read it."""
+    path = key_path()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise StateTampered(f"{path}: the study state key must be readable by its owner only (chmod 600), is {mode:o}")
+    return bytes.fromhex(path.read_text().strip())
+
+
+def _signatures_path(study_path: str) -> Path:
+    name = hashlib.sha256(identity.display_uri(study_path).encode()).hexdigest()[:24]
+    return _home() / "signatures" / f"{name}.json"
+
+
+def _load(study_path: str) -> dict:
+    path = _signatures_path(study_path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {"study": identity.display_uri(study_path), "files": {}}
+    except ValueError as e:
+        raise StateTampered(f"{path}: unreadable signature store: {e}") from None
+
+
+def _save(study_path: str, data: dict) -> None:
+    path = _signatures_path(study_path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def _mac(key: bytes, relpath: str, content: bytes) -> str:
+    # The name is signed too: a signed file cannot stand in for another one.
+    return hmac.new(key, relpath.encode() + b"\0" + content, hashlib.sha256).hexdigest()
+
+
+def is_state_file(relpath: str) -> bool:
+    parts = relpath.split("/")
+    if len(parts) == 1:
+        return any(fnmatch.fnmatch(parts[0], p) for p in STATE_FILES)
+    return len(parts) == 2 and parts[0].startswith("trial_") and parts[1] in TRIAL_FILES
+
+
+def sign(study_path: str, files: dict[str, bytes]) -> None:
+    """Record signatures of `files` (path relative to the study folder -> content)."""
+    if not files:
+        return
+    key = _key()
+    data = _load(study_path)
+    for relpath, content in files.items():
+        macs = data["files"].setdefault(relpath, [])
+        mac = _mac(key, relpath, content)
+        if mac in macs:
+            macs.remove(mac)
+        macs.append(mac)
+        del macs[:-KEEP]
+    _save(study_path, data)
+
+
+def sign_local_folder(study_path: str, folder: str | Path) -> None:
+    """Sign the state files in a local copy of the study folder (Tune's driver staging folder)."""
+    root = Path(folder)
+    files = {}
+    for path in [*root.iterdir(), *root.glob("trial_*/*")] if root.is_dir() else []:
+        relpath = path.relative_to(root).as_posix()
+        if path.is_file() and is_state_file(relpath):
+            files[relpath] = path.read_bytes()
+    sign(study_path, files)
+
+
+def sign_stored(study_path: str, relpaths: list[str]) -> None:
+    """Sign files as they are in the storage, right after this driver wrote them (tuner.pkl)."""
+    fs, root = identity.filesystem(study_path)
+    files = {}
+    for relpath in relpaths:
+        with fs.open_input_stream(f"{root}/{relpath}") as f:
+            files[relpath] = f.read()
+    sign(study_path, files)
+
+
+def stored_state_files(study_path: str) -> list[str]:
+    """The state files in the storage's study folder (relative paths)."""
+    import pyarrow.fs as pafs
+
+    fs, root = identity.filesystem(study_path)
+    out = []
+    for entry in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+        if entry.type == pafs.FileType.File and is_state_file(entry.base_name):
+            out.append(entry.base_name)
+        elif entry.type == pafs.FileType.Directory and entry.base_name.startswith("trial_"):
+            for name in TRIAL_FILES:
+                if fs.get_file_info(f"{entry.path}/{name}").type == pafs.FileType.File:
+                    out.append(f"{entry.base_name}/{name}")
+    return sorted(out)
+
+
+def verify(study_path: str) -> int:
+    """Raise StateTampered unless every state file in the study folder carries a signature of
+    this machine's driver; returns the number of files checked."""
+    fs, root = identity.filesystem(study_path)
+    relpaths = stored_state_files(study_path)
+    data = _load(study_path)
+    key = _key()
+    for relpath in relpaths:
+        with fs.open_input_stream(f"{root}/{relpath}") as f:
+            mac = _mac(key, relpath, f.read())
+        known = data["files"].get(relpath)
+        if known is None or not any(hmac.compare_digest(mac, k) for k in known):
+            why = "was not written by a driver of this machine" if known is None else "changed since this machine's driver wrote it"
+            raise StateTampered(
+                f"{identity.display_uri(f'{study_path.rstrip(chr(47))}/{relpath}')}: Ray state file {why} "
+                f"(signatures: {_signatures_path(study_path)}); it is unpickled on resume, so the study is not "
+                "resumed. Resume on the machine that ran the study, or restore the file from a trusted copy"
+            )
+    log.info("study state: %d Ray files verified", len(relpaths))
+    return len(relpaths)
+
+
+class StateSigner(Callback):
+    """Signs Tune's state files in the driver's staging folder each time Tune saves them, before
+    they are uploaded to the study folder. Holds only the study path (it is pickled into tuner.pkl)."""
+
+    def __init__(self, study_path: str) -> None:
+        self.study_path = study_path
+        self._staging: str | None = None
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        if self._staging is None and trials:
+            self._staging = trials[0].storage.experiment_driver_staging_path
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._staging = self._staging or trial.storage.experiment_driver_staging_path
+
+    def get_state(self):
+        # Called by Tune right after it wrote its state files to the staging folder.
+        if self._staging is not None:
+            sign_local_folder(self.study_path, self._staging)
+        return None  # no callback state: Tune then writes no callback-states file
+
+    def __getstate__(self):
+        return {"study_path": self.study_path, "_staging": None}

@@ -1,0 +1,256 @@
+"""One driver per study: a lease object in the study folder (`<storage>/<name>/driver.lease`).
+
+The lease names its holder (host, pid, process start time) and carries a heartbeat that a
+background thread refreshes every `heartbeat_s`. A second `run`/`resume` of the study finds a
+live lease and stops with `StudyLocked`, naming the holder. A lease is stale, and taken over
+with a warning, when its heartbeat is older than `timeout_s`, or at once when its holder is a
+process of this host that no longer runs (a killed driver).
+
+Taking a lease is safe against a second driver starting at the same moment:
+- local folders: the lease file is created with O_EXCL; a stale one is first renamed away
+  (only one of two racing drivers can rename it) and then created anew;
+- S3 (no create-if-absent in pyarrow): write, wait `settle_s`, read back; of two drivers
+  writing at once the last write wins and the other sees a foreign token and stops.
+Staleness compares the holder's wall clock with ours: drivers of one study need clocks
+within a few seconds of each other (NTP), far below the timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+import psutil
+
+from ..errors import SamsNetError
+from . import identity
+
+log = logging.getLogger(__name__)
+
+LEASE_FILE = "driver.lease"
+HEARTBEAT_S = float(os.environ.get("SAMSNET_LEASE_HEARTBEAT_S", "10"))
+TIMEOUT_S = float(os.environ.get("SAMSNET_LEASE_TIMEOUT_S", "60"))
+SETTLE_S = 1.0  # S3: time for a concurrent writer's PUT to land before reading back
+
+
+class StudyLocked(SamsNetError):
+    """Another driver holds the study's lease."""
+
+
+@dataclass
+class Holder:
+    host: str
+    pid: int
+    started: float  # the process's start time: tells a reused pid from the holder
+    token: str
+    heartbeat: float  # wall clock of the last refresh
+    acquired: float
+
+    @classmethod
+    def me(cls) -> "Holder":
+        now = time.time()
+        return cls(socket.gethostname(), os.getpid(), _start_time(os.getpid()) or 0.0, uuid.uuid4().hex, now, now)
+
+    def describe(self, now: float | None = None) -> str:
+        age = (now or time.time()) - self.heartbeat
+        return f"host {self.host}, pid {self.pid}, last heartbeat {max(age, 0):.0f} s ago"
+
+    def stale_reason(self, timeout_s: float, now: float | None = None) -> str | None:
+        """Why this lease may be taken over, or None while its holder looks alive."""
+        age = (now or time.time()) - self.heartbeat
+        if age > timeout_s:
+            return f"no heartbeat for {age:.0f} s (timeout {timeout_s:g} s)"
+        if self.host == socket.gethostname():
+            started = _start_time(self.pid)
+            if started is None or (self.started and abs(started - self.started) > 1.0):
+                return f"its process {self.pid} no longer runs on this host"
+        return None
+
+
+def _start_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def lease_uri(study_path: str) -> str:
+    return identity.study_uri(study_path, LEASE_FILE)
+
+
+def read_holder(study_path: str) -> Holder | None:
+    """The current lease of a study, or None. An unreadable lease counts as absent (and is overwritten)."""
+    text = identity.read_text(lease_uri(study_path))
+    if text is None:
+        return None
+    try:
+        return Holder(**json.loads(text))
+    except (TypeError, ValueError):
+        log.warning("%s: not a lease; replacing it", identity.display_uri(lease_uri(study_path)))
+        return None
+
+
+class Lease:
+    """A held lease; `release()` (or leaving the `hold` block) gives it up."""
+
+    def __init__(self, study_path: str, holder: Holder, heartbeat_s: float) -> None:
+        self.study_path = study_path
+        self.holder = holder
+        self.lost: str | None = None  # set when another driver took the lease over
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, args=(heartbeat_s,), daemon=True,
+                                        name=f"lease-{Path(study_path).name}")  # fmt: skip
+        self._thread.start()
+
+    def _beat(self, every: float) -> None:
+        while not self._stop.wait(every):
+            try:
+                current = read_holder(self.study_path)
+                if current is None or current.token != self.holder.token:
+                    who = current.describe() if current else "nobody"
+                    self.lost = f"the lease of {identity.display_uri(self.study_path)} is now held by {who}"
+                    log.error("%s; this driver no longer owns the study", self.lost)
+                    return
+                self.holder.heartbeat = time.time()
+                _write(self.study_path, self.holder)
+            except Exception as e:  # a storage hiccup: the next beat tries again
+                log.warning("lease heartbeat of %s failed: %s", identity.display_uri(self.study_path), e)
+
+    def release(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        try:
+            current = read_holder(self.study_path)
+            if current is not None and current.token == self.holder.token:
+                identity.delete_file(lease_uri(self.study_path))
+            if not identity.is_s3(self.study_path):
+                with contextlib.suppress(OSError):  # only an empty folder: a study that never started
+                    os.rmdir(self.study_path)
+        except Exception as e:  # the lease then goes stale and is taken over later
+            log.warning("could not remove the lease of %s: %s", identity.display_uri(self.study_path), e)
+
+
+def _write(study_path: str, holder: Holder) -> None:
+    uri = lease_uri(study_path)
+    text = json.dumps(asdict(holder))
+    if identity.is_s3(uri):
+        fs, path = identity.filesystem(uri)
+        with fs.open_output_stream(path) as f:  # one PUT: whole or not at all
+            f.write(text.encode())
+        return
+    tmp = Path(f"{uri}.{holder.token}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, uri)
+
+
+def _create_local(study_path: str, holder: Holder) -> bool:
+    """Create the lease file if there is none (O_EXCL); False if one exists."""
+    Path(study_path).mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(lease_uri(study_path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(asdict(holder)))
+    return True
+
+
+def _remove_stale_local(study_path: str, stale: Holder | None) -> None:
+    """Rename the stale (or unreadable: None) lease away (one of two racing drivers wins), then drop it."""
+    uri = lease_uri(study_path)
+    aside = f"{uri}.stale-{uuid.uuid4().hex}"
+    try:
+        os.rename(uri, aside)
+    except FileNotFoundError:
+        return
+    moved = _read_holder_file(aside)
+    if moved is not None and (stale is None or moved.token != stale.token):  # a fresh lease was put there meanwhile: restore it
+        os.replace(aside, uri)
+        return
+    os.unlink(aside)
+
+
+def _read_holder_file(path: str) -> Holder | None:
+    try:
+        return Holder(**json.loads(Path(path).read_text()))
+    except (OSError, TypeError, ValueError):
+        return None
+
+
+def acquire(study_path: str, name: str, *, timeout_s: float = TIMEOUT_S, heartbeat_s: float = HEARTBEAT_S,
+            settle_s: float = SETTLE_S) -> Lease:  # fmt: skip
+    """Take the study's lease, or raise StudyLocked naming the driver that holds it."""
+    me = Holder.me()
+    for _ in range(3):  # a stale lease removed, or a lost S3 race, is looked at again
+        current = read_holder(study_path)
+        if current is not None:
+            reason = current.stale_reason(timeout_s)
+            if reason is None:
+                raise _locked(name, study_path, current, timeout_s)
+            log.warning("study %s: taking over the lease of the driver on %s pid %d: %s", name, current.host,
+                        current.pid, reason)  # fmt: skip
+        if identity.is_s3(study_path):
+            _write(study_path, me)
+            time.sleep(settle_s)
+            back = read_holder(study_path)
+            if back is not None and back.token == me.token:
+                return Lease(study_path, me, heartbeat_s)
+            if back is not None and back.stale_reason(timeout_s) is None:
+                raise _locked(name, study_path, back, timeout_s)
+            continue
+        if current is not None or Path(lease_uri(study_path)).exists():
+            _remove_stale_local(study_path, current)
+        if _create_local(study_path, me):
+            return Lease(study_path, me, heartbeat_s)
+    current = read_holder(study_path)
+    raise _locked(name, study_path, current, timeout_s) if current else StudyLocked(
+        f"study {name}: could not take the lease {identity.display_uri(lease_uri(study_path))}; try again")
+
+
+def _locked(name: str, study_path: str, holder: Holder, timeout_s: float) -> StudyLocked:
+    return StudyLocked(
+        f"study {name} is in use by another driver ({holder.describe()}; lease "
+        f"{identity.display_uri(lease_uri(study_path))}): wait for it to end or stop it; a lease whose "
+        f"heartbeat is older than {timeout_s:g} s (SAMSNET_LEASE_TIMEOUT_S) is taken over"
+    )
+
+
+# This process's leases: run_study and the CLI (search, then selection) both hold one, and the
+# inner `hold` reuses the outer lease instead of finding itself as the holder.
+_held: dict[str, list] = {}
+_held_lock = threading.Lock()
+
+
+class hold:
+    """`with hold(study_path, name):` the study's lease for the block (re-entrant in one process)."""
+
+    def __init__(self, study_path: str, name: str) -> None:
+        self.study_path, self.name = study_path, name
+
+    def __enter__(self) -> Lease:
+        with _held_lock:
+            entry = _held.get(self.study_path)
+            if entry is not None:
+                entry[1] += 1
+                return entry[0]
+        lease = acquire(self.study_path, self.name)
+        with _held_lock:
+            _held[self.study_path] = [lease, 1]
+        return lease
+
+    def __exit__(self, *exc) -> None:
+        with _held_lock:
+            entry = _held[self.study_path]
+            entry[1] -= 1
+            if entry[1]:
+                return
+            del _held[self.study_path]
+        entry[0].release()
+

@@ -1,0 +1,111 @@
+"""Ray state files of a study are signed by the driver and refused when someone else wrote them.
+
+A tiny real study writes the files Tune unpickles on restore; then each is tampered with (a
+real pickle payload that would create a file, an edited JSON, an added trial error.pkl) and
+`resume` refuses it with one line naming the file, before Tune reads it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import stat
+from pathlib import Path
+
+import pytest
+import yaml
+
+from samsnet_search.cli import main
+from samsnet_search.search import identity, integrity
+from samsnet_search.search.runner import run_study
+from samsnet_search.search.study import load_study
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def config_home(tmp_path_factory, local_ray):
+    """The user's config folder (key and signatures) in a temporary HOME; one small Ray."""
+    home = tmp_path_factory.mktemp("home")
+    with local_ray({"XDG_CONFIG_HOME": str(home / ".config")}):
+        yield home / ".config" / "samsnet"
+
+
+class CreatesAFile:
+    """Unpickling this opens (creates) `path`: what a planted state file could do."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def test_tampered_ray_state_is_refused(tmp_path, synth_root, config_home, capsys):
+    storage = tmp_path / "runs"
+    path = tmp_path / "signed.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "signed",
+        "model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}, "heads": 1, "channels": 2, "depth": 1},
+        "data": {"root": str(synth_root), "segment_seconds": 0.5, "samples_per_track": 1, "valid_seconds": 1.0},
+        "train": {"lr": 1e-3, "batch_size": 2, "epochs": 1, "patience": 1, "valid_sdr_every": 0, "device": "cpu"},
+        "search": {"num_samples": 2, "seed": 0, "scheduler": "fifo", "max_concurrent_trials": 2},
+        "resources": {"cpu": 1},
+        "storage": str(storage),
+        "tracking": {"uri": str(tmp_path / "mlruns"), "system_metrics": False},
+    }))  # fmt: skip
+    study = load_study(path, base_dir=tmp_path)
+    result = run_study(study)
+    assert not result.interrupted
+    folder = storage / "signed"
+    key = config_home / "state-hmac.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    files = integrity.stored_state_files(str(folder))
+    assert {"tuner.pkl"} <= set(files)
+    assert any(f.startswith("experiment_state-") for f in files) and any(f.startswith("searcher-state-") for f in files)
+    assert integrity.verify(str(folder)) == len(files)
+    assert run_study(study).manifest.state == "finished"  # restored (verified) as Tune left it
+
+    marker = tmp_path / "payload-ran"
+    payload = pickle.dumps(CreatesAFile(marker))
+    pickle.loads(payload)  # the payload is real: loading it creates the file
+    assert marker.exists()
+    marker.unlink()
+
+    searcher_state = folder / next(f for f in files if f.startswith("searcher-state-"))
+    original = searcher_state.read_bytes()
+    searcher_state.write_bytes(payload)
+    rc = main(["resume", "signed", "--storage", str(storage), "--no-live", "--no-select"])
+    err = capsys.readouterr().err
+    assert rc == 2 and searcher_state.name in err and "not resumed" in err, err
+    assert not marker.exists()
+    searcher_state.write_bytes(original)
+    integrity.verify(str(folder))
+
+    tuner = folder / "tuner.pkl"
+    original = tuner.read_bytes()
+    tuner.write_bytes(payload)
+    with pytest.raises(integrity.StateTampered, match="tuner.pkl: Ray state file changed"):
+        integrity.verify(str(folder))
+    tuner.write_bytes(original)
+
+    state = folder / next(f for f in files if f.startswith("experiment_state-"))
+    original = state.read_bytes()
+    state.write_bytes(original + b" ")  # valid JSON still, one byte more
+    with pytest.raises(integrity.StateTampered, match=state.name):
+        integrity.verify(str(folder))
+    state.write_bytes(original)
+
+    trial = next(p for p in folder.iterdir() if p.name.startswith("trial_"))
+    (trial / "error.pkl").write_bytes(payload)  # a file Tune unpickles that no driver wrote
+    with pytest.raises(integrity.StateTampered, match=f"{trial.name}/error.pkl: Ray state file was not written"):
+        integrity.verify(str(folder))
+    (trial / "error.pkl").unlink()
+    integrity.verify(str(folder))
+
+    os.chmod(key, 0o644)
+    try:
+        with pytest.raises(integrity.StateTampered, match="chmod 600"):
+            integrity.verify(str(folder))
+    finally:
+        os.chmod(key, 0o600)

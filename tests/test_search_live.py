@@ -1,0 +1,56 @@
+"""The live view off a terminal (a log file, CI): one plain line per trial change, counts and time."""
+
+from __future__ import annotations
+
+import io
+
+import yaml
+from rich.console import Console
+
+from samsnet_search.search.callbacks import TrialEvent
+from samsnet_search.search.live import LiveView
+from samsnet_search.search.study import load_study
+
+
+def _study(tmp_path):
+    (tmp_path / "d").mkdir()
+    path = tmp_path / "v.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": {"n_fft": 512, "hop_length": 128, "slices": {"choice": [1, 2]}},
+        "data": {"root": str(tmp_path / "d")},
+        "train": {"epochs": 2, "patience": 2},
+        "search": {"num_samples": 2},
+    }))
+    return load_study(path, base_dir=tmp_path)
+
+
+def test_plain_lines_when_not_a_terminal(tmp_path):
+    out = io.StringIO()
+    console = Console(file=out, width=200, force_terminal=False)
+    with LiveView(_study(tmp_path), console) as view:
+        assert view.live is None
+        running = {"t1": "running"}
+        view.on_event(TrialEvent("start", "t1", "running", {"config": {"model.slices": 2}}, running, None))
+        for epoch in (1, 2):  # results of a running trial: no new line each epoch
+            view.on_event(TrialEvent("result", "t1", "running", {"epoch": epoch, "valid_loss": 0.5}, running, None))
+        one_done = {"t1": "completed"}
+        view.on_event(TrialEvent("complete", "t1", "completed", {"epoch": 2, "valid_loss": 0.25}, one_done, None))
+        both = {"t1": "completed", "t2": "pruned"}
+        view.on_event(TrialEvent("complete", "t2", "pruned", {"epoch": 1, "valid_loss": 0.9}, both, None))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3, lines
+    assert "trial t1 running" in lines[0] and "slices=2" in lines[0] and "(0/2 trials done)" in lines[0]
+    assert "trial t1 completed epoch 2 valid_loss 0.25" in lines[1] and "(1/2 trials done)" in lines[1]
+    assert "trial t2 pruned epoch 1" in lines[2] and "(2/2 trials done)" in lines[2]
+    assert "\x1b[" not in out.getvalue()  # no terminal escapes in a log file
+
+
+def test_elapsed_time_moves_without_events(tmp_path):
+    view = LiveView(_study(tmp_path), Console(file=io.StringIO(), force_terminal=True, width=120))
+    first = Console(file=io.StringIO(), width=120, record=True)
+    first.print(view.render())
+    view.start -= 42  # as if 42 s passed with no trial event
+    later = Console(file=io.StringIO(), width=120, record=True)
+    later.print(view.render())
+    assert " 0 s" in first.export_text() and "42 s" in later.export_text()
+    assert view.live is not None and view.live.get_renderable() is not None
