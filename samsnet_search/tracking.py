@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 from .config import flatten
 from .errors import ConfigError, SamsNetError
+from .faults import DEFAULT_BUDGET_S, RetryingClient, retry
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,13 @@ RUN_STATUS = {
 SECRET_NAME_RE = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|CREDENTIAL", re.IGNORECASE)
 # MLflow limits a param value to 6000 characters; longer values are cut (with a marker).
 MAX_PARAM_CHARS = 6000
+# One look at the server before a study starts: a stopped server is one line after this,
+# not minutes of urllib3 retries.
+HEALTH_TIMEOUT_S = 5.0
+# MLflow's own HTTP retries in trial workers: short, because `faults.retry` does the
+# waiting there, bounded by the study's search.infra_retry_s.
+WORKER_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}  # fmt: skip
 PACKAGES = ("samsnet-search", "torch", "numpy", "ray", "optuna", "mlflow", "museval", "pydantic")
 
 
@@ -116,6 +124,23 @@ def client(target: TrackingTarget):
     if target.embedded:
         Path(target.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=target.uri)
+
+
+def check_server(target: TrackingTarget, timeout_s: float = HEALTH_TIMEOUT_S) -> None:
+    """Raise TrackingError (one line: the URI and what to do) when an http(s) tracking server
+    does not answer or refuses the login; embedded stores pass. `infra.check_reachable` is the
+    one reachability check (validate uses it too)."""
+    from .infra import check_reachable  # psutil, pydantic: only where a server is checked
+
+    problems = check_reachable(None, target.uri, timeout_s)
+    if problems:
+        raise TrackingError(problems[0])
+
+
+def worker_http_settings() -> None:
+    """Set MLflow's HTTP retry settings for a trial worker (where not set by the user)."""
+    for key, value in WORKER_HTTP_ENV.items():
+        os.environ.setdefault(key, value)
 
 
 # MLflow 3's UI opens an experiment by its kind; untagged ones open on the (empty) GenAI traces page.
@@ -309,6 +334,7 @@ class ChildRunSpec:
     study_name: str
     system_metrics: bool = True
     system_metrics_interval_s: float = 10.0
+    infra_retry_s: float = DEFAULT_BUDGET_S  # how long a call waits out an unreachable server
 
     @property
     def target(self) -> TrackingTarget:
@@ -325,27 +351,41 @@ class TrialRun:
     def __init__(self, spec: ChildRunSpec, trial_id: str, trial_name: str | None = None):
         self.spec = spec
         self.trial_id = trial_id
-        self.client = client(spec.target)
-        self.run_id = find_trial_run(spec.target, spec.experiment_id, spec.parent_run_id, trial_id)
-        self.resumed = self.run_id is not None
+        # Every call waits out a tracking server restart (up to spec.infra_retry_s).
+        self.client = RetryingClient(client(spec.target), spec.infra_retry_s)
+        self.run_id, self.resumed = retry(self._find_or_create, trial_name, budget_s=spec.infra_retry_s,
+                                          what=f"MLflow run of trial {trial_id}")  # fmt: skip
         # completed / stopped_early when this trial already finished (see `finished`)
         self.previous_status: str | None = None
-        if self.run_id is None:
-            tags = {
-                PARENT_TAG: spec.parent_run_id,
-                STUDY_TAG: spec.study_name,
-                ROLE_TAG: "trial",
-                TRIAL_TAG: trial_id,
-                STATUS_TAG: "running",
-            }
-            self.run_id = self.client.create_run(spec.experiment_id, tags=tags, run_name=trial_name or trial_id).info.run_id
-        else:
+        # The last epoch MLflow has (a resumed trial recomputes the epochs after the
+        # checkpoint it resumes from; those MLflow already has are not logged again).
+        self.logged_epoch = -1
+        if self.resumed:
             self.previous_status = self.client.get_run(self.run_id).data.tags.get(STATUS_TAG)
+            steps = [m.step for m in self.client.get_metric_history(self.run_id, "train_loss")]
+            self.logged_epoch = max(steps, default=-1)
             if not self.finished:
                 self.client.update_run(self.run_id, status="RUNNING")
                 self.client.set_tag(self.run_id, STATUS_TAG, "running")
         self._monitor = None
         self._best_logged_epoch = -1
+
+    def _find_or_create(self, trial_name: str | None) -> tuple[str, bool]:
+        """(run id, found): the trial's run, created if missing. Retried as a whole, so a
+        create whose answer was lost is found on the next attempt instead of made twice."""
+        spec = self.spec
+        found = find_trial_run(spec.target, spec.experiment_id, spec.parent_run_id, self.trial_id)
+        if found is not None:
+            return found, True
+        tags = {
+            PARENT_TAG: spec.parent_run_id,
+            STUDY_TAG: spec.study_name,
+            ROLE_TAG: "trial",
+            TRIAL_TAG: self.trial_id,
+            STATUS_TAG: "running",
+        }
+        run = self.client.raw.create_run(spec.experiment_id, tags=tags, run_name=trial_name or self.trial_id)
+        return run.info.run_id, False
 
     @property
     def finished(self) -> bool:
@@ -393,6 +433,9 @@ class TrialRun:
         from mlflow.entities import Metric
         import time
 
+        if epoch <= self.logged_epoch:
+            log.info("epoch %d of trial %s is in MLflow already; not logging it again", epoch, self.trial_id)
+            return
         now = int(time.time() * 1000)
         items = [
             Metric(k, float(v), now, epoch)
@@ -401,6 +444,7 @@ class TrialRun:
         ]
         if items:
             self.client.log_batch(self.run_id, metrics=items)
+        self.logged_epoch = max(self.logged_epoch, epoch)
 
     def log_best(self, checkpoint_dir: Path, epoch: int, name: str = "best.pt") -> None:
         """Upload the best weights (overwriting the previous best) under `model/`."""
@@ -413,7 +457,8 @@ class TrialRun:
 
     def finish(self, status: str, error: str | None = None) -> None:
         self.stop_system_metrics()
-        set_status(self.spec.target, self.run_id, status, error)
+        retry(set_status, self.spec.target, self.run_id, status, error, budget_s=self.spec.infra_retry_s,
+              what=f"MLflow status of trial {self.trial_id}")  # fmt: skip
 
     def stop_system_metrics(self) -> None:
         if self._monitor is not None:

@@ -164,10 +164,17 @@ class Trainer:
             "best": {"epoch": self.best_epoch, "valid_loss": self.best_valid_loss},
         }
 
-    def _restore(self, path: Path) -> None:
-        state = checkpoint.load(path, map_location=self.device)
+    def restore(self, path: str | Path, origin: str | None = None) -> None:
+        """Continue from a checkpoint folder (or its last.pt): weights, optimizer, RNG, history.
+
+        origin: the stored location of a downloaded copy, named in errors instead of the copy.
+        The folder's best.pt (and its checksum) is copied into this trainer's checkpoint
+        folder, so the copy may be deleted once this returns.
+        """
+        path = Path(path)
+        state = checkpoint.load(path, map_location=self.device, origin=origin)
         if state["model_config"] != self.model_config.model_dump(mode="json"):
-            raise checkpoint.CheckpointError(f"{path}: model config differs from the configuration being trained")
+            raise checkpoint.CheckpointError(f"{origin or path}: model config differs from the configuration being trained")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -179,8 +186,10 @@ class Trainer:
         source_dir = path if path.is_dir() else path.parent
         if source_dir.resolve() != self.ckpt_dir.resolve() and (source_dir / checkpoint.BEST).is_file():
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source_dir / checkpoint.BEST, self.ckpt_dir / checkpoint.BEST)
-        log.info("resumed from %s at epoch %d", path, self.epoch)
+            for name in (checkpoint.BEST, checkpoint.BEST + checkpoint.CHECKSUM_SUFFIX):
+                if (source_dir / name).is_file():
+                    shutil.copy2(source_dir / name, self.ckpt_dir / name)
+        log.info("resumed from %s at epoch %d", origin or path, self.epoch)
 
     # --- loops -----------------------------------------------------------------------
 
@@ -233,7 +242,7 @@ class Trainer:
 
     def fit(self, resume: str | Path | None = None) -> TrainSummary:
         if resume is not None:
-            self._restore(Path(resume))
+            self.restore(resume)
         train = self.cfg.train
         stopped_early = False
         while self.epoch < train.epochs and not stopped_early:

@@ -76,3 +76,39 @@ def test_live_view_shows_counts_and_best(tmp_path):
     assert "completed 1" in text and "pruned 1" in text and "running 1" in text
     assert "best so far: valid_loss 0.125 (trial t1, epoch 2) slices=2" in text
     assert "t2" in text and "pruned" in text
+
+
+def test_searcher_tolerates_trials_it_does_not_know():
+    """A resumed study (or --restart-errored) can hold a trial the searcher's saved state never
+    saw; plain OptunaSearch raises KeyError on its first result and the study stops."""
+    import pytest
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from samsnet_search.search.callbacks import RestartTolerantOptuna
+
+    space = {"model.slices": tune.choice([1, 2])}
+    plain = OptunaSearch(space=space, metric="valid_loss", mode="min", seed=0)
+    with pytest.raises(KeyError):
+        plain.on_trial_result("f4c9eede", {"valid_loss": 0.5, "training_iteration": 1})
+    searcher = RestartTolerantOptuna(space=space, metric="valid_loss", mode="min", seed=0)
+    searcher.on_trial_result("f4c9eede", {"valid_loss": 0.5, "training_iteration": 1})
+    searcher.on_trial_complete("f4c9eede", {"valid_loss": 0.4, "training_iteration": 2})
+    # trials it knows are told as before
+    assert searcher.suggest("known") is not None
+    searcher.on_trial_result("known", {"valid_loss": 0.3, "training_iteration": 1})
+    searcher.on_trial_complete("known", {"valid_loss": 0.3, "training_iteration": 1})
+    assert [t.value for t in searcher._ot_study.trials if t.value is not None] == [0.3]
+
+
+def test_a_failed_trials_work_folder_is_removed():
+    """Tune retries a failed trial no more: the trainer's local copy goes (its kept
+    checkpoints in the storage serve --restart-errored)."""
+    from samsnet_search.search.trial import trial_workdir
+
+    work = trial_workdir("s", "tfail")
+    (work / "checkpoint").mkdir(parents=True, exist_ok=True)
+    (work / "checkpoint" / "last.pt").write_bytes(b"x")
+    cb = _callback()
+    cb.on_trial_error(0, [], SimpleNamespace(trial_id="tfail", last_result={}, error_message="boom", config={}))
+    assert not work.exists() and cb.statuses["tfail"] == "failed"

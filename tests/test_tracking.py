@@ -174,3 +174,43 @@ def test_register_model(store, tmp_path):
     assert (v1, v2) == ("1", "2")
     version = tracking.client(target).get_model_version("samsnet-unit", "1")
     assert version.run_id == run.run_id and version.tags == {"slices": "4"}
+
+
+def _dead_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_stopped_tracking_server_is_one_line_naming_infra_up():
+    """No environment tuning: the health check answers before MLflow's minutes of retries."""
+    uri = f"http://127.0.0.1:{_dead_port()}"
+    with pytest.raises(tracking.TrackingError) as info:
+        tracking.check_server(tracking.resolve_tracking(uri))
+    message = str(info.value)
+    assert message.startswith(f"tracking server {uri} does not answer") and "\n" not in message
+    assert "samsnet-search infra up" in message and "tracking.uri" in message
+    tracking.check_server(tracking.resolve_tracking("mlruns"))  # the embedded store needs no server
+
+
+def test_a_resumed_trial_does_not_log_an_epoch_mlflow_already_has(store):
+    """The driver died after epoch 3 was logged but before Tune saved its checkpoint: the
+    resumed trial recomputes epoch 3 from checkpoint 2; MLflow keeps one value per epoch."""
+    target, exp = store
+    parent = tracking.start_parent_run(target, exp, "unit")
+    spec = ChildRunSpec(target.uri, target.artifact_root, exp, parent, "unit", system_metrics=False)
+    first = TrialRun(spec, "t-resume")
+    first.log_epoch({"params": 10.0}, 0)
+    for epoch in (1, 2, 3):
+        first.log_epoch({"train_loss": 1.0 / epoch, "valid_loss": 1.0 / epoch}, epoch)
+    resumed = TrialRun(spec, "t-resume")
+    assert resumed.resumed and resumed.logged_epoch == 3
+    resumed.log_epoch({"params": 10.0}, 0)
+    for epoch in (3, 4):
+        resumed.log_epoch({"train_loss": 0.5 / epoch, "valid_loss": 0.5 / epoch}, epoch)
+    c = tracking.client(target)
+    assert [m.step for m in c.get_metric_history(first.run_id, "train_loss")] == [1, 2, 3, 4]
+    assert [m.value for m in c.get_metric_history(first.run_id, "train_loss")][2] == pytest.approx(1 / 3)
+    assert len(c.get_metric_history(first.run_id, "params")) == 1

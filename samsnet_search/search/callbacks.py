@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
 
 from .. import tracking
 from ..tracking import TrackingTarget
@@ -43,6 +44,33 @@ class PruneRecordingASHA(AsyncHyperBandScheduler):
         if action == TrialScheduler.STOP and t is not None and t < self._max_t:
             self.pruned[trial.trial_id] = int(t)
         return action
+
+
+class RestartTolerantOptuna(OptunaSearch):
+    """OptunaSearch that ignores results of trials it does not know.
+
+    A resumed study can hold a trial the searcher's saved state never saw (Tune saves its
+    trial list and the searcher's state separately; an outage or a kill can land between),
+    and `--restart-errored` reruns trials the searcher already closed. Plain OptunaSearch
+    raises KeyError on their first result and the whole study stops; here such a trial
+    trains on and only Optuna does not learn from it.
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        try:
+            super().on_trial_result(trial_id, result)
+        except KeyError as e:
+            if e.args != (trial_id,):
+                raise
+            log.warning("the searcher does not know trial %s (resumed study); its results are not told to Optuna", trial_id)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        try:
+            super().on_trial_complete(trial_id, result, error)
+        except KeyError as e:
+            if e.args != (trial_id,):
+                raise
+            log.warning("the searcher does not know trial %s (resumed study); its end is not told to Optuna", trial_id)
 
 
 @dataclass
@@ -130,6 +158,9 @@ class StudyCallback(Callback):
         error = getattr(trial, "error_message", None) or "trial failed"
         self._tag(result, "failed", error=str(error))
         self.statuses[trial.trial_id] = "failed"
+        # Tune retries no more; its kept checkpoints serve `--restart-errored` (only where
+        # the driver shares the worker's disk, as for pruned trials).
+        shutil.rmtree(trial_workdir(self.study_name, trial.trial_id), ignore_errors=True)
         self._emit("error", trial, result)
 
     # --- helpers ---------------------------------------------------------------------
@@ -192,6 +223,8 @@ def previous_statuses(
         if trial_id and status in tracking.FINAL_STATUSES:
             statuses[trial_id] = status
         value = run.data.metrics.get(key)
+        if status == "failed":  # a failed trial is never the best
+            continue
         if trial_id and value is not None and (best is None or sign * value < sign * best[metric]):
             best = {"trial_id": trial_id, metric: value}
     return statuses, best

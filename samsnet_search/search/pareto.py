@@ -92,7 +92,7 @@ def measure_latency(checkpoint_dir, seconds: float, seed: int = 0) -> float:
 
 def add_latency(pareto: dict[str, Any], trials: Sequence[Any], seconds: float) -> None:
     """latency_ms on each front point (from its best checkpoint), measured one after another."""
-    from pathlib import Path
+    from .trial import local_copy
 
     by_id = {t.trial_id: t for t in trials}
     for point in front_points(pareto):
@@ -100,7 +100,8 @@ def add_latency(pareto: dict[str, Any], trials: Sequence[Any], seconds: float) -
         if ckpt is None:
             continue
         try:
-            point["latency_ms"] = measure_latency(Path(ckpt.to_directory()), seconds)
+            with local_copy(ckpt) as folder:  # removed after (no temp folder per trial left behind)
+                point["latency_ms"] = measure_latency(folder, seconds)
         except Exception as e:  # a missing checkpoint must not lose the front itself
             log.warning("latency of trial %s not measured: %s", point["trial_id"], e)
     pareto["latency"] = {"seconds_of_audio": seconds, "threads": LATENCY_THREADS, "repeats": LATENCY_REPEATS,

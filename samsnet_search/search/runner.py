@@ -98,7 +98,9 @@ class StudyResult:
 
     @property
     def best(self) -> TrialRecord | None:
-        scored = [t for t in self.trials if t.best and t.best.get(self.study.metric) is not None]
+        """The best trial by the study metric at its best epoch; never a failed trial."""
+        scored = [t for t in self.trials
+                  if t.status != "failed" and t.best and t.best.get(self.study.metric) is not None]  # fmt: skip
         if not scored:
             return None
         sign = 1 if self.study.mode == "min" else -1
@@ -223,7 +225,8 @@ def _searcher(study: Study):
     s = study.search
     if s.searcher == "optuna":
         import optuna
-        from ray.tune.search.optuna import OptunaSearch
+
+        from .callbacks import RestartTolerantOptuna as OptunaSearch
 
         # TPE seeded: the same study file proposes the same first configurations. One objective:
         # metric/mode come from TuneConfig; several: Optuna's multi-objective TPE gets them all.
@@ -313,7 +316,10 @@ def _new_tuner(study: Study, ctx: TrialContext, callback) -> Any:
         max_concurrent_trials=s.max_concurrent_trials if s.searcher == "optuna" else None,  # grid/random: see _searcher
         time_budget_s=s.time_budget_s,
         trial_dirname_creator=trial_dirname,
-        reuse_actors=True,  # a new trial in a warm worker skips the torch/MLflow imports
+        # Each trial in a fresh worker: a reused one must first end the previous trial's
+        # thread, which a stopped trial may still run (waiting out a tracking outage); Tune
+        # then fails the next trial instead ("reuse requires reset_config()").
+        reuse_actors=False,
     )
     run_config = tune.RunConfig(
         name=study.name,
@@ -339,14 +345,23 @@ def _restore_tuner(study: Study, ctx: TrialContext, restart_errored: bool) -> An
 
     storage_path, fs = _storage(study.storage)
     path = f"{storage_path.rstrip('/')}/{study.name}"
-    return tune.Tuner.restore(
+    tuner = tune.Tuner.restore(
         path,
         _trainable(study, ctx),
         resume_unfinished=True,  # unfinished trials continue from their last checkpoint
-        resume_errored=False,
-        restart_errored=restart_errored,
+        # --restart-errored: failed trials continue from their last checkpoint too (Tune's own
+        # restart_errored would train them from scratch); one that failed in an outage then
+        # loses nothing, one without a checkpoint starts over.
+        resume_errored=restart_errored,
+        restart_errored=False,
         storage_filesystem=fs,
     )
+    # Studies started with actor reuse keep it in their saved TuneConfig, and restore takes no
+    # new one: turn it off there (Ray's attribute; see _new_tuner for why).
+    saved = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
+    if saved is not None:
+        saved.reuse_actors = False
+    return tuner
 
 
 def _can_restore(study: Study) -> bool:
@@ -395,6 +410,7 @@ def open_study(study: Study, check_same_file: bool = True) -> tuple[Manifest, tr
                 f"`samsnet-search resume {study.name}`, or set another name: in the file"
             )
     target = tracking.resolve_tracking(study.tracking_uri, study.base_dir)
+    tracking.check_server(target)  # a stopped server: one line now, not minutes of retries
     experiment_id = tracking.ensure_experiment(target, study.name)
     if manifest is None:
         parent = tracking.start_parent_run(target, experiment_id, study.name, {identity.STORAGE_TAG: identity.display_uri(study_path)})
@@ -534,9 +550,11 @@ def _context(study: Study, manifest: Manifest) -> TrialContext:
         study_name=study.name,
         system_metrics=study.spec.tracking.system_metrics,
         system_metrics_interval_s=study.spec.tracking.system_metrics_interval_s,
+        infra_retry_s=study.search.infra_retry_s,
     )
     return TrialContext(study_name=study.name, base=study.base, tracking=spec, cpus=study.spec.resources.cpu,
-                        metric=study.metric, mode=study.mode)  # fmt: skip
+                        metric=study.metric, mode=study.mode, infra_retry_s=study.search.infra_retry_s,
+                        max_failures=study.search.max_failures)  # fmt: skip
 
 
 def _callback(study: Study, manifest: Manifest, target: tracking.TrackingTarget):
@@ -715,8 +733,13 @@ def _history(result) -> list[dict[str, Any]]:
     if df is None or df.empty:
         return []
     cols = [c for c in df.columns if c in HISTORY_KEYS or c.startswith("valid_sdr_")]
-    rows = df[cols].to_dict("records")
-    return [{k: v for k, v in row.items() if v == v} for row in rows]  # drop NaN (epochs without SDR)
+    rows = [{k: v for k, v in row.items() if v == v} for row in df[cols].to_dict("records")]  # drop NaN (no SDR)
+    # A trial that continued from an older checkpoint (a corrupt newer one, or Tune's state
+    # lagging behind a killed driver) reports some epochs again: the last report counts.
+    by_epoch: dict[Any, dict[str, Any]] = {}
+    for row in rows:
+        by_epoch[row.get("epoch", len(by_epoch) + 1)] = row
+    return list(by_epoch.values())
 
 
 def _best(history: list[dict[str, Any]], study: Study) -> dict[str, Any] | None:

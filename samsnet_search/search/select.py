@@ -331,6 +331,8 @@ def retrain_and_score(job: Job, spec: tracking.ChildRunSpec, store: str, backend
     _put_file(_job_uri(store, job.key, BEST), ckpt_dir / BEST)
     if job.reuse_checkpoint is None:  # the best weights are stored: the work folder is not needed
         shutil.rmtree(job_workdir(spec, job), ignore_errors=True)
+    else:  # nor the temporary copy of the reused checkpoint
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
     if run_id:
         summary = report.summary
         tracking.client(spec.target).log_batch(run_id, metrics=_metrics({f"selection.valid_sdr_{k}": v for k, v in summary.items()}))

@@ -286,6 +286,9 @@ class SearchSettings(Strict):
     max_concurrent_trials: int | None = Field(None, gt=0, description="default: as many as resources allow")
     time_budget_s: float | None = Field(None, gt=0, description="stop starting/continuing trials after this")
     max_failures: int = Field(0, ge=0, description="retries of a failed trial from its last checkpoint")
+    infra_retry_s: float = Field(
+        300.0, ge=0, description="seconds a trial waits out a storage or tracking outage (retrying) before it fails"
+    )
     checkpoints_to_keep: int = Field(
         1, gt=0, description="best N by metric; the latest and a margin of 2 (for resuming after a crash) are kept too"
     )

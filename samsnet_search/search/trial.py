@@ -6,6 +6,11 @@ Runs inside a Ray worker. The trial config holds only the searched keys
 the trial's MLflow child run and calls `tune.report(metrics, checkpoint=...)` with the
 trainer's checkpoint folder, the one checkpoint format (so a resumed or retried trial
 continues from `tune.get_checkpoint()`).
+
+Storage and tracking outages are waited out (`faults.retry`, up to `search.infra_retry_s`),
+never counted as the trial's failure. A resumed trial checks the checkpoint it continues
+from against its checksum; a corrupt one is named by its stored path and the newest intact
+one (Tune's other kept checkpoints, or the trainer's local work copy) is used instead.
 """
 
 from __future__ import annotations
@@ -15,12 +20,16 @@ import math
 import shutil
 import tempfile
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+from .. import checkpoint as ckpt_format
 from ..config import ExperimentConfig, validate_model
-from ..tracking import ChildRunSpec, TrialRun
+from ..errors import CheckpointError
+from ..faults import DEFAULT_BUDGET_S, first_line, is_infra_error, retry
+from ..tracking import ChildRunSpec, TrialRun, worker_http_settings
 from .study import merge
 
 log = logging.getLogger(__name__)
@@ -53,6 +62,8 @@ class TrialContext:
     cpus: float = 1.0
     metric: str = "valid_loss"  # the study metric and its direction (for best_<metric>)
     mode: str = "min"
+    infra_retry_s: float = DEFAULT_BUDGET_S  # how long storage/tracking outages are waited out
+    max_failures: int = 0  # Tune's retries of the trial's own errors
 
 
 def build_experiment(base: dict[str, Any], config: dict[str, Any], cpus: float = 1.0) -> ExperimentConfig:
@@ -118,6 +129,90 @@ def record_node(run: TrialRun) -> str:
     return node
 
 
+def stored_name(checkpoint) -> str:
+    """Where a Tune checkpoint is stored, as a person finds it (`s3://bucket/...` or a folder)."""
+    kind = getattr(checkpoint.filesystem, "type_name", "local")
+    return checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"
+
+
+@contextmanager
+def local_copy(checkpoint) -> Iterator[Path]:
+    """A Tune checkpoint as a local folder for the `with` block, removed afterwards
+    (`Checkpoint.to_directory()` alone leaves a temp folder per call behind)."""
+    folder = Path(tempfile.mkdtemp(prefix="samsnet-checkpoint-"))
+    try:
+        checkpoint.to_directory(str(folder))
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def kept_checkpoints(checkpoint) -> list:
+    """The trial's other checkpoints Tune keeps beside `checkpoint`, newest first."""
+    import pyarrow.fs as pafs
+    from ray import tune
+
+    fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
+    parent = path.rsplit("/", 1)[0]
+    infos = fs.get_file_info(pafs.FileSelector(parent, recursive=False, allow_not_found=True))
+    dirs = [i.path.rstrip("/") for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")]
+    return [tune.Checkpoint(path=d, filesystem=fs) for d in sorted(dirs, reverse=True) if d != path]
+
+
+def _intact_epoch(folder: Path, origin: str) -> int:
+    """The epoch of an intact checkpoint folder; CheckpointError (naming `origin`) otherwise."""
+    if (folder / ckpt_format.BEST).is_file():
+        ckpt_format.verify(folder / ckpt_format.BEST, f"{origin}/{ckpt_format.BEST}")
+    return int(ckpt_format.load(folder, origin=origin)["epoch"])
+
+
+def resume_point(checkpoint, workdir: Path, budget_s: float = DEFAULT_BUDGET_S) -> tuple[Path, str] | None:
+    """(local folder, stored name) of the newest intact checkpoint to continue from, or None.
+
+    Tune's checkpoint comes first; when it is corrupt, the newer of the trainer's work copy
+    (`workdir/checkpoint`, on this node) and Tune's newest intact kept checkpoint. Downloads
+    go to `workdir/restore` (the caller removes it once restored), never to a temp folder
+    that outlives the trial.
+    """
+    if checkpoint is None:
+        return None
+    into = workdir / "restore"
+
+    def fetch(c) -> tuple[Path, str, int]:
+        shutil.rmtree(into, ignore_errors=True)
+        name = stored_name(c)
+        retry(c.to_directory, str(into), budget_s=budget_s, what=f"download of checkpoint {name}")
+        return into, name, _intact_epoch(into, name)
+
+    try:
+        folder, name, _ = fetch(checkpoint)
+        return folder, name
+    except CheckpointError as e:
+        log.error("%s; falling back to the newest intact checkpoint", e)
+    found: list[tuple[int, Path, str]] = []
+    local = workdir / "checkpoint"
+    if (local / ckpt_format.LAST).is_file():
+        try:
+            found.append((_intact_epoch(local, str(local)), local, str(local)))
+        except CheckpointError as e:
+            log.error("%s", e)
+    kept = retry(kept_checkpoints, checkpoint, budget_s=budget_s, what="listing the trial's checkpoints")
+    for c in kept:
+        try:
+            folder, name, epoch = fetch(c)
+        except CheckpointError as e:
+            log.error("%s", e)
+            continue
+        if not found or epoch > found[0][0]:
+            found = [(epoch, folder, name)]  # keep the download only if it is the newer one
+        break
+    if not found:
+        raise CheckpointError(f"{stored_name(checkpoint)}: corrupt, and the trial has no intact checkpoint to fall back to")
+    epoch, folder, name = max(found, key=lambda f: f[0])
+    log.warning("continuing from %s (epoch %d)", name, epoch)
+    return folder, name
+
+
 def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Function trainable for `tune.Tuner` (wrap with `tune.with_parameters(train_trial, ctx=...)`)."""
     from ray import tune
@@ -128,6 +223,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     # epoch) are noise in a study with many trials.
     for chatty in ("mlflow.system_metrics", "ray.train._internal.storage"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
+    worker_http_settings()
     tune_ctx = tune.get_context()
     trial_id, trial_name = tune_ctx.get_trial_id(), tune_ctx.get_trial_name()
     cfg = build_experiment(ctx.base, config, ctx.cpus)
@@ -140,12 +236,15 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         tune.report(_tune_metrics(run.last_metrics(), run.run_id))
         return
     run.start_system_metrics()
+    workdir = trial_workdir(ctx.study_name, trial_id)
     try:
         run.log_config(cfg.model_dump(mode="json"), cfg.resolved_model().model_dump(mode="json"))
         cost = model_cost_metrics(cfg)
         run.log_epoch(cost, 0)
         checkpoint = tune.get_checkpoint()
-        resume = Path(checkpoint.to_directory()) if checkpoint else None
+        if checkpoint is None:
+            shutil.rmtree(workdir, ignore_errors=True)  # a stale copy from an earlier attempt
+        resume = resume_point(checkpoint, workdir, ctx.infra_retry_s)
         earlier = [m.value for m in run.client.get_metric_history(run.run_id, ctx.metric)] if resume else []
         best = BestSoFar(ctx.metric, ctx.mode, earlier)
 
@@ -155,23 +254,39 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             run.log_epoch(metrics, result.epoch)
             if result.is_best:
                 run.log_best(result.checkpoint_dir, result.epoch)
-            tune.report(
-                _tune_metrics(metrics | cost, run.run_id),
-                checkpoint=tune.Checkpoint.from_directory(str(result.checkpoint_dir)),
-            )
+            # Safe to repeat: Tune counts results it received, not calls; a failed upload
+            # only skips one checkpoint folder index.
+            retry(tune.report, _tune_metrics(metrics | cost, run.run_id),
+                  checkpoint=tune.Checkpoint.from_directory(str(result.checkpoint_dir)),
+                  budget_s=ctx.infra_retry_s, what=f"storing the checkpoint of epoch {result.epoch}")  # fmt: skip
 
-        workdir = trial_workdir(ctx.study_name, trial_id)
-        if resume is None:
-            shutil.rmtree(workdir, ignore_errors=True)  # a stale copy from an earlier attempt
-        summary = Trainer(cfg, workdir, callbacks=[report]).fit(resume=resume)
+        trainer = Trainer(cfg, workdir, callbacks=[report])
+        if resume is not None:
+            trainer.restore(*resume)
+            shutil.rmtree(workdir / "restore", ignore_errors=True)  # restored: the download is not needed
+        summary = trainer.fit()
     except BaseException as e:
         # Recorded as failed here; Tune records the error and the study goes on.
         # (ASHA's pruning does not pass through here: Ray ends the actor instead.)
         if isinstance(e, Exception):
-            run.finish("failed", error="".join(traceback.format_exception_only(type(e), e)).strip())
+            _record_failure(run, e)
+            if ctx.max_failures == 0:  # no retry will continue from the local copy
+                shutil.rmtree(workdir, ignore_errors=True)
         else:
             run.stop_system_metrics()
         raise
     run.finish("stopped_early" if summary.stopped_early else "completed")
     # Tune holds the reported checkpoints; the trainer's own copy is not needed any more.
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _record_failure(run: TrialRun, e: Exception) -> None:
+    """Tag the run failed with its error (an outage says so: `--restart-errored` continues it)."""
+    error = "".join(traceback.format_exception_only(type(e), e)).strip()
+    if is_infra_error(e):
+        error = f"infrastructure: {error}"
+    try:
+        run.finish("failed", error=error)
+    except Exception as tag_error:  # the tracking server may be what failed
+        log.warning("could not record trial %s as failed: %s", run.trial_id, first_line(tag_error))
+        run.stop_system_metrics()
