@@ -21,7 +21,7 @@ def _study(tmp_path):
         "train": {"epochs": 2, "patience": 2},
         "search": {"num_samples": 2},
     }))
-    return load_study(path, base_dir=tmp_path)
+    return load_study(path, base_dir=tmp_path, check_data=False)
 
 
 def test_plain_lines_when_not_a_terminal(tmp_path):

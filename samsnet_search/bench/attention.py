@@ -70,9 +70,9 @@ def quickstart_sizes(repeats: int = 3) -> list[AttentionSizes]:
     """The quickstart study's trial shapes (read from search_spaces/quickstart.yaml, so they follow
     its tuning): its STFT, segment and batch, every slice choice, and the smallest and largest
     (maps, heads) it can draw."""
-    import yaml
+    from ..config import read_yaml
 
-    space = yaml.safe_load(QUICKSTART.read_text())
+    space = read_yaml(QUICKSTART)
     model, data, train = space["model"], space["data"], space["train"]
 
     def choices(value: Any) -> list[int]:

@@ -90,9 +90,9 @@ def _time_steps(trainer, warmup: int, steps: int) -> dict[str, float]:
 def quickstart_experiment(smoke: bool) -> dict[str, Any]:
     """The quickstart study's experiment with every searched value at its largest choice
     (the slowest trial it can draw); smoke: a tiny model on the same data path."""
-    import yaml
+    from ..config import read_yaml
 
-    space = yaml.safe_load(QUICKSTART.read_text())
+    space = read_yaml(QUICKSTART)
     pick = {}
     for section in ("model", "data", "train"):
         pick[section] = {k: (max(v["choice"]) if "choice" in v else v.get("int", v.get("loguniform", [0]))[-1])

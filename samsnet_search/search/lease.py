@@ -7,8 +7,7 @@ with a warning, when its heartbeat is older than `timeout_s`, or at once when it
 process of this host that no longer runs (a killed driver).
 
 Taking a lease is safe against a second driver starting at the same moment:
-- local folders: the lease file is created with O_EXCL; a stale one is first renamed away
-  (only one of two racing drivers can rename it) and then created anew;
+- local folders: look and take happen under an flock held by one process of this host at a time;
 - S3 (no create-if-absent in pyarrow): write, wait `settle_s`, read back; of two drivers
   writing at once the last write wins and the other sees a foreign token and stops.
 Staleness compares the holder's wall clock with ours: drivers of one study need clocks
@@ -18,15 +17,20 @@ within a few seconds of each other (NTP), far below the timeout.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import logging
 import os
 import socket
+import tempfile
 import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
+
 import psutil
 
 from ..errors import SamsNetError
@@ -150,68 +154,55 @@ def _write(study_path: str, holder: Holder) -> None:
     os.replace(tmp, uri)
 
 
-def _create_local(study_path: str, holder: Holder) -> bool:
-    """Create the lease file if there is none (O_EXCL); False if one exists."""
-    Path(study_path).mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(lease_uri(study_path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(asdict(holder)))
-    return True
+@contextlib.contextmanager
+def _local_mutex(study_path: str) -> Iterator[None]:
+    """Serialize look-and-take of one local study's lease among this host's processes (flock).
 
-
-def _remove_stale_local(study_path: str, stale: Holder | None) -> None:
-    """Rename the stale (or unreadable: None) lease away (one of two racing drivers wins), then drop it."""
-    uri = lease_uri(study_path)
-    aside = f"{uri}.stale-{uuid.uuid4().hex}"
-    try:
-        os.rename(uri, aside)
-    except FileNotFoundError:
-        return
-    moved = _read_holder_file(aside)
-    if moved is not None and (stale is None or moved.token != stale.token):  # a fresh lease was put there meanwhile: restore it
-        os.replace(aside, uri)
-        return
-    os.unlink(aside)
-
-
-def _read_holder_file(path: str) -> Holder | None:
-    try:
-        return Holder(**json.loads(Path(path).read_text()))
-    except (OSError, TypeError, ValueError):
-        return None
+    The lock file lives in the temp folder, keyed by the study's path, so the study folder of a
+    study that never started stays empty (and is removed) and no lock file is ever deleted while
+    another process may hold it."""
+    key = hashlib.sha256(str(Path(study_path).resolve()).encode()).hexdigest()[:24]
+    with open(Path(tempfile.gettempdir()) / f"samsnet-lease-{key}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def acquire(study_path: str, name: str, *, timeout_s: float = TIMEOUT_S, heartbeat_s: float = HEARTBEAT_S,
             settle_s: float = SETTLE_S) -> Lease:  # fmt: skip
     """Take the study's lease, or raise StudyLocked naming the driver that holds it."""
     me = Holder.me()
-    for _ in range(3):  # a stale lease removed, or a lost S3 race, is looked at again
-        current = read_holder(study_path)
-        if current is not None:
-            reason = current.stale_reason(timeout_s)
-            if reason is None:
-                raise _locked(name, study_path, current, timeout_s)
-            log.warning("study %s: taking over the lease of the driver on %s pid %d: %s", name, current.host,
-                        current.pid, reason)  # fmt: skip
-        if identity.is_s3(study_path):
+    if not identity.is_s3(study_path):
+        with _local_mutex(study_path):
+            _check_free(name, study_path, read_holder(study_path), timeout_s)
+            Path(study_path).mkdir(parents=True, exist_ok=True)
             _write(study_path, me)
-            time.sleep(settle_s)
-            back = read_holder(study_path)
-            if back is not None and back.token == me.token:
-                return Lease(study_path, me, heartbeat_s)
-            if back is not None and back.stale_reason(timeout_s) is None:
-                raise _locked(name, study_path, back, timeout_s)
-            continue
-        if current is not None or Path(lease_uri(study_path)).exists():
-            _remove_stale_local(study_path, current)
-        if _create_local(study_path, me):
+        return Lease(study_path, me, heartbeat_s)
+    for _ in range(3):  # a lost S3 race is looked at again
+        _check_free(name, study_path, read_holder(study_path), timeout_s)
+        _write(study_path, me)
+        time.sleep(settle_s)
+        back = read_holder(study_path)
+        if back is not None and back.token == me.token:
             return Lease(study_path, me, heartbeat_s)
+        if back is not None and back.stale_reason(timeout_s) is None:
+            raise _locked(name, study_path, back, timeout_s)
     current = read_holder(study_path)
     raise _locked(name, study_path, current, timeout_s) if current else StudyLocked(
         f"study {name}: could not take the lease {identity.display_uri(lease_uri(study_path))}; try again")
+
+
+def _check_free(name: str, study_path: str, current: Holder | None, timeout_s: float) -> None:
+    """Raise StudyLocked if a live driver holds the lease; say so when a stale one is taken over."""
+    if current is None:
+        return
+    reason = current.stale_reason(timeout_s)
+    if reason is None:
+        raise _locked(name, study_path, current, timeout_s)
+    log.warning("study %s: taking over the lease of the driver on %s pid %d: %s", name, current.host,
+                current.pid, reason)  # fmt: skip
 
 
 def _locked(name: str, study_path: str, holder: Holder, timeout_s: float) -> StudyLocked:

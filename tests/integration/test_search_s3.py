@@ -203,4 +203,4 @@ def test_validate_reaches_the_stack(tmp_path, synth_root, infra_config, s3_stack
     assert "reachable: storage and tracking server" in capsys.readouterr().out
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     assert main(["validate", str(study_file)]) == 2
-    assert "cannot access storage" in capsys.readouterr().err
+    assert "refused the keys in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY" in capsys.readouterr().err
