@@ -454,7 +454,9 @@ def _search_then_select(study, live: bool, select: bool, restart_errored: bool, 
 
     with lease.hold(identity.study_uri(study.storage, study.name), study.name):
         try:
-            result = _run_live(study, live, restart_errored=restart_errored, **ray_args)
+            selection_follows = select and study.spec.selection.enabled
+            result = _run_live(study, live, restart_errored=restart_errored, selection_follows=selection_follows,
+                               **ray_args)  # fmt: skip
         except KeyboardInterrupt:  # a second Ctrl-C: Tune's own handler was already spent
             console.print(f"interrupted; continue with: {_resume_hint(study)}", highlight=False)
             raise typer.Exit(130) from None

@@ -341,13 +341,16 @@ class MlflowLogin:
 
 
 MLFLOW_ADMIN = "samsnet-admin"
+ADMIN_USERNAME_ENV, ADMIN_PASSWORD_ENV = "SAMSNET_MLFLOW_ADMIN_USERNAME", "SAMSNET_MLFLOW_ADMIN_PASSWORD"
 
 
 def load_mlflow_login(cfg: InfraConfig, *, create: bool = False) -> MlflowLogin:
     """The MLflow admin login from `<state>/credentials.json`; with `create`, generated once.
 
-    Always generated, never taken from MLFLOW_TRACKING_USERNAME/PASSWORD: those are a client's
-    variables, and a shell still holding another stack's would silently set this server's admin.
+    Generated, or on a cluster taken from SAMSNET_MLFLOW_ADMIN_USERNAME / _PASSWORD (set on
+    every node from one env file, so the workers' trials can log in); never from
+    MLFLOW_TRACKING_USERNAME/PASSWORD: those are a client's variables, and a shell still holding
+    another stack's would silently set this server's admin.
     """
     path = credentials_path(cfg)
     data = _read_credentials_file(path)
@@ -355,12 +358,14 @@ def load_mlflow_login(cfg: InfraConfig, *, create: bool = False) -> MlflowLogin:
         return MlflowLogin(data["mlflow_username"], data["mlflow_password"], data["mlflow_session_key"])
     if not create:
         raise InfraError(f"no MLflow login in {path}; " + _missing_stack_hint(cfg))
-    login = MlflowLogin(MLFLOW_ADMIN, secrets.token_urlsafe(24), secrets.token_hex(32))
+    given = os.environ.get(ADMIN_PASSWORD_ENV)
+    user = os.environ.get(ADMIN_USERNAME_ENV) or MLFLOW_ADMIN
+    login = MlflowLogin(user, given or secrets.token_urlsafe(24), secrets.token_hex(32))
     _update_credentials_file(
         path,
         {"mlflow_username": login.username, "mlflow_password": login.password, "mlflow_session_key": login.session_key},
     )
-    log.info("generated the MLflow admin login in %s (mode 0600)", path)
+    log.info("%s the MLflow admin login in %s (mode 0600)", "stored" if given else "generated", path)
     return login
 
 

@@ -53,10 +53,12 @@ BEST_RUN_TAG = "best_run"
 # failed: training raised.
 STATUSES = ("running", "completed", "stopped_early", "pruned", "stopped", "failed")
 FINAL_STATUSES = STATUSES[1:]
+# MLflow run status per trial status. A pruned trial did what the search asked of it (the
+# status tag says it was pruned): FINISHED, not the red cross of a killed or failed run.
 RUN_STATUS = {
     "completed": "FINISHED",
     "stopped_early": "FINISHED",
-    "pruned": "KILLED",
+    "pruned": "FINISHED",
     "stopped": "KILLED",
     "failed": "FAILED",
 }

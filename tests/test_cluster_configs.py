@@ -127,9 +127,32 @@ def test_launcher_workers_reach_the_services_the_study_names():
     cfg = yaml.safe_load(LAUNCHER.read_text())
     head = " ".join(cfg["head_start_ray_commands"])
     worker = " ".join(cfg["worker_start_ray_commands"])
-    assert "samsnet-search infra up --host 0.0.0.0" in head
+    assert "samsnet-search infra up --host 0.0.0.0 --no-isolation" in head  # no namespaces inside Docker
     assert "$RAY_HEAD_IP seaweedfs mlflow" in worker
     assert "--metrics-export-port=8080" in head and "--metrics-export-port=8080" in worker
+
+
+def test_launcher_nodes_get_the_keys_from_a_local_env_file_not_from_ray():
+    cfg = yaml.safe_load(LAUNCHER.read_text())
+    assert cfg["file_mounts"]["/home/ray/cluster.env"] == "~/.config/samsnet/cluster.env"
+    source = "set -a; . /home/ray/cluster.env; set +a;"
+    starts = [c for c in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2 and all(c.lstrip().startswith(source) for c in starts)  # trials inherit the raylet's env
+    up = next(c for c in cfg["head_start_ray_commands"] if "infra up" in c)
+    assert up.lstrip().startswith(source) and "SAMSNET_MLFLOW_ADMIN_PASSWORD=$MLFLOW_TRACKING_PASSWORD" in up
+
+
+def test_cluster_mlflow_requires_a_login_and_seaweedfs_serves_only_s3():
+    mlflow_sh = (ROOT / "infra/services/mlflow.sh").read_text()
+    assert "--app-name basic-auth" in mlflow_sh and "default_permission = NO_PERMISSIONS" in mlflow_sh
+    assert ': "${MLFLOW_TRACKING_PASSWORD:?' in mlflow_sh
+    weed_sh = (ROOT / "infra/services/seaweedfs.sh").read_text()
+    assert "-ip.bind=127.0.0.1" in weed_sh and "0.0.0.0" not in weed_sh.split("weed mini", 1)[1]
+    assert "samsnet_search.weed_sandbox --host 0.0.0.0 --port 8333" in weed_sh
+    mlflow_pod = next(d for d in _k8s_docs() if d["kind"] == "Deployment" and d["metadata"]["name"] == "mlflow")
+    env = {e["name"]: e for e in mlflow_pod["spec"]["template"]["spec"]["containers"][0]["env"]}
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "samsnet-s3", "key": key}
 
 
 # --- Kubernetes (KubeRay) --------------------------------------------------------------
@@ -213,7 +236,7 @@ def test_compose_services_use_the_image_and_an_uncommitted_env_file():
         line.split("=", 1) for line in (ROOT / "infra/.env.example").read_text().splitlines()
         if line and not line.startswith("#")
     )  # fmt: skip
-    assert example["AWS_ACCESS_KEY_ID"] == example["AWS_SECRET_ACCESS_KEY"] == "replace-me"
+    assert example["AWS_ACCESS_KEY_ID"] == example["AWS_SECRET_ACCESS_KEY"] == example["MLFLOW_TRACKING_PASSWORD"] == "replace-me"
 
 
 def test_service_scripts_exist_and_are_executable():

@@ -10,6 +10,9 @@ bucket="${BUCKET:-samsnet}"
 : "${MLFLOW_S3_ENDPOINT_URL:?set MLFLOW_S3_ENDPOINT_URL (e.g. http://seaweedfs:8333)}"
 : "${AWS_ACCESS_KEY_ID:?set AWS_ACCESS_KEY_ID}"
 : "${AWS_SECRET_ACCESS_KEY:?set AWS_SECRET_ACCESS_KEY}"
+# The server's admin login; clients (Ray nodes, trials) send the same two variables.
+: "${MLFLOW_TRACKING_USERNAME:?set MLFLOW_TRACKING_USERNAME (the MLflow admin login)}"
+: "${MLFLOW_TRACKING_PASSWORD:?set MLFLOW_TRACKING_PASSWORD}"
 export AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}"
 mkdir -p "$data"
 # Create the bucket before the first artifact (and Ray storage) needs it; retry while S3 starts.
@@ -29,10 +32,23 @@ for attempt in range(60):
 else:
     raise SystemExit(f"S3 at {os.environ['MLFLOW_S3_ENDPOINT_URL']} did not answer; bucket {bucket} not created")
 PY
+# MLflow's basic-auth app: every request needs the login; nobody else has any permission.
+umask 077
+mkdir -p /tmp/mlflow-auth
+cat > /tmp/mlflow-auth/auth.ini <<INI
+[mlflow]
+default_permission = NO_PERMISSIONS
+database_uri = sqlite:///$data/mlflow-auth.db
+admin_username = $MLFLOW_TRACKING_USERNAME
+admin_password = $MLFLOW_TRACKING_PASSWORD
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+INI
+export MLFLOW_AUTH_CONFIG_PATH=/tmp/mlflow-auth/auth.ini
+export MLFLOW_FLASK_SERVER_SECRET_KEY="${MLFLOW_FLASK_SERVER_SECRET_KEY:-$(python -c 'import secrets; print(secrets.token_hex(32))')}"
 # One worker and no job runner: about 430 MB instead of 2.3 GB. --allowed-hosts: the Host
 # headers clients send (the service name `mlflow` plus localhost for port-forwards).
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
-exec mlflow server --host 0.0.0.0 --port 5000 --workers 1 \
+exec mlflow server --app-name basic-auth --host 0.0.0.0 --port 5000 --workers 1 \
     --backend-store-uri "sqlite:///$data/mlflow.db" \
     --artifacts-destination "s3://$bucket/mlartifacts" \
     --allowed-hosts "${MLFLOW_ALLOWED_HOSTS:-mlflow,mlflow:5000,localhost,localhost:5000,127.0.0.1,127.0.0.1:5000}"

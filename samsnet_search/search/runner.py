@@ -440,17 +440,21 @@ def run_study(
     num_gpus: int | None = None,
     restart_errored: bool = False,
     quiet: bool = False,
+    selection_follows: bool = False,
 ) -> StudyResult:
     """Run a study to the end (or continue it); returns the per-trial records.
 
     Holds the study's lease throughout: a second driver of the same study stops with
-    `lease.StudyLocked` before it touches anything.
+    `lease.StudyLocked` before it touches anything. selection_follows: the caller runs the
+    selection next, so a finished search leaves the parent run open (the selection closes it:
+    in the MLflow UI the study run spans the whole study).
     """
     with lease.hold(identity.study_uri(study.storage, study.name), study.name):
-        return _run_study(study, address, num_cpus, num_gpus, restart_errored, quiet)
+        return _run_study(study, address, num_cpus, num_gpus, restart_errored, quiet, selection_follows)
 
 
-def _run_study(study: Study, address, num_cpus, num_gpus, restart_errored: bool, quiet: bool) -> StudyResult:
+def _run_study(study: Study, address, num_cpus, num_gpus, restart_errored: bool, quiet: bool,
+               selection_follows: bool = False) -> StudyResult:  # fmt: skip
     start = time.monotonic()
     # Every epoch checkpoints, so Tune snapshots its state often; that is intended here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -493,7 +497,7 @@ def _run_study(study: Study, address, num_cpus, num_gpus, restart_errored: bool,
         state = "interrupted"
         raise
     finally:
-        _close(manifest, target, state, result)
+        _close(manifest, target, state, result, keep_open=selection_follows and state == "finished")
     return result
 
 
@@ -592,8 +596,8 @@ def _log_pareto(target, run_id: str, front: dict[str, Any]) -> None:
     tracking.client(target).log_metric(run_id, "pareto.size", float(len(front["front"])))
 
 
-def _close(manifest: Manifest, target, state: str, result: StudyResult | None) -> None:
-    """Record the study's state in study.json and on the parent run."""
+def _close(manifest: Manifest, target, state: str, result: StudyResult | None, keep_open: bool = False) -> None:
+    """Record the study's state in study.json and on the parent run; end the run unless keep_open."""
     manifest.state = state
     if result is not None:
         manifest.summary = result.summary()
@@ -613,7 +617,8 @@ def _close(manifest: Manifest, target, state: str, result: StudyResult | None) -
             if result.pareto:
                 _log_pareto(target, manifest.parent_run_id, result.pareto)
         c.set_tag(manifest.parent_run_id, "samsnet.state", manifest.state)
-        c.set_terminated(manifest.parent_run_id, {"finished": "FINISHED", "failed": "FAILED"}.get(state, "KILLED"))
+        if not keep_open:
+            c.set_terminated(manifest.parent_run_id, {"finished": "FINISHED", "failed": "FAILED"}.get(state, "KILLED"))
     except Exception as e:  # the results are on disk already; tracking trouble is reported, not fatal
         log.warning("could not update the study's parent run: %s", e)
 
@@ -626,6 +631,7 @@ def mark_interrupted(manifest: Manifest, target) -> None:
     identity.write_manifest(fresh)
     try:
         tracking.client(target).set_tag(fresh.parent_run_id, "samsnet.state", "interrupted")
+        tracking.client(target).set_terminated(fresh.parent_run_id, "KILLED")
     except Exception as e:  # the manifest holds the state; the tag follows when it can
         log.warning("could not update the study's parent run: %s", e)
 

@@ -29,9 +29,10 @@ import shutil
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -419,7 +420,32 @@ def run_selection(
     progress: Progress | None = None,
     quiet: bool = False,
 ) -> SelectionResult:
-    """The whole selection for a finished search (`runner.StudyResult`); resumable, idempotent."""
+    """The whole selection for a finished search (`runner.StudyResult`); resumable, idempotent.
+
+    The study's parent run is open while it runs and ends with it (FINISHED, or FAILED / KILLED)."""
+    with _parent_open(result.target, result.manifest.parent_run_id):
+        return _run_selection(result, address, num_cpus, num_gpus, progress, quiet)
+
+
+@contextmanager
+def _parent_open(target, run_id: str) -> Iterator[None]:
+    c = tracking.client(target)
+    c.update_run(run_id, status="RUNNING")
+    status = "FAILED"
+    try:
+        yield
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        try:
+            c.set_terminated(run_id, status)
+        except Exception as e:  # the selection's results are stored; the run's end is cosmetic
+            log.warning("could not end the study's parent run: %s", e)
+
+
+def _run_selection(result, address, num_cpus, num_gpus, progress, quiet) -> SelectionResult:
     from .runner import ray_session
 
     study, manifest = result.study, result.manifest

@@ -213,6 +213,13 @@ def resume_point(checkpoint, workdir: Path, budget_s: float = DEFAULT_BUDGET_S) 
     return folder, name
 
 
+def run_name(trial_id: str, config: dict[str, Any]) -> str:
+    """What the MLflow UI lists: the trial and its searched values (`trial 3f2a_00001 slices=4 lr=0.0003`), sorted by dotted key."""
+    values = " ".join(f"{k.rsplit('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
+                      for k, v in sorted(config.items()))
+    return f"trial {trial_id} {values}".strip()
+
+
 def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Function trainable for `tune.Tuner` (wrap with `tune.with_parameters(train_trial, ctx=...)`)."""
     from ray import tune
@@ -225,9 +232,9 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         logging.getLogger(chatty).setLevel(logging.WARNING)
     worker_http_settings()
     tune_ctx = tune.get_context()
-    trial_id, trial_name = tune_ctx.get_trial_id(), tune_ctx.get_trial_name()
+    trial_id = tune_ctx.get_trial_id()
     cfg = build_experiment(ctx.base, config, ctx.cpus)
-    run = TrialRun(ctx.tracking, trial_id, trial_name)
+    run = TrialRun(ctx.tracking, trial_id, run_name(trial_id, config))
     log.info("trial %s runs on node %s", trial_id, record_node(run))
     if run.finished:
         # Tune's saved state lagged behind this trial's end (the driver stopped in between):

@@ -146,6 +146,17 @@ def test_mlflow_login_is_generated_once_and_kept_with_the_keys(tmp_path, monkeyp
     assert login.password not in repr(login) and login.session_key not in repr(login)
 
 
+def test_mlflow_admin_login_from_the_cluster_environment(tmp_path, monkeypatch):
+    """On a cluster every node reads one env file: the head's server takes its admin from it."""
+    cfg = infra.InfraConfig(state_dir=tmp_path / "s")
+    monkeypatch.setenv(infra.ADMIN_USERNAME_ENV, "cluster-admin")
+    monkeypatch.setenv(infra.ADMIN_PASSWORD_ENV, "given-on-every-node")
+    login = infra.load_mlflow_login(cfg, create=True)
+    assert (login.username, login.password) == ("cluster-admin", "given-on-every-node")
+    monkeypatch.delenv(infra.ADMIN_PASSWORD_ENV)
+    assert infra.load_mlflow_login(cfg) == login  # kept in the 0600 file like a generated one
+
+
 def test_mlflow_login_with_environment_s3_keys(tmp_path, monkeypatch):
     cfg = infra.InfraConfig(state_dir=tmp_path / "s")
     infra.load_mlflow_login(cfg, create=True)  # the file now holds only the login
