@@ -618,13 +618,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except typer.Exit as e:
         return e.exit_code
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+    except Exception as e:  # usage errors: typer 0.29 raises its own bundled copy of click's classes
+        kinds = {c.__name__ for c in type(e).__mro__}
+        if "ClickException" in kinds:
             e.show()
             return 2
-        if isinstance(e, click.exceptions.Abort):
+        if "Abort" in kinds:
             return 130
         raise
     return rc if isinstance(rc, int) else 0
