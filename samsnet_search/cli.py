@@ -143,7 +143,7 @@ def evaluate(
         estimator = oracle_estimator(oracle, post=post)
     name = f"{name}, {post.label}"
     report = evaluate_tracks(estimator, tracks[:max_tracks], name=name, backend=backend, data_kind=kind, subset=subset,
-                             out_dir=out)  # fmt: skip
+                             out_dir=out, progress=lambda msg: console.print(f"[dim]{msg}[/dim]", highlight=False))  # fmt: skip
     _print_scores(report)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
@@ -122,15 +123,22 @@ def evaluate_tracks(
     data_kind: str,
     subset: str,
     out_dir: Path | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> EvalReport:
-    """Separate and score each track; write museval JSON per track and a summary to `out_dir`."""
+    """Separate and score each track; write museval JSON per track and a summary to `out_dir`.
+
+    progress: told one line per scored track (k of n, the track's average SDR, elapsed time)."""
     decoding = "; ".join(sorted({track.source.decoding for track in tracks}))
     report = EvalReport(estimator=name, backend=backend, data=data_kind, subset=subset, decoding=decoding)
-    for track in tracks:
+    start = time.monotonic()
+    for k, track in enumerate(tracks, 1):
         estimates = estimator(track)
         metrics = score(track.audio()[1:], estimates, backend)
         report.tracks[track.name] = track_scores(metrics["SDR"], TARGETS)
         log.info("%s: %s", track.name, report.tracks[track.name])
+        if progress is not None:
+            avg = sum(report.tracks[track.name][t] for t in TARGETS) / len(TARGETS)
+            progress(f"{subset} [{k}/{len(tracks)}, {time.monotonic() - start:.0f} s]: {track.name} avg SDR {avg:.2f} dB ({name})")
         if out_dir is not None:
             (out_dir / subset).mkdir(parents=True, exist_ok=True)
             (out_dir / subset / f"{track.name}.json").write_text(museval_json(track.name, metrics))

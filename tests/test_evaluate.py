@@ -62,7 +62,9 @@ def test_fast_backend_matches_museval_on_model_estimates(splits, checkpoint_dir)
 def test_evaluate_command_with_oracle_and_model(synth_root, checkpoint_dir, tmp_path, capsys):
     assert main(["evaluate", "--oracle", "irm1", "--data", str(synth_root), "--backend", "fast",
                  "--out", str(tmp_path / "o"), "--max-tracks", "1"]) == 0  # fmt: skip
-    assert "SDR (dB), test set of synthetic" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "SDR (dB), test set of synthetic" in said.out
+    assert "test [1/1, " in said.err and "avg SDR" in said.err  # progress, track by track
     assert main(["evaluate", str(checkpoint_dir), "--data", str(synth_root), "--backend", "fast",
                  "--subset", "valid", "--out", str(tmp_path / "m"), "--max-tracks", "1"]) == 0  # fmt: skip
     assert (tmp_path / "m" / "summary.json").is_file()

@@ -177,6 +177,7 @@ def test_selection_end_to_end(tmp_path, synth_root, ray_local, capsys):
     table = sel.table
     assert any(m.startswith("selection: 6 jobs to run") for m in said), said  # k of n, with a time estimate
     assert any(m.startswith("selection [1/6, ") and "left]" in m for m in said) and any("[6/6, " in m for m in said)
+    assert any(m.startswith("test [2/2, ") and "avg SDR" in m for m in said), said  # the test set, track by track
     assert [r.slices for r in table.rows] == [1, 2] and table.subset == "validation"
     assert all(r.pairs == 6 and r.tracks == 2 and r.seeds == 3 for r in table.rows)  # 2 valid tracks x 3 seeds
     assert table.winner == max(table.rows, key=lambda r: r.median["avg"]).slices

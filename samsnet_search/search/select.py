@@ -550,7 +550,7 @@ def _finish(table: SelectionTable, records, trained, result, store: str, seconds
         ckpt = _get_file(best["checkpoint"], Path(tmp) / "checkpoint" / "best.pt").parent
         sel = study.spec.selection
         say(f"scoring the winner (slices={table.winner}, seed {best['seed']}) on the test set with {sel.test_backend} ...")
-        test = _score_test(ckpt, target, manifest.parent_run_id, sel.test_backend, sel.listen_seconds, sel.wiener)
+        test = _score_test(ckpt, target, manifest.parent_run_id, sel.test_backend, sel.listen_seconds, sel.wiener, say)
         say(f"test avg SDR {test['summary']['avg']:.2f} dB ({test['backend']}, {test['data']})"
             + (f"; {test['wiener']['post_filter']}: {test['wiener']['summary']['avg']:.2f} dB" if "wiener" in test else ""))
         registered = _register(ckpt, Path(tmp) / "export", table, test, study.name, manifest, best.get("run_id"))
@@ -575,35 +575,35 @@ def _log_table(target, parent_run_id: str, table: SelectionTable, best: dict[str
 
 
 def _score_test(ckpt: Path, target, parent_run_id: str, backend: str, listen_seconds: float,
-                wiener: int = 0) -> dict[str, Any]:  # fmt: skip
+                wiener: int = 0, say: Progress | None = None) -> dict[str, Any]:  # fmt: skip
     """The winner on the test split (the first and only time test data is read).
 
     Scored as the paper separates (plain masks) and, with `wiener` > 0, again after the Wiener
     post-filter; the filtered report rides along as `test["wiener"]`, labelled by its post-filter.
     """
     from ..checkpoint import load_model
-    from ..data import load_splits
+    from ..data import load_subset
     from ..evaluate import evaluate_tracks, model_estimator
     from ..train import pick_device
     from ..wiener import PostFilter
 
     model, state = load_model(ckpt)
     cfg = validate_model(ExperimentConfig, state["experiment"], f"{ckpt}: experiment")
-    splits = load_splits(cfg.data)
-    if not splits.test:
-        raise SelectionError(f"{splits.root}: no test tracks; the winner cannot be scored on the test set")
+    tests, kind = load_subset(cfg.data, "test")  # the test split alone
+    if not tests:
+        raise SelectionError(f"{cfg.data.root}: no test tracks; the winner cannot be scored on the test set")
     device = pick_device(cfg.train.device)
     c = tracking.client(target)
     posts = [PostFilter()] + ([PostFilter(wiener=wiener)] if wiener > 0 else [])
     scored = []
     for post, prefix, artifact in zip(posts, ("test", "test_wiener"), ("test/scores.json", "test/scores_wiener.json")):
-        report = evaluate_tracks(model_estimator(model, device, post=post), splits.test, name=f"winner, {post.label}",
-                                 backend=backend, data_kind=splits.kind, subset="test")  # fmt: skip
+        report = evaluate_tracks(model_estimator(model, device, post=post), tests, name=f"winner, {post.label}",
+                                 backend=backend, data_kind=kind, subset="test", progress=say)  # fmt: skip
         c.log_batch(parent_run_id, metrics=_metrics({f"{prefix}.{k}": v for k, v in report.summary.items()}))
         scored.append({**report.to_dict(), "post_filter": post.label})
         tracking.log_json(target, parent_run_id, scored[-1], artifact)
     if listen_seconds > 0:
-        _log_listening(model, splits.test[0], listen_seconds, device, target, parent_run_id, posts[1:])
+        _log_listening(model, tests[0], listen_seconds, device, target, parent_run_id, posts[1:])
     return {**scored[0], **({"wiener": scored[1]} if len(scored) > 1 else {})}
 
 
