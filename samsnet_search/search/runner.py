@@ -53,6 +53,7 @@ FORWARD_ENV = (
 # into a credentials file that AWS clients (pyarrow, boto3) find through AWS_SHARED_CREDENTIALS_FILE.
 AWS_SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 CHECKPOINT_MARGIN = 2
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 HISTORY_KEYS = ("epoch", "train_loss", "valid_loss", "valid_sdr", "best_valid_loss", "epochs_without_improvement")
 
 
@@ -154,6 +155,9 @@ def ray_session(
                 raise StudyError(f"--address {address}: cannot connect to a Ray cluster ({_first_line(e)})") from None
         else:
             # Workers of a local Ray inherit this environment: the credentials file's path, no keys.
+            # Token auth is Ray's default for a new local cluster (good: its ports are then closed
+            # to other users too); Ray announces it at every start, which says nothing new.
+            logging.getLogger(RAY_AUTH_LOGGER).addFilter(_token_auth_banner)
             ray.init(
                 num_cpus=num_cpus or os.cpu_count() or 1,
                 num_gpus=num_gpus,
@@ -164,6 +168,11 @@ def ray_session(
             yield
         finally:
             ray.shutdown()
+
+
+def _token_auth_banner(record: logging.LogRecord) -> bool:
+    """Drop Ray's "token authentication is enabled" notice (its warnings otherwise pass)."""
+    return not record.getMessage().startswith("Token authentication is enabled")
 
 
 @contextmanager
