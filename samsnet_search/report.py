@@ -59,7 +59,7 @@ def gather(name_or_path: str, storage: str = "./runs", base_dir=None) -> StudyRe
     selection = load_selection(manifest.path)
     target = TrackingTarget(manifest.tracking_uri, manifest.artifact_root)
     estimate = estimate_summary(load_estimate(manifest.path))
-    return StudyReport(manifest, dict(manifest.summary or {}), selection, target.where(), estimate)
+    return StudyReport(manifest, dict(manifest.summary or {}), selection, target.where(manifest.experiment_id), estimate)
 
 
 # Summary keys kept from the estimate JSON: its per-segment lists stay in the file.

@@ -91,13 +91,20 @@ class TrackingTarget:
     def embedded(self) -> bool:
         return self.artifact_root is not None
 
-    def where(self) -> str:
-        """A line telling a person where to look at the runs."""
+    def where(self, experiment_id: str | None = None) -> str:
+        """A line telling a person where to look at the runs (the study's page, when its id is given)."""
+        server = self.uri if self.uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+        page = f" -> {experiment_page(server, experiment_id)}" if experiment_id else ""
         if self.uri.startswith(("http://", "https://")):
-            return f"MLflow UI: {self.uri}"
-        store = self.uri
+            return f"MLflow UI: {page.removeprefix(' -> ') or self.uri}"
         root = f" --default-artifact-root {self.artifact_root}" if self.artifact_root else ""
-        return f"MLflow UI: mlflow ui --backend-store-uri {store}{root}"
+        return f"MLflow UI: mlflow ui --backend-store-uri {self.uri}{root}{page}"
+
+
+def experiment_page(server: str, experiment_id: str) -> str:
+    """The experiment's runs table. MLflow 3's UI opens experiments in its GenAI view (traces) unless
+    the workflow type is named; the experiment's kind tag does not change that."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
 def resolve_tracking(uri: str, base_dir: Path | str | None = None) -> TrackingTarget:

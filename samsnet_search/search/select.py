@@ -555,7 +555,7 @@ def _finish(table: SelectionTable, records, trained, result, store: str, seconds
             + (f"; {test['wiener']['post_filter']}: {test['wiener']['summary']['avg']:.2f} dB" if "wiener" in test else ""))
         registered = _register(ckpt, Path(tmp) / "export", table, test, study.name, manifest, best.get("run_id"))
     say(f"registered {registered['name']} version {registered['version']} (alias {registered['alias']})")
-    return SelectionResult(table, records, trained, best, test, registered, dict(seconds), target.where())
+    return SelectionResult(table, records, trained, best, test, registered, dict(seconds), target.where(manifest.experiment_id))
 
 
 def _log_table(target, parent_run_id: str, table: SelectionTable, best: dict[str, Any]) -> None:

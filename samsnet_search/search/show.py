@@ -58,7 +58,7 @@ def format_result(result: StudyResult) -> str:
     for t in failed[:5]:
         lines.append(f"  failed: trial {t.trial_id}: {t.error}")
     lines.append(f"  results: {identity.display_uri(result.manifest.path)}")
-    lines.append(f"  {result.target.where()}")
+    lines.append(f"  {result.target.where(result.manifest.experiment_id)}")
     return "\n".join(lines)
 
 
