@@ -32,7 +32,7 @@ def stack_env(infra_config, s3_stack, mlflow_server, local_ray):
 
 
 def test_study_on_s3_and_mlflow_server(tmp_path, synth_root, s3_stack, mlflow_server, stack_env, capsys):
-    storage = infra.storage_uri(s3_stack.bucket, "studies", s3_stack.endpoint_url)
+    storage = f"s3://{s3_stack.bucket}/studies"  # the README's plain form: `infra env` says where S3 is
     study_file = tmp_path / "s3tiny.yaml"
     study_file.write_text(yaml.safe_dump({
         "model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}, "heads": 1, "channels": 2, "depth": 1},
