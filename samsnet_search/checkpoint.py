@@ -65,10 +65,11 @@ def save(path: Path, state: dict[str, Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _write_atomic(checksum_path(path), json.dumps(digest).encode())
+    write_atomic(checksum_path(path), json.dumps(digest).encode())
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """`data` into `path` whole or not at all (a unique temp file beside it, then a rename)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import logging
 import math
@@ -227,17 +226,11 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, card_info
 
 def _write_json(path: Path, payload: Any) -> None:
     """Written whole or not at all (export.json last: a crash mid-export leaves a folder that fails its checks)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    checkpoint.write_atomic(path, (json.dumps(payload, indent=2, default=str) + "\n").encode())
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return checkpoint.file_digest(path)["sha256"]
 
 
 def example_magnitude(state: dict[str, Any], net: nn.Module, seconds: float = 2.0) -> torch.Tensor:

@@ -1,16 +1,12 @@
-"""Driver-side pieces without a Ray cluster: pruning records, final statuses, the live view."""
+"""Driver-side pieces without a Ray cluster: pruning records, final statuses (the live view: test_search_live.py)."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-import yaml
-from rich.console import Console
 from ray.tune.schedulers import TrialScheduler
 
-from samsnet_search.search.callbacks import PruneRecordingASHA, StudyCallback, TrialEvent
-from samsnet_search.search.live import LiveView
-from samsnet_search.search.study import load_study
+from samsnet_search.search.callbacks import PruneRecordingASHA, StudyCallback
 from samsnet_search.tracking import TrackingTarget
 
 
@@ -51,31 +47,6 @@ def test_final_status_rules():
     cb.on_trial_result(0, [], trial, {"valid_loss": 0.5, "epoch": 1})
     cb.on_trial_result(0, [], SimpleNamespace(trial_id="y", config={}), {"valid_loss": 0.7, "epoch": 1})
     assert cb.best["trial_id"] == "x" and cb.best["valid_loss"] == 0.5
-
-
-def test_live_view_shows_counts_and_best(tmp_path):
-    (tmp_path / "d").mkdir()
-    path = tmp_path / "v.yaml"
-    path.write_text(yaml.safe_dump({
-        "model": {"n_fft": 512, "hop_length": 128, "slices": {"choice": [1, 2]}},
-        "data": {"root": str(tmp_path / "d")},
-        "train": {"epochs": 2, "patience": 2},
-        "search": {"num_samples": 3},
-    }))  # fmt: skip
-    study = load_study(path, base_dir=tmp_path, check_data=False)  # the view, not the data, is tested
-    console = Console(record=True, width=120, file=open(tmp_path / "out.txt", "w"), force_terminal=True)
-    with LiveView(study, console) as view:
-        statuses = {"t1": "completed", "t2": "pruned", "t3": "running"}
-        best = {"trial_id": "t1", "epoch": 2, "valid_loss": 0.125, "config": {"model.slices": 2}}
-        view.on_event(TrialEvent("complete", "t1", "completed", {"epoch": 2, "valid_loss": 0.125,
-                                 "config": {"model.slices": 2}}, statuses, best))  # fmt: skip
-        view.on_event(TrialEvent("complete", "t2", "pruned", {"epoch": 1, "valid_loss": 0.9,
-                                 "config": {"model.slices": 1}}, statuses, best))  # fmt: skip
-    text = console.export_text()
-    assert "3/3 trials" in text
-    assert "completed 1" in text and "pruned 1" in text and "running 1" in text
-    assert "best so far: valid_loss 0.125 (trial t1, epoch 2) slices=2" in text
-    assert "t2" in text and "pruned" in text
 
 
 def test_searcher_tolerates_trials_it_does_not_know():

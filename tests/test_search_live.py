@@ -1,4 +1,5 @@
-"""The live view off a terminal (a log file, CI): one plain line per trial change, counts and time."""
+"""The live view: on a terminal a table of counts and the best so far; off a terminal (a log file,
+CI) one plain line per trial change, with counts and time."""
 
 from __future__ import annotations
 
@@ -12,16 +13,33 @@ from samsnet_search.search.live import LiveView
 from samsnet_search.search.study import load_study
 
 
-def _study(tmp_path):
+def _study(tmp_path, num_samples: int = 2):
     (tmp_path / "d").mkdir()
     path = tmp_path / "v.yaml"
     path.write_text(yaml.safe_dump({
         "model": {"n_fft": 512, "hop_length": 128, "slices": {"choice": [1, 2]}},
         "data": {"root": str(tmp_path / "d")},
         "train": {"epochs": 2, "patience": 2},
-        "search": {"num_samples": 2},
+        "search": {"num_samples": num_samples},
     }))
     return load_study(path, base_dir=tmp_path, check_data=False)
+
+
+def test_live_view_shows_counts_and_best(tmp_path):
+    study = _study(tmp_path, num_samples=3)
+    console = Console(record=True, width=120, file=open(tmp_path / "out.txt", "w"), force_terminal=True)
+    with LiveView(study, console) as view:
+        statuses = {"t1": "completed", "t2": "pruned", "t3": "running"}
+        best = {"trial_id": "t1", "epoch": 2, "valid_loss": 0.125, "config": {"model.slices": 2}}
+        view.on_event(TrialEvent("complete", "t1", "completed", {"epoch": 2, "valid_loss": 0.125,
+                                 "config": {"model.slices": 2}}, statuses, best))  # fmt: skip
+        view.on_event(TrialEvent("complete", "t2", "pruned", {"epoch": 1, "valid_loss": 0.9,
+                                 "config": {"model.slices": 1}}, statuses, best))  # fmt: skip
+    text = console.export_text()
+    assert "3/3 trials" in text
+    assert "completed 1" in text and "pruned 1" in text and "running 1" in text
+    assert "best so far: valid_loss 0.125 (trial t1, epoch 2) slices=2" in text
+    assert "t2" in text and "pruned" in text
 
 
 def test_plain_lines_when_not_a_terminal(tmp_path):

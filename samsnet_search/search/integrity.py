@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 
+from .. import checkpoint
 from ..errors import SamsNetError
 from . import identity
 
@@ -87,9 +88,7 @@ def _load(study_path: str) -> dict:
 def _save(study_path: str, data: dict) -> None:
     path = _signatures_path(study_path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    checkpoint.write_atomic(path, json.dumps(data, indent=1).encode())
 
 
 def _mac(key: bytes, relpath: str, content: bytes) -> str:

@@ -143,14 +143,21 @@ def assert_nothing_lost(result, epochs: int, statuses: set[str] = frozenset({"co
         assert state["epoch"] == t.epochs
 
 
-def test_seaweedfs_killed_mid_study_loses_nothing(tmp_path, synth_root, stack):
+def run_through_outage(tmp_path, synth_root, stack, name: str, service: str, search: dict):
+    """Run study `name` while `service` is killed (once a trial reached epoch 2) and restarted 3 s later."""
     cfg, env = stack
-    path = study_file(tmp_path, synth_root, cfg, "s3kill", {"scheduler": "fifo", "max_concurrent_trials": 2})
+    path = study_file(tmp_path, synth_root, cfg, name, search)
     target = tracking.resolve_tracking(env["MLFLOW_TRACKING_URI"])
-    outage = Outage(cfg, "s3", when=some_trial_at(target, "s3kill", 2), down_s=3.0)
+    outage = Outage(cfg, service, when=some_trial_at(target, name, 2), down_s=3.0)
     outage.start()
     result = run_study(load_study(path, base_dir=tmp_path))
     outage.check()
+    return result
+
+
+def test_seaweedfs_killed_mid_study_loses_nothing(tmp_path, synth_root, stack):
+    cfg, env = stack
+    result = run_through_outage(tmp_path, synth_root, stack, "s3kill", "s3", {"scheduler": "fifo", "max_concurrent_trials": 2})
     assert len(result.trials) == 3
     assert_nothing_lost(result, 6)
     for t in result.trials:  # each trial's checkpoints are objects in the restarted store
@@ -161,14 +168,8 @@ def test_seaweedfs_killed_mid_study_loses_nothing(tmp_path, synth_root, stack):
 def test_mlflow_server_killed_mid_study_loses_nothing(tmp_path, synth_root, stack):
     """ASHA prunes while the server is away: a stopped trial still waiting on MLflow must not
     fail the next trial (no actor reuse)."""
-    cfg, env = stack
-    path = study_file(tmp_path, synth_root, cfg, "mlkill", {"scheduler": "asha", "grace_period": 1,
-                      "reduction_factor": 2, "max_concurrent_trials": 2})  # fmt: skip
-    target = tracking.resolve_tracking(env["MLFLOW_TRACKING_URI"])
-    outage = Outage(cfg, "mlflow", when=some_trial_at(target, "mlkill", 2), down_s=3.0)
-    outage.start()
-    result = run_study(load_study(path, base_dir=tmp_path))
-    outage.check()
+    search = {"scheduler": "asha", "grace_period": 1, "reduction_factor": 2, "max_concurrent_trials": 2}
+    result = run_through_outage(tmp_path, synth_root, stack, "mlkill", "mlflow", search)
     assert len(result.trials) == 3
     assert_nothing_lost(result, 6, {"completed", "pruned"})
 
