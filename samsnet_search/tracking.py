@@ -274,7 +274,7 @@ def log_study_details(
 
 
 def _log_batch(c, run_id: str, params: Mapping[str, str] = (), tags: Mapping[str, str] = (), metrics=()) -> None:
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Param, RunTag
 
     params, tags = dict(params), dict(tags)
     param_items = [Param(k, v) for k, v in params.items()]

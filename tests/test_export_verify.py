@@ -10,7 +10,6 @@ import shutil
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 import torch

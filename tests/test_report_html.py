@@ -20,7 +20,7 @@ from samsnet_search import tracking
 from samsnet_search.cli import main
 from samsnet_search.config import SAMPLE_RATE, TARGETS
 from samsnet_search.report import gather
-from samsnet_search.report_html import collect, render_html, rung_epochs, write_html
+from samsnet_search.report_html import collect, render_html, rung_epochs
 from samsnet_search.search import identity
 
 from test_report import fake_estimate, write_study

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from samsnet_search.cli import main
-from samsnet_search.search import identity, integrity
+from samsnet_search.search import integrity
 from samsnet_search.search.runner import run_study
 from samsnet_search.search.study import load_study
 

@@ -6,7 +6,6 @@ import random
 
 import pytest
 import yaml
-from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from samsnet_search.search.space import num_trials, optuna_space, space_size, to_optuna, to_tune, tune_space

@@ -114,7 +114,6 @@ def test_contenders_and_jobs():
 
 # --- end to end: a tiny finished study, then the selection -------------------------------
 
-import json  # noqa: E402
 import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 

@@ -36,7 +36,7 @@ import torch
 import yaml
 
 from .attention import AttentionSizes, measure, paper_sizes, sdpa_backends
-from .common import MiB, machine_info, machine_roofline, timed, timed_side_by_side
+from .common import MiB, machine_info, machine_roofline, timed
 from .train_step import _time_steps
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -639,8 +639,7 @@ def mark_interrupted(manifest: Manifest, target) -> None:
     fresh.state = "interrupted"
     identity.write_manifest(fresh)
     try:
-        tracking.client(target).set_tag(fresh.parent_run_id, "samsnet.state", "interrupted")
-        tracking.client(target).set_terminated(fresh.parent_run_id, "KILLED")
+        tracking.client(target).set_tag(fresh.parent_run_id, "samsnet.state", "interrupted")  # the run itself: select._parent_open
     except Exception as e:  # the manifest holds the state; the tag follows when it can
         log.warning("could not update the study's parent run: %s", e)
 
