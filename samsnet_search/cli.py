@@ -34,7 +34,7 @@ def model_info(
     slices: Optional[int] = typer.Option(None, help="override model.slices"),
 ) -> None:
     """Parameter count and MACs per second of audio for a configuration."""
-    from .checkpoint import build_model
+    from .engine.checkpoint import build_model
     from .config import ExperimentConfig, load_experiment, validate_model
     from .model.info import macs_per_second, parameter_breakdown
 
@@ -70,7 +70,7 @@ def train(
     """Train one Sams-Net configuration (no Ray, no MLflow)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .train import Trainer
+    from .engine.train import Trainer
 
     exp = _experiment(config, data)
     trainer = Trainer(exp, out)
@@ -96,7 +96,7 @@ def evaluate(
     data: Optional[Path] = typer.Option(None, "--data", help="dataset folder (default: the model's data.root / MUSDB_PATH)"),
     subset: str = typer.Option("test", help="test (reads test/ only) or valid (the validation tracks of train/)"),
     oracle: Optional[str] = typer.Option(None, help="irm1 (magnitude ratio) or irm2 (power ratio) instead of a model"),
-    backend: str = typer.Option("museval", help="museval (reference) or fast (samsnet_search.metrics)"),
+    backend: str = typer.Option("museval", help="museval (reference) or fast (samsnet_search.metrics.bsseval)"),
     out: Path = typer.Option(Path("runs/eval"), "--out", help="museval JSON per track and summary.json"),
     max_tracks: Optional[int] = typer.Option(None, help="only the first N tracks"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
@@ -111,13 +111,13 @@ def evaluate(
 
     Only the scored subset is read. MUSDB18 stems are decoded as musdb decodes them (16-bit PCM).
     """
-    from .checkpoint import load_model
+    from .engine.checkpoint import load_model
     from .config import DataConfig, validate_model
     from .data import load_subset
     from .errors import ConfigError
-    from .evaluate import evaluate_tracks, model_estimator, oracle_estimator
-    from .train import pick_device
-    from .wiener import PostFilter
+    from .engine.evaluate import evaluate_tracks, model_estimator, oracle_estimator
+    from .engine.train import pick_device
+    from .engine.wiener import PostFilter
 
     if (model is None) == (oracle is None):
         raise ConfigError("give either a model checkpoint or --oracle irm1|irm2")
@@ -183,9 +183,9 @@ def separate(
 
     from .config import SAMPLE_RATE
     from .errors import ConfigError
-    from .separate import check_arguments, load_separator, parse_stems, separate_file
-    from .train import pick_device
-    from .wiener import PostFilter
+    from .engine.separate import check_arguments, load_separator, parse_stems, separate_file
+    from .engine.train import pick_device
+    from .engine.wiener import PostFilter
 
     check_arguments(model, audio)
     if wiener < 0:
@@ -225,7 +225,7 @@ def export(
     """Export the best model of a study (or a run / checkpoint) as a self-contained folder."""
     import os
 
-    from .export import export_source
+    from .delivery.export import export_source
 
     folder, registration = export_source(source, out, storage=storage, tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
                                          register_as=register, alias=alias)  # fmt: skip
@@ -305,7 +305,7 @@ def infra_up(
     ),
 ) -> None:
     """Start SeaweedFS (S3) and an MLflow server with artifacts in it; no-op if running."""
-    from . import infra
+    from .services import infra
 
     cfg = infra.make_config(
         state_dir=state_dir, host=host, s3_port=s3_port, mlflow_port=mlflow_port, master_port=master_port,
@@ -327,7 +327,7 @@ def infra_up(
 @infra_app.command("down")
 def infra_down(state_dir: Optional[Path] = typer.Option(None, help=_STATE_HELP)) -> None:
     """Stop the MLflow server and SeaweedFS (data stays in the state folder)."""
-    from . import infra
+    from .services import infra
 
     cfg = infra.make_config(state_dir=state_dir)
     stopped = infra.down(cfg)
@@ -337,7 +337,7 @@ def infra_down(state_dir: Optional[Path] = typer.Option(None, help=_STATE_HELP))
 @infra_app.command("status")
 def infra_status(state_dir: Optional[Path] = typer.Option(None, help=_STATE_HELP)) -> None:
     """Each service: address, pid, health. Exit code 1 unless all are healthy."""
-    from . import infra
+    from .services import infra
 
     cfg = infra.make_config(state_dir=state_dir)
     services = infra.status(cfg)
@@ -356,7 +356,7 @@ def infra_env(state_dir: Optional[Path] = typer.Option(None, help=_STATE_HELP)) 
     """Print `export` lines (including the S3 secret) for `eval "$(samsnet-search infra env)"`."""
     import shlex
 
-    from . import infra
+    from .services import infra
 
     for key, value in infra.client_env(infra.make_config(state_dir=state_dir)).items():
         print(f"export {key}={shlex.quote(value)}")
@@ -384,8 +384,8 @@ def validate(
     Also tries the study's storage and tracking server once (a few seconds): exit code 2 if
     either cannot be reached.
     """
-    from .infra import check_reachable
-    from .search.show import format_space
+    from .services.infra import check_reachable
+    from .delivery.show import format_space
     from .search.study import load_study
 
     study = load_study(study_file)
@@ -408,7 +408,7 @@ def _run_live(study, live: bool, **kwargs):
 
     view = nullcontext()
     if live:
-        from .search.live import LiveView
+        from .delivery.live import LiveView
 
         view = LiveView(study, console)
     with view:
@@ -450,7 +450,7 @@ def _search_then_select(study, live: bool, select: bool, restart_errored: bool, 
     The study's lease is held for both: no second driver starts on it while this one selects.
     """
     from .search import identity, lease
-    from .search.show import format_result
+    from .delivery.show import format_result
 
     with lease.hold(identity.study_uri(study.storage, study.name), study.name):
         try:
@@ -482,7 +482,7 @@ def _select(result, select: bool, **ray_args) -> None:
     """The slice-count selection after a finished search; prints the validation table and the choice."""
     if not select or not result.study.spec.selection.enabled or result.interrupted:
         return
-    from .report import gather, selection_renderables
+    from .delivery.report import gather, selection_renderables
     from .search.select import run_selection
 
     sel = run_selection(result, progress=lambda msg: console.print(f"[dim]{msg}[/dim]", highlight=False), **ray_args)
@@ -519,12 +519,12 @@ def report(
     html: Optional[Path] = typer.Option(None, "--html", help="also write one self-contained HTML page (plots, audio) here"),
 ) -> None:
     """What a study found: trial counts, the validation table by slice count, the choice, the test score."""
-    from .report import gather, print_report
+    from .delivery.report import gather, print_report
 
     found = gather(name, _storage(storage))
     print_report(found, Console(width=max(Console().width, 120)))
     if html is not None:
-        from .report_html import write_html
+        from .delivery.report_html import write_html
 
         print(f"HTML report: {write_html(found, html)}")
 
@@ -533,7 +533,7 @@ def report(
 def ls(storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP)) -> None:
     """List the studies in a storage root with their state."""
     from .search.identity import list_studies
-    from .search.show import format_studies
+    from .delivery.show import format_studies
 
     print(format_studies(list_studies(_storage(storage))))
 
@@ -584,7 +584,7 @@ def estimate_slices_cmd(
     from .config import DataConfig, validate_model
     from .data.splits import load_splits
     from .errors import ConfigError
-    from .estimate import EstimateParams, estimate_slices
+    from .search.estimate import EstimateParams, estimate_slices
 
     try:
         allowed = [int(s) for s in slices.split(",") if s.strip()]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from samsnet_search import checkpoint
+from samsnet_search.engine import checkpoint
 from samsnet_search.errors import CheckpointError
 from samsnet_search.search.trial import resume_point
 

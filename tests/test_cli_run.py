@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from samsnet_search import cli, tracking
+from samsnet_search import cli
+from samsnet_search.services import tracking
 from samsnet_search.search import identity
 from samsnet_search.search.identity import Manifest
 
@@ -22,7 +23,7 @@ def test_interrupted_search_exits_130_and_skips_selection(tmp_path, synth_root, 
     selected = []
     # The search itself is replaced: Tune returns normally after a Ctrl-C, with unfinished trials.
     monkeypatch.setattr(cli, "_run_live", lambda study, live, **kw: SimpleNamespace(study=study, interrupted=True, pareto=None))
-    monkeypatch.setattr("samsnet_search.search.show.format_result", lambda result: "study s: INTERRUPTED")
+    monkeypatch.setattr("samsnet_search.delivery.show.format_result", lambda result: "study s: INTERRUPTED")
     monkeypatch.setattr(cli, "_select", lambda *a, **kw: selected.append(a))
     assert cli.main(["run", str(study_file), "--no-live"]) == 130
     captured = capsys.readouterr()

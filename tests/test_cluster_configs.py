@@ -148,7 +148,7 @@ def test_cluster_mlflow_requires_a_login_and_seaweedfs_serves_only_s3():
     assert ': "${MLFLOW_TRACKING_PASSWORD:?' in mlflow_sh
     weed_sh = (ROOT / "infra/services/seaweedfs.sh").read_text()
     assert "-ip.bind=127.0.0.1" in weed_sh and "0.0.0.0" not in weed_sh.split("weed mini", 1)[1]
-    assert "samsnet_search.weed_sandbox --host 0.0.0.0 --port 8333" in weed_sh
+    assert "samsnet_search.services.weed_sandbox --host 0.0.0.0 --port 8333" in weed_sh
     mlflow_pod = next(d for d in _k8s_docs() if d["kind"] == "Deployment" and d["metadata"]["name"] == "mlflow")
     env = {e["name"]: e for e in mlflow_pod["spec"]["template"]["spec"]["containers"][0]["env"]}
     for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):

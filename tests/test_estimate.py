@@ -9,23 +9,7 @@ import pytest
 
 from samsnet_search.cli import main
 from samsnet_search.errors import ConfigError
-from samsnet_search.estimate import (
-    EstimateParams,
-    checkerboard_kernel,
-    chroma_filterbank,
-    lagged_product,
-    rhythm_features,
-    novelty_curve,
-    parts_between,
-    pick_peaks,
-    contiguous_runs,
-    eigengap,
-    estimate_slices,
-    nearest_slices,
-    recovery_rate,
-    stft_magnitude,
-    true_parts,
-)
+from samsnet_search.search.estimate import EstimateParams, checkerboard_kernel, chroma_filterbank, lagged_product, rhythm_features, novelty_curve, parts_between, pick_peaks, contiguous_runs, eigengap, estimate_slices, nearest_slices, recovery_rate, stft_magnitude, true_parts
 
 
 def test_stft_matches_torch_hamming_center():
@@ -189,7 +173,7 @@ def test_boundaries_between_long_sections_are_found_where_they_are(tmp_path):
     from samsnet_search.config import DataConfig
     from samsnet_search.data.splits import load_splits
     from samsnet_search.data.synth import synthesize
-    from samsnet_search.estimate import track_boundaries
+    from samsnet_search.search.estimate import track_boundaries
 
     twelve = synthesize(tmp_path / "twelve", n_train=2, n_valid=1, n_test=1, seconds=24.0, seed=5, section_range=(12.0, 12.0))
     tracks = load_splits(DataConfig(root=twelve)).train

@@ -19,7 +19,7 @@ from samsnet_search.cli import main
 from samsnet_search.config import TARGETS, DataConfig
 from samsnet_search.data import load_subset
 from samsnet_search.data.readers import STEM_NAMES, stem_stream_ids
-from samsnet_search.evaluate import oracle_estimator
+from samsnet_search.engine.evaluate import oracle_estimator
 
 TRACK = "Easton Ellises - Falcon 69"
 

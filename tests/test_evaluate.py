@@ -7,11 +7,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from samsnet_search import checkpoint
+from samsnet_search.engine import checkpoint
 from samsnet_search.cli import main
 from samsnet_search.config import TARGETS, DataConfig, ModelConfig
 from samsnet_search.data import load_splits
-from samsnet_search.evaluate import evaluate_tracks, model_estimator, oracle_estimator
+from samsnet_search.engine.evaluate import evaluate_tracks, model_estimator, oracle_estimator
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from samsnet_search import checkpoint, export
+from samsnet_search.engine import checkpoint
+from samsnet_search.delivery import export
 from samsnet_search.cli import main
 from samsnet_search.config import ExperimentConfig, TARGETS
-from samsnet_search.separate import load_separator, read_audio, separate
-from samsnet_search.train import Trainer
+from samsnet_search.engine.separate import load_separator, read_audio, separate
+from samsnet_search.engine.train import Trainer
 
 
 def tiny_experiment(root: Path) -> ExperimentConfig:

@@ -14,11 +14,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from samsnet_search import checkpoint, export, tracking
+from samsnet_search.engine import checkpoint
+from samsnet_search.delivery import export
+from samsnet_search.services import tracking
 from samsnet_search.cli import main
 from samsnet_search.config import ExperimentConfig
 from samsnet_search.errors import SamsNetError
-from samsnet_search.separate import load_separator, read_audio
+from samsnet_search.engine.separate import load_separator, read_audio
 
 
 def _best_pt(folder: Path, root: Path, seed: int) -> Path:

@@ -1,4 +1,4 @@
-"""samsnet_search.metrics against museval 0.4.1 itself: per frame, per target median, NaN frames.
+"""samsnet_search.metrics.bsseval against museval 0.4.1 itself: per frame, per target median, NaN frames.
 
 Every comparison runs museval on the same arrays. Both code paths are checked on CPU: the
 numba kernels (the CPU default) and the pure-torch path that CUDA tensors take.
@@ -16,16 +16,8 @@ import pytest
 import torch
 from museval import metrics as museval_metrics
 
-from samsnet_search import metrics
-from samsnet_search.metrics import (
-    METRICS,
-    bss_eval_v4,
-    compare_with_museval,
-    median_over_tracks,
-    sdr_v4,
-    synthetic_sources,
-    track_scores,
-)
+from samsnet_search.metrics import bsseval as metrics
+from samsnet_search.metrics.bsseval import METRICS, bss_eval_v4, compare_with_museval, median_over_tracks, sdr_v4, synthetic_sources, track_scores
 
 TOL_DB = 0.01  # the exactness target: per frame and per target median
 
@@ -432,7 +424,7 @@ def test_exactly_singular_gram_solved_as_museval_least_squares(backend, stems_pc
     kwargs = dict(window=1024, hop=1024, filters_len=32)
     ref = museval_least_squares(monkeypatch, refs, ests, **kwargs)
     assert_matches(ref, museval_dict(refs, ests, **kwargs))  # museval's own LU agrees on this input
-    with caplog.at_level("WARNING", logger="samsnet_search.metrics"):
+    with caplog.at_level("WARNING", logger="samsnet_search.metrics.bsseval"):
         ours = bss_eval_v4(refs, ests, win=1024, hop=1024, filters_len=32)
     assert_matches(ours, ref, tol=1e-6)
     assert "rank-deficient Gram matrix (rank 128 of 256)" in caplog.text
@@ -442,7 +434,7 @@ def test_near_singular_gram_keeps_the_direct_solve(backend, stems_pcm16, caplog)
     """A right channel 1e-5 away from the left: G is near-singular but of full rank; the
     Cholesky solve stands (no least-squares fallback) and equals museval's LU solve."""
     refs, ests = repeated_channels(stems_pcm16, 4096, noise=1e-5)
-    with caplog.at_level("WARNING", logger="samsnet_search.metrics"):
+    with caplog.at_level("WARNING", logger="samsnet_search.metrics.bsseval"):
         ours = bss_eval_v4(refs, ests, win=2048, hop=2048, filters_len=32)
     assert "rank-deficient" not in caplog.text
     assert_matches(ours, museval_dict(refs, ests, window=2048, hop=2048, filters_len=32), tol=1e-4)

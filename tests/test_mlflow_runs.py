@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from samsnet_search import tracking
+from samsnet_search.services import tracking
 from samsnet_search.search import select
 from samsnet_search.search.identity import Manifest
 from samsnet_search.search.runner import _close

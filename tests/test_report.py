@@ -11,8 +11,8 @@ import numpy as np
 
 from samsnet_search.cli import main
 from samsnet_search.config import TARGETS
-from samsnet_search.report import gather, render_text
-from samsnet_search.estimate import SegmentParts, SliceEstimate
+from samsnet_search.delivery.report import gather, render_text
+from samsnet_search.search.estimate import SegmentParts, SliceEstimate
 from samsnet_search.search import identity
 from samsnet_search.search.estimate_step import save_estimate
 from samsnet_search.search.select import RESULT_FILE, SelectionResult, bootstrap_table, selection_uri, write_json

@@ -16,11 +16,11 @@ import pytest
 import soundfile as sf
 from plotly.offline import get_plotlyjs
 
-from samsnet_search import tracking
+from samsnet_search.services import tracking
 from samsnet_search.cli import main
 from samsnet_search.config import SAMPLE_RATE, TARGETS
-from samsnet_search.report import gather
-from samsnet_search.report_html import collect, render_html, rung_epochs
+from samsnet_search.delivery.report import gather
+from samsnet_search.delivery.report_html import collect, render_html, rung_epochs
 from samsnet_search.search import identity
 
 from test_report import fake_estimate, write_study
@@ -167,7 +167,7 @@ def test_each_target_row_has_its_reference_beside_the_estimates(page):
 
 
 def test_slices_axis_is_categorical_and_error_bars_are_dodged(storage):
-    from samsnet_search.report_html import category_position, fig_sdr_vs_slices
+    from samsnet_search.delivery.report_html import category_position, fig_sdr_vs_slices
     from samsnet_search.search.select import COLUMNS
 
     fig = fig_sdr_vs_slices(gather("demo", str(storage)))

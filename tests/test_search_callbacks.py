@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from ray.tune.schedulers import TrialScheduler
 
 from samsnet_search.search.callbacks import PruneRecordingASHA, StudyCallback
-from samsnet_search.tracking import TrackingTarget
+from samsnet_search.services.tracking import TrackingTarget
 
 
 def test_asha_records_pruned_trials_not_finished_ones():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from samsnet_search import tracking
+from samsnet_search.services import tracking
 from samsnet_search.errors import ConfigError
 from samsnet_search.search import identity
 from samsnet_search.search.estimate_step import (ARTIFACT, apply_estimate, before_search, load_estimate, narrowed_slices,

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from samsnet_search import tracking
+from samsnet_search.services import tracking
 from samsnet_search.cli import main
 from samsnet_search.search import identity
 from samsnet_search.search.select import PHASE_TAG

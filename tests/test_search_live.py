@@ -9,7 +9,7 @@ import yaml
 from rich.console import Console
 
 from samsnet_search.search.callbacks import TrialEvent
-from samsnet_search.search.live import LiveView
+from samsnet_search.delivery.live import LiveView
 from samsnet_search.search.study import load_study
 
 

@@ -120,8 +120,8 @@ from pathlib import Path  # noqa: E402
 import soundfile as sf  # noqa: E402
 import yaml  # noqa: E402
 
-from samsnet_search import tracking  # noqa: E402
-from samsnet_search.export import WEIGHTS_SHA_TAG  # noqa: E402
+from samsnet_search.services import tracking  # noqa: E402
+from samsnet_search.delivery.export import WEIGHTS_SHA_TAG  # noqa: E402
 from samsnet_search.cli import main  # noqa: E402
 from samsnet_search.search import identity  # noqa: E402
 from samsnet_search.search.runner import run_study  # noqa: E402

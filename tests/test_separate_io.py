@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from samsnet_search.apply import ChunkPlan, apply_chunked, blocks_of
-from samsnet_search.audio_io import open_audio, read_audio
+from samsnet_search.engine.apply import ChunkPlan, apply_chunked, blocks_of
+from samsnet_search.data.audio_io import open_audio, read_audio
 from samsnet_search.cli import main
 from samsnet_search.config import SAMPLE_RATE, TARGETS
 from samsnet_search.data.readers import StemsFileSource
-from samsnet_search.separate import separate, separate_file
+from samsnet_search.engine.separate import separate, separate_file
 
 from test_wiener import save_tiny_checkpoint, stacked, tiny_model
 

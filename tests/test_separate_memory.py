@@ -23,8 +23,8 @@ from test_wiener import save_tiny_checkpoint
 
 SCRIPT = textwrap.dedent("""
     import resource, sys
-    from samsnet_search.checkpoint import load_model
-    from samsnet_search.separate import separate_file
+    from samsnet_search.engine.checkpoint import load_model
+    from samsnet_search.engine.separate import separate_file
     model = load_model(sys.argv[1])[0]
     separate_file(model, sys.argv[2], sys.argv[3], chunk_seconds=float(sys.argv[4]))
     print("PEAK_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

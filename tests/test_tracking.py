@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from samsnet_search import tracking
+from samsnet_search.services import tracking
 from samsnet_search.errors import ConfigError
-from samsnet_search.tracking import ChildRunSpec, TrialRun
+from samsnet_search.services.tracking import ChildRunSpec, TrialRun
 
 
 @pytest.fixture(scope="module")

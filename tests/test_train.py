@@ -6,10 +6,10 @@ import pytest
 import torch
 import yaml
 
-from samsnet_search import checkpoint
+from samsnet_search.engine import checkpoint
 from samsnet_search.cli import main
 from samsnet_search.config import ExperimentConfig
-from samsnet_search.train import Trainer, TrainingDiverged
+from samsnet_search.engine.train import Trainer, TrainingDiverged
 
 
 def tiny_experiment(root: Path, **train) -> ExperimentConfig:

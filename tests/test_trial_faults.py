@@ -9,10 +9,10 @@ import socket
 import pytest
 from mlflow.exceptions import MlflowException, RestException
 
-from samsnet_search import faults, tracking
+from samsnet_search.services import faults, tracking
 from samsnet_search.errors import CheckpointError
-from samsnet_search.faults import InfraUnavailable, RetryingClient, is_infra_error, retry
-from samsnet_search.train import TrainingDiverged
+from samsnet_search.services.faults import InfraUnavailable, RetryingClient, is_infra_error, retry
+from samsnet_search.engine.train import TrainingDiverged
 
 
 def dead_port() -> int:

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from samsnet_search import checkpoint
-from samsnet_search.audio_io import read_audio
+from samsnet_search.engine import checkpoint
+from samsnet_search.data.audio_io import read_audio
 from samsnet_search.cli import main
 from samsnet_search.config import SAMPLE_RATE, TARGETS, DataConfig, ModelConfig
 from samsnet_search.data import load_splits
-from samsnet_search.evaluate import evaluate_tracks, oracle_estimator
-from samsnet_search.separate import separate
-from samsnet_search.wiener import PostFilter, sum_snr, wiener
+from samsnet_search.engine.evaluate import evaluate_tracks, oracle_estimator
+from samsnet_search.engine.separate import separate
+from samsnet_search.engine.wiener import PostFilter, sum_snr, wiener
 
 PLAIN, WIENER1, RESIDUAL = PostFilter(), PostFilter(wiener=1), PostFilter(residual=True)
 

@@ -18,14 +18,14 @@ print(json.dumps({"identities": [{
     "actions": ["Admin", "Read", "List", "Tagging", "Write"],
 }]}))
 PY
-# Only the S3 API listens on the container's network (0.0.0.0:8333): samsnet_search.weed_sandbox
+# Only the S3 API listens on the container's network (0.0.0.0:8333): samsnet_search.services.weed_sandbox
 # forwards it to weed's S3 unix socket. weed itself (master, volume, filer, admin and their gRPC
 # twins, none of which checks credentials) binds the container's own loopback, which no other
 # container or pod reaches. --no-namespace: the container is the boundary (Docker's default
 # seccomp profile forbids a namespace inside it). Telemetry, WebDAV, the admin UI and the
 # Iceberg/Lance catalogs are off.
 mkdir -p /tmp/weed && chmod 700 /tmp/weed
-exec python -m samsnet_search.weed_sandbox --host 0.0.0.0 --port 8333 --socket /tmp/weed/s3.sock --no-namespace -- \
+exec python -m samsnet_search.services.weed_sandbox --host 0.0.0.0 --port 8333 --socket /tmp/weed/s3.sock --no-namespace -- \
     weed mini -dir="$data" -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.config=/tmp/s3-identities.json \
     -s3.port=18334 -s3.localSocket=/tmp/weed/s3.sock -filer.localSocket=/tmp/weed/filer.sock \
     -master.telemetry=false -webdav=false -admin.ui=false -s3.port.iceberg=0 -s3.port.lance=0

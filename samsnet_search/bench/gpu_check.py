@@ -63,7 +63,7 @@ def _experiment(root: Path, device: str, dry: bool) -> dict[str, Any]:
 def check_train(root: Path, work: Path, device: str, dry: bool) -> dict[str, Any]:
     from ..config import ExperimentConfig, validate_model
     from ..model import SlicedMultiHeadAttention
-    from ..train import Trainer
+    from ..engine.train import Trainer
 
     cfg = validate_model(ExperimentConfig, _experiment(root, device, dry), "gpu-check train")
     trainer = Trainer(cfg, work / "train")
@@ -129,7 +129,7 @@ def _sdpa_backends_timed(sizes: AttentionSizes, device: str) -> dict[str, Any]:
 
 
 def check_bsseval(device: str, dry: bool) -> dict[str, Any]:
-    from ..metrics import sdr_v4
+    from ..metrics.bsseval import sdr_v4
 
     seconds = 5.0 if dry else 180.0
     rng = np.random.default_rng(0)
@@ -151,7 +151,7 @@ def check_bsseval(device: str, dry: bool) -> dict[str, Any]:
 def check_separate(root: Path, work: Path, device: str, dry: bool) -> dict[str, Any]:
     from ..config import ExperimentConfig, validate_model
     from ..model import SamsNet
-    from ..separate import separate
+    from ..engine.separate import separate
 
     cfg = validate_model(ExperimentConfig, _experiment(root, device, dry), "gpu-check separate")
     model = SamsNet(**cfg.resolved_model().model_dump())

@@ -1,4 +1,4 @@
-"""Benchmark 3: the fast BSSEval v4 (`samsnet_search.metrics`) against museval on the same track.
+"""Benchmark 3: the fast BSSEval v4 (`samsnet_search.metrics.bsseval`) against museval on the same track.
 
 Both score the same 4 stereo references and imperfect estimates
 (`metrics.synthetic_sources`, with a silent second that museval reports as NaN); the time
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..metrics import METRICS, compare_with_museval
+from ..metrics.bsseval import METRICS, compare_with_museval
 
 
 def seconds_for(quick: bool, smoke: bool) -> float:

@@ -56,7 +56,7 @@ def _batches(loader) -> Iterator[Any]:
 
 
 def _time_steps(trainer, warmup: int, steps: int) -> dict[str, float]:
-    from ..train import magnitude_loss
+    from ..engine.train import magnitude_loss
 
     device = str(trainer.device)
     model, opt = trainer.model, trainer.optimizer
@@ -127,7 +127,7 @@ def _trial_epochs(trainer, repeats: int) -> dict[str, float]:
 def run(quick: bool, device: str, threads: int, smoke: bool = False) -> dict[str, Any]:
     from ..config import ExperimentConfig, validate_model
     from ..data.synth import synthesize
-    from ..train import Trainer
+    from ..engine.train import Trainer
 
     figures: dict[str, float] = {}
     sizes = []

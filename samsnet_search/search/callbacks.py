@@ -24,8 +24,8 @@ from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from .. import tracking
-from ..tracking import TrackingTarget
+from ..services import tracking
+from ..services.tracking import TrackingTarget
 from .trial import RUN_ID_KEY, trial_workdir
 
 log = logging.getLogger(__name__)

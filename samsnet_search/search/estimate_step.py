@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .. import tracking
+from ..services import tracking
 from ..errors import ConfigError
-from ..estimate import SliceEstimate, estimate_slices
+from .estimate import SliceEstimate, estimate_slices
 from . import identity
 from .study import Choice, Study
 

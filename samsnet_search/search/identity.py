@@ -229,12 +229,12 @@ def _find_through_tracking(name: str) -> Manifest | None:
     uri = os.environ.get("MLFLOW_TRACKING_URI") or user_config().get("tracking_uri")
     if not uri or "/" in name:
         return None
-    from ..infra import check_reachable
+    from ..services.infra import check_reachable
 
     if check_reachable(None, uri):
         log.info("tracking server %s not reachable: studies are not looked up there", uri)
         return None
-    from .. import tracking
+    from ..services import tracking
 
     c = tracking.client(tracking.resolve_tracking(uri))
     try:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from .. import checkpoint
+from ..engine import checkpoint
 from ..errors import SamsNetError
 from . import identity
 

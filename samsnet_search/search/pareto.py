@@ -76,7 +76,7 @@ def measure_latency(checkpoint_dir, seconds: float, seed: int = 0) -> float:
     import torch
 
     from ..bench.common import timed
-    from ..checkpoint import load_model
+    from ..engine.checkpoint import load_model
     from ..config import SAMPLE_RATE
 
     model, _ = load_model(checkpoint_dir)

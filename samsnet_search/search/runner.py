@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .. import tracking
+from ..services import tracking
 from ..errors import ConfigError, SamsNetError
 from . import identity, lease
 from .identity import Manifest

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .. import tracking
+from ..services import tracking
 from ..config import SAMPLE_RATE, TARGETS, ExperimentConfig, validate_model
 from ..errors import SamsNetError
 from . import identity
@@ -313,10 +313,10 @@ def retrain_and_score(job: Job, spec: tracking.ChildRunSpec, store: str, backend
 
     Returns the job's record (what `<store>/jobs/<key>.json` holds).
     """
-    from ..checkpoint import BEST, load_model
+    from ..engine.checkpoint import BEST, load_model
     from ..data import load_splits
-    from ..evaluate import evaluate_tracks, model_estimator
-    from ..train import pick_device
+    from ..engine.evaluate import evaluate_tracks, model_estimator
+    from ..engine.train import pick_device
 
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     cfg = validate_model(ExperimentConfig, job.experiment, f"selection job {job.key}")
@@ -363,7 +363,7 @@ def job_workdir(spec: tracking.ChildRunSpec, job: Job) -> Path:
 
 def _retrain(job: Job, cfg: ExperimentConfig, spec: tracking.ChildRunSpec) -> tuple[Path, str, int]:
     """Train one seed to the full budget as a child run tagged samsnet.phase=selection."""
-    from ..train import Trainer
+    from ..engine.train import Trainer
 
     run = tracking.TrialRun(spec, f"selection-{job.key}", f"selection slices={job.slices} seed={job.seed}")
     run.client.set_tag(run.run_id, PHASE_TAG, "selection")
@@ -581,11 +581,11 @@ def _score_test(ckpt: Path, target, parent_run_id: str, backend: str, listen_sec
     Scored as the paper separates (plain masks) and, with `wiener` > 0, again after the Wiener
     post-filter; the filtered report rides along as `test["wiener"]`, labelled by its post-filter.
     """
-    from ..checkpoint import load_model
+    from ..engine.checkpoint import load_model
     from ..data import load_subset
-    from ..evaluate import evaluate_tracks, model_estimator
-    from ..train import pick_device
-    from ..wiener import PostFilter
+    from ..engine.evaluate import evaluate_tracks, model_estimator
+    from ..engine.train import pick_device
+    from ..engine.wiener import PostFilter
 
     model, state = load_model(ckpt)
     cfg = validate_model(ExperimentConfig, state["experiment"], f"{ckpt}: experiment")
@@ -612,7 +612,7 @@ def _log_listening(model, track, seconds: float, device, target, run_id: str, po
     the winner's estimate (`<target>.wav`) and, per post-filter, its filtered estimate (`<target>.wiener.wav`)."""
     import soundfile as sf
 
-    from ..separate import separate
+    from ..engine.separate import separate
 
     n = int(seconds * SAMPLE_RATE)
     audio = track.audio()  # (1 + S, C, N): mixture, then the references in TARGETS order
@@ -632,7 +632,7 @@ def _log_listening(model, track, seconds: float, device, target, run_id: str, po
 def _register(ckpt: Path, out: Path, table: SelectionTable, test, study_name: str, manifest,
               run_id: str | None) -> dict[str, Any]:  # fmt: skip
     """Export the winner and register it from `run_id`, the run that trained its weights."""
-    from ..export import DEFAULT_ALIAS, export_checkpoint, register
+    from ..delivery.export import DEFAULT_ALIAS, export_checkpoint, register
 
     info = {"title": f"Sams-Net chosen by study {study_name} (slices={table.winner})",
             "source": f"study {study_name}, selection winner slices={table.winner}",

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .. import checkpoint as ckpt_format
+from ..engine import checkpoint as ckpt_format
 from ..config import ExperimentConfig, validate_model
 from ..errors import CheckpointError
-from ..faults import DEFAULT_BUDGET_S, first_line, is_infra_error, retry
-from ..tracking import ChildRunSpec, TrialRun, worker_http_settings
+from ..services.faults import DEFAULT_BUDGET_S, first_line, is_infra_error, retry
+from ..services.tracking import ChildRunSpec, TrialRun, worker_http_settings
 from .study import merge
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def _tune_metrics(metrics: dict[str, Any], run_id: str) -> dict[str, Any]:
 
 def model_cost_metrics(cfg: ExperimentConfig) -> dict[str, float]:
     """Parameter count and GMACs per second of the trial's model: cost objectives, known before training."""
-    from ..checkpoint import build_model
+    from ..engine.checkpoint import build_model
     from ..model.info import model_cost
 
     return model_cost(build_model(cfg.resolved_model()))
@@ -224,7 +224,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Function trainable for `tune.Tuner` (wrap with `tune.with_parameters(train_trial, ctx=...)`)."""
     from ray import tune
 
-    from ..train import Trainer
+    from ..engine.train import Trainer
 
     # The monitor's start/stop lines and Ray's "Checkpoint successfully created" (one per
     # epoch) are noise in a study with many trials.

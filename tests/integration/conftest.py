@@ -1,7 +1,7 @@
 """Real local servers for integration tests, started once per session.
 
 - `infra_config`: the `InfraConfig` of the session stack (free ports on 127.0.0.1, a
-  temporary state folder); `samsnet_search.infra.client_env(infra_config)` gives the
+  temporary state folder); `samsnet_search.services.infra.client_env(infra_config)` gives the
   client environment.
 - `s3_stack`: a running SeaweedFS S3 store with credentials; yields
   `S3Stack(endpoint_url, access_key, secret_key, bucket)` (a NamedTuple, so it unpacks).
@@ -34,7 +34,7 @@ from typing import Iterator, NamedTuple
 import psutil
 import pytest
 
-from samsnet_search import infra, weed_sandbox
+from samsnet_search.services import infra, weed_sandbox
 
 NAMESPACE_PROBLEM = weed_sandbox.namespace_problem()
 

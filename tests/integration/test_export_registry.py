@@ -13,11 +13,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from samsnet_search import checkpoint, export, tracking
+from samsnet_search.engine import checkpoint
+from samsnet_search.delivery import export
+from samsnet_search.services import tracking
 from samsnet_search.cli import main
 from samsnet_search.config import TARGETS, ExperimentConfig
 from samsnet_search.search import identity
-from samsnet_search.separate import read_audio
+from samsnet_search.engine.separate import read_audio
 
 pytestmark = [pytest.mark.servers, pytest.mark.slow]
 

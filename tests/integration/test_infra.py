@@ -16,7 +16,8 @@ from botocore.exceptions import ClientError
 from mlflow.tracking import MlflowClient
 from pyarrow import fs as pafs
 
-from samsnet_search import cli, infra
+from samsnet_search import cli
+from samsnet_search.services import infra
 
 pytestmark = pytest.mark.servers
 

@@ -12,8 +12,9 @@ import psutil
 import pytest
 from pyarrow import fs as pafs
 
-from samsnet_search import cli, infra, weed_sandbox
-from samsnet_search.infra import InfraError
+from samsnet_search import cli
+from samsnet_search.services import infra, weed_sandbox
+from samsnet_search.services.infra import InfraError
 
 
 @pytest.fixture(autouse=True)
@@ -186,7 +187,7 @@ def test_commands_bind_host_and_carry_no_secret(tmp_path):
     cmd = infra._weed_command(cfg, infra._write_identities(cfg, creds))
     # The sandbox binds --host; weed itself binds loopback inside its private namespace.
     sandbox, weed = cmd[: cmd.index("--")], cmd[cmd.index("--") + 1 :]
-    assert sandbox[1:3] == ["-m", "samsnet_search.weed_sandbox"] and sandbox[sandbox.index("--host") + 1] == "0.0.0.0"
+    assert sandbox[1:3] == ["-m", "samsnet_search.services.weed_sandbox"] and sandbox[sandbox.index("--host") + 1] == "0.0.0.0"
     assert "-ip.bind=127.0.0.1" in weed and "-master.telemetry=false" in weed and "-s3.port=8333" in weed
     assert f"-s3.localSocket={tmp_path / 's3.sock'}" in weed and f"-filer.localSocket={tmp_path / 'filer.sock'}" in weed
     mlflow = infra._mlflow_command(cfg, "samsnet")

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from samsnet_search import infra
+from samsnet_search.services import infra
 
 pytestmark = pytest.mark.servers
 

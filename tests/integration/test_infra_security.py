@@ -19,7 +19,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from samsnet_search import infra, weed_sandbox
+from samsnet_search.services import infra, weed_sandbox
 
 pytestmark = pytest.mark.servers
 if weed_sandbox.namespace_problem():  # `infra up` refuses to start isolated there, saying why

@@ -31,7 +31,7 @@ import psutil
 import pytest
 import yaml
 
-from samsnet_search import tracking
+from samsnet_search.services import tracking
 from samsnet_search.errors import ConfigError
 from samsnet_search.search import identity
 from samsnet_search.search.runner import _trainable, trial_resources

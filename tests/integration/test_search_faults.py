@@ -20,7 +20,8 @@ from typing import Callable
 import pytest
 import yaml
 
-from samsnet_search import checkpoint, infra, tracking
+from samsnet_search.engine import checkpoint
+from samsnet_search.services import infra, tracking
 from samsnet_search.search.runner import resume_study, run_study
 from samsnet_search.search.study import load_study
 

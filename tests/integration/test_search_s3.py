@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from samsnet_search import infra, tracking
+from samsnet_search.services import infra, tracking
 from samsnet_search.cli import main
 from samsnet_search.search import identity, lease
 from samsnet_search.search.runner import run_study
@@ -83,7 +83,7 @@ def test_study_on_s3_and_mlflow_server(tmp_path, synth_root, s3_stack, mlflow_se
     assert main(["ls", "--storage", storage]) == 0
     assert "s3tiny" in capsys.readouterr().out
     # a checkpoint on S3 is usable by the next step (download + load)
-    from samsnet_search.checkpoint import load_model
+    from samsnet_search.engine.checkpoint import load_model
 
     model, state = load_model(Path(result.best.best_checkpoint.to_directory()))
     assert state["model_config"]["slices"] == result.best.config["model.slices"]

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from .apply import ChunkPlan, apply_chunked, blocks_of
-from .audio_io import StemWriter, open_audio, read_audio, read_blocks
-from .config import SAMPLE_RATE, TARGETS
-from .errors import DataError
+from ..data.audio_io import StemWriter, open_audio, read_audio, read_blocks
+from ..config import SAMPLE_RATE, TARGETS
+from ..errors import DataError
 from .wiener import PostFilter, mixture_residual
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def load_separator(model_ref: str | Path, tracking_uri: str | None = None, map_l
     import os
     import tempfile
 
-    from . import export
+    from ..delivery import export
     from .checkpoint import load_model
 
     ref = str(model_ref)

@@ -27,9 +27,9 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from .config import SAMPLE_RATE
-from .data.readers import STEMS_PCM_FORMAT, STEMS_SUFFIX, stem_stream_ids
-from .errors import DataError
+from ..config import SAMPLE_RATE
+from .readers import STEMS_PCM_FORMAT, STEMS_SUFFIX, stem_stream_ids
+from ..errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -58,7 +58,7 @@ import psutil
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import weed_sandbox
-from .errors import SamsNetError
+from ..errors import SamsNetError
 
 log = logging.getLogger(__name__)
 
@@ -732,7 +732,7 @@ def _weed_command(cfg: InfraConfig, ident: Path) -> list[str]:
         "-master.telemetry=false",
         "-volume.preStopSeconds=0",  # one node: no peers to warn before stopping
     ]
-    sandbox = [sys.executable, "-m", "samsnet_search.weed_sandbox", "--host", cfg.host, "--port", str(cfg.s3_port)]
+    sandbox = [sys.executable, "-m", "samsnet_search.services.weed_sandbox", "--host", cfg.host, "--port", str(cfg.s3_port)]
     sandbox += ["--socket", str(cfg.state_dir / "s3.sock"), "--stop-grace", str(cfg.stop_timeout)]
     if not cfg.isolate:
         sandbox.append("--no-namespace")

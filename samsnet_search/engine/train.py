@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint
-from .config import TARGETS, ExperimentConfig
-from .data import Splits, load_splits
-from .data.dataset import make_train_loader, validation_excerpts
-from .errors import SamsNetError
-from .metrics import median_over_tracks, sdr_v4, track_scores
-from .model import SamsNet
+from ..config import TARGETS, ExperimentConfig
+from ..data import Splits, load_splits
+from ..data.dataset import make_train_loader, validation_excerpts
+from ..errors import SamsNetError
+from ..metrics.bsseval import median_over_tracks, sdr_v4, track_scores
+from ..model import SamsNet
 
 log = logging.getLogger(__name__)
 

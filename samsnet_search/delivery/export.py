@@ -44,9 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint
-from .config import TARGETS, ModelConfig, flatten
-from .errors import SamsNetError
+from ..engine import checkpoint
+from ..config import TARGETS, ModelConfig, flatten
+from ..errors import SamsNetError
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ def example_magnitude(state: dict[str, Any], net: nn.Module, seconds: float = 2.
     """
     audio = _training_audio(state, seconds)
     if audio is None:
-        from .data.synth import synthesize
+        from ..data.synth import synthesize
 
         with tempfile.TemporaryDirectory() as tmp:
             root = synthesize(Path(tmp), n_train=1, n_valid=1, n_test=1, seconds=seconds, seed=0)
@@ -264,8 +264,8 @@ def _training_audio(state: dict[str, Any], seconds: float) -> np.ndarray | None:
 
 
 def _first_mixture(train_dir: Path, seconds: float) -> np.ndarray:
-    from .config import SAMPLE_RATE
-    from .separate import read_audio
+    from ..config import SAMPLE_RATE
+    from ..engine.separate import read_audio
 
     for track in sorted(train_dir.iterdir()):
         if (track / "mixture.wav").is_file():
@@ -330,7 +330,7 @@ def onnx_parity(path: Path, wrapper: nn.Module, mag: torch.Tensor) -> float:
 
 def model_card(net: nn.Module, state: dict[str, Any], info: dict[str, Any], onnx_error: float) -> str:
     """MODEL_CARD.md: what the model is, how it scored, on which data, how to use it."""
-    from .model.info import macs_per_second, parameter_breakdown
+    from ..model.info import macs_per_second, parameter_breakdown
 
     cfg = ModelConfig.model_validate(state["model_config"])
     experiment = state.get("experiment") or {}
@@ -409,8 +409,8 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
 
 def data_kind(experiment: dict[str, Any]) -> str:
     """MUSDB18 / MUSDB18-HQ / synthetic, from the training data folder (if still reachable)."""
-    from .data.splits import KIND_HQ, KIND_STEMS, KIND_SYNTH, detect_format
-    from .data.synth import MANIFEST as SYNTH_MANIFEST
+    from ..data.splits import KIND_HQ, KIND_STEMS, KIND_SYNTH, detect_format
+    from ..data.synth import MANIFEST as SYNTH_MANIFEST
 
     data = experiment.get("data") or {}
     root = data.get("root")
@@ -558,7 +558,7 @@ def register_export(
     """
     import mlflow.pyfunc
 
-    from . import tracking
+    from ..services import tracking
 
     folder = Path(export_dir)
     manifest = verify_export(folder)
@@ -636,7 +636,7 @@ def download_registered(uri: str, tracking_uri: str | None, dest: str | Path) ->
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
-    from . import tracking
+    from ..services import tracking
 
     target = tracking.resolve_tracking(tracking_uri or "./mlruns")
     version = _model_version(uri, target)
@@ -672,7 +672,7 @@ def _model_version(uri: str, target):
     """The registry entry `models:/NAME@ALIAS` or `models:/NAME/VERSION` names; clear errors when unknown."""
     from mlflow.exceptions import MlflowException
 
-    from . import tracking
+    from ..services import tracking
 
     ref = uri[len(REGISTRY_PREFIX):] if uri.startswith(REGISTRY_PREFIX) else ""
     name, sep, rest = ref.partition("@") if "@" in ref else ref.partition("/")
@@ -727,8 +727,8 @@ def _looks_like_run_id(text: str) -> bool:
 
 
 def _find_study(source: str, storage: str):
-    from .search.identity import StudyNotFound, find_study
-    from .search.study import resolve_storage
+    from ..search.identity import StudyNotFound, find_study
+    from ..search.study import resolve_storage
 
     try:
         return find_study(source, resolve_storage(storage, Path.cwd()))
@@ -741,7 +741,7 @@ def _download_run_checkpoint(run_id: str, tracking_uri: str, dest: Path) -> Path
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
-    from . import tracking
+    from ..services import tracking
 
     target = tracking.resolve_tracking(tracking_uri)
     try:
@@ -756,7 +756,7 @@ def _download_run_checkpoint(run_id: str, tracking_uri: str, dest: Path) -> Path
 def _export_study(manifest, out_dir: str | Path, alias: str) -> tuple[Path, Registration]:
     """The study's best trial (by its metric; the selection's winner once chosen): exported, then
     registered as `samsnet-<study>` from that trial's run (or found registered already)."""
-    from . import tracking
+    from ..services import tracking
 
     summary = dict(manifest.summary or {})
     run_id = summary.get("best_run")

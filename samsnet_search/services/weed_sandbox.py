@@ -15,7 +15,7 @@ signatures. So this process, which `infra up` starts in place of `weed` itself:
 With --no-namespace, step 2 is skipped: weed's ports are then on this machine's loopback
 (`infra up --no-isolation`, where namespaces are not allowed). It stops weed on
 SIGTERM/SIGINT and exits when weed exits. Run as
-`python -m samsnet_search.weed_sandbox --host H --port P --socket S -- weed mini ...`.
+`python -m samsnet_search.services.weed_sandbox --host H --port P --socket S -- weed mini ...`.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def namespace_problem() -> str | None:
 
     A child process tries (unsharing needs a single-threaded process, and must not move us).
     """
-    probe = "import samsnet_search.weed_sandbox as w; w.enter_private_network()"
+    probe = "import samsnet_search.services.weed_sandbox as w; w.enter_private_network()"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     if done.returncode == 0:
         return None
@@ -177,7 +177,7 @@ async def _serve(listener: socket.socket, unix_path: str, weed: subprocess.Popen
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m samsnet_search.weed_sandbox")
+    parser = argparse.ArgumentParser(prog="python -m samsnet_search.services.weed_sandbox")
     parser.add_argument("--host", required=True, help="address of the S3 API in this machine's namespace")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--socket", required=True, help="weed's S3 unix socket (-s3.localSocket)")

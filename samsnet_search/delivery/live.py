@@ -17,9 +17,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .callbacks import TrialEvent, add_listener, remove_listener
-from .space import num_trials
-from .study import Study
+from ..search.callbacks import TrialEvent, add_listener, remove_listener
+from ..search.space import num_trials
+from ..search.study import Study
 
 STATUS_STYLE = {
     "running": "cyan",

@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from .config import ModelConfig
-from .errors import CheckpointError
-from .model import SamsNet
+from .. import __version__
+from ..config import ModelConfig
+from ..errors import CheckpointError
+from ..model import SamsNet
 
 FORMAT = "samsnet-checkpoint/1"
 LAST, BEST = "last.pt", "best.pt"

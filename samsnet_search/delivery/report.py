@@ -15,15 +15,15 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from .config import TARGETS
-from .errors import ConfigError
-from .search import identity
-from .search.estimate_step import ARTIFACT as ESTIMATE_FILE
-from .search.estimate_step import load_estimate
-from .search.identity import Manifest
-from .search.select import COLUMNS, SelectionResult, SelectionTable, load_selection
-from .search.study import resolve_storage
-from .tracking import TrackingTarget
+from ..config import TARGETS
+from ..errors import ConfigError
+from ..search import identity
+from ..search.estimate_step import ARTIFACT as ESTIMATE_FILE
+from ..search.estimate_step import load_estimate
+from ..search.identity import Manifest
+from ..search.select import COLUMNS, SelectionResult, SelectionTable, load_selection
+from ..search.study import resolve_storage
+from ..services.tracking import TrackingTarget
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def render_text(report: StudyReport) -> list[Any]:
     """Rich renderables (strings and a Table) in reading order."""
     out: list[Any] = list(search_lines(report))
     if report.search.get("pareto"):  # a multi-objective study: quality against cost
-        from .search.pareto import front_table
+        from ..search.pareto import front_table
 
         out.append(front_table(report.search["pareto"]))
     out.extend(selection_renderables(report))

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import TARGETS
+from ..config import TARGETS
 from .report import StudyReport, estimate_line, search_lines, selection_lines
-from .search.select import COLUMNS
-from .tracking import ROLE_TAG, STATUS_TAG, TRIAL_TAG, TrackingTarget
+from ..search.select import COLUMNS
+from ..services.tracking import ROLE_TAG, STATUS_TAG, TRIAL_TAG, TrackingTarget
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class PageData:
 
 
 def _client(report: StudyReport):
-    from . import tracking
+    from ..services import tracking
 
     m = report.manifest
     return tracking.client(TrackingTarget(m.tracking_uri, m.artifact_root))
@@ -91,7 +91,7 @@ def _client(report: StudyReport):
 
 def read_trials(report: StudyReport, metric: str, mode: str) -> list[Trial]:
     """The study's trial runs (selection retrainings excluded), oldest first."""
-    from . import tracking
+    from ..services import tracking
 
     m = report.manifest
     target = TrackingTarget(m.tracking_uri, m.artifact_root)
@@ -117,9 +117,9 @@ _COST_CACHE: dict[str, dict[str, float]] = {}
 
 def model_cost(client, run_id: str) -> dict[str, float]:
     """Parameter count and GMACs per second of a trial's resolved model config (empty if not logged)."""
-    from .checkpoint import build_model
-    from .config import ModelConfig
-    from .model.info import model_cost as count
+    from ..engine.checkpoint import build_model
+    from ..config import ModelConfig
+    from ..model.info import model_cost as count
 
     cfg = _download_json(client, run_id, "model/model_config.json")
     if not cfg:
@@ -142,9 +142,9 @@ def _download_json(client, run_id: str, artifact: str) -> dict[str, Any] | None:
 
 def read_asha(report: StudyReport) -> dict[str, Any] | None:
     """ASHA's settings from the study file copy (None for a FIFO study or a missing copy)."""
-    from .config import parse_yaml, validate_model
-    from .search import identity
-    from .search.study import SearchSettings
+    from ..config import parse_yaml, validate_model
+    from ..search import identity
+    from ..search.study import SearchSettings
 
     text = identity.read_study_copy(report.manifest.path)
     if text is None:
@@ -382,7 +382,7 @@ def fig_pareto(pareto: dict[str, Any]):
 
 
 def _pareto_html(pareto: dict[str, Any]) -> str:
-    from .search.pareto import front_rows, title
+    from ..search.pareto import front_rows, title
 
     header, rows = front_rows(pareto)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)

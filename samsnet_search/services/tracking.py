@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 from urllib.parse import urlsplit
 
-from .config import flatten
-from .errors import ConfigError, SamsNetError
+from ..config import flatten
+from ..errors import ConfigError, SamsNetError
 from .faults import DEFAULT_BUDGET_S, RetryingClient, retry
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ import re
 import time
 from typing import Any, Callable, TypeVar
 
-from .errors import SamsNetError
+from ..errors import SamsNetError
 
 log = logging.getLogger(__name__)
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 
-from . import identity
-from .identity import Manifest
-from .runner import StudyResult
-from .space import describe, num_trials, space_size
-from .study import Study
+from ..search import identity
+from ..search.identity import Manifest
+from ..search.runner import StudyResult
+from ..search.space import describe, num_trials, space_size
+from ..search.study import Study
 
 
 def format_space(study: Study) -> str:

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from .apply import apply_chunked, blocks_of
-from .config import SAMPLE_RATE, TARGETS
-from .data import Track
-from .metrics import bss_eval_v4, median_over_tracks, track_scores
-from .model import SamsNet, Spectrogram
+from ..config import SAMPLE_RATE, TARGETS
+from ..data import Track
+from ..metrics.bsseval import bss_eval_v4, median_over_tracks, track_scores
+from ..model import SamsNet, Spectrogram
 from .separate import MaskSeparator
 from .wiener import PostFilter, mixture_residual
 

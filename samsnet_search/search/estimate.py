@@ -63,8 +63,8 @@ from scipy.cluster.vq import kmeans2
 from scipy.linalg import eigh
 from scipy.ndimage import maximum_filter1d, median_filter, uniform_filter1d
 
-from .config import SAMPLE_RATE
-from .errors import ConfigError, DataError
+from ..config import SAMPLE_RATE
+from ..errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -626,8 +626,8 @@ def recovery_rate(
     whose mapped slice count equals the truth's), "mean_abs_error", "confusion" {truth: {found: n}},
     "estimate": SliceEstimate}.
     """
-    from .config import DataConfig
-    from .data.splits import load_splits
+    from ..config import DataConfig
+    from ..data.splits import load_splits
 
     splits = load_splits(DataConfig(root=Path(root)))
     est = estimate_slices(splits, segment_seconds, allowed_slices, n_fft, hop, max_tracks, params)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import TARGETS
+from ..config import TARGETS
 
 with warnings.catch_warnings():
     # norbert 0.2.1 imports gaussian_filter1d from scipy.ndimage.filters (deprecated namespace,

@@ -1,0 +1,1 @@
+"""Separation metrics: exact, fast BSSEval v4 (SDR, ISR, SIR, SAR) as museval computes them."""
