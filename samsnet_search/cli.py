@@ -543,15 +543,17 @@ def bench(
     quick: bool = typer.Option(False, "--quick", help="small sizes, a few minutes (no paper-config runs, no search)"),
     device: str = typer.Option("cpu", help="cpu or cuda (cuda adds the 60 s paper-config attention case)"),
     out: Optional[Path] = typer.Option(None, "--out", help="write the report (machine, sizes, figures) as JSON"),
-    only: Optional[list[str]] = typer.Option(None, "--only", help="attention, train, sdr or search (repeatable)"),
+    only: Optional[list[str]] = typer.Option(None, "--only", help="attention, train, sdr, search or overhead (repeatable)"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: all cores); recorded"),
     smoke: bool = typer.Option(False, "--smoke", help="smallest sizes (seconds): checks the benchmarks run, figures not meaningful"),
+    tiny: bool = typer.Option(False, "--tiny", help="the search benchmark at tiny sizes (about a minute), figures not meaningful"),
 ) -> None:
-    """Measure the hot paths: sliced attention vs slices, training step, fast SDR vs museval, search overhead."""
+    """Measure the hot paths: sliced attention vs slices, training step, fast SDR vs museval, search overhead;
+    `--only search`: the platform's slice-count choice against the paper's grid."""
     from .bench import run_benchmarks, write_report
     from .bench.show import print_report
 
-    report = run_benchmarks(quick=quick, device=device, only=only, threads=threads, smoke=smoke,
+    report = run_benchmarks(quick=quick, device=device, only=only, threads=threads, smoke=smoke, tiny=tiny,
                             progress=lambda name: console.print(f"[dim]bench: {name}...[/dim]"))  # fmt: skip
     print_report(report, Console())
     if out is not None:

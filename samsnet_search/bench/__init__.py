@@ -9,7 +9,10 @@ where `figures` is a flat mapping name -> float:
 - `train`: training-step samples/s, the share of step time waiting on data, and a quickstart
   trial-epoch with the model's attention vs the previous one.
 - `sdr`: fast BSSEval v4 vs museval, time ratio and largest differences.
-- `search`: per-trial time outside training on a tiny study (full mode only).
+- `search`: search efficiency against the paper's grid: trial-epochs, CPU-seconds, wall time, the
+  slice count picked and its regret, for the grid, TPE + ASHA and TPE + median stopping (full mode
+  only, or `tiny`).
+- `overhead`: per-trial time outside training on a tiny study (full mode only).
 
 `run_benchmarks` runs a selection and returns one JSON-ready report with the machine.
 """
@@ -28,8 +31,9 @@ from .common import BenchError, machine_info
 
 log = logging.getLogger(__name__)
 
-NAMES: tuple[str, ...] = ("attention", "train", "sdr", "search")
-FULL_ONLY = ("search",)  # a Ray study does not fit --quick's few minutes
+NAMES: tuple[str, ...] = ("attention", "train", "sdr", "search", "overhead")
+FULL_ONLY = ("search", "overhead")  # a Ray study does not fit --quick's few minutes
+ON_REQUEST = ("search",)  # tens of minutes: runs when --only names it (or tiny)
 
 
 def _runner(name: str) -> Callable[..., dict[str, Any]]:
@@ -39,6 +43,8 @@ def _runner(name: str) -> Callable[..., dict[str, Any]]:
         from .train_step import run
     elif name == "sdr":
         from .sdr import run
+    elif name == "search":
+        from .search_efficiency import run
     else:
         from .search_overhead import run
     return run
@@ -67,11 +73,13 @@ def run_benchmarks(
     threads: int | None = None,
     smoke: bool = False,
     progress: Callable[[str], None] | None = None,
+    tiny: bool = False,
 ) -> dict[str, Any]:
     """Run the selected benchmarks; returns {"machine", "settings", "benchmarks", "skipped"}.
 
     smoke: the smallest sizes (seconds; figures not meaningful), implies quick.
     threads: torch CPU threads (default: all cores), fixed for every benchmark and recorded.
+    tiny: the search benchmark at tiny sizes (about a minute, figures not meaningful), in any mode.
     """
     quick = quick or smoke
     names = check_options(device, only, threads)
@@ -81,18 +89,19 @@ def run_benchmarks(
     torch.set_num_threads(threads)
     report: dict[str, Any] = {
         "machine": machine_info(device, threads),
-        "settings": {"quick": quick, "smoke": smoke, "device": device, "only": only or list(NAMES)},
+        "settings": {"quick": quick, "smoke": smoke, "tiny": tiny, "device": device, "only": only or list(NAMES)},
         "benchmarks": {},
         "skipped": {},
     }
     for name in names:
-        if quick and name in FULL_ONLY:
-            report["skipped"][name] = "full mode only (a Ray study takes minutes)"
+        why = skip_reason(name, quick, only, tiny)
+        if why:
+            report["skipped"][name] = why
             continue
         if progress:
             progress(name)
         start = time.perf_counter()
-        kwargs = {"smoke": smoke} if name != "search" else {}
+        kwargs = {"search": {"tiny": tiny}, "overhead": {}}.get(name, {"smoke": smoke})
         result = _runner(name)(quick, device, threads, **kwargs)
         result["seconds"] = time.perf_counter() - start
         _check_finite(name, result["figures"])
@@ -100,6 +109,17 @@ def run_benchmarks(
         log.info("bench %s: %.1f s", name, result["seconds"])
     report["machine"]["load_average_1m_end"] = round(os.getloadavg()[0], 2)
     return report
+
+
+def skip_reason(name: str, quick: bool, only: list[str] | None, tiny: bool) -> str | None:
+    """Why a selected benchmark does not run in this mode, or None. `tiny` runs the search one in any mode."""
+    if name == "search" and tiny:
+        return None
+    if name in ON_REQUEST and name not in (only or ()):
+        return f"runs when asked for (--only {name}): it takes tens of minutes"
+    if quick and name in FULL_ONLY:
+        return "full mode only (a Ray study takes minutes)"
+    return None
 
 
 def _check_finite(name: str, figures: dict[str, float]) -> None:
@@ -118,4 +138,4 @@ def write_report(report: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-__all__ = ["NAMES", "BenchError", "check_options", "run_benchmarks", "write_report"]
+__all__ = ["NAMES", "BenchError", "check_options", "run_benchmarks", "skip_reason", "write_report"]

@@ -70,6 +70,50 @@ def attention_table(result: dict[str, Any]) -> list[Table]:
     return tables
 
 
+SEARCH_COLUMNS = ("arm", "trial-epochs", "of grid", "CPU-s", "wall s", "pick", "interval", "grid SDR", "regret",
+                  "vs grid", "target")  # fmt: skip
+SEARCH_CAPTION = ("trial-epochs: search + selection retraining; pick: the slice count chosen, interval: its avg SDR "
+                  "interval in the arm's own selection table; grid SDR: the grid's validation avg SDR of the pick; "
+                  "regret: the grid's best minus that (dB)")  # fmt: skip
+
+
+def search_rows(result: dict[str, Any]) -> list[list[str]]:
+    """One row per arm of the search-efficiency benchmark, in SEARCH_COLUMNS order."""
+    rows = []
+    for name, arm in result["arms"].items():
+        low, high = arm["pick_interval"]
+        vs = "best" if arm["grid_best"] else "n.s." if arm["matches_grid"] else "worse"
+        target = "-" if name == "grid" else "met" if arm["target_met"] else "NOT met"
+        rows.append([name, f"{arm['trial_epochs']} = {arm['search_trial_epochs']} + {arm['selection_trial_epochs']}",
+                     f"{100 * arm['epoch_share']:.0f}%", f"{arm['cpu_s']:.0f}", f"{arm['wall_s']:.0f}", str(arm["pick"]),
+                     f"[{low:.2f}, {high:.2f}]", f"{arm['grid_avg_db']:.2f}", f"{arm['regret_db']:.2f}", vs, target])  # fmt: skip
+    return rows
+
+
+def search_markdown(result: dict[str, Any]) -> str:
+    """The arms table as markdown (for the README and notes)."""
+    lines = ["| " + " | ".join(SEARCH_COLUMNS) + " |", "|" + "---|" * len(SEARCH_COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in search_rows(result)]
+    return "\n".join(lines) + "\n"
+
+
+def search_tables(result: dict[str, Any]) -> list[Table]:
+    """The arms side by side, then the grid's own per-slice validation table (what the regret is read from)."""
+    arms = Table(title=f"search efficiency against the paper's grid ({result['seconds']:.0f} s)", caption=SEARCH_CAPTION)
+    for i, header in enumerate(SEARCH_COLUMNS):
+        arms.add_column(header, justify="left" if i == 0 else "right")
+    for row in search_rows(result):
+        arms.add_row(*row)
+    grid = result["arms"]["grid"]
+    table = Table(title=f"grid: {grid['table_label']}")
+    for header in ("slices", "avg", "interval", "vs winner", "pairs"):
+        table.add_column(header, justify="right")
+    for rec in grid["table"]:
+        table.add_row(str(rec["slices"]), f"{rec['avg']:.2f}", f"[{rec['avg_low']:.2f}, {rec['avg_high']:.2f}]",
+                      rec["vs_winner"], str(rec["pairs"]))  # fmt: skip
+    return [arms, table]
+
+
 def figures_table(name: str, result: dict[str, Any]) -> Table:
     table = Table(title=f"{name} ({result['seconds']:.0f} s)")
     table.add_column("figure")
@@ -87,6 +131,9 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     for name, result in report["benchmarks"].items():
         if name == "attention":
             for table in attention_table(result):
+                console.print(table)
+        elif name == "search":
+            for table in search_tables(result):
                 console.print(table)
         else:
             console.print(figures_table(name, result))
