@@ -315,6 +315,31 @@ FIGURE_KEYS = ("trial_epochs", "search_trial_epochs", "selection_trial_epochs", 
                "search_regret_db", "epoch_share", "cpu_share")  # fmt: skip
 
 
+def run_arms(plan: list[Arm], base: dict[str, Any], root: Path, tree: TreeCpu, notes: list[str]) -> dict[str, dict[str, Any]]:
+    """Each arm in turn; a failed platform arm is noted and the others go on (the grid is needed)."""
+    results: dict[str, dict[str, Any]] = {}
+    for arm in plan:
+        log.info("search benchmark: arm %s (%s)", arm.name, arm.label)
+        try:
+            results[arm.name] = run_arm(arm, base, root, tree, say=_say(arm.name))
+        except Exception as e:
+            if arm.name == "grid":
+                raise
+            log.exception("search benchmark: arm %s failed", arm.name)
+            notes.append(f"search: arm {arm.name} FAILED: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[-1]}")
+            continue
+        log.info("search benchmark: arm %s done: %s", arm.name, _one_line(results[arm.name]))
+    return results
+
+
+def _one_line(arm: dict[str, Any]) -> str:
+    """An arm's figures in one log line (the numbers survive in the log if a later arm fails)."""
+    low, high = arm["pick_interval"]
+    return (f"trial-epochs {arm['trial_epochs']} (search {arm['search_trial_epochs']} + selection "
+            f"{arm['selection_trial_epochs']}), CPU {arm['cpu_s']:.0f} s, wall {arm['wall_s']:.0f} s, picked slices "
+            f"{arm['pick']} [{low:.2f}, {high:.2f}] dB; table {arm['table']}")  # fmt: skip
+
+
 def _say(arm: str):
     return lambda msg: log.info("%s: %s", arm, msg)
 
@@ -334,6 +359,8 @@ def run(quick: bool, device: str, threads: int, tiny: bool = False, workdir: str
         notes.append(f"search: trains on the CPU whatever --device says (asked: {device}): the quickstart's problem")
     with tempfile.TemporaryDirectory(prefix="samsnet-bench-efficiency-") as tmp, TreeCpu() as tree:
         root = Path(workdir or tmp).resolve()
+        if (root / "runs").exists():  # run_study would resume those studies: their costs would be partial
+            raise BenchError(f"search benchmark: {root} already holds studies (runs/); use an empty folder")
         data = synthesize(root / "data", **(TINY_DATA if tiny else {}))
         base = base_study(root, data, tiny=tiny)
         slice_values = list(base["model"]["slices"]["choice"])
@@ -342,12 +369,9 @@ def run(quick: bool, device: str, threads: int, tiny: bool = False, workdir: str
         if not scheduler_available("median"):
             notes.append("search: arm median skipped: this version's study schema has no search.scheduler: median")
         concurrency = base["search"].get("max_concurrent_trials") or 1
-        results: dict[str, dict[str, Any]] = {}
         # One local Ray for every arm (run_study and run_selection reuse it), as large as the trials use.
         with Meter(tree) as total, ray_session(num_cpus=int(concurrency * base["resources"]["cpu"]), quiet=True):
-            for arm in plan:
-                log.info("search benchmark: arm %s (%s)", arm.name, arm.label)
-                results[arm.name] = run_arm(arm, base, root, tree, say=_say(arm.name))
+            results = run_arms(plan, base, root, tree, notes)
     compare(results)
     notes += [verdict_line(name, arm) for name, arm in results.items() if name != "grid"]
     notes.append("trial-epochs: search + selection retraining (a reused search trial counts once); CPU-s: the whole "
