@@ -10,10 +10,19 @@ from __future__ import annotations
 import json
 import math
 import re
+import subprocess
+import sys
 
 import pytest
+from rich.console import Console
 
-from samsnet_search.bench import check_options, skip_reason
+from samsnet_search.bench import (
+    check_options,
+    search_efficiency,
+    skip_reason,
+    write_report,
+)
+from samsnet_search.bench.common import machine_info
 from samsnet_search.bench.search_efficiency import (
     FIXED,
     QUICKSTART,
@@ -22,8 +31,7 @@ from samsnet_search.bench.search_efficiency import (
     compare,
     verdict_line,
 )
-from samsnet_search.bench.show import SEARCH_COLUMNS, search_rows
-from samsnet_search.cli import main
+from samsnet_search.bench.show import SEARCH_COLUMNS, print_report, search_rows
 from samsnet_search.config import read_yaml
 
 ARM_KEYS = {"trial_epochs", "search_trial_epochs", "selection_trial_epochs", "cpu_s", "wall_s", "pick", "pick_interval",
@@ -31,18 +39,22 @@ ARM_KEYS = {"trial_epochs", "search_trial_epochs", "selection_trial_epochs", "cp
             "search_regret_db", "table", "verdict"}  # fmt: skip
 
 
-@pytest.mark.slow  # one tiny grid and one tiny TPE + ASHA study with their selections: about a minute idle
-def test_search_bench_tiny_json_table_and_regret(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("COLUMNS", "240")  # rich's console width: the whole table on one line per row
-    out = tmp_path / "bench.json"
-    assert main(["bench", "--only", "search", "--tiny", "--threads", "1", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    report = json.loads(out.read_text())
-    assert report["settings"]["tiny"] is True and set(report["benchmarks"]) == {"search"}
+@pytest.mark.slow  # a tiny grid and a tiny TPE + ASHA study with their selections: about a minute idle
+def test_search_bench_tiny_json_table_and_regret(tmp_path):
+    # The library path, with the grid and one platform arm (each arm costs a study and a selection; the
+    # CLI's --tiny runs every arm through the same function).
+    result = search_efficiency.run(quick=False, device="cpu", threads=1, tiny=True, only_arms=["asha"],
+                                   workdir=tmp_path / "work")  # fmt: skip
+    result["seconds"] = 1.0
+    report = {"machine": machine_info("cpu", 1), "settings": {"tiny": True}, "benchmarks": {"search": result}, "skipped": {}}
+    report = json.loads(write_report(report, tmp_path / "bench.json").read_text())
+    console = Console(record=True, width=240)  # wide: the whole table on one line per row
+    print_report(report, console)
+    printed = console.export_text()
     result = report["benchmarks"]["search"]
     assert result["sizes"]["slices"] == [1, 2] and result["sizes"]["tiny"] is True
     found = result["arms"]
-    assert list(found)[:2] == ["grid", "asha"]
+    assert list(found) == ["grid", "asha"]
     for name, arm in found.items():
         assert ARM_KEYS <= set(arm), name
         assert arm["trial_epochs"] == arm["search_trial_epochs"] + arm["selection_trial_epochs"]
@@ -126,3 +138,13 @@ def test_search_bench_runs_only_when_asked():
     assert skip_reason("search", quick=True, only=None, tiny=True) is None  # --tiny: in any mode
     assert skip_reason("overhead", quick=False, only=None, tiny=False) is None
     assert skip_reason("overhead", quick=True, only=None, tiny=True) is not None
+
+
+def test_tree_cpu_counts_a_child_that_has_ended():
+    """The CPU of a descendant is kept after it ends (Ray's raylet does not add its workers' times to its own)."""
+    with search_efficiency.TreeCpu(interval=0.05) as tree:
+        before = tree.seconds()
+        code = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0: pass"
+        subprocess.run([sys.executable, "-c", code], check=True)
+        used = tree.seconds() - before
+    assert 0.8 <= used < 3.0  # 1 s of the child's CPU (its start-up on top), less at most one sampling interval
