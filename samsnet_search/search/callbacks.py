@@ -1,6 +1,6 @@
-"""Driver-side bookkeeping: which trials ASHA pruned, final status tags, live-view events.
+"""Driver-side bookkeeping: which trials the scheduler pruned, final status tags, live-view events.
 
-Only the driver sees scheduler decisions: when ASHA stops a trial, Ray ends its actor and
+Only the driver sees scheduler decisions: when a scheduler stops a trial, Ray ends its actor and
 the trial's own code never runs again, so the driver tags that trial's MLflow run
 (`samsnet.status = pruned`) from `on_trial_complete`. Trials that finish by themselves
 tag their own runs (completed / stopped_early / failed); a trial killed outright (worker
@@ -15,35 +15,76 @@ pickled (the terminal view) are registered per study in this process with
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ray.tune import Callback
-from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+from ray.tune.schedulers import AsyncHyperBandScheduler, HyperBandScheduler, MedianStoppingRule, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from ..services import tracking
 from ..services.tracking import TrackingTarget
+from .objectives import better, get as objective
 from .trial import RUN_ID_KEY, trial_workdir
 
 log = logging.getLogger(__name__)
 
 
-class PruneRecordingASHA(AsyncHyperBandScheduler):
-    """ASHA that remembers which trials it stopped below `max_t` (pruned, not finished)."""
+class PruneRecording:
+    """Mixin for a Tune scheduler: remembers the trials it stopped before `budget` epochs
+    (pruned, not finished), trial id -> epoch reached. `budget` defaults to the scheduler's max_t."""
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, budget: float | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.pruned: dict[str, int] = {}  # trial id -> time_attr value when pruned
+        self.budget = budget if budget is not None else kwargs.get("max_t", math.inf)
+        self.pruned: dict[str, int] = {}
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         action = super().on_trial_result(tune_controller, trial, result)
-        t = result.get(self._time_attr)
-        if action == TrialScheduler.STOP and t is not None and t < self._max_t:
-            self.pruned[trial.trial_id] = int(t)
+        if action == TrialScheduler.STOP:
+            self.note_stopped(trial, result)
         return action
+
+    def note_stopped(self, trial, result: dict | None) -> None:
+        t = (result or {}).get(self._time_attr)
+        if t is not None and t < self.budget:
+            self.pruned[trial.trial_id] = int(t)
+
+
+class PruneRecordingASHA(PruneRecording, AsyncHyperBandScheduler):
+    """ASHA that remembers which trials it stopped below `max_t`."""
+
+
+class PruneRecordingMedian(PruneRecording, MedianStoppingRule):
+    """The median stopping rule that remembers which trials it stopped below `budget`."""
+
+
+class PruneRecordingHyperBand(PruneRecording, HyperBandScheduler):
+    """HyperBand that remembers which trials it stopped below `max_t`.
+
+    Besides stopping the trial whose result it judges, HyperBand stops the bracket's paused
+    losers through the controller: those stops are seen through a wrapper of it.
+    """
+
+    def _process_bracket(self, tune_controller, bracket) -> str:
+        return super()._process_bracket(_StopNoting(tune_controller, self), bracket)
+
+
+class _StopNoting:
+    """A Tune controller whose `stop_trial` tells the scheduler first (other calls pass through)."""
+
+    def __init__(self, controller, scheduler: PruneRecording):
+        self._controller, self._scheduler = controller, scheduler
+
+    def stop_trial(self, trial) -> None:
+        self._scheduler.note_stopped(trial, getattr(trial, "last_result", None))
+        self._controller.stop_trial(trial)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._controller, name)
 
 
 class RestartTolerantOptuna(OptunaSearch):
@@ -113,7 +154,7 @@ class StudyCallback(Callback):
     epochs: int  # train.epochs when fixed (the largest value when searched)
     experiment_id: str
     parent_run_id: str
-    scheduler: PruneRecordingASHA | None = None
+    scheduler: PruneRecording | None = None
     statuses: dict[str, str] = field(default_factory=dict)
     best: dict[str, Any] | None = None
 
@@ -138,7 +179,7 @@ class StudyCallback(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         value = result.get(self.metric)
-        if value is not None and self._better(value):
+        if better(value, (self.best or {}).get(self.metric), self.mode):
             self.best = {"trial_id": trial.trial_id, "epoch": result.get("epoch"), self.metric: value,
                          "config": dict(trial.config)}
         self._emit("result", trial, result)
@@ -164,12 +205,6 @@ class StudyCallback(Callback):
         self._emit("error", trial, result)
 
     # --- helpers ---------------------------------------------------------------------
-
-    def _better(self, value: float) -> bool:
-        if self.best is None:
-            return True
-        old = self.best[self.metric]
-        return value < old if self.mode == "min" else value > old
 
     def _final_status(self, trial_id: str, result: dict, config: dict) -> str:
         if self.scheduler is not None and trial_id in self.scheduler.pruned:
@@ -214,9 +249,7 @@ def previous_statuses(
     """Final statuses of a study's trial runs, and the best value of `metric` among them."""
     statuses: dict[str, str] = {}
     best = None
-    sign = 1 if mode == "min" else -1
-    # The best valid_loss so far is logged every epoch; valid_sdr is its own best-of.
-    key = "best_valid_loss" if metric == "valid_loss" else metric
+    key = objective(metric).best_key  # logged every epoch with the metric itself
     for run in tracking.find_child_runs(target, experiment_id, parent_run_id):
         trial_id = run.data.tags.get(tracking.TRIAL_TAG)
         status = run.data.tags.get(tracking.STATUS_TAG)
@@ -225,6 +258,6 @@ def previous_statuses(
         value = run.data.metrics.get(key)
         if status == "failed":  # a failed trial is never the best
             continue
-        if trial_id and value is not None and (best is None or sign * value < sign * best[metric]):
+        if trial_id and better(value, (best or {}).get(metric), mode):
             best = {"trial_id": trial_id, metric: value}
     return statuses, best
