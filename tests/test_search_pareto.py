@@ -68,8 +68,8 @@ def test_latency_is_measured_from_the_best_checkpoint(tmp_path):
     """On real weights: a tiny model saved in the checkpoint format, CPU, 1 thread."""
     import torch
 
-    from samsnet_search.engine import checkpoint
     from samsnet_search.config import ModelConfig
+    from samsnet_search.engine import checkpoint
 
     cfg = ModelConfig(n_fft=256, hop_length=128, channels=2, heads=1, depth=1, slices=2, slice_frames=4)
     threads = torch.get_num_threads()

@@ -62,8 +62,10 @@ FORWARD_ENV = (
 AWS_SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 CHECKPOINT_MARGIN = 2
 RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
-# A trial's per-epoch history: the trainer's bookkeeping and every per-epoch objective (the table's).
-HISTORY_KEYS = ("epoch", "train_loss", "best_valid_loss", "epochs_without_improvement", *per_epoch_keys())
+# A trial's per-epoch history keeps these trainer keys, the per-target SDRs and every per-epoch
+# objective of the objectives table (read when a history is made: an added objective is kept).
+TRAINER_KEYS = ("epoch", "train_loss", "best_valid_loss", "epochs_without_improvement")
+TARGET_SDR_PREFIX = "valid_sdr_"
 
 
 class StudyError(SamsNetError):
@@ -625,7 +627,7 @@ def _close_orphans(target, runs: dict, trial_ids: set[str]) -> None:
 def _record(study: Study, result, runs: dict) -> TrialRecord:
     trial_id = Path(str(result.path)).name.removeprefix("trial_")
     metrics = dict(result.metrics or {})
-    history = _history(result)
+    history = trial_history(result.metrics_dataframe)
     run = runs.get(trial_id)
     status = run.data.tags.get(tracking.STATUS_TAG) if run else None
     if result.error is not None and status not in ("completed", "stopped_early"):
@@ -660,11 +662,12 @@ def _record(study: Study, result, runs: dict) -> TrialRecord:
     )
 
 
-def _history(result) -> list[dict[str, Any]]:
-    df = result.metrics_dataframe
+def trial_history(df) -> list[dict[str, Any]]:
+    """A trial's per-epoch metrics from Tune's results (a DataFrame, one row per report)."""
     if df is None or df.empty:
         return []
-    cols = [c for c in df.columns if c in HISTORY_KEYS or c.startswith("valid_sdr_")]
+    keep = {*TRAINER_KEYS, *per_epoch_keys()}
+    cols = [c for c in df.columns if c in keep or c.startswith(TARGET_SDR_PREFIX)]
     rows = [{k: v for k, v in row.items() if v == v} for row in df[cols].to_dict("records")]  # drop NaN (no SDR)
     # A trial that continued from an older checkpoint (a corrupt newer one, or Tune's state
     # lagging behind a killed driver) reports some epochs again: the last report counts.

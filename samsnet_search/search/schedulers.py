@@ -13,13 +13,14 @@ problem with the study's settings (a `key: what is wrong (what is valid)` line) 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from ..errors import ConfigError
 
-if TYPE_CHECKING:
-    from .study import Study
+# A search.study.Study: not imported, since the study module imports this registry to check a study.
+Study = Any
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,8 @@ class SchedulerEntry:
     name: str
     label: str  # how reports name it
     description: str
-    build: Callable[["Study"], Any]
-    check: Callable[["Study"], str | None] = lambda study: None
+    build: Callable[[Study], Any]
+    check: Callable[[Study], str | None] = lambda study: None
     prunes: bool = True  # stops weak trials before their budget
 
     def caveat(self, metric: str) -> str:
@@ -42,7 +43,7 @@ class SchedulerEntry:
         return f"{self.label}: every trial ran its full budget (or stopped early)"
 
 
-def _own_metric(study: "Study") -> dict[str, Any]:
+def _own_metric(study: Study) -> dict[str, Any]:
     """The scheduler's metric/mode: from TuneConfig for one objective, its own for several."""
     if not study.search.multi_objective:
         return {}
@@ -52,36 +53,40 @@ def _own_metric(study: "Study") -> dict[str, Any]:
     return {"metric": study.metric, "mode": study.mode}
 
 
-def _cuts_at_max_t(study: "Study") -> bool:
+def _cuts_at_max_t(study: Study) -> bool:
     # With max_t = train.epochs trials end by themselves (and close their own runs); the
     # scheduler stops them only when max_t cuts the budget short.
     return study.max_t < study.max_epochs
 
 
-def _asha(study: "Study"):
-    from .callbacks import PruneRecordingASHA  # lazy: imports ray.tune; loading a study must not
+def _asha(study: Study):
+    from .adapters import PruneRecordingASHA  # lazy: imports ray.tune; loading a study must not
 
     s = study.search
     return PruneRecordingASHA(**_own_metric(study), time_attr=TIME_ATTR, max_t=study.max_t, grace_period=s.grace_period,
                               reduction_factor=s.reduction_factor, stop_last_trials=_cuts_at_max_t(study))  # fmt: skip
 
 
-def _hyperband(study: "Study"):
-    from .callbacks import PruneRecordingHyperBand  # lazy: imports ray.tune; loading a study must not
+def _hyperband(study: Study):
+    from .adapters import PruneRecordingHyperBand  # lazy: imports ray.tune; loading a study must not
 
     s = study.search
     return PruneRecordingHyperBand(**_own_metric(study), time_attr=TIME_ATTR, max_t=study.max_t,
                                    reduction_factor=s.reduction_factor, stop_last_trials=_cuts_at_max_t(study))  # fmt: skip
 
 
-def _median(study: "Study"):
-    from .callbacks import PruneRecordingMedian  # lazy: imports ray.tune; loading a study must not
+def _median(study: Study):
+    from .adapters import PruneRecordingMedian  # lazy: imports ray.tune; loading a study must not
 
+    # min_time_slice = inf: while too few trials have reached an epoch to compare, the rule
+    # would pause a trial for a pending one (its first pause at any time: Ray's last pause
+    # starts at -inf); restarting a paused trial's worker from its checkpoint costs more than
+    # the epochs it frees, so trials continue instead.
     return PruneRecordingMedian(**_own_metric(study), time_attr=TIME_ATTR, grace_period=study.search.grace_period,
-                                budget=study.max_t)  # fmt: skip
+                                min_time_slice=math.inf, budget=study.max_t)  # fmt: skip
 
 
-def _check_horizon(study: "Study") -> str | None:
+def _check_horizon(study: Study) -> str | None:
     """A scheduler that ends trials at max_t must leave early stopping room to act."""
     horizon = min(study.max_epochs, max(study.values("train.patience")))
     if study.max_t < horizon:
@@ -91,10 +96,10 @@ def _check_horizon(study: "Study") -> str | None:
     return None
 
 
-def _check_no_max_t(study: "Study") -> str | None:
+def _check_no_max_t(study: Study) -> str | None:
     if study.search.max_t is not None:
-        return (f"search.max_t: the median rule never ends a trial at max_t (trials run train.epochs unless "
-                f"stopped); valid: leave max_t out, or scheduler asha or hyperband")  # fmt: skip
+        return ("search.max_t: the median rule never ends a trial at max_t (trials run train.epochs unless "
+                "stopped); valid: leave max_t out, or scheduler asha or hyperband")  # fmt: skip
     return None
 
 
@@ -120,12 +125,12 @@ def get(name: str) -> SchedulerEntry:
         raise ConfigError(f"search.scheduler: {name!r} is not a scheduler; valid: {', '.join(SCHEDULERS)}") from None
 
 
-def build_scheduler(study: "Study"):
+def build_scheduler(study: Study):
     """The study's Tune scheduler (None for FIFO)."""
     return get(study.search.scheduler).build(study)
 
 
-def check(study: "Study") -> None:
+def check(study: Study) -> None:
     """The scheduler's own checks: ConfigError `FILE: key: ...`."""
     problem = get(study.search.scheduler).check(study)
     if problem:

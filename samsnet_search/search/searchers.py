@@ -14,25 +14,25 @@ Every searcher is seeded by `search.seed`: the same study file proposes the same
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from ..errors import ConfigError
 from .objectives import searcher_objectives
 
-if TYPE_CHECKING:
-    from .study import Study
+# A search.study.Study: not imported, since the study module imports this registry to check a study.
+Study = Any
 
 
-def tune_space(study: "Study") -> dict[str, Any]:
+def tune_space(study: Study) -> dict[str, Any]:
     """Each searched key as the Tune domain of its distribution."""
     return {key: dist.to_tune() for key, dist in study.space.items()}
 
 
-def _no_problem(study: "Study") -> str | None:
+def _no_problem(study: Study) -> str | None:
     return None
 
 
-def _num_samples(study: "Study") -> int:
+def _num_samples(study: Study) -> int:
     return study.search.num_samples
 
 
@@ -40,10 +40,10 @@ def _num_samples(study: "Study") -> int:
 class SearcherEntry:
     name: str
     description: str
-    build: Callable[["Study"], Any]  # the Tune search algorithm
-    space: Callable[["Study"], dict[str, Any]] = tune_space
-    check: Callable[["Study"], str | None] = _no_problem
-    trials: Callable[["Study"], int] = _num_samples
+    build: Callable[[Study], Any]  # the Tune search algorithm
+    space: Callable[[Study], dict[str, Any]] = tune_space
+    check: Callable[[Study], str | None] = _no_problem
+    trials: Callable[[Study], int] = _num_samples
     multi_objective: bool = False  # takes search.objectives (several directions)
     # Tune applies TuneConfig.max_concurrent_trials to a Searcher only (for a given
     # BasicVariantGenerator it warns and ignores it): False means the entry limits it itself.
@@ -53,10 +53,10 @@ class SearcherEntry:
 # --- Optuna ---------------------------------------------------------------------------
 
 
-def _optuna_search(study: "Study", sampler: Any):
+def _optuna_search(study: Study, sampler: Any):
     """Ray's OptunaSearch over `sampler`. One objective: metric/mode come from TuneConfig;
     several: the searcher gets them all (the quality at each trial's best epoch first)."""
-    from .callbacks import RestartTolerantOptuna  # lazy: imports ray.tune; loading a study must not
+    from .adapters import RestartTolerantOptuna  # lazy: imports ray.tune; loading a study must not
 
     s = study.search
     objectives = searcher_objectives(study.metric, s.objectives) if s.multi_objective else {}
@@ -64,7 +64,7 @@ def _optuna_search(study: "Study", sampler: Any):
                                  points_to_evaluate=study.points_to_evaluate or None)  # fmt: skip
 
 
-def _tpe(study: "Study"):
+def _tpe(study: Study):
     import optuna  # lazy: heavy; loading a study must not pay for it
 
     # TPE seeded: the same study file proposes the same first configurations; with several
@@ -72,14 +72,14 @@ def _tpe(study: "Study"):
     return _optuna_search(study, optuna.samplers.TPESampler(seed=study.search.seed))
 
 
-def _cmaes(study: "Study"):
+def _cmaes(study: Study):
     import optuna  # lazy: heavy; loading a study must not pay for it
 
     # Its first trial (n_startup_trials) comes from a RandomSampler seeded alike.
     return _optuna_search(study, optuna.samplers.CmaEsSampler(seed=study.search.seed))
 
 
-def _check_cmaes(study: "Study") -> str | None:
+def _check_cmaes(study: Study) -> str | None:
     """CMA-ES models a continuous space: Optuna samples choices, and a space of one dimension,
     with its independent (random) sampler instead, which would silently be a random search."""
     choices = [k for k, d in study.space.items() if d.categorical]
@@ -96,7 +96,7 @@ def _check_cmaes(study: "Study") -> str | None:
 # --- Ray's own sampling ---------------------------------------------------------------
 
 
-def _variant_generator(study: "Study"):
+def _variant_generator(study: Study):
     from ray.tune.search.basic_variant import BasicVariantGenerator  # lazy: imports ray
 
     s = study.search
@@ -104,20 +104,20 @@ def _variant_generator(study: "Study"):
                                  max_concurrent=s.max_concurrent_trials or 0)  # fmt: skip
 
 
-def _grid_space(study: "Study") -> dict[str, Any]:
+def _grid_space(study: Study) -> dict[str, Any]:
     from ray import tune  # lazy: loading a study must not pay for Ray
 
     return {key: tune.grid_search(dist.grid_values()) for key, dist in study.space.items()}
 
 
-def _check_grid(study: "Study") -> str | None:
+def _check_grid(study: Study) -> str | None:
     continuous = [k for k, d in study.space.items() if d.size is None]
     if continuous:
         return f"search.searcher: grid needs discrete distributions (choice or int); {continuous} are continuous"
     return None
 
 
-def _grid_trials(study: "Study") -> int:
+def _grid_trials(study: Study) -> int:
     """num_samples passes over the whole grid."""
     size = 1
     for dist in study.space.values():
@@ -149,7 +149,7 @@ def get(name: str) -> SearcherEntry:
         raise ConfigError(f"search.searcher: {name!r} is not a searcher; valid: {', '.join(SEARCHERS)}") from None
 
 
-def check(study: "Study") -> None:
+def check(study: Study) -> None:
     """The searcher's own checks: ConfigError `FILE: key: ...`."""
     entry = get(study.search.searcher)
     problem = entry.check(study)
@@ -161,12 +161,12 @@ def check(study: "Study") -> None:
         raise ConfigError(f"{study.source}: {problem}")
 
 
-def build_searcher(study: "Study"):
+def build_searcher(study: Study):
     """The Tune search algorithm (TuneConfig.search_alg) of the study's searcher."""
     return get(study.search.searcher).build(study)
 
 
-def param_space(study: "Study") -> dict[str, Any]:
+def param_space(study: Study) -> dict[str, Any]:
     """Tune's `param_space`: flat, dotted keys (`model.slices`) -> domains.
 
     Only the searched keys travel as trial config; the fixed parts reach the trainable
@@ -175,17 +175,17 @@ def param_space(study: "Study") -> dict[str, Any]:
     return get(study.search.searcher).space(study)
 
 
-def num_trials(study: "Study") -> int:
+def num_trials(study: Study) -> int:
     """Trials the study will run (num_samples, times the grid for `searcher: grid`)."""
     return get(study.search.searcher).trials(study)
 
 
-def max_concurrent_trials(study: "Study") -> int | None:
+def max_concurrent_trials(study: Study) -> int | None:
     """TuneConfig.max_concurrent_trials: the study's limit where Tune applies it (see SearcherEntry)."""
     return study.search.max_concurrent_trials if get(study.search.searcher).tune_limits_concurrency else None
 
 
-def tune_metric(study: "Study") -> dict[str, Any]:
+def tune_metric(study: Study) -> dict[str, Any]:
     """TuneConfig's metric/mode: the study metric, or none when several objectives are searched
     (Tune would pass its single metric on to the searcher and the scheduler, which have their own)."""
     if study.search.multi_objective:
