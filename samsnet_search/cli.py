@@ -1,21 +1,49 @@
 """Command line: thin. Each command parses its arguments and calls a library function.
 
+Commands import the library when they run: torch, Ray, MLflow and scipy take seconds to
+import, and `--help` or `infra status` should not pay for them (`# lazy:` names the cost).
 `main(argv)` is callable from tests. Library errors (`SamsNetError`) become one line on
 stderr and exit code 2, with no traceback.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shlex
 import sys
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
 
-from .errors import SamsNetError
+from .bench import run_benchmarks, write_report
+from .bench.show import print_report as print_bench
+from .config import (
+    SAMPLE_RATE,
+    TARGETS,
+    DataConfig,
+    ExperimentConfig,
+    load_experiment,
+    validate_model,
+)
+from .errors import ConfigError, SamsNetError
+from .search import identity, lease
+from .search.identity import default_storage, display_uri, find_study, list_studies
+from .search.pareto import front_table
+from .services import infra
+from .services.infra import check_reachable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Hyperparameter search for Sams-Net.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: synthesize, inspect.")
@@ -34,9 +62,8 @@ def model_info(
     slices: Optional[int] = typer.Option(None, help="override model.slices"),
 ) -> None:
     """Parameter count and MACs per second of audio for a configuration."""
-    from .engine.checkpoint import build_model
-    from .config import ExperimentConfig, load_experiment, validate_model
-    from .model.info import macs_per_second, parameter_breakdown
+    from .engine.checkpoint import build_model  # lazy: torch
+    from .model.info import macs_per_second, parameter_breakdown  # lazy: torch
 
     exp = load_experiment(config) if config else ExperimentConfig()
     overrides = {k: v for k, v in dict(channels=channels, heads=heads, depth=depth, slices=slices).items() if v}
@@ -51,7 +78,6 @@ def model_info(
 
 
 def _experiment(config: Path, data: Optional[Path]):
-    from .config import ExperimentConfig, load_experiment, validate_model
 
     exp = load_experiment(config)
     if data is not None:
@@ -68,9 +94,8 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="continue from <out>/checkpoint/last.pt"),
 ) -> None:
     """Train one Sams-Net configuration (no Ray, no MLflow)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .engine.train import Trainer
+    from .engine.train import Trainer  # lazy: torch
 
     exp = _experiment(config, data)
     trainer = Trainer(exp, out)
@@ -111,13 +136,11 @@ def evaluate(
 
     Only the scored subset is read. MUSDB18 stems are decoded as musdb decodes them (16-bit PCM).
     """
-    from .engine.checkpoint import load_model
-    from .config import DataConfig, validate_model
-    from .data import load_subset
-    from .errors import ConfigError
-    from .engine.evaluate import evaluate_tracks, model_estimator, oracle_estimator
-    from .engine.train import pick_device
-    from .engine.wiener import PostFilter
+    from .data import load_subset  # lazy: torch, scipy
+    from .engine.checkpoint import load_model  # lazy: torch
+    from .engine.evaluate import evaluate_tracks, model_estimator, oracle_estimator  # lazy: torch
+    from .engine.train import pick_device  # lazy: torch
+    from .engine.wiener import PostFilter  # lazy: torch
 
     if (model is None) == (oracle is None):
         raise ConfigError("give either a model checkpoint or --oracle irm1|irm2")
@@ -148,9 +171,7 @@ def evaluate(
 
 
 def _print_scores(report) -> None:
-    from rich.table import Table
 
-    from .config import TARGETS
 
     table = Table(title=f"{report.estimator}: SDR (dB), {report.subset} set of {report.data}, {report.backend}")
     for col in ("track", *TARGETS, "avg"):
@@ -177,15 +198,10 @@ def separate(
     bits: str = typer.Option("32f", help="output samples: 16, 24 (integer PCM, clipped to [-1, 1]) or 32f (float)"),
 ) -> None:
     """Separate one song into vocals, drums, bass and other."""
-    from contextlib import ExitStack
 
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    from .config import SAMPLE_RATE
-    from .errors import ConfigError
-    from .engine.separate import check_arguments, load_separator, parse_stems, separate_file
-    from .engine.train import pick_device
-    from .engine.wiener import PostFilter
+    from .engine.separate import check_arguments, load_separator, parse_stems, separate_file  # lazy: torch
+    from .engine.train import pick_device  # lazy: torch
+    from .engine.wiener import PostFilter  # lazy: torch
 
     check_arguments(model, audio)
     if wiener < 0:
@@ -223,9 +239,8 @@ def export(
     alias: str = typer.Option("champion", help="registry alias set on the new version (weights registered before keep theirs)"),
 ) -> None:
     """Export the best model of a study (or a run / checkpoint) as a self-contained folder."""
-    import os
 
-    from .delivery.export import export_source
+    from .delivery.export import export_source  # lazy: torch, mlflow
 
     folder, registration = export_source(source, out, storage=storage, tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
                                          register_as=register, alias=alias)  # fmt: skip
@@ -247,7 +262,7 @@ def data_synth(
     force: bool = typer.Option(False, "--force", help="replace existing train/ and test/ folders"),
 ) -> None:
     """Write a synthetic dataset (stems with vocals, drums, bass, chords; sections that change)."""
-    from .data.synth import synthesize
+    from .data.synth import synthesize  # lazy: torch, scipy
 
     root = synthesize(out, n_train=train, n_valid=valid, n_test=test, seconds=seconds, seed=seed,
                       section_range=(section_min, section_max), overwrite=force)  # fmt: skip
@@ -263,8 +278,7 @@ def data_info(
     check: bool = typer.Option(False, "--check", help="decode every track now (fills the cache, finds bad samples)"),
 ) -> None:
     """Load the splits of a dataset and print counts, kind and fingerprint."""
-    from .config import DataConfig, validate_model
-    from .data.splits import load_splits, prepare
+    from .data.splits import load_splits, prepare  # lazy: torch, scipy
 
     cfg = validate_model(DataConfig, dict(root=root, format=format, valid_tracks=valid_track or None,
                                           cache_dir=cache_dir), "command line")  # fmt: skip
@@ -305,7 +319,6 @@ def infra_up(
     ),
 ) -> None:
     """Start SeaweedFS (S3) and an MLflow server with artifacts in it; no-op if running."""
-    from .services import infra
 
     cfg = infra.make_config(
         state_dir=state_dir, host=host, s3_port=s3_port, mlflow_port=mlflow_port, master_port=master_port,
@@ -327,7 +340,6 @@ def infra_up(
 @infra_app.command("down")
 def infra_down(state_dir: Optional[Path] = typer.Option(None, help=_STATE_HELP)) -> None:
     """Stop the MLflow server and SeaweedFS (data stays in the state folder)."""
-    from .services import infra
 
     cfg = infra.make_config(state_dir=state_dir)
     stopped = infra.down(cfg)
@@ -337,7 +349,6 @@ def infra_down(state_dir: Optional[Path] = typer.Option(None, help=_STATE_HELP))
 @infra_app.command("status")
 def infra_status(state_dir: Optional[Path] = typer.Option(None, help=_STATE_HELP)) -> None:
     """Each service: address, pid, health. Exit code 1 unless all are healthy."""
-    from .services import infra
 
     cfg = infra.make_config(state_dir=state_dir)
     services = infra.status(cfg)
@@ -354,9 +365,6 @@ def infra_status(state_dir: Optional[Path] = typer.Option(None, help=_STATE_HELP
 @infra_app.command("env")
 def infra_env(state_dir: Optional[Path] = typer.Option(None, help=_STATE_HELP)) -> None:
     """Print `export` lines (including the S3 secret) for `eval "$(samsnet-search infra env)"`."""
-    import shlex
-
-    from .services import infra
 
     for key, value in infra.client_env(infra.make_config(state_dir=state_dir)).items():
         print(f"export {key}={shlex.quote(value)}")
@@ -368,8 +376,7 @@ _STORAGE_HELP = ("storage root holding the studies (local folder or s3://bucket/
 
 
 def _storage(storage: Optional[str]) -> str:
-    from .search.identity import default_storage
-    from .search.study import resolve_storage
+    from .search.study import resolve_storage  # lazy: scipy via data
 
     return resolve_storage(storage or default_storage(), Path.cwd())
 
@@ -384,9 +391,8 @@ def validate(
     Also tries the study's storage and tracking server once (a few seconds): exit code 2 if
     either cannot be reached.
     """
-    from .services.infra import check_reachable
-    from .delivery.show import format_space
-    from .search.study import load_study
+    from .delivery.show import format_space  # lazy: torch, mlflow
+    from .search.study import load_study  # lazy: scipy via data
 
     study = load_study(study_file)
     print(format_space(study))
@@ -402,13 +408,12 @@ def validate(
 
 def _run_live(study, live: bool, **kwargs):
     """Run (or continue) a study, with the live terminal view unless --no-live."""
-    from contextlib import nullcontext
 
-    from .search.runner import run_study
+    from .search.runner import run_study  # lazy: ray
 
     view = nullcontext()
     if live:
-        from .delivery.live import LiveView
+        from .delivery.live import LiveView  # lazy: torch, mlflow
 
         view = LiveView(study, console)
     with view:
@@ -426,7 +431,7 @@ def run(
     select: bool = typer.Option(True, "--select/--no-select", help="after the search: choose the slice count (retrain, score, register)"),
 ) -> None:
     """Run a study; if it exists (same name, same file) it continues where it stopped."""
-    from .search.study import load_study
+    from .search.study import load_study  # lazy: scipy via data
 
     study = load_study(study_file)
     _search_then_select(study, live, select, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
@@ -435,10 +440,8 @@ def run(
 
 def _resume_hint(study) -> str:
     """The command that continues the study; --storage only where the default would not find it."""
-    import shlex
 
-    from .search.identity import default_storage, display_uri
-    from .search.study import resolve_storage
+    from .search.study import resolve_storage  # lazy: scipy via data
 
     same = resolve_storage(default_storage(), Path.cwd()) == study.storage
     return f"samsnet-search resume {study.name}" + ("" if same else f" --storage {shlex.quote(display_uri(study.storage))}")
@@ -449,8 +452,7 @@ def _search_then_select(study, live: bool, select: bool, restart_errored: bool, 
 
     The study's lease is held for both: no second driver starts on it while this one selects.
     """
-    from .search import identity, lease
-    from .delivery.show import format_result
+    from .delivery.show import format_result  # lazy: torch, mlflow
 
     with lease.hold(identity.study_uri(study.storage, study.name), study.name):
         try:
@@ -462,7 +464,6 @@ def _search_then_select(study, live: bool, select: bool, restart_errored: bool, 
             raise typer.Exit(130) from None
         print(format_result(result))
         if result.pareto:
-            from .search.pareto import front_table
 
             Console(width=max(Console().width, 120)).print(front_table(result.pareto))
         if result.interrupted:  # Tune caught the Ctrl-C and returned; the shell should still see it
@@ -471,7 +472,7 @@ def _search_then_select(study, live: bool, select: bool, restart_errored: bool, 
         try:
             _select(result, select, **ray_args)
         except KeyboardInterrupt:
-            from .search.runner import mark_interrupted
+            from .search.runner import mark_interrupted  # lazy: ray
 
             mark_interrupted(result.manifest, result.target)
             console.print(f"selection interrupted; continue with: {_resume_hint(study)}", highlight=False)
@@ -482,8 +483,8 @@ def _select(result, select: bool, **ray_args) -> None:
     """The slice-count selection after a finished search; prints the validation table and the choice."""
     if not select or not result.study.spec.selection.enabled or result.interrupted:
         return
-    from .delivery.report import gather, selection_renderables
-    from .search.select import run_selection
+    from .delivery.report import gather, selection_renderables  # lazy: torch, mlflow
+    from .search.select import run_selection  # lazy: ray, torch
 
     sel = run_selection(result, progress=lambda msg: console.print(f"[dim]{msg}[/dim]", highlight=False), **ray_args)
     out = Console(width=max(Console().width, 120))
@@ -504,8 +505,7 @@ def resume(
     select: bool = typer.Option(True, "--select/--no-select", help="after the search: choose the slice count (retrain, score, register)"),
 ) -> None:
     """Continue an interrupted study: finished trials stay, unfinished ones continue from their checkpoint."""
-    from .search.identity import find_study
-    from .search.runner import load_stored_study
+    from .search.runner import load_stored_study  # lazy: ray
 
     study = load_stored_study(find_study(name, _storage(storage)))
     _search_then_select(study, live, select, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
@@ -519,12 +519,12 @@ def report(
     html: Optional[Path] = typer.Option(None, "--html", help="also write one self-contained HTML page (plots, audio) here"),
 ) -> None:
     """What a study found: trial counts, the validation table by slice count, the choice, the test score."""
-    from .delivery.report import gather, print_report
+    from .delivery.report import gather, print_report  # lazy: torch, mlflow
 
     found = gather(name, _storage(storage))
     print_report(found, Console(width=max(Console().width, 120)))
     if html is not None:
-        from .delivery.report_html import write_html
+        from .delivery.report_html import write_html  # lazy: torch, mlflow
 
         print(f"HTML report: {write_html(found, html)}")
 
@@ -532,8 +532,7 @@ def report(
 @app.command("ls")
 def ls(storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP)) -> None:
     """List the studies in a storage root with their state."""
-    from .search.identity import list_studies
-    from .delivery.show import format_studies
+    from .delivery.show import format_studies  # lazy: torch, mlflow
 
     print(format_studies(list_studies(_storage(storage))))
 
@@ -550,12 +549,10 @@ def bench(
 ) -> None:
     """Measure the hot paths: sliced attention vs slices, training step, fast SDR vs museval, search overhead;
     `--only search`: the platform's slice-count choice against the paper's grid."""
-    from .bench import run_benchmarks, write_report
-    from .bench.show import print_report
 
     report = run_benchmarks(quick=quick, device=device, only=only, threads=threads, smoke=smoke, tiny=tiny,
                             progress=lambda name: console.print(f"[dim]bench: {name}...[/dim]"))  # fmt: skip
-    print_report(report, Console())
+    print_bench(report, Console())
     if out is not None:
         print(f"wrote {write_report(report, out)}")
 
@@ -581,12 +578,9 @@ def estimate_slices_cmd(
     segment's part count is mapped to the nearest allowed slice count, and the estimate is the
     median over segments and tracks.
     """
-    import json
 
-    from .config import DataConfig, validate_model
-    from .data.splits import load_splits
-    from .errors import ConfigError
-    from .search.estimate import EstimateParams, estimate_slices
+    from .data.splits import load_splits  # lazy: torch, scipy
+    from .search.estimate import EstimateParams, estimate_slices  # lazy: scipy
 
     try:
         allowed = [int(s) for s in slices.split(",") if s.strip()]

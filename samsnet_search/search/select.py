@@ -40,6 +40,7 @@ from ..services import tracking
 from ..config import SAMPLE_RATE, TARGETS, ExperimentConfig, validate_model
 from ..errors import SamsNetError
 from . import identity
+from .objectives import better
 
 log = logging.getLogger(__name__)
 
@@ -244,14 +245,13 @@ class Job:
 
 def contenders(trials: list, metric: str, mode: str) -> dict[int, Any]:
     """slices -> the best TrialRecord of that slice value by the study metric (failed trials excluded)."""
-    sign = 1 if mode == "min" else -1
     best: dict[int, Any] = {}
     for t in trials:
         value = (t.best or {}).get(metric)
         slices = t.experiment.get("model", {}).get("slices")
         if value is None or slices is None or t.status == "failed" or not math.isfinite(value):
             continue
-        if slices not in best or sign * value < sign * best[slices].best[metric]:
+        if slices not in best or better(value, best[slices].best[metric], mode):
             best[slices] = t
     return best
 

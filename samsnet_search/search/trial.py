@@ -30,6 +30,7 @@ from ..config import ExperimentConfig, validate_model
 from ..errors import CheckpointError
 from ..services.faults import DEFAULT_BUDGET_S, first_line, is_infra_error, retry
 from ..services.tracking import ChildRunSpec, TrialRun, worker_http_settings
+from .objectives import best_of, better
 from .study import merge
 
 log = logging.getLogger(__name__)
@@ -102,12 +103,12 @@ class BestSoFar:
     """
 
     def __init__(self, metric: str, mode: str, earlier: list[float]):
-        self.key, self.metric, self.sign = f"best_{metric}", metric, (1 if mode == "min" else -1)
-        self.value = min(earlier, key=lambda v: self.sign * v) if earlier else None
+        self.key, self.metric, self.mode = f"best_{metric}", metric, mode
+        self.value = best_of(earlier, mode)
 
     def update(self, metrics: dict[str, Any]) -> None:
         value = metrics.get(self.metric)
-        if value is not None and math.isfinite(value) and (self.value is None or self.sign * value < self.sign * self.value):
+        if better(value, self.value, self.mode):
             self.value = float(value)
         # Always present (Tune checks that every result has the searcher's metrics); NaN until a
         # finite value arrives. The trainer's own best_valid_loss wins.

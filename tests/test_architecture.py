@@ -1,0 +1,69 @@
+"""The layers hold: import-linter's contracts (pyproject.toml), no private names across modules,
+and a deferred import only where it says why (`# lazy: <what it would cost at CLI start>`)."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "samsnet_search"
+
+
+def _module(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+def _imported_from(path: Path, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module or ""
+    package = _module(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    package = package[: len(package) - node.level + 1]
+    return ".".join(package + ([node.module] if node.module else []))
+
+
+def _private_imports(paths) -> list[str]:
+    found = []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and _imported_from(path, node).startswith("samsnet_search"):
+                source = _imported_from(path, node)
+                for alias in node.names:
+                    if alias.name.startswith("_") and not alias.name.startswith("__") and source != _module(path):
+                        found.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {source}.{alias.name}")
+    return found
+
+
+def test_no_module_imports_another_modules_private_names():
+    assert _private_imports(sorted(PACKAGE.rglob("*.py"))) == []
+
+
+def test_tests_use_the_public_api():
+    assert _private_imports(sorted((ROOT / "tests").rglob("*.py"))) == []
+
+
+def test_every_deferred_import_says_why():
+    unexplained = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        lines = path.read_text().splitlines()
+        for fn in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(fn):
+                    if isinstance(node, (ast.Import, ast.ImportFrom)) and "# lazy:" not in lines[node.lineno - 1]:
+                        unexplained.append(f"{path.relative_to(ROOT)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
+    assert unexplained == []
+
+
+@pytest.mark.skipif(shutil.which("lint-imports", path=str(Path(sys.executable).parent)) is None,
+                    reason="import-linter is a dev dependency")  # fmt: skip
+def test_import_linter_contracts_are_kept():
+    exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
+    run = subprocess.run([exe], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-4000:]
