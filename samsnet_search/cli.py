@@ -70,11 +70,12 @@ def train(
     """Train one Sams-Net configuration (no Ray, no MLflow)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from .engine.checkpoint import LAST
     from .engine.train import Trainer
 
     exp = _experiment(config, data)
     trainer = Trainer(exp, out)
-    last = out / "checkpoint" / "last.pt"
+    last = out / "checkpoint" / LAST
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} epochs"),
                   TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=console) as bar:  # fmt: skip
         task = bar.add_task("training", total=exp.train.epochs, status="")
@@ -263,7 +264,7 @@ def data_info(
     check: bool = typer.Option(False, "--check", help="decode every track now (fills the cache, finds bad samples)"),
 ) -> None:
     """Load the splits of a dataset and print counts, kind and fingerprint."""
-    from .config import DataConfig, validate_model
+    from .config import SAMPLE_RATE, DataConfig, validate_model
     from .data.splits import load_splits, prepare
 
     cfg = validate_model(DataConfig, dict(root=root, format=format, valid_tracks=valid_track or None,
@@ -277,7 +278,7 @@ def data_info(
         print(f"{name:>11}: {len(tracks)} tracks")
     if check:
         samples = prepare(splits.all_tracks())
-        print(f"    decoded: {samples / 44100 / 60:.1f} min of audio, all checked (cache: {splits.train[0].cache.folder})")
+        print(f"    decoded: {samples / SAMPLE_RATE / 60:.1f} min of audio, all checked (cache: {splits.train[0].cache.folder})")
 
 _STATE_HELP = "stack state folder; default $SAMSNET_INFRA_DIR, else $XDG_STATE_HOME/samsnet/infra (~/.local/state/...)"
 

@@ -63,12 +63,11 @@ from scipy.cluster.vq import kmeans2
 from scipy.linalg import eigh
 from scipy.ndimage import maximum_filter1d, median_filter, uniform_filter1d
 
-from ..config import SAMPLE_RATE
+from ..config import PAPER_SLICES, SAMPLE_RATE
 from ..errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-PAPER_SLICES: tuple[int, ...] = (1, 2, 4, 8, 12, 16, 18, 24)  # paper Table 2
 METHODS = ("novelty", "eigengap")
 
 HYPOTHESIS = (
