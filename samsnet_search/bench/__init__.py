@@ -1,4 +1,4 @@
-"""`samsnet-search bench`: measure the hot paths (issue 6). Benchmarks are not tests.
+"""`samsnet-search bench`: measure the hot paths. Benchmarks are not tests.
 
 One module per benchmark, each with `run(quick, device, threads, ...) -> {"sizes", "figures", "notes"}`
 where `figures` is a flat mapping name -> float:

@@ -817,7 +817,7 @@ def _mlflow_command(cfg: InfraConfig, bucket: str) -> list[str]:
         sys.executable, "-m", "mlflow", "server",
         "--host", cfg.host,
         "--port", str(cfg.mlflow_port),
-        "--workers", "1",  # 1 worker: about 430 MB instead of 2.3 GB (INFRA-NOTES)
+        "--workers", "1",  # 1 worker: about 430 MB instead of 2.3 GB (docs/infra.md)
         "--backend-store-uri", f"sqlite:///{db}",
         "--artifacts-destination", f"s3://{bucket}/{ARTIFACT_PREFIX}",
     ]  # fmt: skip
