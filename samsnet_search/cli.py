@@ -95,11 +95,12 @@ def train(
 ) -> None:
     """Train one Sams-Net configuration (no Ray, no MLflow)."""
 
+    from .engine.checkpoint import LAST  # lazy: torch
     from .engine.train import Trainer  # lazy: torch
 
     exp = _experiment(config, data)
     trainer = Trainer(exp, out)
-    last = out / "checkpoint" / "last.pt"
+    last = out / "checkpoint" / LAST
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} epochs"),
                   TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=console) as bar:  # fmt: skip
         task = bar.add_task("training", total=exp.train.epochs, status="")
@@ -291,7 +292,7 @@ def data_info(
         print(f"{name:>11}: {len(tracks)} tracks")
     if check:
         samples = prepare(splits.all_tracks())
-        print(f"    decoded: {samples / 44100 / 60:.1f} min of audio, all checked (cache: {splits.train[0].cache.folder})")
+        print(f"    decoded: {samples / SAMPLE_RATE / 60:.1f} min of audio, all checked (cache: {splits.train[0].cache.folder})")
 
 _STATE_HELP = "stack state folder; default $SAMSNET_INFRA_DIR, else $XDG_STATE_HOME/samsnet/infra (~/.local/state/...)"
 

@@ -54,11 +54,22 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator
 from urllib.parse import parse_qsl, urlsplit
 
+import boto3
 import psutil
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+from pyarrow import fs as pafs
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from . import weed_sandbox
 from ..errors import SamsNetError
+from . import weed_sandbox
 
 log = logging.getLogger(__name__)
 
@@ -390,9 +401,6 @@ def _write_identities(cfg: InfraConfig, creds: Credentials) -> Path:
 
 def s3_client(endpoint_url: str, access_key: str, secret_key: str, region: str = "us-east-1"):
     """A boto3 S3 client for an S3-compatible endpoint (path-style, SigV4, short timeouts)."""
-    import boto3
-    from botocore.config import Config
-
     conf = Config(
         signature_version="s3v4",
         s3={"addressing_style": "path"},  # SeaweedFS has no per-bucket DNS names
@@ -420,10 +428,8 @@ def _split_endpoint(endpoint_url: str) -> tuple[str, str]:
 
 def s3_filesystem(endpoint_url: str, access_key: str, secret_key: str, region: str = "us-east-1"):
     """A `pyarrow.fs.S3FileSystem` for an S3-compatible endpoint (Ray Tune `storage_filesystem`)."""
-    from pyarrow import fs
-
     scheme, netloc = _split_endpoint(endpoint_url)
-    return fs.S3FileSystem(
+    return pafs.S3FileSystem(
         endpoint_override=netloc, access_key=access_key, secret_key=secret_key, scheme=scheme, region=region
     )
 
@@ -741,8 +747,6 @@ def _weed_command(cfg: InfraConfig, ident: Path) -> list[str]:
 
 def _ensure_bucket(client, bucket: str) -> bool:
     """Create `bucket` if missing; True when it exists afterwards. Raises InfraError if keys are refused."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
     try:
         client.head_bucket(Bucket=bucket)
         return True
@@ -767,8 +771,6 @@ def _ensure_bucket(client, bucket: str) -> bool:
 
 def _s3_ready(client, bucket: str) -> bool:
     """Bucket exists and a small object round-trips (the volume server takes a moment to register)."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
     if not _ensure_bucket(client, bucket):
         return False
     try:
@@ -815,7 +817,7 @@ def _mlflow_command(cfg: InfraConfig, bucket: str) -> list[str]:
         sys.executable, "-m", "mlflow", "server",
         "--host", cfg.host,
         "--port", str(cfg.mlflow_port),
-        "--workers", "1",  # 1 worker: about 430 MB instead of 2.3 GB (INFRA-NOTES)
+        "--workers", "1",  # 1 worker: about 430 MB instead of 2.3 GB (docs/infra.md)
         "--backend-store-uri", f"sqlite:///{db}",
         "--artifacts-destination", f"s3://{bucket}/{ARTIFACT_PREFIX}",
     ]  # fmt: skip
@@ -1151,7 +1153,6 @@ def _storage_problems(storage: str, timeout: float) -> list[str]:
     custom = "amazonaws.com" not in host
     if custom and not (os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY")):
         return [f"storage {storage}: no S3 keys for {endpoint}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"]
-    from pyarrow import fs as pafs
 
     def probe() -> Any:
         filesystem, path = pafs.FileSystem.from_uri(storage)

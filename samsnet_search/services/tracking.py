@@ -24,7 +24,6 @@ import math
 import os
 import platform
 import re
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from importlib import metadata
@@ -34,6 +33,7 @@ from urllib.parse import urlsplit
 
 from ..config import flatten
 from ..errors import ConfigError, SamsNetError
+from ..version import git_commit
 from .faults import DEFAULT_BUDGET_S, RetryingClient, retry
 
 log = logging.getLogger(__name__)
@@ -216,20 +216,6 @@ def package_versions(packages: Iterable[str] = PACKAGES) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return out
-
-
-def git_commit(path: Path | str | None = None) -> str | None:
-    """The commit of the checkout this code runs from (None outside git), `+dirty` if modified."""
-    cwd = Path(path or Path(__file__).parent)
-    try:
-        run = lambda *a: subprocess.run(["git", *a], cwd=cwd, capture_output=True, text=True, timeout=10)  # noqa: E731
-        head = run("rev-parse", "HEAD")
-        if head.returncode:
-            return None
-        dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
-        return head.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 # --- the study's parent run ----------------------------------------------------------
