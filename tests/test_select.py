@@ -122,6 +122,7 @@ import yaml  # noqa: E402
 
 from samsnet_search.services import tracking  # noqa: E402
 from samsnet_search.delivery.export import WEIGHTS_SHA_TAG  # noqa: E402
+from samsnet_search.delivery.winner import register_winner  # noqa: E402
 from samsnet_search.cli import main  # noqa: E402
 from samsnet_search.search import identity  # noqa: E402
 from samsnet_search.search.runner import run_study  # noqa: E402
@@ -172,7 +173,7 @@ def test_selection_end_to_end(tmp_path, synth_root, ray_local, capsys):
     assert sorted(t.status for t in result.trials) == ["completed", "completed"]
 
     said: list[str] = []
-    sel = run_selection(result, progress=said.append)
+    sel = run_selection(result, progress=said.append, register=register_winner)
     table = sel.table
     assert any(m.startswith("selection: 6 jobs to run") for m in said), said  # k of n, with a time estimate
     assert any(m.startswith("selection [1/6, ") and "left]" in m for m in said) and any("[6/6, " in m for m in said)
@@ -225,14 +226,14 @@ def test_selection_end_to_end(tmp_path, synth_root, ray_local, capsys):
     assert "plain masks (paper): avg" in out and "TEST, same winner, Wiener filter (1 EM iteration): avg" in out
 
     # a finished selection is loaded, not run again
-    assert run_selection(result).table.to_dict() == table.to_dict()
+    assert run_selection(result, register=register_winner).table.to_dict() == table.to_dict()
 
     # interrupted: one job's record and the final result are missing -> only that job runs again
     store = selection_uri(m.path)
     Path(store, "jobs", "slices_2_seed_2.json").unlink()
     Path(store, "selection.json").unlink()
     ends = {r.info.run_id: r.info.end_time for r in selection_runs}
-    again = run_selection(result)
+    again = run_selection(result, register=register_winner)
     assert again.trained == ["slices_2_seed_2"]
     rerun = c.get_run(again.jobs[5]["run_id"])
     for run_id, end in ends.items():
@@ -245,7 +246,7 @@ def test_selection_end_to_end(tmp_path, synth_root, ray_local, capsys):
     # test data never influences the choice: garbage test stems, everything retrained, same table
     shutil.rmtree(store)
     garble_test_split(data)
-    third = run_selection(result)
+    third = run_selection(result, register=register_winner)
     assert len(third.trained) == 6 and third.table.winner == table.winner
     for a, b in zip(third.table.rows, table.rows):
         assert a.median == pytest.approx(b.median, abs=1e-4) and a.interval["avg"] == pytest.approx(b.interval["avg"], abs=1e-4)
