@@ -58,6 +58,7 @@ import psutil
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import weed_sandbox
+from . import storage as storage_io
 from .storage import s3_client, s3_filesystem, storage_uri  # noqa: F401  (infra.s3_client etc.: the stack's client helpers)
 from ..errors import SamsNetError
 
@@ -1102,7 +1103,7 @@ def _storage_problems(storage: str, timeout: float) -> list[str]:
     from pyarrow import fs as pafs
 
     def probe() -> Any:
-        filesystem, path = pafs.FileSystem.from_uri(storage)
+        filesystem, path = storage_io.filesystem(storage)
         return filesystem.get_file_info(path.split("/", 1)[0])
 
     finished, result = _run_bounded(probe, timeout)
