@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 from ..services import storage, tracking
 from ..errors import ConfigError, SamsNetError
-from . import checkpoints, identity, lease
+from . import checkpoints, identity, integrity, lease
 from .identity import Manifest
 from .space import describe, num_trials, tune_space
 from .study import Study, load_study_text, resolve_storage
@@ -502,15 +502,11 @@ def _run_study(study: Study, address, num_cpus, num_gpus, restart_errored: bool,
 
 def _verify_state(study: Study) -> None:
     """Before Tune unpickles the study's state: each file must carry this driver's signature."""
-    from . import integrity  # imports ray.tune
-
     integrity.verify(identity.study_uri(study.storage, study.name))
 
 
 def _sign_tuner(study: Study) -> None:
     """tuner.pkl is written once, when the Tuner is made (Tune's later files: integrity.StateSigner)."""
-    from . import integrity  # imports ray.tune
-
     integrity.sign_stored(identity.study_uri(study.storage, study.name), ["tuner.pkl"])
 
 

@@ -26,6 +26,7 @@ import platform
 import re
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -441,7 +442,6 @@ class TrialRun:
 
     def log_epoch(self, metrics: Mapping[str, Any], epoch: int) -> None:
         from mlflow.entities import Metric
-        import time
 
         if epoch <= self.logged_epoch:
             log.info("epoch %d of trial %s is in MLflow already; not logging it again", epoch, self.trial_id)
