@@ -485,9 +485,11 @@ def _select(result, select: bool, **ray_args) -> None:
     if not select or not result.study.spec.selection.enabled or result.interrupted:
         return
     from .delivery.report import gather, selection_renderables  # lazy: torch, mlflow
+    from .delivery.winner import register_winner  # lazy: torch, mlflow
     from .search.select import run_selection  # lazy: ray, torch
 
-    sel = run_selection(result, progress=lambda msg: console.print(f"[dim]{msg}[/dim]", highlight=False), **ray_args)
+    sel = run_selection(result, progress=lambda msg: console.print(f"[dim]{msg}[/dim]", highlight=False),
+                        register=register_winner, **ray_args)  # fmt: skip
     out = Console(width=max(Console().width, 120))
     for item in selection_renderables(gather(result.manifest.path)):  # as `report` shows it, estimate included
         out.print(item, highlight=False, soft_wrap=isinstance(item, str))

@@ -25,6 +25,7 @@ import os
 import platform
 import re
 import tempfile
+import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -48,6 +49,7 @@ TRIAL_TAG = "samsnet.trial_id"
 STATUS_TAG = "samsnet.status"
 PARENT_TAG = "mlflow.parentRunId"
 BEST_RUN_TAG = "best_run"
+PHASE_TAG = "samsnet.phase"  # "selection" on a selection retraining's run (a child of the parent too)
 # completed: ran its full budget; stopped_early: the trainer's patience ended it;
 # pruned: ASHA stopped it at a rung; stopped: ended by the time budget or a shutdown;
 # failed: training raised.
@@ -426,7 +428,6 @@ class TrialRun:
 
     def log_epoch(self, metrics: Mapping[str, Any], epoch: int) -> None:
         from mlflow.entities import Metric
-        import time
 
         if epoch <= self.logged_epoch:
             log.info("epoch %d of trial %s is in MLflow already; not logging it again", epoch, self.trial_id)
@@ -441,9 +442,10 @@ class TrialRun:
             self.client.log_batch(self.run_id, metrics=items)
         self.logged_epoch = max(self.logged_epoch, epoch)
 
-    def log_best(self, checkpoint_dir: Path, epoch: int, name: str = "best.pt") -> None:
-        """Upload the best weights (overwriting the previous best) under `model/`."""
-        path = Path(checkpoint_dir) / name
+    def log_best(self, path: Path, epoch: int) -> None:
+        """Upload the best weights file (overwriting the previous best) under `model/`: the
+        published copy; the study's storage keeps the checkpoints themselves."""
+        path = Path(path)
         if epoch == self._best_logged_epoch or not path.is_file():
             return
         self.client.log_artifact(self.run_id, str(path), "model")
