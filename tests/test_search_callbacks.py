@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 from ray.tune.schedulers import TrialScheduler
 
-from samsnet_search.search.callbacks import PruneRecordingASHA, StudyCallback
+from samsnet_search.search.adapters import PruneRecordingASHA
+from samsnet_search.search.callbacks import StudyCallback
 from samsnet_search.services.tracking import TrackingTarget
 
 
@@ -56,7 +57,7 @@ def test_searcher_tolerates_trials_it_does_not_know():
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    from samsnet_search.search.callbacks import RestartTolerantOptuna
+    from samsnet_search.search.adapters import RestartTolerantOptuna
 
     space = {"model.slices": tune.choice([1, 2])}
     plain = OptunaSearch(space=space, metric="valid_loss", mode="min", seed=0)

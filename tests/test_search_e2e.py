@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from samsnet_search.services import tracking
-from samsnet_search.engine.checkpoint import load_model
 from samsnet_search.cli import main
+from samsnet_search.engine.checkpoint import load_model
 from samsnet_search.search import identity
 from samsnet_search.search.runner import resume_study, run_study
 from samsnet_search.search.study import load_study
 from samsnet_search.search.trial import trial_workdir
+from samsnet_search.services import tracking
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from samsnet_search.errors import ConfigError
-from samsnet_search.search import pareto
+from samsnet_search.search import pareto, schedulers, searchers
+from samsnet_search.search.objectives import dominates
 from samsnet_search.search.study import load_study
 
 MODES = {"valid_sdr": "max", "params": "min"}
@@ -23,9 +24,11 @@ def trial(tid, sdr, params, status="completed", epochs=4):
 
 
 def test_dominance_respects_each_direction():
-    assert pareto.dominates([5.0, 100], [4.0, 100], [-1, 1])  # better SDR, same size
-    assert not pareto.dominates([5.0, 200], [4.0, 100], [-1, 1])  # a trade-off
-    assert not pareto.dominates([4.0, 100], [4.0, 100], [-1, 1])  # equal points do not dominate
+    modes = ["max", "min"]  # SDR, size
+    assert dominates([5.0, 100], [4.0, 100], modes)  # better SDR, same size
+    assert not dominates([5.0, 200], [4.0, 100], modes)  # a trade-off
+    assert not dominates([4.0, 100], [4.0, 100], modes)  # equal points do not dominate
+    assert dominates([4.0, 100], [float("nan"), 100], modes)  # a diverged trial's NaN is beaten
 
 
 def test_front_keeps_trade_offs_and_drops_dominated_points():
@@ -65,8 +68,8 @@ def test_latency_is_measured_from_the_best_checkpoint(tmp_path):
     """On real weights: a tiny model saved in the checkpoint format, CPU, 1 thread."""
     import torch
 
-    from samsnet_search.engine import checkpoint
     from samsnet_search.config import ModelConfig
+    from samsnet_search.engine import checkpoint
 
     cfg = ModelConfig(n_fft=256, hop_length=128, channels=2, heads=1, depth=1, slices=2, slice_frames=4)
     threads = torch.get_num_threads()
@@ -108,21 +111,19 @@ def test_bad_objectives_name_the_key(tmp_path, synth_root, objectives, message):
     assert "mo.yaml: search: objectives: " in str(err.value) and message in str(err.value)
 
 
-def test_runner_wiring_for_several_objectives(tmp_path, synth_root):
+def test_wiring_for_several_objectives(tmp_path, synth_root):
     """Optuna gets every objective (quality at the best epoch first), ASHA the quality metric alone,
     TuneConfig none (Tune would hand its single metric to both)."""
-    from samsnet_search.search import runner
-
     study = load_study(write_study(tmp_path, synth_root, {"objectives": ["valid_loss", "params", "gmacs_per_second"],
                                                           "scheduler": "asha"}))  # fmt: skip
-    assert runner.searcher_objectives(study) == {"best_valid_loss": "min", "params": "min", "gmacs_per_second": "min"}
-    searcher = runner._searcher(study)
+    searcher = searchers.build_searcher(study)
     assert searcher.metric == ["best_valid_loss", "params", "gmacs_per_second"] and searcher.mode == ["min"] * 3
-    asha = runner._scheduler(study)
+    asha = schedulers.build_scheduler(study)
     assert (asha.metric, asha._mode) == ("valid_loss", "min")
-    assert runner._tune_metric(study) == {"metric": None, "mode": None}
+    assert searchers.tune_metric(study) == {"metric": None, "mode": None}
     single = load_study(write_study(tmp_path, synth_root, {"metric": "valid_loss"}))
-    assert runner._tune_metric(single) == {"metric": "valid_loss", "mode": "min"} and runner._scheduler(single).metric is None
+    assert searchers.tune_metric(single) == {"metric": "valid_loss", "mode": "min"}
+    assert schedulers.build_scheduler(single).metric is None
 
 
 def test_report_shows_the_front_of_a_multi_objective_study(tmp_path, capsys):

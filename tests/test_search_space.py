@@ -8,7 +8,7 @@ import pytest
 import yaml
 from ray.tune.search.optuna import OptunaSearch
 
-from samsnet_search.search.space import num_trials, optuna_space, space_size, to_optuna, to_tune, tune_space
+from samsnet_search.search.space import num_trials, space_size, tune_space
 from samsnet_search.search.study import Choice, IntRange, LogUniform, Uniform, load_study
 
 
@@ -18,34 +18,34 @@ def _samples(domain, n=400):
 
 
 def test_int_range_is_inclusive_in_tune_and_optuna():
-    values = set(_samples(to_tune(IntRange(int=(2, 4)))))
+    values = set(_samples(IntRange(int=(2, 4)).to_tune()))
     assert values == {2, 3, 4}  # Ray's randint excludes its upper bound: shifted here
-    assert set(_samples(to_tune(IntRange(int=(4, 12), step=4)))) == {4, 8, 12}
-    logs = _samples(to_tune(IntRange(int=(1, 8), log=True)))
+    assert set(_samples(IntRange(int=(4, 12), step=4).to_tune())) == {4, 8, 12}
+    logs = _samples(IntRange(int=(1, 8), log=True).to_tune())
     assert min(logs) == 1 and max(logs) == 8
     # OptunaSearch converts the Tune domains to the same inclusive ranges
-    converted = OptunaSearch.convert_search_space({"a": to_tune(IntRange(int=(2, 4))),
-                                                   "b": to_tune(IntRange(int=(4, 12), step=4)),
-                                                   "c": to_tune(IntRange(int=(1, 8), log=True))})  # fmt: skip
+    converted = OptunaSearch.convert_search_space({"a": IntRange(int=(2, 4)).to_tune(),
+                                                   "b": IntRange(int=(4, 12), step=4).to_tune(),
+                                                   "c": IntRange(int=(1, 8), log=True).to_tune()})  # fmt: skip
     assert (converted["a"].low, converted["a"].high, converted["a"].step) == (2, 4, 1)
     assert (converted["b"].low, converted["b"].high, converted["b"].step) == (4, 12, 4)
     assert (converted["c"].low, converted["c"].high, converted["c"].log) == (1, 8, True)
-    direct = to_optuna(IntRange(int=(2, 4)))
+    direct = IntRange(int=(2, 4)).to_optuna()
     assert (direct.low, direct.high) == (2, 4)
 
 
 def test_float_and_choice_domains():
-    u = _samples(to_tune(Uniform(uniform=(0.5, 1.5))))
+    u = _samples(Uniform(uniform=(0.5, 1.5)).to_tune())
     assert 0.5 <= min(u) and max(u) <= 1.5
-    lu = _samples(to_tune(LogUniform(loguniform=(1e-4, 1e-2))))
+    lu = _samples(LogUniform(loguniform=(1e-4, 1e-2)).to_tune())
     assert 1e-4 <= min(lu) and max(lu) <= 1e-2
     assert min(lu) < 3e-4 and max(lu) > 3e-3  # spread over decades, not only near the top
-    assert set(_samples(to_tune(Choice(choice=[1, 2, 4])))) == {1, 2, 4}
-    converted = OptunaSearch.convert_search_space({"lr": to_tune(LogUniform(loguniform=(1e-4, 1e-2))),
-                                                   "s": to_tune(Choice(choice=[1, 2, 4]))})  # fmt: skip
+    assert set(_samples(Choice(choice=[1, 2, 4]).to_tune())) == {1, 2, 4}
+    converted = OptunaSearch.convert_search_space({"lr": LogUniform(loguniform=(1e-4, 1e-2)).to_tune(),
+                                                   "s": Choice(choice=[1, 2, 4]).to_tune()})  # fmt: skip
     assert converted["lr"].log and converted["lr"].low == 1e-4
     assert list(converted["s"].choices) == [1, 2, 4]
-    assert to_optuna(LogUniform(loguniform=(1e-4, 1e-2))).log
+    assert LogUniform(loguniform=(1e-4, 1e-2)).to_optuna().log
 
 
 def _study(tmp_path, **search):
@@ -66,7 +66,8 @@ def test_study_space_has_dotted_keys_and_samples_build_configs(tmp_path):
     study = _study(tmp_path)
     space = tune_space(study)
     assert set(space) == {"model.slices", "model.depth", "train.lr"}
-    assert set(optuna_space(study)) == set(space)
+    assert {k: type(d.to_optuna()).__name__ for k, d in study.space.items()} == {
+        "model.slices": "CategoricalDistribution", "model.depth": "IntDistribution", "train.lr": "FloatDistribution"}
     assert space_size(study) is None  # lr is continuous
     random.seed(1)
     for _ in range(20):  # every sample is a valid ExperimentConfig

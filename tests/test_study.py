@@ -139,7 +139,7 @@ BAD = [
     ("model.hop_length", {"choice": [128, 1024]}, "hop_length (1024) must not exceed n_fft (512)"),
     ("data.root", str(Path("/nonexistent/musdb")), "data.root: /nonexistent/musdb is not a folder"),
     ("data.root", _DELETE, "data.root is not set and MUSDB_PATH is empty"),
-    ("search.metric", "sdr", "search.metric: Input should be 'valid_loss' or 'valid_sdr'"),
+    ("search.metric", "sdr", "search.metric: not a quality metric; valid: valid_loss or valid_sdr (got 'sdr')"),
     ("search.mode", "max", "search: mode: valid_loss is compared with mode min"),
     ("search.metric", "valid_sdr", "train.valid_sdr_every: search.metric valid_sdr is compared every epoch"),
     ("search.max_t", 2, "search.max_t: 2 is below the patience horizon 4"),

@@ -33,6 +33,7 @@ from typing import Any
 
 from ..config import TARGETS
 from .report import StudyReport, estimate_line, search_lines, selection_lines
+from ..search.objectives import best_of, mode_of
 from ..search.select import COLUMNS
 from ..services.tracking import ROLE_TAG, STATUS_TAG, TRIAL_TAG, TrackingTarget
 
@@ -104,8 +105,7 @@ def read_trials(report: StudyReport, metric: str, mode: str) -> list[Trial]:
         rid = run.info.run_id
         history = sorted((h.step, h.value) for h in c.get_metric_history(rid, "valid_loss"))
         values = [h.value for h in c.get_metric_history(rid, metric)] if metric != "valid_loss" else [v for _, v in history]
-        values = [v for v in values if math.isfinite(v)]
-        best = (min(values) if mode == "min" else max(values)) if values else None
+        best = best_of(values, mode)
         trial = Trial(tags.get(TRIAL_TAG, rid[:8]), rid, tags.get(STATUS_TAG, "running"), dict(run.data.params), history, best)
         trial.cost = model_cost(m.path, trial.trial_id, c, rid)
         out.append(trial)
@@ -222,7 +222,7 @@ def collect(report: StudyReport, listen_seconds: float = DEFAULT_LISTEN_SECONDS)
     notes: dict[str, str] = {}
     asha = _attempt(notes, "asha", lambda: read_asha(report), None)
     metric = (asha or {}).get("metric", "valid_loss")
-    mode = (asha or {}).get("mode", "min" if metric == "valid_loss" else "max")
+    mode = (asha or {}).get("mode", mode_of(metric))
     trials = _attempt(notes, "trials", lambda: read_trials(report, metric, mode), [])
     clips = _attempt(notes, "listen", lambda: read_clips(report, listen_seconds), [])
     return PageData(report, trials, metric, mode, asha, clips, notes)

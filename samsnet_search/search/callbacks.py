@@ -1,6 +1,6 @@
-"""Driver-side bookkeeping: which trials ASHA pruned, final status tags, live-view events.
+"""Driver-side bookkeeping: which trials the scheduler pruned, final status tags, live-view events.
 
-Only the driver sees scheduler decisions: when ASHA stops a trial, Ray ends its actor and
+Only the driver sees scheduler decisions: when a scheduler stops a trial, Ray ends its actor and
 the trial's own code never runs again, so the driver tags that trial's MLflow run
 (`samsnet.status = pruned`) from `on_trial_complete`. Trials that finish by themselves
 tag their own runs (completed / stopped_early / failed); a trial killed outright (worker
@@ -21,56 +21,15 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ray.tune import Callback
-from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from ..services import tracking
 from ..services.tracking import TrackingTarget
+from .adapters import PruneRecording
+from .objectives import better
+from .objectives import get as objective
 from .trial import RUN_ID_KEY, trial_workdir
 
 log = logging.getLogger(__name__)
-
-
-class PruneRecordingASHA(AsyncHyperBandScheduler):
-    """ASHA that remembers which trials it stopped below `max_t` (pruned, not finished)."""
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.pruned: dict[str, int] = {}  # trial id -> time_attr value when pruned
-
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        action = super().on_trial_result(tune_controller, trial, result)
-        t = result.get(self._time_attr)
-        if action == TrialScheduler.STOP and t is not None and t < self._max_t:
-            self.pruned[trial.trial_id] = int(t)
-        return action
-
-
-class RestartTolerantOptuna(OptunaSearch):
-    """OptunaSearch that ignores results of trials it does not know.
-
-    A resumed study can hold a trial the searcher's saved state never saw (Tune saves its
-    trial list and the searcher's state separately; an outage or a kill can land between),
-    and `--restart-errored` reruns trials the searcher already closed. Plain OptunaSearch
-    raises KeyError on their first result and the whole study stops; here such a trial
-    trains on and only Optuna does not learn from it.
-    """
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        try:
-            super().on_trial_result(trial_id, result)
-        except KeyError as e:
-            if e.args != (trial_id,):
-                raise
-            log.warning("the searcher does not know trial %s (resumed study); its results are not told to Optuna", trial_id)
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        try:
-            super().on_trial_complete(trial_id, result, error)
-        except KeyError as e:
-            if e.args != (trial_id,):
-                raise
-            log.warning("the searcher does not know trial %s (resumed study); its end is not told to Optuna", trial_id)
 
 
 @dataclass
@@ -113,7 +72,7 @@ class StudyCallback(Callback):
     epochs: int  # train.epochs when fixed (the largest value when searched)
     experiment_id: str
     parent_run_id: str
-    scheduler: PruneRecordingASHA | None = None
+    scheduler: PruneRecording | None = None
     statuses: dict[str, str] = field(default_factory=dict)
     best: dict[str, Any] | None = None
 
@@ -138,7 +97,7 @@ class StudyCallback(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         value = result.get(self.metric)
-        if value is not None and self._better(value):
+        if better(value, (self.best or {}).get(self.metric), self.mode):
             self.best = {"trial_id": trial.trial_id, "epoch": result.get("epoch"), self.metric: value,
                          "config": dict(trial.config)}
         self._emit("result", trial, result)
@@ -164,12 +123,6 @@ class StudyCallback(Callback):
         self._emit("error", trial, result)
 
     # --- helpers ---------------------------------------------------------------------
-
-    def _better(self, value: float) -> bool:
-        if self.best is None:
-            return True
-        old = self.best[self.metric]
-        return value < old if self.mode == "min" else value > old
 
     def _final_status(self, trial_id: str, result: dict, config: dict) -> str:
         if self.scheduler is not None and trial_id in self.scheduler.pruned:
@@ -214,9 +167,7 @@ def previous_statuses(
     """Final statuses of a study's trial runs, and the best value of `metric` among them."""
     statuses: dict[str, str] = {}
     best = None
-    sign = 1 if mode == "min" else -1
-    # The best valid_loss so far is logged every epoch; valid_sdr is its own best-of.
-    key = "best_valid_loss" if metric == "valid_loss" else metric
+    key = objective(metric).best_key  # logged every epoch with the metric itself
     for run in tracking.find_child_runs(target, experiment_id, parent_run_id):
         trial_id = run.data.tags.get(tracking.TRIAL_TAG)
         status = run.data.tags.get(tracking.STATUS_TAG)
@@ -225,6 +176,6 @@ def previous_statuses(
         value = run.data.metrics.get(key)
         if status == "failed":  # a failed trial is never the best
             continue
-        if trial_id and value is not None and (best is None or sign * value < sign * best[metric]):
+        if trial_id and better(value, (best or {}).get(metric), mode):
             best = {"trial_id": trial_id, metric: value}
     return statuses, best

@@ -1,4 +1,4 @@
-"""Quality against cost: the Pareto front of a multi-objective study (issue 7).
+"""Quality against cost: the Pareto front of a multi-objective study.
 
 Every trial with a quality value is a point: its quality at its best epoch (the study
 metric, as its best checkpoint holds it) and its model's costs (`params`,
@@ -11,7 +11,15 @@ front only, one model at a time (`measure_latency`).
 from __future__ import annotations
 
 import logging
+import statistics
+import time
 from typing import Any, Sequence
+
+from rich.table import Table
+
+from ..config import SAMPLE_RATE
+from . import schedulers
+from .objectives import OBJECTIVES, dominates
 
 log = logging.getLogger(__name__)
 
@@ -21,16 +29,9 @@ LATENCY_REPEATS = 5
 LATENCY_THREADS = 1
 
 
-def dominates(a: Sequence[float], b: Sequence[float], signs: Sequence[int]) -> bool:
-    """a is no worse than b in every objective and better in one (sign +1: minimize, -1: maximize)."""
-    no_worse = all(s * x <= s * y for x, y, s in zip(a, b, signs))
-    return no_worse and any(s * x < s * y for x, y, s in zip(a, b, signs))
-
-
 def front_indices(values: Sequence[Sequence[float]], modes: Sequence[str]) -> list[int]:
     """Indices of the non-dominated points (ties: identical points are all kept)."""
-    signs = [1 if m == "min" else -1 for m in modes]
-    return [i for i, v in enumerate(values) if not any(dominates(w, v, signs) for j, w in enumerate(values) if j != i)]
+    return [i for i, v in enumerate(values) if not any(dominates(w, v, modes) for j, w in enumerate(values) if j != i)]
 
 
 def trial_points(trials: Sequence[Any], metric: str, objectives: dict[str, str]) -> list[dict[str, Any]]:
@@ -56,8 +57,7 @@ def pareto_summary(trials: Sequence[Any], metric: str, objectives: dict[str, str
     for i, p in enumerate(points):
         p["on_front"] = i in on_front
     front = sorted((p for p in points if p["on_front"]), key=lambda p: [p["values"][n] for n in names[1:]])
-    caveat = (f"ASHA pruned on {metric} alone: pruned trials are scored at the epoch they reached"
-              if scheduler == "asha" else "FIFO: every trial ran its full budget (or stopped early)")  # fmt: skip
+    caveat = schedulers.get(scheduler).caveat(metric)
     return {"objectives": objectives, "metric": metric, "scheduler": scheduler, "caveat": caveat,
             "front": [p["trial_id"] for p in front], "points": points}  # fmt: skip
 
@@ -72,12 +72,10 @@ def front_points(pareto: dict[str, Any]) -> list[dict[str, Any]]:
 
 def measure_latency(checkpoint_dir, seconds: float, seed: int = 0) -> float:
     """Milliseconds to separate `seconds` of fixed stereo noise with the best weights in
-    `checkpoint_dir`, on CPU with LATENCY_THREADS threads (median of LATENCY_REPEATS)."""
-    import torch
+    `checkpoint_dir`, on CPU with LATENCY_THREADS threads (median of LATENCY_REPEATS after a warm-up)."""
+    import torch  # lazy: torch (the CLI imports this module for its report table)
 
-    from ..bench.common import timed
-    from ..engine.checkpoint import load_model
-    from ..config import SAMPLE_RATE
+    from ..engine.checkpoint import load_model  # lazy: torch
 
     model, _ = load_model(checkpoint_dir)
     audio = torch.randn(1, 2, int(seconds * SAMPLE_RATE), generator=torch.Generator().manual_seed(seed)) * 0.1
@@ -85,7 +83,13 @@ def measure_latency(checkpoint_dir, seconds: float, seed: int = 0) -> float:
     torch.set_num_threads(LATENCY_THREADS)
     try:
         with torch.inference_mode():
-            return 1000 * timed(lambda: model.separate(audio), repeats=LATENCY_REPEATS)["median_s"]
+            model.separate(audio)  # warm-up: first-call allocations are not latency
+            times = []
+            for _ in range(LATENCY_REPEATS):
+                start = time.perf_counter()
+                model.separate(audio)
+                times.append(time.perf_counter() - start)
+            return 1000 * statistics.median(times)
     finally:
         torch.set_num_threads(threads)
 
@@ -110,8 +114,12 @@ def add_latency(pareto: dict[str, Any], trials: Sequence[Any], seconds: float) -
 
 # --- rendering ---------------------------------------------------------------------------
 
-_FORMATS = {"valid_sdr": "{:.2f}", "valid_loss": "{:.4f}", "params": "{:,.0f}", "gmacs_per_second": "{:.3f}"}
-_HEADERS = {"valid_sdr": "SDR dB", "valid_loss": "loss", "params": "params", "gmacs_per_second": "GMAC/s"}
+def _header(name: str) -> str:
+    return OBJECTIVES[name].label if name in OBJECTIVES else name
+
+
+def _format(name: str, value: float) -> str:
+    return OBJECTIVES[name].format(value) if name in OBJECTIVES else f"{value:.4g}"
 
 
 def _searched_keys(pareto: dict[str, Any]) -> list[str]:
@@ -121,12 +129,12 @@ def _searched_keys(pareto: dict[str, Any]) -> list[str]:
 def front_rows(pareto: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the front table: trial, objectives, latency, epochs, searched values."""
     names, keys = list(pareto["objectives"]), _searched_keys(pareto)
-    header = ["trial", *(_HEADERS.get(n, n) for n in names)]
+    header = ["trial", *(_header(n) for n in names)]
     has_latency = any("latency_ms" in p for p in front_points(pareto))
     header += (["latency ms"] if has_latency else []) + ["epochs"] + [k.rsplit(".", 1)[-1] for k in keys]
     rows = []
     for p in front_points(pareto):
-        row = [p["trial_id"], *(_FORMATS.get(n, "{:.4g}").format(p["values"][n]) for n in names)]
+        row = [p["trial_id"], *(_format(n, p["values"][n]) for n in names)]
         if has_latency:
             row.append(f"{p['latency_ms']:.1f}" if "latency_ms" in p else "-")
         row.append(str(p["epochs"]) + ("" if p["status"] == "completed" else f" {p['status']}"))
@@ -147,8 +155,6 @@ def title(pareto: dict[str, Any]) -> str:
 
 def front_table(pareto: dict[str, Any]):
     """The front as a rich Table."""
-    from rich.table import Table
-
     header, rows = front_rows(pareto)
     table = Table(title=title(pareto), title_justify="left")
     for h in header:

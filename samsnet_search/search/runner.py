@@ -21,10 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..services import storage, tracking
+import ray
+from ray import tune
+
+from ..data import load_splits
 from ..errors import ConfigError, SamsNetError
-from . import checkpoints, identity, integrity, lease
+from ..services import storage, tracking
+from . import checkpoints, identity, integrity, lease, pareto, schedulers, searchers
+from .callbacks import StudyCallback
+from .estimate_step import before_search
 from .identity import Manifest
+from .integrity import StateSigner
+from .objectives import best_of, per_epoch_keys
 from .space import describe, num_trials, tune_space
 from .study import Study, load_study_text, resolve_storage
 from .trial import RUN_ID_KEY, TrialContext, build_experiment, train_trial
@@ -53,7 +61,10 @@ FORWARD_ENV = (
 AWS_SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 CHECKPOINT_MARGIN = 2
 RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
-HISTORY_KEYS = ("epoch", "train_loss", "valid_loss", "valid_sdr", "best_valid_loss", "epochs_without_improvement")
+# A trial's per-epoch history keeps these trainer keys, the per-target SDRs and every per-epoch
+# objective of the objectives table (read when a history is made: an added objective is kept).
+TRAINER_KEYS = ("epoch", "train_loss", "best_valid_loss", "epochs_without_improvement")
+TARGET_SDR_PREFIX = "valid_sdr_"
 
 
 class StudyError(SamsNetError):
@@ -99,12 +110,9 @@ class StudyResult:
     @property
     def best(self) -> TrialRecord | None:
         """The best trial by the study metric at its best epoch; never a failed trial."""
-        scored = [t for t in self.trials
-                  if t.status != "failed" and t.best and t.best.get(self.study.metric) is not None]  # fmt: skip
-        if not scored:
-            return None
-        sign = 1 if self.study.mode == "min" else -1
-        return min(scored, key=lambda t: sign * t.best[self.study.metric])
+        metric = self.study.metric
+        scored = [t for t in self.trials if t.status != "failed" and t.best]
+        return best_of(scored, self.study.mode, key=lambda t: t.best.get(metric))
 
     def epoch_savings(self) -> dict[str, float]:
         """Trial-epochs run vs. running every trial to its full budget (what ASHA saved)."""
@@ -139,8 +147,6 @@ def ray_session(
     quiet: keep worker output (per-epoch logs, Ray's checkpoint lines) out of the terminal,
     for the live view; errors still reach the driver through Tune.
     """
-    import ray
-
     with aws_keys_in_file():
         if ray.is_initialized():
             yield
@@ -220,66 +226,6 @@ def trial_dirname(trial) -> str:
     return f"{checkpoints.TRIAL_PREFIX}{trial.trial_id}"
 
 
-def _searcher(study: Study):
-    s = study.search
-    if s.searcher == "optuna":
-        import optuna
-
-        from .callbacks import RestartTolerantOptuna as OptunaSearch
-
-        # TPE seeded: the same study file proposes the same first configurations. One objective:
-        # metric/mode come from TuneConfig; several: Optuna's multi-objective TPE gets them all.
-        objectives = searcher_objectives(study) if s.multi_objective else {}
-        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=s.seed),
-                            metric=list(objectives) or None, mode=list(objectives.values()) or None,
-                            points_to_evaluate=study.points_to_evaluate or None)  # fmt: skip
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    # random: Ray's own sampling; grid: the space is tune.grid_search over every value. Tune
-    # applies TuneConfig.max_concurrent_trials only to a Searcher (it warns and ignores it for
-    # a given BasicVariantGenerator), so the generator gets the limit itself.
-    return BasicVariantGenerator(random_state=s.seed, points_to_evaluate=study.points_to_evaluate or None,
-                                 max_concurrent=s.max_concurrent_trials or 0)  # fmt: skip
-
-
-def searcher_objectives(study: Study) -> dict[str, str]:
-    """What a multi-objective searcher is told of each finished trial: the quality at its best
-    epoch (`best_<metric>`, what its best checkpoint holds) and the model's costs."""
-    modes = study.search.objective_modes
-    return {f"best_{study.metric}": study.mode, **{k: v for k, v in modes.items() if k != study.metric}}
-
-
-def _tune_metric(study: Study) -> dict[str, Any]:
-    """TuneConfig's metric/mode: the study metric, or none when several objectives are searched
-    (Tune would pass its single metric on to the searcher and the scheduler, which have their own)."""
-    if study.search.multi_objective:
-        return {"metric": None, "mode": None}
-    return {"metric": study.metric, "mode": study.mode}
-
-
-def _scheduler(study: Study):
-    from .callbacks import PruneRecordingASHA
-
-    s = study.search
-    if s.scheduler == "fifo":
-        return None
-    if s.multi_objective:
-        # ASHA compares one metric: it prunes on the quality metric alone (a cheap model that
-        # learns slowly can be pruned before its cost advantage counts; the report says so).
-        log.warning("search.scheduler: asha prunes on %s alone, not on the other objectives", study.metric)
-    own_metric = {"metric": study.metric, "mode": study.mode} if s.multi_objective else {}
-    return PruneRecordingASHA(
-        **own_metric,
-        time_attr="training_iteration",  # one report per epoch; metric/mode: own, or from TuneConfig
-        max_t=study.max_t,
-        grace_period=s.grace_period,
-        reduction_factor=s.reduction_factor,
-        # With max_t = train.epochs trials end by themselves (and close their own runs);
-        # ASHA stops them only when max_t cuts the budget short.
-        stop_last_trials=study.max_t < study.max_epochs,
-    )
-
-
 def trial_resources(study: Study) -> dict[str, Any]:
     """What each trial reserves, in `tune.with_resources` form.
 
@@ -294,25 +240,19 @@ def trial_resources(study: Study) -> dict[str, Any]:
 
 
 def _trainable(study: Study, ctx: TrialContext):
-    from ray import tune
-
     return tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), trial_resources(study))
 
 
 def _new_tuner(study: Study, ctx: TrialContext, callback) -> Any:
-    from ray import tune
-
-    from .integrity import StateSigner
-
     s = study.search
     storage_path, fs = storage.ray_storage(study.storage)
     scheduler = callback.scheduler
     tune_config = tune.TuneConfig(
-        **_tune_metric(study),
-        search_alg=_searcher(study),
+        **searchers.tune_metric(study),
+        search_alg=searchers.build_searcher(study),
         scheduler=scheduler,
         num_samples=s.num_samples,
-        max_concurrent_trials=s.max_concurrent_trials if s.searcher == "optuna" else None,  # grid/random: see _searcher
+        max_concurrent_trials=searchers.max_concurrent_trials(study),
         time_budget_s=s.time_budget_s,
         trial_dirname_creator=trial_dirname,
         # Each trial in a fresh worker: a reused one must first end the previous trial's
@@ -340,8 +280,6 @@ def _new_tuner(study: Study, ctx: TrialContext, callback) -> Any:
 
 
 def _restore_tuner(study: Study, ctx: TrialContext, restart_errored: bool) -> Any:
-    from ray import tune
-
     storage_path, fs = storage.ray_storage(study.storage)
     path = f"{storage_path.rstrip('/')}/{study.name}"
     tuner = tune.Tuner.restore(
@@ -364,8 +302,6 @@ def _restore_tuner(study: Study, ctx: TrialContext, restart_errored: bool) -> An
 
 
 def _can_restore(study: Study) -> bool:
-    from ray import tune
-
     storage_path, fs = storage.ray_storage(study.storage)
     return tune.Tuner.can_restore(f"{storage_path.rstrip('/')}/{study.name}", storage_filesystem=fs)
 
@@ -375,8 +311,6 @@ def _can_restore(study: Study) -> bool:
 
 def _fingerprint(study: Study) -> tuple[str | None, str | None]:
     """Load the data once in the driver: bad data fails here, before any trial starts."""
-    from ..data import load_splits
-
     splits = load_splits(study.representative().data)
     log.info("data: %s, %d train / %d valid tracks", splits.kind, len(splits.train), len(splits.valid))
     return splits.fingerprint, splits.kind
@@ -469,8 +403,6 @@ def _run_study(study: Study, address, num_cpus, num_gpus, restart_errored: bool,
     tracking.client(target).update_run(manifest.parent_run_id, status="RUNNING")
     tracking.log_study_details(target, manifest.parent_run_id, study.text, _parent_params(study), fingerprint, kind)
     if not resuming:  # a restored Tuner keeps its own space and searcher
-        from .estimate_step import before_search
-
         before_search(study, target, manifest.parent_run_id)
     manifest.state = "running"
     identity.write_manifest(manifest)
@@ -558,8 +490,6 @@ def trial_context(study: Study, manifest: Manifest) -> TrialContext:
 
 
 def _callback(study: Study, manifest: Manifest, target: tracking.TrackingTarget):
-    from .callbacks import StudyCallback
-
     return StudyCallback(
         study_name=study.name,
         target=target,
@@ -569,15 +499,13 @@ def _callback(study: Study, manifest: Manifest, target: tracking.TrackingTarget)
         mode=study.mode,
         max_t=study.max_t,
         epochs=study.max_epochs,
-        scheduler=_scheduler(study),
+        scheduler=schedulers.build_scheduler(study),
     )
 
 
 def _pareto(study: Study, result: StudyResult) -> dict[str, Any]:
     """The Pareto front of a finished multi-objective search, with the front's CPU latency
     measured now that no trial competes for the CPU."""
-    from . import pareto
-
     front = pareto.pareto_summary(result.trials, study.metric, study.search.objective_modes, study.search.scheduler)
     pareto.add_latency(front, result.trials, study.representative().data.segment_seconds)
     log.info("Pareto front: %d of %d scored trials", len(front["front"]), len(front["points"]))
@@ -585,8 +513,6 @@ def _pareto(study: Study, result: StudyResult) -> dict[str, Any]:
 
 
 def _log_pareto(target, run_id: str, front: dict[str, Any]) -> None:
-    from . import pareto
-
     tracking.log_json(target, run_id, front, pareto.ARTIFACT_JSON)
     tracking.client(target).log_text(run_id, pareto.front_markdown(front), pareto.ARTIFACT_MD)
     tracking.client(target).log_metric(run_id, "pareto.size", float(len(front["front"])))
@@ -692,7 +618,7 @@ def _close_orphans(target, runs: dict, trial_ids: set[str]) -> None:
 def _record(study: Study, result, runs: dict) -> TrialRecord:
     trial_id = Path(str(result.path)).name.removeprefix(checkpoints.TRIAL_PREFIX)
     metrics = dict(result.metrics or {})
-    history = _history(result)
+    history = trial_history(result.metrics_dataframe)
     run = runs.get(trial_id)
     status = run.data.tags.get(tracking.STATUS_TAG) if run else None
     if result.error is not None and status not in ("completed", "stopped_early"):
@@ -734,11 +660,12 @@ def _unrecorded_experiment(study: Study, result) -> dict[str, Any]:
         return {}
 
 
-def _history(result) -> list[dict[str, Any]]:
-    df = result.metrics_dataframe
+def trial_history(df) -> list[dict[str, Any]]:
+    """A trial's per-epoch metrics from Tune's results (a DataFrame, one row per report)."""
     if df is None or df.empty:
         return []
-    cols = [c for c in df.columns if c in HISTORY_KEYS or c.startswith("valid_sdr_")]
+    keep = {*TRAINER_KEYS, *per_epoch_keys()}
+    cols = [c for c in df.columns if c in keep or c.startswith(TARGET_SDR_PREFIX)]
     rows = [{k: v for k, v in row.items() if v == v} for row in df[cols].to_dict("records")]  # drop NaN (no SDR)
     # A trial that continued from an older checkpoint (a corrupt newer one, or Tune's state
     # lagging behind a killed driver) reports some epochs again: the last report counts.
@@ -749,8 +676,4 @@ def _history(result) -> list[dict[str, Any]]:
 
 
 def _best(history: list[dict[str, Any]], study: Study) -> dict[str, Any] | None:
-    scored = [h for h in history if h.get(study.metric) is not None]
-    if not scored:
-        return None
-    sign = 1 if study.mode == "min" else -1
-    return min(scored, key=lambda h: sign * h[study.metric])
+    return best_of(history, study.mode, key=lambda h: h.get(study.metric))

@@ -53,6 +53,7 @@ from . import identity
 from .checkpoints import local_copy
 from .runner import ray_session, trial_context
 from .trial import train_tracked
+from .objectives import better
 
 log = logging.getLogger(__name__)
 
@@ -260,14 +261,13 @@ class Job:
 
 def contenders(trials: list, metric: str, mode: str) -> dict[int, Any]:
     """slices -> the best TrialRecord of that slice value by the study metric (failed trials excluded)."""
-    sign = 1 if mode == "min" else -1
     best: dict[int, Any] = {}
     for t in trials:
         value = (t.best or {}).get(metric)
         slices = t.experiment.get("model", {}).get("slices")
         if value is None or slices is None or t.status == "failed" or not math.isfinite(value):
             continue
-        if slices not in best or sign * value < sign * best[slices].best[metric]:
+        if slices not in best or better(value, best[slices].best[metric], mode):
             best[slices] = t
     return best
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator, Literal, Union
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..config import (
     SAMPLE_RATE,
@@ -42,6 +42,7 @@ from ..config import (
 )
 from ..data.splits import load_splits
 from ..errors import ConfigError, DataError
+from . import objectives, schedulers, searchers
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +81,27 @@ class Distribution(BaseModel):
     def describe(self) -> str:
         raise NotImplementedError
 
+    def to_tune(self) -> Any:
+        """This distribution as a Ray Tune domain (`tune.choice`, `tune.randint`, ...), inclusive bounds."""
+        raise NotImplementedError
+
+    def to_optuna(self) -> Any:
+        """This distribution as an Optuna distribution (inclusive bounds)."""
+        raise NotImplementedError
+
+    def grid_values(self) -> list[Any]:
+        """Every value, for a grid search; continuous ranges have none."""
+        raise ValueError(f"{self.describe()} is continuous: no grid")
+
     @property
     def size(self) -> int | None:
         """Number of distinct values, None for continuous ranges."""
         return None
+
+    @property
+    def categorical(self) -> bool:
+        """Unordered values (a choice): searchers that model a numeric space cannot sample it."""
+        return False
 
 
 class Choice(Distribution):
@@ -110,9 +128,22 @@ class Choice(Distribution):
     def describe(self) -> str:
         return f"choice {self.choice}"
 
+    def to_tune(self) -> Any:
+        return _tune().choice(list(self.choice))
+
+    def to_optuna(self) -> Any:
+        return _optuna().CategoricalDistribution(list(self.choice))
+
+    def grid_values(self) -> list[Any]:
+        return list(self.choice)
+
     @property
     def size(self) -> int:
         return len(self.choice)
+
+    @property
+    def categorical(self) -> bool:
+        return True
 
 
 class IntRange(Distribution):
@@ -163,6 +194,20 @@ class IntRange(Distribution):
         extra = (f", step {self.step}" if self.step != 1 else "") + (", log" if self.log else "")
         return f"int [{self.low}, {self.high}]{extra}"
 
+    def to_tune(self) -> Any:
+        tune = _tune()
+        if self.log:
+            return tune.lograndint(self.low, self.high + 1)  # upper bound exclusive in Ray
+        if self.step != 1:
+            return tune.qrandint(self.low, self.high, self.step)  # inclusive when quantized
+        return tune.randint(self.low, self.high + 1)
+
+    def to_optuna(self) -> Any:
+        return _optuna().IntDistribution(self.low, self.high, step=self.step, log=self.log)
+
+    def grid_values(self) -> list[Any]:
+        return list(range(self.low, self.high + 1, self.step))
+
 
 class Uniform(Distribution):
     uniform: tuple[float, float] = Field(description="[low, high]")
@@ -186,6 +231,12 @@ class Uniform(Distribution):
     def describe(self) -> str:
         return f"uniform [{self.uniform[0]:g}, {self.uniform[1]:g}]"
 
+    def to_tune(self) -> Any:
+        return _tune().uniform(*self.uniform)
+
+    def to_optuna(self) -> Any:
+        return _optuna().FloatDistribution(*self.uniform)
+
 
 class LogUniform(Distribution):
     loguniform: tuple[float, float] = Field(description="[low, high], low > 0")
@@ -208,6 +259,24 @@ class LogUniform(Distribution):
 
     def describe(self) -> str:
         return f"loguniform [{self.loguniform[0]:g}, {self.loguniform[1]:g}]"
+
+    def to_tune(self) -> Any:
+        return _tune().loguniform(*self.loguniform)
+
+    def to_optuna(self) -> Any:
+        return _optuna().FloatDistribution(*self.loguniform, log=True)
+
+
+def _tune():
+    from ray import tune  # lazy: loading and checking a study (show, validation) must not pay for Ray
+
+    return tune
+
+
+def _optuna():
+    import optuna.distributions  # lazy: as for Ray, only the search itself needs Optuna
+
+    return optuna.distributions
 
 
 DIST_CLASSES: dict[str, type[Distribution]] = {
@@ -249,21 +318,20 @@ def _prefixed(err: ValidationError, source: str, key: str, cls: type[BaseModel])
 # --- study-level settings ------------------------------------------------------------
 
 
-# Objectives a study can name, with the direction each is compared in. The first objective is
-# the quality metric (reported each epoch: ASHA and checkpoints use it); the others are costs
-# of the model, known before training (`samsnet_search.model.info.model_cost`).
-QUALITY_MODES = {"valid_loss": "min", "valid_sdr": "max"}
-COST_MODES = {"params": "min", "gmacs_per_second": "min"}
-OBJECTIVE_MODES = QUALITY_MODES | COST_MODES
-
-
 class SearchSettings(Strict):
-    """How trials are proposed, scheduled and compared."""
+    """How trials are proposed, scheduled and compared.
 
-    metric: Literal["valid_loss", "valid_sdr"] = Field(
-        "valid_loss", description="reported every epoch; valid_sdr needs train.valid_sdr_every: 1"
+    Metric and objective names and their directions come from the objectives table
+    (`objectives.OBJECTIVES`), searcher and scheduler names from their registries
+    (`searchers.SEARCHERS`, `schedulers.SCHEDULERS`), whose entries also check a study's space.
+    """
+
+    metric: str = Field(
+        "valid_loss",
+        description="the quality metric, reported every epoch: valid_loss (min) or valid_sdr (max; needs "
+        "train.valid_sdr_every: 1)",
     )
-    mode: Literal["min", "max"] | None = Field(None, description="default: min for valid_loss, max for valid_sdr")
+    mode: Literal["min", "max"] | None = Field(None, description="default: the metric's direction (objectives table)")
     objectives: list[str] | None = Field(
         None,
         description="multi-objective search: the quality metric first (valid_sdr or valid_loss), then costs "
@@ -271,18 +339,20 @@ class SearchSettings(Strict):
         "the Pareto front",
     )
     num_samples: int = Field(16, gt=0, description="trials to run")
-    seed: int = Field(0, description="seeds the searcher (Optuna TPE)")
-    searcher: Literal["optuna", "random", "grid"] = Field(
-        "optuna", description="optuna: TPE; random: Ray's sampler; grid: every choice once per sample"
+    seed: int = Field(0, description="seeds the searcher")
+    searcher: str = Field(
+        "optuna",
+        description="optuna: TPE; random: Ray's sampler; grid: every choice once per sample; cmaes: Optuna's CMA-ES "
+        "(numeric ranges only)",
     )
-    scheduler: Literal["asha", "fifo"] = Field(
+    scheduler: str = Field(
         "asha",
-        description="asha prunes weak trials at rungs (on the quality metric alone); fifo never; "
-        "default: asha, or fifo when objectives are set",
+        description="asha prunes weak trials at rungs (on the quality metric alone); hyperband: synchronous "
+        "brackets; median: the median stopping rule; fifo never; default: asha, or fifo when objectives are set",
     )
-    grace_period: int = Field(1, gt=0, description="ASHA: epochs before a trial can be pruned")
-    reduction_factor: float = Field(2.0, gt=1, description="ASHA: keep 1/reduction_factor of trials per rung")
-    max_t: int | None = Field(None, gt=0, description="ASHA: epochs at most; default: train.epochs")
+    grace_period: int = Field(1, gt=0, description="ASHA, median: epochs before a trial can be stopped")
+    reduction_factor: float = Field(2.0, gt=1, description="ASHA, HyperBand: keep 1/reduction_factor of trials per rung")
+    max_t: int | None = Field(None, gt=0, description="ASHA, HyperBand: epochs at most; default: train.epochs")
     max_concurrent_trials: int | None = Field(None, gt=0, description="default: as many as resources allow")
     time_budget_s: float | None = Field(None, gt=0, description="stop starting/continuing trials after this")
     max_failures: int = Field(0, ge=0, description="retries of a failed trial from its last checkpoint")
@@ -293,14 +363,36 @@ class SearchSettings(Strict):
         1, gt=0, description="best N by metric; the latest and a margin of 2 (for resuming after a crash) are kept too"
     )
 
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        quality = objectives.names("quality")
+        if value not in quality:
+            raise ValueError(f"not a quality metric; valid: {' or '.join(quality)}")
+        return value
+
+    @field_validator("searcher")
+    @classmethod
+    def _known_searcher(cls, value: str) -> str:
+        if value not in searchers.SEARCHERS:
+            raise ValueError(f"not a searcher; valid: {', '.join(searchers.SEARCHERS)}")
+        return value
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str) -> str:
+        if value not in schedulers.SCHEDULERS:
+            raise ValueError(f"not a scheduler; valid: {', '.join(schedulers.SCHEDULERS)}")
+        return value
+
     @property
     def resolved_mode(self) -> str:
-        return self.mode or QUALITY_MODES[self.metric]
+        return self.mode or objectives.mode_of(self.metric)
 
     @property
     def objective_modes(self) -> dict[str, str]:
         """{objective: min|max} in the order given; the single metric when no objectives are set."""
-        return {name: OBJECTIVE_MODES[name] for name in self.objectives or [self.metric]}
+        return {name: objectives.mode_of(name) for name in self.objectives or [self.metric]}
 
     @property
     def multi_objective(self) -> bool:
@@ -310,17 +402,17 @@ class SearchSettings(Strict):
     @classmethod
     def _defaults_from_objectives(cls, data: Any) -> Any:
         """With objectives: the first is the study metric (unless metric: says otherwise, checked
-        below), and the scheduler defaults to fifo (ASHA compares one metric only)."""
+        below), and the scheduler defaults to fifo (the schedulers compare one metric only)."""
         if not (isinstance(data, dict) and isinstance(data.get("objectives"), list) and data["objectives"]):
             return data
         data = {"scheduler": "fifo", **data}
-        if "metric" not in data and data["objectives"][0] in QUALITY_MODES:
+        if "metric" not in data and data["objectives"][0] in objectives.names("quality"):
             data["metric"] = data["objectives"][0]
         return data
 
     @model_validator(mode="after")
     def _check(self) -> "SearchSettings":
-        expected = QUALITY_MODES[self.metric]
+        expected = objectives.mode_of(self.metric)
         if self.mode is not None and self.mode != expected:
             raise ValueError(f"mode: {self.metric} is compared with mode {expected}, got {self.mode}")
         if self.max_t is not None and self.grace_period > self.max_t:
@@ -330,20 +422,21 @@ class SearchSettings(Strict):
         return self
 
 
-def _check_objectives(objectives: list[str], metric: str) -> None:
-    valid_quality, valid_cost = " or ".join(QUALITY_MODES), ", ".join(COST_MODES)
-    if len(objectives) < 2:
+def _check_objectives(names: list[str], metric: str) -> None:
+    quality, costs = objectives.names("quality"), objectives.names("cost")
+    valid_quality, valid_cost = " or ".join(quality), ", ".join(costs)
+    if len(names) < 2:
         raise ValueError(f"objectives: name the quality metric ({valid_quality}) and at least one cost ({valid_cost}); "
-                         f"got {objectives} (for one objective use metric: instead)")  # fmt: skip
-    if objectives[0] not in QUALITY_MODES:
-        raise ValueError(f"objectives: the first must be the quality metric ({valid_quality}), got {objectives[0]!r}")
-    if objectives[0] != metric:
-        raise ValueError(f"objectives: the first objective {objectives[0]!r} differs from metric: {metric!r} (drop metric:)")
-    for name in objectives[1:]:
-        if name not in COST_MODES:
+                         f"got {names} (for one objective use metric: instead)")  # fmt: skip
+    if names[0] not in quality:
+        raise ValueError(f"objectives: the first must be the quality metric ({valid_quality}), got {names[0]!r}")
+    if names[0] != metric:
+        raise ValueError(f"objectives: the first objective {names[0]!r} differs from metric: {metric!r} (drop metric:)")
+    for name in names[1:]:
+        if name not in costs:
             raise ValueError(f"objectives: {name!r} is not a cost objective; valid after the quality metric: {valid_cost}")
-    if len(set(objectives)) != len(objectives):
-        raise ValueError(f"objectives: {objectives} names an objective twice")
+    if len(set(names)) != len(names):
+        raise ValueError(f"objectives: {names} names an objective twice")
 
 
 class Resources(Strict):
@@ -747,31 +840,19 @@ def _check_corners(study: Study) -> None:
 
 def _check_settings(study: Study) -> None:
     src, s = study.source, study.search
-    if s.metric == "valid_sdr":
-        bad = [v for v in study.values("train.valid_sdr_every") if v != 1]
+    every = objectives.get(s.metric).every
+    if every is not None:
+        bad = [v for v in study.values(every) if v != 1]
         if bad:
             raise ConfigError(
-                f"{src}: train.valid_sdr_every: search.metric valid_sdr is compared every epoch, so "
-                f"valid_sdr_every must be 1 (got {bad})"
+                f"{src}: {every}: search.metric {s.metric} is compared every epoch, so "
+                f"{every.rsplit('.', 1)[-1]} must be 1 (got {bad})"
             )
-    max_epochs = study.max_epochs
-    study.max_t = s.max_t or max_epochs
-    horizon = min(max_epochs, max(study.values("train.patience")))
-    if s.scheduler == "asha" and study.max_t < horizon:
-        raise ConfigError(
-            f"{src}: search.max_t: {study.max_t} is below the patience horizon {horizon} "
-            f"(min of train.epochs and train.patience): ASHA would end every trial before early stopping "
-            f"could; valid: max_t >= {horizon}, or max_t = train.epochs"
-        )
+    study.max_t = s.max_t or study.max_epochs
+    schedulers.check(study)
     if s.grace_period > study.max_t:
         raise ConfigError(f"{src}: search.grace_period: {s.grace_period} exceeds max_t={study.max_t}")
-    if s.searcher == "grid":
-        continuous = [k for k, d in study.space.items() if d.size is None]
-        if continuous:
-            raise ConfigError(
-                f"{src}: search.searcher: grid needs discrete distributions (choice or int); "
-                f"{continuous} are continuous"
-            )
+    searchers.check(study)
     devices = set(study.values("train.device"))
     if "cuda" in devices and study.spec.resources.gpu == 0:
         raise ConfigError(f"{src}: train.device: cuda needs resources.gpu > 0 (Ray hides GPUs from a trial without)")

@@ -38,6 +38,7 @@ from ..model.info import model_cost
 from ..services.faults import DEFAULT_BUDGET_S, first_line, is_infra_error, retry
 from ..services.tracking import ChildRunSpec, TrialRun, worker_http_settings
 from .checkpoints import kept_checkpoints, stored_name, write_experiment
+from .objectives import best_of, better
 from .study import merge
 
 log = logging.getLogger(__name__)
@@ -108,18 +109,16 @@ class BestSoFar:
     """
 
     def __init__(self, metric: str, mode: str, earlier: list[float]):
-        self.key, self.metric, self.sign = f"best_{metric}", metric, (1 if mode == "min" else -1)
-        self.value = None
-        self.include(earlier)
+        self.key, self.metric, self.mode = f"best_{metric}", metric, mode
+        self.value = best_of(earlier, mode)
 
     def include(self, earlier: list[float]) -> None:
         """Count values of epochs before a resume (as MLflow has them)."""
-        if earlier:
-            self.value = min([*earlier, *([] if self.value is None else [self.value])], key=lambda v: self.sign * v)
+        self.value = best_of([*earlier, *([] if self.value is None else [self.value])], self.mode)
 
     def update(self, metrics: dict[str, Any]) -> None:
         value = metrics.get(self.metric)
-        if value is not None and math.isfinite(value) and (self.value is None or self.sign * value < self.sign * self.value):
+        if better(value, self.value, self.mode):
             self.value = float(value)
         # Always present (Tune checks that every result has the searcher's metrics); NaN until a
         # finite value arrives. The trainer's own best_valid_loss wins.
