@@ -95,11 +95,12 @@ def train(
 ) -> None:
     """Train one Sams-Net configuration (no Ray, no MLflow)."""
 
+    from .engine.checkpoint import LAST  # lazy: torch
     from .engine.train import Trainer  # lazy: torch
 
     exp = _experiment(config, data)
     trainer = Trainer(exp, out)
-    last = out / "checkpoint" / "last.pt"
+    last = out / "checkpoint" / LAST
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} epochs"),
                   TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=console) as bar:  # fmt: skip
         task = bar.add_task("training", total=exp.train.epochs, status="")
@@ -291,7 +292,7 @@ def data_info(
         print(f"{name:>11}: {len(tracks)} tracks")
     if check:
         samples = prepare(splits.all_tracks())
-        print(f"    decoded: {samples / 44100 / 60:.1f} min of audio, all checked (cache: {splits.train[0].cache.folder})")
+        print(f"    decoded: {samples / SAMPLE_RATE / 60:.1f} min of audio, all checked (cache: {splits.train[0].cache.folder})")
 
 _STATE_HELP = "stack state folder; default $SAMSNET_INFRA_DIR, else $XDG_STATE_HOME/samsnet/infra (~/.local/state/...)"
 
@@ -484,9 +485,11 @@ def _select(result, select: bool, **ray_args) -> None:
     if not select or not result.study.spec.selection.enabled or result.interrupted:
         return
     from .delivery.report import gather, selection_renderables  # lazy: torch, mlflow
+    from .delivery.winner import register_winner  # lazy: torch, mlflow
     from .search.select import run_selection  # lazy: ray, torch
 
-    sel = run_selection(result, progress=lambda msg: console.print(f"[dim]{msg}[/dim]", highlight=False), **ray_args)
+    sel = run_selection(result, progress=lambda msg: console.print(f"[dim]{msg}[/dim]", highlight=False),
+                        register=register_winner, **ray_args)  # fmt: skip
     out = Console(width=max(Console().width, 120))
     for item in selection_renderables(gather(result.manifest.path)):  # as `report` shows it, estimate included
         out.print(item, highlight=False, soft_wrap=isinstance(item, str))

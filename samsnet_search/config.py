@@ -20,6 +20,7 @@ from .errors import ConfigError
 
 TARGETS: tuple[str, ...] = ("vocals", "drums", "bass", "other")
 SAMPLE_RATE = 44100
+PAPER_SLICES: tuple[int, ...] = (1, 2, 4, 8, 12, 16, 18, 24)  # the slice counts of the paper's Table 2
 
 
 class Strict(BaseModel):
@@ -144,7 +145,6 @@ class TrainConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
     amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
     valid_sdr_every: int = Field(10, ge=0, description="compute valid_sdr every N epochs; 0: never")
-    sdr_backend: Literal["fast", "museval"] = Field("fast", description="BSSEval v4 implementation for valid_sdr")
     threads: int | None = Field(None, gt=0, description="torch CPU threads; null: torch's default")
 
 

@@ -117,7 +117,7 @@ def test_resume_with_nothing_intact_is_a_clear_error(trial_storage):
 
 
 def test_a_local_copy_of_a_tune_checkpoint_is_removed_after_use(trial_storage):
-    from samsnet_search.search.trial import local_copy
+    from samsnet_search.search.checkpoints import local_copy
 
     trial, latest, _, temp = trial_storage
     with local_copy(latest) as folder:

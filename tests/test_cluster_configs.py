@@ -104,9 +104,26 @@ def test_launcher_config_passes_rays_schema():
     _validate_launcher(cfg)
     assert cfg["provider"]["type"] == "aws"
     workers = cfg["available_node_types"]["gpu_worker"]
-    assert workers["resources"]["GPU"] == 1 and workers["min_workers"] == 0
-    assert workers["node_config"]["InstanceType"].startswith("g5.")
+    assert workers["min_workers"] == 0  # idle clusters cost nothing but the head
     assert cfg["available_node_types"][cfg["head_node_type"]]["resources"] == {"CPU": 0}
+
+
+def test_launcher_workers_can_run_the_cluster_studys_trials():
+    """A trial asks for the study's `resources`; Ray schedules it only on a node that declares as
+    much, so a worker must hold at least one trial, expose its GPUs to the container, and the
+    cluster must hold every slice value of the grid at once."""
+    cfg = yaml.safe_load(LAUNCHER.read_text())
+    study = yaml.safe_load(CLUSTER_STUDY.read_text())
+    want = study["resources"]
+    workers = cfg["available_node_types"]["gpu_worker"]
+    have = workers["resources"]
+    assert want["gpu"] > 0 and have.get("GPU", 0) >= want["gpu"], (want, have)
+    assert have.get("CPU", 0) >= want["cpu"], (want, have)
+    assert "--gpus all" in cfg["docker"]["worker_run_options"]
+    trials_per_worker = min(have["GPU"] // want["gpu"], have["CPU"] // want["cpu"])
+    grid = study["model"]["slices"]["choice"]
+    assert workers["max_workers"] * trials_per_worker >= len(grid), (workers["max_workers"], grid)
+    assert cfg["max_workers"] >= workers["max_workers"]
 
 
 def test_launcher_schema_check_rejects_a_broken_config():

@@ -1,4 +1,4 @@
-"""Unsupervised slice estimate (issue 7): building blocks, recovery on synthetic sections, CLI."""
+"""Unsupervised slice estimate: building blocks, recovery on synthetic sections, CLI."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def test_recovery_rate_on_synthetic_sections(varied_root):
     """Truth: sections overlapping a segment by >= 0.5 s. Measured on this set (seed 3, 4 x 24 s, not
     used for tuning; 16 segments): novelty (default, timbre + harmony + rhythm) exact 0.62, within one
     0.94; the timbre-only novelty of before 0.56 / 0.94; eigengap 0.31 / 0.69. This small set is
-    noisy (timbre-only with today's kernel: 0.69); the 400 held-out segments are in the module docstring."""
+    noisy (timbre-only with today's kernel: 0.69); the 400 held-out segments are in docs/estimate.md."""
     r = recovery_rate(varied_root, segment_seconds=6.0)
     assert r["segments"] == 16
     assert r["within_one"] >= 0.875, r

@@ -16,8 +16,15 @@ import pytest
 import torch
 from museval import metrics as museval_metrics
 
+from samsnet_search.bench.museval_compare import compare_with_museval, synthetic_sources
 from samsnet_search.metrics import bsseval as metrics
-from samsnet_search.metrics.bsseval import METRICS, bss_eval_v4, compare_with_museval, median_over_tracks, sdr_v4, synthetic_sources, track_scores
+from samsnet_search.metrics.bsseval import (
+    METRICS,
+    bss_eval_v4,
+    median_over_tracks,
+    sdr_v4,
+    track_scores,
+)
 
 TOL_DB = 0.01  # the exactness target: per frame and per target median
 

@@ -15,7 +15,8 @@ from samsnet_search.delivery.report import gather, render_text
 from samsnet_search.search.estimate import SegmentParts, SliceEstimate
 from samsnet_search.search import identity
 from samsnet_search.search.estimate_step import save_estimate
-from samsnet_search.search.select import RESULT_FILE, SelectionResult, bootstrap_table, selection_uri, write_json
+from samsnet_search.search.select import RESULT_FILE, SelectionResult, bootstrap_table, selection_uri
+from samsnet_search.services.storage import write_json
 
 
 def _pairs(avg: float, seed: int) -> list[dict]:

@@ -155,6 +155,23 @@ def test_collected_data_match_the_runs(storage):
     assert rate == SAMPLE_RATE and audio.shape == (SAMPLE_RATE, 2)  # cut to 1 s
 
 
+def test_model_cost_comes_from_the_configuration_recorded_in_the_study_storage(tmp_path):
+    """The worker records each trial's configuration in its trial folder; the report reads it there
+    (a study of an older version has only the MLflow run's model config: read as before)."""
+    from samsnet_search.config import ExperimentConfig
+    from samsnet_search.engine.checkpoint import build_model
+    from samsnet_search.model.info import model_cost
+    from samsnet_search.search import checkpoints
+
+    m = make_study(tmp_path / "runs", with_selection=False)
+    cfg = ExperimentConfig.model_validate({"model": {"n_fft": 256, "hop_length": 128, "channels": 6, "depth": 2,
+                                                     "heads": 3, "slices": 4}, "data": {"segment_seconds": 1.0}})  # fmt: skip
+    checkpoints.write_experiment(m.path, "t0000", cfg.model_dump(mode="json"))
+    data = collect(gather("demo", str(tmp_path / "runs")), listen_seconds=0.0)
+    assert data.trials[0].cost == model_cost(build_model(cfg.resolved_model()))
+    assert 0 < data.trials[1].cost["params"] < data.trials[0].cost["params"]  # t0001: its MLflow model config
+
+
 def test_each_target_row_has_its_reference_beside_the_estimates(page):
     text = page.read_text()
     rows = re.findall(r"<tr><th>(\w+)</th>(.*?)</tr>", text.split('class="listen"')[1].split("</table>")[0])

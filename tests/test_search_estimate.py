@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,8 +12,7 @@ import yaml
 from samsnet_search.services import tracking
 from samsnet_search.errors import ConfigError
 from samsnet_search.search import identity
-from samsnet_search.search.estimate_step import (ARTIFACT, apply_estimate, before_search, load_estimate, narrowed_slices,
-                                                 study_estimate)  # fmt: skip
+from samsnet_search.search.estimate_step import ARTIFACT, apply_estimate, before_search, load_estimate, study_estimate
 from samsnet_search.search.study import Choice, load_study
 
 
@@ -52,14 +52,18 @@ def test_seed_puts_the_estimate_first_with_every_searched_key(synth_root, tmp_pa
     assert isinstance(study.space["model.slices"], Choice) and study.space["model.slices"].choice == [1, 2, 4, 8]
 
 
-def test_narrow_keeps_the_iqr_and_the_estimate(synth_root, tmp_path):
+@pytest.mark.parametrize(
+    "iqr, estimate, kept",
+    [((1.5, 4.0), 2, [2, 4]),  # the values inside the IQR, ends included
+     ((1.0, 8.0), 4, [1, 2, 4, 8]),  # an IQR over everything keeps everything
+     ((5.0, 9.0), 2, [2, 8])],  # the estimate itself stays even outside the IQR
+)  # fmt: skip
+def test_narrow_searches_only_the_iqr_and_the_estimate(synth_root, tmp_path, iqr, estimate, kept):
     study = load_study(write_study(tmp_path, synth_root, {"enabled": True, "use": "narrow"}))
-    est = study_estimate(study)
-    apply_estimate(study, est)
-    kept = study.space["model.slices"].choice
-    assert kept == narrowed_slices(load_study(write_study(tmp_path, synth_root, None)), est)
-    assert est.slices_estimate in kept
-    assert all(est.iqr[0] <= v <= est.iqr[1] or v == est.slices_estimate for v in kept)
+    est = dataclasses.replace(study_estimate(study), iqr=iqr, slices_estimate=estimate)
+    action = apply_estimate(study, est)
+    assert study.space["model.slices"].choice == kept  # the study file searched over [1, 2, 4, 8]
+    assert action == f"narrow: model.slices searched over {kept} (IQR {iqr[0]:g}-{iqr[1]:g})"
     assert study.points_to_evaluate == []
 
 

@@ -122,11 +122,15 @@ import yaml  # noqa: E402
 
 from samsnet_search.services import tracking  # noqa: E402
 from samsnet_search.delivery.export import WEIGHTS_SHA_TAG  # noqa: E402
+from samsnet_search.delivery.winner import register_winner  # noqa: E402
 from samsnet_search.cli import main  # noqa: E402
 from samsnet_search.search import identity  # noqa: E402
 from samsnet_search.search.runner import run_study  # noqa: E402
 from samsnet_search.search.select import PHASE_TAG, run_selection, selection_uri  # noqa: E402
 from samsnet_search.search.study import load_study  # noqa: E402
+from samsnet_search.search import checkpoints  # noqa: E402
+from samsnet_search.search.trial import build_experiment  # noqa: E402
+from urllib.parse import urlsplit  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -170,9 +174,15 @@ def test_selection_end_to_end(tmp_path, synth_root, ray_local, capsys):
     study = load_study(tiny_selection_study(tmp_path, data), base_dir=tmp_path)
     result = run_study(study)
     assert sorted(t.status for t in result.trials) == ["completed", "completed"]
+    # each worker recorded its trial's configuration once; the driver did not build it again
+    for t, r in zip(result.trials, result.result_grid):
+        assert t.experiment == checkpoints.read_experiment(result.manifest.path, t.trial_id)
+        assert t.experiment == build_experiment(study.base, t.config, 1).model_dump(mode="json")
+        # the one locator finds the checkpoint Tune itself calls best
+        assert t.best_checkpoint.path == r.get_best_checkpoint("valid_loss", "min").path
 
     said: list[str] = []
-    sel = run_selection(result, progress=said.append)
+    sel = run_selection(result, progress=said.append, register=register_winner)
     table = sel.table
     assert any(m.startswith("selection: 6 jobs to run") for m in said), said  # k of n, with a time estimate
     assert any(m.startswith("selection [1/6, ") and "left]" in m for m in said) and any("[6/6, " in m for m in said)
@@ -224,15 +234,25 @@ def test_selection_end_to_end(tmp_path, synth_root, ray_local, capsys):
     assert "mlflow ui --backend-store-uri" in out and "models:/samsnet-sel@champion" in out
     assert "plain masks (paper): avg" in out and "TEST, same winner, Wiener filter (1 EM iteration): avg" in out
 
+    # `export NAME` takes the winner's weights from the study's storage, where the selection found
+    # them, not from MLflow's copy: the registered version is found again, not a new one made
+    winner_artifacts = Path(urlsplit(c.get_run(sel.winner_job["run_id"]).info.artifact_uri).path)
+    copies = list(winner_artifacts.rglob("best.pt*"))
+    assert copies
+    for copy in copies:
+        copy.unlink()
+    assert main(["export", "sel", "--storage", str(tmp_path / "runs"), "--out", str(tmp_path / "exported")]) == 0
+    assert "samsnet-sel version 1 already holds these weights" in capsys.readouterr().out
+
     # a finished selection is loaded, not run again
-    assert run_selection(result).table.to_dict() == table.to_dict()
+    assert run_selection(result, register=register_winner).table.to_dict() == table.to_dict()
 
     # interrupted: one job's record and the final result are missing -> only that job runs again
     store = selection_uri(m.path)
     Path(store, "jobs", "slices_2_seed_2.json").unlink()
     Path(store, "selection.json").unlink()
     ends = {r.info.run_id: r.info.end_time for r in selection_runs}
-    again = run_selection(result)
+    again = run_selection(result, register=register_winner)
     assert again.trained == ["slices_2_seed_2"]
     rerun = c.get_run(again.jobs[5]["run_id"])
     for run_id, end in ends.items():
@@ -245,7 +265,7 @@ def test_selection_end_to_end(tmp_path, synth_root, ray_local, capsys):
     # test data never influences the choice: garbage test stems, everything retrained, same table
     shutil.rmtree(store)
     garble_test_split(data)
-    third = run_selection(result)
+    third = run_selection(result, register=register_winner)
     assert len(third.trained) == 6 and third.table.winner == table.winner
     for a, b in zip(third.table.rows, table.rows):
         assert a.median == pytest.approx(b.median, abs=1e-4) and a.interval["avg"] == pytest.approx(b.interval["avg"], abs=1e-4)

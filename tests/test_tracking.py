@@ -91,7 +91,7 @@ def test_parent_and_child_runs(store, tmp_path):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / "best.pt").write_bytes(b"weights")
-    run.log_best(ckpt, 2)
+    run.log_best(ckpt / "best.pt", 2)
     child = c.get_run(run.run_id)
     assert child.data.tags[tracking.PARENT_TAG] == parent
     assert child.data.tags[tracking.TRIAL_TAG] == "t0001"
@@ -167,7 +167,7 @@ def test_register_model(store, tmp_path):
     spec = ChildRunSpec(target.uri, target.artifact_root, exp, parent, "unit", system_metrics=False)
     run = TrialRun(spec, "reg1")
     (tmp_path / "best.pt").write_bytes(b"w")
-    run.log_best(tmp_path, 1)
+    run.log_best(tmp_path / "best.pt", 1)
     assert tracking.registered_model_name("unit") == "samsnet-unit"
     v1 = tracking.register_model(target, "unit", run.run_id, "model", tags={"slices": "4"})
     v2 = tracking.register_model(target, "unit", run.run_id, "model")

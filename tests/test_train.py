@@ -6,10 +6,11 @@ import pytest
 import torch
 import yaml
 
-from samsnet_search.engine import checkpoint
 from samsnet_search.cli import main
-from samsnet_search.config import ExperimentConfig
+from samsnet_search.config import ExperimentConfig, load_experiment
+from samsnet_search.engine import checkpoint
 from samsnet_search.engine.train import Trainer, TrainingDiverged
+from samsnet_search.errors import ConfigError
 
 
 def tiny_experiment(root: Path, **train) -> ExperimentConfig:
@@ -92,3 +93,11 @@ def test_cli_train_and_bad_config(synth_root, tmp_path, capsys):
     assert "bad.yaml: model.heds: unknown key" in err
     assert "train.lr: Input should be greater than 0" in err
     assert "Traceback" not in err
+
+
+def test_removed_sdr_backend_key_is_refused_by_name(tmp_path):
+    # valid_sdr always uses the package's BSSEval v4; a file that still chooses a backend is told so.
+    path = tmp_path / "old.yaml"
+    path.write_text("train:\n  sdr_backend: museval\n")
+    with pytest.raises(ConfigError, match=r"old\.yaml: train\.sdr_backend: unknown key"):
+        load_experiment(path)

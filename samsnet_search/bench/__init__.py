@@ -1,4 +1,4 @@
-"""`samsnet-search bench`: measure the hot paths (issue 6). Benchmarks are not tests.
+"""`samsnet-search bench`: measure the hot paths. Benchmarks are not tests.
 
 One module per benchmark, each with `run(quick, device, threads, ...) -> {"sizes", "figures", "notes"}`
 where `figures` is a flat mapping name -> float:
@@ -19,6 +19,7 @@ where `figures` is a flat mapping name -> float:
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import math
@@ -27,33 +28,28 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from .common import BenchError, machine_info
 
 log = logging.getLogger(__name__)
 
-NAMES: tuple[str, ...] = ("attention", "train", "sdr", "search", "overhead")
+# benchmark name -> its module in this package
+MODULES: dict[str, str] = {"attention": "attention", "train": "train_step", "sdr": "sdr", "search": "search_efficiency",
+                           "overhead": "search_overhead"}  # fmt: skip
+NAMES: tuple[str, ...] = tuple(MODULES)
 FULL_ONLY = ("search", "overhead")  # a Ray study does not fit --quick's few minutes
 ON_REQUEST = ("search",)  # tens of minutes: runs when --only names it (or tiny)
 
 
 def _runner(name: str) -> Callable[..., dict[str, Any]]:
-    if name == "attention":
-        from .attention import run
-    elif name == "train":
-        from .train_step import run
-    elif name == "sdr":
-        from .sdr import run
-    elif name == "search":
-        from .search_efficiency import run
-    else:
-        from .search_overhead import run
-    return run
+    # Imported on demand: the measuring children (`python -m samsnet_search.bench.attention`)
+    # import this package, and the search benchmark would load Ray into every one of them.
+    return importlib.import_module(f".{MODULES[name]}", __name__).run
 
 
 def check_options(device: str, only: list[str] | None, threads: int | None) -> list[str]:
     """Validated benchmark names to run; BenchError names the bad option and what is valid."""
-    import torch
-
     if device not in ("cpu", "cuda"):
         raise BenchError(f"--device must be cpu or cuda, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
@@ -84,8 +80,6 @@ def run_benchmarks(
     quick = quick or smoke
     names = check_options(device, only, threads)
     threads = threads or os.cpu_count() or 1
-    import torch
-
     torch.set_num_threads(threads)
     report: dict[str, Any] = {
         "machine": machine_info(device, threads),

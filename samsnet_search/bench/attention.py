@@ -32,9 +32,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import torch
+import torch.nn.functional as F
+
+from ..config import SAMPLE_RATE, read_yaml
+from ..model import SamsNet, SlicedMultiHeadAttention
 from .common import MiB, machine_roofline, peak_bytes, run_child, timed_side_by_side
 
-SAMPLE_RATE = 44100
 QUICKSTART = Path(__file__).resolve().parents[2] / "search_spaces" / "quickstart.yaml"
 
 
@@ -44,7 +48,7 @@ class AttentionSizes:
 
     n_fft: int
     hop_length: int
-    seconds: float  # segment length: frames = 1 + seconds * 44100 // hop
+    seconds: float  # segment length: frames = 1 + seconds * SAMPLE_RATE // hop
     channels: int  # d_k feature maps
     heads: int
     depth: int  # Sams modules of the whole model
@@ -70,8 +74,6 @@ def quickstart_sizes(repeats: int = 3) -> list[AttentionSizes]:
     """The quickstart study's trial shapes (read from search_spaces/quickstart.yaml, so they follow
     its tuning): its STFT, segment and batch, every slice choice, and the smallest and largest
     (maps, heads) it can draw."""
-    from ..config import read_yaml
-
     space = read_yaml(QUICKSTART)
     model, data, train = space["model"], space["data"], space["train"]
 
@@ -117,9 +119,6 @@ class ReferenceAttention:
         self.module = module
 
     def __call__(self, x):
-        import torch
-        import torch.nn.functional as F
-
         m = self.module
         B, d, Fq, T = x.shape
         h, L = m.heads, m.slice_frames
@@ -156,9 +155,6 @@ def looped_attention(module, x):
 
     x: (B, d, F, T) -> (B, h d, F, T). Uses the module's own Q/K/V weights.
     """
-    import torch
-    import torch.nn.functional as F
-
     B, d, Fq, T = x.shape
     h, L = module.heads, module.slice_frames
     qkv = module.qkv(x).view(B, 3, h, d, Fq, T)  # (B, 3, h, d, F, T)
@@ -197,11 +193,6 @@ def _fwd_bwd(forward, inputs: list, grad_out):
 
 
 def _attention_cases(sizes: AttentionSizes, device: str, roof: dict[str, float], memory: bool) -> dict[str, float]:
-    import torch
-    import torch.nn.functional as F
-
-    from ..model import SlicedMultiHeadAttention
-
     B, d, h, Fq, T = sizes.batch, sizes.channels, sizes.heads, sizes.bins, sizes.frames
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(B, d, Fq, T, generator=gen).to(device).requires_grad_()
@@ -251,8 +242,6 @@ def _attention_cases(sizes: AttentionSizes, device: str, roof: dict[str, float],
 
 def _loop_case(module, x, n) -> dict[str, float]:
     """Loop reference: same output and input gradient as the batched call?"""
-    import torch
-
     with torch.no_grad():
         diff = (module(x) - looped_attention(module, x)).abs().max().item()
     grad_out = torch.randn(x.shape[0], module.heads * module.channels, *x.shape[2:], device=x.device)
@@ -266,10 +255,6 @@ def _loop_case(module, x, n) -> dict[str, float]:
 
 
 def _model_cases(sizes: AttentionSizes, device: str, memory: bool) -> dict[str, float]:
-    import torch
-
-    from ..model import SamsNet
-
     B, Fq, T, C = sizes.batch, sizes.bins, sizes.frames, 2
     gen = torch.Generator().manual_seed(1)
     mag = torch.rand(B, C, Fq, T, generator=gen).to(device)
@@ -298,8 +283,6 @@ def _model_cases(sizes: AttentionSizes, device: str, memory: bool) -> dict[str, 
 
 def sdpa_backends(device: str) -> list[str]:
     """The SDPA backends this device has enabled (CUDA: flash, memory-efficient, cuDNN, math)."""
-    import torch
-
     if not device.startswith("cuda"):
         return ["cpu (flash attention for CPU / math)"]
     cuda = torch.backends.cuda
@@ -310,8 +293,6 @@ def sdpa_backends(device: str) -> list[str]:
 
 def measure(sizes: AttentionSizes, device: str, threads: int, roof: dict[str, float], memory: bool = False) -> dict[str, float]:
     """All figures of one size (runs in a child process): times, or (memory) peak memory only."""
-    import torch
-
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     return {**_attention_cases(sizes, device, roof, memory), **_model_cases(sizes, device, memory)}
@@ -357,8 +338,6 @@ def run(quick: bool, device: str, threads: int, smoke: bool = False) -> dict[str
 
 
 def _child_main(argv: list[str]) -> None:
-    import torch
-
     args = json.loads(argv[0])
     raw = args["sizes"]
     for key in ("slices", "loop_slices", "model_slices"):

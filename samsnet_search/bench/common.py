@@ -28,6 +28,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy
+import torch
+
 from ..errors import SamsNetError
 
 log = logging.getLogger(__name__)
@@ -45,8 +48,6 @@ class BenchError(SamsNetError):
 def sync(device: str) -> None:
     """Wait for queued GPU work so that wall time covers it (no-op on CPU)."""
     if device.startswith("cuda"):
-        import torch
-
         torch.cuda.synchronize()
 
 
@@ -92,8 +93,6 @@ def timed_side_by_side(fns: dict[str, Callable[[], Any]], repeats: int, device: 
 def machine_roofline(device: str, quick: bool = False) -> dict[str, float]:
     """This machine's ceilings, measured now: float32 matmul GFLOPS (square sgemm) and copy
     bandwidth in GB/s (bytes read + written by a copy much larger than the caches)."""
-    import torch
-
     n = 1024 if quick else 2048
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     mm = timed(lambda: a @ b, repeats=3 if quick else 5, device=device)
@@ -117,8 +116,6 @@ def peak_bytes(fn: Callable[[], Any], device: str = "cpu") -> int:
     started with CHILD_MALLOC_ENV). CUDA: allocator peak delta.
     """
     if device.startswith("cuda"):
-        import torch
-
         sync(device)
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
@@ -143,9 +140,6 @@ def cpu_model() -> str:
 
 def machine_info(device: str, threads: int) -> dict[str, Any]:
     """CPU, cores, load, library versions and the device the figures come from."""
-    import numpy
-    import torch
-
     info: dict[str, Any] = {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),

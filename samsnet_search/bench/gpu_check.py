@@ -7,7 +7,7 @@ Five sections, each timed, one summary printed at the end (and written as JSON w
 2. attention: the attention step at the paper's 6 s shape for slices 1..24 (model's kernel
    vs the previous SDPA line, roofline), and the SDPA core at 12 slices under each CUDA SDPA
    backend (flash, memory-efficient, cuDNN, math), by name.
-3. bsseval: the fast BSSEval v4 (`metrics.sdr_v4`) on CUDA against its CPU path: time and
+3. bsseval: the fast BSSEval v4 (`metrics.bsseval.sdr_v4`) on CUDA against its CPU path: time and
    the largest difference.
 4. separate: a 3-minute stereo track through the paper-config model.
 5. study: two trials of a tiny study sharing the GPU (`resources.gpu: 0.5`).
@@ -34,14 +34,21 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import yaml
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ..config import PAPER_SLICES, SAMPLE_RATE, ExperimentConfig, validate_model
+from ..data.synth import synthesize
+from ..engine.separate import separate
+from ..engine.train import Trainer
+from ..metrics.bsseval import sdr_v4
+from ..model import SamsNet, SlicedMultiHeadAttention
+from ..search.runner import run_study
+from ..search.study import load_study
 from .attention import AttentionSizes, measure, paper_sizes, sdpa_backends
 from .common import MiB, machine_info, machine_roofline, timed
-from .train_step import _time_steps
+from .train_step import time_steps
 
 log = logging.getLogger(__name__)
-
-PAPER_SLICES = (1, 2, 4, 8, 12, 16, 18, 24)  # paper Table 2
 
 
 def _peak_mib(device: str) -> float:
@@ -61,15 +68,11 @@ def _experiment(root: Path, device: str, dry: bool) -> dict[str, Any]:
 
 
 def check_train(root: Path, work: Path, device: str, dry: bool) -> dict[str, Any]:
-    from ..config import ExperimentConfig, validate_model
-    from ..model import SlicedMultiHeadAttention
-    from ..engine.train import Trainer
-
     cfg = validate_model(ExperimentConfig, _experiment(root, device, dry), "gpu-check train")
     trainer = Trainer(cfg, work / "train")
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    steps = _time_steps(trainer, warmup=1 if dry else 2, steps=2 if dry else 5)
+    steps = time_steps(trainer, warmup=1 if dry else 2, steps=2 if dry else 5)
     m = cfg.resolved_model()
     B, d, h, Fq, T = cfg.train.batch_size, m.channels, m.heads, m.n_fft // 2 + 1, m.frames(cfg.data.segment_samples)
     att = SlicedMultiHeadAttention(d, h, m.slice_frames).to(device)
@@ -104,10 +107,6 @@ def check_attention(device: str, dry: bool, threads: int) -> dict[str, Any]:
 
 def _sdpa_backends_timed(sizes: AttentionSizes, device: str) -> dict[str, Any]:
     """fwd+bwd of the SDPA kernel at 12 slices under each backend, forced one at a time."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    from ..model import SlicedMultiHeadAttention
-
     backends = {"flash": SDPBackend.FLASH_ATTENTION, "mem_efficient": SDPBackend.EFFICIENT_ATTENTION,
                 "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}  # fmt: skip
     att = SlicedMultiHeadAttention(sizes.channels, sizes.heads, math.ceil(sizes.frames / 12), kernel="sdpa").to(device)
@@ -129,11 +128,9 @@ def _sdpa_backends_timed(sizes: AttentionSizes, device: str) -> dict[str, Any]:
 
 
 def check_bsseval(device: str, dry: bool) -> dict[str, Any]:
-    from ..metrics.bsseval import sdr_v4
-
     seconds = 5.0 if dry else 180.0
     rng = np.random.default_rng(0)
-    n = int(seconds * 44100)
+    n = int(seconds * SAMPLE_RATE)
     refs = rng.standard_normal((4, n, 2))
     ests = refs + 0.3 * rng.standard_normal((4, n, 2))
     cpu_t = timed(lambda: sdr_v4(refs, ests), repeats=1, warmup=0)
@@ -149,14 +146,10 @@ def check_bsseval(device: str, dry: bool) -> dict[str, Any]:
 
 
 def check_separate(root: Path, work: Path, device: str, dry: bool) -> dict[str, Any]:
-    from ..config import ExperimentConfig, validate_model
-    from ..model import SamsNet
-    from ..engine.separate import separate
-
     cfg = validate_model(ExperimentConfig, _experiment(root, device, dry), "gpu-check separate")
     model = SamsNet(**cfg.resolved_model().model_dump())
     seconds = 10.0 if dry else 180.0
-    t = np.arange(int(seconds * 44100)) / 44100
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
     audio = np.stack([np.sin(2 * np.pi * 220 * t), np.sin(2 * np.pi * 330 * t)]).astype(np.float32) * 0.3
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -168,9 +161,6 @@ def check_separate(root: Path, work: Path, device: str, dry: bool) -> dict[str, 
 
 
 def check_study(root: Path, work: Path, device: str, dry: bool) -> dict[str, Any]:
-    from ..search.runner import run_study
-    from ..search.study import load_study
-
     study = {
         "name": "gpu-check",
         "model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 4]}, "heads": 1, "channels": 2, "depth": 1},
@@ -190,8 +180,6 @@ def check_study(root: Path, work: Path, device: str, dry: bool) -> dict[str, Any
 
 def run_gpu_check(device: str, dry: bool, work: Path, progress: Callable[[str], None] = print) -> dict[str, Any]:
     """All sections; a failing section is recorded (first line of its error) and the rest still run."""
-    from ..data.synth import synthesize
-
     threads = 2 if dry else 8
     torch.set_num_threads(threads)
     report: dict[str, Any] = {"machine": machine_info(device, threads), "dry_run": dry, "sections": {}, "failed": []}

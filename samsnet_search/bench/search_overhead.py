@@ -16,6 +16,11 @@ from typing import Any
 
 import yaml
 
+from ..data.synth import synthesize
+from ..search.runner import run_study
+from ..search.study import load_study
+from .common import BenchError
+
 
 def study_dict(root: Path, data_root: Path, trials: int) -> dict[str, Any]:
     """A study small enough for seconds per trial (the end-to-end test's sizes)."""
@@ -46,10 +51,6 @@ def _trial_times(result_grid) -> tuple[list[float], list[float]]:
 
 
 def run(quick: bool, device: str, threads: int, trials: int = 4) -> dict[str, Any]:
-    from ..data.synth import synthesize
-    from ..search.runner import run_study
-    from ..search.study import load_study
-
     with tempfile.TemporaryDirectory(prefix="samsnet-bench-search-") as tmp:
         root = Path(tmp)
         data = synthesize(root / "data", n_train=2, n_valid=1, n_test=1, seconds=4.0, seed=0)
@@ -59,8 +60,6 @@ def run(quick: bool, device: str, threads: int, trials: int = 4) -> dict[str, An
         result = run_study(load_study(path, base_dir=root), num_cpus=2, quiet=True)
         trial_s, train_s = _trial_times(result.result_grid)
     if not trial_s:
-        from .common import BenchError
-
         raise BenchError("search overhead: no trial of the tiny study reported a result")
     concurrency = spec["search"]["max_concurrent_trials"]
     figures = {

@@ -17,6 +17,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..config import ExperimentConfig, load_experiment, read_yaml, validate_model
+from ..data.synth import synthesize
+from ..engine.train import Trainer, magnitude_loss
 from .attention import QUICKSTART, reference_attention
 from .common import BenchError, sync, timed_side_by_side
 
@@ -27,8 +30,6 @@ TINY_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
 
 def _cases(quick: bool, smoke: bool, device: str) -> list[dict[str, Any]]:
     """(label, experiment overrides, warm-up steps, timed steps) per case."""
-    from ..config import load_experiment
-
     if smoke:
         exp = {"model": {"n_fft": 256, "hop_length": 128, "channels": 2, "heads": 1, "depth": 1, "slices": 2},
                "data": {"segment_seconds": 0.5}, "train": {"batch_size": 2}}  # fmt: skip
@@ -55,9 +56,7 @@ def _batches(loader) -> Iterator[Any]:
         epoch += 1
 
 
-def _time_steps(trainer, warmup: int, steps: int) -> dict[str, float]:
-    from ..engine.train import magnitude_loss
-
+def time_steps(trainer, warmup: int, steps: int) -> dict[str, float]:
     device = str(trainer.device)
     model, opt = trainer.model, trainer.optimizer
     model.train()
@@ -90,8 +89,6 @@ def _time_steps(trainer, warmup: int, steps: int) -> dict[str, float]:
 def quickstart_experiment(smoke: bool) -> dict[str, Any]:
     """The quickstart study's experiment with every searched value at its largest choice
     (the slowest trial it can draw); smoke: a tiny model on the same data path."""
-    from ..config import read_yaml
-
     space = read_yaml(QUICKSTART)
     pick = {}
     for section in ("model", "data", "train"):
@@ -125,10 +122,6 @@ def _trial_epochs(trainer, repeats: int) -> dict[str, float]:
 
 
 def run(quick: bool, device: str, threads: int, smoke: bool = False) -> dict[str, Any]:
-    from ..config import ExperimentConfig, validate_model
-    from ..data.synth import synthesize
-    from ..engine.train import Trainer
-
     figures: dict[str, float] = {}
     sizes = []
     with tempfile.TemporaryDirectory(prefix="samsnet-bench-") as tmp:
@@ -140,7 +133,7 @@ def run(quick: bool, device: str, threads: int, smoke: bool = False) -> dict[str
             exp["train"] = {**exp.get("train", {}), "device": device, "threads": threads, "seed": 0}
             cfg = validate_model(ExperimentConfig, exp, f"bench case {case['label']}")
             trainer = Trainer(cfg, Path(tmp) / f"work{index}")
-            result = _time_steps(trainer, case["warmup"], case["steps"])
+            result = time_steps(trainer, case["warmup"], case["steps"])
             prefix = ("quick_" if index == 0 else "paper_")
             figures.update({prefix + k: v for k, v in result.items()})
             sizes.append({"label": case["label"], "model": cfg.resolved_model().model_dump(mode="json"),

@@ -10,11 +10,9 @@ package's own configuration (`musdb/configs/mus.yaml`), not from a copy kept her
 
 MUSDB18 stems are decoded as `musdb` decodes them (`stempeg.read_stems(..., ffmpeg_format="s16le")`:
 ffmpeg's AAC decoder to 16-bit PCM, then / 32768), so that the audio, and the BSSEval scores on
-it, are those of museval's published numbers. Decoding straight to float keeps the AAC's empty
-band near Nyquist free of the quantisation floor: the references' Gram matrix is then nearly
-singular (condition number about 1e17 against 1e11) and ISR/SIR/SAR differ from museval's by up
-to 25 dB on stempeg's excerpt (SDR does not change). Float decoding also keeps peaks above full
-scale that 16-bit PCM clips.
+it, are those of museval's published numbers. Decoded straight to float, the AAC's empty band
+near Nyquist leaves the references' Gram matrix nearly singular and ISR/SIR/SAR unstable
+(docs/metrics.md); float decoding would also keep peaks above full scale that 16-bit PCM clips.
 """
 
 from __future__ import annotations
@@ -164,7 +162,7 @@ class StemsFileSource:
                     f"{self.path}: decoding MUSDB18 .stem.mp4 needs {tool}, which is not on PATH "
                     "(install ffmpeg, e.g. apt install ffmpeg, or use MUSDB18-HQ wav folders)"
                 )
-        import stempeg  # lazy: pulls in ffmpeg-python
+        import stempeg  # lazy: pulls in ffmpeg-python (0.4 s), needed for .stem.mp4 only
 
         if not self.path.is_file():
             raise DataError(f"{self.path}: no such file")
@@ -196,7 +194,7 @@ class StemsFileSource:
 
     def decode(self) -> np.ndarray:
         """The five streams as float32 (5, C, N) in STEM_NAMES order, decoded as musdb does, checked."""
-        import stempeg
+        import stempeg  # lazy, as in _info
 
         info = self.probe()
         stems, names = [], []

@@ -704,8 +704,10 @@ def export_source(source: str, out_dir: str | Path, *, storage: str = "./runs", 
     """Export a checkpoint folder / .pt file, a study (name or folder: its best trial), or an
     MLflow run id; register it (always for a study, as `samsnet-<study>`; else when `register_as`
     is given). Returns (export folder, what the registry did, or None)."""
+    from ..search.identity import MANIFEST as STUDY_MANIFEST
+
     path = Path(source)
-    if path.exists() and not (path / "study.json").is_file():
+    if path.exists() and not (path / STUDY_MANIFEST).is_file():
         out = export_checkpoint(path, out_dir)
         done = register_export(out, register_as, tracking_uri or "./mlruns", alias=alias) if register_as else None
         return out, done
@@ -737,7 +739,8 @@ def _find_study(source: str, storage: str):
 
 
 def _download_run_checkpoint(run_id: str, tracking_uri: str, dest: Path) -> Path:
-    """The run's best weights (`model/best.pt`, logged by the trial) in a local folder."""
+    """The run's best weights (`model/best.pt`, logged by the trial) in a local folder: the published
+    copy, for a bare run id (a study's own weights come from its storage: `_export_study`)."""
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
@@ -754,22 +757,36 @@ def _download_run_checkpoint(run_id: str, tracking_uri: str, dest: Path) -> Path
 
 
 def _export_study(manifest, out_dir: str | Path, alias: str) -> tuple[Path, Registration]:
-    """The study's best trial (by its metric; the selection's winner once chosen): exported, then
-    registered as `samsnet-<study>` from that trial's run (or found registered already)."""
-    from ..services import tracking
+    """The study's chosen model: the selection's winner once chosen, else its best search trial.
+    Its weights come from the study's storage, where the selection found them
+    (`search.checkpoints`); it is registered as `samsnet-<study>` from the run that trained them
+    (or found registered already: the selection registered the same file)."""
+    from ..engine.checkpoint import BEST
+    from ..search import checkpoints
+    from ..search.runner import load_stored_study
+    from ..search.select import load_selection
+    from ..services import storage
 
     summary = dict(manifest.summary or {})
-    run_id = summary.get("best_run")
-    if not run_id:
-        target = tracking.resolve_tracking(manifest.tracking_uri)
-        run_id = tracking.client(target).get_run(manifest.parent_run_id).data.tags.get(tracking.BEST_RUN_TAG)
-    if not run_id:
+    selection = load_selection(manifest.path)
+    run_id = selection.winner_job.get("run_id") if selection else summary.get("best_run")
+    trial_id = summary.get("best_trial")
+    if selection is None and not (trial_id and run_id):
         raise ExportError(f"study {manifest.name!r} ({manifest.state}) has no best trial yet; run it to the end first")
     info = {"title": f"Sams-Net chosen by study {manifest.name}", "source": f"study {manifest.name}, MLflow run {run_id}",
             "study_summary": summary, "selection_table": summary.get("selection"),
             "test_sdr": summary.get("test") if isinstance(summary.get("test"), dict) else None}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = _download_run_checkpoint(run_id, manifest.tracking_uri, Path(tmp))
+        if selection is not None:
+            ckpt = storage.get_file(selection.winner_job["checkpoint"], Path(tmp) / BEST)
+        else:
+            study = load_stored_study(manifest)
+            found = checkpoints.best_checkpoint(checkpoints.trial_uri(manifest.path, trial_id), study.metric, study.mode)
+            if found is None:
+                raise ExportError(f"study {manifest.name!r}: trial {trial_id} has no checkpoint left in "
+                                  f"{storage.display_uri(manifest.path)}")  # fmt: skip
+            ckpt = Path(tmp) / "checkpoint"
+            found.to_directory(str(ckpt))
         out = export_checkpoint(ckpt, out_dir, info)
     return out, register_export(out, manifest.name, manifest.tracking_uri, run_id=run_id, alias=alias)
 

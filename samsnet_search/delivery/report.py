@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from rich.table import Table
 
 from ..config import TARGETS
 from ..errors import ConfigError
@@ -21,6 +24,7 @@ from ..search import identity
 from ..search.estimate_step import ARTIFACT as ESTIMATE_FILE
 from ..search.estimate_step import load_estimate
 from ..search.identity import Manifest
+from ..search.pareto import front_table
 from ..search.select import COLUMNS, SelectionResult, SelectionTable, load_selection
 from ..search.study import resolve_storage
 from ..services.tracking import TrackingTarget
@@ -53,8 +57,6 @@ class StudyReport:
 
 def gather(name_or_path: str, storage: str = "./runs", base_dir=None) -> StudyReport:
     """Everything the report shows, read from the study folder (`StudyNotFound` if unknown)."""
-    from pathlib import Path
-
     manifest = identity.find_study(name_or_path, resolve_storage(storage, Path(base_dir or Path.cwd())))
     selection = load_selection(manifest.path)
     target = TrackingTarget(manifest.tracking_uri, manifest.artifact_root)
@@ -103,8 +105,6 @@ def estimate_line(report: StudyReport) -> str | None:
 
 def table_renderable(table: SelectionTable):
     """The Table-2-style validation table as a rich Table."""
-    from rich.table import Table
-
     pct = round(100 * table.confidence)
     out = Table(title=f"VALIDATION: {table.label()}", title_justify="left")
     out.add_column("slices", justify="right")
@@ -158,7 +158,6 @@ def render_text(report: StudyReport) -> list[Any]:
     """Rich renderables (strings and a Table) in reading order."""
     out: list[Any] = list(search_lines(report))
     if report.search.get("pareto"):  # a multi-objective study: quality against cost
-        from ..search.pareto import front_table
 
         out.append(front_table(report.search["pareto"]))
     out.extend(selection_renderables(report))

@@ -107,7 +107,7 @@ def read_trials(report: StudyReport, metric: str, mode: str) -> list[Trial]:
         values = [h.value for h in c.get_metric_history(rid, metric)] if metric != "valid_loss" else [v for _, v in history]
         best = best_of(values, mode)
         trial = Trial(tags.get(TRIAL_TAG, rid[:8]), rid, tags.get(STATUS_TAG, "running"), dict(run.data.params), history, best)
-        trial.cost = model_cost(c, rid)
+        trial.cost = model_cost(m.path, trial.trial_id, c, rid)
         out.append(trial)
     return out
 
@@ -115,13 +115,20 @@ def read_trials(report: StudyReport, metric: str, mode: str) -> list[Trial]:
 _COST_CACHE: dict[str, dict[str, float]] = {}
 
 
-def model_cost(client, run_id: str) -> dict[str, float]:
-    """Parameter count and GMACs per second of a trial's resolved model config (empty if not logged)."""
+def model_cost(study_path: str, trial_id: str, client, run_id: str) -> dict[str, float]:
+    """Parameter count and GMACs per second of a trial's resolved model (empty if unknown): from the
+    configuration its worker recorded in the study's storage (`search.checkpoints`), else (a study
+    of an older version) from the model config its MLflow run logged."""
+    from ..config import ExperimentConfig, ModelConfig, validate_model
     from ..engine.checkpoint import build_model
-    from ..config import ModelConfig
     from ..model.info import model_cost as count
+    from ..search import checkpoints
 
-    cfg = _download_json(client, run_id, "model/model_config.json")
+    experiment = checkpoints.read_experiment(study_path, trial_id)
+    if experiment:
+        cfg = validate_model(ExperimentConfig, experiment, f"trial {trial_id}").resolved_model().model_dump(mode="json")
+    else:
+        cfg = _download_json(client, run_id, "model/model_config.json")
     if not cfg:
         return {}
     key = json.dumps(cfg, sort_keys=True)

@@ -18,38 +18,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import tempfile
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .. import __version__
 from ..config import ModelConfig
 from ..errors import CheckpointError
 from ..model import SamsNet
+from ..version import code_version
 
 FORMAT = "samsnet-checkpoint/1"
 LAST, BEST = "last.pt", "best.pt"
 CHECKSUM_SUFFIX = ".sha256.json"
-
-
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """Package version plus the git commit when running from a checkout."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return f"{__version__}+{commit}" if commit else __version__
 
 
 def save(path: Path, state: dict[str, Any]) -> None:

@@ -1,82 +1,29 @@
-"""BSSEval v4 (museval semantics), fast and exact: SDR, ISR, SIR, SAR per 1 s frame.
+"""BSSEval v4 with museval's semantics, fast and exact: SDR, ISR, SIR, SAR per 1 s frame.
 
-What museval 0.4.1 computes (``museval.evaluate(refs, ests, win, hop)`` ->
-``museval.metrics.bss_eval(..., filters_len=512, framewise_filters=False,
-bsseval_sources_version=False)``), read from its source and reproduced here:
+`bss_eval_v4(refs, ests, win, hop)` returns what ``museval.evaluate`` returns (museval 0.4.1:
+projection filters of 512 taps computed once on the whole signal, per-frame metrics, a frame
+NaN where any source is silent); `sdr_v4` the SDR alone, which needs no projection;
+`track_scores` and `median_over_tracks` aggregate as museval's stores do (median over frames,
+then over tracks). Inputs are (nsrc, nsamples, nchan) numpy arrays or torch tensors; CUDA
+tensors are evaluated on their device in float64.
 
-- Inputs ``(nsrc, nsamples, nchan)``. ``evaluate`` pads/truncates the estimates to the
-  references' length (``padding=True`` here); ``bss_eval`` itself raises on any shape
-  mismatch, and raises if any reference or estimate is silent over the whole signal.
-- Frames: ``nframes = floor((nsamples - win + hop) / hop)`` when ``win < nsamples``, else one
-  frame holding the whole signal. Frame ``t`` is ``[t*hop, t*hop + win)``; samples after the
-  last full frame are never scored (but they do enter the projection filters).
-- The projection filters are computed ONCE on the whole signal: ``G`` is the Gram matrix of
-  all reference channels delayed by 0..511 samples (``(nsrc*nchan*512)^2``), ``D`` their
-  correlations with each estimate, ``C = solve(G + eps*I, D)`` projects an estimate on all
-  references, and ``Cj`` (the same with the single diagonal block ``G_jj``) on its own
-  reference only. ``eps`` is ``np.finfo(float).eps``, absolute.
-- Per frame, the frame's reference signals alone (zero outside the frame) are filtered with
-  those global filters, over ``win + 511`` samples: ``Pj`` (own reference) and ``Pall``
-  (all references). With ``s`` the frame's true image and ``e`` the frame's estimate:
-  ``SDR = 10 log10(|s|^2 / |e - s|^2)`` (the three error terms sum to ``e - s``, so v4's SDR
-  is the framewise SNR of the image and needs no projection), ``ISR = |s|^2 / |Pj - s|^2``,
-  ``SIR = |Pj|^2 / |Pall - Pj|^2``, ``SAR = |Pall|^2 / |e - Pall|^2``, each in dB; a zero
-  denominator gives ``+inf``.
-- A frame in which ANY reference or ANY estimate is silent (its channel sum is exactly zero
-  at every sample of the frame) is NaN for every source and every metric.
-- Aggregation (``museval.TrackStore``/``EvalStore``): frame values are stored rounded to
-  1e-5 dB with infinities as NaN, the frames of a target are reduced with ``nanmedian``,
-  tracks with a (NaN-skipping) median.
+Why it is fast (the derivation and the measurements are in docs/metrics.md):
 
-How this module gets the same numbers faster (museval: about 80 s for 4 stereo targets of
-180 s on a 2-core machine):
+- the lagged correlations of G and D are accumulated block by block in the frequency
+  domain, with an exact correction for the sample pairs straddling a block boundary;
+- one Cholesky solve with every estimate as a right-hand side; an exactly singular G falls
+  back to a pivoted Cholesky and the minimum-norm least-squares solution, museval's own
+  ``lstsq`` fallback, in about a Cholesky's time (with a warning naming the rank);
+- per-frame energies come from Parseval's theorem: no inverse FFT per frame;
+- on CPU, numpy FFTs on strided views and single-threaded numba kernels, spread over
+  ``torch.get_num_threads()`` Python threads pulling work items from a queue (results do
+  not depend on the thread count). The kernels stay single-threaded because numba's
+  OpenMP layer resets the process-wide OpenMP thread count, which changed torch's setting
+  inside 1-thread Ray workers, and it is not fork-safe.
 
-- The correlations for ``G`` and ``D`` at lags 0..511 are accumulated block by block in the
-  frequency domain (one real FFT per signal and block, cross-spectra summed over blocks, one
-  small inverse FFT per pair), plus an exact correction for the sample pairs that straddle a
-  block boundary. When frames tile the signal (``hop == win``) the blocks are the frames.
-- One Cholesky solve with all estimates as right-hand sides instead of one LU solve per
-  estimate. A Cholesky that fails, or "succeeds" on a rounding-level pivot (an exactly
-  singular G: a channel repeated, fewer samples than unknowns), hands over to a pivoted
-  (rank-revealing) Cholesky and the minimum-norm least-squares solution of the rank-r
-  system: what museval's fallback ``np.linalg.lstsq(G, D)`` returns, in about a Cholesky's
-  time (lstsq's SVD took 40-140 s for a 4096 x 4096 G). A warning names the rank.
-- The per-frame projections are products in the frequency domain and their energies come
-  from Parseval's theorem: no inverse FFT per frame.
-- On CPU: the FFTs (numpy's pocketfft, FFT lengths with mostly factors of two) read frames
-  and blocks through strided views of the input, no copies; the per-bin products run in
-  numba kernels whose inner loops run over contiguous bins (real and imaginary parts apart)
-  and vectorize; silence checks and the SDR terms take one fused pass. The work runs on
-  ``torch.get_num_threads()`` Python threads (the kernels and pocketfft release the GIL) as
-  items pulled from a queue, so a descheduled thread holds up one item, not a share: batches
-  of frames; for the correlations, per batch of blocks, the blocks' FFTs and then ranges of
-  bins, each bin summing the blocks in order (results do not depend on the threads or their
-  scheduling). The numba kernels themselves are single-threaded on purpose: numba's parallel
-  (OpenMP) layer resets the process-wide OpenMP thread count, which silently changed torch's
-  thread setting (1 -> 2 in a Ray-style 1-thread worker), and it is not fork-safe. torch's
-  (MKL) Cholesky does the solves. On CUDA every step is torch on the tensors' device, in
-  float64.
-- Measured (3 min, 4 stereo targets, 2-core AMD EPYC, load about 1.5): museval 83 s, this
-  module 2.5 s with 2 threads (33x). CPU time with one thread, about 3.6 s: FFTs 1.5 s (two
-  passes: the frame spectra are computed again rather than kept, which would take 1 GB),
-  Cholesky of the 4096 x 4096 G 0.85 s, cross-spectra 0.5 s, frame projections 0.4 s, the
-  rest 0.3 s.
-
-Numerical note: MUSDB18 stems are AAC-coded, which leaves so little energy near Nyquist that
-``G`` is nearly singular when the AAC is decoded straight to float (condition number about
-1e15-1e17 on stempeg's excerpt). museval's own SIR and SAR then move by dB when ``G`` changes
-by rounding, so no reimplementation can agree with it there; SDR is unaffected (it needs no
-projection), ISR barely. Decoded to 16-bit PCM, as ``musdb`` does (and so museval's published
-numbers), the quantisation floor keeps ``G`` well conditioned (about 1e11) and the two agree to
-about 1e-7 dB; the data readers decode that way. On well-conditioned references the two agree
-to about 1e-10 dB.
-
-Other packages: ``fast-bss-eval`` 0.1.4 implements bss_eval_sources (BSSEval v3 "sources":
-one distortion filter per channel, no spatial-image term, no framing, no silent-frame rule).
-Measured on stempeg's excerpt (4 s, 4 stereo targets, estimates with leakage and noise): its
-numpy backend fails under numpy 2.4 (``np.linalg.solve`` broadcasting); with its torch backend
-the per-target SDR (mean of the two channels) differed from museval's v4 SDR by up to 5.1 dB
-on the whole signal and up to 1.0 dB as a median of 1 s frames. Not a substitute.
+Where museval itself is unstable (AAC stems decoded straight to float leave G nearly
+singular, so its SIR and SAR move by dB under rounding) no reimplementation can match it:
+the data readers decode to 16-bit PCM as ``musdb`` does, where the two agree to about 1e-7 dB.
 """
 
 from __future__ import annotations
@@ -93,6 +40,8 @@ import numba
 import numpy as np
 import torch
 from scipy.linalg import cho_factor, cho_solve, lapack, solve_triangular
+
+from ..config import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
@@ -266,10 +215,8 @@ def _batches(total: int, per_item_bytes: int) -> list[slice]:
 
 
 def _fft_len(n: int) -> int:
-    """Smallest 2^a 3^b 5^c >= n with b <= 2 and c <= 1: fast for every FFT backend.
-
-    Mostly factors of two pay: for 44611 (1 s frames plus 511) pocketfft's real FFT of
-    46080 = 2^10 3^2 5 took 0.21 ms, of 45000 = 2^3 3^2 5^4 0.25 ms (single thread)."""
+    """Smallest 2^a 3^b 5^c >= n with b <= 2 and c <= 1: mostly factors of two, fast for
+    every FFT backend (docs/metrics.md has the timing)."""
     best = 1 << (n - 1).bit_length()
     for odd in (3, 5, 9, 15, 45):
         m = odd
@@ -310,8 +257,8 @@ def _db(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
 def sdr_v4(
     references: ArrayLike,
     estimates: ArrayLike,
-    win: int = 44100,
-    hop: int = 44100,
+    win: int = SAMPLE_RATE,
+    hop: int = SAMPLE_RATE,
     *,
     padding: bool = False,
     on_silent: OnSilent = "raise",
@@ -385,8 +332,8 @@ def _frame_sdr_terms(
 def bss_eval_v4(
     references: ArrayLike,
     estimates: ArrayLike,
-    win: int = 44100,
-    hop: int = 44100,
+    win: int = SAMPLE_RATE,
+    hop: int = SAMPLE_RATE,
     *,
     padding: bool = False,
     on_silent: OnSilent = "raise",
@@ -983,86 +930,3 @@ def _nanmedian(values: np.ndarray) -> float:
     """nanmedian that returns NaN (without a warning) when every value is NaN."""
     finite = values[~np.isnan(values)]
     return float(np.median(finite)) if finite.size else math.nan
-
-
-# ----------------------------------------------------------------------------- museval comparison
-
-
-def synthetic_sources(seconds: float, seed: int, nsrc: int = 4, nchan: int = 2, rate: int = 44100) -> tuple[np.ndarray, np.ndarray]:
-    """Music-like references and imperfect estimates, (nsrc, nsamples, nchan) float64 each.
-
-    References: coloured noise with tones and an amplitude envelope per source, a different
-    stereo balance per source, and source 0 silent over its second second (museval NaN frame
-    when long enough). Estimates: each reference scaled and slightly delayed, leakage from
-    the next source, and white noise (artifacts).
-    """
-    rng = np.random.default_rng(seed)
-    n = int(round(seconds * rate))
-    t = np.arange(n) / rate
-    refs = np.empty((nsrc, n, nchan))
-    for j in range(nsrc):
-        noise = np.convolve(rng.standard_normal(n + 63), rng.standard_normal(64) / 8, mode="valid")
-        tones = sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi)) for f in rng.uniform(60, 4000, 3))
-        env = 0.5 + 0.5 * np.abs(np.sin(2 * np.pi * rng.uniform(0.2, 2.0) * t))
-        mono = 0.1 * env * (noise + 0.5 * tones)
-        pan = rng.uniform(0.2, 0.8, nchan)
-        refs[j] = mono[:, None] * pan[None, :] + 0.01 * rng.standard_normal((n, nchan))
-    if n > 2 * rate:
-        refs[0, rate : 2 * rate] = 0.0
-    ests = np.empty_like(refs)
-    for j in range(nsrc):
-        shifted = np.roll(refs[j], int(rng.integers(0, 20)), axis=0)
-        ests[j] = rng.uniform(0.7, 1.1) * shifted + 0.1 * refs[(j + 1) % nsrc]
-        ests[j] += 0.005 * rng.standard_normal((n, nchan))
-    return refs, ests
-
-
-def compare_with_museval(seconds: float, seed: int = 0, nsrc: int = 4, repeats: int = 3) -> dict:
-    """Time museval.evaluate (once) and bss_eval_v4 (`repeats` times) on the same synthetic
-    stereo track; compare them.
-
-    Returns seconds of audio, museval's wall time, the fast path's median wall time
-    (`fast_s`) and all of them (`fast_runs_s`), their ratio, the fast path's time per stage in
-    its median run (`fast_stages_s`), the 1-minute load average before and after (timings
-    under load mean little), the largest absolute per-frame and per-target-median difference
-    per metric (dB, NaN and infinite frames excluded) and whether the NaN frames coincide.
-    """
-    import os
-
-    import museval
-
-    refs, ests = synthetic_sources(seconds, seed, nsrc=nsrc)
-    bss_eval_v4(refs[:, :8192], ests[:, :8192], win=4096, hop=4096)  # JIT-compile (or load) the kernels untimed
-    load_before = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    ref_out = dict(zip(METRICS, museval.evaluate(refs, ests, win=44100, hop=44100)))
-    t1 = time.perf_counter()
-    runs = []  # (wall seconds, stages)
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        fast_out = bss_eval_v4(refs, ests, win=44100, hop=44100)
-        runs.append((time.perf_counter() - start, dict(LAST_TIMINGS)))
-    fast_s, stages = sorted(runs, key=lambda run: run[0])[len(runs) // 2]
-    result: dict = {
-        "seconds": seconds,
-        "targets": nsrc,
-        "torch_threads": torch.get_num_threads(),
-        "museval_s": t1 - t0,
-        "fast_s": fast_s,
-        "fast_runs_s": [wall for wall, _ in runs],
-        "speedup": (t1 - t0) / fast_s,
-        "fast_stages_s": stages,
-        "load_before": load_before,
-        "load_after": os.getloadavg()[0],
-    }
-    targets = [f"src{j}" for j in range(refs.shape[0])]
-    for m in METRICS:
-        a, b = ref_out[m], fast_out[m]
-        result[f"{m}_nan_match"] = bool(np.array_equal(np.isnan(a), np.isnan(b)))
-        both = np.isfinite(a) & np.isfinite(b)
-        result[f"{m}_max_frame_diff"] = float(np.max(np.abs(a[both] - b[both]), initial=0.0))
-        med_a, med_b = track_scores(a, targets), track_scores(b, targets)
-        result[f"{m}_max_median_diff"] = max(
-            0.0 if math.isnan(med_a[t]) and math.isnan(med_b[t]) else abs(med_a[t] - med_b[t]) for t in targets
-        )
-    return result

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..config import SAMPLE_RATE
 from .sams_net import SamsNet, SlicedMultiHeadAttention
-
-SAMPLE_RATE = 44100
 
 
 def _conv_macs_per_position(conv: nn.Conv2d) -> int:

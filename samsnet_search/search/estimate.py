@@ -1,53 +1,24 @@
-"""Unsupervised estimate of the slice count from the training mixtures alone (issue 7).
+"""Unsupervised estimate of the slice count from the training mixtures alone.
 
 The paper (Li et al. 2020, section 5) hopes the best number of slices could be found without
-training, e.g. by spectral clustering with an unknown number of clusters. This module does that:
+training, e.g. by spectral clustering with an unknown number of clusters. This module counts the
+contiguous musical parts of each training segment and maps parts to slices by HYPOTHESIS (one
+slice per contiguous part: unverified), aggregated over segments and tracks (median, IQR,
+histogram). Parts come from one of two methods (`EstimateParams.method`):
 
-1. cut every training mixture into consecutive segments of the training length;
-2. per track, three views from the model's STFT (Hamming window, `n_fft`, `hop`), pooled to ~0.1 s points:
-   timbre (log-mel frames, standardized per band, mean and spread over 0.5 s), harmony (pitch-class
-   profiles averaged over 2 s) and rhythm (a tempogram: autocorrelation of onset strength over 2 s);
-3. (eigengap method) a frame affinity matrix of the timbre view: a Gaussian kernel on cosine distance
-   with local scaling (Zelnik-Manor & Perona 2004: sigma_i = distance to the k-th neighbour), plus
-   links between neighbouring frames so a part that stays put in time holds together (McFee & Ellis 2014);
-4. parts, by one of two methods (EstimateParams.method):
-   - novelty (default): per view a Foote (2000) novelty curve, a Gaussian-tapered checkerboard kernel
-     (half-width 2.5 s) slid along the diagonal of the cosine self-similarity matrix of the whole
-     track, and their weighted mean (timbre 1, harmony 0.25, rhythm 1.5); change points are its
-     peaks above an adaptive threshold (running median + delta * std + an absolute floor), at least
-     min_part_seconds apart; a segment's parts = 1 + the change points inside it that leave
-     min_part_seconds on both sides (the rule the truth uses);
-   - eigengap: per segment, the number of clusters from the largest eigengap of the normalized
-     Laplacian, spectral clustering (Ng, Jordan & Weiss 2001: k-means on the row-normalized
-     eigenvectors), then contiguous runs of one label after merging runs shorter than
-     min_part_seconds into a neighbour (a pattern that returns later counts once per run);
-5. parts -> slices by HYPOTHESIS (one slice per contiguous part: unverified), aggregated over segments
-   and tracks (median, IQR, histogram).
+- novelty (default): per track, three views from the model's STFT pooled to ~0.1 s points
+  (timbre: log-mel; harmony: pitch-class profiles; rhythm: a tempogram), a Foote (2000)
+  checkerboard novelty curve per view on the cosine self-similarity of the whole track, their
+  weighted mean, and change points at its peaks above an adaptive threshold; a segment's parts
+  are 1 + the change points inside it;
+- eigengap: per segment, the largest eigengap of a locally scaled affinity graph (Zelnik-Manor
+  & Perona 2004) and spectral clustering (Ng, Jordan & Weiss 2001), counted as contiguous runs.
 
-numpy / scipy only: no torch, Ray or MLflow. Novelty: about 0.1-0.25 s CPU per 30 s track on one core.
-
-Measured recovery (share of 6 s segments with the exact part count / within one; the truth is
-sections.json). Tuning sets: seeds 11, 12 (16 x 30 s each, sections 1-6 s), seed 14 (8 x 30 s,
-sections 8-16 s), seeds 6, 7, 9 (14 tracks of one 24 s section). Held out: all others.
-Before = timbre only, 40 mels, 8 frames per point, kernel 1.5 s, delta 0.5, floor 0.06 (the previous default).
-   data (synthetic)                                   segments   before          now
-   tuning   sections 1-6 s, seeds 11, 12                 160     42 % / 88 %     69 % / 92 %
-   tuning   sections 8-16 s, seed 14                      40     63 % / 98 %     95 % / 100 %
-   tuning   one section per track, seeds 6, 7, 9          56     55 % / 89 %     84 % / 100 %
-   held out sections 1-6 s, seeds 1, 13, 21, 22, 23      400     47 % / 91 %     66 % / 93 %  (per seed 58-75 %)
-   held out the tests' set, seed 3 (4 x 24 s)             16     56 % / 94 %     62 % / 94 %
-   held out sections 8-16 s, seed 31                      40     58 % / 88 %     92 % / 100 %
-   held out one section per track, seed 8                 16     81 % / 100 %    94 % / 100 %
-The same settings with timbre only (chroma_weight=0, rhythm_weight=0): held-out 1-6 s 56 % / 94 %,
-8-16 s 48 %. threshold_floor=0.04 trades the other way: held-out 1-6 s 71 % / 96 %, but one-section
-tracks 71 % (seeds 6, 7, 9); the default keeps homogeneous stretches whole, as real songs have long ones.
-The eigengap method (timbre only) on seed 1: 25 % / 71 % with 40 mels and 8 frames per point,
-24 % / 56 % with the current defaults.
-Misses are mostly under-counts: sections of 1-2 s next to others merge (a 2.5 s kernel averages over
-them). The harmony and rhythm views help where the synthetic sections change key and tempo at every
-boundary, which real songs do far less often. Whole tracks much shorter than the kernel's span
-(e.g. 6 s) get split: per-track centering scales their small wobble up.
-Tuned on synthetic sections: treat the estimate as a prior, not an answer.
+Timbre alone mistakes a chord change inside a section for a boundary; harmony and rhythm add
+what stays put within a section and changes between them. The defaults were tuned on synthetic
+sections (`recovery_rate` scores a synthetic set against its sections.json): treat the estimate
+as a prior, not an answer. The recovery measurements are in docs/estimate.md.
+numpy / scipy only: no torch, Ray or MLflow.
 """
 
 from __future__ import annotations
@@ -63,12 +34,12 @@ from scipy.cluster.vq import kmeans2
 from scipy.linalg import eigh
 from scipy.ndimage import maximum_filter1d, median_filter, uniform_filter1d
 
-from ..config import SAMPLE_RATE
+from ..config import PAPER_SLICES, SAMPLE_RATE, DataConfig
+from ..data.splits import load_splits
 from ..errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-PAPER_SLICES: tuple[int, ...] = (1, 2, 4, 8, 12, 16, 18, 24)  # paper Table 2
 METHODS = ("novelty", "eigengap")
 
 HYPOTHESIS = (
@@ -94,7 +65,7 @@ class EstimateParams:
     frames_per_point: int = 4  # frames pooled per point: about 0.09 s at hop 1024 (eigengap was tuned at 8)
     seed: int = 0  # k-means initialisation
     # How parts are counted. novelty: 1 + change points of a Foote novelty curve over the whole
-    # track (the default: see the module docstring for the measured comparison); eigengap: the
+    # track (the default: docs/estimate.md has the measured comparison); eigengap: the
     # spectral clustering of each segment alone, as first built.
     method: str = "novelty"
     kernel_seconds: float = 2.5  # half-width of the checkerboard kernel: the stretch compared on each side
@@ -626,9 +597,6 @@ def recovery_rate(
     whose mapped slice count equals the truth's), "mean_abs_error", "confusion" {truth: {found: n}},
     "estimate": SliceEstimate}.
     """
-    from ..config import DataConfig
-    from ..data.splits import load_splits
-
     splits = load_splits(DataConfig(root=Path(root)))
     est = estimate_slices(splits, segment_seconds, allowed_slices, n_fft, hop, max_tracks, params)
     scored = [s for s in est.segments if s.true_parts is not None]

@@ -1,4 +1,4 @@
-"""The unsupervised slice estimate inside a study (issue 7): computed before the search, logged
+"""The unsupervised slice estimate inside a study: computed before the search, logged
 to the parent MLflow run, and optionally used to seed or narrow the search over `model.slices`.
 
 The estimate reads the study's training mixtures only (never validation or test data), with the
@@ -12,10 +12,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..services import tracking
+from mlflow.entities import Metric, Param
+
+from ..data import load_splits
 from ..errors import ConfigError
-from .estimate import SliceEstimate, estimate_slices
+from ..services import tracking
 from . import identity
+from .estimate import SliceEstimate, estimate_slices
 from .study import Choice, Study
 
 log = logging.getLogger(__name__)
@@ -26,8 +29,6 @@ ARTIFACT = "slice_estimate.json"
 
 def study_estimate(study: Study) -> SliceEstimate:
     """The estimate for a study's training data, segment length, STFT and allowed slice values."""
-    from ..data import load_splits
-
     cfg = study.representative()
     seconds = min(study.values("data.segment_seconds"))
     allowed = sorted(set(study.values(SLICES_KEY)))
@@ -69,8 +70,6 @@ def apply_estimate(study: Study, est: SliceEstimate) -> str:
 
 def log_estimate(target: tracking.TrackingTarget, run_id: str, est: SliceEstimate, action: str) -> None:
     """Params (estimate.*), metrics (the summary numbers) and the full JSON on the parent run."""
-    from mlflow.entities import Metric, Param
-
     c = tracking.client(target)
     existing = c.get_run(run_id).data.params
     params = {"estimate.slices": str(est.slices_estimate), "estimate.use": action.split(":")[0],

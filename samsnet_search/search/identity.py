@@ -2,8 +2,8 @@
 registered model `samsnet-<name>`; `<storage>/<name>/study.json` records the mapping and
 the study's state, next to a copy of the study file (`study.yaml`).
 
-Storage is a local folder or `s3://bucket/prefix[?endpoint_override=host:port&scheme=http]`
-(pyarrow's URI form, which Ray Tune's storage uses as well).
+Storage is a local folder or an s3:// URI; every read and write goes through
+`services.storage`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+
+import pyarrow.fs as pafs
 
 from ..config import read_yaml
 from ..errors import ConfigError, SamsNetError
+from ..services import storage as storage_io
+from ..services import tracking
+from ..services.infra import check_reachable
+from ..services.storage import display_uri, is_s3, read_text, write_text
 
 log = logging.getLogger(__name__)
 
@@ -56,119 +61,44 @@ class Manifest:
         return study_uri(self.storage, self.name)
 
 
-def is_s3(storage: str) -> bool:
-    return urlsplit(storage).scheme == "s3"
-
-
 def study_uri(storage: str, name: str) -> str:
-    """`<storage>/<name>`, keeping an S3 URI's query (endpoint_override=...) at the end."""
-    parts = urlsplit(storage)
-    if parts.scheme == "s3":
-        return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/" + name))
-    return str(Path(storage) / name)
-
-
-def filesystem(uri: str):
-    """(pyarrow filesystem, path inside it) for a local path or an s3:// URI."""
-    import pyarrow.fs as pafs
-
-    if is_s3(uri):
-        try:
-            return pafs.FileSystem.from_uri(uri)
-        except Exception as e:
-            raise ConfigError(f"storage: {display_uri(uri)}: cannot open S3 storage: {e}") from None
-    return pafs.LocalFileSystem(), str(Path(uri).resolve())
-
-
-def display_uri(uri: str) -> str:
-    """A storage URI safe to print and log (no query values that could carry keys)."""
-    parts = urlsplit(uri)
-    if parts.scheme != "s3" or not parts.query:
-        return uri
-    keys = [kv.split("=", 1)[0] for kv in parts.query.split("&")]
-    safe = {"endpoint_override", "scheme", "region"}
-    query = "&".join(kv for kv, k in zip(parts.query.split("&"), keys) if k in safe)
-    return urlunsplit(parts._replace(query=query))
-
-
-def read_text(uri: str) -> str | None:
-    """A small file of the storage (local or s3://) as text, or None when it is absent."""
-    import pyarrow.fs as pafs
-
-    fs, path = filesystem(uri)
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        return None
-    with fs.open_input_stream(path) as f:
-        return f.read().decode()
-
-
-def write_text(uri: str, text: str) -> None:
-    """Write a small file of the storage whole (a temporary name, then moved into place)."""
-    fs, path = filesystem(uri)
-    parent = path.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
-    tmp = f"{path}.tmp"
-    with fs.open_output_stream(tmp) as f:
-        f.write(text.encode())
-    fs.move(tmp, path)  # atomic on local disks; a plain copy+delete on S3
-
-
-def delete_file(uri: str) -> None:
-    """Remove one file of the storage; absent is fine."""
-    fs, path = filesystem(uri)
-    try:
-        fs.delete_file(path)
-    except FileNotFoundError:
-        pass
-
-
-# select.py reads and writes its job records through these names.
-_read_text, _write_text = read_text, write_text
-
-
-def _join(uri: str, name: str) -> str:
-    return study_uri(uri, name)
+    """`<storage>/<name>`: the study's folder (or a file in it)."""
+    return storage_io.join(storage, name)
 
 
 def read_manifest(study_path: str) -> Manifest | None:
-    text = read_text(_join(study_path, MANIFEST))
+    text = read_text(study_uri(study_path, MANIFEST))
     if text is None:
         return None
     try:
         return Manifest(**json.loads(text))
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{display_uri(_join(study_path, MANIFEST))}: not a study manifest: {e}") from None
+        raise ConfigError(f"{display_uri(study_uri(study_path, MANIFEST))}: not a study manifest: {e}") from None
 
 
 def write_manifest(manifest: Manifest) -> None:
     if manifest.state not in STATES:
         raise ValueError(f"state must be one of {STATES}, got {manifest.state!r}")
     manifest.updated = time.time()
-    write_text(_join(manifest.path, MANIFEST), json.dumps(asdict(manifest), indent=2, default=str))
+    write_text(study_uri(manifest.path, MANIFEST), json.dumps(asdict(manifest), indent=2, default=str))
 
 
 def write_study_copy(study_path: str, text: str) -> None:
-    write_text(_join(study_path, STUDY_COPY), text)
+    write_text(study_uri(study_path, STUDY_COPY), text)
 
 
 def read_study_copy(study_path: str) -> str | None:
-    return read_text(_join(study_path, STUDY_COPY))
+    return read_text(study_uri(study_path, STUDY_COPY))
 
 
 def write_study_json(study_path: str, name: str, data: dict[str, Any]) -> None:
     """`<study path>/<name>` as JSON (local or s3://), written whole or not at all."""
-    write_text(_join(study_path, name), json.dumps(data, indent=1, default=str))
+    storage_io.write_json(study_uri(study_path, name), data, indent=1)
 
 
 def read_study_json(study_path: str, name: str) -> dict[str, Any] | None:
     """`<study path>/<name>` parsed, or None when the file is absent."""
-    text = read_text(_join(study_path, name))
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError as e:
-        raise ConfigError(f"{display_uri(_join(study_path, name))}: not JSON: {e}") from None
+    return storage_io.read_json(study_uri(study_path, name))
 
 
 def user_config_path() -> Path:
@@ -229,13 +159,9 @@ def _find_through_tracking(name: str) -> Manifest | None:
     uri = os.environ.get("MLFLOW_TRACKING_URI") or user_config().get("tracking_uri")
     if not uri or "/" in name:
         return None
-    from ..services.infra import check_reachable
-
     if check_reachable(None, uri):
         log.info("tracking server %s not reachable: studies are not looked up there", uri)
         return None
-    from ..services import tracking
-
     c = tracking.client(tracking.resolve_tracking(uri))
     try:
         experiment = c.get_experiment_by_name(name)
@@ -256,14 +182,12 @@ def _find_through_tracking(name: str) -> Manifest | None:
 
 def list_studies(storage: str) -> list[Manifest]:
     """Manifests of every study directly under `storage`, newest first."""
-    import pyarrow.fs as pafs
-
-    fs, root = filesystem(storage)
+    fs, root = storage_io.filesystem(storage)
     info = fs.get_file_info(root)
     if info.type != pafs.FileType.Directory and not (is_s3(storage) and info.type == pafs.FileType.NotFound):
         return []
     try:
-        entries = fs.get_file_info(pafs.FileSelector(root, recursive=False, allow_not_found=True))
+        entries = storage_io.list_dir(fs, root)
     except OSError as e:
         raise ConfigError(f"storage: {display_uri(storage)}: cannot list: {e}") from None
     out = []

@@ -28,10 +28,13 @@ import secrets
 import stat
 from pathlib import Path
 
+import pyarrow.fs as pafs
 from ray.tune import Callback
 
 from ..engine import checkpoint
 from ..errors import SamsNetError
+from ..services import storage
+from ..services.storage import display_uri
 from . import identity
 
 log = logging.getLogger(__name__)
@@ -71,7 +74,7 @@ def _key() -> bytes:
 
 
 def _signatures_path(study_path: str) -> Path:
-    name = hashlib.sha256(identity.display_uri(study_path).encode()).hexdigest()[:24]
+    name = hashlib.sha256(display_uri(study_path).encode()).hexdigest()[:24]
     return _home() / "signatures" / f"{name}.json"
 
 
@@ -80,7 +83,7 @@ def _load(study_path: str) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        return {"study": identity.display_uri(study_path), "files": {}}
+        return {"study": display_uri(study_path), "files": {}}
     except ValueError as e:
         raise StateTampered(f"{path}: unreadable signature store: {e}") from None
 
@@ -132,21 +135,21 @@ def sign_local_folder(study_path: str, folder: str | Path) -> None:
 
 def sign_stored(study_path: str, relpaths: list[str]) -> None:
     """Sign files as they are in the storage, right after this driver wrote them (tuner.pkl)."""
-    fs, root = identity.filesystem(study_path)
-    files = {}
-    for relpath in relpaths:
-        with fs.open_input_stream(f"{root}/{relpath}") as f:
-            files[relpath] = f.read()
-    sign(study_path, files)
+    sign(study_path, {relpath: _read_stored(study_path, relpath) for relpath in relpaths})
+
+
+def _read_stored(study_path: str, relpath: str) -> bytes:
+    data = storage.read_bytes(storage.join(study_path, relpath))
+    if data is None:
+        raise FileNotFoundError(f"{display_uri(study_path)}: {relpath} is missing")
+    return data
 
 
 def stored_state_files(study_path: str) -> list[str]:
     """The state files in the storage's study folder (relative paths)."""
-    import pyarrow.fs as pafs
-
-    fs, root = identity.filesystem(study_path)
+    fs, root = storage.filesystem(study_path)
     out = []
-    for entry in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+    for entry in storage.list_dir(fs, root):
         if entry.type == pafs.FileType.File and is_state_file(entry.base_name):
             out.append(entry.base_name)
         elif entry.type == pafs.FileType.Directory and entry.base_name.startswith("trial_"):
@@ -159,18 +162,16 @@ def stored_state_files(study_path: str) -> list[str]:
 def verify(study_path: str) -> int:
     """Raise StateTampered unless every state file in the study folder carries a signature of
     this machine's driver; returns the number of files checked."""
-    fs, root = identity.filesystem(study_path)
     relpaths = stored_state_files(study_path)
     data = _load(study_path)
     key = _key()
     for relpath in relpaths:
-        with fs.open_input_stream(f"{root}/{relpath}") as f:
-            mac = _mac(key, relpath, f.read())
+        mac = _mac(key, relpath, _read_stored(study_path, relpath))
         known = data["files"].get(relpath)
         if known is None or not any(hmac.compare_digest(mac, k) for k in known):
             why = "was not written by a driver of this machine" if known is None else "changed since this machine's driver wrote it"
             raise StateTampered(
-                f"{identity.display_uri(f'{study_path.rstrip(chr(47))}/{relpath}')}: Ray state file {why} "
+                f"{display_uri(f'{study_path.rstrip(chr(47))}/{relpath}')}: Ray state file {why} "
                 f"(signatures: {_signatures_path(study_path)}); it is unpickled on resume, so the study is not "
                 "resumed. Resume on the machine that ran the study, or restore the file from a trusted copy"
             )

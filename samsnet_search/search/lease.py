@@ -34,7 +34,8 @@ from typing import Iterator
 import psutil
 
 from ..errors import SamsNetError
-from . import identity
+from ..services import storage
+from ..services.storage import display_uri, is_s3
 
 log = logging.getLogger(__name__)
 
@@ -86,18 +87,18 @@ def _start_time(pid: int) -> float | None:
 
 
 def lease_uri(study_path: str) -> str:
-    return identity.study_uri(study_path, LEASE_FILE)
+    return storage.join(study_path, LEASE_FILE)
 
 
 def read_holder(study_path: str) -> Holder | None:
     """The current lease of a study, or None. An unreadable lease counts as absent (and is overwritten)."""
-    text = identity.read_text(lease_uri(study_path))
+    text = storage.read_text(lease_uri(study_path))
     if text is None:
         return None
     try:
         return Holder(**json.loads(text))
     except (TypeError, ValueError):
-        log.warning("%s: not a lease; replacing it", identity.display_uri(lease_uri(study_path)))
+        log.warning("%s: not a lease; replacing it", display_uri(lease_uri(study_path)))
         return None
 
 
@@ -119,13 +120,13 @@ class Lease:
                 current = read_holder(self.study_path)
                 if current is None or current.token != self.holder.token:
                     who = current.describe() if current else "nobody"
-                    self.lost = f"the lease of {identity.display_uri(self.study_path)} is now held by {who}"
+                    self.lost = f"the lease of {display_uri(self.study_path)} is now held by {who}"
                     log.error("%s; this driver no longer owns the study", self.lost)
                     return
                 self.holder.heartbeat = time.time()
                 _write(self.study_path, self.holder)
             except Exception as e:  # a storage hiccup: the next beat tries again
-                log.warning("lease heartbeat of %s failed: %s", identity.display_uri(self.study_path), e)
+                log.warning("lease heartbeat of %s failed: %s", display_uri(self.study_path), e)
 
     def release(self) -> None:
         self._stop.set()
@@ -133,25 +134,16 @@ class Lease:
         try:
             current = read_holder(self.study_path)
             if current is not None and current.token == self.holder.token:
-                identity.delete_file(lease_uri(self.study_path))
-            if not identity.is_s3(self.study_path):
+                storage.delete_file(lease_uri(self.study_path))
+            if not is_s3(self.study_path):
                 with contextlib.suppress(OSError):  # only an empty folder: a study that never started
                     os.rmdir(self.study_path)
         except Exception as e:  # the lease then goes stale and is taken over later
-            log.warning("could not remove the lease of %s: %s", identity.display_uri(self.study_path), e)
+            log.warning("could not remove the lease of %s: %s", display_uri(self.study_path), e)
 
 
 def _write(study_path: str, holder: Holder) -> None:
-    uri = lease_uri(study_path)
-    text = json.dumps(asdict(holder))
-    if identity.is_s3(uri):
-        fs, path = identity.filesystem(uri)
-        with fs.open_output_stream(path) as f:  # one PUT: whole or not at all
-            f.write(text.encode())
-        return
-    tmp = Path(f"{uri}.{holder.token}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, uri)
+    storage.write_text(lease_uri(study_path), json.dumps(asdict(holder)))
 
 
 @contextlib.contextmanager
@@ -174,7 +166,7 @@ def acquire(study_path: str, name: str, *, timeout_s: float = TIMEOUT_S, heartbe
             settle_s: float = SETTLE_S) -> Lease:  # fmt: skip
     """Take the study's lease, or raise StudyLocked naming the driver that holds it."""
     me = Holder.me()
-    if not identity.is_s3(study_path):
+    if not is_s3(study_path):
         with _local_mutex(study_path):
             _check_free(name, study_path, read_holder(study_path), timeout_s)
             Path(study_path).mkdir(parents=True, exist_ok=True)
@@ -191,7 +183,7 @@ def acquire(study_path: str, name: str, *, timeout_s: float = TIMEOUT_S, heartbe
             raise _locked(name, study_path, back, timeout_s)
     current = read_holder(study_path)
     raise _locked(name, study_path, current, timeout_s) if current else StudyLocked(
-        f"study {name}: could not take the lease {identity.display_uri(lease_uri(study_path))}; try again")
+        f"study {name}: could not take the lease {display_uri(lease_uri(study_path))}; try again")
 
 
 def _check_free(name: str, study_path: str, current: Holder | None, timeout_s: float) -> None:
@@ -208,7 +200,7 @@ def _check_free(name: str, study_path: str, current: Holder | None, timeout_s: f
 def _locked(name: str, study_path: str, holder: Holder, timeout_s: float) -> StudyLocked:
     return StudyLocked(
         f"study {name} is in use by another driver ({holder.describe()}; lease "
-        f"{identity.display_uri(lease_uri(study_path))}): wait for it to end or stop it; a lease whose "
+        f"{display_uri(lease_uri(study_path))}): wait for it to end or stop it; a lease whose "
         f"heartbeat is older than {timeout_s:g} s (SAMSNET_LEASE_TIMEOUT_S) is taken over"
     )
 

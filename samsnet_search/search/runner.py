@@ -26,14 +26,13 @@ from ray import tune
 
 from ..data import load_splits
 from ..errors import ConfigError, SamsNetError
-from ..services import tracking
-from . import identity, integrity, lease, pareto, schedulers, searchers
+from ..services import storage, tracking
+from . import checkpoints, identity, integrity, lease, pareto, schedulers, searchers
 from .callbacks import StudyCallback
 from .estimate_step import before_search
 from .identity import Manifest
 from .integrity import StateSigner
 from .objectives import best_of, per_epoch_keys
-from .select import PHASE_TAG
 from .space import describe, num_trials, tune_space
 from .study import Study, load_study_text, resolve_storage
 from .trial import RUN_ID_KEY, TrialContext, build_experiment, train_trial
@@ -223,17 +222,8 @@ def _first_line(e: BaseException) -> str:
 
 
 def trial_dirname(trial) -> str:
-    """Short trial folders named by trial id (the records parse it back)."""
-    return f"trial_{trial.trial_id}"
-
-
-def _storage(study_storage: str) -> tuple[str, Any]:
-    """(storage_path, storage_filesystem) for Ray: a local folder, or a bucket path + S3 filesystem."""
-    if identity.is_s3(study_storage):
-        fs, path = identity.filesystem(study_storage)
-        return path, fs
-    Path(study_storage).mkdir(parents=True, exist_ok=True)
-    return study_storage, None
+    """Short trial folders named by trial id (the records parse it back; `checkpoints.trial_uri`)."""
+    return f"{checkpoints.TRIAL_PREFIX}{trial.trial_id}"
 
 
 def trial_resources(study: Study) -> dict[str, Any]:
@@ -255,7 +245,7 @@ def _trainable(study: Study, ctx: TrialContext):
 
 def _new_tuner(study: Study, ctx: TrialContext, callback) -> Any:
     s = study.search
-    storage_path, fs = _storage(study.storage)
+    storage_path, fs = storage.ray_storage(study.storage)
     scheduler = callback.scheduler
     tune_config = tune.TuneConfig(
         **searchers.tune_metric(study),
@@ -290,7 +280,7 @@ def _new_tuner(study: Study, ctx: TrialContext, callback) -> Any:
 
 
 def _restore_tuner(study: Study, ctx: TrialContext, restart_errored: bool) -> Any:
-    storage_path, fs = _storage(study.storage)
+    storage_path, fs = storage.ray_storage(study.storage)
     path = f"{storage_path.rstrip('/')}/{study.name}"
     tuner = tune.Tuner.restore(
         path,
@@ -312,7 +302,7 @@ def _restore_tuner(study: Study, ctx: TrialContext, restart_errored: bool) -> An
 
 
 def _can_restore(study: Study) -> bool:
-    storage_path, fs = _storage(study.storage)
+    storage_path, fs = storage.ray_storage(study.storage)
     return tune.Tuner.can_restore(f"{storage_path.rstrip('/')}/{study.name}", storage_filesystem=fs)
 
 
@@ -407,7 +397,7 @@ def _run_study(study: Study, address, num_cpus, num_gpus, restart_errored: bool,
     if resuming and manifest.state == "finished" and not restart_errored:
         log.info("study %s is already finished; loading its results", study.name)
         with ray_session(address, num_cpus, num_gpus, quiet):
-            grid = _restore_tuner(study, _context(study, manifest), False).get_results()
+            grid = _restore_tuner(study, trial_context(study, manifest), False).get_results()
             return _result(study, manifest, target, grid, time.monotonic() - start)
     fingerprint, kind = _fingerprint(study)
     tracking.client(target).update_run(manifest.parent_run_id, status="RUNNING")
@@ -416,7 +406,7 @@ def _run_study(study: Study, address, num_cpus, num_gpus, restart_errored: bool,
         before_search(study, target, manifest.parent_run_id)
     manifest.state = "running"
     identity.write_manifest(manifest)
-    ctx = _context(study, manifest)
+    ctx = trial_context(study, manifest)
     callback = _callback(study, manifest, target)
     state = "failed"
     result = None
@@ -482,7 +472,8 @@ def _sigint_seen() -> Iterator[threading.Event]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _context(study: Study, manifest: Manifest) -> TrialContext:
+def trial_context(study: Study, manifest: Manifest) -> TrialContext:
+    """What every trial of the study shares (and a selection retraining: its `tracking`)."""
     spec = tracking.ChildRunSpec(
         tracking_uri=manifest.tracking_uri,
         artifact_root=manifest.artifact_root,
@@ -495,7 +486,7 @@ def _context(study: Study, manifest: Manifest) -> TrialContext:
     )
     return TrialContext(study_name=study.name, base=study.base, tracking=spec, cpus=study.spec.resources.cpu,
                         metric=study.metric, mode=study.mode, infra_retry_s=study.search.infra_retry_s,
-                        max_failures=study.search.max_failures)  # fmt: skip
+                        max_failures=study.search.max_failures, study_path=manifest.path)  # fmt: skip
 
 
 def _callback(study: Study, manifest: Manifest, target: tracking.TrackingTarget):
@@ -616,7 +607,7 @@ def _close_orphans(target, runs: dict, trial_ids: set[str]) -> None:
     saving its state; on resume Tune proposes a new trial instead): close them as stopped.
     Selection runs are children of the same parent but no search trial's: they are left alone."""
     for trial_id, run in runs.items():
-        if PHASE_TAG in run.data.tags:
+        if tracking.PHASE_TAG in run.data.tags:
             continue
         if trial_id not in trial_ids and run.data.tags.get(tracking.STATUS_TAG) not in tracking.FINAL_STATUSES:
             log.info("closing MLflow run %s of trial %s, which the resumed study does not contain", run.info.run_id, trial_id)
@@ -625,7 +616,7 @@ def _close_orphans(target, runs: dict, trial_ids: set[str]) -> None:
 
 
 def _record(study: Study, result, runs: dict) -> TrialRecord:
-    trial_id = Path(str(result.path)).name.removeprefix("trial_")
+    trial_id = Path(str(result.path)).name.removeprefix(checkpoints.TRIAL_PREFIX)
     metrics = dict(result.metrics or {})
     history = trial_history(result.metrics_dataframe)
     run = runs.get(trial_id)
@@ -635,16 +626,12 @@ def _record(study: Study, result, runs: dict) -> TrialRecord:
         # keeps the status it recorded)
         status = "failed"
     best = _best(history, study)
-    try:
-        experiment = build_experiment(study.base, dict(result.config or {}), study.spec.resources.cpu).model_dump(mode="json")
-    except ConfigError:
-        experiment = {}
-    best_ckpt = None
-    if result.best_checkpoints:
-        try:
-            best_ckpt = result.get_best_checkpoint(study.metric, study.mode)
-        except (RuntimeError, ValueError, KeyError):
-            best_ckpt = None
+    study_path = identity.study_uri(study.storage, study.name)
+    # As the worker built and recorded it; {} for a trial that never got that far.
+    experiment = checkpoints.read_experiment(study_path, trial_id)
+    if experiment is None:
+        experiment = _unrecorded_experiment(study, result)
+    best_ckpt = checkpoints.best_checkpoint(checkpoints.trial_uri(study_path, trial_id), study.metric, study.mode)
     return TrialRecord(
         trial_id=trial_id,
         config=dict(result.config or {}),
@@ -660,6 +647,17 @@ def _record(study: Study, result, runs: dict) -> TrialRecord:
         error=str(result.error).strip().splitlines()[-1] if result.error is not None else None,
         path=str(result.path),
     )
+
+
+def _unrecorded_experiment(study: Study, result) -> dict[str, Any]:
+    """The configuration of a trial whose worker did not record it: a trial of a study started by
+    an older version, or one that failed before it started (then {})."""
+    if (result.metrics or {}).get(RUN_ID_KEY) is None:
+        return {}
+    try:
+        return build_experiment(study.base, dict(result.config or {}), study.spec.resources.cpu).model_dump(mode="json")
+    except ConfigError:
+        return {}
 
 
 def trial_history(df) -> list[dict[str, Any]]:

@@ -35,16 +35,28 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import ray
+import soundfile as sf
+from mlflow.entities import Metric
 
-from ..services import tracking
 from ..config import SAMPLE_RATE, TARGETS, ExperimentConfig, validate_model
+from ..data import load_splits, load_subset
+from ..engine.checkpoint import BEST, LAST, load_model
+from ..engine.evaluate import evaluate_tracks, model_estimator
+from ..engine.separate import separate
+from ..engine.train import pick_device
+from ..engine.wiener import PostFilter
 from ..errors import SamsNetError
+from ..services import storage, tracking
+from ..services.tracking import PHASE_TAG
 from . import identity
+from .checkpoints import local_copy
+from .runner import ray_session, trial_context
+from .trial import train_tracked
 from .objectives import better
 
 log = logging.getLogger(__name__)
 
-PHASE_TAG = "samsnet.phase"
 CHOSEN_TAG = "samsnet.chosen_slices"
 SELECTION_FOLDER = "selection"
 RESULT_FILE = "selection.json"  # the finished selection, in <study>/selection/
@@ -53,6 +65,10 @@ COLUMNS = (*TARGETS, "avg")
 FULL_BUDGET = ("completed", "stopped_early")
 
 Progress = Callable[[str], None]
+# Publishes the winner: (its checkpoint folder, model card info, study name, tracking URI, the run
+# that trained it) -> {"name", "version", "alias"} of its registered version. Given by the caller
+# (the CLI passes delivery.winner.register_winner): the search does not import delivery.
+Register = Callable[[Path, dict[str, Any], str, str, "str | None"], dict[str, Any]]
 
 
 class SelectionError(SamsNetError):
@@ -277,35 +293,11 @@ def plan_jobs(trials: list, metric: str, mode: str, seeds: int, epochs: int) -> 
 
 
 def selection_uri(study_path: str) -> str:
-    return identity.study_uri(study_path, SELECTION_FOLDER)
+    return storage.join(study_path, SELECTION_FOLDER)
 
 
 def _job_uri(store: str, key: str, name: str) -> str:
-    return identity.study_uri(identity.study_uri(store, "jobs"), f"{key}.{name}")
-
-
-def _put_file(uri: str, local: Path) -> None:
-    fs, path = identity.filesystem(uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write(local.read_bytes())
-
-
-def _get_file(uri: str, local: Path) -> Path:
-    fs, path = identity.filesystem(uri)
-    local.parent.mkdir(parents=True, exist_ok=True)
-    with fs.open_input_stream(path) as f:
-        local.write_bytes(f.read())
-    return local
-
-
-def read_json(uri: str) -> dict[str, Any] | None:
-    text = identity._read_text(uri)
-    return None if text is None else json.loads(text)
-
-
-def write_json(uri: str, payload: Any) -> None:
-    identity._write_text(uri, json.dumps(payload, indent=2, default=str))
+    return storage.join(storage.join(store, "jobs"), f"{key}.{name}")
 
 
 def retrain_and_score(job: Job, spec: tracking.ChildRunSpec, store: str, backend: str) -> dict[str, Any]:
@@ -313,27 +305,16 @@ def retrain_and_score(job: Job, spec: tracking.ChildRunSpec, store: str, backend
 
     Returns the job's record (what `<store>/jobs/<key>.json` holds).
     """
-    from ..engine.checkpoint import BEST, load_model
-    from ..data import load_splits
-    from ..engine.evaluate import evaluate_tracks, model_estimator
-    from ..engine.train import pick_device
-
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     cfg = validate_model(ExperimentConfig, job.experiment, f"selection job {job.key}")
     if job.reuse_checkpoint is not None:
-        ckpt_dir, run_id, epochs = Path(job.reuse_checkpoint.to_directory()), job.reuse_run_id, None
+        with local_copy(job.reuse_checkpoint) as ckpt_dir:
+            report, state = _score_valid(job, cfg, ckpt_dir, backend, store)
+        run_id, epochs = job.reuse_run_id, None
     else:
         ckpt_dir, run_id, epochs = _retrain(job, cfg, spec)
-    model, state = load_model(ckpt_dir)
-    splits = load_splits(cfg.data)  # only .valid is used: test data never reaches the choice
-    report = evaluate_tracks(model_estimator(model, pick_device(cfg.train.device)), splits.valid,
-                             name=f"slices={job.slices} seed={job.seed}", backend=backend,
-                             data_kind=splits.kind, subset="valid")  # fmt: skip
-    _put_file(_job_uri(store, job.key, BEST), ckpt_dir / BEST)
-    if job.reuse_checkpoint is None:  # the best weights are stored: the work folder is not needed
-        shutil.rmtree(job_workdir(spec, job), ignore_errors=True)
-    else:  # nor the temporary copy of the reused checkpoint
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        report, state = _score_valid(job, cfg, ckpt_dir, backend, store)
+        shutil.rmtree(job_workdir(spec, job), ignore_errors=True)  # the best weights are stored
     if run_id:
         summary = report.summary
         tracking.client(spec.target).log_batch(run_id, metrics=_metrics({f"selection.valid_sdr_{k}": v for k, v in summary.items()}))
@@ -346,9 +327,19 @@ def retrain_and_score(job: Job, spec: tracking.ChildRunSpec, store: str, backend
     }  # fmt: skip
 
 
-def _metrics(values: dict[str, float]) -> list:
-    from mlflow.entities import Metric
+def _score_valid(job: Job, cfg: ExperimentConfig, ckpt_dir: Path, backend: str, store: str):
+    """(EvalReport on the full validation tracks, checkpoint state); the best weights are stored
+    beside the job's record."""
+    model, state = load_model(ckpt_dir)
+    splits = load_splits(cfg.data)  # only .valid is used: test data never reaches the choice
+    report = evaluate_tracks(model_estimator(model, pick_device(cfg.train.device)), splits.valid,
+                             name=f"slices={job.slices} seed={job.seed}", backend=backend,
+                             data_kind=splits.kind, subset="valid")  # fmt: skip
+    storage.put_file(_job_uri(store, job.key, BEST), ckpt_dir / BEST)
+    return report, state
 
+
+def _metrics(values: dict[str, float]) -> list:
     now = int(time.time() * 1000)
     return [Metric(k, float(v), now, 0) for k, v in values.items() if v is not None and math.isfinite(float(v))]
 
@@ -362,28 +353,15 @@ def job_workdir(spec: tracking.ChildRunSpec, job: Job) -> Path:
 
 
 def _retrain(job: Job, cfg: ExperimentConfig, spec: tracking.ChildRunSpec) -> tuple[Path, str, int]:
-    """Train one seed to the full budget as a child run tagged samsnet.phase=selection."""
-    from ..engine.train import Trainer
-
+    """Train one seed to the full budget as a child run tagged samsnet.phase=selection: the same
+    path as a search trial (`trial.train_tracked`), continuing from this node's last epoch."""
     run = tracking.TrialRun(spec, f"selection-{job.key}", f"selection slices={job.slices} seed={job.seed}")
     run.client.set_tag(run.run_id, PHASE_TAG, "selection")
     run.client.set_tag(run.run_id, "samsnet.search_trial", job.trial_id)
-    run.start_system_metrics()
     workdir = job_workdir(spec, job)
-    last = workdir / "checkpoint" / "last.pt"
-    try:
-        run.log_config(cfg.model_dump(mode="json"), cfg.resolved_model().model_dump(mode="json"))
-
-        def report(result) -> None:
-            run.log_epoch(result.metrics(), result.epoch)
-            if result.is_best:
-                run.log_best(result.checkpoint_dir, result.epoch)
-
-        summary = Trainer(cfg, workdir, callbacks=[report]).fit(resume=last if last.is_file() else None)
-    except Exception as e:
-        run.finish("failed", error=f"{type(e).__name__}: {e}")
-        raise
-    run.finish("stopped_early" if summary.stopped_early else "completed")
+    folder = workdir / "checkpoint"
+    resume = (lambda: (folder, str(folder))) if (folder / LAST).is_file() else None
+    summary = train_tracked(cfg, run, workdir, resume=resume)
     return summary.checkpoint_dir, run.run_id, summary.epochs
 
 
@@ -419,12 +397,14 @@ def run_selection(
     num_gpus: int | None = None,
     progress: Progress | None = None,
     quiet: bool = False,
+    register: Register,
 ) -> SelectionResult:
     """The whole selection for a finished search (`runner.StudyResult`); resumable, idempotent.
 
-    The study's parent run is open while it runs and ends with it (FINISHED, or FAILED / KILLED)."""
+    register: publishes the winner (see `Register`). The study's parent run is open while it
+    runs and ends with it (FINISHED, or FAILED / KILLED)."""
     with _parent_open(result.target, result.manifest.parent_run_id):
-        return _run_selection(result, address, num_cpus, num_gpus, progress, quiet)
+        return _run_selection(result, address, num_cpus, num_gpus, progress, quiet, register)
 
 
 @contextmanager
@@ -445,13 +425,11 @@ def _parent_open(target, run_id: str) -> Iterator[None]:
             log.warning("could not end the study's parent run: %s", e)
 
 
-def _run_selection(result, address, num_cpus, num_gpus, progress, quiet) -> SelectionResult:
-    from .runner import ray_session
-
+def _run_selection(result, address, num_cpus, num_gpus, progress, quiet, register: Register) -> SelectionResult:
     study, manifest = result.study, result.manifest
     store = selection_uri(manifest.path)
     say = progress or (lambda msg: log.info("%s", msg))
-    done = read_json(identity.study_uri(store, RESULT_FILE))
+    done = storage.read_json(storage.join(store, RESULT_FILE))
     if done is not None:
         say(f"selection of study {study.name} is already finished; loading it")
         return SelectionResult.from_dict(done)
@@ -467,22 +445,18 @@ def _run_selection(result, address, num_cpus, num_gpus, progress, quiet) -> Sele
     table = _table(records, study, result.study.spec.selection)
     say(table.verdict())
     start = time.monotonic()
-    final = _finish(table, records, trained, result, store, seconds, say)
+    final = _finish(table, records, trained, result, seconds, say, register)
     final.seconds["test_and_register"] = time.monotonic() - start
-    write_json(identity.study_uri(store, RESULT_FILE), final.to_dict())
+    storage.write_json(storage.join(store, RESULT_FILE), final.to_dict())
     _update_manifest(manifest, final)
     return final
 
 
 def _run_jobs(jobs: list[Job], result, store: str, say: Progress) -> tuple[list[dict[str, Any]], list[str]]:
     """Run the unfinished jobs as Ray tasks (at most max_concurrent_trials at once); records in job order."""
-    import ray
-
     study, manifest = result.study, result.manifest
-    from .runner import _context
-
-    spec = _context(study, manifest).tracking
-    records = {j.key: read_json(_job_uri(store, j.key, "json")) for j in jobs}
+    spec = trial_context(study, manifest).tracking
+    records = {j.key: storage.read_json(_job_uri(store, j.key, "json")) for j in jobs}
     todo = [j for j in jobs if records[j.key] is None]
     if len(todo) < len(jobs):
         say(f"selection: {len(jobs) - len(todo)} of {len(jobs)} jobs already finished (not run again)")
@@ -508,7 +482,7 @@ def _run_jobs(jobs: list[Job], result, store: str, say: Progress) -> tuple[list[
             failures.append(f"{job.key}: {str(e).strip().splitlines()[-1]}")
             log.warning("selection job %s failed: %s", job.key, failures[-1])
             continue
-        write_json(_job_uri(store, job.key, "json"), record)
+        storage.write_json(_job_uri(store, job.key, "json"), record)
         records[job.key] = record
         avg = record["summary"]["avg"]
         reused = "(search trial reused) " if record["reused"] else ""
@@ -540,20 +514,23 @@ def _table(records: list[dict[str, Any]], study, sel) -> SelectionTable:
                            backend=backend, data=data, info=info)  # fmt: skip
 
 
-def _finish(table: SelectionTable, records, trained, result, store: str, seconds, say: Progress) -> SelectionResult:
-    """Log the table, score the winner on the test set, export and register it."""
+def _finish(table: SelectionTable, records, trained, result, seconds, say: Progress, register: Register) -> SelectionResult:
+    """Log the table, score the winner on the test set, publish it (`register`)."""
     study, manifest, target = result.study, result.manifest, result.target
     winner_jobs = [r for r in records if r["slices"] == table.winner]
     best = max(winner_jobs, key=lambda r: _finite(r["summary"]["avg"]))
     _log_table(target, manifest.parent_run_id, table, best)
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = _get_file(best["checkpoint"], Path(tmp) / "checkpoint" / "best.pt").parent
+        ckpt = storage.get_file(best["checkpoint"], Path(tmp) / "checkpoint" / BEST).parent
         sel = study.spec.selection
         say(f"scoring the winner (slices={table.winner}, seed {best['seed']}) on the test set with {sel.test_backend} ...")
         test = _score_test(ckpt, target, manifest.parent_run_id, sel.test_backend, sel.listen_seconds, sel.wiener, say)
         say(f"test avg SDR {test['summary']['avg']:.2f} dB ({test['backend']}, {test['data']})"
             + (f"; {test['wiener']['post_filter']}: {test['wiener']['summary']['avg']:.2f} dB" if "wiener" in test else ""))
-        registered = _register(ckpt, Path(tmp) / "export", table, test, study.name, manifest, best.get("run_id"))
+        info = {"title": f"Sams-Net chosen by study {study.name} (slices={table.winner})",
+                "source": f"study {study.name}, selection winner slices={table.winner}",
+                "data_kind": test["data"], "test_sdr": test["summary"], "selection_table": table.records()}  # fmt: skip
+        registered = register(ckpt, info, study.name, manifest.tracking_uri, best.get("run_id"))
     say(f"registered {registered['name']} version {registered['version']} (alias {registered['alias']})")
     return SelectionResult(table, records, trained, best, test, registered, dict(seconds), target.where(manifest.experiment_id))
 
@@ -581,12 +558,6 @@ def _score_test(ckpt: Path, target, parent_run_id: str, backend: str, listen_sec
     Scored as the paper separates (plain masks) and, with `wiener` > 0, again after the Wiener
     post-filter; the filtered report rides along as `test["wiener"]`, labelled by its post-filter.
     """
-    from ..engine.checkpoint import load_model
-    from ..data import load_subset
-    from ..engine.evaluate import evaluate_tracks, model_estimator
-    from ..engine.train import pick_device
-    from ..engine.wiener import PostFilter
-
     model, state = load_model(ckpt)
     cfg = validate_model(ExperimentConfig, state["experiment"], f"{ckpt}: experiment")
     tests, kind = load_subset(cfg.data, "test")  # the test split alone
@@ -610,10 +581,6 @@ def _score_test(ckpt: Path, target, parent_run_id: str, backend: str, listen_sec
 def _log_listening(model, track, seconds: float, device, target, run_id: str, posts=()) -> None:
     """`listen/<track>/`: the first seconds of the mixture, each reference stem (`<target>.reference.wav`),
     the winner's estimate (`<target>.wav`) and, per post-filter, its filtered estimate (`<target>.wiener.wav`)."""
-    import soundfile as sf
-
-    from ..engine.separate import separate
-
     n = int(seconds * SAMPLE_RATE)
     audio = track.audio()  # (1 + S, C, N): mixture, then the references in TARGETS order
     mixture = np.ascontiguousarray(audio[0][:, :n])  # (C, N)
@@ -629,19 +596,6 @@ def _log_listening(model, track, seconds: float, device, target, run_id: str, po
         tracking.client(target).log_artifacts(run_id, str(folder), f"listen/{folder.name}")
 
 
-def _register(ckpt: Path, out: Path, table: SelectionTable, test, study_name: str, manifest,
-              run_id: str | None) -> dict[str, Any]:  # fmt: skip
-    """Export the winner and register it from `run_id`, the run that trained its weights."""
-    from ..delivery.export import DEFAULT_ALIAS, export_checkpoint, register
-
-    info = {"title": f"Sams-Net chosen by study {study_name} (slices={table.winner})",
-            "source": f"study {study_name}, selection winner slices={table.winner}",
-            "data_kind": test["data"], "test_sdr": test["summary"], "selection_table": table.records()}  # fmt: skip
-    export_checkpoint(ckpt, out, info)
-    version = register(out, study_name, manifest.tracking_uri, run_id=run_id, alias=DEFAULT_ALIAS)
-    return {"name": tracking.registered_model_name(study_name), "version": version, "alias": DEFAULT_ALIAS}
-
-
 def _update_manifest(manifest, final: SelectionResult) -> None:
     """study.json: the choice, for `ls`, `report` and `export` (which exports `best_run`)."""
     fresh = identity.read_manifest(manifest.path) or manifest
@@ -654,6 +608,6 @@ def _update_manifest(manifest, final: SelectionResult) -> None:
 
 def load_selection(study_path: str) -> SelectionResult | None:
     """A finished selection from the study folder, or None."""
-    done = read_json(identity.study_uri(selection_uri(study_path), RESULT_FILE))
+    done = storage.read_json(storage.join(selection_uri(study_path), RESULT_FILE))
     return None if done is None else SelectionResult.from_dict(done)
 

@@ -18,18 +18,26 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import socket
 import tempfile
 import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
-from ..engine import checkpoint as ckpt_format
+import ray
+from mlflow.entities import RunTag
+from ray import tune
+
 from ..config import ExperimentConfig, validate_model
+from ..engine import checkpoint as ckpt_format
+from ..engine.checkpoint import build_model
+from ..engine.train import EpochResult, Trainer, TrainSummary
 from ..errors import CheckpointError
+from ..model.info import model_cost
 from ..services.faults import DEFAULT_BUDGET_S, first_line, is_infra_error, retry
 from ..services.tracking import ChildRunSpec, TrialRun, worker_http_settings
+from .checkpoints import kept_checkpoints, stored_name, write_experiment
 from .objectives import best_of, better
 from .study import merge
 
@@ -65,6 +73,7 @@ class TrialContext:
     mode: str = "min"
     infra_retry_s: float = DEFAULT_BUDGET_S  # how long storage/tracking outages are waited out
     max_failures: int = 0  # Tune's retries of the trial's own errors
+    study_path: str = ""  # the study's folder in the storage: the worker records the trial's config there
 
 
 def build_experiment(base: dict[str, Any], config: dict[str, Any], cpus: float = 1.0) -> ExperimentConfig:
@@ -89,9 +98,6 @@ def _tune_metrics(metrics: dict[str, Any], run_id: str) -> dict[str, Any]:
 
 def model_cost_metrics(cfg: ExperimentConfig) -> dict[str, float]:
     """Parameter count and GMACs per second of the trial's model: cost objectives, known before training."""
-    from ..engine.checkpoint import build_model
-    from ..model.info import model_cost
-
     return model_cost(build_model(cfg.resolved_model()))
 
 
@@ -106,6 +112,10 @@ class BestSoFar:
         self.key, self.metric, self.mode = f"best_{metric}", metric, mode
         self.value = best_of(earlier, mode)
 
+    def include(self, earlier: list[float]) -> None:
+        """Count values of epochs before a resume (as MLflow has them)."""
+        self.value = best_of([*earlier, *([] if self.value is None else [self.value])], self.mode)
+
     def update(self, metrics: dict[str, Any]) -> None:
         value = metrics.get(self.metric)
         if better(value, self.value, self.mode):
@@ -117,47 +127,12 @@ class BestSoFar:
 
 def record_node(run: TrialRun) -> str:
     """Tag the trial's MLflow run with the Ray node this attempt runs on; returns the node id."""
-    import socket
-
-    import ray
-    from mlflow.entities import RunTag
-
     node = ray.get_runtime_context().get_node_id()
     earlier = run.client.get_run(run.run_id).data.tags.get(NODES_TAG)
     nodes = f"{earlier} {node}" if earlier else node
     host = f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
     run.client.log_batch(run.run_id, tags=[RunTag(NODE_TAG, node), RunTag(NODES_TAG, nodes), RunTag(HOST_TAG, host)])
     return node
-
-
-def stored_name(checkpoint) -> str:
-    """Where a Tune checkpoint is stored, as a person finds it (`s3://bucket/...` or a folder)."""
-    kind = getattr(checkpoint.filesystem, "type_name", "local")
-    return checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"
-
-
-@contextmanager
-def local_copy(checkpoint) -> Iterator[Path]:
-    """A Tune checkpoint as a local folder for the `with` block, removed afterwards
-    (`Checkpoint.to_directory()` alone leaves a temp folder per call behind)."""
-    folder = Path(tempfile.mkdtemp(prefix="samsnet-checkpoint-"))
-    try:
-        checkpoint.to_directory(str(folder))
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def kept_checkpoints(checkpoint) -> list:
-    """The trial's other checkpoints Tune keeps beside `checkpoint`, newest first."""
-    import pyarrow.fs as pafs
-    from ray import tune
-
-    fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
-    parent = path.rsplit("/", 1)[0]
-    infos = fs.get_file_info(pafs.FileSelector(parent, recursive=False, allow_not_found=True))
-    dirs = [i.path.rstrip("/") for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")]
-    return [tune.Checkpoint(path=d, filesystem=fs) for d in sorted(dirs, reverse=True) if d != path]
 
 
 def _intact_epoch(folder: Path, origin: str) -> int:
@@ -223,18 +198,16 @@ def run_name(trial_id: str, config: dict[str, Any]) -> str:
 
 def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Function trainable for `tune.Tuner` (wrap with `tune.with_parameters(train_trial, ctx=...)`)."""
-    from ray import tune
-
-    from ..engine.train import Trainer
-
     # The monitor's start/stop lines and Ray's "Checkpoint successfully created" (one per
     # epoch) are noise in a study with many trials.
     for chatty in ("mlflow.system_metrics", "ray.train._internal.storage"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     worker_http_settings()
-    tune_ctx = tune.get_context()
-    trial_id = tune_ctx.get_trial_id()
+    trial_id = tune.get_context().get_trial_id()
     cfg = build_experiment(ctx.base, config, ctx.cpus)
+    if ctx.study_path:  # recorded once here: the driver reads it instead of building it again
+        retry(write_experiment, ctx.study_path, trial_id, cfg.model_dump(mode="json"), budget_s=ctx.infra_retry_s,
+              what=f"recording the configuration of trial {trial_id}")  # fmt: skip
     run = TrialRun(ctx.tracking, trial_id, run_name(trial_id, config))
     log.info("trial %s runs on node %s", trial_id, record_node(run))
     if run.finished:
@@ -243,49 +216,84 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         log.info("trial %s already %s; not training it again", trial_id, run.previous_status)
         tune.report(_tune_metrics(run.last_metrics(), run.run_id))
         return
-    run.start_system_metrics()
     workdir = trial_workdir(ctx.study_name, trial_id)
+    best = BestSoFar(ctx.metric, ctx.mode, [])
+
+    def resume() -> tuple[Path, str] | None:
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is None:
+            shutil.rmtree(workdir, ignore_errors=True)  # a stale copy from an earlier attempt
+        point = resume_point(checkpoint, workdir, ctx.infra_retry_s)
+        if point is not None:
+            best.include([m.value for m in run.client.get_metric_history(run.run_id, ctx.metric)])
+        return point
+
+    def publish(result: EpochResult, metrics: dict[str, Any]) -> None:
+        # Safe to repeat: Tune counts results it received, not calls; a failed upload
+        # only skips one checkpoint folder index.
+        retry(tune.report, _tune_metrics(metrics, run.run_id),
+              checkpoint=tune.Checkpoint.from_directory(str(result.checkpoint_dir)),
+              budget_s=ctx.infra_retry_s, what=f"storing the checkpoint of epoch {result.epoch}")  # fmt: skip
+
+    try:
+        train_tracked(cfg, run, workdir, resume=resume, enrich=best.update, publish=publish)
+    except Exception:
+        if ctx.max_failures == 0:  # no retry will continue from the local copy
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    # Tune holds the reported checkpoints; the trainer's own copy is not needed any more.
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def train_tracked(
+    cfg: ExperimentConfig,
+    run: TrialRun,
+    workdir: Path,
+    *,
+    resume: Callable[[], tuple[Path, str] | None] | None = None,
+    enrich: Callable[[dict[str, Any]], None] | None = None,
+    publish: Callable[[EpochResult, dict[str, Any]], None] | None = None,
+) -> TrainSummary:
+    """Train one configuration in its MLflow run: the one path of a search trial and a selection
+    retraining. Params and configs once, the model's cost, metrics per epoch, the best weights
+    whenever they improve, and the final status (completed / stopped_early; failed on an error).
+
+    resume: returns the (folder, stored name) to continue from, or None (called once the run's
+    system metrics are on, so a slow download counts); enrich: adds metrics to an epoch's before
+    they are logged; publish: gets each epoch's result and metrics (with the cost) once logged.
+    """
+    run.start_system_metrics()
     try:
         run.log_config(cfg.model_dump(mode="json"), cfg.resolved_model().model_dump(mode="json"))
         cost = model_cost_metrics(cfg)
         run.log_epoch(cost, 0)
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is None:
-            shutil.rmtree(workdir, ignore_errors=True)  # a stale copy from an earlier attempt
-        resume = resume_point(checkpoint, workdir, ctx.infra_retry_s)
-        earlier = [m.value for m in run.client.get_metric_history(run.run_id, ctx.metric)] if resume else []
-        best = BestSoFar(ctx.metric, ctx.mode, earlier)
+        point = resume() if resume is not None else None
 
-        def report(result) -> None:
+        def report(result: EpochResult) -> None:
             metrics = result.metrics()
-            best.update(metrics)
+            if enrich is not None:
+                enrich(metrics)
             run.log_epoch(metrics, result.epoch)
             if result.is_best:
-                run.log_best(result.checkpoint_dir, result.epoch)
-            # Safe to repeat: Tune counts results it received, not calls; a failed upload
-            # only skips one checkpoint folder index.
-            retry(tune.report, _tune_metrics(metrics | cost, run.run_id),
-                  checkpoint=tune.Checkpoint.from_directory(str(result.checkpoint_dir)),
-                  budget_s=ctx.infra_retry_s, what=f"storing the checkpoint of epoch {result.epoch}")  # fmt: skip
+                run.log_best(result.checkpoint_dir / ckpt_format.BEST, result.epoch)
+            if publish is not None:
+                publish(result, metrics | cost)
 
         trainer = Trainer(cfg, workdir, callbacks=[report])
-        if resume is not None:
-            trainer.restore(*resume)
-            shutil.rmtree(workdir / "restore", ignore_errors=True)  # restored: the download is not needed
+        if point is not None:
+            trainer.restore(*point)
+            shutil.rmtree(workdir / "restore", ignore_errors=True)  # restored: a download is not needed
         summary = trainer.fit()
     except BaseException as e:
-        # Recorded as failed here; Tune records the error and the study goes on.
-        # (ASHA's pruning does not pass through here: Ray ends the actor instead.)
+        # Recorded as failed here; the caller (Tune, the selection) records the error and goes
+        # on. (ASHA's pruning does not pass through here: Ray ends the actor instead.)
         if isinstance(e, Exception):
             _record_failure(run, e)
-            if ctx.max_failures == 0:  # no retry will continue from the local copy
-                shutil.rmtree(workdir, ignore_errors=True)
         else:
             run.stop_system_metrics()
         raise
     run.finish("stopped_early" if summary.stopped_early else "completed")
-    # Tune holds the reported checkpoints; the trainer's own copy is not needed any more.
-    shutil.rmtree(workdir, ignore_errors=True)
+    return summary
 
 
 def _record_failure(run: TrialRun, e: Exception) -> None:

@@ -55,9 +55,20 @@ from typing import Annotated, Any, Callable, Iterator
 from urllib.parse import parse_qsl, urlsplit
 
 import psutil
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from botocore.exceptions import BotoCoreError, ClientError
+from pyarrow import fs as pafs
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from . import weed_sandbox
+from . import storage as storage_io
+from .storage import s3_client, s3_filesystem, storage_uri  # noqa: F401  (infra.s3_client etc.: the stack's client helpers)
 from ..errors import SamsNetError
 
 log = logging.getLogger(__name__)
@@ -385,59 +396,6 @@ def _write_identities(cfg: InfraConfig, creds: Credentials) -> Path:
     return path
 
 
-# ---------------------------------------------------------------- S3 helpers for clients
-
-
-def s3_client(endpoint_url: str, access_key: str, secret_key: str, region: str = "us-east-1"):
-    """A boto3 S3 client for an S3-compatible endpoint (path-style, SigV4, short timeouts)."""
-    import boto3
-    from botocore.config import Config
-
-    conf = Config(
-        signature_version="s3v4",
-        s3={"addressing_style": "path"},  # SeaweedFS has no per-bucket DNS names
-        retries={"max_attempts": 2, "mode": "standard"},
-        connect_timeout=3,
-        read_timeout=30,
-    )
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint_url,
-        aws_access_key_id=access_key,
-        aws_secret_access_key=secret_key,
-        region_name=region,
-        config=conf,
-    )
-
-
-def _split_endpoint(endpoint_url: str) -> tuple[str, str]:
-    """'http://127.0.0.1:8333' -> ('http', '127.0.0.1:8333'); errors name the bad value."""
-    parts = urlsplit(endpoint_url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise InfraError(f"S3 endpoint {endpoint_url!r} must look like http://HOST:PORT or https://HOST:PORT")
-    return parts.scheme, parts.netloc
-
-
-def s3_filesystem(endpoint_url: str, access_key: str, secret_key: str, region: str = "us-east-1"):
-    """A `pyarrow.fs.S3FileSystem` for an S3-compatible endpoint (Ray Tune `storage_filesystem`)."""
-    from pyarrow import fs
-
-    scheme, netloc = _split_endpoint(endpoint_url)
-    return fs.S3FileSystem(
-        endpoint_override=netloc, access_key=access_key, secret_key=secret_key, scheme=scheme, region=region
-    )
-
-
-def storage_uri(bucket: str, path: str, endpoint_url: str, region: str = "us-east-1") -> str:
-    """`s3://BUCKET/PATH?endpoint_override=HOST:PORT&scheme=http&region=R` for Ray Tune `storage_path`.
-
-    Carries no keys: pyarrow reads them from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
-    """
-    scheme, netloc = _split_endpoint(endpoint_url)
-    key = path.strip("/")
-    return f"s3://{bucket}/{key}?endpoint_override={netloc}&scheme={scheme}&region={region}"
-
-
 # ---------------------------------------------------------------- addresses, ports, processes
 
 
@@ -741,8 +699,6 @@ def _weed_command(cfg: InfraConfig, ident: Path) -> list[str]:
 
 def _ensure_bucket(client, bucket: str) -> bool:
     """Create `bucket` if missing; True when it exists afterwards. Raises InfraError if keys are refused."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
     try:
         client.head_bucket(Bucket=bucket)
         return True
@@ -767,8 +723,6 @@ def _ensure_bucket(client, bucket: str) -> bool:
 
 def _s3_ready(client, bucket: str) -> bool:
     """Bucket exists and a small object round-trips (the volume server takes a moment to register)."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
     if not _ensure_bucket(client, bucket):
         return False
     try:
@@ -815,7 +769,7 @@ def _mlflow_command(cfg: InfraConfig, bucket: str) -> list[str]:
         sys.executable, "-m", "mlflow", "server",
         "--host", cfg.host,
         "--port", str(cfg.mlflow_port),
-        "--workers", "1",  # 1 worker: about 430 MB instead of 2.3 GB (INFRA-NOTES)
+        "--workers", "1",  # 1 worker: about 430 MB instead of 2.3 GB (docs/infra.md)
         "--backend-store-uri", f"sqlite:///{db}",
         "--artifacts-destination", f"s3://{bucket}/{ARTIFACT_PREFIX}",
     ]  # fmt: skip
@@ -1151,10 +1105,9 @@ def _storage_problems(storage: str, timeout: float) -> list[str]:
     custom = "amazonaws.com" not in host
     if custom and not (os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY")):
         return [f"storage {storage}: no S3 keys for {endpoint}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"]
-    from pyarrow import fs as pafs
 
     def probe() -> Any:
-        filesystem, path = pafs.FileSystem.from_uri(storage)
+        filesystem, path = storage_io.filesystem(storage)
         return filesystem.get_file_info(path.split("/", 1)[0])
 
     finished, result = _run_bounded(probe, timeout)

@@ -24,8 +24,8 @@ import math
 import os
 import platform
 import re
-import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 from ..config import flatten
 from ..errors import ConfigError, SamsNetError
+from ..version import git_commit
 from .faults import DEFAULT_BUDGET_S, RetryingClient, retry
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ TRIAL_TAG = "samsnet.trial_id"
 STATUS_TAG = "samsnet.status"
 PARENT_TAG = "mlflow.parentRunId"
 BEST_RUN_TAG = "best_run"
+PHASE_TAG = "samsnet.phase"  # "selection" on a selection retraining's run (a child of the parent too)
 # completed: ran its full budget; stopped_early: the trainer's patience ended it;
 # pruned: ASHA stopped it at a rung; stopped: ended by the time budget or a shutdown;
 # failed: training raised.
@@ -216,20 +218,6 @@ def package_versions(packages: Iterable[str] = PACKAGES) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return out
-
-
-def git_commit(path: Path | str | None = None) -> str | None:
-    """The commit of the checkout this code runs from (None outside git), `+dirty` if modified."""
-    cwd = Path(path or Path(__file__).parent)
-    try:
-        run = lambda *a: subprocess.run(["git", *a], cwd=cwd, capture_output=True, text=True, timeout=10)  # noqa: E731
-        head = run("rev-parse", "HEAD")
-        if head.returncode:
-            return None
-        dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
-        return head.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 # --- the study's parent run ----------------------------------------------------------
@@ -440,7 +428,6 @@ class TrialRun:
 
     def log_epoch(self, metrics: Mapping[str, Any], epoch: int) -> None:
         from mlflow.entities import Metric
-        import time
 
         if epoch <= self.logged_epoch:
             log.info("epoch %d of trial %s is in MLflow already; not logging it again", epoch, self.trial_id)
@@ -455,9 +442,10 @@ class TrialRun:
             self.client.log_batch(self.run_id, metrics=items)
         self.logged_epoch = max(self.logged_epoch, epoch)
 
-    def log_best(self, checkpoint_dir: Path, epoch: int, name: str = "best.pt") -> None:
-        """Upload the best weights (overwriting the previous best) under `model/`."""
-        path = Path(checkpoint_dir) / name
+    def log_best(self, path: Path, epoch: int) -> None:
+        """Upload the best weights file (overwriting the previous best) under `model/`: the
+        published copy; the study's storage keeps the checkpoints themselves."""
+        path = Path(path)
         if epoch == self._best_logged_epoch or not path.is_file():
             return
         self.client.log_artifact(self.run_id, str(path), "model")

@@ -15,6 +15,7 @@ from pyarrow import fs as pafs
 from samsnet_search import cli
 from samsnet_search.services import infra, weed_sandbox
 from samsnet_search.services.infra import InfraError
+from samsnet_search.services.storage import StorageError
 
 
 @pytest.fixture(autouse=True)
@@ -228,7 +229,7 @@ def test_storage_uri_and_filesystem():
 
 
 def test_endpoint_without_scheme_is_an_error():
-    with pytest.raises(InfraError, match="must look like http://HOST:PORT"):
+    with pytest.raises(StorageError, match="must look like http://HOST:PORT"):
         infra.storage_uri("samsnet", "x", "127.0.0.1:8333")
 
 

@@ -1,0 +1,99 @@
+"""Where a trial's files are in the study's storage, and which checkpoint holds its best weights.
+
+The study's storage is the source of truth for weights: Ray Tune keeps each trial's checkpoints
+in `<study>/trial_<id>/checkpoint_<n>/` (the trainer's `last.pt` and `best.pt`), the selection
+keeps each retraining's best weights in `<study>/selection/jobs/`. The `model/best.pt` artifact
+of a trial's MLflow run is the published copy (what the UI shows and a bare run id exports).
+
+A trial's best checkpoint is the one of its best reported epoch by the study metric among the
+checkpoints Tune still keeps: read from Tune's per-trial results (`result.json`, JSON lines that
+name each epoch's checkpoint folder), so the driver, `export` and `report` find the same folder
+with or without Ray running. The worker records the trial's full configuration once
+(`experiment.json` in the trial folder), so nothing has to rebuild it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from ray import tune
+
+from ..services import storage
+
+log = logging.getLogger(__name__)
+
+TRIAL_PREFIX = "trial_"  # Tune's trial folders: trial_<id> (runner.trial_dirname)
+CHECKPOINT_PREFIX = "checkpoint_"  # Tune's checkpoint folders in a trial folder
+RESULTS_FILE = "result.json"  # Tune: one JSON line per reported result
+EXPERIMENT_FILE = "experiment.json"  # the worker: the trial's ExperimentConfig (JSON form)
+CHECKPOINT_KEY = "checkpoint_dir_name"  # Tune's result key naming the epoch's checkpoint folder
+
+
+def trial_uri(study_path: str, trial_id: str) -> str:
+    """`<study>/trial_<id>`: the trial's folder in the storage."""
+    return storage.join(study_path, f"{TRIAL_PREFIX}{trial_id}")
+
+
+def write_experiment(study_path: str, trial_id: str, experiment: dict[str, Any]) -> None:
+    """Record the trial's configuration in its folder (done once, by the worker that builds it)."""
+    storage.write_json(storage.join(trial_uri(study_path, trial_id), EXPERIMENT_FILE), experiment)
+
+
+def read_experiment(study_path: str, trial_id: str) -> dict[str, Any] | None:
+    """The trial's configuration as its worker recorded it, or None (the trial never started)."""
+    return storage.read_json(storage.join(trial_uri(study_path, trial_id), EXPERIMENT_FILE))
+
+
+def best_checkpoint(trial_path: str, metric: str, mode: str) -> tune.Checkpoint | None:
+    """The checkpoint folder of the trial's best epoch by `metric` (mode min/max) among the ones
+    kept in the storage, or None when no kept checkpoint has a finite value of it."""
+    fs, path = storage.filesystem(trial_path)
+    kept = {p.rsplit("/", 1)[-1]: p for p in storage.subfolders(fs, path, CHECKPOINT_PREFIX)}
+    if not kept:
+        return None
+    text = storage.read_text(storage.join(trial_path, RESULTS_FILE)) or ""
+    sign = 1 if mode == "min" else -1
+    best: tuple[float, str] | None = None
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line cut short by a driver killed while Tune appended it
+            continue
+        value, folder = row.get(metric), row.get(CHECKPOINT_KEY)
+        if folder not in kept or not isinstance(value, (int, float)) or not math.isfinite(value):
+            continue
+        if best is None or sign * value < sign * best[0]:  # the first of equal values
+            best = (float(value), folder)
+    return None if best is None else tune.Checkpoint(path=kept[best[1]], filesystem=fs)
+
+
+def stored_name(checkpoint: tune.Checkpoint) -> str:
+    """Where a Tune checkpoint is stored, as a person finds it (`s3://bucket/...` or a folder)."""
+    return storage.uri_of(checkpoint.filesystem, checkpoint.path)
+
+
+@contextmanager
+def local_copy(checkpoint: tune.Checkpoint) -> Iterator[Path]:
+    """A Tune checkpoint as a local folder for the `with` block, removed afterwards
+    (`Checkpoint.to_directory()` alone leaves a temp folder per call behind)."""
+    folder = Path(tempfile.mkdtemp(prefix="samsnet-checkpoint-"))
+    try:
+        checkpoint.to_directory(str(folder))
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def kept_checkpoints(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
+    """The trial's other checkpoints Tune keeps beside `checkpoint`, newest first."""
+    fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
+    folders = storage.subfolders(fs, path.rsplit("/", 1)[0], CHECKPOINT_PREFIX)
+    return [tune.Checkpoint(path=d, filesystem=fs) for d in reversed(folders) if d != path]
+

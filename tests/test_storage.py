@@ -1,0 +1,117 @@
+"""The one storage module: small files whole or not at all, URIs safe to print, and the one
+place that opens storage streams (the rest of the package goes through it)."""
+
+from __future__ import annotations
+
+import ast
+import threading
+from pathlib import Path
+
+import pytest
+
+from samsnet_search.services import storage
+from samsnet_search.services.storage import StorageError
+
+PACKAGE = Path(__file__).resolve().parents[1] / "samsnet_search"
+
+
+def test_small_files_round_trip_and_leave_no_temporary_files(tmp_path):
+    uri = str(tmp_path / "study" / "jobs" / "a.json")
+    assert storage.read_json(uri) is None and storage.read_text(uri) is None
+    storage.write_json(uri, {"slices": 4})
+    assert storage.read_json(uri) == {"slices": 4} and storage.is_file(uri)
+    storage.write_text(uri, '{"slices": 8}')
+    assert storage.read_json(uri) == {"slices": 8}
+    assert [p.name for p in (tmp_path / "study" / "jobs").iterdir()] == ["a.json"]
+    storage.delete_file(uri)
+    storage.delete_file(uri)  # absent is fine
+    assert storage.read_text(uri) is None
+
+
+def test_concurrent_writers_of_one_file_never_leave_it_half_written(tmp_path):
+    uri = str(tmp_path / "driver.lease")
+    payloads = [{"writer": i, "pad": "x" * 20000} for i in range(8)]
+    threads = [threading.Thread(target=storage.write_json, args=(uri, p)) for p in payloads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert storage.read_json(uri) in payloads
+    assert [p.name for p in tmp_path.iterdir()] == ["driver.lease"]
+
+
+def test_files_are_copied_in_and_out_and_a_missing_one_is_named(tmp_path):
+    local = tmp_path / "best.pt"
+    local.write_bytes(b"weights")
+    uri = storage.join(str(tmp_path / "store"), "jobs/k.best.pt")
+    storage.put_file(uri, local)
+    assert storage.get_file(uri, tmp_path / "back" / "best.pt").read_bytes() == b"weights"
+    with pytest.raises(StorageError, match=r"nope\.pt: no such file in the storage"):
+        storage.get_file(storage.join(str(tmp_path / "store"), "nope.pt"), tmp_path / "x")
+
+
+def test_s3_uris_keep_their_endpoint_and_print_without_secrets():
+    uri = "s3://bucket/studies?endpoint_override=127.0.0.1:8333&scheme=http&secret_key=SECRET"
+    assert storage.join(uri, "quick") == "s3://bucket/studies/quick?endpoint_override=127.0.0.1:8333&scheme=http&secret_key=SECRET"
+    assert storage.display_uri(storage.join(uri, "quick")) == "s3://bucket/studies/quick?endpoint_override=127.0.0.1:8333&scheme=http"
+    assert storage.is_s3(uri) and not storage.is_s3("/tmp/runs")
+    with pytest.raises(StorageError, match="must look like http://HOST:PORT"):
+        storage.storage_uri("bucket", "x", "127.0.0.1:8333")
+
+
+def test_local_ray_storage_is_created(tmp_path):
+    path, fs = storage.ray_storage(str(tmp_path / "runs"))
+    assert fs is None and Path(path).is_dir()
+
+
+# --- who does storage I/O ------------------------------------------------------------------
+
+STREAM_CALLS = {"open_input_stream", "open_output_stream", "open_input_file", "from_uri", "create_dir", "move"}
+
+
+def _calls(tree: ast.AST) -> set[str]:
+    return {n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
+
+
+def _imports(tree: ast.AST) -> set[str]:
+    out = set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.ImportFrom):
+            out.add("." * n.level + (n.module or ""))
+        elif isinstance(n, ast.Import):
+            out.update(a.name for a in n.names)
+    return out
+
+
+def _modules(*folders: str):
+    for folder in folders:
+        for path in sorted((PACKAGE / folder).glob("*.py")):
+            yield path, ast.parse(path.read_text())
+
+
+def test_only_the_storage_module_opens_storage_streams():
+    offenders = {p.relative_to(PACKAGE).as_posix(): sorted(_calls(t) & STREAM_CALLS)
+                 for p, t in _modules("search", "delivery", "services") if p.name != "storage.py"}  # fmt: skip
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_search_imports_neither_delivery_nor_another_modules_private_names():
+    upward = {p.name: sorted(i for i in _imports(t) if "delivery" in i) for p, t in _modules("search")}
+    assert {k: v for k, v in upward.items() if v} == {}
+    private = {}
+    for path, tree in _modules("search", "services"):
+        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names if a.name.startswith("_")]
+        if names:
+            private[path.name] = names
+    assert private == {}
+
+
+def test_a_trials_status_tag_is_written_by_the_tracking_module_only():
+    writers = []
+    for path, tree in _modules("search", "delivery", "services", "engine"):
+        for n in ast.walk(tree):
+            if (isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "set_tag"
+                    and any(isinstance(a, (ast.Name, ast.Attribute)) and getattr(a, "id", getattr(a, "attr", "")) == "STATUS_TAG"
+                            for a in n.args)):  # fmt: skip
+                writers.append(path.relative_to(PACKAGE).as_posix())
+    assert set(writers) == {"services/tracking.py"}
