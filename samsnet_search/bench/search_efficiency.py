@@ -42,7 +42,10 @@ import yaml
 from pydantic import ValidationError
 
 from ..config import read_yaml
-from ..search.study import SearchSettings
+from ..data.synth import synthesize
+from ..search.runner import ray_session, run_study
+from ..search.select import run_selection
+from ..search.study import SearchSettings, load_study
 from .common import BenchError
 
 log = logging.getLogger(__name__)
@@ -88,8 +91,9 @@ def arms(slice_values: list[int], per_value: int = PROPOSALS_PER_SLICE_VALUE) ->
         Arm("asha", "platform: TPE + ASHA, then selection", {"searcher": "optuna", "scheduler": "asha", "num_samples": proposals}),
     ]  # fmt: skip
     if scheduler_available("median"):
+        # max_t: None, as the median rule requires (it never ends a trial at max_t; trials run train.epochs).
         out.append(Arm("median", "platform: TPE + median stopping, then selection",
-                       {"searcher": "optuna", "scheduler": "median", "num_samples": proposals}))  # fmt: skip
+                       {"searcher": "optuna", "scheduler": "median", "num_samples": proposals, "max_t": None}))  # fmt: skip
     return out
 
 
@@ -231,10 +235,6 @@ class Meter:
 
 def run_arm(arm: Arm, base: dict[str, Any], root: Path, tree: TreeCpu, say=None) -> dict[str, Any]:
     """Search, then selection, of one arm; its costs and its selection table."""
-    from ..search.runner import run_study
-    from ..search.select import run_selection
-    from ..search.study import load_study
-
     spec = arm_study(base, arm)
     path = root / f"{spec['name']}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -351,8 +351,6 @@ def run(quick: bool, device: str, threads: int, tiny: bool = False, workdir: str
     workdir: where data, studies, Ray storage and the MLflow store go (default: a temporary folder).
     only_arms: run these arms only (the grid always: the others are measured against it).
     """
-    from ..data.synth import synthesize
-    from ..search.runner import ray_session
 
     notes = []
     if device != "cpu":
