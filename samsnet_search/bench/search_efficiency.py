@@ -19,7 +19,7 @@ is scored once per arm (the selection step ends with it) with the fast BSSEval a
 so that it costs little and the same in every arm.
 
 Per arm: trial-epochs (search and selection), CPU-seconds of the whole process tree (this process,
-the Ray processes and the trial workers they reaped: `tree_cpu_seconds`) and wall time; the slice
+Ray's processes and every trial and selection worker, sampled from /proc: `TreeCpu`) and wall time; the slice
 count picked with its interval from the arm's own selection table; the regret = the grid's
 validation avg SDR of the grid's best minus the grid's validation avg SDR of the arm's pick; whether
 the pick is the grid's best or not significantly different from it (the grid's intervals overlap);
