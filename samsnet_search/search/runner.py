@@ -27,7 +27,7 @@ from ray import tune
 from ..data import load_splits
 from ..errors import ConfigError, SamsNetError
 from ..services import storage, tracking
-from . import checkpoints, identity, integrity, lease, pareto, schedulers, searchers
+from . import checkpoints, identity, integrity, lease, pareto, schedulers, searchers, warm_start
 from .callbacks import StudyCallback
 from .estimate_step import before_search
 from .identity import Manifest
@@ -404,6 +404,7 @@ def _run_study(study: Study, address, num_cpus, num_gpus, restart_errored: bool,
     tracking.log_study_details(target, manifest.parent_run_id, study.text, _parent_params(study), fingerprint, kind)
     if not resuming:  # a restored Tuner keeps its own space and searcher
         before_search(study, target, manifest.parent_run_id)
+        _warm_start(study, target, manifest)
     manifest.state = "running"
     identity.write_manifest(manifest)
     ctx = trial_context(study, manifest)
@@ -430,6 +431,19 @@ def _run_study(study: Study, address, num_cpus, num_gpus, restart_errored: bool,
     finally:
         _close(manifest, target, state, result, keep_open=selection_follows and state == "finished")
     return result
+
+
+def _warm_start(study: Study, target, manifest: Manifest) -> None:
+    """Tell the searcher the earlier studies' trials; the study folder and the parent run say how many."""
+    if not study.search.warm_start:
+        return
+    warm = warm_start.load(study, study.search.warm_start)
+    study.warm_points, study.warm_rewards = warm.points, warm.rewards
+    identity.write_study_json(manifest.path, warm_start.ARTIFACT, {"sources": warm.sources})
+    c = tracking.client(target)
+    for name, n in warm.sources.items():
+        c.log_metric(manifest.parent_run_id, f"warm_start.{name}", n)
+    log.info("warm start: %s", ", ".join(f"{n} trials from study {name}" for name, n in warm.sources.items()))
 
 
 def _verify_state(study: Study) -> None:

@@ -48,6 +48,7 @@ class SearcherEntry:
     # Tune applies TuneConfig.max_concurrent_trials to a Searcher only (for a given
     # BasicVariantGenerator it warns and ignores it): False means the entry limits it itself.
     tune_limits_concurrency: bool = True
+    warm_start: bool = False  # can be told earlier studies' trials as already evaluated (search.warm_start)
 
 
 # --- Optuna ---------------------------------------------------------------------------
@@ -60,8 +61,12 @@ def _optuna_search(study: Study, sampler: Any):
 
     s = study.search
     objectives = searcher_objectives(study.metric, s.objectives) if s.multi_objective else {}
+    # Warm start: the earlier studies' trials enter Optuna as evaluated (`evaluated_rewards`), so
+    # they are not run again; Ray takes either those or the points to try first, not both.
+    points = study.warm_points or study.points_to_evaluate
     return RestartTolerantOptuna(sampler=sampler, metric=list(objectives) or None, mode=list(objectives.values()) or None,
-                                 points_to_evaluate=study.points_to_evaluate or None)  # fmt: skip
+                                 points_to_evaluate=points or None,
+                                 evaluated_rewards=study.warm_rewards or None)  # fmt: skip
 
 
 def _tpe(study: Study):
@@ -128,13 +133,15 @@ def _grid_trials(study: Study) -> int:
 SEARCHERS: dict[str, SearcherEntry] = {
     e.name: e
     for e in (
-        SearcherEntry("optuna", "Optuna TPE (multi-objective TPE with search.objectives)", _tpe, multi_objective=True),
+        SearcherEntry("optuna", "Optuna TPE (multi-objective TPE with search.objectives)", _tpe, multi_objective=True,
+                      warm_start=True),
         SearcherEntry("random", "Ray's random sampling", _variant_generator, multi_objective=True,
                       tune_limits_concurrency=False),
         SearcherEntry("grid", "every value of every choice / int range, num_samples times", _variant_generator,
                       space=_grid_space, check=_check_grid, trials=_grid_trials, multi_objective=True,
                       tune_limits_concurrency=False),
-        SearcherEntry("cmaes", "Optuna's CMA-ES (numeric ranges only, at least 2)", _cmaes, check=_check_cmaes),
+        SearcherEntry("cmaes", "Optuna's CMA-ES (numeric ranges only, at least 2)", _cmaes, check=_check_cmaes,
+                      warm_start=True),
     )
 }  # fmt: skip
 
@@ -157,6 +164,11 @@ def check(study: Study) -> None:
         takes = ", ".join(n for n, e in SEARCHERS.items() if e.multi_objective)
         problem = (f"search.searcher: {entry.name} optimises one objective, but search.objectives names "
                    f"{len(study.search.objectives)}; valid: searcher {takes}, or metric: instead of objectives")  # fmt: skip
+    if problem is None and study.search.warm_start and not entry.warm_start:
+        takes = ", ".join(n for n, e in SEARCHERS.items() if e.warm_start)
+        problem = f"search.warm_start: searcher {entry.name} cannot be told earlier trials; valid: searcher {takes}"
+    if problem is None and study.search.warm_start and study.spec.estimate.enabled and study.spec.estimate.use == "seed":
+        problem = "search.warm_start: cannot be combined with points to try first (estimate.use: seed)"
     if problem:
         raise ConfigError(f"{study.source}: {problem}")
 

@@ -359,6 +359,11 @@ class SearchSettings(Strict):
     infra_retry_s: float = Field(
         300.0, ge=0, description="seconds a trial waits out a storage or tracking outage (retrying) before it fails"
     )
+    warm_start: list[str] = Field(
+        default_factory=list,
+        description="earlier studies (names in the same storage, or folders) whose trials the searcher is told "
+        "of as already evaluated: same parameter names, values inside this study's ranges",
+    )
     checkpoints_to_keep: int = Field(
         1, gt=0, description="best N by metric; the latest and a margin of 2 (for resuming after a crash) are kept too"
     )
@@ -567,6 +572,9 @@ class Study:
     notes: list[str] = field(default_factory=list)
     # Configurations tried first (dotted keys, every searched key): the slice estimate's seed.
     points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)
+    # Warm start (search.warm_start): earlier trials' configurations and what the searcher saw of them.
+    warm_points: list[dict[str, Any]] = field(default_factory=list)
+    warm_rewards: list[Any] = field(default_factory=list)
 
     @property
     def search(self) -> SearchSettings:
