@@ -577,7 +577,7 @@ def estimate_slices_cmd(
     with the count from the eigengap (a returning pattern counted once per contiguous run).
     Hypothesis (unverified): one slice per contiguous part; each training
     segment's part count is mapped to the nearest allowed slice count, and the estimate is the
-    median over segments and tracks.
+    median over segments and tracks. Method and measured recovery: docs/estimate.md.
     """
 
     from .data.splits import load_splits  # lazy: torch, scipy

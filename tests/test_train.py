@@ -6,11 +6,13 @@ import pytest
 import torch
 import yaml
 
+from samsnet_search import __version__
 from samsnet_search.cli import main
 from samsnet_search.config import ExperimentConfig, load_experiment
 from samsnet_search.engine import checkpoint
 from samsnet_search.engine.train import Trainer, TrainingDiverged
 from samsnet_search.errors import ConfigError
+from samsnet_search.version import git_commit
 
 
 def tiny_experiment(root: Path, **train) -> ExperimentConfig:
@@ -75,6 +77,10 @@ def test_checkpoint_is_self_describing_and_loads_weights_only(synth_root, tmp_pa
     assert {"model", "optimizer", "rng", "epoch", "history", "model_config", "experiment", "code_version"} <= set(state)
     model, best = checkpoint.load_model(tmp_path / "checkpoint")
     assert best["epoch"] == 1 and not model.training
+    # the checkpoint names the commit the study's MLflow run records (tracking uses git_commit)
+    commit = git_commit()
+    assert state["code_version"] == (f"{__version__}+{commit[:7]}" + (".dirty" if commit.endswith("+dirty") else "")
+                                     if commit else __version__)  # fmt: skip
 
 
 def test_cli_train_and_bad_config(synth_root, tmp_path, capsys):

@@ -181,7 +181,7 @@ def test_cli_lifecycle(make_infra_config, free_port, tmp_path, capsys, stack_lis
     for port, label in cfg.ports():
         assert not listening(port), f"{label} port {port} still open after down"
     for rec in pids.values():
-        assert not infra._alive(rec)
+        assert not infra.processes.alive(rec)
     assert not (cfg.state_dir / "stack.json").exists()
     assert cli.main(["infra", "status", "--state-dir", state]) == 1
     assert capsys.readouterr().out.count("down") == 2

@@ -41,7 +41,7 @@ PROBES = [
 
 
 def _request(host: str, port: int, method: str, path: str) -> int:
-    conn = http.client.HTTPConnection(infra._connect_host(host), port, timeout=10)
+    conn = http.client.HTTPConnection(infra.processes.connect_host(host), port, timeout=10)
     try:
         conn.request(method, path, body=b"payload" if method in ("PUT", "POST") else None)
         return conn.getresponse().status
