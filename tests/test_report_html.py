@@ -26,7 +26,7 @@ from samsnet_search.search import identity
 from test_report import fake_estimate, write_study
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-PLOT_IDS = ("sdr-vs-slices", "learning-curves", "asha", "parallel", "cost", "pareto")
+PLOT_IDS = ("sdr-vs-slices", "learning-curves", "asha", "parallel", "cost", "pareto", "importance")
 STUDY_YAML = """\
 model: {n_fft: 256, hop_length: 128, channels: 2, depth: 1}
 train: {epochs: 8}
@@ -91,6 +91,7 @@ def storage(tmp_path_factory):
     root = tmp_path_factory.mktemp("html") / "runs"
     m = make_study(root, estimate=fake_estimate([1, 2, 2, 2]))  # estimate 2 (IQR 1.75-2); the selection chose 4
     m.summary["pareto"] = _pareto()  # as a multi-objective search leaves it in study.json
+    m.summary["importance"], m.summary["cost"] = _importance_and_cost()  # as a finished search leaves them
     identity.write_manifest(m)
     return root
 
@@ -106,6 +107,25 @@ def _pareto() -> dict:
                               metrics={"params": params, "gmacs_per_second": params / 1e5})
               for i, (sdr, params, slices) in enumerate([(2.0, 1000.0, 4), (3.0, 4000.0, 2), (1.0, 2000.0, 8)])]  # fmt: skip
     return pareto_summary(trials, "valid_sdr", {"valid_sdr": "max", "params": "min", "gmacs_per_second": "min"}, "fifo")
+
+
+def _importance_and_cost() -> tuple[dict, dict]:
+    """Twelve trials whose loss follows the slice count: the importance says so; their cost adds up."""
+    from types import SimpleNamespace
+
+    import optuna.distributions as od
+
+    from samsnet_search.search.cost import search_cost
+    from samsnet_search.search.importance import param_importance
+
+    trials = [SimpleNamespace(trial_id=f"t{i:04d}", status="completed" if i % 3 else "pruned", epochs=8 if i % 3 else 2,
+                              config={"model.slices": [1, 2, 4, 8][i % 4], "train.lr": 1e-3 * (1 + i % 5)},
+                              history=[{"epoch": e, "epoch_seconds": 2.0, "epoch_cpu_seconds": 1.5} for e in range(1, 3)],
+                              metrics={"valid_loss": abs([1, 2, 4, 8][i % 4] - 4) + 0.01 * i, "time_total_s": 5.0})
+              for i in range(12)]  # fmt: skip
+    space = {"model.slices": od.CategoricalDistribution([1, 2, 4, 8]), "train.lr": od.FloatDistribution(1e-4, 1e-2)}
+    spent = search_cost(trials, lambda t: 8, 1.0, 0.0, 30.0)
+    return param_importance(trials, space, {"valid_loss": "min"}), {k: v for k, v in spent.items() if k != "trials"}
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +148,9 @@ def test_page_has_every_part_and_is_self_contained(page):
     assert "slice estimate (unsupervised, training mixtures): 2" in text
     assert "searched optimum: 4 (differs by +2; outside the estimate&#x27;s IQR)" in text
     # a multi-objective study's front: plotted against each cost and listed
+    # which hyperparameters matter, and what the study cost
+    assert "does the slice count matter? yes, the most: model.slices has" in text
+    assert '<table class="cost">' in text and "Saved by pruning and early stopping: 24 trial-epochs" in text
     assert "PARETO FRONT (validation; max valid_sdr, min params, min gmacs_per_second): 2 of 3 scored trials" in text
     # plotly.js is inlined once, verbatim (its own text holds credit links for map tiles, never loaded here)
     assert text.count(get_plotlyjs()) == 1

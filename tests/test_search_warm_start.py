@@ -7,6 +7,7 @@ import math
 import pytest
 import yaml
 
+from samsnet_search.delivery.report import gather, render_text
 from samsnet_search.errors import ConfigError
 from samsnet_search.search import identity, searchers, warm_start
 from samsnet_search.search.runner import run_study
@@ -75,17 +76,29 @@ def test_searchers_that_cannot_be_warm_started_say_so(tmp_path):
 @pytest.mark.slow
 def test_a_study_warm_started_from_an_earlier_one_is_told_its_trials(tmp_path, synth_root, local_ray):
     with local_ray({}):
-        first = run_study(load_study(tiny_study(tmp_path, synth_root, "first", search__num_samples=3,
-                                                train__epochs=1)), num_cpus=2)  # fmt: skip
+        first = run_study(load_study(tiny_study(tmp_path, synth_root, "first", search__num_samples=4,
+                                                train__epochs=2)), num_cpus=2)  # fmt: skip
         done = [t for t in first.trials if t.status != "failed"]
         path = tiny_study(tmp_path, synth_root, "second", search__num_samples=1, train__epochs=1,
                           search__warm_start=["first"])  # fmt: skip
         second = run_study(load_study(path), num_cpus=2)
     assert len(second.trials) == 1  # only the new trial ran
     sources = identity.read_study_json(second.manifest.path, warm_start.ARTIFACT)["sources"]
-    assert sources == {"first": len(done)} and len(done) == 3
+    assert sources == {"first": len(done)} and len(done) == 4
     run = tracking.client(second.target).get_run(second.manifest.parent_run_id)
-    assert run.data.metrics["warm_start.first"] == 3
+    assert run.data.metrics["warm_start.first"] == 4
+    text = "\n".join(map(str, render_text(gather(second.manifest.path))))
+    assert "warm start: 4 trials from study first (told to the searcher, not run again); 1 new trials" in text
+
+    # The first study's cost and parameter importance: in study.json, the report and on its parent run.
+    summary = identity.read_manifest(first.manifest.path).summary
+    assert summary["cost"]["epochs"] == sum(t.epochs for t in first.trials) and summary["cost"]["cpu_s"] > 0
+    assert set(summary["importance"]["objectives"]["valid_loss"]["fanova"]) <= {"model.slices", "model.channels", "train.lr"}
+    metrics = tracking.client(first.target).get_run(first.manifest.parent_run_id).data.metrics
+    assert metrics["cost.search.cpu_s"] == summary["cost"]["cpu_s"]
+    assert any(k.startswith("importance.fanova.valid_loss.") for k in metrics)
+    text = "\n".join(map(str, render_text(gather(first.manifest.path))))
+    assert "does the slice count matter?" in text and "cost of the search:" in text
 
     # An incompatible earlier study: a parameter it did not search, or a value outside the new range.
     study = yaml.safe_load(path.read_text())

@@ -20,10 +20,12 @@ from rich.table import Table
 
 from ..config import TARGETS
 from ..errors import ConfigError
-from ..search import identity
+from ..search import identity, warm_start
+from ..search.cost import cost_lines
 from ..search.estimate_step import ARTIFACT as ESTIMATE_FILE
 from ..search.estimate_step import load_estimate
 from ..search.identity import Manifest
+from ..search.importance import slices_line
 from ..search.pareto import front_table
 from ..search.select import COLUMNS, SelectionResult, SelectionTable, load_selection
 from ..search.study import resolve_storage
@@ -39,6 +41,7 @@ class StudyReport:
     selection: SelectionResult | None
     where: str  # how to open the MLflow UI on this study
     estimate: dict[str, Any] | None = None  # the slice estimate's summary (estimate_summary), if the study ran it
+    warm_start: dict[str, int] | None = None  # earlier study -> trials the searcher was told of
 
     @property
     def counts(self) -> dict[str, int]:
@@ -61,7 +64,9 @@ def gather(name_or_path: str, storage: str = "./runs", base_dir=None) -> StudyRe
     selection = load_selection(manifest.path)
     target = TrackingTarget(manifest.tracking_uri, manifest.artifact_root)
     estimate = estimate_summary(load_estimate(manifest.path))
-    return StudyReport(manifest, dict(manifest.summary or {}), selection, target.where(manifest.experiment_id), estimate)
+    warm = (identity.read_study_json(manifest.path, warm_start.ARTIFACT) or {}).get("sources")
+    return StudyReport(manifest, dict(manifest.summary or {}), selection, target.where(manifest.experiment_id), estimate,
+                       warm)  # fmt: skip
 
 
 # Summary keys kept from the estimate JSON: its per-segment lists stay in the file.
@@ -130,6 +135,23 @@ def search_lines(report: StudyReport) -> list[str]:
                      f"({100 * s.get('fraction_saved', 0):.0f}% saved by pruning and early stopping)")  # fmt: skip
     if s.get("seconds") is not None:
         lines.append(f"  search wall time: {float(s['seconds']):.0f} s")
+    if report.warm_start:
+        lines.append("  warm start: " + ", ".join(f"{n} trials from study {name}" for name, n in report.warm_start.items())
+                     + f" (told to the searcher, not run again); {s.get('trials', 0)} new trials")  # fmt: skip
+    lines += [f"  {line}" for line in importance_lines(s.get("importance"))]
+    lines += [f"  {line}" for line in cost_lines(s.get("cost"), report.selection.cost if report.selection else None)]
+    return lines
+
+
+def importance_lines(found: dict[str, Any] | None) -> list[str]:
+    """The slice-count answer, then each objective's parameters by fANOVA importance."""
+    if not found:
+        return []
+    objectives = list(found.get("objectives") or {})
+    lines = [slices_line(found, objectives[0] if objectives else "the study metric")]
+    for name in objectives:
+        shares = found["objectives"][name]["fanova"]
+        lines.append(f"importance for {name} (fANOVA): " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
     return lines
 
 

@@ -366,6 +366,35 @@ def fig_cost(trials: list[Trial], metric: str):
     return fig
 
 
+def fig_importance(found: dict[str, Any]):
+    """Each objective's fANOVA (and PED-ANOVA) importance per parameter, as grouped bars."""
+    import plotly.graph_objects as go  # lazy: plotly loads in a second; only the HTML report draws
+
+    fig = go.Figure()
+    for name, by_evaluator in found["objectives"].items():
+        for evaluator, shares in by_evaluator.items():
+            fig.add_trace(go.Bar(x=list(shares), y=list(shares.values()), name=f"{name}, {evaluator}"))
+    fig.update_layout(title=f"Which hyperparameters matter ({found['trials']} trials at their last epoch)",
+                      barmode="group", yaxis=dict(title="share of importance", tickformat=".0%"))  # fmt: skip
+    return fig
+
+
+def _cost_html(search: dict[str, Any] | None, selection: dict[str, Any] | None) -> str:
+    rows = [("search", search.get("wall_s"), search.get("trial_seconds"), search.get("cpu_s"), search.get("epochs"))
+            ] if search else []  # fmt: skip
+    if selection:
+        rows.append(("selection", selection["wall_s"], selection["job_seconds"], selection["cpu_s"], selection["epochs"]))
+        test = selection.get("test") or {}
+        rows.append(("test scoring and registering", test.get("wall_s"), None, test.get("cpu_s"), None))
+    cells = "".join(f"<tr><td>{html.escape(name)}</td>" + "".join(
+        f"<td>{'' if v is None else html.escape(f'{v:.0f}' if isinstance(v, float) else str(v))}</td>" for v in vals)
+        + "</tr>" for name, *vals in rows)  # fmt: skip
+    saved = (f"<p>Saved by pruning and early stopping: {search['saved_epochs']} trial-epochs, about "
+             f"{search['saved_s']:.0f} trial-seconds.</p>") if search else ""  # fmt: skip
+    return ("<table class=\"cost\"><tr><th>phase</th><th>wall s</th><th>trial/job s</th><th>CPU s</th>"
+            f"<th>epochs</th></tr>{cells}</table>{saved}")  # fmt: skip
+
+
 def fig_pareto(pareto: dict[str, Any]):
     """Quality against each cost objective: every scored trial, the front's members joined up."""
     from plotly.subplots import make_subplots
@@ -462,6 +491,14 @@ def _sections(data: PageData) -> list[str]:
             out.append(_section("Size and cost", _note("No trial logged its model config (model/model_config.json).")))
     if r.search.get("pareto"):
         out.append(_section("Quality against cost (Pareto front)", _pareto_html(r.search["pareto"])))
+    found = r.search.get("importance")
+    if found and found.get("objectives"):
+        out.append(_section("Which hyperparameters matter", _plot(fig_importance(found), "importance")))
+    else:
+        why = (found or {}).get("skipped", "the search did not finish")
+        out.append(_section("Which hyperparameters matter", _note(f"No importance computed ({why}).")))
+    if r.search.get("cost") or r.selection:
+        out.append(_section("What the study cost", _cost_html(r.search.get("cost"), r.selection.cost if r.selection else None)))
     out.append(_section("Listen: references and the winner's estimates", _audio_html(data)))
     return out
 

@@ -45,6 +45,7 @@ class EpochResult:
     epochs_without_improvement: int
     stop: bool  # early stopping fires after this epoch
     seconds: float
+    cpu_seconds: float  # CPU time of this process over the epoch (all its threads)
     checkpoint_dir: Path
 
     def metrics(self) -> dict[str, float]:
@@ -57,6 +58,7 @@ class EpochResult:
             "epochs_without_improvement": self.epochs_without_improvement,
             "stopped_early": float(self.stop),
             "epoch_seconds": self.seconds,
+            "epoch_cpu_seconds": self.cpu_seconds,
         }
         if self.valid_sdr is not None:
             out["valid_sdr"] = self.valid_sdr
@@ -246,7 +248,7 @@ class Trainer:
         train = self.cfg.train
         stopped_early = False
         while self.epoch < train.epochs and not stopped_early:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             train_loss = self.train_epoch()
             self.epoch += 1
             every = train.valid_sdr_every
@@ -268,6 +270,7 @@ class Trainer:
                 epochs_without_improvement=waited,
                 stop=stopped_early,
                 seconds=time.perf_counter() - start,
+                cpu_seconds=time.process_time() - start_cpu,
                 checkpoint_dir=self.ckpt_dir,
             )
             self.history.append(result.metrics())

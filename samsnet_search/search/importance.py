@@ -30,7 +30,7 @@ SEED = 0
 def last_values(trial: Any, objectives: dict[str, str]) -> dict[str, float] | None:
     """The trial's objective values at its last reported epoch, or None if one is missing."""
     history = getattr(trial, "history", None) or []
-    last = history[-1] if history else (getattr(trial, "metrics", None) or {})
+    last = getattr(trial, "metrics", None) or (history[-1] if history else {})  # Tune's last result: every key
     values = {}
     for name in objectives:
         value = last.get(name)

@@ -27,7 +27,7 @@ from ray import tune
 from ..data import load_splits
 from ..errors import ConfigError, SamsNetError
 from ..services import storage, tracking
-from . import checkpoints, identity, integrity, lease, pareto, schedulers, searchers, warm_start
+from . import checkpoints, cost, identity, importance, integrity, lease, pareto, schedulers, searchers, warm_start
 from .callbacks import StudyCallback
 from .estimate_step import before_search
 from .identity import Manifest
@@ -63,7 +63,8 @@ CHECKPOINT_MARGIN = 2
 RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 # A trial's per-epoch history keeps these trainer keys, the per-target SDRs and every per-epoch
 # objective of the objectives table (read when a history is made: an added objective is kept).
-TRAINER_KEYS = ("epoch", "train_loss", "best_valid_loss", "epochs_without_improvement")
+TRAINER_KEYS = ("epoch", "train_loss", "best_valid_loss", "epochs_without_improvement", "epoch_seconds",
+                "epoch_cpu_seconds")  # fmt: skip
 TARGET_SDR_PREFIX = "valid_sdr_"
 
 
@@ -100,6 +101,7 @@ class StudyResult:
     interrupted: bool = False
     result_grid: Any = None
     pareto: dict[str, Any] | None = None  # multi-objective studies: search.pareto.pareto_summary
+    importance: dict[str, Any] | None = None  # search.importance.param_importance of a finished search
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -114,11 +116,18 @@ class StudyResult:
         scored = [t for t in self.trials if t.status != "failed" and t.best]
         return best_of(scored, self.study.mode, key=lambda t: t.best.get(metric))
 
+    def budget(self, trial: TrialRecord) -> int:
+        """The epochs a trial would run if nothing stopped it."""
+        return min(self.study.max_t, int(trial.experiment.get("train", {}).get("epochs", self.study.max_t)))
+
+    def cost(self) -> dict[str, Any]:
+        res = self.study.spec.resources
+        return cost.search_cost(self.trials, self.budget, res.cpu, res.gpu, self.seconds)
+
     def epoch_savings(self) -> dict[str, float]:
         """Trial-epochs run vs. running every trial to its full budget (what ASHA saved)."""
         run = sum(t.epochs for t in self.trials)
-        full = sum(min(self.study.max_t, int(t.experiment.get("train", {}).get("epochs", self.study.max_t)))
-                   for t in self.trials)
+        full = sum(self.budget(t) for t in self.trials)
         return {"epochs_run": run, "epochs_full": full, "fraction_saved": 1 - run / full if full else 0.0}
 
     def summary(self) -> dict[str, Any]:
@@ -132,7 +141,8 @@ class StudyResult:
             "best_run": best.mlflow_run_id if best else None,
             f"best_{self.study.metric}": best.best[self.study.metric] if best else None,
             "best_config": best.config if best else None,
-        } | ({"pareto": self.pareto} if self.pareto else {})
+            "cost": {k: v for k, v in self.cost().items() if k != "trials"},
+        } | ({"pareto": self.pareto} if self.pareto else {}) | ({"importance": self.importance} if self.importance else {})
 
 
 # --- Ray -----------------------------------------------------------------------------
@@ -425,6 +435,10 @@ def _run_study(study: Study, address, num_cpus, num_gpus, restart_errored: bool,
             state = "interrupted" if result.interrupted else "finished"
             if study.search.multi_objective and not result.interrupted:
                 result.pareto = _pareto(study, result)
+            if not result.interrupted:
+                result.importance = importance.param_importance(
+                    result.trials, {k: d.to_optuna() for k, d in study.space.items()}, study.search.objective_modes
+                )
     except KeyboardInterrupt:
         state = "interrupted"
         raise
@@ -549,6 +563,13 @@ def _close(manifest: Manifest, target, state: str, result: StudyResult | None, k
                 c.log_metric(manifest.parent_run_id, f"search.{key}", float(summary[key]))
             for status, n in summary["counts"].items():
                 c.log_metric(manifest.parent_run_id, f"trials.{status}", float(n))
+            for key, value in summary["cost"].items():
+                c.log_metric(manifest.parent_run_id, f"cost.search.{key}", float(value))
+            for key, value in importance.mlflow_metrics(summary.get("importance") or {}).items():
+                c.log_metric(manifest.parent_run_id, key, value)
+            if summary.get("importance"):
+                tracking.log_json(target, manifest.parent_run_id, summary["importance"], "importance.json")
+                log.info(importance.slices_line(summary["importance"], result.study.metric))
             tracking.log_json(target, manifest.parent_run_id, summary, "search_summary.json")
             if result.pareto:
                 _log_pareto(target, manifest.parent_run_id, result.pareto)

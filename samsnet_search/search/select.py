@@ -49,7 +49,7 @@ from ..engine.wiener import PostFilter
 from ..errors import SamsNetError
 from ..services import storage, tracking
 from ..services.tracking import PHASE_TAG
-from . import identity
+from . import cost, identity
 from .checkpoints import local_copy
 from .runner import ray_session, trial_context
 from .trial import train_tracked
@@ -306,6 +306,7 @@ def retrain_and_score(job: Job, spec: tracking.ChildRunSpec, store: str, backend
     Returns the job's record (what `<store>/jobs/<key>.json` holds).
     """
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    start, start_cpu = time.perf_counter(), time.process_time()
     cfg = validate_model(ExperimentConfig, job.experiment, f"selection job {job.key}")
     if job.reuse_checkpoint is not None:
         with local_copy(job.reuse_checkpoint) as ckpt_dir:
@@ -324,6 +325,7 @@ def retrain_and_score(job: Job, spec: tracking.ChildRunSpec, store: str, backend
         "epochs": epochs if epochs is not None else state.get("epoch"), "best_epoch": state.get("epoch"),
         "tracks": report.tracks, "summary": report.summary, "data": report.data, "backend": backend,
         "checkpoint": _job_uri(store, job.key, BEST),
+        "wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - start_cpu,
     }  # fmt: skip
 
 
@@ -378,15 +380,16 @@ class SelectionResult:
     registered: dict[str, Any]  # {"name", "version", "alias"}
     seconds: dict[str, float]  # wall time per phase
     where: str  # MLflow UI line
+    cost: dict[str, Any] = field(default_factory=dict)  # search.cost.selection_cost
 
     def to_dict(self) -> dict[str, Any]:
         return {"table": self.table.to_dict(), "jobs": self.jobs, "winner_job": self.winner_job, "test": self.test,
-                "registered": self.registered, "seconds": self.seconds, "where": self.where}  # fmt: skip
+                "registered": self.registered, "seconds": self.seconds, "where": self.where, "cost": self.cost}  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], trained: list[str] | None = None) -> "SelectionResult":
         return cls(SelectionTable.from_dict(d["table"]), d["jobs"], trained or [], d["winner_job"], d["test"],
-                   d["registered"], d["seconds"], d["where"])  # fmt: skip
+                   d["registered"], d["seconds"], d["where"], d.get("cost") or {})  # fmt: skip
 
 
 def run_selection(
@@ -444,9 +447,11 @@ def _run_selection(result, address, num_cpus, num_gpus, progress, quiet, registe
     seconds = {"retrain_and_validate": time.monotonic() - start}
     table = _table(records, study, result.study.spec.selection)
     say(table.verdict())
-    start = time.monotonic()
+    start, start_cpu = time.monotonic(), time.process_time()
     final = _finish(table, records, trained, result, seconds, say, register)
     final.seconds["test_and_register"] = time.monotonic() - start
+    final.cost = cost.selection_cost(records, final.seconds, {"cpu_s": round(time.process_time() - start_cpu, 2)})
+    _log_cost(result.target, manifest.parent_run_id, final.cost)
     storage.write_json(storage.join(store, RESULT_FILE), final.to_dict())
     _update_manifest(manifest, final)
     return final
@@ -533,6 +538,12 @@ def _finish(table: SelectionTable, records, trained, result, seconds, say: Progr
         registered = register(ckpt, info, study.name, manifest.tracking_uri, best.get("run_id"))
     say(f"registered {registered['name']} version {registered['version']} (alias {registered['alias']})")
     return SelectionResult(table, records, trained, best, test, registered, dict(seconds), target.where(manifest.experiment_id))
+
+
+def _log_cost(target, parent_run_id: str, spent: dict[str, Any]) -> None:
+    flat = {f"cost.selection.{k}": v for k, v in spent.items() if k != "test"}
+    flat |= {f"cost.test.{k}": v for k, v in spent["test"].items()}
+    tracking.client(target).log_batch(parent_run_id, metrics=_metrics(flat))
 
 
 def _log_table(target, parent_run_id: str, table: SelectionTable, best: dict[str, Any]) -> None:
