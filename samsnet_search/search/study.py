@@ -503,7 +503,7 @@ class TrackingSettings(Strict):
 
 
 class EstimateSettings(Strict):
-    """The unsupervised slice estimate (samsnet_search.search.estimate) before the search (issue 7)."""
+    """The unsupervised slice estimate (samsnet_search.search.estimate) before the search."""
 
     enabled: bool = Field(False, description="compute the estimate on the training mixtures and log it to the parent run")
     use: Literal["none", "seed", "narrow"] = Field(
