@@ -430,11 +430,13 @@ def run(
     restart_errored: bool = typer.Option(False, "--restart-errored", help="when continuing: run failed trials again"),
     live: bool = typer.Option(True, "--live/--no-live", help="live table of trials in the terminal"),
     select: bool = typer.Option(True, "--select/--no-select", help="after the search: choose the slice count (retrain, score, register)"),
+    warm_start: Optional[list[str]] = typer.Option(None, "--warm-start", help="earlier study whose trials the searcher is told of (repeatable; adds to search.warm_start)"),
 ) -> None:
     """Run a study; if it exists (same name, same file) it continues where it stopped."""
     from .search.study import load_study  # lazy: scipy via data
+    from .search.warm_start import extend  # lazy: scipy via data
 
-    study = load_study(study_file)
+    study = extend(load_study(study_file), warm_start or [])
     _search_then_select(study, live, select, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
                         restart_errored=restart_errored)  # fmt: skip
 

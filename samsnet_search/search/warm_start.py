@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..services import storage
-from . import identity, objectives
+from . import identity, objectives, searchers
 from .checkpoints import RESULTS_FILE, TRIAL_PREFIX
 from .study import Distribution, Study, load_study_text
 
@@ -34,6 +34,14 @@ class WarmStart:
     points: list[dict[str, Any]] = field(default_factory=list)  # dotted keys, every searched key
     rewards: list[Any] = field(default_factory=list)  # one value, or one per searcher objective
     sources: dict[str, int] = field(default_factory=dict)  # earlier study -> trials taken from it
+
+
+def extend(study: Study, names: list[str]) -> Study:
+    """The study with more earlier studies to warm-start from (`run --warm-start NAME`), checked."""
+    if names:
+        study.spec.search.warm_start = [*study.spec.search.warm_start, *(n for n in names if n not in study.spec.search.warm_start)]
+        searchers.check(study)
+    return study
 
 
 def searcher_keys(study: Study) -> list[str]:
