@@ -318,3 +318,63 @@ def test_multi_objective_study_finds_a_pareto_front(tmp_path, synth_root):
     assert c.get_run(parent).data.metrics["pareto.size"] == len(front["front"])
     stored = identity.read_manifest(identity.study_uri(str(tmp_path / "runs"), "mo"))
     assert stored.summary["pareto"]["front"] == front["front"]
+
+
+def test_cmaes_searcher_runs_a_study(tmp_path, synth_root):
+    """searcher: cmaes (added through the searcher registry alone): Optuna's CMA-ES proposes every
+    trial of a numeric space, told each trial's result."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    path = tiny_study(
+        tmp_path, synth_root, "cma", model__slices=2, model__channels={"int": [2, 3]},
+        train__epochs=2, train__patience=2,
+        search={"searcher": "cmaes", "scheduler": "fifo", "num_samples": 3, "seed": 0, "max_concurrent_trials": 2},
+    )  # fmt: skip
+    result = run_study(load_study(path, base_dir=tmp_path))
+    assert not result.interrupted and len(result.trials) == 3
+    assert {t.status for t in result.trials} <= {"completed", "stopped_early"}
+    for t in result.trials:
+        assert t.config["model.channels"] in (2, 3) and 1e-3 <= t.config["train.lr"] <= 1e-2
+    searcher = OptunaSearch()
+    searcher.restore_from_dir(str(tmp_path / "runs" / "cma"))
+    study = searcher._ot_study
+    assert type(study.sampler).__name__ == "CmaEsSampler"
+    told = sorted(t.value for t in study.trials if t.value is not None)
+    assert told == sorted(t.metrics["valid_loss"] for t in result.trials)  # Optuna learnt every result
+
+
+def assert_final_statuses(result, epochs: int) -> list[str]:
+    """Every trial ended with a final status, its MLflow run agrees and holds one value per epoch."""
+    statuses = [t.status for t in result.trials]
+    assert set(statuses) <= {"completed", "pruned", "stopped_early"}, statuses
+    c = tracking.client(result.target)
+    for t in result.trials:
+        run = c.get_run(t.mlflow_run_id)
+        assert run.data.tags[tracking.STATUS_TAG] == t.status and run.info.status == tracking.RUN_STATUS[t.status]
+        assert [m.step for m in c.get_metric_history(t.mlflow_run_id, "valid_loss")] == list(range(1, t.epochs + 1))
+        assert (t.epochs < epochs) == (t.status == "pruned"), (t.trial_id, t.status, t.epochs)
+    return statuses
+
+
+def test_median_stopping_rule_runs_a_study(tmp_path, synth_root):
+    path = tiny_study(
+        tmp_path, synth_root, "median", model__channels=2, train__epochs=2, train__patience=2,
+        search={"scheduler": "median", "num_samples": 4, "seed": 0, "grace_period": 1, "max_concurrent_trials": 2},
+    )  # fmt: skip
+    result = run_study(load_study(path, base_dir=tmp_path))
+    assert not result.interrupted and len(result.trials) == 4
+    assert_final_statuses(result, 2)
+
+
+def test_hyperband_pauses_resumes_and_prunes(tmp_path, synth_root):
+    """max_t 2, reduction factor 2: bracket 0 runs two trials 2 epochs, bracket 1 compares two
+    after 1 epoch (one waits paused for the other, then continues from its checkpoint) and
+    stops the worse. Without max_concurrent_trials Tune creates all four trials at once, so
+    which trial lands in which bracket does not depend on timing."""
+    path = tiny_study(
+        tmp_path, synth_root, "hyperband", model__channels=2, train__epochs=2, train__patience=2,
+        search={"scheduler": "hyperband", "num_samples": 4, "seed": 0, "reduction_factor": 2},
+    )  # fmt: skip
+    result = run_study(load_study(path, base_dir=tmp_path))
+    assert not result.interrupted and len(result.trials) == 4
+    assert sorted(assert_final_statuses(result, 2)) == ["completed", "completed", "completed", "pruned"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from typing import Any, Iterator
 from ray import tune
 
 from ..services import storage
+from .objectives import better
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,6 @@ def best_checkpoint(trial_path: str, metric: str, mode: str) -> tune.Checkpoint 
     if not kept:
         return None
     text = storage.read_text(storage.join(trial_path, RESULTS_FILE)) or ""
-    sign = 1 if mode == "min" else -1
     best: tuple[float, str] | None = None
     for line in text.splitlines():
         try:
@@ -67,9 +66,7 @@ def best_checkpoint(trial_path: str, metric: str, mode: str) -> tune.Checkpoint 
         except ValueError:  # a line cut short by a driver killed while Tune appended it
             continue
         value, folder = row.get(metric), row.get(CHECKPOINT_KEY)
-        if folder not in kept or not isinstance(value, (int, float)) or not math.isfinite(value):
-            continue
-        if best is None or sign * value < sign * best[0]:  # the first of equal values
+        if folder in kept and better(value, None if best is None else best[0], mode):  # the first of equals
             best = (float(value), folder)
     return None if best is None else tune.Checkpoint(path=kept[best[1]], filesystem=fs)
 

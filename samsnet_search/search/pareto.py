@@ -96,7 +96,7 @@ def measure_latency(checkpoint_dir, seconds: float, seed: int = 0) -> float:
 
 def add_latency(pareto: dict[str, Any], trials: Sequence[Any], seconds: float) -> None:
     """latency_ms on each front point (from its best checkpoint), measured one after another."""
-    from .checkpoints import local_copy
+    from .checkpoints import local_copy  # lazy: ray (the CLI imports this module for its report table)
 
     by_id = {t.trial_id: t for t in trials}
     for point in front_points(pareto):

@@ -2,7 +2,7 @@
 
 A scheduler decides, from each epoch's quality metric, whether a trial goes on. The
 pruning ones remember which trials they stopped before the epoch budget
-(`callbacks.PruneRecording`), so that the driver tags those runs `pruned`. With several
+(`adapters.PruneRecording`), so that the driver tags those runs `pruned`. With several
 objectives a scheduler still ranks on the quality metric alone (it gets its own
 metric/mode then: TuneConfig has none, see `searchers.tune_metric`).
 
@@ -33,7 +33,7 @@ class SchedulerEntry:
     label: str  # how reports name it
     description: str
     build: Callable[[Study], Any]
-    check: Callable[[Study], str | None] = lambda study: None
+    check: Callable[[Study], str | None] = lambda study: None  # the settings are fine
     prunes: bool = True  # stops weak trials before their budget
 
     def caveat(self, metric: str) -> str:

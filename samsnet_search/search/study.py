@@ -42,7 +42,8 @@ from ..config import (
 )
 from ..data.splits import load_splits
 from ..errors import ConfigError, DataError
-from . import objectives, schedulers, searchers
+from . import objectives as objective_table
+from . import schedulers, searchers
 
 log = logging.getLogger(__name__)
 
@@ -328,27 +329,26 @@ class SearchSettings(Strict):
 
     metric: str = Field(
         "valid_loss",
-        description="the quality metric, reported every epoch: valid_loss (min) or valid_sdr (max; needs "
-        "train.valid_sdr_every: 1)",
+        description="the quality metric, compared every epoch: "
+        + ", ".join(f"{o.name} ({o.mode}{f'; needs {o.every}: 1' if o.every else ''})"
+                    for o in objective_table.OBJECTIVES.values() if o.kind == "quality"),  # fmt: skip
     )
     mode: Literal["min", "max"] | None = Field(None, description="default: the metric's direction (objectives table)")
     objectives: list[str] | None = Field(
         None,
-        description="multi-objective search: the quality metric first (valid_sdr or valid_loss), then costs "
-        "(params, gmacs_per_second); Optuna's multi-objective TPE proposes trials and the report shows "
-        "the Pareto front",
+        description=f"multi-objective search: the quality metric first ({', '.join(objective_table.names('quality'))}), "
+        f"then costs ({', '.join(objective_table.names('cost'))}); Optuna's multi-objective TPE proposes trials and "
+        "the report shows the Pareto front",
     )
     num_samples: int = Field(16, gt=0, description="trials to run")
     seed: int = Field(0, description="seeds the searcher")
     searcher: str = Field(
-        "optuna",
-        description="optuna: TPE; random: Ray's sampler; grid: every choice once per sample; cmaes: Optuna's CMA-ES "
-        "(numeric ranges only)",
+        "optuna", description="; ".join(f"{e.name}: {e.description}" for e in searchers.SEARCHERS.values())
     )
     scheduler: str = Field(
         "asha",
-        description="asha prunes weak trials at rungs (on the quality metric alone); hyperband: synchronous "
-        "brackets; median: the median stopping rule; fifo never; default: asha, or fifo when objectives are set",
+        description="; ".join(f"{e.name}: {e.description}" for e in schedulers.SCHEDULERS.values())
+        + "; default: asha, or fifo when objectives are set (the schedulers rank on the quality metric alone)",
     )
     grace_period: int = Field(1, gt=0, description="ASHA, median: epochs before a trial can be stopped")
     reduction_factor: float = Field(2.0, gt=1, description="ASHA, HyperBand: keep 1/reduction_factor of trials per rung")
@@ -371,7 +371,7 @@ class SearchSettings(Strict):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, value: str) -> str:
-        quality = objectives.names("quality")
+        quality = objective_table.names("quality")
         if value not in quality:
             raise ValueError(f"not a quality metric; valid: {' or '.join(quality)}")
         return value
@@ -392,12 +392,12 @@ class SearchSettings(Strict):
 
     @property
     def resolved_mode(self) -> str:
-        return self.mode or objectives.mode_of(self.metric)
+        return self.mode or objective_table.mode_of(self.metric)
 
     @property
     def objective_modes(self) -> dict[str, str]:
         """{objective: min|max} in the order given; the single metric when no objectives are set."""
-        return {name: objectives.mode_of(name) for name in self.objectives or [self.metric]}
+        return {name: objective_table.mode_of(name) for name in self.objectives or [self.metric]}
 
     @property
     def multi_objective(self) -> bool:
@@ -411,13 +411,13 @@ class SearchSettings(Strict):
         if not (isinstance(data, dict) and isinstance(data.get("objectives"), list) and data["objectives"]):
             return data
         data = {"scheduler": "fifo", **data}
-        if "metric" not in data and data["objectives"][0] in objectives.names("quality"):
+        if "metric" not in data and data["objectives"][0] in objective_table.names("quality"):
             data["metric"] = data["objectives"][0]
         return data
 
     @model_validator(mode="after")
     def _check(self) -> "SearchSettings":
-        expected = objectives.mode_of(self.metric)
+        expected = objective_table.mode_of(self.metric)
         if self.mode is not None and self.mode != expected:
             raise ValueError(f"mode: {self.metric} is compared with mode {expected}, got {self.mode}")
         if self.max_t is not None and self.grace_period > self.max_t:
@@ -428,7 +428,7 @@ class SearchSettings(Strict):
 
 
 def _check_objectives(names: list[str], metric: str) -> None:
-    quality, costs = objectives.names("quality"), objectives.names("cost")
+    quality, costs = objective_table.names("quality"), objective_table.names("cost")
     valid_quality, valid_cost = " or ".join(quality), ", ".join(costs)
     if len(names) < 2:
         raise ValueError(f"objectives: name the quality metric ({valid_quality}) and at least one cost ({valid_cost}); "
@@ -848,7 +848,7 @@ def _check_corners(study: Study) -> None:
 
 def _check_settings(study: Study) -> None:
     src, s = study.source, study.search
-    every = objectives.get(s.metric).every
+    every = objective_table.get(s.metric).every
     if every is not None:
         bad = [v for v in study.values(every) if v != 1]
         if bad:
