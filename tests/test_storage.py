@@ -115,3 +115,23 @@ def test_a_trials_status_tag_is_written_by_the_tracking_module_only():
                             for a in n.args)):  # fmt: skip
                 writers.append(path.relative_to(PACKAGE).as_posix())
     assert set(writers) == {"services/tracking.py"}
+
+
+def test_a_manifest_caught_mid_copy_is_read_again_and_a_broken_one_named(tmp_path):
+    """Ray Tune truncates and rewrites the study folder's top-level JSON files when it syncs them."""
+    from samsnet_search.errors import ConfigError
+    from samsnet_search.search import identity
+
+    m = identity.Manifest(name="s", storage=str(tmp_path), experiment_name="s", experiment_id="1", parent_run_id="p",
+                          registered_model="samsnet-s", tracking_uri="sqlite:///x", artifact_root=None,
+                          base_dir=str(tmp_path), source="s.yaml")  # fmt: skip
+    identity.write_manifest(m)
+    whole = (tmp_path / "s" / identity.MANIFEST).read_text()
+    (tmp_path / "s" / identity.MANIFEST).write_text("")  # as Tune leaves it between truncate and write
+    later = threading.Timer(0.3, lambda: (tmp_path / "s" / identity.MANIFEST).write_text(whole))
+    later.start()
+    assert identity.read_manifest(m.path).name == "s"
+    later.join()
+    (tmp_path / "s" / identity.MANIFEST).write_text('{"name": "s"')
+    with pytest.raises(ConfigError, match=r"s/study.json: not a study manifest"):
+        identity.read_manifest(m.path)

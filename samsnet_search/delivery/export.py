@@ -763,7 +763,6 @@ def _export_study(manifest, out_dir: str | Path, alias: str) -> tuple[Path, Regi
     (or found registered already: the selection registered the same file)."""
     from ..engine.checkpoint import BEST
     from ..search import checkpoints
-    from ..search.runner import load_stored_study
     from ..search.select import load_selection
     from ..services import storage
 
@@ -780,8 +779,7 @@ def _export_study(manifest, out_dir: str | Path, alias: str) -> tuple[Path, Regi
         if selection is not None:
             ckpt = storage.get_file(selection.winner_job["checkpoint"], Path(tmp) / BEST)
         else:
-            study = load_stored_study(manifest)
-            found = checkpoints.best_checkpoint(checkpoints.trial_uri(manifest.path, trial_id), study.metric, study.mode)
+            found = checkpoints.study_best_checkpoint(manifest, trial_id)
             if found is None:
                 raise ExportError(f"study {manifest.name!r}: trial {trial_id} has no checkpoint left in "
                                   f"{storage.display_uri(manifest.path)}")  # fmt: skip

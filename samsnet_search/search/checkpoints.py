@@ -24,7 +24,10 @@ from typing import Any, Iterator
 
 from ray import tune
 
+from ..errors import ConfigError
 from ..services import storage
+from . import identity
+from .study import load_study_text
 from .objectives import better
 
 log = logging.getLogger(__name__)
@@ -69,6 +72,16 @@ def best_checkpoint(trial_path: str, metric: str, mode: str) -> tune.Checkpoint 
         if folder in kept and better(value, None if best is None else best[0], mode):  # the first of equals
             best = (float(value), folder)
     return None if best is None else tune.Checkpoint(path=kept[best[1]], filesystem=fs)
+
+
+def study_best_checkpoint(manifest: identity.Manifest, trial_id: str) -> tune.Checkpoint | None:
+    """`best_checkpoint` of a trial of a stored study, by the metric its study file names (read
+    without checking the data: the study may be exported where its data is not)."""
+    text = identity.read_study_copy(manifest.path)
+    if text is None:
+        raise ConfigError(f"{storage.display_uri(manifest.path)}: the study file copy ({identity.STUDY_COPY}) is missing")
+    study = load_study_text(text, Path(manifest.source), Path(manifest.base_dir), check_data=False)
+    return best_checkpoint(trial_uri(manifest.path, trial_id), study.metric, study.mode)
 
 
 def stored_name(checkpoint: tune.Checkpoint) -> str:

@@ -78,13 +78,13 @@ class TrialRecord:
 
     trial_id: str
     config: dict[str, Any]  # the sampled values, dotted keys
-    experiment: dict[str, Any]  # the full ExperimentConfig (JSON form)
+    experiment: dict[str, Any]  # the full ExperimentConfig (JSON form), as the worker recorded it
     status: str  # tracking.FINAL_STATUSES, or "running" for an interrupted trial
     epochs: int  # epochs trained
     metrics: dict[str, Any]  # last reported result
     history: list[dict[str, Any]]  # per-epoch metrics
     best: dict[str, Any] | None  # metrics of the best epoch by the study metric
-    best_checkpoint: Any | None  # ray.tune.Checkpoint (best by metric) or None
+    best_checkpoint: Any | None  # ray.tune.Checkpoint (best by metric: checkpoints.best_checkpoint) or None
     last_checkpoint: Any | None  # ray.tune.Checkpoint (latest) or None
     mlflow_run_id: str | None
     error: str | None

@@ -3,19 +3,21 @@
 1. Contenders: for each slice value the search tried, its best trial by the study metric.
 2. Retraining: each contender is trained to the full budget (`selection.epochs`) with
    `selection.seeds` seeds (`train.seed + k`, k = 0..n-1), as plain Ray tasks with the
-   trial resources. A trial that already ran its full budget with seed k = 0 counts as
-   seed 0 (its best checkpoint is reused). Every retraining is an MLflow child run of the
-   study's parent run, tagged `samsnet.phase=selection`.
+   trial resources and the training path of a search trial (`trial.train_tracked`). A trial
+   that already ran its full budget with seed k = 0 counts as seed 0 (its best checkpoint,
+   as `checkpoints.best_checkpoint` finds it, is reused). Every retraining is an MLflow
+   child run of the study's parent run, tagged `samsnet.phase=selection`.
 3. Scoring: every model is scored on the FULL validation tracks (per track and target).
    Each finished job writes `<study>/selection/jobs/<key>.json` (and its best weights
    beside it), so an interrupted selection never redoes finished jobs.
 4. Bootstrap over (track x seed) pairs gives each slice value a confidence interval of
    its median SDR; the winner has the best median; an overlapping interval means "not
    significantly different" from the winner. The table is labelled *validation*.
-5. Only then the winner (its best seed) is scored on the TEST set, exported and
-   registered as `samsnet-<study>` (alias `champion`); a few seconds of its separated
-   test stems are logged as wav files. Test data cannot influence steps 1-4: they never
-   load it.
+5. Only then the winner (its best seed) is scored on the TEST set and published by the
+   caller's `register` (the CLI's one exports it and registers it as `samsnet-<study>`, alias
+   `champion`: delivery's job, so the search never imports delivery); a few seconds of its
+   separated test stems are logged as wav files. Test data cannot influence steps 1-4: they
+   never load it.
 
 The statistics (`bootstrap_table`) are pure functions of the scores, testable alone.
 """

@@ -1,11 +1,14 @@
 """The Ray Tune trainable: one trial = one `Trainer.fit` with a reporting callback.
 
-Runs inside a Ray worker. The trial config holds only the searched keys
+`train_tracked` is the one training path of a search trial and of a selection retraining:
+the configuration's MLflow run gets params, cost, metrics per epoch, best weights and the final
+status from it. Runs inside a Ray worker. The trial config holds only the searched keys
 (`{"model.slices": 4, ...}`); the fixed parts and the MLflow parent run id arrive in a
 `TrialContext` (through `tune.with_parameters`). Every epoch the callback logs metrics to
 the trial's MLflow child run and calls `tune.report(metrics, checkpoint=...)` with the
 trainer's checkpoint folder, the one checkpoint format (so a resumed or retried trial
-continues from `tune.get_checkpoint()`).
+continues from `tune.get_checkpoint()`). The worker records the trial's full configuration
+once in the study's storage (`checkpoints.write_experiment`), where the driver reads it.
 
 Storage and tracking outages are waited out (`faults.retry`, up to `search.infra_retry_s`),
 never counted as the trial's failure. A resumed trial checks the checkpoint it continues

@@ -101,8 +101,18 @@ def test_unknown_alias_and_model_are_one_line_errors(mlflow_server, exported, so
 
 
 def _fake_study(mlflow_server: str, best_pt: Path, storage: Path) -> tuple[str, str]:
-    """A finished study as the runner leaves it: study.json, a parent run, a trial run with model/best.pt."""
+    """A finished study as the runner leaves it: study.json and study.yaml, the trial's folder (Tune's
+    result.json, its kept checkpoint with best.pt), a parent run, a trial run with its published model/best.pt."""
     name = f"s{uuid.uuid4().hex[:8]}"
+    study_path = identity.study_uri(str(storage), name)
+    identity.write_study_copy(study_path, f"name: {name}\nmodel: {{slices: {{choice: [1, 2]}}}}\n")
+    trial = Path(study_path) / "trial_t1"
+    (trial / "checkpoint_000000").mkdir(parents=True)
+    for f in best_pt.parent.iterdir():  # best.pt and its checksum
+        (trial / "checkpoint_000000" / f.name).write_bytes(f.read_bytes())
+    rows = [{"valid_loss": 0.5, "checkpoint_dir_name": "checkpoint_000000"},
+            {"valid_loss": 0.7, "checkpoint_dir_name": "checkpoint_000001"}]  # a worse epoch: Tune did not keep it
+    (trial / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
     target = tracking.resolve_tracking(mlflow_server)
     c = tracking.client(target)
     experiment_id = tracking.ensure_experiment(target, name)
