@@ -632,7 +632,8 @@ def _log_listening(model, track, seconds: float, device, target, run_id: str, po
 def _register(ckpt: Path, out: Path, table: SelectionTable, test, study_name: str, manifest,
               run_id: str | None) -> dict[str, Any]:  # fmt: skip
     """Export the winner and register it from `run_id`, the run that trained its weights."""
-    from ..delivery.export import DEFAULT_ALIAS, export_checkpoint, register
+    from ..delivery.export import export_checkpoint
+    from ..delivery.registry import DEFAULT_ALIAS, register
 
     info = {"title": f"Sams-Net chosen by study {study_name} (slices={table.winner})",
             "source": f"study {study_name}, selection winner slices={table.winner}",
