@@ -10,6 +10,7 @@ where `figures` is a flat mapping name -> float:
   trial-epoch with the model's attention vs the previous one.
 - `sdr`: fast BSSEval v4 vs museval, time ratio and largest differences.
 - `search`: per-trial time outside training on a tiny study (full mode only).
+- `export`: the exported programs (`masks.pt2`, `separate.pt2`, ONNX) beside the eager model, time ratio.
 
 `run_benchmarks` runs a selection and returns one JSON-ready report with the machine.
 """
@@ -28,7 +29,7 @@ from .common import BenchError, machine_info
 
 log = logging.getLogger(__name__)
 
-NAMES: tuple[str, ...] = ("attention", "train", "sdr", "search")
+NAMES: tuple[str, ...] = ("attention", "train", "sdr", "export", "search")
 FULL_ONLY = ("search",)  # a Ray study does not fit --quick's few minutes
 
 
@@ -39,6 +40,8 @@ def _runner(name: str) -> Callable[..., dict[str, Any]]:
         from .train_step import run
     elif name == "sdr":
         from .sdr import run
+    elif name == "export":
+        from .export import run
     else:
         from .search_overhead import run
     return run
