@@ -200,7 +200,8 @@ def separate(
 ) -> None:
     """Separate one song into vocals, drums, bass and other."""
 
-    from .engine.separate import check_arguments, load_separator, parse_stems, separate_file  # lazy: torch
+    from .delivery.registry import load_separator  # lazy: torch, mlflow
+    from .engine.separate import check_arguments, parse_stems, separate_file  # lazy: torch
     from .engine.train import pick_device  # lazy: torch
     from .engine.wiener import PostFilter  # lazy: torch
 
@@ -233,7 +234,7 @@ def separate(
 @app.command("export")
 def export(
     source: str = typer.Argument(..., help="study name (or folder), MLflow run id, or checkpoint folder / .pt file"),
-    out: Path = typer.Option(..., "--out", help="export folder (TorchScript, ONNX, weights, configs, model card)"),
+    out: Path = typer.Option(..., "--out", help="export folder (torch.export programs, ONNX, weights, configs, model card)"),
     storage: str = typer.Option("./runs", help="storage root holding the studies (local folder or s3://bucket/prefix)"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow for run ids / --register (default $MLFLOW_TRACKING_URI, else ./mlruns)"),
     register: Optional[str] = typer.Option(None, help="also register as samsnet-NAME (a study always registers as samsnet-<study>)"),

@@ -28,7 +28,7 @@ def test_bench_smoke_writes_finite_figures(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert {"cpu", "cores", "torch", "numpy", "ray", "device", "torch_threads"} <= set(report["machine"])
     assert report["machine"]["torch_threads"] == 2
-    assert set(report["benchmarks"]) == {"attention", "train", "sdr"}
+    assert set(report["benchmarks"]) == {"attention", "train", "sdr", "export"}
     assert "search" in report["skipped"]  # a Ray study is full mode only
     for name, result in report["benchmarks"].items():
         assert result["sizes"], name

@@ -121,7 +121,7 @@ import soundfile as sf  # noqa: E402
 import yaml  # noqa: E402
 
 from samsnet_search.services import tracking  # noqa: E402
-from samsnet_search.delivery.export import WEIGHTS_SHA_TAG  # noqa: E402
+from samsnet_search.delivery.registry import WEIGHTS_SHA_TAG  # noqa: E402
 from samsnet_search.delivery.winner import register_winner  # noqa: E402
 from samsnet_search.cli import main  # noqa: E402
 from samsnet_search.search import identity  # noqa: E402

@@ -10,6 +10,7 @@ where `figures` is a flat mapping name -> float:
   trial-epoch with the model's attention vs the previous one.
 - `sdr`: fast BSSEval v4 vs museval, time ratio and largest differences.
 - `search`: per-trial time outside training on a tiny study (full mode only).
+- `export`: the exported programs (`masks.pt2`, `separate.pt2`, ONNX) beside the eager model, time ratio.
 
 `run_benchmarks` runs a selection and returns one JSON-ready report with the machine.
 """
@@ -32,7 +33,8 @@ from .common import BenchError, machine_info
 log = logging.getLogger(__name__)
 
 # benchmark name -> its module in this package
-MODULES: dict[str, str] = {"attention": "attention", "train": "train_step", "sdr": "sdr", "search": "search_overhead"}
+MODULES: dict[str, str] = {"attention": "attention", "train": "train_step", "sdr": "sdr", "export": "export",
+                           "search": "search_overhead"}  # fmt: skip
 NAMES: tuple[str, ...] = tuple(MODULES)
 FULL_ONLY = ("search",)  # a Ray study does not fit --quick's few minutes
 

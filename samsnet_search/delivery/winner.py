@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ..services import tracking
-from .export import DEFAULT_ALIAS, export_checkpoint, register
+from .export import export_checkpoint
+from .registry import DEFAULT_ALIAS, register
 
 
 def register_winner(checkpoint_dir: Path, info: dict[str, Any], study_name: str, tracking_uri: str,

@@ -14,7 +14,7 @@ import soundfile as sf
 import torch
 
 from samsnet_search.engine import checkpoint
-from samsnet_search.delivery import export
+from samsnet_search.delivery import export, export_folder, registry
 from samsnet_search.services import tracking
 from samsnet_search.cli import main
 from samsnet_search.config import TARGETS, ExperimentConfig
@@ -59,8 +59,8 @@ def _stems(folder: Path) -> np.ndarray:
 
 def test_register_then_separate_from_the_champion_alias(mlflow_server, exported, song, tmp_path, capsys):
     name = f"x{uuid.uuid4().hex[:8]}"
-    first = export.register(exported, name, mlflow_server)
-    second = export.register(exported, name, mlflow_server)
+    first = registry.register(exported, name, mlflow_server)
+    second = registry.register(exported, name, mlflow_server)
     assert (first, second) == ("1", "1")  # the same weights: one version
     c = tracking.client(tracking.resolve_tracking(mlflow_server))
     assert len(c.search_model_versions(f"name = 'samsnet-{name}'")) == 1
@@ -78,12 +78,12 @@ def test_registered_pyfunc_predicts_stems(mlflow_server, exported, song, monkeyp
     import mlflow.pyfunc
 
     name = f"p{uuid.uuid4().hex[:8]}"
-    export.register(exported, name, mlflow_server)
+    registry.register(exported, name, mlflow_server)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)  # where pyfunc resolves models:/ URIs
     model = mlflow.pyfunc.load_model(f"models:/samsnet-{name}@champion")
     audio = read_audio(song)[None]  # (B, C, N), as the signature says
     stems = model.predict(audio)
-    ref = export.load_exported(exported).separate(torch.from_numpy(audio)).detach().numpy()
+    ref = export_folder.load_exported(exported).separate(torch.from_numpy(audio)).detach().numpy()
     assert stems.shape == (1, 4, *audio.shape[1:])
     assert model.metadata.get_input_schema().inputs[0].shape == (-1, 2, -1)
     np.testing.assert_allclose(stems, ref, atol=1e-6)
@@ -91,7 +91,7 @@ def test_registered_pyfunc_predicts_stems(mlflow_server, exported, song, monkeyp
 
 def test_unknown_alias_and_model_are_one_line_errors(mlflow_server, exported, song, tmp_path, capsys):
     name = f"a{uuid.uuid4().hex[:8]}"
-    export.register(exported, name, mlflow_server)
+    registry.register(exported, name, mlflow_server)
     args = [str(song), "--out", str(tmp_path / "o"), "--tracking-uri", mlflow_server]
     assert main(["separate", f"models:/samsnet-{name}@nope", *args]) == 2
     err = " ".join(capsys.readouterr().err.split())
@@ -154,7 +154,7 @@ def test_export_a_run_id(mlflow_server, best_pt, tmp_path, capsys):
     weights = torch.load(tmp_path / "run" / "weights.pt", weights_only=True)
     want = checkpoint.load(best_pt)["model"]
     assert all(torch.equal(weights[k], want[k]) for k in want)
-    assert f"MLflow run {child}" in export.read_manifest(tmp_path / "run")["source"]
+    assert f"MLflow run {child}" in export_folder.read_manifest(tmp_path / "run")["source"]
 
 
 def _stored_export_dir(c, version) -> str:
@@ -166,38 +166,38 @@ def _stored_export_dir(c, version) -> str:
     raise AssertionError(f"no export folder under {version.source}")
 
 
-def _other_valid_torchscript(exported: Path, dest: Path) -> Path:
-    """model.ts with one weight changed: still a loadable TorchScript module, other bytes."""
-    module = torch.jit.load(str(exported / "model.ts"))
+def _other_valid_program(exported: Path, dest: Path) -> Path:
+    """separate.pt2 with one weight changed: still a loadable torch.export program, other bytes."""
+    program = torch.export.load(str(exported / "separate.pt2"))
     with torch.no_grad():
-        next(module.parameters()).add_(0.5)
+        next(iter(program.state_dict.values())).add_(0.5)
     dest.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(module, str(dest / "model.ts"))
-    return dest / "model.ts"
+    torch.export.save(program, str(dest / "separate.pt2"))
+    return dest / "separate.pt2"
 
 
 def test_a_registered_model_whose_artifact_was_replaced_is_refused(mlflow_server, exported, song, tmp_path, capsys, monkeypatch):
-    """What someone with write access to the artifact store could do: replace model.ts of a
+    """What someone with write access to the artifact store could do: replace separate.pt2 of a
     registered version (alone, or with an export.json that matches it)."""
     import mlflow.pyfunc
 
     name = f"t{uuid.uuid4().hex[:8]}"
     c = tracking.client(tracking.resolve_tracking(mlflow_server))
-    version = c.get_model_version(f"samsnet-{name}", export.register(exported, name, mlflow_server))
+    version = c.get_model_version(f"samsnet-{name}", registry.register(exported, name, mlflow_server))
     stored = _stored_export_dir(c, version)
-    c.log_artifact(version.run_id, str(_other_valid_torchscript(exported, tmp_path / "evil")), stored)
+    c.log_artifact(version.run_id, str(_other_valid_program(exported, tmp_path / "evil")), stored)
     uri = f"models:/samsnet-{name}@champion"
     args = [str(song), "--out", str(tmp_path / "o"), "--tracking-uri", mlflow_server]
     assert main(["separate", uri, *args]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert "model.ts: sha256" in err and "changed after export; refusing to load it" in err
+    assert "separate.pt2: sha256" in err and "changed after export; refusing to load it" in err
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    with pytest.raises(Exception, match=r"model.ts: sha256 \w+\.\.\. differs from"):
+    with pytest.raises(Exception, match=r"separate.pt2: sha256 \w+\.\.\. differs from"):
         mlflow.pyfunc.load_model(uri)
 
-    # The whole export rewritten to match the new model.ts: the registry's own checksum tells.
-    manifest = export.read_manifest(exported)
-    manifest["files"]["torchscript"]["sha256"] = export.sha256_file(tmp_path / "evil" / "model.ts")
+    # The whole export rewritten to match the new separate.pt2: the registry's own checksum tells.
+    manifest = export_folder.read_manifest(exported)
+    manifest["files"]["separate"]["sha256"] = export_folder.sha256_file(tmp_path / "evil" / "separate.pt2")
     (tmp_path / "evil" / "export.json").write_text(json.dumps(manifest))
     c.log_artifact(version.run_id, str(tmp_path / "evil" / "export.json"), stored)
     assert main(["separate", uri, *args]) == 2
