@@ -121,7 +121,7 @@ def test_validate_says_when_storage_and_tracking_server_cannot_be_reached(tmp_pa
 
 
 def test_orphan_sweep_closes_lost_trials_not_selection_runs(tmp_path):
-    from samsnet_search.search.runner import _close_orphans
+    from samsnet_search.search.runner import close_orphans
     from samsnet_search.search.select import PHASE_TAG
 
     target = tracking.resolve_tracking(str(tmp_path / "mlruns"))
@@ -133,7 +133,7 @@ def test_orphan_sweep_closes_lost_trials_not_selection_runs(tmp_path):
     selecting = c.create_run(experiment_id, tags={**tags, tracking.TRIAL_TAG: "selection-s1-seed0",
                                                   PHASE_TAG: "selection"}).info.run_id  # fmt: skip
     runs = {r.data.tags[tracking.TRIAL_TAG]: r for r in tracking.find_child_runs(target, experiment_id, parent)}
-    _close_orphans(target, runs, trial_ids=set())
+    close_orphans(target, runs, trial_ids=set())
     assert c.get_run(lost).data.tags[tracking.STATUS_TAG] == "stopped"
     sel = c.get_run(selecting)
     assert sel.info.status == "RUNNING" and tracking.STATUS_TAG not in sel.data.tags

@@ -94,7 +94,7 @@ def test_every_config_runs_the_same_image():
 
 
 def _validate_launcher(cfg: dict) -> None:
-    from ray.autoscaler._private.util import prepare_config, validate_config
+    from ray.autoscaler._private.util import prepare_config, validate_config  # noqa: PLC2701  (Ray's own config check)
 
     validate_config(prepare_config(copy.deepcopy(cfg)))
 

@@ -18,7 +18,7 @@ import pytest
 from samsnet_search.services import tracking
 from samsnet_search.search import select
 from samsnet_search.search.identity import Manifest
-from samsnet_search.search.runner import _close
+from samsnet_search.search.runner import close_study
 from samsnet_search.search.trial import run_name
 
 
@@ -53,25 +53,25 @@ def _manifest(target, experiment_id, parent, tmp_path) -> Manifest:
 def test_parent_run_spans_search_and_selection(tmp_path):
     target, experiment_id, parent = _parent(tmp_path)
     c = tracking.client(target)
-    _close(_manifest(target, experiment_id, parent, tmp_path), target, "finished", None, keep_open=True)
+    close_study(_manifest(target, experiment_id, parent, tmp_path), target, "finished", None, keep_open=True)
     assert c.get_run(parent).info.status == "RUNNING"  # the search is done, the selection follows
-    with select._parent_open(target, parent):
+    with select.parent_run_open(target, parent):
         assert c.get_run(parent).info.status == "RUNNING"
     assert c.get_run(parent).info.status == "FINISHED"
-    with pytest.raises(RuntimeError), select._parent_open(target, parent):
+    with pytest.raises(RuntimeError), select.parent_run_open(target, parent):
         raise RuntimeError("a selection job crashed")
     assert c.get_run(parent).info.status == "FAILED"
-    with pytest.raises(KeyboardInterrupt), select._parent_open(target, parent):
+    with pytest.raises(KeyboardInterrupt), select.parent_run_open(target, parent):
         raise KeyboardInterrupt
     assert c.get_run(parent).info.status == "KILLED"
 
 
 def test_search_alone_ends_the_parent_run(tmp_path):
     target, experiment_id, parent = _parent(tmp_path)
-    _close(_manifest(target, experiment_id, parent, tmp_path), target, "finished", None)
+    close_study(_manifest(target, experiment_id, parent, tmp_path), target, "finished", None)
     assert tracking.client(target).get_run(parent).info.status == "FINISHED"
     _, experiment_id, other = _parent(tmp_path)
-    _close(_manifest(target, experiment_id, other, tmp_path), target, "interrupted", None, keep_open=True)
+    close_study(_manifest(target, experiment_id, other, tmp_path), target, "interrupted", None, keep_open=True)
     assert tracking.client(target).get_run(other).info.status == "RUNNING"  # keep_open is the caller's word
 
 

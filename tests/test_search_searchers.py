@@ -33,7 +33,7 @@ def numeric_study(tmp_path: Path, **search):
     return load_study(path, base_dir=tmp_path, check_data=False)
 
 
-def _trainable(config: dict) -> None:
+def trainable(config: dict) -> None:
     pass
 
 
@@ -42,7 +42,7 @@ def proposals(study, n: int) -> list[dict]:
     searcher = searchers.build_searcher(study)
     space = searchers.param_space(study)
     if not isinstance(searcher, Searcher):  # Ray's variant generator: it expands an experiment
-        searcher.add_configurations([Experiment("s", _trainable, config=space, num_samples=study.search.num_samples)])
+        searcher.add_configurations([Experiment("s", trainable, config=space, num_samples=study.search.num_samples)])
         return [t.config for t in iter(searcher.next_trial, None)][:n]
     searcher.set_search_properties(study.metric, study.mode, space)
     with warnings.catch_warnings():

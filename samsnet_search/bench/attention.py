@@ -30,7 +30,7 @@ import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -203,17 +203,10 @@ def _attention_cases(sizes: AttentionSizes, device: str, roof: dict[str, float],
         module = SlicedMultiHeadAttention(d, h, math.ceil(T / n)).to(device)
         w_o = torch.nn.Conv2d(h * d, d, sizes.kernel_size, padding=pad).to(device)
         reference = ReferenceAttention(module)
-        params = [x, *module.parameters(), *w_o.parameters()]
         rows = x.detach().permute(0, 2, 3, 1).requires_grad_()
         heads_out = torch.randn(B, h * d, Fq, T, generator=gen).to(device).requires_grad_()
         grad_qkv = torch.randn(B, Fq, T, 3 * h * d, generator=gen).to(device)
-        steps = {
-            "attn": _fwd_bwd(lambda: w_o(module(x)), params, grad_y),
-            "ref": _fwd_bwd(lambda: w_o(reference(x)), params, grad_y),
-            # The part no attention kernel changes: the projection and W^O on their own.
-            "convs": lambda: (F.linear(rows, module.qkv.weight.view(3 * h * d, d), module.qkv.bias).backward(grad_qkv),
-                              w_o(heads_out).backward(grad_y)),
-        }  # fmt: skip
+        steps = _attention_steps(module, w_o, reference, x, grad_y, rows, heads_out, grad_qkv)
         if memory:
             figures[f"attn_peak_mib_s{n}"] = peak_bytes(steps["attn"], device) / MiB
             continue
@@ -236,8 +229,23 @@ def _attention_cases(sizes: AttentionSizes, device: str, roof: dict[str, float],
         figures[f"max_speedup_s{n}"] = times["ref"]["median_s"] / times["convs"]["median_s"]
         if n in sizes.loop_slices:
             figures.update(_loop_case(module, x, n))
-        del module, w_o, params, steps
+        module = w_o = reference = steps = None  # freed before the next size allocates
     return figures
+
+
+def _attention_steps(module, w_o, reference, x, grad_y, rows, heads_out, grad_qkv) -> dict[str, Callable[[], None]]:
+    """Forward+backward of the attention step, its reference, and the convolutions alone."""
+    params = [x, *module.parameters(), *w_o.parameters()]
+    hd, d = module.heads * module.channels, module.channels
+    return {
+        "attn": _fwd_bwd(lambda: w_o(module(x)), params, grad_y),
+        "ref": _fwd_bwd(lambda: w_o(reference(x)), params, grad_y),
+        # The part no attention kernel changes: the projection and W^O on their own.
+        "convs": lambda: (
+            F.linear(rows, module.qkv.weight.view(3 * hd, d), module.qkv.bias).backward(grad_qkv),
+            w_o(heads_out).backward(grad_y),
+        ),
+    }
 
 
 def _loop_case(module, x, n) -> dict[str, float]:
@@ -263,12 +271,7 @@ def _model_cases(sizes: AttentionSizes, device: str, memory: bool) -> dict[str, 
     for n in sizes.model_slices:
         model = SamsNet(slice_frames=math.ceil(T / n), n_fft=sizes.n_fft, hop_length=sizes.hop_length,
                         audio_channels=C, channels=sizes.channels, heads=sizes.heads, depth=sizes.depth).to(device)  # fmt: skip
-        params = list(model.parameters())
-        new = _fwd_bwd(lambda: model(mag), params, grad_out)
-
-        def old() -> None:
-            with reference_attention(model):
-                new()
+        new, old = _model_steps(model, mag, grad_out)
 
         if memory:
             figures[f"model_peak_mib_s{n}"] = peak_bytes(new, device) / MiB
@@ -277,8 +280,19 @@ def _model_cases(sizes: AttentionSizes, device: str, memory: bool) -> dict[str, 
         figures[f"model_ms_s{n}"] = times["new"]["median_s"] * 1e3
         figures[f"model_ref_ms_s{n}"] = times["ref"]["median_s"] * 1e3
         figures[f"model_speedup_s{n}"] = times["ref"]["median_s"] / times["new"]["median_s"]
-        del model, params
+        model = new = old = None  # freed before the next size allocates
     return figures
+
+
+def _model_steps(model, mag, grad_out) -> tuple[Callable[[], None], Callable[[], None]]:
+    """Forward+backward of the whole model, and the same with the reference attention swapped in."""
+    new = _fwd_bwd(lambda: model(mag), list(model.parameters()), grad_out)
+
+    def old() -> None:
+        with reference_attention(model):
+            new()
+
+    return new, old
 
 
 def sdpa_backends(device: str) -> list[str]:

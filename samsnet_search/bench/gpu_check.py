@@ -115,7 +115,7 @@ def _sdpa_backends_timed(sizes: AttentionSizes, device: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, backend in backends.items():
 
-        def step() -> None:
+        def step(backend=backend) -> None:  # bound now: timed() calls it within this iteration
             with sdpa_kernel([backend]), torch.autocast(device, dtype=dtype, enabled=device == "cuda"):
                 y = att(x)
             y.float().sum().backward()

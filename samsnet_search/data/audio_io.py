@@ -218,7 +218,7 @@ class StemWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         for f in self.files.values():
             f.close()
-        for stem, path in self.paths.items():
+        for path in self.paths.values():
             part = Path(str(path) + ".part")
             if exc_type is None:
                 part.replace(path)

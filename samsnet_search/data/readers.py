@@ -194,7 +194,7 @@ class StemsFileSource:
 
     def decode(self) -> np.ndarray:
         """The five streams as float32 (5, C, N) in STEM_NAMES order, decoded as musdb does, checked."""
-        import stempeg  # lazy, as in _info
+        import stempeg  # lazy: stempeg (0.4 s), for .stem.mp4 only
 
         info = self.probe()
         stems, names = [], []

@@ -23,10 +23,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import mlflow.artifacts
 import numpy as np
 import onnxruntime as ort
 import torch
-import torch.fx.experimental._config as fx_config
+import torch.fx.experimental._config as fx_config  # noqa: PLC2701  (torch's only switch for size-oblivious tracing)
+from mlflow.exceptions import MlflowException
 from torch import nn
 
 from ..config import SAMPLE_RATE, TARGETS, ModelConfig, flatten
@@ -34,12 +36,32 @@ from ..data.splits import KIND_HQ, KIND_STEMS, KIND_SYNTH, detect_format
 from ..data.synth import MANIFEST as SYNTH_MANIFEST
 from ..data.synth import synthesize
 from ..engine import checkpoint
+from ..engine.checkpoint import BEST
 from ..engine.separate import read_audio
 from ..errors import SamsNetError
 from ..model import SamsNet
 from ..model.info import macs_per_second, parameter_breakdown
-from .export_folder import (CARD_FILE, CONFIG_FILE, EXPERIMENT_FILE, FILES, FORMAT, MANIFEST, MASKS_FILE, ONNX_FILE,
-                            PYFUNC_FILE, SEPARATE_FILE, WEIGHTS_FILE, ExportError, sha256_file)  # fmt: skip
+from ..search import checkpoints
+from ..search.identity import MANIFEST as STUDY_MANIFEST
+from ..search.identity import StudyNotFound, find_study
+from ..search.select import load_selection
+from ..search.study import resolve_storage
+from ..services import storage, tracking
+from .export_folder import (
+    CARD_FILE,
+    CONFIG_FILE,
+    EXPERIMENT_FILE,
+    FILES,
+    FORMAT,
+    MANIFEST,
+    MASKS_FILE,
+    ONNX_FILE,
+    PYFUNC_FILE,  # fmt: skip
+    SEPARATE_FILE,
+    WEIGHTS_FILE,
+    ExportError,
+    sha256_file,
+)
 from .registry import DEFAULT_ALIAS, Registration, register_export
 
 log = logging.getLogger(__name__)
@@ -351,7 +373,6 @@ def export_source(source: str, out_dir: str | Path, *, storage: str = "./runs", 
     """Export a checkpoint folder / .pt file, a study (name or folder: its best trial), or an
     MLflow run id; register it (always for a study, as `samsnet-<study>`; else when `register_as`
     is given). Returns (export folder, what the registry did, or None)."""
-    from ..search.identity import MANIFEST as STUDY_MANIFEST
 
     path = Path(source)
     if path.exists() and not (path / STUDY_MANIFEST).is_file():
@@ -376,8 +397,6 @@ def _looks_like_run_id(text: str) -> bool:
 
 
 def _find_study(source: str, storage: str):
-    from ..search.identity import StudyNotFound, find_study
-    from ..search.study import resolve_storage
 
     try:
         return find_study(source, resolve_storage(storage, Path.cwd()))
@@ -388,10 +407,7 @@ def _find_study(source: str, storage: str):
 def _download_run_checkpoint(run_id: str, tracking_uri: str, dest: Path) -> Path:
     """The run's best weights (`model/best.pt`, logged by the trial) in a local folder: the published
     copy, for a bare run id (a study's own weights come from its storage: `_export_study`)."""
-    import mlflow.artifacts
-    from mlflow.exceptions import MlflowException
 
-    from ..services import tracking
 
     target = tracking.resolve_tracking(tracking_uri)
     try:
@@ -408,10 +424,6 @@ def _export_study(manifest, out_dir: str | Path, alias: str) -> tuple[Path, Regi
     Its weights come from the study's storage, where the selection found them
     (`search.checkpoints`); it is registered as `samsnet-<study>` from the run that trained them
     (or found registered already: the selection registered the same file)."""
-    from ..engine.checkpoint import BEST
-    from ..search import checkpoints
-    from ..search.select import load_selection
-    from ..services import storage
 
     summary = dict(manifest.summary or {})
     selection = load_selection(manifest.path)

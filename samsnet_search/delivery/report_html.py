@@ -31,11 +31,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import TARGETS
-from .report import StudyReport, estimate_line, search_lines, selection_lines
+import plotly.graph_objects as go
+import soundfile as sf
+from plotly.offline import get_plotlyjs
+from plotly.subplots import make_subplots
+
+from ..config import TARGETS, ExperimentConfig, ModelConfig, parse_yaml, validate_model
+from ..engine.checkpoint import build_model
+from ..model.info import model_cost as count
+from ..search import checkpoints, identity
 from ..search.objectives import best_of, mode_of
+from ..search.pareto import front_rows, title
 from ..search.select import COLUMNS
+from ..search.study import SearchSettings
+from ..services import tracking
 from ..services.tracking import ROLE_TAG, STATUS_TAG, TRIAL_TAG, TrackingTarget
+from .report import StudyReport, estimate_line, search_lines, selection_lines
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +95,6 @@ class PageData:
 
 
 def _client(report: StudyReport):
-    from ..services import tracking
 
     m = report.manifest
     return tracking.client(TrackingTarget(m.tracking_uri, m.artifact_root))
@@ -92,7 +102,6 @@ def _client(report: StudyReport):
 
 def read_trials(report: StudyReport, metric: str, mode: str) -> list[Trial]:
     """The study's trial runs (selection retrainings excluded), oldest first."""
-    from ..services import tracking
 
     m = report.manifest
     target = TrackingTarget(m.tracking_uri, m.artifact_root)
@@ -119,10 +128,6 @@ def model_cost(study_path: str, trial_id: str, client, run_id: str) -> dict[str,
     """Parameter count and GMACs per second of a trial's resolved model (empty if unknown): from the
     configuration its worker recorded in the study's storage (`search.checkpoints`), else (a study
     of an older version) from the model config its MLflow run logged."""
-    from ..config import ExperimentConfig, ModelConfig, validate_model
-    from ..engine.checkpoint import build_model
-    from ..model.info import model_cost as count
-    from ..search import checkpoints
 
     experiment = checkpoints.read_experiment(study_path, trial_id)
     if experiment:
@@ -149,9 +154,6 @@ def _download_json(client, run_id: str, artifact: str) -> dict[str, Any] | None:
 
 def read_asha(report: StudyReport) -> dict[str, Any] | None:
     """ASHA's settings from the study file copy (None for a FIFO study or a missing copy)."""
-    from ..config import parse_yaml, validate_model
-    from ..search import identity
-    from ..search.study import SearchSettings
 
     text = identity.read_study_copy(report.manifest.path)
     if text is None:
@@ -191,7 +193,6 @@ def _clip_order(stem: str) -> tuple[int, int, str]:
 def read_clips(report: StudyReport, seconds: float = DEFAULT_LISTEN_SECONDS) -> list[tuple[str, str, str]]:
     """The excerpts of the first track under `listen/` on the parent run, cut to `seconds`, as base64 wav:
     (track, stem, data) with stem `mixture`, `<target>.reference`, `<target>` or `<target>.wiener`."""
-    import soundfile as sf
 
     c = _client(report)
     run_id = report.manifest.parent_run_id
@@ -248,7 +249,6 @@ def fig_sdr_vs_slices(report: StudyReport):
     The slice counts are categories (the searched values, evenly spaced, no 1.5 ticks); each
     column is offset a little (dodged) so that the five error bars at one slice count stay apart.
     """
-    import plotly.graph_objects as go
 
     table = report.selection.table
     rows = sorted(table.rows, key=lambda r: r.slices)
@@ -282,7 +282,6 @@ def fig_sdr_vs_slices(report: StudyReport):
 
 
 def fig_learning_curves(trials: list[Trial]):
-    import plotly.graph_objects as go
 
     fig = go.Figure()
     for t in trials:
@@ -299,7 +298,6 @@ def fig_learning_curves(trials: list[Trial]):
 
 def fig_asha(trials: list[Trial], asha: dict[str, Any] | None):
     """Each trial's last epoch against its last valid_loss; rung epochs as vertical lines."""
-    import plotly.graph_objects as go
 
     fig = go.Figure()
     by_status: dict[str, list[Trial]] = {}
@@ -329,7 +327,6 @@ def _number(value: str | None) -> float | None:
 
 def fig_parallel(trials: list[Trial], metric: str):
     """Parallel coordinates: hyperparameters -> best metric (lr on a log10 axis)."""
-    import plotly.graph_objects as go
 
     scored = [t for t in trials if t.metric is not None]
     dims = []
@@ -350,8 +347,6 @@ def fig_parallel(trials: list[Trial], metric: str):
 
 def fig_cost(trials: list[Trial], metric: str):
     """Best metric against parameter count and MACs per second of audio (two panels)."""
-    from plotly.subplots import make_subplots
-    import plotly.graph_objects as go
 
     known = [t for t in trials if t.metric is not None and t.cost]
     fig = make_subplots(rows=1, cols=2, subplot_titles=("parameters", "GMACs per second of audio"))
@@ -397,8 +392,6 @@ def _cost_html(search: dict[str, Any] | None, selection: dict[str, Any] | None) 
 
 def fig_pareto(pareto: dict[str, Any]):
     """Quality against each cost objective: every scored trial, the front's members joined up."""
-    from plotly.subplots import make_subplots
-    import plotly.graph_objects as go
 
     quality, *costs = list(pareto["objectives"])
     fig = make_subplots(rows=1, cols=len(costs), subplot_titles=costs)
@@ -418,7 +411,6 @@ def fig_pareto(pareto: dict[str, Any]):
 
 
 def _pareto_html(pareto: dict[str, Any]) -> str:
-    from ..search.pareto import front_rows, title
 
     header, rows = front_rows(pareto)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
@@ -540,7 +532,6 @@ caption{text-align:left;font-style:italic}.estimate{border-left:4px solid #9467b
 
 def render_html(data: PageData) -> str:
     """The whole page as one string; plotly.js is inlined (no network needed to view it)."""
-    from plotly.offline import get_plotlyjs
 
     title = f"Study {data.report.manifest.name}: Sams-Net search report"
     return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"

@@ -97,7 +97,7 @@ def score(references: np.ndarray, estimates: np.ndarray, backend: Backend) -> di
     refs = np.transpose(references, (0, 2, 1)).astype(np.float64)  # museval layout (S, N, C)
     ests = np.transpose(estimates, (0, 2, 1)).astype(np.float64)
     if backend == "museval":
-        import museval
+        import museval  # lazy: museval (musdb, stempeg); only its backend needs it
 
         sdr, isr, sir, sar = museval.evaluate(refs, ests, win=SAMPLE_RATE, hop=SAMPLE_RATE)
         return {"SDR": sdr, "ISR": isr, "SIR": sir, "SAR": sar}
@@ -106,7 +106,7 @@ def score(references: np.ndarray, estimates: np.ndarray, backend: Backend) -> di
 
 def museval_json(name: str, metrics: dict[str, np.ndarray]) -> str:
     """The per-track JSON museval writes (frames of SDR/SIR/ISR/SAR per target)."""
-    from museval.aggregate import TrackStore
+    from museval.aggregate import TrackStore  # lazy: museval
 
     store = TrackStore(track_name=name, win=1.0, hop=1.0)
     for i, target in enumerate(TARGETS):

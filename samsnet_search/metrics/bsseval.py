@@ -842,7 +842,7 @@ def _nb_frame_energies(z, ca, co, w, out):  # pragma: no cover - compiled
     cout, 2, F) filter spectra, real and imaginary parts apart; w: (F,); out: (n, 5, P).
     Bins are the inner loop (contiguous, vectorized), as in _nb_cross_spectra."""
     nframes, _, nbins = z.shape
-    P, nsrc, nchan = ca.shape[0], co.shape[0], co.shape[1]
+    P, nchan = ca.shape[0], co.shape[1]
     xr = np.empty((2 * P, _F_CHUNK))
     xi = np.empty((2 * P, _F_CHUNK))
     ar, ai = np.empty(_F_CHUNK), np.empty(_F_CHUNK)

@@ -249,7 +249,7 @@ def trial_resources(study: Study) -> dict[str, Any]:
     return out
 
 
-def _trainable(study: Study, ctx: TrialContext):
+def trainable(study: Study, ctx: TrialContext):
     return tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), trial_resources(study))
 
 
@@ -286,7 +286,7 @@ def _new_tuner(study: Study, ctx: TrialContext, callback) -> Any:
         callbacks=[callback, StateSigner(identity.study_uri(study.storage, study.name))],
         verbose=0,
     )
-    return tune.Tuner(_trainable(study, ctx), param_space=tune_space(study), tune_config=tune_config, run_config=run_config)
+    return tune.Tuner(trainable(study, ctx), param_space=tune_space(study), tune_config=tune_config, run_config=run_config)
 
 
 def _restore_tuner(study: Study, ctx: TrialContext, restart_errored: bool) -> Any:
@@ -294,7 +294,7 @@ def _restore_tuner(study: Study, ctx: TrialContext, restart_errored: bool) -> An
     path = f"{storage_path.rstrip('/')}/{study.name}"
     tuner = tune.Tuner.restore(
         path,
-        _trainable(study, ctx),
+        trainable(study, ctx),
         resume_unfinished=True,  # unfinished trials continue from their last checkpoint
         # --restart-errored: failed trials continue from their last checkpoint too (Tune's own
         # restart_errored would train them from scratch); one that failed in an outage then
@@ -443,7 +443,7 @@ def _run_study(study: Study, address, num_cpus, num_gpus, restart_errored: bool,
         state = "interrupted"
         raise
     finally:
-        _close(manifest, target, state, result, keep_open=selection_follows and state == "finished")
+        close_study(manifest, target, state, result, keep_open=selection_follows and state == "finished")
     return result
 
 
@@ -546,7 +546,7 @@ def _log_pareto(target, run_id: str, front: dict[str, Any]) -> None:
     tracking.client(target).log_metric(run_id, "pareto.size", float(len(front["front"])))
 
 
-def _close(manifest: Manifest, target, state: str, result: StudyResult | None, keep_open: bool = False) -> None:
+def close_study(manifest: Manifest, target, state: str, result: StudyResult | None, keep_open: bool = False) -> None:
     """Record the study's state in study.json and on the parent run; end the run unless keep_open."""
     manifest.state = state
     if result is not None:
@@ -587,7 +587,7 @@ def mark_interrupted(manifest: Manifest, target) -> None:
     fresh.state = "interrupted"
     identity.write_manifest(fresh)
     try:
-        tracking.client(target).set_tag(fresh.parent_run_id, "samsnet.state", "interrupted")  # the run itself: select._parent_open
+        tracking.client(target).set_tag(fresh.parent_run_id, "samsnet.state", "interrupted")  # the run itself: select.parent_run_open
     except Exception as e:  # the manifest holds the state; the tag follows when it can
         log.warning("could not update the study's parent run: %s", e)
 
@@ -633,11 +633,11 @@ def _result(study: Study, manifest: Manifest, target, grid, seconds: float, stop
         unfinished += max(0, num_trials(study) - len(grid))
     interrupted = stopped or unfinished > 0
     if not interrupted:
-        _close_orphans(target, runs, {t.trial_id for t in trials})
+        close_orphans(target, runs, {t.trial_id for t in trials})
     return StudyResult(study, manifest, target, trials, seconds, interrupted=interrupted, result_grid=grid)
 
 
-def _close_orphans(target, runs: dict, trial_ids: set[str]) -> None:
+def close_orphans(target, runs: dict, trial_ids: set[str]) -> None:
     """Runs of trials Tune never recorded (the driver died between starting a trial and
     saving its state; on resume Tune proposes a new trial instead): close them as stopped.
     Selection runs are children of the same parent but no search trial's: they are left alone."""

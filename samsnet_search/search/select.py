@@ -408,12 +408,12 @@ def run_selection(
 
     register: publishes the winner (see `Register`). The study's parent run is open while it
     runs and ends with it (FINISHED, or FAILED / KILLED)."""
-    with _parent_open(result.target, result.manifest.parent_run_id):
+    with parent_run_open(result.target, result.manifest.parent_run_id):
         return _run_selection(result, address, num_cpus, num_gpus, progress, quiet, register)
 
 
 @contextmanager
-def _parent_open(target, run_id: str) -> Iterator[None]:
+def parent_run_open(target, run_id: str) -> Iterator[None]:
     c = tracking.client(target)
     c.update_run(run_id, status="RUNNING")
     status = "FAILED"

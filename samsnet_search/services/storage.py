@@ -215,8 +215,8 @@ def s3_client(endpoint_url: str, access_key: str, secret_key: str, region: str =
 
     For the bucket administration of the local stack (create, health checks) only: study I/O
     goes through `filesystem`. MLflow's artifact uploads use boto3 too, configured by MLflow."""
-    import boto3  # only `infra up` and the tests administer buckets: not paid by other commands
-    from botocore.config import Config
+    import boto3  # lazy: boto3; only bucket administration (infra up, tests) needs it
+    from botocore.config import Config  # lazy: boto3
 
     conf = Config(
         signature_version="s3v4",

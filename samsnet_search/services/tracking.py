@@ -130,7 +130,7 @@ def resolve_tracking(uri: str, base_dir: Path | str | None = None) -> TrackingTa
 
 def client(target: TrackingTarget):
     """An MlflowClient for the target (creating the embedded store's folder if needed)."""
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # lazy: mlflow (the CLI imports this module at start)
 
     if target.embedded:
         Path(target.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +141,7 @@ def check_server(target: TrackingTarget, timeout_s: float = HEALTH_TIMEOUT_S) ->
     """Raise TrackingError (one line: the URI and what to do) when an http(s) tracking server
     does not answer or refuses the login; embedded stores pass. `infra.check_reachable` is the
     one reachability check (validate uses it too)."""
-    from .infra import check_reachable  # psutil, pydantic: only where a server is checked
+    from .infra import check_reachable  # lazy: psutil, pydantic; only where a server is checked
 
     problems = check_reachable(None, target.uri, timeout_s)
     if problems:
@@ -262,7 +262,7 @@ def log_study_details(
 
 
 def _log_batch(c, run_id: str, params: Mapping[str, str] = (), tags: Mapping[str, str] = (), metrics=()) -> None:
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Param, RunTag  # lazy: mlflow
 
     params, tags = dict(params), dict(tags)
     param_items = [Param(k, v) for k, v in params.items()]
@@ -401,7 +401,7 @@ class TrialRun:
         if not self.spec.system_metrics:
             return
         try:
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor  # lazy: mlflow
 
             self._monitor = SystemMetricsMonitor(
                 self.run_id,
@@ -427,7 +427,7 @@ class TrialRun:
             self.client.log_dict(self.run_id, dict(experiment), "model/experiment.json")
 
     def log_epoch(self, metrics: Mapping[str, Any], epoch: int) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # lazy: mlflow
 
         if epoch <= self.logged_epoch:
             log.info("epoch %d of trial %s is in MLflow already; not logging it again", epoch, self.trial_id)
@@ -488,7 +488,7 @@ def register_model(
     """
     c = client(target)
     name = registered_model_name(study_name)
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # lazy: mlflow
 
     try:
         c.get_registered_model(name)

@@ -34,7 +34,7 @@ import yaml
 from samsnet_search.services import tracking
 from samsnet_search.errors import ConfigError
 from samsnet_search.search import identity
-from samsnet_search.search.runner import _trainable, trial_resources
+from samsnet_search.search.runner import trainable, trial_resources
 from samsnet_search.search.study import load_study, parse_study
 from samsnet_search.search.trial import NODE_TAG, NODES_TAG, HOST_TAG, TrialContext
 
@@ -346,7 +346,7 @@ def _study(tmp_path: Path, resources: dict):
 def _placement(study) -> dict[str, float]:
     """The resources Tune will reserve per trial (the placement group of the wrapped trainable)."""
     ctx = TrialContext(study_name=study.name, base=study.base, tracking=None, cpus=study.spec.resources.cpu)
-    return dict(_trainable(study, ctx)._resources.required_resources)
+    return dict(trainable(study, ctx)._resources.required_resources)
 
 
 def test_fractional_gpu_passes_through_to_tune(tmp_path):
