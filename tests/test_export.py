@@ -15,11 +15,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from samsnet_search.engine import checkpoint
-from samsnet_search.delivery import export, export_folder
 from samsnet_search.cli import main
 from samsnet_search.config import TARGETS, ExperimentConfig, ModelConfig
+from samsnet_search.delivery import export, export_folder
 from samsnet_search.delivery.registry import load_separator
+from samsnet_search.engine import checkpoint
 from samsnet_search.engine.separate import read_audio, separate
 from samsnet_search.engine.train import Trainer
 from samsnet_search.model import SamsNet
@@ -27,12 +27,21 @@ from samsnet_search.model import SamsNet
 
 def tiny_experiment(root: Path) -> ExperimentConfig:
     """One epoch of a very small model (non-paper sizes): 1 s segments are 345 frames, slice_frames 115."""
-    return ExperimentConfig.model_validate({
-        "model": {"n_fft": 256, "hop_length": 128, "channels": 4, "heads": 2, "depth": 1, "slices": 3},
-        "data": {"root": str(root), "segment_seconds": 1.0, "samples_per_track": 1, "valid_seconds": 4.0},
-        "train": {"lr": 0.01, "batch_size": 4, "epochs": 1, "patience": 5, "valid_sdr_every": 1, "seed": 7,
-                  "threads": 2},
-    })  # fmt: skip
+    return ExperimentConfig.model_validate(
+        {
+            "model": {"n_fft": 256, "hop_length": 128, "channels": 4, "heads": 2, "depth": 1, "slices": 3},
+            "data": {"root": str(root), "segment_seconds": 1.0, "samples_per_track": 1, "valid_seconds": 4.0},
+            "train": {
+                "lr": 0.01,
+                "batch_size": 4,
+                "epochs": 1,
+                "patience": 5,
+                "valid_sdr_every": 1,
+                "seed": 7,
+                "threads": 2,
+            },
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +66,17 @@ def song(synth_root, tmp_path_factory) -> Path:
 
 
 def test_export_folder_holds_every_artifact(trained, exported):
-    for name in ("masks.pt2", "separate.pt2", "model.onnx", "weights.pt", "model_config.json", "experiment.json", "MODEL_CARD.md",
-                 "export.json", "mlflow_model.py"):  # fmt: skip
+    for name in (
+        "masks.pt2",
+        "separate.pt2",
+        "model.onnx",
+        "weights.pt",
+        "model_config.json",
+        "experiment.json",
+        "MODEL_CARD.md",
+        "export.json",
+        "mlflow_model.py",
+    ):
         assert (exported / name).is_file(), name
     best = checkpoint.load(trained / "best.pt")
     weights = torch.load(exported / "weights.pt", weights_only=True)
@@ -175,7 +193,10 @@ def test_weights_load_without_pickled_code(exported, trained):
 
 
 def test_export_command_writes_a_folder(trained, tmp_path, capsys):
-    assert main(["export", str(trained / "best.pt"), "--out", str(tmp_path / "cli"), "--storage", str(tmp_path / "runs")]) == 0
+    assert (
+        main(["export", str(trained / "best.pt"), "--out", str(tmp_path / "cli"), "--storage", str(tmp_path / "runs")])
+        == 0
+    )
     assert "exported to" in capsys.readouterr().out
     assert export_folder.is_export(tmp_path / "cli")
 
@@ -220,7 +241,10 @@ def test_an_old_torchscript_export_is_refused_with_what_to_do(exported, song, tm
     manifest = json.loads((old / "export.json").read_text())
     (old / "export.json").write_text(json.dumps({**manifest, "format": "samsnet-export/2"}))
     assert main(["separate", str(old), str(song), "--out", str(tmp_path / "o")]) == 2
-    assert "format samsnet-export/2 holds TorchScript (model.ts), which this version no longer loads; export the model again" in _error(capsys)
+    assert (
+        "format samsnet-export/2 holds TorchScript (model.ts), which this version no longer loads; export the model again"
+        in _error(capsys)
+    )
 
 
 def test_export_unknown_source(tmp_path, capsys):
@@ -239,5 +263,7 @@ def test_export_refuses_a_non_export_out_folder(trained, tmp_path, capsys):
 def test_the_traced_example_falls_back_to_synthetic_audio_when_the_data_is_gone():
     net = checkpoint.build_model(ModelConfig(n_fft=256, hop_length=128, channels=2, depth=1, slices=2).resolved(22050))
     mag = export.example_magnitude({"experiment": {"data": {"root": "/no/such/data"}}}, net)
-    assert mag.shape[:3] == (2, 2, 129) and mag.shape[-1] % net.slice_frames != 0 and mag.shape[-1] > 2 * net.slice_frames
+    assert (
+        mag.shape[:3] == (2, 2, 129) and mag.shape[-1] % net.slice_frames != 0 and mag.shape[-1] > 2 * net.slice_frames
+    )
     assert float(mag.mean()) > 0  # real (synthesized) audio, not zeros

@@ -14,30 +14,42 @@ import pytest
 import soundfile as sf
 import torch
 
-from samsnet_search.engine import checkpoint
-from samsnet_search.delivery import export, export_folder, registry
-from samsnet_search.services import tracking
 from samsnet_search.cli import main
 from samsnet_search.config import ExperimentConfig
-from samsnet_search.errors import SamsNetError
+from samsnet_search.delivery import export, export_folder, registry
 from samsnet_search.delivery.registry import load_separator
+from samsnet_search.engine import checkpoint
 from samsnet_search.engine.separate import read_audio
+from samsnet_search.errors import SamsNetError
+from samsnet_search.services import tracking
 
 
 def _best_pt(folder: Path, root: Path, seed: int) -> Path:
     """A freshly initialised tiny model saved as a checkpoint's best.pt (no training needed)."""
-    exp = ExperimentConfig.model_validate({
-        "model": {"n_fft": 256, "hop_length": 128, "channels": 3, "heads": 2, "depth": 1, "slices": 2},
-        "data": {"root": str(root), "segment_seconds": 0.5},
-    })  # fmt: skip
+    exp = ExperimentConfig.model_validate(
+        {
+            "model": {"n_fft": 256, "hop_length": 128, "channels": 3, "heads": 2, "depth": 1, "slices": 2},
+            "data": {"root": str(root), "segment_seconds": 0.5},
+        }
+    )
     cfg = exp.resolved_model()
     torch.manual_seed(seed)
     net = checkpoint.build_model(cfg)
     path = folder / "checkpoint" / checkpoint.BEST
-    checkpoint.save(path, {"experiment": exp.model_dump(mode="json"), "model_config": cfg.model_dump(mode="json"),
-                           "model": net.state_dict(), "epoch": 1,
-                           "metrics": {"valid_loss": 0.5, "valid_sdr": -0.004,
-                                       **{f"valid_sdr_{t}": -0.004 for t in ("vocals", "drums", "bass", "other")}}})  # fmt: skip
+    checkpoint.save(
+        path,
+        {
+            "experiment": exp.model_dump(mode="json"),
+            "model_config": cfg.model_dump(mode="json"),
+            "model": net.state_dict(),
+            "epoch": 1,
+            "metrics": {
+                "valid_loss": 0.5,
+                "valid_sdr": -0.004,
+                **{f"valid_sdr_{t}": -0.004 for t in ("vocals", "drums", "bass", "other")},
+            },
+        },
+    )
     return path.parent
 
 
@@ -99,7 +111,9 @@ def test_a_valid_but_different_file_is_refused_by_name(exports, copy, song, tmp_
         (copy / name).write_text(json.dumps({**config, "depth": 2}))
     else:
         shutil.copyfile(exports[1] / name, copy / name)
-    with pytest.raises(export_folder.ExportError, match=rf"{name}: sha256 \w+\.\.\. differs from \w+\.\.\. recorded in export.json"):
+    with pytest.raises(
+        export_folder.ExportError, match=rf"{name}: sha256 \w+\.\.\. differs from \w+\.\.\. recorded in export.json"
+    ):
         export_folder.verify_export(copy)
     if key in ("masks", "separate"):
         with pytest.raises(export_folder.ExportError, match=rf"{name}: sha256"):
@@ -139,9 +153,13 @@ def test_an_export_without_checksums_is_refused(copy):
     manifest = json.loads((copy / export_folder.MANIFEST).read_text())
     manifest.update(format="samsnet-export/1", files={k: v["path"] for k, v in manifest["files"].items()})
     (copy / export_folder.MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(export_folder.ExportError, match="format samsnet-export/1 records no checksums.*export the model again"):
+    with pytest.raises(
+        export_folder.ExportError, match="format samsnet-export/1 records no checksums.*export the model again"
+    ):
         export_folder.load_exported(copy)
-    (copy / export_folder.MANIFEST).write_text(json.dumps({**manifest, "format": export_folder.FORMAT, "files": {"masks": {}}}))
+    (copy / export_folder.MANIFEST).write_text(
+        json.dumps({**manifest, "format": export_folder.FORMAT, "files": {"masks": {}}})
+    )
     with pytest.raises(export_folder.ExportError, match="files: expected an entry for each of masks, separate, onnx"):
         export_folder.read_manifest(copy)
 
@@ -178,14 +196,36 @@ def test_export_command_is_quiet_and_registering_warns_nothing(exports, tmp_path
     shutil.copytree(exports[0].parent / "a", ckpt)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert main(["export", str(ckpt / "checkpoint"), "--out", str(tmp_path / "o"), "--register", "quiet",
-                     "--tracking-uri", str(tmp_path / "mlruns")]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "export",
+                    str(ckpt / "checkpoint"),
+                    "--out",
+                    str(tmp_path / "o"),
+                    "--register",
+                    "quiet",
+                    "--tracking-uri",
+                    str(tmp_path / "mlruns"),
+                ]
+            )
+            == 0
+        )
     err = capfd.readouterr().err
-    for noise in ("torchvision is not installed", "FutureWarning", "Add type hints", "UserWarning", "example was not provided"):
+    for noise in (
+        "torchvision is not installed",
+        "FutureWarning",
+        "Add type hints",
+        "UserWarning",
+        "example was not provided",
+    ):
         assert noise not in err, err
     # sqlalchemy's own deprecation inside MLflow's store is not the export's (and not shown to users)
-    ours = [f"{w.category.__name__}: {w.message}" for w in caught if w.category is not DeprecationWarning
-            and "sqlalchemy" not in str(w.filename)]  # fmt: skip
+    ours = [
+        f"{w.category.__name__}: {w.message}"
+        for w in caught
+        if w.category is not DeprecationWarning and "sqlalchemy" not in str(w.filename)
+    ]
     assert ours == []
 
 
@@ -239,13 +279,17 @@ def test_the_version_links_the_run_that_made_the_weights_and_has_a_signature(exp
     local = mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp_path), tracking_uri=target.uri)
     signature = mlflow.models.get_model_info(local).signature
     assert signature.inputs.to_dict() == [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 2, -1)}}]
-    assert signature.outputs.to_dict() == [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 4, 2, -1)}}]
+    assert signature.outputs.to_dict() == [
+        {"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 4, 2, -1)}}
+    ]
 
 
 def test_registering_from_the_study_parent_run_is_refused(exports, store):
     target, experiment_id = store
     parent = tracking.start_parent_run(target, experiment_id, "reg")
-    with pytest.raises(SamsNetError, match="is the study's parent run; register from the run that produced the weights"):
+    with pytest.raises(
+        SamsNetError, match="is the study's parent run; register from the run that produced the weights"
+    ):
         registry.register(exports[0], "reg", target.uri, run_id=parent)
 
 
@@ -256,14 +300,38 @@ def test_card_numbers_come_from_the_selection_and_read_as_tables(exports):
     """As `export NAME` writes it after a selection: the summary holds the test scores (a dict), the
     selection table (a list) and the registry entry of the selection's own export."""
     net, state = checkpoint.load_model(exports[0].parent / "a" / "checkpoint")
-    selection = [{"slices": 2, "vocals": 0.91, "drums": 0.95, "bass": 0.9, "other": 0.96, "avg": 0.93,
-                  "avg_low": 0.8, "avg_high": 1.1, "pairs": 6, "vs_winner": "winner"}]  # fmt: skip
+    selection = [
+        {
+            "slices": 2,
+            "vocals": 0.91,
+            "drums": 0.95,
+            "bass": 0.9,
+            "other": 0.96,
+            "avg": 0.93,
+            "avg_low": 0.8,
+            "avg_high": 1.1,
+            "pairs": 6,
+            "vs_winner": "winner",
+        }
+    ]
     test = {"vocals": 1.25, "drums": 1.5, "bass": 0.75, "other": 1.0, "avg": 1.125}
-    summary = {"trials": 4, "counts": {"completed": 3, "pruned": 1}, "best_valid_loss": 0.0123456, "best_run": "abc",
-               "best_config": {"model.slices": 2}, "selection": selection, "test": test, "chosen_slices": 2,
-               "registered": {"name": "samsnet-s", "version": "1", "alias": "champion"}}  # fmt: skip
-    card = export.model_card(net, state, {"source": "study s", "study_summary": summary, "selection_table": selection,
-                                          "test_sdr": test}, {"masks": 0.0, "separate": 1e-7, "onnx": 2e-7})  # fmt: skip
+    summary = {
+        "trials": 4,
+        "counts": {"completed": 3, "pruned": 1},
+        "best_valid_loss": 0.0123456,
+        "best_run": "abc",
+        "best_config": {"model.slices": 2},
+        "selection": selection,
+        "test": test,
+        "chosen_slices": 2,
+        "registered": {"name": "samsnet-s", "version": "1", "alias": "champion"},
+    }
+    card = export.model_card(
+        net,
+        state,
+        {"source": "study s", "study_summary": summary, "selection_table": selection, "test_sdr": test},
+        {"masks": 0.0, "separate": 1e-7, "onnx": 2e-7},
+    )
     assert "validation (checkpoint)" not in card and "-0.00" not in card  # the excerpt score would contradict
     assert "| 2 | 0.91 | 0.95 | 0.90 | 0.96 | 0.93 |" in card
     assert "| test | 1.25 | 1.50 | 0.75 | 1.00 | 1.12 |" in card

@@ -12,14 +12,23 @@ from samsnet_search.services.tracking import TrackingTarget
 
 
 def test_asha_records_pruned_trials_not_finished_ones():
-    sched = PruneRecordingASHA(time_attr="training_iteration", metric="valid_loss", mode="min",
-                               max_t=4, grace_period=1, reduction_factor=2, stop_last_trials=True)  # fmt: skip
+    sched = PruneRecordingASHA(
+        time_attr="training_iteration",
+        metric="valid_loss",
+        mode="min",
+        max_t=4,
+        grace_period=1,
+        reduction_factor=2,
+        stop_last_trials=True,
+    )
     trials = [SimpleNamespace(trial_id=f"t{i}") for i in range(4)]
     for t in trials:
         sched.on_trial_add(None, t)
     # rung at epoch 1: the good trials report first, the worst is cut
-    decisions = {t.trial_id: sched.on_trial_result(None, t, {"training_iteration": 1, "valid_loss": loss})
-                 for t, loss in zip(trials, [0.1, 0.2, 0.3, 5.0])}  # fmt: skip
+    decisions = {
+        t.trial_id: sched.on_trial_result(None, t, {"training_iteration": 1, "valid_loss": loss})
+        for t, loss in zip(trials, [0.1, 0.2, 0.3, 5.0])
+    }
     stopped = {t for t, d in decisions.items() if d == TrialScheduler.STOP}
     assert "t3" in stopped and "t0" not in stopped  # the best continues, the worst is cut
     assert sched.pruned == {t: 1 for t in stopped}
@@ -29,8 +38,16 @@ def test_asha_records_pruned_trials_not_finished_ones():
 
 
 def _callback(**kw) -> StudyCallback:
-    fields = dict(study_name="s", target=TrackingTarget("sqlite:///x.db"), metric="valid_loss", mode="min",
-                  max_t=4, epochs=4, experiment_id="1", parent_run_id="p")  # fmt: skip
+    fields = dict(
+        study_name="s",
+        target=TrackingTarget("sqlite:///x.db"),
+        metric="valid_loss",
+        mode="min",
+        max_t=4,
+        epochs=4,
+        experiment_id="1",
+        parent_run_id="p",
+    )
     return StudyCallback(**{**fields, **kw})
 
 

@@ -9,8 +9,13 @@ from samsnet_search.search.cost import cost_lines, search_cost, selection_cost, 
 
 def _trial(tid, status, epochs, epoch_s=2.0, cpu_s=1.5, total=None):
     history = [{"epoch": e, "epoch_seconds": epoch_s, "epoch_cpu_seconds": cpu_s} for e in range(1, epochs + 1)]
-    return SimpleNamespace(trial_id=tid, status=status, epochs=epochs, history=history,
-                           metrics={"time_total_s": total if total is not None else epochs * epoch_s + 1.0})  # fmt: skip
+    return SimpleNamespace(
+        trial_id=tid,
+        status=status,
+        epochs=epochs,
+        history=history,
+        metrics={"time_total_s": total if total is not None else epochs * epoch_s + 1.0},
+    )
 
 
 def test_a_pruned_trial_saved_its_missing_epochs_at_its_own_epoch_time():
@@ -39,5 +44,11 @@ def test_search_totals_add_up_the_trials():
 def test_selection_cost_counts_retrained_epochs_only():
     jobs = [{"wall_s": 10.0, "cpu_s": 8.0, "epochs": 4}, {"wall_s": 2.0, "cpu_s": 1.0, "epochs": 4, "reused": True}]
     spent = selection_cost(jobs, {"retrain_and_validate": 11.0, "test_and_register": 5.0}, {"cpu_s": 4.0})
-    assert spent == {"wall_s": 11.0, "job_seconds": 12.0, "cpu_s": 9.0, "epochs": 4, "test": {"wall_s": 5.0, "cpu_s": 4.0}}
+    assert spent == {
+        "wall_s": 11.0,
+        "job_seconds": 12.0,
+        "cpu_s": 9.0,
+        "epochs": 4,
+        "test": {"wall_s": 5.0, "cpu_s": 4.0},
+    }
     assert "test scoring and registering: 5 s wall, 4 CPU-s" in cost_lines(None, spent)[0]

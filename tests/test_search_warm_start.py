@@ -6,6 +6,7 @@ import math
 
 import pytest
 import yaml
+from test_search_e2e import tiny_study
 
 from samsnet_search.delivery.report import gather, render_text
 from samsnet_search.errors import ConfigError
@@ -13,8 +14,6 @@ from samsnet_search.search import identity, searchers, warm_start
 from samsnet_search.search.runner import run_study
 from samsnet_search.search.study import load_study
 from samsnet_search.services import tracking
-
-from test_search_e2e import tiny_study
 
 SPACE_YAML = """
 name: {name}
@@ -28,8 +27,11 @@ storage: {storage}
 
 def _study(tmp_path, name="s", seed=0, searcher="optuna", **fmt):
     path = tmp_path / f"{name}.yaml"
-    path.write_text(SPACE_YAML.format(name=name, root=tmp_path / "nodata", seed=seed, searcher=searcher,
-                                      storage=tmp_path / "runs", **fmt))  # fmt: skip
+    path.write_text(
+        SPACE_YAML.format(
+            name=name, root=tmp_path / "nodata", seed=seed, searcher=searcher, storage=tmp_path / "runs", **fmt
+        )
+    )
     return load_study(path, check_data=False)
 
 
@@ -76,11 +78,13 @@ def test_searchers_that_cannot_be_warm_started_say_so(tmp_path):
 @pytest.mark.slow
 def test_a_study_warm_started_from_an_earlier_one_is_told_its_trials(tmp_path, synth_root, local_ray):
     with local_ray({}):
-        first = run_study(load_study(tiny_study(tmp_path, synth_root, "first", search__num_samples=4,
-                                                train__epochs=2)), num_cpus=2)  # fmt: skip
+        first = run_study(
+            load_study(tiny_study(tmp_path, synth_root, "first", search__num_samples=4, train__epochs=2)), num_cpus=2
+        )
         done = [t for t in first.trials if t.status != "failed"]
-        path = tiny_study(tmp_path, synth_root, "second", search__num_samples=1, train__epochs=1,
-                          search__warm_start=["first"])  # fmt: skip
+        path = tiny_study(
+            tmp_path, synth_root, "second", search__num_samples=1, train__epochs=1, search__warm_start=["first"]
+        )
         second = run_study(load_study(path), num_cpus=2)
     assert len(second.trials) == 1  # only the new trial ran
     sources = identity.read_study_json(second.manifest.path, warm_start.ARTIFACT)["sources"]
@@ -93,7 +97,11 @@ def test_a_study_warm_started_from_an_earlier_one_is_told_its_trials(tmp_path, s
     # The first study's cost and parameter importance: in study.json, the report and on its parent run.
     summary = identity.read_manifest(first.manifest.path).summary
     assert summary["cost"]["epochs"] == sum(t.epochs for t in first.trials) and summary["cost"]["cpu_s"] > 0
-    assert set(summary["importance"]["objectives"]["valid_loss"]["fanova"]) <= {"model.slices", "model.channels", "train.lr"}
+    assert set(summary["importance"]["objectives"]["valid_loss"]["fanova"]) <= {
+        "model.slices",
+        "model.channels",
+        "train.lr",
+    }
     metrics = tracking.client(first.target).get_run(first.manifest.parent_run_id).data.metrics
     assert metrics["cost.search.cpu_s"] == summary["cost"]["cpu_s"]
     assert any(k.startswith("importance.fanova.valid_loss.") for k in metrics)

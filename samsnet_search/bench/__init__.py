@@ -33,8 +33,13 @@ from .common import BenchError, machine_info
 log = logging.getLogger(__name__)
 
 # benchmark name -> its module in this package
-MODULES: dict[str, str] = {"attention": "attention", "train": "train_step", "sdr": "sdr", "export": "export",
-                           "search": "search_overhead"}  # fmt: skip
+MODULES: dict[str, str] = {
+    "attention": "attention",
+    "train": "train_step",
+    "sdr": "sdr",
+    "export": "export",
+    "search": "search_overhead",
+}
 NAMES: tuple[str, ...] = tuple(MODULES)
 FULL_ONLY = ("search",)  # a Ray study does not fit --quick's few minutes
 

@@ -51,10 +51,18 @@ def sizes_for(quick: bool, smoke: bool) -> list[ExportSizes]:
     def largest(value: Any) -> int:
         return max(value["choice"] if "choice" in value else value["int"]) if isinstance(value, dict) else value
 
-    quickstart = ExportSizes("quickstart's largest trial model", model["n_fft"], model["hop_length"],
-                             largest(model["channels"]), largest(model["heads"]), largest(model["depth"]),
-                             largest(model["slices"]), data["segment_seconds"], 2.0 if smoke else 10.0,
-                             repeats=3 if smoke else 7)  # fmt: skip
+    quickstart = ExportSizes(
+        "quickstart's largest trial model",
+        model["n_fft"],
+        model["hop_length"],
+        largest(model["channels"]),
+        largest(model["heads"]),
+        largest(model["depth"]),
+        largest(model["slices"]),
+        data["segment_seconds"],
+        2.0 if smoke else 10.0,
+        repeats=3 if smoke else 7,
+    )
     if quick:
         return [quickstart]
     paper = ExportSizes("paper model (64 maps, 2 heads, 3 modules, 12 slices)", 4096, 1024, 64, 2, 3, 12, 6.0, 10.0, 3)
@@ -62,8 +70,14 @@ def sizes_for(quick: bool, smoke: bool) -> list[ExportSizes]:
 
 
 def _model(sizes: ExportSizes) -> torch.nn.Module:
-    cfg = ModelConfig(n_fft=sizes.n_fft, hop_length=sizes.hop_length, channels=sizes.channels, heads=sizes.heads,
-                      depth=sizes.depth, slices=sizes.slices)  # fmt: skip
+    cfg = ModelConfig(
+        n_fft=sizes.n_fft,
+        hop_length=sizes.hop_length,
+        channels=sizes.channels,
+        heads=sizes.heads,
+        depth=sizes.depth,
+        slices=sizes.slices,
+    )
     torch.manual_seed(0)
     return checkpoint.build_model(cfg.resolved(int(sizes.segment_seconds * SAMPLE_RATE))).eval()
 
@@ -94,10 +108,15 @@ def measure(sizes: ExportSizes) -> dict[str, float]:
         session = ort.InferenceSession(str(Path(tmp) / "model.onnx"), providers=["CPUExecutionProvider"])
     feed = {"mag": mag.numpy()}
     with torch.no_grad():
-        diff = max(float((masks(mag) - net(mag)).abs().max()), float((stems(audio) - net.separate(audio)).abs().max()),
-                   float((torch.from_numpy(session.run(["masks"], feed)[0]) - net(mag)).abs().max()))  # fmt: skip
-        t_masks = timed_side_by_side({"eager": lambda: net(mag), "pt2": lambda: masks(mag),
-                                      "onnx": lambda: session.run(["masks"], feed)}, sizes.repeats)  # fmt: skip
+        diff = max(
+            float((masks(mag) - net(mag)).abs().max()),
+            float((stems(audio) - net.separate(audio)).abs().max()),
+            float((torch.from_numpy(session.run(["masks"], feed)[0]) - net(mag)).abs().max()),
+        )
+        t_masks = timed_side_by_side(
+            {"eager": lambda: net(mag), "pt2": lambda: masks(mag), "onnx": lambda: session.run(["masks"], feed)},
+            sizes.repeats,
+        )
         t_sep = timed_side_by_side({"eager": lambda: net.separate(audio), "pt2": lambda: stems(audio)}, sizes.repeats)
     ms = {f"masks_{k}": 1000 * v["median_s"] for k, v in t_masks.items()}
     ms |= {f"separate_{k}": 1000 * v["median_s"] for k, v in t_sep.items()}
@@ -120,6 +139,8 @@ def run(quick: bool, device: str, threads: int, smoke: bool = False) -> dict[str
     for index, sizes in enumerate(all_sizes):
         prefix = "" if index == 0 else "paper_"
         figures |= {f"{prefix}{k}": v for k, v in measure(sizes).items()}
-    notes = ["CPU whatever --device is: the programs are exported and timed on CPU, where `export` traces them",
-             "ratio = exported / eager median time (runs interleaved); about 1: the programs are the model's own forward"]  # fmt: skip
+    notes = [
+        "CPU whatever --device is: the programs are exported and timed on CPU, where `export` traces them",
+        "ratio = exported / eager median time (runs interleaved); about 1: the programs are the model's own forward",
+    ]
     return {"sizes": [asdict(s) for s in all_sizes], "figures": figures, "notes": notes}

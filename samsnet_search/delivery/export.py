@@ -56,7 +56,7 @@ from .export_folder import (
     MANIFEST,
     MASKS_FILE,
     ONNX_FILE,
-    PYFUNC_FILE,  # fmt: skip
+    PYFUNC_FILE,
     SEPARATE_FILE,
     WEIGHTS_FILE,
     ExportError,
@@ -102,18 +102,23 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, card_info
     card_info.setdefault("source", str(checkpoint_dir))
     (out / CARD_FILE).write_text(model_card(net, state, card_info, parity))
     (out / PYFUNC_FILE).write_text(PYFUNC_SOURCE.read_text())
-    _write_json(out / MANIFEST, {
-        "format": FORMAT,
-        "code_version": checkpoint.code_version(),
-        "torch_version": torch.__version__,
-        "source": card_info["source"],
-        "epoch": state.get("epoch"),
-        "targets": list(TARGETS),
-        "files": {key: {"path": name, "sha256": sha256_file(out / name)} for key, name in FILES.items()},
-        "network": network_facts(net),
-        "parity": {"max_abs_error": parity, "traced_frames": int(mag.shape[-1]), "opset": ONNX_OPSET},
-    })  # fmt: skip
-    log.info("exported %s to %s (largest difference from the eager model %.2e)", checkpoint_dir, out, max(parity.values()))
+    _write_json(
+        out / MANIFEST,
+        {
+            "format": FORMAT,
+            "code_version": checkpoint.code_version(),
+            "torch_version": torch.__version__,
+            "source": card_info["source"],
+            "epoch": state.get("epoch"),
+            "targets": list(TARGETS),
+            "files": {key: {"path": name, "sha256": sha256_file(out / name)} for key, name in FILES.items()},
+            "network": network_facts(net),
+            "parity": {"max_abs_error": parity, "traced_frames": int(mag.shape[-1]), "opset": ONNX_OPSET},
+        },
+    )
+    log.info(
+        "exported %s to %s (largest difference from the eager model %.2e)", checkpoint_dir, out, max(parity.values())
+    )
     return out
 
 
@@ -125,8 +130,14 @@ def _write_json(path: Path, payload: Any) -> None:
 def network_facts(net: SamsNet) -> dict[str, int]:
     """What a loader of the programs needs beside them: the STFT (to give the masks their input),
     the slice length and the receptive field (to cut a song into exact chunks)."""
-    return {"n_fft": net.spectrogram.n_fft, "hop_length": net.spectrogram.hop_length, "slice_frames": net.slice_frames,
-            "context_frames": net.context_frames(), "audio_channels": net.audio_channels, "targets": net.targets}  # fmt: skip
+    return {
+        "n_fft": net.spectrogram.n_fft,
+        "hop_length": net.spectrogram.hop_length,
+        "slice_frames": net.slice_frames,
+        "context_frames": net.context_frames(),
+        "audio_channels": net.audio_channels,
+        "targets": net.targets,
+    }
 
 
 def example_audio(state: dict[str, Any], net: SamsNet, seconds: float = 2.0) -> torch.Tensor:
@@ -187,25 +198,37 @@ def export_programs(net: SamsNet, mag: torch.Tensor, audio: torch.Tensor) -> tup
     batch = torch.export.Dim("batch")
     frames = torch.export.Dim("frames", min=2)
     samples = torch.export.Dim("samples", min=net.spectrogram.n_fft // 2 + 1)
-    return (_export(net, mag, {"x": {0: batch, 3: frames}}, "forward"),
-            _export(net, audio, {"x": {0: batch, 2: samples}}, "separate"))  # fmt: skip
+    return (
+        _export(net, mag, {"x": {0: batch, 3: frames}}, "forward"),
+        _export(net, audio, {"x": {0: batch, 2: samples}}, "separate"),
+    )
 
 
 def _export(net: SamsNet, example: torch.Tensor, dims: dict, method: str) -> torch.export.ExportedProgram:
     with torch.no_grad(), fx_config.patch(backed_size_oblivious=True):
         try:
-            return torch.export.export(_Method(net, method), (example,), dynamic_shapes=dims,
-                                       prefer_deferred_runtime_asserts_over_guards=True)  # fmt: skip
+            return torch.export.export(
+                _Method(net, method), (example,), dynamic_shapes=dims, prefer_deferred_runtime_asserts_over_guards=True
+            )
         except Exception as e:  # the model gained a branch the exporter cannot trace at every length
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise ExportError(f"SamsNet.{method} cannot be exported with torch.export ({type(e).__name__}: {first})") from None
+            raise ExportError(
+                f"SamsNet.{method} cannot be exported with torch.export ({type(e).__name__}: {first})"
+            ) from None
 
 
 def export_onnx(program: torch.export.ExportedProgram, path: Path) -> None:
     """The masks program as ONNX (opset `ONNX_OPSET`), its dynamic batch and frames kept."""
     with _quiet_onnx_exporter():
-        onnx_program = torch.onnx.export(program, dynamo=True, opset_version=ONNX_OPSET, input_names=["mag"],
-                                         output_names=["masks"], external_data=False, verbose=False)  # fmt: skip
+        onnx_program = torch.onnx.export(
+            program,
+            dynamo=True,
+            opset_version=ONNX_OPSET,
+            input_names=["mag"],
+            output_names=["masks"],
+            external_data=False,
+            verbose=False,
+        )
     onnx_program.save(str(path), external_data=False)
 
 
@@ -225,8 +248,9 @@ def _quiet_onnx_exporter():
     registry_log.addFilter(notices)
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-                                    category=FutureWarning)  # fmt: skip
+            warnings.filterwarnings(
+                "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+            )
             yield
     finally:
         registry_log.removeFilter(notices)
@@ -251,19 +275,25 @@ def check_parity(net: SamsNet, folder: Path, mag: torch.Tensor, audio: torch.Ten
             cut, wave = mag[..., :frames], audio[..., : (frames - 1) * hop + hop // 2]
             want = net(cut)
             errors["masks"] = max(errors["masks"], _max_error(masks(cut), want))
-            errors["onnx"] = max(errors["onnx"], _max_error(torch.from_numpy(session.run(["masks"], {"mag": cut.numpy()})[0]), want))
+            errors["onnx"] = max(
+                errors["onnx"], _max_error(torch.from_numpy(session.run(["masks"], {"mag": cut.numpy()})[0]), want)
+            )
             if wave.shape[-1] > net.spectrogram.n_fft // 2:
                 errors["separate"] = max(errors["separate"], _max_error(stems(wave), net.separate(wave)))
     for key, error in errors.items():
         if not error <= PARITY_TOLERANCE:
-            raise ExportError(f"{folder / FILES[key]}: output differs from the eager model by {error:.3g} "
-                              f"(> {PARITY_TOLERANCE}); not exported")  # fmt: skip
+            raise ExportError(
+                f"{folder / FILES[key]}: output differs from the eager model by {error:.3g} "
+                f"(> {PARITY_TOLERANCE}); not exported"
+            )
     return errors
 
 
 def _max_error(got: torch.Tensor, want: torch.Tensor) -> float:
     if got.shape != want.shape:
-        raise ExportError(f"exported output shape {tuple(got.shape)} differs from the eager model's {tuple(want.shape)}")
+        raise ExportError(
+            f"exported output shape {tuple(got.shape)} differs from the eager model's {tuple(want.shape)}"
+        )
     return float((got - want).abs().max())
 
 
@@ -276,34 +306,56 @@ def model_card(net: SamsNet, state: dict[str, Any], info: dict[str, Any], parity
     experiment = state.get("experiment") or {}
     params = parameter_breakdown(net)
     lines = [f"# {info.get('title', 'Sams-Net music source separation model')}", ""]
-    lines += [f"Exported from `{info['source']}` (epoch {state.get('epoch')}, code {state.get('code_version', '?')}).",
-              "Sams-Net: sliced attention-based network for music source separation (Li et al. 2020); "
-              "four targets: " + ", ".join(TARGETS) + ".", ""]  # fmt: skip
-    lines += ["## Data", "", f"- Trained on: **{info.get('data_kind') or data_kind(experiment)}**",
-              f"- Segment: {experiment.get('data', {}).get('segment_seconds')} s, validation protocol: "
-              f"{experiment.get('data', {}).get('valid_protocol')}", ""]  # fmt: skip
+    lines += [
+        f"Exported from `{info['source']}` (epoch {state.get('epoch')}, code {state.get('code_version', '?')}).",
+        "Sams-Net: sliced attention-based network for music source separation (Li et al. 2020); "
+        "four targets: " + ", ".join(TARGETS) + ".",
+        "",
+    ]
+    lines += [
+        "## Data",
+        "",
+        f"- Trained on: **{info.get('data_kind') or data_kind(experiment)}**",
+        f"- Segment: {experiment.get('data', {}).get('segment_seconds')} s, validation protocol: "
+        f"{experiment.get('data', {}).get('valid_protocol')}",
+        "",
+    ]
     lines += ["## Hyperparameters", "", "| key | value |", "|---|---|"]
     lines += [f"| model.{k} | {v} |" for k, v in cfg.model_dump().items()]
     lines += [f"| train.{k} | {v} |" for k, v in (experiment.get("train") or {}).items() if k in _TRAIN_KEYS]
-    lines += ["", "## Size and cost", "", f"- Parameters: {params['parameters']:,} "
-              f"(convolutions {params['conv_parameters']:,}, LayerNorm affine {params['layernorm_parameters']:,})",
-              f"- {macs_per_second(net) / 1e9:.3f} GMACs per second of audio (mask network, STFT excluded)", ""]  # fmt: skip
+    lines += [
+        "",
+        "## Size and cost",
+        "",
+        f"- Parameters: {params['parameters']:,} "
+        f"(convolutions {params['conv_parameters']:,}, LayerNorm affine {params['layernorm_parameters']:,})",
+        f"- {macs_per_second(net) / 1e9:.3f} GMACs per second of audio (mask network, STFT excluded)",
+        "",
+    ]
     lines += ["## Scores (SDR, dB, BSSEval v4: median over frames, then tracks)", ""]
     lines += _scores(state.get("metrics") or {}, info.get("test_sdr"), info.get("selection_table"))
     summary = _summary_rows(info.get("study_summary") or {})
     if summary:
         lines += ["", "### Search summary", "", *_table(summary)]
-    lines += ["", "## Files", "",
-              f"- `{SEPARATE_FILE}`: `torch.export` program, audio (B, C, N) -> stems (B, 4, C, N) (STFT, masks, "
-              "ISTFT; the whole input at once); `torch.export.load(path).module()(audio)`, needs torch only.",
-              f"- `{MASKS_FILE}`: `torch.export` program of the mask network, mag (B, C, F, T) -> masks (B, 4, C, F, T).",
-              f"- `{ONNX_FILE}`: the same mask network, input `mag`, output `masks`, dynamic batch and frames, "
-              f"opset {ONNX_OPSET}.",
-              f"- `{WEIGHTS_FILE}`: state dict (`torch.load(..., weights_only=True)`), for `SamsNet(**model_config)`.",
-              "- `model_config.json`, `experiment.json`: the configuration it was trained with.",
-              "", "Largest difference from the eager model at lengths that do and do not fill whole slices: "
-              + ", ".join(f"{key} {error:.1e}" for key, error in parity.items()) + ".",
-              "", "Use: `samsnet-search separate <this folder> song.wav --out stems/` (in chunks of bounded memory).", ""]  # fmt: skip
+    lines += [
+        "",
+        "## Files",
+        "",
+        f"- `{SEPARATE_FILE}`: `torch.export` program, audio (B, C, N) -> stems (B, 4, C, N) (STFT, masks, "
+        "ISTFT; the whole input at once); `torch.export.load(path).module()(audio)`, needs torch only.",
+        f"- `{MASKS_FILE}`: `torch.export` program of the mask network, mag (B, C, F, T) -> masks (B, 4, C, F, T).",
+        f"- `{ONNX_FILE}`: the same mask network, input `mag`, output `masks`, dynamic batch and frames, "
+        f"opset {ONNX_OPSET}.",
+        f"- `{WEIGHTS_FILE}`: state dict (`torch.load(..., weights_only=True)`), for `SamsNet(**model_config)`.",
+        "- `model_config.json`, `experiment.json`: the configuration it was trained with.",
+        "",
+        "Largest difference from the eager model at lengths that do and do not fill whole slices: "
+        + ", ".join(f"{key} {error:.1e}" for key, error in parity.items())
+        + ".",
+        "",
+        "Use: `samsnet-search separate <this folder> song.wav --out stems/` (in chunks of bounded memory).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -316,14 +368,23 @@ def _scores(metrics: dict[str, Any], test_sdr: dict[str, float] | None, selectio
     since the two measure different things and would contradict each other side by side."""
     lines: list[str] = []
     if selection:
-        lines += ["Validation (full tracks, median over seeds; the study's selection table):", "", *_table(selection), ""]
+        lines += [
+            "Validation (full tracks, median over seeds; the study's selection table):",
+            "",
+            *_table(selection),
+            "",
+        ]
     else:
         valid = {t: metrics.get(f"valid_sdr_{t}") for t in TARGETS}
         if any(v is not None for v in valid.values()):
             lines += _table([{"set": "validation (checkpoint)", **valid, "avg": metrics.get("valid_sdr")}]) + [""]
     if test_sdr:
-        lines += ["Test (this model only; test data never influenced the choice):" if selection else "Test:", "",
-                  *_table([{"set": "test", **{t: test_sdr.get(t) for t in TARGETS}, "avg": test_sdr.get("avg")}]), ""]  # fmt: skip
+        lines += [
+            "Test (this model only; test data never influenced the choice):" if selection else "Test:",
+            "",
+            *_table([{"set": "test", **{t: test_sdr.get(t) for t in TARGETS}, "avg": test_sdr.get("avg")}]),
+            "",
+        ]
     if not lines:
         lines = ["No SDR recorded with this checkpoint.", ""]
     if metrics.get("valid_loss") is not None:
@@ -339,15 +400,21 @@ _SUMMARY_SKIP = ("selection", "test", "registered", "pareto")
 def _summary_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """One `key | value` row per scalar; sections (counts, best_config) as dotted keys."""
     kept = {k: v for k, v in summary.items() if k not in _SUMMARY_SKIP}
-    return [{"key": k, "value": f"{v:.5g}" if isinstance(v, float) else v}
-            for k, v in flatten(kept).items() if not isinstance(v, (dict, list))]  # fmt: skip
+    return [
+        {"key": k, "value": f"{v:.5g}" if isinstance(v, float) else v}
+        for k, v in flatten(kept).items()
+        if not isinstance(v, (dict, list))
+    ]
 
 
 def _table(rows: list[dict[str, Any]]) -> list[str]:
     cols = list(dict.fromkeys(k for row in rows for k in row))
     fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else ("-" if v is None else str(v))  # noqa: E731
-    return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols),
-            *("| " + " | ".join(fmt(row.get(c)) for c in cols) + " |" for row in rows)]  # fmt: skip
+    return [
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+        *("| " + " | ".join(fmt(row.get(c)) for c in cols) + " |" for row in rows),
+    ]
 
 
 def data_kind(experiment: dict[str, Any]) -> str:
@@ -368,8 +435,15 @@ def data_kind(experiment: dict[str, Any]) -> str:
 # --- what `samsnet-search export` exports ----------------------------------------------
 
 
-def export_source(source: str, out_dir: str | Path, *, storage: str = "./runs", tracking_uri: str | None = None,
-                  register_as: str | None = None, alias: str = DEFAULT_ALIAS) -> tuple[Path, Registration | None]:
+def export_source(
+    source: str,
+    out_dir: str | Path,
+    *,
+    storage: str = "./runs",
+    tracking_uri: str | None = None,
+    register_as: str | None = None,
+    alias: str = DEFAULT_ALIAS,
+) -> tuple[Path, Registration | None]:
     """Export a checkpoint folder / .pt file, a study (name or folder: its best trial), or an
     MLflow run id; register it (always for a study, as `samsnet-<study>`; else when `register_as`
     is given). Returns (export folder, what the registry did, or None)."""
@@ -386,10 +460,16 @@ def export_source(source: str, out_dir: str | Path, *, storage: str = "./runs", 
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = _download_run_checkpoint(source, tracking_uri or "./mlruns", Path(tmp))
             out = export_checkpoint(ckpt, out_dir, {"source": f"MLflow run {source}"})
-        done = register_export(out, register_as, tracking_uri or "./mlruns", run_id=source, alias=alias) if register_as else None
+        done = (
+            register_export(out, register_as, tracking_uri or "./mlruns", run_id=source, alias=alias)
+            if register_as
+            else None
+        )
         return out, done
-    raise ExportError(f"{source}: not a checkpoint folder or .pt file, not a study in {storage}, and not an "
-                      "MLflow run id (32 hex digits)")  # fmt: skip
+    raise ExportError(
+        f"{source}: not a checkpoint folder or .pt file, not a study in {storage}, and not an "
+        "MLflow run id (32 hex digits)"
+    )
 
 
 def _looks_like_run_id(text: str) -> bool:
@@ -408,14 +488,15 @@ def _download_run_checkpoint(run_id: str, tracking_uri: str, dest: Path) -> Path
     """The run's best weights (`model/best.pt`, logged by the trial) in a local folder: the published
     copy, for a bare run id (a study's own weights come from its storage: `_export_study`)."""
 
-
     target = tracking.resolve_tracking(tracking_uri)
     try:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"model/{checkpoint.BEST}",
-                                                    dst_path=str(dest), tracking_uri=target.uri)  # fmt: skip
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=f"model/{checkpoint.BEST}", dst_path=str(dest), tracking_uri=target.uri
+        )
     except MlflowException as e:
-        raise ExportError(f"run {run_id} at {target.uri}: no model/{checkpoint.BEST} to export "
-                          f"({e.message.splitlines()[0]})") from None  # fmt: skip
+        raise ExportError(
+            f"run {run_id} at {target.uri}: no model/{checkpoint.BEST} to export ({e.message.splitlines()[0]})"
+        ) from None
     return Path(local)
 
 
@@ -431,17 +512,23 @@ def _export_study(manifest, out_dir: str | Path, alias: str) -> tuple[Path, Regi
     trial_id = summary.get("best_trial")
     if selection is None and not (trial_id and run_id):
         raise ExportError(f"study {manifest.name!r} ({manifest.state}) has no best trial yet; run it to the end first")
-    info = {"title": f"Sams-Net chosen by study {manifest.name}", "source": f"study {manifest.name}, MLflow run {run_id}",
-            "study_summary": summary, "selection_table": summary.get("selection"),
-            "test_sdr": summary.get("test") if isinstance(summary.get("test"), dict) else None}  # fmt: skip
+    info = {
+        "title": f"Sams-Net chosen by study {manifest.name}",
+        "source": f"study {manifest.name}, MLflow run {run_id}",
+        "study_summary": summary,
+        "selection_table": summary.get("selection"),
+        "test_sdr": summary.get("test") if isinstance(summary.get("test"), dict) else None,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         if selection is not None:
             ckpt = storage.get_file(selection.winner_job["checkpoint"], Path(tmp) / BEST)
         else:
             found = checkpoints.study_best_checkpoint(manifest, trial_id)
             if found is None:
-                raise ExportError(f"study {manifest.name!r}: trial {trial_id} has no checkpoint left in "
-                                  f"{storage.display_uri(manifest.path)}")  # fmt: skip
+                raise ExportError(
+                    f"study {manifest.name!r}: trial {trial_id} has no checkpoint left in "
+                    f"{storage.display_uri(manifest.path)}"
+                )
             ckpt = Path(tmp) / "checkpoint"
             found.to_directory(str(ckpt))
         out = export_checkpoint(ckpt, out_dir, info)

@@ -34,10 +34,23 @@ from ..model import Spectrogram
 FORMAT = "samsnet-export/3"
 MANIFEST = "export.json"
 MASKS_FILE, SEPARATE_FILE, ONNX_FILE, WEIGHTS_FILE = "masks.pt2", "separate.pt2", "model.onnx", "weights.pt"
-CARD_FILE, CONFIG_FILE, EXPERIMENT_FILE, PYFUNC_FILE = "MODEL_CARD.md", "model_config.json", "experiment.json", "mlflow_model.py"
+CARD_FILE, CONFIG_FILE, EXPERIMENT_FILE, PYFUNC_FILE = (
+    "MODEL_CARD.md",
+    "model_config.json",
+    "experiment.json",
+    "mlflow_model.py",
+)
 # export.json "files" key -> file name in the folder.
-FILES = {"masks": MASKS_FILE, "separate": SEPARATE_FILE, "onnx": ONNX_FILE, "weights": WEIGHTS_FILE,
-         "card": CARD_FILE, "model_config": CONFIG_FILE, "experiment": EXPERIMENT_FILE, "pyfunc": PYFUNC_FILE}  # fmt: skip
+FILES = {
+    "masks": MASKS_FILE,
+    "separate": SEPARATE_FILE,
+    "onnx": ONNX_FILE,
+    "weights": WEIGHTS_FILE,
+    "card": CARD_FILE,
+    "model_config": CONFIG_FILE,
+    "experiment": EXPERIMENT_FILE,
+    "pyfunc": PYFUNC_FILE,
+}
 OLD_FORMATS = {
     "samsnet-export/1": "records no checksums, so its files cannot be verified",
     "samsnet-export/2": "holds TorchScript (model.ts), which this version no longer loads",
@@ -83,8 +96,12 @@ def read_manifest(export_dir: str | Path) -> dict[str, Any]:
 
 def _check_entry(folder: Path, key: str, entry: Any) -> None:
     where = f"{folder / MANIFEST}: files.{key}"
-    if not (isinstance(entry, dict) and isinstance(entry.get("path"), str) and isinstance(entry.get("sha256"), str)
-            and len(entry["sha256"]) == 64):  # fmt: skip
+    if not (
+        isinstance(entry, dict)
+        and isinstance(entry.get("path"), str)
+        and isinstance(entry.get("sha256"), str)
+        and len(entry["sha256"]) == 64
+    ):
         raise ExportError(f"{where}: expected {{path: <file in the folder>, sha256: <64 hex digits>}}, got {entry!r}")
     rel = Path(entry["path"])
     # Resolved (symlinks followed) it must still be inside the folder: `../x.pt2`, `/tmp/x.pt2` or a
@@ -101,8 +118,10 @@ def verified_file(folder: str | Path, manifest: dict[str, Any], key: str) -> Pat
         raise ExportError(f"{path}: missing from the export folder")
     actual = sha256_file(path)
     if actual != entry["sha256"]:
-        raise ExportError(f"{path}: sha256 {actual[:12]}... differs from {entry['sha256'][:12]}... recorded in "
-                          f"{MANIFEST}: the file was changed after export; refusing to load it")  # fmt: skip
+        raise ExportError(
+            f"{path}: sha256 {actual[:12]}... differs from {entry['sha256'][:12]}... recorded in "
+            f"{MANIFEST}: the file was changed after export; refusing to load it"
+        )
     return path
 
 

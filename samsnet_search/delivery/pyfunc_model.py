@@ -29,8 +29,10 @@ def checked_program(folder, key="separate"):
         raise ValueError(f"{path}: outside the export folder; refusing to load it")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != entry["sha256"]:
-        raise ValueError(f"{path}: sha256 {digest[:12]}... differs from {entry['sha256'][:12]}... recorded in "
-                         "export.json: the file was changed after export; refusing to load it")  # fmt: skip
+        raise ValueError(
+            f"{path}: sha256 {digest[:12]}... differs from {entry['sha256'][:12]}... recorded in "
+            "export.json: the file was changed after export; refusing to load it"
+        )
     return path
 
 

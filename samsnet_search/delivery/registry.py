@@ -30,8 +30,17 @@ from ..config import TARGETS
 from ..engine import checkpoint
 from ..errors import SamsNetError
 from ..services import tracking
-from .export_folder import (FORMAT, MANIFEST, ExportError, ExportedModel, is_export, load_exported, sha256_file,
-                            verified_file, verify_export)  # fmt: skip
+from .export_folder import (
+    FORMAT,
+    MANIFEST,
+    ExportedModel,
+    ExportError,
+    is_export,
+    load_exported,
+    sha256_file,
+    verified_file,
+    verify_export,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +68,9 @@ class Registration:
         return f"{self.name} version {self.version} already holds these weights (not registered again; alias {self.alias} {where})"
 
 
-def register(export_dir: str | Path, name: str, tracking_uri: str, run_id: str | None = None,
-             alias: str = DEFAULT_ALIAS) -> str:  # fmt: skip
+def register(
+    export_dir: str | Path, name: str, tracking_uri: str, run_id: str | None = None, alias: str = DEFAULT_ALIAS
+) -> str:
     """`register_export`, returning the version only."""
     return register_export(export_dir, name, tracking_uri, run_id=run_id, alias=alias).version
 
@@ -95,32 +105,49 @@ def register_export(
             if alias not in aliases:
                 c.set_registered_model_alias(registered, alias, existing)
                 aliases[alias] = existing
-            log.info("%s version %s already holds weights %s...; not registered again", registered, existing, weights_sha[:12])
+            log.info(
+                "%s version %s already holds weights %s...; not registered again",
+                registered,
+                existing,
+                weights_sha[:12],
+            )
             return Registration(registered, existing, True, alias, str(aliases[alias]))
         if run_id is None:
             experiment_id = tracking.ensure_experiment(target, name)
-            run_id = c.create_run(experiment_id, run_name="export", tags={tracking.STUDY_TAG: name,
-                                                                          tracking.ROLE_TAG: "export"}).info.run_id  # fmt: skip
+            run_id = c.create_run(
+                experiment_id, run_name="export", tags={tracking.STUDY_TAG: name, tracking.ROLE_TAG: "export"}
+            ).info.run_id
             c.set_terminated(run_id, "FINISHED")
         config = json.loads(verified_file(folder, manifest, "model_config").read_text())
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = Path(tmp) / "model"
             channels = int(config["audio_channels"])
             # The example (0.1 s of silence) documents the input in the UI; MLflow also runs it once.
-            mlflow.pyfunc.save_model(str(model_dir), python_model=str(verified_file(folder, manifest, "pyfunc")),
-                                     artifacts={"export": str(folder)}, pip_requirements=_requirements(),
-                                     signature=pyfunc_signature(channels),
-                                     input_example=np.zeros((1, channels, 4410), dtype=np.float32))  # fmt: skip
+            mlflow.pyfunc.save_model(
+                str(model_dir),
+                python_model=str(verified_file(folder, manifest, "pyfunc")),
+                artifacts={"export": str(folder)},
+                pip_requirements=_requirements(),
+                signature=pyfunc_signature(channels),
+                input_example=np.zeros((1, channels, 4410), dtype=np.float32),
+            )
             c.log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT)
-        tags = {"samsnet.export": FORMAT, MANIFEST_SHA_TAG: sha256_file(folder / MANIFEST), WEIGHTS_SHA_TAG: weights_sha}
-        version = tracking.register_model(target, name, run_id, MODEL_ARTIFACT, tags=tags,
-                                          description=f"Sams-Net export from {manifest['source']}")  # fmt: skip
+        tags = {
+            "samsnet.export": FORMAT,
+            MANIFEST_SHA_TAG: sha256_file(folder / MANIFEST),
+            WEIGHTS_SHA_TAG: weights_sha,
+        }
+        version = tracking.register_model(
+            target, name, run_id, MODEL_ARTIFACT, tags=tags, description=f"Sams-Net export from {manifest['source']}"
+        )
         c.set_registered_model_alias(registered, alias, version)
     except SamsNetError:
         raise
     except Exception as e:  # server down, permissions, ...: one clear line
-        raise ExportError(f"cannot register {folder} as {registered} at {target.uri}: "
-                          f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None  # fmt: skip
+        raise ExportError(
+            f"cannot register {folder} as {registered} at {target.uri}: "
+            f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+        ) from None
     log.info("registered %s version %s (alias %s)", registered, version, alias)
     return Registration(registered, version, False, alias, version)
 
@@ -138,8 +165,10 @@ def _version_with_weights(c, registered: str, weights_sha: str) -> str | None:
 def pyfunc_signature(audio_channels: int):
     """audio float32 (B, C, N) at 44.1 kHz -> stems (B, 4, C, N); batch and length free."""
     f32 = np.dtype(np.float32)
-    return ModelSignature(inputs=Schema([TensorSpec(f32, (-1, audio_channels, -1))]),
-                          outputs=Schema([TensorSpec(f32, (-1, len(TARGETS), audio_channels, -1))]))  # fmt: skip
+    return ModelSignature(
+        inputs=Schema([TensorSpec(f32, (-1, audio_channels, -1))]),
+        outputs=Schema([TensorSpec(f32, (-1, len(TARGETS), audio_channels, -1))]),
+    )
 
 
 def _requirements() -> list[str]:
@@ -153,9 +182,13 @@ def download_registered(uri: str, tracking_uri: str | None, dest: str | Path) ->
     try:
         # The version's own source, resolved against this server: `models:/` URIs would go to
         # MLflow's default registry (a local database), not to `tracking_uri`.
-        local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dest), tracking_uri=target.uri)
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=version.source, dst_path=str(dest), tracking_uri=target.uri
+        )
     except MlflowException as e:
-        raise ExportError(f"{uri}: cannot download {version.source} from {target.uri}: {e.message.splitlines()[0]}") from None
+        raise ExportError(
+            f"{uri}: cannot download {version.source} from {target.uri}: {e.message.splitlines()[0]}"
+        ) from None
     found = sorted(Path(local).rglob(MANIFEST))
     if not found:
         raise ExportError(f"{uri}: the registered model holds no samsnet export ({MANIFEST} not found)")
@@ -170,17 +203,21 @@ def _check_registered_manifest(uri: str, version, path: Path) -> None:
     in the tracking database, so replacing the whole export in the artifact store is caught too."""
     expected = (version.tags or {}).get(MANIFEST_SHA_TAG)
     if expected is None:
-        raise ExportError(f"{uri}: version {version.version} was registered without a checksum of its {MANIFEST} "
-                          "(an older samsnet-search); export and register it again")  # fmt: skip
+        raise ExportError(
+            f"{uri}: version {version.version} was registered without a checksum of its {MANIFEST} "
+            "(an older samsnet-search); export and register it again"
+        )
     if sha256_file(path) != expected:
-        raise ExportError(f"{uri}: {MANIFEST} of version {version.version} in the artifact store differs from the "
-                          "checksum recorded in the registry: the stored model was changed after registration; "
-                          "refusing to load it")  # fmt: skip
+        raise ExportError(
+            f"{uri}: {MANIFEST} of version {version.version} in the artifact store differs from the "
+            "checksum recorded in the registry: the stored model was changed after registration; "
+            "refusing to load it"
+        )
 
 
 def _model_version(uri: str, target):
     """The registry entry `models:/NAME@ALIAS` or `models:/NAME/VERSION` names; clear errors when unknown."""
-    ref = uri[len(REGISTRY_PREFIX):] if uri.startswith(REGISTRY_PREFIX) else ""
+    ref = uri[len(REGISTRY_PREFIX) :] if uri.startswith(REGISTRY_PREFIX) else ""
     name, sep, rest = ref.partition("@") if "@" in ref else ref.partition("/")
     if not name or not rest:
         raise ExportError(f"{uri}: not a registry URI (expected models:/NAME@ALIAS or models:/NAME/VERSION)")
@@ -202,9 +239,9 @@ def _model_version(uri: str, target):
         raise ExportError(f"{uri}: registered model {name!r} has no version {rest!r}") from None
 
 
-
-def load_separator(model_ref: str | Path, tracking_uri: str | None = None,
-                   map_location: str = "cpu") -> ExportedModel | torch.nn.Module:  # fmt: skip
+def load_separator(
+    model_ref: str | Path, tracking_uri: str | None = None, map_location: str = "cpu"
+) -> ExportedModel | torch.nn.Module:
     """A model for `engine.separate.separate` / `separate_file` from any of:
 
     - an export folder (`samsnet-search export`): its torch.export programs, so no SamsNet
@@ -226,9 +263,13 @@ def load_separator(model_ref: str | Path, tracking_uri: str | None = None,
         return load_exported(ref, map_location)
     path = Path(ref)
     if not path.exists():
-        raise ExportError(f"{ref}: no such file or folder (expected an export folder, a checkpoint "
-                          "folder or .pt file, or models:/NAME@ALIAS)")  # fmt: skip
+        raise ExportError(
+            f"{ref}: no such file or folder (expected an export folder, a checkpoint "
+            "folder or .pt file, or models:/NAME@ALIAS)"
+        )
     if path.is_dir() and not any((path / name).is_file() for name in (checkpoint.BEST, checkpoint.LAST)):
-        raise ExportError(f"{ref}: neither an export folder (no {MANIFEST}) nor a checkpoint "
-                          f"folder (no {checkpoint.BEST} / {checkpoint.LAST})")  # fmt: skip
+        raise ExportError(
+            f"{ref}: neither an export folder (no {MANIFEST}) nor a checkpoint "
+            f"folder (no {checkpoint.BEST} / {checkpoint.LAST})"
+        )
     return checkpoint.load_model(ref, map_location)[0]

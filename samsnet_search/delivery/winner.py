@@ -15,8 +15,9 @@ from .export import export_checkpoint
 from .registry import DEFAULT_ALIAS, register
 
 
-def register_winner(checkpoint_dir: Path, info: dict[str, Any], study_name: str, tracking_uri: str,
-                    run_id: str | None) -> dict[str, Any]:  # fmt: skip
+def register_winner(
+    checkpoint_dir: Path, info: dict[str, Any], study_name: str, tracking_uri: str, run_id: str | None
+) -> dict[str, Any]:
     """Export the winner's checkpoint and register it from `run_id`, the run that trained its
     weights; returns {"name", "version", "alias"} (what study.json's summary records)."""
     with tempfile.TemporaryDirectory() as tmp:

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .apply import ChunkPlan, apply_chunked, blocks_of
-from ..data.audio_io import StemWriter, open_audio, read_audio, read_blocks
 from ..config import SAMPLE_RATE, TARGETS
+from ..data.audio_io import StemWriter, open_audio, read_audio, read_blocks
 from ..errors import DataError
+from .apply import ChunkPlan, apply_chunked, blocks_of
 from .wiener import PostFilter, mixture_residual
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,13 @@ class MaskSeparator:
         return estimates
 
 
-def separate(model: nn.Module, audio: np.ndarray, device: str | torch.device = "cpu", chunk_seconds: float = 30.0,
-             post: PostFilter = PostFilter()) -> dict[str, np.ndarray]:  # fmt: skip
+def separate(
+    model: nn.Module,
+    audio: np.ndarray,
+    device: str | torch.device = "cpu",
+    chunk_seconds: float = 30.0,
+    post: PostFilter = PostFilter(),
+) -> dict[str, np.ndarray]:
     """audio (C, N) at 44.1 kHz -> {target: (C, N)}, `chunk_seconds` at a time."""
     if not audio.shape[-1]:
         raise DataError("empty audio (0 samples): nothing to separate")
@@ -80,7 +85,7 @@ def separate(model: nn.Module, audio: np.ndarray, device: str | torch.device = "
 
 
 def parse_stems(text: str | Sequence[str] | None) -> list[str]:
-    """"vocals,drums" -> ["vocals", "drums"] (all targets when empty); unknown names are a DataError."""
+    """ "vocals,drums" -> ["vocals", "drums"] (all targets when empty); unknown names are a DataError."""
     names = [s.strip() for s in (text.split(",") if isinstance(text, str) else text or []) if s.strip()]
     unknown = [s for s in names if s not in TARGETS]
     if unknown:
@@ -95,14 +100,25 @@ def check_arguments(model_ref: str | Path, audio: str | Path) -> None:
     audio_is_model = model_folder or audio_path.suffix.lower() in MODEL_SUFFIXES or str(audio).startswith("models:/")
     model_is_audio = model_path.is_file() and model_path.name.lower().endswith(AUDIO_SUFFIXES)
     if audio_is_model or model_is_audio:
-        raise DataError(f"arguments swapped? `separate MODEL AUDIO` takes the model first (an export or checkpoint "
-                        f"folder, a .pt file or models:/NAME@ALIAS), then the audio file; got MODEL={model_ref}, "
-                        f"AUDIO={audio}")  # fmt: skip
+        raise DataError(
+            f"arguments swapped? `separate MODEL AUDIO` takes the model first (an export or checkpoint "
+            f"folder, a .pt file or models:/NAME@ALIAS), then the audio file; got MODEL={model_ref}, "
+            f"AUDIO={audio}"
+        )
 
 
-def separate_file(model: nn.Module, path: str | Path, out_dir: str | Path, device: str | torch.device = "cpu", *,
-                  chunk_seconds: float = 30.0, post: PostFilter = PostFilter(), stems: Sequence[str] = TARGETS,
-                  bits: str = "32f", progress: FileProgress | None = None) -> dict[str, Path]:  # fmt: skip
+def separate_file(
+    model: nn.Module,
+    path: str | Path,
+    out_dir: str | Path,
+    device: str | torch.device = "cpu",
+    *,
+    chunk_seconds: float = 30.0,
+    post: PostFilter = PostFilter(),
+    stems: Sequence[str] = TARGETS,
+    bits: str = "32f",
+    progress: FileProgress | None = None,
+) -> dict[str, Path]:
     """Write `<out_dir>/<stem>.wav` for each of `stems`, streaming: memory is set by the chunk, not the song."""
     if chunk_seconds <= 0:
         raise DataError(f"--chunk-seconds {chunk_seconds:g}: must be > 0")

@@ -18,13 +18,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint
 from ..config import TARGETS, ExperimentConfig
 from ..data import Splits, load_splits
 from ..data.dataset import make_train_loader, validation_excerpts
 from ..errors import SamsNetError
 from ..metrics.bsseval import median_over_tracks, sdr_v4, track_scores
 from ..model import SamsNet
+from . import checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +126,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.model_config = cfg.resolved_model()
         self.model = checkpoint.build_model(self.model_config).to(self.device)
-        self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
-        )
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         # Loss scaling only matters for float16; bfloat16 has float32's range.
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and _amp_dtype() == torch.float16)
         self.loader = make_train_loader(
@@ -176,7 +174,9 @@ class Trainer:
         path = Path(path)
         state = checkpoint.load(path, map_location=self.device, origin=origin)
         if state["model_config"] != self.model_config.model_dump(mode="json"):
-            raise checkpoint.CheckpointError(f"{origin or path}: model config differs from the configuration being trained")
+            raise checkpoint.CheckpointError(
+                f"{origin or path}: model config differs from the configuration being trained"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -223,9 +223,7 @@ class Trainer:
     def validate(self, with_sdr: bool) -> tuple[float, dict[str, float] | None]:
         """valid_loss over the validation excerpts; per-target SDR (median/median) when asked."""
         self.model.eval()
-        excerpts = validation_excerpts(
-            self.splits.valid, self.cfg.data, epoch=self.epoch, seed=self.cfg.train.seed
-        )
+        excerpts = validation_excerpts(self.splits.valid, self.cfg.data, epoch=self.epoch, seed=self.cfg.train.seed)
         losses, scores = [], []
         for ex in excerpts:
             mixture = torch.from_numpy(np.ascontiguousarray(ex.mixture))[None].to(self.device)
@@ -236,9 +234,7 @@ class Trainer:
                     estimates = self.model.separate(mixture)[0]  # (S, C, N)
                 # A stem silent over a whole excerpt gives NaN (museval would refuse it);
                 # the medians skip NaN.
-                sdr = sdr_v4(
-                    targets[0].transpose(1, 2).double(), estimates.transpose(1, 2).double(), on_silent="nan"
-                )
+                sdr = sdr_v4(targets[0].transpose(1, 2).double(), estimates.transpose(1, 2).double(), on_silent="nan")
                 scores.append(track_scores(sdr, TARGETS))
         return float(np.mean(losses)), (median_over_tracks(scores) if with_sdr else None)
 

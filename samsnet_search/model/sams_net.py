@@ -153,7 +153,9 @@ class SlicedMultiHeadAttention(nn.Module):
     def __init__(self, channels: int, heads: int, slice_frames: int, kernel: str | None = None):
         super().__init__()
         if kernel is not None and kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {sorted(KERNELS)} or None (by device and slice length), got {kernel!r}")
+            raise ValueError(
+                f"kernel must be one of {sorted(KERNELS)} or None (by device and slice length), got {kernel!r}"
+            )
         self.kernel = kernel  # None: `kernel_for(device, slice_frames)`; a name forces one (tests, bench)
         self.channels = channels
         self.heads = heads
@@ -179,7 +181,9 @@ class SlicedMultiHeadAttention(nn.Module):
         keep = keep.repeat(B * Fq, 1, 1, 1).view(-1, 1, L)  # (S, 1, L)
         kernel = KERNELS[self.kernel or kernel_for(x.device, L)]
         out = kernel(qkv, keep, 1.0 / math.sqrt(d))  # (S, L, h, d)
-        out = out.reshape(B, Fq, i * L, h * d).narrow(2, 0, T)  # (B, F, T, h d); narrow: exactly T frames, where [:T] clamps
+        out = out.reshape(B, Fq, i * L, h * d).narrow(
+            2, 0, T
+        )  # (B, F, T, h d); narrow: exactly T frames, where [:T] clamps
         return out.permute(0, 3, 1, 2)  # (B, h d, F, T) in channels-last strides, which W^O's conv takes as is
 
 

@@ -27,8 +27,8 @@ from ray import tune
 from ..errors import ConfigError
 from ..services import storage
 from . import identity
-from .study import load_study_text
 from .objectives import better
+from .study import load_study_text
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,9 @@ def study_best_checkpoint(manifest: identity.Manifest, trial_id: str) -> tune.Ch
     without checking the data: the study may be exported where its data is not)."""
     text = identity.read_study_copy(manifest.path)
     if text is None:
-        raise ConfigError(f"{storage.display_uri(manifest.path)}: the study file copy ({identity.STUDY_COPY}) is missing")
+        raise ConfigError(
+            f"{storage.display_uri(manifest.path)}: the study file copy ({identity.STUDY_COPY}) is missing"
+        )
     study = load_study_text(text, Path(manifest.source), Path(manifest.base_dir), check_data=False)
     return best_checkpoint(trial_uri(manifest.path, trial_id), study.metric, study.mode)
 
@@ -106,4 +108,3 @@ def kept_checkpoints(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
     fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
     folders = storage.subfolders(fs, path.rsplit("/", 1)[0], CHECKPOINT_PREFIX)
     return [tune.Checkpoint(path=d, filesystem=fs) for d in reversed(folders) if d != path]
-

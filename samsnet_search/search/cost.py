@@ -39,7 +39,9 @@ def search_cost(trials: Sequence[Any], budget_of, cpus: float, gpus: float, wall
     return {"wall_s": round(wall_s, 2), "trial_seconds": totals.pop("wall_s"), **totals, "trials": per_trial}
 
 
-def selection_cost(jobs: Sequence[dict[str, Any]], seconds: dict[str, float], test: dict[str, float] | None) -> dict[str, Any]:
+def selection_cost(
+    jobs: Sequence[dict[str, Any]], seconds: dict[str, float], test: dict[str, float] | None
+) -> dict[str, Any]:
     """The selection's retraining jobs (their `wall_s`/`cpu_s`) and the test scoring's own measure."""
     return {
         "wall_s": round(float(seconds.get("retrain_and_validate", 0.0)), 2),
@@ -54,14 +56,22 @@ def cost_lines(search: dict[str, Any] | None, selection: dict[str, Any] | None) 
     """The report's lines on what the study cost."""
     out = []
     if search:
-        out.append(f"cost of the search: {search['wall_s']:.0f} s wall, {search['trial_seconds']:.0f} trial-seconds, "
-                   f"{search['cpu_s']:.0f} CPU-s" + (f", {search['gpu_s']:.0f} GPU-s" if search.get("gpu_s") else "")
-                   + f", {search['epochs']} trial-epochs")  # fmt: skip
-        out.append(f"  saved by pruning and early stopping: {search['saved_epochs']} trial-epochs, "
-                   f"about {search['saved_s']:.0f} trial-seconds (at each trial's own epoch time)")  # fmt: skip
+        out.append(
+            f"cost of the search: {search['wall_s']:.0f} s wall, {search['trial_seconds']:.0f} trial-seconds, "
+            f"{search['cpu_s']:.0f} CPU-s"
+            + (f", {search['gpu_s']:.0f} GPU-s" if search.get("gpu_s") else "")
+            + f", {search['epochs']} trial-epochs"
+        )
+        out.append(
+            f"  saved by pruning and early stopping: {search['saved_epochs']} trial-epochs, "
+            f"about {search['saved_s']:.0f} trial-seconds (at each trial's own epoch time)"
+        )
     if selection:
         test = selection.get("test") or {}
-        out.append(f"cost of the selection: {selection['wall_s']:.0f} s wall, {selection['job_seconds']:.0f} job-seconds, "
-                   f"{selection['cpu_s']:.0f} CPU-s, {selection['epochs']} epochs retrained; test scoring and "
-                   f"registering: {test.get('wall_s', 0):.0f} s wall" + (f", {test['cpu_s']:.0f} CPU-s" if "cpu_s" in test else ""))  # fmt: skip
+        out.append(
+            f"cost of the selection: {selection['wall_s']:.0f} s wall, {selection['job_seconds']:.0f} job-seconds, "
+            f"{selection['cpu_s']:.0f} CPU-s, {selection['epochs']} epochs retrained; test scoring and "
+            f"registering: {test.get('wall_s', 0):.0f} s wall"
+            + (f", {test['cpu_s']:.0f} CPU-s" if "cpu_s" in test else "")
+        )
     return out

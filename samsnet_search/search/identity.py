@@ -180,8 +180,12 @@ def _find_through_tracking(name: str) -> Manifest | None:
         experiment = c.get_experiment_by_name(name)
         if experiment is None:
             return None
-        runs = c.search_runs([experiment.experiment_id], filter_string=f"tags.`{tracking.ROLE_TAG}` = 'study'",
-                             order_by=["attributes.start_time DESC"], max_results=5)  # fmt: skip
+        runs = c.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`{tracking.ROLE_TAG}` = 'study'",
+            order_by=["attributes.start_time DESC"],
+            max_results=5,
+        )
     except Exception as e:  # the lookup is a convenience: a failure leaves the plain "not found"
         log.info("looking up study %s in %s failed: %s", name, uri, e)
         return None

@@ -40,8 +40,9 @@ def last_values(trial: Any, objectives: dict[str, str]) -> dict[str, float] | No
     return values
 
 
-def param_importance(trials: Sequence[Any], space: dict[str, BaseDistribution],
-                     objectives: dict[str, str]) -> dict[str, Any]:  # fmt: skip
+def param_importance(
+    trials: Sequence[Any], space: dict[str, BaseDistribution], objectives: dict[str, str]
+) -> dict[str, Any]:
     """{"trials": n, "params": [...], "objectives": {name: {"fanova": {param: share}, "ped_anova": ...}}}.
 
     `trials` carry `.config` (dotted keys) and `.history` (per-epoch metrics); `space` maps the
@@ -91,12 +92,17 @@ def slices_line(importance: dict[str, Any], metric: str) -> str:
     ranked = list(found)
     share, rank = found[SLICES], ranked.index(SLICES) + 1
     verdict = "yes, the most" if rank == 1 else ("yes" if share >= 1 / len(ranked) else "little")
-    return (f"does the slice count matter? {verdict}: {SLICES} has {share:.0%} of the importance for {metric} "
-            f"(fANOVA over {importance['trials']} trials at their last epoch; rank {rank} of {len(ranked)})")  # fmt: skip
+    return (
+        f"does the slice count matter? {verdict}: {SLICES} has {share:.0%} of the importance for {metric} "
+        f"(fANOVA over {importance['trials']} trials at their last epoch; rank {rank} of {len(ranked)})"
+    )
 
 
 def mlflow_metrics(importance: dict[str, Any]) -> dict[str, float]:
     """Flat metrics for the parent run: importance.<evaluator>.<objective>.<param>."""
-    return {f"importance.{ev}.{obj}.{param}": share
-            for obj, by_ev in importance.get("objectives", {}).items()
-            for ev, shares in by_ev.items() for param, share in shares.items()}  # fmt: skip
+    return {
+        f"importance.{ev}.{obj}.{param}": share
+        for obj, by_ev in importance.get("objectives", {}).items()
+        for ev, shares in by_ev.items()
+        for param, share in shares.items()
+    }

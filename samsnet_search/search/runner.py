@@ -63,8 +63,14 @@ CHECKPOINT_MARGIN = 2
 RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 # A trial's per-epoch history keeps these trainer keys, the per-target SDRs and every per-epoch
 # objective of the objectives table (read when a history is made: an added objective is kept).
-TRAINER_KEYS = ("epoch", "train_loss", "best_valid_loss", "epochs_without_improvement", "epoch_seconds",
-                "epoch_cpu_seconds")  # fmt: skip
+TRAINER_KEYS = (
+    "epoch",
+    "train_loss",
+    "best_valid_loss",
+    "epochs_without_improvement",
+    "epoch_seconds",
+    "epoch_cpu_seconds",
+)
 TARGET_SDR_PREFIX = "valid_sdr_"
 
 
@@ -132,17 +138,21 @@ class StudyResult:
 
     def summary(self) -> dict[str, Any]:
         best = self.best
-        return {
-            "trials": len(self.trials),
-            "counts": self.counts(),
-            "seconds": round(self.seconds, 1),
-            **self.epoch_savings(),
-            "best_trial": best.trial_id if best else None,
-            "best_run": best.mlflow_run_id if best else None,
-            f"best_{self.study.metric}": best.best[self.study.metric] if best else None,
-            "best_config": best.config if best else None,
-            "cost": {k: v for k, v in self.cost().items() if k != "trials"},
-        } | ({"pareto": self.pareto} if self.pareto else {}) | ({"importance": self.importance} if self.importance else {})
+        return (
+            {
+                "trials": len(self.trials),
+                "counts": self.counts(),
+                "seconds": round(self.seconds, 1),
+                **self.epoch_savings(),
+                "best_trial": best.trial_id if best else None,
+                "best_run": best.mlflow_run_id if best else None,
+                f"best_{self.study.metric}": best.best[self.study.metric] if best else None,
+                "best_config": best.config if best else None,
+                "cost": {k: v for k, v in self.cost().items() if k != "trials"},
+            }
+            | ({"pareto": self.pareto} if self.pareto else {})
+            | ({"importance": self.importance} if self.importance else {})
+        )
 
 
 # --- Ray -----------------------------------------------------------------------------
@@ -199,13 +209,20 @@ def aws_keys_in_file() -> Iterator[None]:
     in a 0700 folder, and is removed at the end; AWS_SHARED_CREDENTIALS_FILE names it.
     """
     keys = {k: os.environ[k] for k in AWS_SECRET_ENV if k in os.environ}
-    if "AWS_ACCESS_KEY_ID" not in keys or "AWS_SECRET_ACCESS_KEY" not in keys or "AWS_SHARED_CREDENTIALS_FILE" in os.environ:
+    if (
+        "AWS_ACCESS_KEY_ID" not in keys
+        or "AWS_SECRET_ACCESS_KEY" not in keys
+        or "AWS_SHARED_CREDENTIALS_FILE" in os.environ
+    ):
         yield
         return
     folder = tempfile.mkdtemp(prefix="samsnet-aws-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     path = os.path.join(folder, "credentials")
-    lines = ["[default]", f"aws_access_key_id = {keys['AWS_ACCESS_KEY_ID']}",
-             f"aws_secret_access_key = {keys['AWS_SECRET_ACCESS_KEY']}"]  # fmt: skip
+    lines = [
+        "[default]",
+        f"aws_access_key_id = {keys['AWS_ACCESS_KEY_ID']}",
+        f"aws_secret_access_key = {keys['AWS_SECRET_ACCESS_KEY']}",
+    ]
     token = keys.get("AWS_SESSION_TOKEN") or keys.get("AWS_SECURITY_TOKEN")  # the second: boto's old name
     if token:
         lines.append(f"aws_session_token = {token}")
@@ -286,7 +303,9 @@ def _new_tuner(study: Study, ctx: TrialContext, callback) -> Any:
         callbacks=[callback, StateSigner(identity.study_uri(study.storage, study.name))],
         verbose=0,
     )
-    return tune.Tuner(trainable(study, ctx), param_space=tune_space(study), tune_config=tune_config, run_config=run_config)
+    return tune.Tuner(
+        trainable(study, ctx), param_space=tune_space(study), tune_config=tune_config, run_config=run_config
+    )
 
 
 def _restore_tuner(study: Study, ctx: TrialContext, restart_errored: bool) -> Any:
@@ -356,7 +375,9 @@ def open_study(study: Study, check_same_file: bool = True) -> tuple[Manifest, tr
     tracking.check_server(target)  # a stopped server: one line now, not minutes of retries
     experiment_id = tracking.ensure_experiment(target, study.name)
     if manifest is None:
-        parent = tracking.start_parent_run(target, experiment_id, study.name, {identity.STORAGE_TAG: identity.display_uri(study_path)})
+        parent = tracking.start_parent_run(
+            target, experiment_id, study.name, {identity.STORAGE_TAG: identity.display_uri(study_path)}
+        )
         manifest = Manifest(
             name=study.name,
             storage=study.storage,
@@ -396,8 +417,9 @@ def run_study(
         return _run_study(study, address, num_cpus, num_gpus, restart_errored, quiet, selection_follows)
 
 
-def _run_study(study: Study, address, num_cpus, num_gpus, restart_errored: bool, quiet: bool,
-               selection_follows: bool = False) -> StudyResult:  # fmt: skip
+def _run_study(
+    study: Study, address, num_cpus, num_gpus, restart_errored: bool, quiet: bool, selection_follows: bool = False
+) -> StudyResult:
     start = time.monotonic()
     # Every epoch checkpoints, so Tune snapshots its state often; that is intended here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -512,9 +534,17 @@ def trial_context(study: Study, manifest: Manifest) -> TrialContext:
         system_metrics_interval_s=study.spec.tracking.system_metrics_interval_s,
         infra_retry_s=study.search.infra_retry_s,
     )
-    return TrialContext(study_name=study.name, base=study.base, tracking=spec, cpus=study.spec.resources.cpu,
-                        metric=study.metric, mode=study.mode, infra_retry_s=study.search.infra_retry_s,
-                        max_failures=study.search.max_failures, study_path=manifest.path)  # fmt: skip
+    return TrialContext(
+        study_name=study.name,
+        base=study.base,
+        tracking=spec,
+        cpus=study.spec.resources.cpu,
+        metric=study.metric,
+        mode=study.mode,
+        infra_retry_s=study.search.infra_retry_s,
+        max_failures=study.search.max_failures,
+        study_path=manifest.path,
+    )
 
 
 def _callback(study: Study, manifest: Manifest, target: tracking.TrackingTarget):
@@ -587,7 +617,9 @@ def mark_interrupted(manifest: Manifest, target) -> None:
     fresh.state = "interrupted"
     identity.write_manifest(fresh)
     try:
-        tracking.client(target).set_tag(fresh.parent_run_id, "samsnet.state", "interrupted")  # the run itself: select.parent_run_open
+        tracking.client(target).set_tag(
+            fresh.parent_run_id, "samsnet.state", "interrupted"
+        )  # the run itself: select.parent_run_open
     except Exception as e:  # the manifest holds the state; the tag follows when it can
         log.warning("could not update the study's parent run: %s", e)
 
@@ -605,15 +637,18 @@ def resume_study(
     """Continue a study by name (in `storage`) or by its folder."""
     manifest = identity.find_study(name_or_path, resolve_storage(storage, Path.cwd()))
     study = load_stored_study(manifest)
-    return run_study(study, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
-                     restart_errored=restart_errored, quiet=quiet)  # fmt: skip
+    return run_study(
+        study, address=address, num_cpus=num_cpus, num_gpus=num_gpus, restart_errored=restart_errored, quiet=quiet
+    )
 
 
 def load_stored_study(manifest: Manifest) -> Study:
     """The study as it was started: its file copy, with paths resolved where it was first run."""
     text = identity.read_study_copy(manifest.path)
     if text is None:
-        raise StudyError(f"{identity.display_uri(manifest.path)}: the study file copy ({identity.STUDY_COPY}) is missing")
+        raise StudyError(
+            f"{identity.display_uri(manifest.path)}: the study file copy ({identity.STUDY_COPY}) is missing"
+        )
     source = Path(manifest.source)
     return load_study_text(text, source, Path(manifest.base_dir))
 
@@ -624,7 +659,10 @@ def load_stored_study(manifest: Manifest) -> Study:
 def _result(study: Study, manifest: Manifest, target, grid, seconds: float, stopped: bool = False) -> StudyResult:
     """The records of a search; `interrupted` when Ctrl-C stopped it (`stopped`), when a trial is
     unfinished, or when the searcher had not yet proposed every trial."""
-    runs = {r.data.tags.get(tracking.TRIAL_TAG): r for r in tracking.find_child_runs(target, manifest.experiment_id, manifest.parent_run_id)}
+    runs = {
+        r.data.tags.get(tracking.TRIAL_TAG): r
+        for r in tracking.find_child_runs(target, manifest.experiment_id, manifest.parent_run_id)
+    }
     trials = [_record(study, r, runs) for r in grid]
     unfinished = len(grid) - grid.num_terminated - grid.num_errors
     # A time budget ends a search with fewer trials than asked for; without one, missing trials
@@ -645,9 +683,15 @@ def close_orphans(target, runs: dict, trial_ids: set[str]) -> None:
         if tracking.PHASE_TAG in run.data.tags:
             continue
         if trial_id not in trial_ids and run.data.tags.get(tracking.STATUS_TAG) not in tracking.FINAL_STATUSES:
-            log.info("closing MLflow run %s of trial %s, which the resumed study does not contain", run.info.run_id, trial_id)
-            tracking.set_status(target, run.info.run_id, "stopped",
-                                error="abandoned: the driver stopped before Tune recorded this trial")  # fmt: skip
+            log.info(
+                "closing MLflow run %s of trial %s, which the resumed study does not contain", run.info.run_id, trial_id
+            )
+            tracking.set_status(
+                target,
+                run.info.run_id,
+                "stopped",
+                error="abandoned: the driver stopped before Tune recorded this trial",
+            )
 
 
 def _record(study: Study, result, runs: dict) -> TrialRecord:

@@ -64,9 +64,13 @@ def _optuna_search(study: Study, sampler: Any):
     # Warm start: the earlier studies' trials enter Optuna as evaluated (`evaluated_rewards`), so
     # they are not run again; Ray takes either those or the points to try first, not both.
     points = study.warm_points or study.points_to_evaluate
-    return RestartTolerantOptuna(sampler=sampler, metric=list(objectives) or None, mode=list(objectives.values()) or None,
-                                 points_to_evaluate=points or None,
-                                 evaluated_rewards=study.warm_rewards or None)  # fmt: skip
+    return RestartTolerantOptuna(
+        sampler=sampler,
+        metric=list(objectives) or None,
+        mode=list(objectives.values()) or None,
+        points_to_evaluate=points or None,
+        evaluated_rewards=study.warm_rewards or None,
+    )
 
 
 def _tpe(study: Study):
@@ -89,12 +93,16 @@ def _check_cmaes(study: Study) -> str | None:
     with its independent (random) sampler instead, which would silently be a random search."""
     choices = [k for k, d in study.space.items() if d.categorical]
     if choices:
-        return (f"search.searcher: cmaes samples numeric ranges only, but {', '.join(choices)} "
-                f"{'is a choice' if len(choices) == 1 else 'are choices'}; valid: int, uniform or loguniform "
-                f"ranges, or searcher: optuna")  # fmt: skip
+        return (
+            f"search.searcher: cmaes samples numeric ranges only, but {', '.join(choices)} "
+            f"{'is a choice' if len(choices) == 1 else 'are choices'}; valid: int, uniform or loguniform "
+            f"ranges, or searcher: optuna"
+        )
     if len(study.space) < 2:
-        return (f"search.searcher: cmaes needs at least 2 searched ranges, got {len(study.space)} "
-                f"({', '.join(study.space)}); valid: search another field, or searcher: optuna")  # fmt: skip
+        return (
+            f"search.searcher: cmaes needs at least 2 searched ranges, got {len(study.space)} "
+            f"({', '.join(study.space)}); valid: search another field, or searcher: optuna"
+        )
     return None
 
 
@@ -105,8 +113,11 @@ def _variant_generator(study: Study):
     from ray.tune.search.basic_variant import BasicVariantGenerator  # lazy: imports ray
 
     s = study.search
-    return BasicVariantGenerator(random_state=s.seed, points_to_evaluate=study.points_to_evaluate or None,
-                                 max_concurrent=s.max_concurrent_trials or 0)  # fmt: skip
+    return BasicVariantGenerator(
+        random_state=s.seed,
+        points_to_evaluate=study.points_to_evaluate or None,
+        max_concurrent=s.max_concurrent_trials or 0,
+    )
 
 
 def _grid_space(study: Study) -> dict[str, Any]:
@@ -133,17 +144,31 @@ def _grid_trials(study: Study) -> int:
 SEARCHERS: dict[str, SearcherEntry] = {
     e.name: e
     for e in (
-        SearcherEntry("optuna", "Optuna TPE (multi-objective TPE with search.objectives)", _tpe, multi_objective=True,
-                      warm_start=True),
-        SearcherEntry("random", "Ray's random sampling", _variant_generator, multi_objective=True,
-                      tune_limits_concurrency=False),
-        SearcherEntry("grid", "every value of every choice / int range, num_samples times", _variant_generator,
-                      space=_grid_space, check=_check_grid, trials=_grid_trials, multi_objective=True,
-                      tune_limits_concurrency=False),
-        SearcherEntry("cmaes", "Optuna's CMA-ES (numeric ranges only, at least 2)", _cmaes, check=_check_cmaes,
-                      warm_start=True),
+        SearcherEntry(
+            "optuna",
+            "Optuna TPE (multi-objective TPE with search.objectives)",
+            _tpe,
+            multi_objective=True,
+            warm_start=True,
+        ),
+        SearcherEntry(
+            "random", "Ray's random sampling", _variant_generator, multi_objective=True, tune_limits_concurrency=False
+        ),
+        SearcherEntry(
+            "grid",
+            "every value of every choice / int range, num_samples times",
+            _variant_generator,
+            space=_grid_space,
+            check=_check_grid,
+            trials=_grid_trials,
+            multi_objective=True,
+            tune_limits_concurrency=False,
+        ),
+        SearcherEntry(
+            "cmaes", "Optuna's CMA-ES (numeric ranges only, at least 2)", _cmaes, check=_check_cmaes, warm_start=True
+        ),
     )
-}  # fmt: skip
+}
 
 
 # --- what the rest of the search calls --------------------------------------------------
@@ -162,12 +187,19 @@ def check(study: Study) -> None:
     problem = entry.check(study)
     if problem is None and study.search.multi_objective and not entry.multi_objective:
         takes = ", ".join(n for n, e in SEARCHERS.items() if e.multi_objective)
-        problem = (f"search.searcher: {entry.name} optimises one objective, but search.objectives names "
-                   f"{len(study.search.objectives)}; valid: searcher {takes}, or metric: instead of objectives")  # fmt: skip
+        problem = (
+            f"search.searcher: {entry.name} optimises one objective, but search.objectives names "
+            f"{len(study.search.objectives)}; valid: searcher {takes}, or metric: instead of objectives"
+        )
     if problem is None and study.search.warm_start and not entry.warm_start:
         takes = ", ".join(n for n, e in SEARCHERS.items() if e.warm_start)
         problem = f"search.warm_start: searcher {entry.name} cannot be told earlier trials; valid: searcher {takes}"
-    if problem is None and study.search.warm_start and study.spec.estimate.enabled and study.spec.estimate.use == "seed":
+    if (
+        problem is None
+        and study.search.warm_start
+        and study.spec.estimate.enabled
+        and study.spec.estimate.use == "seed"
+    ):
         problem = "search.warm_start: cannot be combined with points to try first (estimate.use: seed)"
     if problem:
         raise ConfigError(f"{study.source}: {problem}")

@@ -330,8 +330,11 @@ class SearchSettings(Strict):
     metric: str = Field(
         "valid_loss",
         description="the quality metric, compared every epoch: "
-        + ", ".join(f"{o.name} ({o.mode}{f'; needs {o.every}: 1' if o.every else ''})"
-                    for o in objective_table.OBJECTIVES.values() if o.kind == "quality"),  # fmt: skip
+        + ", ".join(
+            f"{o.name} ({o.mode}{f'; needs {o.every}: 1' if o.every else ''})"
+            for o in objective_table.OBJECTIVES.values()
+            if o.kind == "quality"
+        ),
     )
     mode: Literal["min", "max"] | None = Field(None, description="default: the metric's direction (objectives table)")
     objectives: list[str] | None = Field(
@@ -351,7 +354,9 @@ class SearchSettings(Strict):
         + "; default: asha, or fifo when objectives are set (the schedulers rank on the quality metric alone)",
     )
     grace_period: int = Field(1, gt=0, description="ASHA, median: epochs before a trial can be stopped")
-    reduction_factor: float = Field(2.0, gt=1, description="ASHA, HyperBand: keep 1/reduction_factor of trials per rung")
+    reduction_factor: float = Field(
+        2.0, gt=1, description="ASHA, HyperBand: keep 1/reduction_factor of trials per rung"
+    )
     max_t: int | None = Field(None, gt=0, description="ASHA, HyperBand: epochs at most; default: train.epochs")
     max_concurrent_trials: int | None = Field(None, gt=0, description="default: as many as resources allow")
     time_budget_s: float | None = Field(None, gt=0, description="stop starting/continuing trials after this")
@@ -431,15 +436,19 @@ def _check_objectives(names: list[str], metric: str) -> None:
     quality, costs = objective_table.names("quality"), objective_table.names("cost")
     valid_quality, valid_cost = " or ".join(quality), ", ".join(costs)
     if len(names) < 2:
-        raise ValueError(f"objectives: name the quality metric ({valid_quality}) and at least one cost ({valid_cost}); "
-                         f"got {names} (for one objective use metric: instead)")  # fmt: skip
+        raise ValueError(
+            f"objectives: name the quality metric ({valid_quality}) and at least one cost ({valid_cost}); "
+            f"got {names} (for one objective use metric: instead)"
+        )
     if names[0] not in quality:
         raise ValueError(f"objectives: the first must be the quality metric ({valid_quality}), got {names[0]!r}")
     if names[0] != metric:
         raise ValueError(f"objectives: the first objective {names[0]!r} differs from metric: {metric!r} (drop metric:)")
     for name in names[1:]:
         if name not in costs:
-            raise ValueError(f"objectives: {name!r} is not a cost objective; valid after the quality metric: {valid_cost}")
+            raise ValueError(
+                f"objectives: {name!r} is not a cost objective; valid after the quality metric: {valid_cost}"
+            )
     if len(set(names)) != len(names):
         raise ValueError(f"objectives: {names} names an objective twice")
 
@@ -479,8 +488,12 @@ class SelectionSettings(Strict):
     )
     test_backend: Literal["fast", "museval"] = Field("museval", description="BSSEval v4 for the winner's test score")
     listen_seconds: float = Field(5.0, ge=0, description="seconds of the winner's test stems logged as wav; 0: none")
-    wiener: int = Field(1, ge=0, description="the test set is also scored after this many Wiener filter EM "
-                                             "iterations (beside the paper's plain masks); 0: plain masks only")
+    wiener: int = Field(
+        1,
+        ge=0,
+        description="the test set is also scored after this many Wiener filter EM "
+        "iterations (beside the paper's plain masks); 0: plain masks only",
+    )
     enabled: bool = Field(True, description="false: `run` stops after the search (no retraining)")
 
 
@@ -505,7 +518,9 @@ class TrackingSettings(Strict):
 class EstimateSettings(Strict):
     """The unsupervised slice estimate (samsnet_search.search.estimate) before the search."""
 
-    enabled: bool = Field(False, description="compute the estimate on the training mixtures and log it to the parent run")
+    enabled: bool = Field(
+        False, description="compute the estimate on the training mixtures and log it to the parent run"
+    )
     use: Literal["none", "seed", "narrow"] = Field(
         "none",
         description="none: report only; seed: try the estimated slice count first (points_to_evaluate); "
@@ -531,7 +546,9 @@ class StudySpec(Strict):
     search: SearchSettings = Field(default_factory=SearchSettings)
     resources: Resources = Field(default_factory=Resources)
     selection: SelectionSettings = Field(default_factory=SelectionSettings)
-    storage: str = Field("./runs", description="local folder or s3://bucket/prefix[?endpoint_override=host:port&scheme=http]")
+    storage: str = Field(
+        "./runs", description="local folder or s3://bucket/prefix[?endpoint_override=host:port&scheme=http]"
+    )
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     estimate: EstimateSettings = Field(default_factory=EstimateSettings)
 

@@ -186,7 +186,9 @@ def resume_point(checkpoint, workdir: Path, budget_s: float = DEFAULT_BUDGET_S) 
             found = [(epoch, folder, name)]  # keep the download only if it is the newer one
         break
     if not found:
-        raise CheckpointError(f"{stored_name(checkpoint)}: corrupt, and the trial has no intact checkpoint to fall back to")
+        raise CheckpointError(
+            f"{stored_name(checkpoint)}: corrupt, and the trial has no intact checkpoint to fall back to"
+        )
     epoch, folder, name = max(found, key=lambda f: f[0])
     log.warning("continuing from %s (epoch %d)", name, epoch)
     return folder, name
@@ -194,8 +196,10 @@ def resume_point(checkpoint, workdir: Path, budget_s: float = DEFAULT_BUDGET_S) 
 
 def run_name(trial_id: str, config: dict[str, Any]) -> str:
     """What the MLflow UI lists: the trial and its searched values (`trial 3f2a_00001 slices=4 lr=0.0003`), sorted by dotted key."""
-    values = " ".join(f"{k.rsplit('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
-                      for k, v in sorted(config.items()))
+    values = " ".join(
+        f"{k.rsplit('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
+        for k, v in sorted(config.items())
+    )
     return f"trial {trial_id} {values}".strip()
 
 
@@ -209,8 +213,14 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     trial_id = tune.get_context().get_trial_id()
     cfg = build_experiment(ctx.base, config, ctx.cpus)
     if ctx.study_path:  # recorded once here: the driver reads it instead of building it again
-        retry(write_experiment, ctx.study_path, trial_id, cfg.model_dump(mode="json"), budget_s=ctx.infra_retry_s,
-              what=f"recording the configuration of trial {trial_id}")  # fmt: skip
+        retry(
+            write_experiment,
+            ctx.study_path,
+            trial_id,
+            cfg.model_dump(mode="json"),
+            budget_s=ctx.infra_retry_s,
+            what=f"recording the configuration of trial {trial_id}",
+        )
     run = TrialRun(ctx.tracking, trial_id, run_name(trial_id, config))
     log.info("trial %s runs on node %s", trial_id, record_node(run))
     if run.finished:
@@ -234,9 +244,13 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     def publish(result: EpochResult, metrics: dict[str, Any]) -> None:
         # Safe to repeat: Tune counts results it received, not calls; a failed upload
         # only skips one checkpoint folder index.
-        retry(tune.report, _tune_metrics(metrics, run.run_id),
-              checkpoint=tune.Checkpoint.from_directory(str(result.checkpoint_dir)),
-              budget_s=ctx.infra_retry_s, what=f"storing the checkpoint of epoch {result.epoch}")  # fmt: skip
+        retry(
+            tune.report,
+            _tune_metrics(metrics, run.run_id),
+            checkpoint=tune.Checkpoint.from_directory(str(result.checkpoint_dir)),
+            budget_s=ctx.infra_retry_s,
+            what=f"storing the checkpoint of epoch {result.epoch}",
+        )
 
     try:
         train_tracked(cfg, run, workdir, resume=resume, enrich=best.update, publish=publish)

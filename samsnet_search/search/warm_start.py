@@ -39,7 +39,10 @@ class WarmStart:
 def extend(study: Study, names: list[str]) -> Study:
     """The study with more earlier studies to warm-start from (`run --warm-start NAME`), checked."""
     if names:
-        study.spec.search.warm_start = [*study.spec.search.warm_start, *(n for n in names if n not in study.spec.search.warm_start)]
+        study.spec.search.warm_start = [
+            *study.spec.search.warm_start,
+            *(n for n in names if n not in study.spec.search.warm_start),
+        ]
         searchers.check(study)
     return study
 
@@ -82,21 +85,29 @@ def _earlier_study(name: str, study: Study) -> Study:
 def _check_compatible(study: Study, earlier: Study, name: str) -> None:
     new, old = set(study.space), set(earlier.space)
     for key in sorted(old - new):
-        raise WarmStartError(f"search.warm_start: study {name!r} searched {key}, which this study does not "
-                             f"(searched here: {', '.join(sorted(new))})")  # fmt: skip
+        raise WarmStartError(
+            f"search.warm_start: study {name!r} searched {key}, which this study does not "
+            f"(searched here: {', '.join(sorted(new))})"
+        )
     for key in sorted(new - old):
-        raise WarmStartError(f"search.warm_start: study {name!r} did not search {key}, which this study does "
-                             f"(it searched: {', '.join(sorted(old))})")  # fmt: skip
+        raise WarmStartError(
+            f"search.warm_start: study {name!r} did not search {key}, which this study does "
+            f"(it searched: {', '.join(sorted(old))})"
+        )
     if searcher_keys(earlier) != searcher_keys(study) or earlier.mode != study.mode:
-        raise WarmStartError(f"search.warm_start: study {name!r} optimised {searcher_keys(earlier)} ({earlier.mode}), "
-                             f"this study {searcher_keys(study)} ({study.mode}): the values are not comparable")  # fmt: skip
+        raise WarmStartError(
+            f"search.warm_start: study {name!r} optimised {searcher_keys(earlier)} ({earlier.mode}), "
+            f"this study {searcher_keys(study)} ({study.mode}): the values are not comparable"
+        )
 
 
 def _check_inside(space: dict[str, Distribution], point: dict[str, Any], name: str) -> None:
     for key, dist in space.items():
         if not _contains(dist, point[key]):
-            raise WarmStartError(f"search.warm_start: study {name!r} has a trial with {key} = {point[key]!r}, "
-                                 f"outside this study's {dist.describe()}")  # fmt: skip
+            raise WarmStartError(
+                f"search.warm_start: study {name!r} has a trial with {key} = {point[key]!r}, "
+                f"outside this study's {dist.describe()}"
+            )
 
 
 def _contains(dist: Distribution, value: Any) -> bool:

@@ -13,13 +13,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from samsnet_search.engine import checkpoint
-from samsnet_search.delivery import export, export_folder, registry
-from samsnet_search.services import tracking
 from samsnet_search.cli import main
 from samsnet_search.config import TARGETS, ExperimentConfig
-from samsnet_search.search import identity
+from samsnet_search.delivery import export, export_folder, registry
+from samsnet_search.engine import checkpoint
 from samsnet_search.engine.separate import read_audio
+from samsnet_search.search import identity
+from samsnet_search.services import tracking
 
 pytestmark = [pytest.mark.servers, pytest.mark.slow]
 
@@ -27,16 +27,26 @@ pytestmark = [pytest.mark.servers, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def best_pt(synth_root, tmp_path_factory) -> Path:
     """A freshly initialised tiny model (fixed seed) saved as a checkpoint's best.pt."""
-    exp = ExperimentConfig.model_validate({
-        "model": {"n_fft": 256, "hop_length": 128, "channels": 3, "heads": 2, "depth": 1, "slices": 2},
-        "data": {"root": str(synth_root), "segment_seconds": 0.5},
-    })  # fmt: skip
+    exp = ExperimentConfig.model_validate(
+        {
+            "model": {"n_fft": 256, "hop_length": 128, "channels": 3, "heads": 2, "depth": 1, "slices": 2},
+            "data": {"root": str(synth_root), "segment_seconds": 0.5},
+        }
+    )
     cfg = exp.resolved_model()
     torch.manual_seed(11)
     net = checkpoint.build_model(cfg)
     path = tmp_path_factory.mktemp("ckpt") / "checkpoint" / checkpoint.BEST
-    checkpoint.save(path, {"experiment": exp.model_dump(mode="json"), "model_config": cfg.model_dump(mode="json"),
-                           "model": net.state_dict(), "epoch": 1, "metrics": {"valid_loss": 0.5}})  # fmt: skip
+    checkpoint.save(
+        path,
+        {
+            "experiment": exp.model_dump(mode="json"),
+            "model_config": cfg.model_dump(mode="json"),
+            "model": net.state_dict(),
+            "epoch": 1,
+            "metrics": {"valid_loss": 0.5},
+        },
+    )
     return path
 
 
@@ -110,8 +120,10 @@ def _fake_study(mlflow_server: str, best_pt: Path, storage: Path) -> tuple[str, 
     (trial / "checkpoint_000000").mkdir(parents=True)
     for f in best_pt.parent.iterdir():  # best.pt and its checksum
         (trial / "checkpoint_000000" / f.name).write_bytes(f.read_bytes())
-    rows = [{"valid_loss": 0.5, "checkpoint_dir_name": "checkpoint_000000"},
-            {"valid_loss": 0.7, "checkpoint_dir_name": "checkpoint_000001"}]  # a worse epoch: Tune did not keep it
+    rows = [
+        {"valid_loss": 0.5, "checkpoint_dir_name": "checkpoint_000000"},
+        {"valid_loss": 0.7, "checkpoint_dir_name": "checkpoint_000001"},
+    ]  # a worse epoch: Tune did not keep it
     (trial / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
     target = tracking.resolve_tracking(mlflow_server)
     c = tracking.client(target)
@@ -119,12 +131,22 @@ def _fake_study(mlflow_server: str, best_pt: Path, storage: Path) -> tuple[str, 
     parent = tracking.start_parent_run(target, experiment_id, name)
     child = c.create_run(experiment_id, tags={tracking.PARENT_TAG: parent, tracking.ROLE_TAG: "trial"}).info.run_id
     c.log_artifact(child, str(best_pt), "model")
-    identity.write_manifest(identity.Manifest(
-        name=name, storage=str(storage), experiment_name=name, experiment_id=experiment_id, parent_run_id=parent,
-        registered_model=tracking.registered_model_name(name), tracking_uri=target.uri, artifact_root=None,
-        base_dir=str(storage), source="study.yaml", state="finished",
-        summary={"trials": 1, "best_trial": "t1", "best_run": child, "best_valid_loss": 0.5},
-    ))  # fmt: skip
+    identity.write_manifest(
+        identity.Manifest(
+            name=name,
+            storage=str(storage),
+            experiment_name=name,
+            experiment_id=experiment_id,
+            parent_run_id=parent,
+            registered_model=tracking.registered_model_name(name),
+            tracking_uri=target.uri,
+            artifact_root=None,
+            base_dir=str(storage),
+            source="study.yaml",
+            state="finished",
+            summary={"trials": 1, "best_trial": "t1", "best_run": child, "best_valid_loss": 0.5},
+        )
+    )
     return name, child
 
 
@@ -142,15 +164,40 @@ def test_export_a_study_registers_its_best_run(mlflow_server, best_pt, song, tmp
     assert main(["export", name, "--out", str(tmp_path / "again"), "--storage", str(tmp_path / "runs")]) == 0
     assert f"samsnet-{name} version 1 already holds these weights" in capsys.readouterr().out
     assert [v.version for v in c.search_model_versions(f"name = 'samsnet-{name}'")] == ["1"]
-    assert main(["separate", f"models:/samsnet-{name}@champion", str(song), "--out", str(tmp_path / "o"),
-                 "--tracking-uri", mlflow_server]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "separate",
+                f"models:/samsnet-{name}@champion",
+                str(song),
+                "--out",
+                str(tmp_path / "o"),
+                "--tracking-uri",
+                mlflow_server,
+            ]
+        )
+        == 0
+    )
     assert all((tmp_path / "o" / f"{t}.wav").is_file() for t in TARGETS)
 
 
 def test_export_a_run_id(mlflow_server, best_pt, tmp_path, capsys):
     _, child = _fake_study(mlflow_server, best_pt, tmp_path / "runs")
-    assert main(["export", child, "--out", str(tmp_path / "run"), "--tracking-uri", mlflow_server,
-                 "--storage", str(tmp_path / "runs")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "export",
+                child,
+                "--out",
+                str(tmp_path / "run"),
+                "--tracking-uri",
+                mlflow_server,
+                "--storage",
+                str(tmp_path / "runs"),
+            ]
+        )
+        == 0
+    )
     weights = torch.load(tmp_path / "run" / "weights.pt", weights_only=True)
     want = checkpoint.load(best_pt)["model"]
     assert all(torch.equal(weights[k], want[k]) for k in want)
@@ -176,7 +223,9 @@ def _other_valid_program(exported: Path, dest: Path) -> Path:
     return dest / "separate.pt2"
 
 
-def test_a_registered_model_whose_artifact_was_replaced_is_refused(mlflow_server, exported, song, tmp_path, capsys, monkeypatch):
+def test_a_registered_model_whose_artifact_was_replaced_is_refused(
+    mlflow_server, exported, song, tmp_path, capsys, monkeypatch
+):
     """What someone with write access to the artifact store could do: replace separate.pt2 of a
     registered version (alone, or with an export.json that matches it)."""
     import mlflow.pyfunc

@@ -188,7 +188,10 @@ def test_commands_bind_host_and_carry_no_secret(tmp_path):
     cmd = infra.stack.weed_command(cfg, infra.credentials.write_identities(cfg, creds))
     # The sandbox binds --host; weed itself binds loopback inside its private namespace.
     sandbox, weed = cmd[: cmd.index("--")], cmd[cmd.index("--") + 1 :]
-    assert sandbox[1:3] == ["-m", "samsnet_search.services.weed_sandbox"] and sandbox[sandbox.index("--host") + 1] == "0.0.0.0"
+    assert (
+        sandbox[1:3] == ["-m", "samsnet_search.services.weed_sandbox"]
+        and sandbox[sandbox.index("--host") + 1] == "0.0.0.0"
+    )
     assert "-ip.bind=127.0.0.1" in weed and "-master.telemetry=false" in weed and "-s3.port=8333" in weed
     assert f"-s3.localSocket={tmp_path / 's3.sock'}" in weed and f"-filer.localSocket={tmp_path / 'filer.sock'}" in weed
     mlflow = infra.stack.mlflow_command(cfg, "samsnet")
@@ -200,7 +203,10 @@ def test_commands_bind_host_and_carry_no_secret(tmp_path):
     assert json.loads(ident.read_text())["identities"][0]["credentials"][0]["secretKey"] == creds.secret_key
     ini = infra.stack.write_auth_config(cfg, login)
     assert ini.stat().st_mode & 0o777 == 0o600
-    assert f"admin_password = {login.password}" in ini.read_text() and "default_permission = NO_PERMISSIONS" in ini.read_text()
+    assert (
+        f"admin_password = {login.password}" in ini.read_text()
+        and "default_permission = NO_PERMISSIONS" in ini.read_text()
+    )
 
 
 def test_opt_outs(tmp_path):
@@ -316,8 +322,17 @@ def test_weed_socket_of_another_seaweedfs_is_a_clash(make_infra_config, tmp_path
 def test_state_dir_too_long_for_a_unix_socket(tmp_path):
     deep = tmp_path / ("x" * 120)
     with pytest.raises(InfraError, match="too long a path for the unix socket"):
-        infra.check_ports(infra.InfraConfig(state_dir=deep, s3_port=15001, mlflow_port=15002, master_port=15003,
-                                            volume_port=15004, filer_port=15005, admin_port=15006))  # fmt: skip
+        infra.check_ports(
+            infra.InfraConfig(
+                state_dir=deep,
+                s3_port=15001,
+                mlflow_port=15002,
+                master_port=15003,
+                volume_port=15004,
+                filer_port=15005,
+                admin_port=15006,
+            )
+        )
 
 
 def test_host_that_is_not_ours(tmp_path):
@@ -356,7 +371,10 @@ def test_corrupt_state_file(tmp_path):
 
 def test_status_and_down_on_an_empty_folder(tmp_path):
     cfg = infra.InfraConfig(state_dir=tmp_path / "never")
-    assert [(s.name, s.running, s.healthy) for s in infra.status(cfg)] == [("s3", False, False), ("mlflow", False, False)]
+    assert [(s.name, s.running, s.healthy) for s in infra.status(cfg)] == [
+        ("s3", False, False),
+        ("mlflow", False, False),
+    ]
     assert infra.down(cfg) == []
     assert not cfg.state_dir.exists()
 

@@ -35,6 +35,7 @@ on 127.0.0.1 only).
 
 from __future__ import annotations
 
+from ..storage import s3_client, s3_filesystem, storage_uri  # the stack's client helpers live with all storage I/O
 from .config import (
     ARTIFACT_PREFIX,
     FLAGS,
@@ -58,13 +59,37 @@ from .credentials import (
 )
 from .processes import check_ports, weed_grpc_sockets
 from .reachable import check_reachable
-from ..storage import s3_client, s3_filesystem, storage_uri  # the stack's client helpers live with all storage I/O
 from .stack import ServiceStatus, StackInfo, client_env, down, recorded, status, up
 
 __all__ = [
-    "ADMIN_PASSWORD_ENV", "ADMIN_USERNAME_ENV", "ARTIFACT_PREFIX", "FLAGS", "GRPC_OFFSET", "MLFLOW_ADMIN", "SERVICES",
-    "WEED_PORTS", "Credentials", "InfraConfig", "InfraError", "MlflowLogin", "ServiceStatus", "StackInfo",
-    "check_ports", "check_reachable", "client_env", "credentials_path", "default_state_dir", "down",
-    "load_credentials", "load_mlflow_login", "make_config", "recorded", "s3_client", "s3_filesystem", "status",
-    "storage_uri", "up", "weed_grpc_sockets",
-]  # fmt: skip
+    "ADMIN_PASSWORD_ENV",
+    "ADMIN_USERNAME_ENV",
+    "ARTIFACT_PREFIX",
+    "FLAGS",
+    "GRPC_OFFSET",
+    "MLFLOW_ADMIN",
+    "SERVICES",
+    "WEED_PORTS",
+    "Credentials",
+    "InfraConfig",
+    "InfraError",
+    "MlflowLogin",
+    "ServiceStatus",
+    "StackInfo",
+    "check_ports",
+    "check_reachable",
+    "client_env",
+    "credentials_path",
+    "default_state_dir",
+    "down",
+    "load_credentials",
+    "load_mlflow_login",
+    "make_config",
+    "recorded",
+    "s3_client",
+    "s3_filesystem",
+    "status",
+    "storage_uri",
+    "up",
+    "weed_grpc_sockets",
+]

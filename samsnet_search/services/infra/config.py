@@ -61,8 +61,12 @@ WEED_PORTS = {
 # Where weed puts the gRPC unix sockets it dials before TCP (not configurable in weed 4.48).
 WEED_GRPC_SOCKET = "/tmp/seaweedfs-{part}-grpc-{port}.sock"
 WEED_SOCKET_PARTS = {
-    "s3_port": "s3", "master_port": "master", "volume_port": "volume", "filer_port": "filer", "admin_port": "admin"
-}  # fmt: skip
+    "s3_port": "s3",
+    "master_port": "master",
+    "volume_port": "volume",
+    "filer_port": "filer",
+    "admin_port": "admin",
+}
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the trailing NUL
 
 
@@ -107,7 +111,8 @@ class InfraConfig(BaseModel):
     stop_timeout: float = Field(20.0, gt=0, description="seconds to wait after SIGTERM before SIGKILL")
     auth: bool = Field(True, description="MLflow basic auth; off (--no-auth) only on a loopback --host")
     isolate: bool = Field(
-        True, description="SeaweedFS's internal ports in a private network namespace; off (--no-isolation): on 127.0.0.1"
+        True,
+        description="SeaweedFS's internal ports in a private network namespace; off (--no-isolation): on 127.0.0.1",
     )
 
     @field_validator("bucket")

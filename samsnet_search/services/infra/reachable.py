@@ -49,7 +49,9 @@ def s3_endpoint_of(uri: str) -> tuple[str, str, int]:
         override = query["endpoint_override"]
         url = override if "://" in override else f"{query.get('scheme', 'https')}://{override}"
     else:
-        region = query.get("region") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        region = (
+            query.get("region") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        )
         aws = f"https://s3.{region}.amazonaws.com"
         url = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or aws
     parts = urlsplit(url)
@@ -113,7 +115,9 @@ def _tracking_problems(uri: str, timeout: float) -> list[str]:
             '(for the local stack: eval "$(samsnet-search infra env)")'
         ]
     if got in (401, 403):
-        return [f"tracking server {uri} refused the login in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD ({got})"]
+        return [
+            f"tracking server {uri} refused the login in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD ({got})"
+        ]
     if got != 200:
         return [f"tracking server {uri}: the MLflow API answered {got}"]
     return []

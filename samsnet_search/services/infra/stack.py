@@ -14,6 +14,7 @@ from typing import Any, Callable
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .. import weed_sandbox
+from ..storage import s3_client
 from .config import (
     ARTIFACT_PREFIX,
     FOREIGN_AWS_VARS,
@@ -50,7 +51,6 @@ from .processes import (
     wait_healthy,
     write_state,
 )
-from ..storage import s3_client
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,15 @@ def weed_command(cfg: InfraConfig, ident: Path) -> list[str]:
         "-master.telemetry=false",
         "-volume.preStopSeconds=0",  # one node: no peers to warn before stopping
     ]
-    sandbox = [sys.executable, "-m", "samsnet_search.services.weed_sandbox", "--host", cfg.host, "--port", str(cfg.s3_port)]
+    sandbox = [
+        sys.executable,
+        "-m",
+        "samsnet_search.services.weed_sandbox",
+        "--host",
+        cfg.host,
+        "--port",
+        str(cfg.s3_port),
+    ]
     sandbox += ["--socket", str(cfg.state_dir / "s3.sock"), "--stop-grace", str(cfg.stop_timeout)]
     if not cfg.isolate:
         sandbox.append("--no-namespace")
@@ -170,13 +178,21 @@ def _start_s3(cfg: InfraConfig, creds: Credentials, state: dict[str, Any], say: 
 def mlflow_command(cfg: InfraConfig, bucket: str) -> list[str]:
     db = (cfg.state_dir / "mlflow.db").resolve()
     cmd = [
-        sys.executable, "-m", "mlflow", "server",
-        "--host", cfg.host,
-        "--port", str(cfg.mlflow_port),
-        "--workers", "1",  # 1 worker: about 430 MB instead of 2.3 GB (docs/infra.md)
-        "--backend-store-uri", f"sqlite:///{db}",
-        "--artifacts-destination", f"s3://{bucket}/{ARTIFACT_PREFIX}",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        cfg.host,
+        "--port",
+        str(cfg.mlflow_port),
+        "--workers",
+        "1",  # 1 worker: about 430 MB instead of 2.3 GB (docs/infra.md)
+        "--backend-store-uri",
+        f"sqlite:///{db}",
+        "--artifacts-destination",
+        f"s3://{bucket}/{ARTIFACT_PREFIX}",
+    ]
     if cfg.auth:
         cmd += ["--app-name", "basic-auth"]  # users in mlflow-auth.db; config from MLFLOW_AUTH_CONFIG_PATH
     if cfg.allowed_hosts:
@@ -236,7 +252,9 @@ def _start_mlflow(cfg: InfraConfig, creds: Credentials, state: dict[str, Any], s
     # A new sqlite store runs its migrations first: about 20 s on 2 cores.
     wait_healthy(lambda: http_ok(endpoint + "/health"), rec, "MLflow server", cfg.start_timeout)
     if cfg.auth:
-        probe = http_status(endpoint + "/api/2.0/mlflow/experiments/search?max_results=1", (login.username, login.password))
+        probe = http_status(
+            endpoint + "/api/2.0/mlflow/experiments/search?max_results=1", (login.username, login.password)
+        )
         if probe != 200:
             raise InfraError(
                 f"the MLflow server at {endpoint} refuses the admin login of {credentials_path(cfg)} ({probe}): its "
