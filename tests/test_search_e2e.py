@@ -307,6 +307,7 @@ def test_multi_objective_study_finds_a_pareto_front(tmp_path, synth_root):
     from ray.tune.search.optuna import OptunaSearch
 
     from samsnet_search.search import pareto
+    from samsnet_search.search.objectives import dominates
 
     path = tiny_study(
         tmp_path,
@@ -332,9 +333,9 @@ def test_multi_objective_study_finds_a_pareto_front(tmp_path, synth_root):
     values = {p["trial_id"]: (p["values"]["valid_sdr"], p["values"]["params"]) for p in front["points"]}
     on = [values[t] for t in front["front"]]
     off = [v for t, v in values.items() if t not in front["front"]]
-    signs = [-1, 1]
-    assert on and not any(pareto.dominates(a, b, signs) for a in on for b in on)
-    assert all(any(pareto.dominates(a, b, signs) for a in on) for b in off)
+    modes = ["max", "min"]
+    assert on and not any(dominates(a, b, modes) for a in on for b in on)
+    assert all(any(dominates(a, b, modes) for a in on) for b in off)
     assert all(p["latency_ms"] > 0 for p in pareto.front_points(front))
 
     # Optuna was told both objectives of every trial (its state is saved in the study folder)
