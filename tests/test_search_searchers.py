@@ -161,3 +161,29 @@ def test_only_searchers_that_take_the_limit_get_it_from_tune(tmp_path):
             getattr(searchers.build_searcher(study), "max_concurrent", None),
         )
     assert limits == {"optuna": (2, None), "random": (None, 2)}
+
+
+def test_a_new_searcher_is_one_registry_entry(tmp_path, monkeypatch):
+    """Optuna's GP sampler registered at run time, with its own refusal: the study file accepts
+    the name, the entry's check runs at load time, and the searcher proposes the study's space."""
+    import optuna
+
+    def check_gp(study):
+        too_many = [k for k, d in study.space.items() if d.categorical and d.size > 8]
+        return f"search.searcher: gp takes choices of at most 8 values; {too_many} have more" if too_many else None
+
+    entry = searchers.SearcherEntry(
+        "gp",
+        "Optuna's Gaussian-process sampler",
+        lambda study: searchers.optuna_search(study, optuna.samplers.GPSampler(seed=study.search.seed)),
+        check=check_gp,
+    )
+    monkeypatch.setitem(searchers.SEARCHERS, "gp", entry)
+    study = numeric_study(tmp_path, searcher="gp", seed=0)
+    configs = proposals(study, 3)
+    assert len(configs) == 3 and all(2 <= c["model.channels"] <= 8 for c in configs)
+    with pytest.raises(
+        ConfigError, match=r"s.yaml: search.searcher: gp takes choices of at most 8 values; \['model.channels'\]"
+    ):
+        path = write_study(tmp_path, {"searcher": "gp"}, model={"channels": {"choice": list(range(2, 12))}})
+        load_study(path, base_dir=tmp_path, check_data=False)

@@ -6,7 +6,8 @@ search algorithm proposes trials (`build`), what it cannot handle (`check`: one
 (`trials`) and whether it takes several objectives. Adding a searcher is one entry here
 and its tests; `runner` and `study` only call the public functions at the bottom.
 
-Optuna-based entries go through Ray's `OptunaSearch`, which converts the Tune domains to
+Optuna-based entries build with `optuna_search(study, sampler)`: Ray's `OptunaSearch`
+(tolerant of trials it does not know, told every objective), which converts the Tune domains to
 Optuna distributions with the same inclusive bounds (`Distribution.to_tune`/`to_optuna`).
 Every searcher is seeded by `search.seed`: the same study file proposes the same trials.
 """
@@ -54,7 +55,7 @@ class SearcherEntry:
 # --- Optuna ---------------------------------------------------------------------------
 
 
-def _optuna_search(study: Study, sampler: Any):
+def optuna_search(study: Study, sampler: Any):
     """Ray's OptunaSearch over `sampler`. One objective: metric/mode come from TuneConfig;
     several: the searcher gets them all (the quality at each trial's best epoch first)."""
     from .adapters import RestartTolerantOptuna  # lazy: imports ray.tune; loading a study must not
@@ -78,14 +79,14 @@ def _tpe(study: Study):
 
     # TPE seeded: the same study file proposes the same first configurations; with several
     # objectives Optuna's TPE is its multi-objective variant.
-    return _optuna_search(study, optuna.samplers.TPESampler(seed=study.search.seed))
+    return optuna_search(study, optuna.samplers.TPESampler(seed=study.search.seed))
 
 
 def _cmaes(study: Study):
     import optuna  # lazy: heavy; loading a study must not pay for it
 
     # Its first trial (n_startup_trials) comes from a RandomSampler seeded alike.
-    return _optuna_search(study, optuna.samplers.CmaEsSampler(seed=study.search.seed))
+    return optuna_search(study, optuna.samplers.CmaEsSampler(seed=study.search.seed))
 
 
 def _check_cmaes(study: Study) -> str | None:
