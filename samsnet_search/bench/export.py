@@ -53,8 +53,8 @@ def sizes_for(quick: bool, smoke: bool) -> list[ExportSizes]:
 
     quickstart = ExportSizes("quickstart's largest trial model", model["n_fft"], model["hop_length"],
                              largest(model["channels"]), largest(model["heads"]), largest(model["depth"]),
-                             largest(model["slices"]), data["segment_seconds"], 2.0 if smoke else 10.0,
-                             repeats=3 if smoke else 7)  # fmt: skip
+                             largest(model["slices"]), data["segment_seconds"], 2.0 if smoke else 6.0,
+                             repeats=3 if smoke else 5)  # fmt: skip
     if quick:
         return [quickstart]
     paper = ExportSizes("paper model (64 maps, 2 heads, 3 modules, 12 slices)", 4096, 1024, 64, 2, 3, 12, 6.0, 10.0, 3)

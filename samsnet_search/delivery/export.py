@@ -30,11 +30,11 @@ import torch.fx.experimental._config as fx_config
 from torch import nn
 
 from ..config import SAMPLE_RATE, TARGETS, ModelConfig, flatten
+from ..data.audio_io import read_audio
 from ..data.splits import KIND_HQ, KIND_STEMS, KIND_SYNTH, detect_format
 from ..data.synth import MANIFEST as SYNTH_MANIFEST
 from ..data.synth import synthesize
 from ..engine import checkpoint
-from ..engine.separate import read_audio
 from ..errors import SamsNetError
 from ..model import SamsNet
 from ..model.info import macs_per_second, parameter_breakdown
