@@ -32,6 +32,7 @@ from mlflow.exceptions import MlflowException
 from torch import nn
 
 from ..config import SAMPLE_RATE, TARGETS, ModelConfig, flatten
+from ..data.audio_io import read_audio
 from ..data.splits import KIND_HQ, KIND_STEMS, KIND_SYNTH, detect_format
 from ..data.synth import MANIFEST as SYNTH_MANIFEST
 from ..data.synth import synthesize
