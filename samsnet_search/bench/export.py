@@ -60,8 +60,8 @@ def sizes_for(quick: bool, smoke: bool) -> list[ExportSizes]:
         largest(model["depth"]),
         largest(model["slices"]),
         data["segment_seconds"],
-        2.0 if smoke else 10.0,
-        repeats=3 if smoke else 7,
+        2.0 if smoke else 6.0,
+        repeats=3 if smoke else 5,
     )
     if quick:
         return [quickstart]

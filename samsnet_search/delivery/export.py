@@ -38,7 +38,6 @@ from ..data.synth import MANIFEST as SYNTH_MANIFEST
 from ..data.synth import synthesize
 from ..engine import checkpoint
 from ..engine.checkpoint import BEST
-from ..engine.separate import read_audio
 from ..errors import SamsNetError
 from ..model import SamsNet
 from ..model.info import macs_per_second, parameter_breakdown
