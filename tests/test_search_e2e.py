@@ -111,7 +111,11 @@ def test_tiny_study_end_to_end(tmp_path, synth_root, capsys):
     assert parent.data.tags[tracking.ROLE_TAG] == "study" and parent.info.status == "FINISHED"
     assert parent.data.tags["samsnet.data_fingerprint"] and parent.data.tags["samsnet.state"] == "finished"
     assert parent.data.params["space.model.slices"] == "choice [1, 2, 4]"
-    assert {a.path for a in c.list_artifacts(parent.info.run_id)} == {"study.yaml", "search_summary.json"}
+    assert {a.path for a in c.list_artifacts(parent.info.run_id)} == {
+        "study.yaml",
+        "search_summary.json",
+        "importance.json",
+    }
     children = child_runs(result, target)
     assert sorted(r.data.tags[tracking.TRIAL_TAG] for r in children) == sorted(statuses)
     param_names = {frozenset(r.data.params) for r in children}

@@ -61,6 +61,8 @@ def param_importance(
         out["skipped"] = f"{len(points)} trials with values, {len(varied)} parameters that varied"
         return out
     for name, mode in objectives.items():
+        if len({v[name] for _, v in points}) < 2:  # constant (every model the same size): nothing to explain,
+            continue  # and fANOVA raises on zero variance
         study = _optuna_study([(p, v[name]) for p, v in points], {k: space[k] for k in varied}, mode)
         found = {"fanova": _shares(study, FanovaImportanceEvaluator(seed=SEED))}
         if len(points) >= PED_ANOVA_MIN_TRIALS:
