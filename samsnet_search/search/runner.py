@@ -458,9 +458,7 @@ def _run_study(
             if study.search.multi_objective and not result.interrupted:
                 result.pareto = _pareto(study, result)
             if not result.interrupted:
-                result.importance = importance.param_importance(
-                    result.trials, {k: d.to_optuna() for k, d in study.space.items()}, study.search.objective_modes
-                )
+                result.importance = _importance(study, result)
     except KeyboardInterrupt:
         state = "interrupted"
         raise
@@ -480,6 +478,17 @@ def _warm_start(study: Study, target, manifest: Manifest) -> None:
     for name, n in warm.sources.items():
         c.log_metric(manifest.parent_run_id, f"warm_start.{name}", n)
     log.info("warm start: %s", ", ".join(f"{n} trials from study {name}" for name, n in warm.sources.items()))
+
+
+def _importance(study: Study, result: StudyResult) -> dict[str, Any]:
+    """Parameter importance of the finished search; a failure is reported, never fatal (the
+    results are on disk already)."""
+    space = {k: d.to_optuna() for k, d in study.space.items()}
+    try:
+        return importance.param_importance(result.trials, space, study.search.objective_modes)
+    except Exception as e:
+        log.warning("could not compute parameter importance: %s", e)
+        return {"trials": len(result.trials), "objectives": {}, "skipped": f"failed: {e}"}
 
 
 def _verify_state(study: Study) -> None:
