@@ -67,12 +67,17 @@ def model_info(
 
     exp = load_experiment(config) if config else ExperimentConfig()
     overrides = {k: v for k, v in dict(channels=channels, heads=heads, depth=depth, slices=slices).items() if v}
-    exp = validate_model(ExperimentConfig, {**exp.model_dump(), "model": {**exp.model.model_dump(), **overrides}},
-                         "command line")  # fmt: skip
+    exp = validate_model(
+        ExperimentConfig, {**exp.model_dump(), "model": {**exp.model.model_dump(), **overrides}}, "command line"
+    )
     model_cfg = exp.resolved_model()
     model = build_model(model_cfg)
-    rows = {**model_cfg.model_dump(), "segment_seconds": exp.data.segment_seconds, **parameter_breakdown(model),
-            "GMACs_per_second_of_audio": round(macs_per_second(model) / 1e9, 3)}  # fmt: skip
+    rows = {
+        **model_cfg.model_dump(),
+        "segment_seconds": exp.data.segment_seconds,
+        **parameter_breakdown(model),
+        "GMACs_per_second_of_audio": round(macs_per_second(model) / 1e9, 3),
+    }
     for key, value in rows.items():
         print(f"{key:>28}: {value}")
 
@@ -81,8 +86,11 @@ def _experiment(config: Path, data: Optional[Path]):
 
     exp = load_experiment(config)
     if data is not None:
-        exp = validate_model(ExperimentConfig, {**exp.model_dump(), "data": {**exp.data.model_dump(), "root": data}},
-                             f"{config} with --data")  # fmt: skip
+        exp = validate_model(
+            ExperimentConfig,
+            {**exp.model_dump(), "data": {**exp.data.model_dump(), "root": data}},
+            f"{config} with --data",
+        )
     return exp
 
 
@@ -101,36 +109,55 @@ def train(
     exp = _experiment(config, data)
     trainer = Trainer(exp, out)
     last = out / "checkpoint" / LAST
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} epochs"),
-                  TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=console) as bar:  # fmt: skip
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} epochs"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+    ) as bar:
         task = bar.add_task("training", total=exp.train.epochs, status="")
 
         def show(r) -> None:
             sdr = f" valid_sdr={r.valid_sdr:.2f} dB" if r.valid_sdr is not None else ""
-            bar.update(task, completed=r.epoch, status=f"train_loss={r.train_loss:.4g} valid_loss={r.valid_loss:.4g}{sdr}")
+            bar.update(
+                task, completed=r.epoch, status=f"train_loss={r.train_loss:.4g} valid_loss={r.valid_loss:.4g}{sdr}"
+            )
 
         trainer.callbacks.append(show)
         summary = trainer.fit(resume=last if resume and last.is_file() else None)
     why = "early stopping" if summary.stopped_early else "epoch limit"
-    print(f"stopped after {summary.epochs} epochs ({why}); best valid_loss {summary.best_valid_loss:.5g} "
-          f"at epoch {summary.best_epoch}; checkpoints in {summary.checkpoint_dir}")  # fmt: skip
+    print(
+        f"stopped after {summary.epochs} epochs ({why}); best valid_loss {summary.best_valid_loss:.5g} "
+        f"at epoch {summary.best_epoch}; checkpoints in {summary.checkpoint_dir}"
+    )
 
 
 @app.command("evaluate")
 def evaluate(
     model: Optional[Path] = typer.Argument(None, help="checkpoint folder or .pt file (best weights are used)"),
-    data: Optional[Path] = typer.Option(None, "--data", help="dataset folder (default: the model's data.root / MUSDB_PATH)"),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="dataset folder (default: the model's data.root / MUSDB_PATH)"
+    ),
     subset: str = typer.Option("test", help="test (reads test/ only) or valid (the validation tracks of train/)"),
     oracle: Optional[str] = typer.Option(None, help="irm1 (magnitude ratio) or irm2 (power ratio) instead of a model"),
     backend: str = typer.Option("museval", help="museval (reference) or fast (samsnet_search.metrics.bsseval)"),
     out: Path = typer.Option(Path("runs/eval"), "--out", help="museval JSON per track and summary.json"),
     max_tracks: Optional[int] = typer.Option(None, help="only the first N tracks"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
-    valid_track: Optional[list[str]] = typer.Option(None, help="validation track name for --subset valid (repeatable); "
-                                                    "default: the model's data.valid_tracks, else the dataset's list"),
-    cache_dir: Optional[Path] = typer.Option(None, help="decoded-audio cache; default: <data>/.samsnet-cache "
-                                             "(the model's data.cache_dir only without --data)"),
-    wiener: int = typer.Option(0, help="multichannel Wiener filter EM iterations after the masks; 0: plain masks as the paper"),
+    valid_track: Optional[list[str]] = typer.Option(
+        None,
+        help="validation track name for --subset valid (repeatable); "
+        "default: the model's data.valid_tracks, else the dataset's list",
+    ),
+    cache_dir: Optional[Path] = typer.Option(
+        None,
+        help="decoded-audio cache; default: <data>/.samsnet-cache (the model's data.cache_dir only without --data)",
+    ),
+    wiener: int = typer.Option(
+        0, help="multichannel Wiener filter EM iterations after the masks; 0: plain masks as the paper"
+    ),
     residual: bool = typer.Option(False, "--residual", help="other = mixture - (vocals + drums + bass)"),
 ) -> None:
     """Separate full tracks and score them with BSSEval v4 (median over frames, then tracks).
@@ -146,8 +173,10 @@ def evaluate(
     if (model is None) == (oracle is None):
         raise ConfigError("give either a model checkpoint or --oracle irm1|irm2")
     if oracle not in (None, "irm1", "irm2") or backend not in ("museval", "fast") or subset not in ("test", "valid"):
-        raise ConfigError(f"--oracle must be irm1 or irm2, --backend museval or fast, --subset test or valid "
-                          f"(got {oracle}, {backend}, {subset})")  # fmt: skip
+        raise ConfigError(
+            f"--oracle must be irm1 or irm2, --backend museval or fast, --subset test or valid "
+            f"(got {oracle}, {backend}, {subset})"
+        )
     if wiener < 0:
         raise ConfigError(f"--wiener {wiener}: EM iterations must be >= 0 (0: plain masks)")
     post = PostFilter(wiener=wiener, residual=residual)
@@ -166,13 +195,20 @@ def evaluate(
     if oracle is not None:
         estimator = oracle_estimator(oracle, post=post)
     name = f"{name}, {post.label}"
-    report = evaluate_tracks(estimator, tracks[:max_tracks], name=name, backend=backend, data_kind=kind, subset=subset,
-                             out_dir=out, progress=lambda msg: console.print(f"[dim]{msg}[/dim]", highlight=False))  # fmt: skip
+    report = evaluate_tracks(
+        estimator,
+        tracks[:max_tracks],
+        name=name,
+        backend=backend,
+        data_kind=kind,
+        subset=subset,
+        out_dir=out,
+        progress=lambda msg: console.print(f"[dim]{msg}[/dim]", highlight=False),
+    )
     _print_scores(report)
 
 
 def _print_scores(report) -> None:
-
 
     table = Table(title=f"{report.estimator}: SDR (dB), {report.subset} set of {report.data}, {report.backend}")
     for col in ("track", *TARGETS, "avg"):
@@ -188,19 +224,32 @@ def _print_scores(report) -> None:
 @app.command("separate")
 def separate(
     model: str = typer.Argument(..., help="export folder, models:/samsnet-NAME@ALIAS, or checkpoint folder / .pt file"),
-    audio: Path = typer.Argument(..., help="audio file ffmpeg reads (wav, flac, mp3, .stem.mp4: its mixture stream, ...); resampled to 44.1 kHz"),
+    audio: Path = typer.Argument(
+        ..., help="audio file ffmpeg reads (wav, flac, mp3, .stem.mp4: its mixture stream, ...); resampled to 44.1 kHz"
+    ),
     out: Path = typer.Option(Path("separated"), "--out", help="writes <target>.wav per target"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow server for models:/ URIs (default $MLFLOW_TRACKING_URI, else ./mlruns)"),
-    chunk_seconds: float = typer.Option(30.0, help="seconds separated at a time: sets the peak memory (not the song length)"),
-    wiener: int = typer.Option(0, help="multichannel Wiener filter EM iterations (norbert); 0: plain masks as the paper"),
-    residual: bool = typer.Option(False, "--residual", help="other = mixture - (vocals + drums + bass): stems sum to the mixture"),
-    stems: Optional[str] = typer.Option(None, help="comma-separated targets to write, e.g. vocals,drums (default: all four)"),
+    tracking_uri: Optional[str] = typer.Option(
+        None, help="MLflow server for models:/ URIs (default $MLFLOW_TRACKING_URI, else ./mlruns)"
+    ),
+    chunk_seconds: float = typer.Option(
+        30.0, help="seconds separated at a time: sets the peak memory (not the song length)"
+    ),
+    wiener: int = typer.Option(
+        0, help="multichannel Wiener filter EM iterations (norbert); 0: plain masks as the paper"
+    ),
+    residual: bool = typer.Option(
+        False, "--residual", help="other = mixture - (vocals + drums + bass): stems sum to the mixture"
+    ),
+    stems: Optional[str] = typer.Option(
+        None, help="comma-separated targets to write, e.g. vocals,drums (default: all four)"
+    ),
     bits: str = typer.Option("32f", help="output samples: 16, 24 (integer PCM, clipped to [-1, 1]) or 32f (float)"),
 ) -> None:
     """Separate one song into vocals, drums, bass and other."""
 
-    from .engine.separate import check_arguments, load_separator, parse_stems, separate_file  # lazy: torch
+    from .delivery.registry import load_separator  # lazy: torch, mlflow
+    from .engine.separate import check_arguments, parse_stems, separate_file  # lazy: torch
     from .engine.train import pick_device  # lazy: torch
     from .engine.wiener import PostFilter  # lazy: torch
 
@@ -215,17 +264,36 @@ def separate(
         def show(done: int, total: int | None) -> None:
             nonlocal bar, task
             if bar is None:  # opened on the first report: errors found before any work stay one line
-                bar = stack.enter_context(Progress(TextColumn("{task.description}"), BarColumn(),
-                                                   TextColumn("{task.fields[where]}"), TimeElapsedColumn(),
-                                                   TimeRemainingColumn(), console=console))  # fmt: skip
+                bar = stack.enter_context(
+                    Progress(
+                        TextColumn("{task.description}"),
+                        BarColumn(),
+                        TextColumn("{task.fields[where]}"),
+                        TimeElapsedColumn(),
+                        TimeRemainingColumn(),
+                        console=console,
+                    )
+                )
                 task = bar.add_task(f"separating {audio.name}", total=None, where="")
             total = max(total or 0, done) or None  # a decoder's stated length can be a little short
-            bar.update(task, completed=done, total=total, where=f"{done / SAMPLE_RATE:.0f}"
-                       + (f" / {total / SAMPLE_RATE:.0f} s" if total else " s"))  # fmt: skip
+            bar.update(
+                task,
+                completed=done,
+                total=total,
+                where=f"{done / SAMPLE_RATE:.0f}" + (f" / {total / SAMPLE_RATE:.0f} s" if total else " s"),
+            )
 
-        written = separate_file(net, audio, out, pick_device(device), chunk_seconds=chunk_seconds,
-                                post=PostFilter(wiener=wiener, residual=residual), stems=selected, bits=bits,
-                                progress=show)  # fmt: skip
+        written = separate_file(
+            net,
+            audio,
+            out,
+            pick_device(device),
+            chunk_seconds=chunk_seconds,
+            post=PostFilter(wiener=wiener, residual=residual),
+            stems=selected,
+            bits=bits,
+            progress=show,
+        )
     for target, path in written.items():
         print(f"{target:>7}: {path}")
 
@@ -233,18 +301,32 @@ def separate(
 @app.command("export")
 def export(
     source: str = typer.Argument(..., help="study name (or folder), MLflow run id, or checkpoint folder / .pt file"),
-    out: Path = typer.Option(..., "--out", help="export folder (TorchScript, ONNX, weights, configs, model card)"),
+    out: Path = typer.Option(
+        ..., "--out", help="export folder (torch.export programs, ONNX, weights, configs, model card)"
+    ),
     storage: str = typer.Option("./runs", help="storage root holding the studies (local folder or s3://bucket/prefix)"),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow for run ids / --register (default $MLFLOW_TRACKING_URI, else ./mlruns)"),
-    register: Optional[str] = typer.Option(None, help="also register as samsnet-NAME (a study always registers as samsnet-<study>)"),
-    alias: str = typer.Option("champion", help="registry alias set on the new version (weights registered before keep theirs)"),
+    tracking_uri: Optional[str] = typer.Option(
+        None, help="MLflow for run ids / --register (default $MLFLOW_TRACKING_URI, else ./mlruns)"
+    ),
+    register: Optional[str] = typer.Option(
+        None, help="also register as samsnet-NAME (a study always registers as samsnet-<study>)"
+    ),
+    alias: str = typer.Option(
+        "champion", help="registry alias set on the new version (weights registered before keep theirs)"
+    ),
 ) -> None:
     """Export the best model of a study (or a run / checkpoint) as a self-contained folder."""
 
     from .delivery.export import export_source  # lazy: torch, mlflow
 
-    folder, registration = export_source(source, out, storage=storage, tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
-                                         register_as=register, alias=alias)  # fmt: skip
+    folder, registration = export_source(
+        source,
+        out,
+        storage=storage,
+        tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
+        register_as=register,
+        alias=alias,
+    )
     print(f"exported to {folder}")
     if registration is not None:
         print(registration.describe())
@@ -265,24 +347,39 @@ def data_synth(
     """Write a synthetic dataset (stems with vocals, drums, bass, chords; sections that change)."""
     from .data.synth import synthesize  # lazy: torch, scipy
 
-    root = synthesize(out, n_train=train, n_valid=valid, n_test=test, seconds=seconds, seed=seed,
-                      section_range=(section_min, section_max), overwrite=force)  # fmt: skip
-    print(f"wrote {train + valid} train/ tracks ({valid} for validation) and {test} test/ tracks of {seconds:g} s to {root}")
+    root = synthesize(
+        out,
+        n_train=train,
+        n_valid=valid,
+        n_test=test,
+        seconds=seconds,
+        seed=seed,
+        section_range=(section_min, section_max),
+        overwrite=force,
+    )
+    print(
+        f"wrote {train + valid} train/ tracks ({valid} for validation) and {test} test/ tracks of {seconds:g} s to {root}"
+    )
 
 
 @data_app.command("info")
 def data_info(
     root: Path = typer.Argument(..., help="MUSDB18 / MUSDB18-HQ / synthetic dataset folder"),
     format: str = typer.Option("auto", "--format", help="auto, hq (wav folders) or stems (.stem.mp4)"),
-    valid_track: Optional[list[str]] = typer.Option(None, help="validation track name (repeatable); default: official list"),
+    valid_track: Optional[list[str]] = typer.Option(
+        None, help="validation track name (repeatable); default: official list"
+    ),
     cache_dir: Optional[Path] = typer.Option(None, help="decoded-audio cache; default <root>/.samsnet-cache"),
     check: bool = typer.Option(False, "--check", help="decode every track now (fills the cache, finds bad samples)"),
 ) -> None:
     """Load the splits of a dataset and print counts, kind and fingerprint."""
     from .data.splits import load_splits, prepare  # lazy: torch, scipy
 
-    cfg = validate_model(DataConfig, dict(root=root, format=format, valid_tracks=valid_track or None,
-                                          cache_dir=cache_dir), "command line")  # fmt: skip
+    cfg = validate_model(
+        DataConfig,
+        dict(root=root, format=format, valid_tracks=valid_track or None, cache_dir=cache_dir),
+        "command line",
+    )
     splits = load_splits(cfg)
     print(f"       root: {splits.root}")
     print(f"       kind: {splits.kind}")
@@ -292,7 +389,10 @@ def data_info(
         print(f"{name:>11}: {len(tracks)} tracks")
     if check:
         samples = prepare(splits.all_tracks())
-        print(f"    decoded: {samples / SAMPLE_RATE / 60:.1f} min of audio, all checked (cache: {splits.train[0].cache.folder})")
+        print(
+            f"    decoded: {samples / SAMPLE_RATE / 60:.1f} min of audio, all checked (cache: {splits.train[0].cache.folder})"
+        )
+
 
 _STATE_HELP = "stack state folder; default $SAMSNET_INFRA_DIR, else $XDG_STATE_HOME/samsnet/infra (~/.local/state/...)"
 
@@ -307,26 +407,45 @@ def infra_up(
     host: Optional[str] = typer.Option(None, help="listen address (default 127.0.0.1); on a cluster one workers reach"),
     s3_port: Optional[int] = typer.Option(None, help="S3 API port (default 8333)"),
     mlflow_port: Optional[int] = typer.Option(None, help="MLflow server port (default 5000)"),
-    master_port: Optional[int] = typer.Option(None, help="SeaweedFS master port, inside its namespace (default 9333; and +10000)"),
-    volume_port: Optional[int] = typer.Option(None, help="SeaweedFS volume port, inside its namespace (default 9340; and +10000)"),
-    filer_port: Optional[int] = typer.Option(None, help="SeaweedFS filer port, inside its namespace (default 8888; and +10000)"),
-    admin_port: Optional[int] = typer.Option(None, help="SeaweedFS admin port, inside its namespace (default 23646; and +10000)"),
+    master_port: Optional[int] = typer.Option(
+        None, help="SeaweedFS master port, inside its namespace (default 9333; and +10000)"
+    ),
+    volume_port: Optional[int] = typer.Option(
+        None, help="SeaweedFS volume port, inside its namespace (default 9340; and +10000)"
+    ),
+    filer_port: Optional[int] = typer.Option(
+        None, help="SeaweedFS filer port, inside its namespace (default 8888; and +10000)"
+    ),
+    admin_port: Optional[int] = typer.Option(
+        None, help="SeaweedFS admin port, inside its namespace (default 23646; and +10000)"
+    ),
     bucket: Optional[str] = typer.Option(None, help="bucket for artifacts and Ray storage (default samsnet)"),
     allowed_hosts: Optional[str] = typer.Option(None, help="MLflow --allowed-hosts, e.g. mlflow.example.org"),
     timeout: Optional[float] = typer.Option(None, help="seconds to wait for each service (default 120)"),
     no_auth: bool = typer.Option(False, "--no-auth", help="MLflow server without a login (127.0.0.1 only)"),
     no_isolation: bool = typer.Option(
-        False, "--no-isolation", help="SeaweedFS's internal ports on 127.0.0.1, open to this host's users (no namespaces)"
+        False,
+        "--no-isolation",
+        help="SeaweedFS's internal ports on 127.0.0.1, open to this host's users (no namespaces)",
     ),
 ) -> None:
     """Start SeaweedFS (S3) and an MLflow server with artifacts in it; no-op if running."""
 
     cfg = infra.make_config(
-        state_dir=state_dir, host=host, s3_port=s3_port, mlflow_port=mlflow_port, master_port=master_port,
-        volume_port=volume_port, filer_port=filer_port, admin_port=admin_port, bucket=bucket,
-        allowed_hosts=allowed_hosts, start_timeout=timeout, auth=False if no_auth else None,
+        state_dir=state_dir,
+        host=host,
+        s3_port=s3_port,
+        mlflow_port=mlflow_port,
+        master_port=master_port,
+        volume_port=volume_port,
+        filer_port=filer_port,
+        admin_port=admin_port,
+        bucket=bucket,
+        allowed_hosts=allowed_hosts,
+        start_timeout=timeout,
+        auth=False if no_auth else None,
         isolate=False if no_isolation else None,
-    )  # fmt: skip
+    )
     info = infra.up(cfg, progress=_stderr_line)
     for name, url in (("s3", info.s3_endpoint), ("mlflow", info.tracking_uri)):
         how = "already running" if name in info.already_running else "started"
@@ -371,9 +490,10 @@ def infra_env(state_dir: Optional[Path] = typer.Option(None, help=_STATE_HELP)) 
         print(f"export {key}={shlex.quote(value)}")
 
 
-
-_STORAGE_HELP = ("storage root holding the studies (local folder or s3://bucket/prefix); default "
-                 "$SAMSNET_STORAGE, else `storage:` in ~/.config/samsnet/config.yaml, else ./runs")
+_STORAGE_HELP = (
+    "storage root holding the studies (local folder or s3://bucket/prefix); default "
+    "$SAMSNET_STORAGE, else `storage:` in ~/.config/samsnet/config.yaml, else ./runs"
+)
 
 
 def _storage(storage: Optional[str]) -> str:
@@ -429,14 +549,23 @@ def run(
     num_gpus: Optional[int] = typer.Option(None, help="GPUs of the local Ray (default: detected)"),
     restart_errored: bool = typer.Option(False, "--restart-errored", help="when continuing: run failed trials again"),
     live: bool = typer.Option(True, "--live/--no-live", help="live table of trials in the terminal"),
-    select: bool = typer.Option(True, "--select/--no-select", help="after the search: choose the slice count (retrain, score, register)"),
+    select: bool = typer.Option(
+        True, "--select/--no-select", help="after the search: choose the slice count (retrain, score, register)"
+    ),
+    warm_start: Optional[list[str]] = typer.Option(
+        None,
+        "--warm-start",
+        help="earlier study whose trials the searcher is told of (repeatable; adds to search.warm_start)",
+    ),
 ) -> None:
     """Run a study; if it exists (same name, same file) it continues where it stopped."""
     from .search.study import load_study  # lazy: scipy via data
+    from .search.warm_start import extend  # lazy: scipy via data
 
-    study = load_study(study_file)
-    _search_then_select(study, live, select, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
-                        restart_errored=restart_errored)  # fmt: skip
+    study = extend(load_study(study_file), warm_start or [])
+    _search_then_select(
+        study, live, select, address=address, num_cpus=num_cpus, num_gpus=num_gpus, restart_errored=restart_errored
+    )
 
 
 def _resume_hint(study) -> str:
@@ -445,7 +574,9 @@ def _resume_hint(study) -> str:
     from .search.study import resolve_storage  # lazy: scipy via data
 
     same = resolve_storage(default_storage(), Path.cwd()) == study.storage
-    return f"samsnet-search resume {study.name}" + ("" if same else f" --storage {shlex.quote(display_uri(study.storage))}")
+    return f"samsnet-search resume {study.name}" + (
+        "" if same else f" --storage {shlex.quote(display_uri(study.storage))}"
+    )
 
 
 def _search_then_select(study, live: bool, select: bool, restart_errored: bool, **ray_args) -> None:
@@ -458,14 +589,14 @@ def _search_then_select(study, live: bool, select: bool, restart_errored: bool, 
     with lease.hold(identity.study_uri(study.storage, study.name), study.name):
         try:
             selection_follows = select and study.spec.selection.enabled
-            result = _run_live(study, live, restart_errored=restart_errored, selection_follows=selection_follows,
-                               **ray_args)  # fmt: skip
+            result = _run_live(
+                study, live, restart_errored=restart_errored, selection_follows=selection_follows, **ray_args
+            )
         except KeyboardInterrupt:  # a second Ctrl-C: Tune's own handler was already spent
             console.print(f"interrupted; continue with: {_resume_hint(study)}", highlight=False)
             raise typer.Exit(130) from None
         print(format_result(result))
         if result.pareto:
-
             Console(width=max(Console().width, 120)).print(front_table(result.pareto))
         if result.interrupted:  # Tune caught the Ctrl-C and returned; the shell should still see it
             console.print(f"interrupted; continue with: {_resume_hint(study)}", highlight=False)
@@ -488,8 +619,12 @@ def _select(result, select: bool, **ray_args) -> None:
     from .delivery.winner import register_winner  # lazy: torch, mlflow
     from .search.select import run_selection  # lazy: ray, torch
 
-    sel = run_selection(result, progress=lambda msg: console.print(f"[dim]{msg}[/dim]", highlight=False),
-                        register=register_winner, **ray_args)  # fmt: skip
+    sel = run_selection(
+        result,
+        progress=lambda msg: console.print(f"[dim]{msg}[/dim]", highlight=False),
+        register=register_winner,
+        **ray_args,
+    )
     out = Console(width=max(Console().width, 120))
     for item in selection_renderables(gather(result.manifest.path)):  # as `report` shows it, estimate included
         out.print(item, highlight=False, soft_wrap=isinstance(item, str))
@@ -505,21 +640,26 @@ def resume(
     num_gpus: Optional[int] = typer.Option(None, help="GPUs of the local Ray (default: detected)"),
     restart_errored: bool = typer.Option(False, "--restart-errored", help="run failed trials again"),
     live: bool = typer.Option(True, "--live/--no-live", help="live table of trials in the terminal"),
-    select: bool = typer.Option(True, "--select/--no-select", help="after the search: choose the slice count (retrain, score, register)"),
+    select: bool = typer.Option(
+        True, "--select/--no-select", help="after the search: choose the slice count (retrain, score, register)"
+    ),
 ) -> None:
     """Continue an interrupted study: finished trials stay, unfinished ones continue from their checkpoint."""
     from .search.runner import load_stored_study  # lazy: ray
 
     study = load_stored_study(find_study(name, _storage(storage)))
-    _search_then_select(study, live, select, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
-                        restart_errored=restart_errored)  # fmt: skip
+    _search_then_select(
+        study, live, select, address=address, num_cpus=num_cpus, num_gpus=num_gpus, restart_errored=restart_errored
+    )
 
 
 @app.command("report")
 def report(
     name: str = typer.Argument(..., help="study name (or its folder / s3:// URI)"),
     storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
-    html: Optional[Path] = typer.Option(None, "--html", help="also write one self-contained HTML page (plots, audio) here"),
+    html: Optional[Path] = typer.Option(
+        None, "--html", help="also write one self-contained HTML page (plots, audio) here"
+    ),
 ) -> None:
     """What a study found: trial counts, the validation table by slice count, the choice, the test score."""
     from .delivery.report import gather, print_report  # lazy: torch, mlflow
@@ -545,16 +685,27 @@ def bench(
     quick: bool = typer.Option(False, "--quick", help="small sizes, a few minutes (no paper-config runs, no search)"),
     device: str = typer.Option("cpu", help="cpu or cuda (cuda adds the 60 s paper-config attention case)"),
     out: Optional[Path] = typer.Option(None, "--out", help="write the report (machine, sizes, figures) as JSON"),
-    only: Optional[list[str]] = typer.Option(None, "--only", help="attention, train, sdr, search or overhead (repeatable)"),
+    only: Optional[list[str]] = typer.Option(None, "--only", help="attention, train, sdr, export, search or overhead (repeatable)"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: all cores); recorded"),
-    smoke: bool = typer.Option(False, "--smoke", help="smallest sizes (seconds): checks the benchmarks run, figures not meaningful"),
-    tiny: bool = typer.Option(False, "--tiny", help="the search benchmark at tiny sizes (about a minute), figures not meaningful"),
+    smoke: bool = typer.Option(
+        False, "--smoke", help="smallest sizes (seconds): checks the benchmarks run, figures not meaningful"
+    ),
+    tiny: bool = typer.Option(
+        False, "--tiny", help="the search benchmark at tiny sizes (about a minute), figures not meaningful"
+    ),
 ) -> None:
     """Measure the hot paths: sliced attention vs slices, training step, fast SDR vs museval, search overhead;
     `--only search`: the platform's slice-count choice against the paper's grid."""
 
-    report = run_benchmarks(quick=quick, device=device, only=only, threads=threads, smoke=smoke, tiny=tiny,
-                            progress=lambda name: console.print(f"[dim]bench: {name}...[/dim]"))  # fmt: skip
+    report = run_benchmarks(
+        quick=quick,
+        device=device,
+        only=only,
+        threads=threads,
+        smoke=smoke,
+        tiny=tiny,
+        progress=lambda name: console.print(f"[dim]bench: {name}...[/dim]"),
+    )
     print_bench(report, Console())
     if out is not None:
         print(f"wrote {write_report(report, out)}")
@@ -562,14 +713,20 @@ def bench(
 
 @app.command("estimate-slices")
 def estimate_slices_cmd(
-    data: Path = typer.Option(..., "--data", help="dataset folder (MUSDB18 / MUSDB18-HQ / synthetic); only train/ training tracks are read"),
+    data: Path = typer.Option(
+        ..., "--data", help="dataset folder (MUSDB18 / MUSDB18-HQ / synthetic); only train/ training tracks are read"
+    ),
     segment_seconds: float = typer.Option(6.0, help="training segment length; paper: 6 s"),
-    slices: str = typer.Option("1,2,4,8,12,16,18,24", help="slice counts the study allows (comma-separated); paper Table 2"),
+    slices: str = typer.Option(
+        "1,2,4,8,12,16,18,24", help="slice counts the study allows (comma-separated); paper Table 2"
+    ),
     n_fft: int = typer.Option(4096, help="the model's STFT frame; paper: 4096"),
     hop: int = typer.Option(1024, help="the model's STFT hop; paper: 1024"),
     max_tracks: Optional[int] = typer.Option(None, help="use only the first N training tracks"),
     min_part_seconds: float = typer.Option(0.5, help="shortest part; closer change points merge"),
-    method: str = typer.Option("novelty", help="novelty (Foote change points, default) or eigengap (spectral clustering)"),
+    method: str = typer.Option(
+        "novelty", help="novelty (Foote change points, default) or eigengap (spectral clustering)"
+    ),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the full estimate (per segment) as JSON"),
 ) -> None:
     """Estimate the slice count without training, from the training mixtures alone.
@@ -579,7 +736,7 @@ def estimate_slices_cmd(
     with the count from the eigengap (a returning pattern counted once per contiguous run).
     Hypothesis (unverified): one slice per contiguous part; each training
     segment's part count is mapped to the nearest allowed slice count, and the estimate is the
-    median over segments and tracks.
+    median over segments and tracks. Method and measured recovery: docs/estimate.md.
     """
 
     from .data.splits import load_splits  # lazy: torch, scipy
@@ -590,8 +747,15 @@ def estimate_slices_cmd(
     except ValueError:
         raise ConfigError(f"--slices: expected comma-separated integers such as 1,2,4,8, got {slices!r}") from None
     splits = load_splits(validate_model(DataConfig, dict(root=data), "--data"))
-    est = estimate_slices(splits, segment_seconds, allowed, n_fft, hop, max_tracks,
-                          EstimateParams(min_part_seconds=min_part_seconds, method=method))  # fmt: skip
+    est = estimate_slices(
+        splits,
+        segment_seconds,
+        allowed,
+        n_fft,
+        hop,
+        max_tracks,
+        EstimateParams(min_part_seconds=min_part_seconds, method=method),
+    )
     print(est.format())
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)

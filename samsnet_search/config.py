@@ -138,7 +138,9 @@ class TrainConfig(Strict):
     lr: float = Field(1e-4, gt=0, description="Adam learning rate; paper: 1e-4")
     batch_size: int = Field(8, gt=0, description="segments per step (not given in the paper)")
     epochs: int = Field(1000, gt=0, description="upper bound on epochs")
-    patience: int = Field(140, gt=0, description="early stop after this many epochs without a better valid_loss; paper: 140")
+    patience: int = Field(
+        140, gt=0, description="early stop after this many epochs without a better valid_loss; paper: 140"
+    )
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float | None = Field(None, gt=0, description="max gradient norm; null: no clipping")
     seed: int = Field(42, description="seeds torch, numpy and the data sampler")
@@ -266,13 +268,17 @@ def read_yaml_text(path: str | Path) -> tuple[str, Any]:
 def decode_text(data: bytes, source: str) -> str:
     """UTF-8 text (a BOM is dropped) of at most MAX_YAML_BYTES, or a ConfigError naming `source`."""
     if len(data) > MAX_YAML_BYTES:
-        raise ConfigError(f"{source}: more than {MAX_YAML_BYTES:,} bytes; study and experiment files are limited to that")
+        raise ConfigError(
+            f"{source}: more than {MAX_YAML_BYTES:,} bytes; study and experiment files are limited to that"
+        )
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")
         hint = "it looks like UTF-16: save it as UTF-8" if utf16 else "expected a YAML text file"
-        raise ConfigError(f"{source}: not UTF-8 text (byte {e.start} is {data[e.start:e.start + 1]!r}); {hint}") from None
+        raise ConfigError(
+            f"{source}: not UTF-8 text (byte {e.start} is {data[e.start : e.start + 1]!r}); {hint}"
+        ) from None
     if "\x00" in text:
         raise ConfigError(f"{source}: contains NUL bytes (a binary file?); expected a YAML text file")
     return text
@@ -281,7 +287,9 @@ def decode_text(data: bytes, source: str) -> str:
 def parse_yaml(text: str, source: str) -> Any:
     """`yaml.safe_load` with the size and alias limits; an empty document is {}."""
     if len(text) > MAX_YAML_BYTES:
-        raise ConfigError(f"{source}: more than {MAX_YAML_BYTES:,} characters; study and experiment files are limited to that")
+        raise ConfigError(
+            f"{source}: more than {MAX_YAML_BYTES:,} characters; study and experiment files are limited to that"
+        )
     loader = _BoundedLoader(text)
     loader.source = source
     try:
@@ -328,13 +336,19 @@ def check_expanded_size(root: yaml.Node, source: str) -> None:
             heights[key] = 1 + max((heights[id(c)] for c in children), default=0)
             line = node.start_mark.line + 1
             if sizes[key] > MAX_YAML_NODES:
-                raise ConfigError(f"{source}: line {line}: more than {MAX_YAML_NODES:,} values once its aliases "
-                                  "(*name) are expanded; write the values out instead")  # fmt: skip
+                raise ConfigError(
+                    f"{source}: line {line}: more than {MAX_YAML_NODES:,} values once its aliases "
+                    "(*name) are expanded; write the values out instead"
+                )
             if heights[key] > MAX_YAML_DEPTH:
-                raise ConfigError(f"{source}: line {line}: nested more than {MAX_YAML_DEPTH} levels deep; "
-                                  "a study or experiment file needs a few")  # fmt: skip
+                raise ConfigError(
+                    f"{source}: line {line}: nested more than {MAX_YAML_DEPTH} levels deep; "
+                    "a study or experiment file needs a few"
+                )
         elif key in on_path:
-            raise ConfigError(f"{source}: line {node.start_mark.line + 1}: an alias refers to a section that contains it")
+            raise ConfigError(
+                f"{source}: line {node.start_mark.line + 1}: an alias refers to a section that contains it"
+            )
         elif key not in sizes:
             on_path.add(key)
             stack.append((node, True))

@@ -55,7 +55,9 @@ def make_hq_track() -> Callable[..., Path]:
     mixture is their sum. Files are float32 wav.
     """
 
-    def make(folder: Path, stems: np.ndarray | None = None, seconds: float = 0.5, channels: int = 2, rate: int = 44100) -> Path:
+    def make(
+        folder: Path, stems: np.ndarray | None = None, seconds: float = 0.5, channels: int = 2, rate: int = 44100
+    ) -> Path:
         if stems is None:
             rng = np.random.default_rng(len(str(folder)))
             stems = (0.05 * rng.standard_normal((4, channels, int(seconds * rate)))).astype(np.float32)

@@ -61,8 +61,10 @@ def test_every_deferred_import_says_why():
     assert unexplained == []
 
 
-@pytest.mark.skipif(shutil.which("lint-imports", path=str(Path(sys.executable).parent)) is None,
-                    reason="import-linter is a dev dependency")  # fmt: skip
+@pytest.mark.skipif(
+    shutil.which("lint-imports", path=str(Path(sys.executable).parent)) is None,
+    reason="import-linter is a dev dependency",
+)
 def test_import_linter_contracts_are_kept():
     exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
     run = subprocess.run([exe], cwd=ROOT, capture_output=True, text=True, timeout=300)

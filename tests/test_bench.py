@@ -28,7 +28,7 @@ def test_bench_smoke_writes_finite_figures(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert {"cpu", "cores", "torch", "numpy", "ray", "device", "torch_threads"} <= set(report["machine"])
     assert report["machine"]["torch_threads"] == 2
-    assert set(report["benchmarks"]) == {"attention", "train", "sdr"}
+    assert set(report["benchmarks"]) == {"attention", "train", "sdr", "export"}
     assert "search" in report["skipped"]  # a Ray study is full mode only
     for name, result in report["benchmarks"].items():
         assert result["sizes"], name
@@ -37,8 +37,19 @@ def test_bench_smoke_writes_finite_figures(tmp_path, capsys):
             assert isinstance(value, (int, float)) and math.isfinite(value), f"{name}.{key} = {value!r}"
     att = report["benchmarks"]["attention"]["figures"]
     for n in (1, 2, 8):
-        wanted = {"attn_ms", "ref_ms", "speedup", "gflop", "mb_moved", "attn_gflops", "attn_gbps", "roofline_ms",
-                  "attn_of_roofline", "max_speedup", "attn_peak_mib"}  # fmt: skip
+        wanted = {
+            "attn_ms",
+            "ref_ms",
+            "speedup",
+            "gflop",
+            "mb_moved",
+            "attn_gflops",
+            "attn_gbps",
+            "roofline_ms",
+            "attn_of_roofline",
+            "max_speedup",
+            "attn_peak_mib",
+        }
         assert {f"{w}_s{n}" for w in wanted} <= set(att)
         assert not any(k.startswith("ideal_ratio") for k in att)  # 1/slices is not the limit
     assert att["machine_matmul_gflops"] > 0 and att["machine_copy_gbps"] > 0

@@ -10,19 +10,27 @@ import pytest
 import yaml
 
 from samsnet_search import cli
-from samsnet_search.services import tracking
 from samsnet_search.search import identity
 from samsnet_search.search.identity import Manifest
+from samsnet_search.services import tracking
 
 
 def test_interrupted_search_exits_130_and_skips_selection(tmp_path, synth_root, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the study's storage (./runs) and its lease
     study_file = tmp_path / "s.yaml"
-    study_file.write_text(yaml.safe_dump({"model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}},
-                                          "data": {"root": str(synth_root), "segment_seconds": 0.5}}))  # fmt: skip
+    study_file.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}},
+                "data": {"root": str(synth_root), "segment_seconds": 0.5},
+            }
+        )
+    )
     selected = []
     # The search itself is replaced: Tune returns normally after a Ctrl-C, with unfinished trials.
-    monkeypatch.setattr(cli, "_run_live", lambda study, live, **kw: SimpleNamespace(study=study, interrupted=True, pareto=None))
+    monkeypatch.setattr(
+        cli, "_run_live", lambda study, live, **kw: SimpleNamespace(study=study, interrupted=True, pareto=None)
+    )
     monkeypatch.setattr("samsnet_search.delivery.show.format_result", lambda result: "study s: INTERRUPTED")
     monkeypatch.setattr(cli, "_select", lambda *a, **kw: selected.append(a))
     assert cli.main(["run", str(study_file), "--no-live"]) == 130
@@ -32,6 +40,7 @@ def test_interrupted_search_exits_130_and_skips_selection(tmp_path, synth_root, 
 
 
 # --- finding a study by name -----------------------------------------------------------
+
 
 @pytest.fixture
 def home(tmp_path, monkeypatch):
@@ -49,9 +58,19 @@ def home(tmp_path, monkeypatch):
 
 
 def stored_study(storage: str, name: str, target=None, experiment_id="0", parent="p") -> Manifest:
-    m = Manifest(name=name, storage=storage, experiment_name=name, experiment_id=experiment_id, parent_run_id=parent,
-                 registered_model=f"samsnet-{name}", tracking_uri="x", artifact_root=None, base_dir=storage,
-                 source=f"{name}.yaml", state="finished")  # fmt: skip
+    m = Manifest(
+        name=name,
+        storage=storage,
+        experiment_name=name,
+        experiment_id=experiment_id,
+        parent_run_id=parent,
+        registered_model=f"samsnet-{name}",
+        tracking_uri="x",
+        artifact_root=None,
+        base_dir=storage,
+        source=f"{name}.yaml",
+        state="finished",
+    )
     identity.write_manifest(m)
     return m
 
@@ -104,15 +123,21 @@ def test_validate_says_when_storage_and_tracking_server_cannot_be_reached(tmp_pa
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     study_file = tmp_path / "far.yaml"
-    study_file.write_text(yaml.safe_dump({
-        "model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}},
-        "data": {"root": str(synth_root), "segment_seconds": 0.5},
-        "storage": f"s3://samsnet/ray?endpoint_override=127.0.0.1:{port}&scheme=http",
-        "tracking": {"uri": f"http://127.0.0.1:{port}"},
-    }))  # fmt: skip
+    study_file.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}},
+                "data": {"root": str(synth_root), "segment_seconds": 0.5},
+                "storage": f"s3://samsnet/ray?endpoint_override=127.0.0.1:{port}&scheme=http",
+                "tracking": {"uri": f"http://127.0.0.1:{port}"},
+            }
+        )
+    )
     assert cli.main(["validate", str(study_file)]) == 2
     err = capsys.readouterr().err
-    assert f"storage s3://samsnet/ray?endpoint_override=127.0.0.1:{port}&scheme=http: cannot reach the S3 endpoint" in err
+    assert (
+        f"storage s3://samsnet/ray?endpoint_override=127.0.0.1:{port}&scheme=http: cannot reach the S3 endpoint" in err
+    )
     assert f"tracking server http://127.0.0.1:{port} does not answer" in err and "infra up" in err
     assert cli.main(["validate", str(study_file), "--offline"]) == 0
 
@@ -121,7 +146,7 @@ def test_validate_says_when_storage_and_tracking_server_cannot_be_reached(tmp_pa
 
 
 def test_orphan_sweep_closes_lost_trials_not_selection_runs(tmp_path):
-    from samsnet_search.search.runner import _close_orphans
+    from samsnet_search.search.runner import close_orphans
     from samsnet_search.search.select import PHASE_TAG
 
     target = tracking.resolve_tracking(str(tmp_path / "mlruns"))
@@ -130,10 +155,11 @@ def test_orphan_sweep_closes_lost_trials_not_selection_runs(tmp_path):
     c = tracking.client(target)
     tags = {tracking.PARENT_TAG: parent, tracking.ROLE_TAG: "trial"}
     lost = c.create_run(experiment_id, tags={**tags, tracking.TRIAL_TAG: "lost1"}).info.run_id
-    selecting = c.create_run(experiment_id, tags={**tags, tracking.TRIAL_TAG: "selection-s1-seed0",
-                                                  PHASE_TAG: "selection"}).info.run_id  # fmt: skip
+    selecting = c.create_run(
+        experiment_id, tags={**tags, tracking.TRIAL_TAG: "selection-s1-seed0", PHASE_TAG: "selection"}
+    ).info.run_id
     runs = {r.data.tags[tracking.TRIAL_TAG]: r for r in tracking.find_child_runs(target, experiment_id, parent)}
-    _close_orphans(target, runs, trial_ids=set())
+    close_orphans(target, runs, trial_ids=set())
     assert c.get_run(lost).data.tags[tracking.STATUS_TAG] == "stopped"
     sel = c.get_run(selecting)
     assert sel.info.status == "RUNNING" and tracking.STATUS_TAG not in sel.data.tags

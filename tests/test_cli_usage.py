@@ -7,12 +7,15 @@ import pytest
 from samsnet_search.cli import main
 
 
-@pytest.mark.parametrize("argv, says", [
-    (["separate", "song.wav"], "Missing argument 'audio'"),
-    (["run"], "Missing argument 'study_file'"),
-    (["report", "x", "--no-such-option"], "No such option: --no-such-option"),
-    (["no-such-command"], "No such command 'no-such-command'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["separate", "song.wav"], "Missing argument 'audio'"),
+        (["run"], "Missing argument 'study_file'"),
+        (["report", "x", "--no-such-option"], "No such option: --no-such-option"),
+        (["no-such-command"], "No such command 'no-such-command'"),
+    ],
+)
 def test_usage_errors_are_one_line_and_exit_2(argv, says, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -94,7 +94,7 @@ def test_every_config_runs_the_same_image():
 
 
 def _validate_launcher(cfg: dict) -> None:
-    from ray.autoscaler._private.util import prepare_config, validate_config
+    from ray.autoscaler._private.util import prepare_config, validate_config  # noqa: PLC2701  (Ray's own config check)
 
     validate_config(prepare_config(copy.deepcopy(cfg)))
 
@@ -178,9 +178,18 @@ def test_cluster_mlflow_requires_a_login_and_seaweedfs_serves_only_s3():
 def test_k8s_manifests_parse_and_have_the_expected_kinds():
     kinds = sorted(d["kind"] for d in _k8s_docs())
     assert kinds == sorted(
-        ["ConfigMap", "PersistentVolumeClaim", "PersistentVolumeClaim", "Deployment", "Deployment",
-         "Service", "Service", "RayCluster", "RayJob"]
-    )  # fmt: skip
+        [
+            "ConfigMap",
+            "PersistentVolumeClaim",
+            "PersistentVolumeClaim",
+            "Deployment",
+            "Deployment",
+            "Service",
+            "Service",
+            "RayCluster",
+            "RayJob",
+        ]
+    )
     for d in _k8s_docs():
         assert d["apiVersion"] and d["metadata"]["name"]
     # No Secret object is committed: it is created with kubectl from values kept elsewhere.
@@ -250,10 +259,16 @@ def test_compose_services_use_the_image_and_an_uncommitted_env_file():
     rc = subprocess.run(["git", "check-ignore", "-q", "infra/.env"], cwd=ROOT).returncode
     assert rc == 0, "infra/.env must be git-ignored"
     example = dict(
-        line.split("=", 1) for line in (ROOT / "infra/.env.example").read_text().splitlines()
+        line.split("=", 1)
+        for line in (ROOT / "infra/.env.example").read_text().splitlines()
         if line and not line.startswith("#")
-    )  # fmt: skip
-    assert example["AWS_ACCESS_KEY_ID"] == example["AWS_SECRET_ACCESS_KEY"] == example["MLFLOW_TRACKING_PASSWORD"] == "replace-me"
+    )
+    assert (
+        example["AWS_ACCESS_KEY_ID"]
+        == example["AWS_SECRET_ACCESS_KEY"]
+        == example["MLFLOW_TRACKING_PASSWORD"]
+        == "replace-me"
+    )
 
 
 def test_service_scripts_exist_and_are_executable():
@@ -307,15 +322,40 @@ def test_cluster_study_is_the_paper_search_with_shared_storage():
     paper = yaml.safe_load((ROOT / "search_spaces/paper.yaml").read_text())
     assert cluster["data"].pop("cache_dir") == "/tmp/samsnet-cache"
     for section in ("model", "data", "train", "search", "resources", "selection"):
-        assert cluster[section] == paper[section], f"infra/studies/paper.yaml: {section} differs from search_spaces/paper.yaml"
+        assert cluster[section] == paper[section], (
+            f"infra/studies/paper.yaml: {section} differs from search_spaces/paper.yaml"
+        )
 
 
 # --- Prometheus and Grafana ------------------------------------------------------------
 
 # PromQL words that are not metric names.
-_PROMQL_WORDS = {"sum", "avg", "max", "min", "count", "by", "without", "on", "ignoring", "or", "and", "unless",
-                 "vector", "rate", "irate", "increase", "clamp_min", "clamp_max", "max_over_time", "bool",
-                 "group_left", "group_right", "label_replace", "histogram_quantile"}  # fmt: skip
+_PROMQL_WORDS = {
+    "sum",
+    "avg",
+    "max",
+    "min",
+    "count",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "or",
+    "and",
+    "unless",
+    "vector",
+    "rate",
+    "irate",
+    "increase",
+    "clamp_min",
+    "clamp_max",
+    "max_over_time",
+    "bool",
+    "group_left",
+    "group_right",
+    "label_replace",
+    "histogram_quantile",
+}
 
 
 def queried_metrics(expr: str) -> set[str]:
@@ -335,7 +375,9 @@ def _dashboard_metrics() -> set[str]:
 
 
 def test_promql_metric_extraction():
-    expr = 'sum(ray_resources{Name="GPU",State="USED"}) by (instance) / on() sum(rate(ray_tasks_total[5m])) or vector(0)'
+    expr = (
+        'sum(ray_resources{Name="GPU",State="USED"}) by (instance) / on() sum(rate(ray_tasks_total[5m])) or vector(0)'
+    )
     assert queried_metrics(expr) == {"ray_resources", "ray_tasks_total"}
 
 
@@ -446,19 +488,39 @@ def test_live_ray_head_exports_every_dashboard_metric():
     target of its discovery file and compare with the dashboard's queries."""
     tmp = tempfile.mkdtemp(prefix="rm", dir="/tmp")  # short: Ray's socket paths have a length limit
     gcs, dash, metrics, agent, client, autoscaler, dash_metrics = _free_ports(7)
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", AUTOSCALER_METRIC_PORT=str(autoscaler),
-               DASHBOARD_METRIC_PORT=str(dash_metrics), RAY_USAGE_STATS_ENABLED="0")  # fmt: skip
+    env = dict(
+        os.environ,
+        RAY_AUTH_MODE="disabled",
+        AUTOSCALER_METRIC_PORT=str(autoscaler),
+        DASHBOARD_METRIC_PORT=str(dash_metrics),
+        RAY_USAGE_STATS_ENABLED="0",
+    )
     ray_bin = Path(sys.executable).with_name("ray")
-    start = [str(ray_bin), "start", "--head", f"--temp-dir={tmp}", "--node-ip-address=127.0.0.1",
-             f"--port={gcs}", "--num-cpus=1", "--object-store-memory=100000000",
-             f"--metrics-export-port={metrics}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-             f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}"]  # fmt: skip
+    start = [
+        str(ray_bin),
+        "start",
+        "--head",
+        f"--temp-dir={tmp}",
+        "--node-ip-address=127.0.0.1",
+        f"--port={gcs}",
+        "--num-cpus=1",
+        "--object-store-memory=100000000",
+        f"--metrics-export-port={metrics}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--ray-client-server-port={client}",
+    ]
     driver = None
     try:
         subprocess.run(start, env=env, check=True, capture_output=True, timeout=90)
         address = (Path(tmp) / "ray_current_cluster").read_text().strip()
-        driver = subprocess.Popen([sys.executable, "-c", _TUNE_DRIVER, address, f"{tmp}/tune"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        driver = subprocess.Popen(
+            [sys.executable, "-c", _TUNE_DRIVER, address, f"{tmp}/tune"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wanted = _dashboard_metrics()
         seen, trial_alive = set(), False
         deadline = time.monotonic() + 90
@@ -497,7 +559,12 @@ def _scrape(discovery: Path) -> tuple[set[str], bool]:
                     continue
                 name = re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", line).group(0)
                 names.add(name)
-                if name == "ray_actors" and 'Name="ImplicitFunc"' in line and 'Source="gcs"' in line \
-                        and 'State="ALIVE"' in line and float(line.rsplit(" ", 1)[1]) > 0:  # fmt: skip
+                if (
+                    name == "ray_actors"
+                    and 'Name="ImplicitFunc"' in line
+                    and 'Source="gcs"' in line
+                    and 'State="ALIVE"' in line
+                    and float(line.rsplit(" ", 1)[1]) > 0
+                ):
                     trial_alive = True
     return names, trial_alive

@@ -9,11 +9,32 @@ from samsnet_search import cli
 
 def test_data_synth_writes_tree(tmp_path, capsys):
     out = tmp_path / "synth"
-    argv = ["data", "synth", str(out), "--train", "2", "--valid", "1", "--test", "1", "--seconds", "3",
-            "--seed", "4", "--section-min", "1", "--section-max", "2"]  # fmt: skip
+    argv = [
+        "data",
+        "synth",
+        str(out),
+        "--train",
+        "2",
+        "--valid",
+        "1",
+        "--test",
+        "1",
+        "--seconds",
+        "3",
+        "--seed",
+        "4",
+        "--section-min",
+        "1",
+        "--section-max",
+        "2",
+    ]
     assert cli.main(argv) == 0
     assert "wrote 3 train/ tracks (1 for validation) and 1 test/ tracks" in capsys.readouterr().out
-    assert sorted(p.name for p in (out / "train").iterdir()) == ["synth-train-000", "synth-train-001", "synth-valid-000"]
+    assert sorted(p.name for p in (out / "train").iterdir()) == [
+        "synth-train-000",
+        "synth-train-001",
+        "synth-valid-000",
+    ]
     assert (out / "test/synth-test-000/mixture.wav").is_file()
     manifest = json.loads((out / "samsnet-synth.json").read_text())
     assert manifest["seed"] == 4 and manifest["section_range"] == [1.0, 2.0]

@@ -107,8 +107,11 @@ class CodedTrack:
 
 def test_remix_takes_each_stem_from_its_own_track_and_offset():
     tracks = [CodedTrack(tid, 10_000 + 1000 * tid) for tid in range(6)]
-    cfg = DataConfig(segment_seconds=2000 / SAMPLE_RATE, samples_per_track=10,
-                     augment=AugmentConfig(gain_min=1.0, gain_max=1.0, channel_swap=False, remix=True))  # fmt: skip
+    cfg = DataConfig(
+        segment_seconds=2000 / SAMPLE_RATE,
+        samples_per_track=10,
+        augment=AugmentConfig(gain_min=1.0, gain_max=1.0, channel_swap=False, remix=True),
+    )
     ds = TrainSegments(tracks, cfg, seed=0)
     origins = []
     for i in range(len(ds)):

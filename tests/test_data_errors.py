@@ -120,10 +120,22 @@ def _empty_test_folder(root):
 
 @pytest.mark.parametrize(
     "corrupt",
-    [_missing_stem, _wrong_rate, _channel_mismatch, _mono_track, _unequal_lengths, _unreadable, _empty, _nan, _inf,
-     _no_train_tracks, _no_test_folder, _empty_test_folder],
+    [
+        _missing_stem,
+        _wrong_rate,
+        _channel_mismatch,
+        _mono_track,
+        _unequal_lengths,
+        _unreadable,
+        _empty,
+        _nan,
+        _inf,
+        _no_train_tracks,
+        _no_test_folder,
+        _empty_test_folder,
+    ],
     ids=lambda f: f.__name__.strip("_"),
-)  # fmt: skip
+)
 def test_bad_data_names_file_and_problem(good_root, corrupt):
     rel, problem = corrupt(good_root)
     with pytest.raises(DataError) as info:

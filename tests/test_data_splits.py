@@ -111,7 +111,9 @@ def test_cache_created_once_and_reused(synth_copy, monkeypatch):
     prepare(again.all_tracks())
     assert len(decodes) == 6
     assert [p.stat().st_mtime_ns for p in cache_files] == mtimes
-    assert not list((synth_copy / ".samsnet-cache").rglob("*.tmp")) and not list((synth_copy / ".samsnet-cache").rglob("*.lock"))
+    assert not list((synth_copy / ".samsnet-cache").rglob("*.tmp")) and not list(
+        (synth_copy / ".samsnet-cache").rglob("*.lock")
+    )
 
 
 def test_cache_invalidated_when_source_changes(synth_copy):
@@ -222,8 +224,11 @@ def test_stem_file_with_too_few_streams(stems_root, stem_example):
     import subprocess
 
     bad = stems_root / "test" / f"{FALCON}.stem.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(stem_example), "-map", "0:0", "-c", "copy", "-f", "mp4", str(bad)],
-                   check=True, timeout=60)  # fmt: skip
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-i", str(stem_example), "-map", "0:0", "-c", "copy", "-f", "mp4", str(bad)],
+        check=True,
+        timeout=60,
+    )
     with pytest.raises(DataError, match=f"test/{FALCON}.stem.mp4: 1 audio stream\\(s\\), a MUSDB18 .stem.mp4 needs 5"):
         load_splits(DataConfig(root=stems_root, valid_tracks=[FALCON]))
 

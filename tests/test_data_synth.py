@@ -102,7 +102,9 @@ def test_deterministic_and_seed_dependent(tmp_path):
         assert not np.array_equal(ta["vocals"], tc["vocals"])
     # A track depends on (seed, subset, index) only, not on how many tracks were written.
     d = synth.synthesize(tmp_path / "d", seed=7, n_train=3, n_valid=1, n_test=1, seconds=3.0, section_range=(1.0, 2.0))
-    np.testing.assert_array_equal(read_track(a / "train/synth-train-000")["bass"], read_track(d / "train/synth-train-000")["bass"])
+    np.testing.assert_array_equal(
+        read_track(a / "train/synth-train-000")["bass"], read_track(d / "train/synth-train-000")["bass"]
+    )
 
 
 def _power_spectrum(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

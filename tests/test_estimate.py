@@ -9,7 +9,23 @@ import pytest
 
 from samsnet_search.cli import main
 from samsnet_search.errors import ConfigError
-from samsnet_search.search.estimate import EstimateParams, checkerboard_kernel, chroma_filterbank, lagged_product, rhythm_features, novelty_curve, parts_between, pick_peaks, contiguous_runs, eigengap, estimate_slices, nearest_slices, recovery_rate, stft_magnitude, true_parts
+from samsnet_search.search.estimate import (
+    EstimateParams,
+    checkerboard_kernel,
+    chroma_filterbank,
+    contiguous_runs,
+    eigengap,
+    estimate_slices,
+    lagged_product,
+    nearest_slices,
+    novelty_curve,
+    parts_between,
+    pick_peaks,
+    recovery_rate,
+    rhythm_features,
+    stft_magnitude,
+    true_parts,
+)
 
 
 def test_stft_matches_torch_hamming_center():
@@ -17,8 +33,19 @@ def test_stft_matches_torch_hamming_center():
     import torch
 
     x = np.random.default_rng(0).standard_normal(5000)
-    ref = torch.stft(torch.from_numpy(x), 512, 128, window=torch.hamming_window(512, dtype=torch.float64),
-                     center=True, pad_mode="reflect", return_complex=True).abs().numpy()  # fmt: skip
+    ref = (
+        torch.stft(
+            torch.from_numpy(x),
+            512,
+            128,
+            window=torch.hamming_window(512, dtype=torch.float64),
+            center=True,
+            pad_mode="reflect",
+            return_complex=True,
+        )
+        .abs()
+        .numpy()
+    )
     ours = stft_magnitude(x, 512, 128)
     assert ours.shape == ref.shape == (257, 1 + 5000 // 128)
     np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-8)
@@ -63,8 +90,9 @@ def varied_root(tmp_path_factory):
     """Training mixtures with sections of 1-6 s: 6 s segments hold 1-3 parts (slices 1-4 by the hypothesis)."""
     from samsnet_search.data.synth import synthesize
 
-    return synthesize(tmp_path_factory.mktemp("est"), n_train=4, n_valid=1, n_test=1, seconds=24.0, seed=3,
-                      section_range=(1.0, 6.0))  # fmt: skip
+    return synthesize(
+        tmp_path_factory.mktemp("est"), n_train=4, n_valid=1, n_test=1, seconds=24.0, seed=3, section_range=(1.0, 6.0)
+    )
 
 
 def test_recovery_rate_on_synthetic_sections(varied_root):
@@ -175,7 +203,9 @@ def test_boundaries_between_long_sections_are_found_where_they_are(tmp_path):
     from samsnet_search.data.synth import synthesize
     from samsnet_search.search.estimate import track_boundaries
 
-    twelve = synthesize(tmp_path / "twelve", n_train=2, n_valid=1, n_test=1, seconds=24.0, seed=5, section_range=(12.0, 12.0))
+    twelve = synthesize(
+        tmp_path / "twelve", n_train=2, n_valid=1, n_test=1, seconds=24.0, seed=5, section_range=(12.0, 12.0)
+    )
     tracks = load_splits(DataConfig(root=twelve)).train
     found = [track_boundaries(np.asarray(t.audio()[0]).mean(0), 4096, 1024, EstimateParams()) for t in tracks]
     assert all(len(b) == 1 and abs(b[0] - 12.0) < 1.0 for b in found), found
@@ -207,15 +237,33 @@ def test_estimate_rejects_bad_input(synth_root):
 
 def test_cli_prints_table_histogram_hypothesis_and_writes_json(synth_root, tmp_path, capsys):
     out = tmp_path / "est.json"
-    rc = main(["estimate-slices", "--data", str(synth_root), "--segment-seconds", "2", "--slices", "1,2,4,8",
-               "--n-fft", "1024", "--hop", "256", "--json", str(out)])  # fmt: skip
+    rc = main(
+        [
+            "estimate-slices",
+            "--data",
+            str(synth_root),
+            "--segment-seconds",
+            "2",
+            "--slices",
+            "1,2,4,8",
+            "--n-fft",
+            "1024",
+            "--hop",
+            "256",
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "hypothesis: one slice per contiguous part" in text
     assert "slices  segments" in text and "median" in text
     data = json.loads(out.read_text())
     # synth_root: 2 training tracks of 8 s -> 4 segments each; validation tracks are not read.
-    assert len(data["segments"]) == 8 and {s["track"] for s in data["segments"]} == {"synth-train-000", "synth-train-001"}
+    assert len(data["segments"]) == 8 and {s["track"] for s in data["segments"]} == {
+        "synth-train-000",
+        "synth-train-001",
+    }
     assert all(s["true_parts"] >= 1 for s in data["segments"])
     assert sum(data["histogram"].values()) == 8
 

@@ -58,8 +58,21 @@ def partial_train_root(short_stem, tmp_path_factory) -> Path:
 def test_evaluate_test_subset_reads_only_test(tree, request, tmp_path, capsys):
     """The official validation list names train/ tracks this tree lacks: scoring test/ must not care."""
     root = request.getfixturevalue(tree)
-    rc = main(["evaluate", "--oracle", "irm1", "--subset", "test", "--data", str(root), "--backend", "fast",
-               "--out", str(tmp_path)])  # fmt: skip
+    rc = main(
+        [
+            "evaluate",
+            "--oracle",
+            "irm1",
+            "--subset",
+            "test",
+            "--data",
+            str(root),
+            "--backend",
+            "fast",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -69,8 +82,19 @@ def test_evaluate_test_subset_reads_only_test(tree, request, tmp_path, capsys):
 
 
 def test_evaluate_valid_subset_with_valid_tracks(partial_train_root, tmp_path, capsys):
-    args = ["evaluate", "--oracle", "irm1", "--subset", "valid", "--data", str(partial_train_root), "--backend", "fast",
-            "--out", str(tmp_path)]  # fmt: skip
+    args = [
+        "evaluate",
+        "--oracle",
+        "irm1",
+        "--subset",
+        "valid",
+        "--data",
+        str(partial_train_root),
+        "--backend",
+        "fast",
+        "--out",
+        str(tmp_path),
+    ]
     assert main(args) == 2  # the official validation tracks are not in this train/
     assert "validation track 'Actions - One Minute Smile' is not in" in capsys.readouterr().err
     assert main([*args, "--valid-track", "Someone - Training Song"]) == 0
@@ -107,8 +131,12 @@ def test_isr_sir_sar_match_museval_through_musdb(test_only_root, musdb_track, tm
     (the former reader) ISR moved by 0.02 dB here and SIR by up to 25 dB on the whole 6 s excerpt."""
     import museval
 
-    assert main(["evaluate", "--oracle", "irm1", "--data", str(test_only_root), "--backend", "fast",
-                 "--out", str(tmp_path)]) == 0  # fmt: skip
+    assert (
+        main(
+            ["evaluate", "--oracle", "irm1", "--data", str(test_only_root), "--backend", "fast", "--out", str(tmp_path)]
+        )
+        == 0
+    )
     ours = json.loads((tmp_path / "test" / f"{TRACK}.json").read_text())
     tracks, _ = load_subset(DataConfig(root=test_only_root), "test")
     estimates = oracle_estimator("irm1")(tracks[0])  # (4, C, N) in TARGETS order
@@ -119,4 +147,7 @@ def test_isr_sir_sar_match_museval_through_musdb(test_only_root, musdb_track, tm
         assert len(target["frames"]) == len(ref_frames) == 3
         for frame, ref in zip(target["frames"], ref_frames):
             for metric in ("SDR", "ISR", "SIR", "SAR"):
-                assert frame["metrics"][metric] == pytest.approx(ref["metrics"][metric], abs=1e-3), (target["name"], metric)
+                assert frame["metrics"][metric] == pytest.approx(ref["metrics"][metric], abs=1e-3), (
+                    target["name"],
+                    metric,
+                )

@@ -7,10 +7,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from samsnet_search.engine import checkpoint
 from samsnet_search.cli import main
 from samsnet_search.config import TARGETS, DataConfig, ModelConfig
 from samsnet_search.data import load_splits
+from samsnet_search.engine import checkpoint
 from samsnet_search.engine.evaluate import evaluate_tracks, model_estimator, oracle_estimator
 
 
@@ -27,18 +27,31 @@ def checkpoint_dir(tmp_path_factory):
     model = checkpoint.build_model(cfg)
     folder = tmp_path_factory.mktemp("ckpt")
     data = DataConfig().model_dump(mode="json")
-    checkpoint.save(folder / checkpoint.BEST, {
-        "experiment": {"data": data}, "model_config": cfg.model_dump(mode="json"),
-        "model": model.state_dict(), "epoch": 0, "metrics": {},
-    })  # fmt: skip
+    checkpoint.save(
+        folder / checkpoint.BEST,
+        {
+            "experiment": {"data": data},
+            "model_config": cfg.model_dump(mode="json"),
+            "model": model.state_dict(),
+            "epoch": 0,
+            "metrics": {},
+        },
+    )
     return folder
 
 
 def test_oracles_are_near_perfect_and_power_mask_is_not_worse(splits, tmp_path):
     """On stems that add up to the mixture both IRMs separate well (paper: IRM 8.21 dB on MUSDB18); museval JSON is written."""
     reports = {
-        kind: evaluate_tracks(oracle_estimator(kind, 1024, 256), splits.test[:1], name=kind, backend="fast",
-                              data_kind=splits.kind, subset="test", out_dir=tmp_path / kind)  # fmt: skip
+        kind: evaluate_tracks(
+            oracle_estimator(kind, 1024, 256),
+            splits.test[:1],
+            name=kind,
+            backend="fast",
+            data_kind=splits.kind,
+            subset="test",
+            out_dir=tmp_path / kind,
+        )
         for kind in ("irm1", "irm2")
     }
     for kind, report in reports.items():
@@ -60,13 +73,46 @@ def test_fast_backend_matches_museval_on_model_estimates(splits, checkpoint_dir)
 
 
 def test_evaluate_command_with_oracle_and_model(synth_root, checkpoint_dir, tmp_path, capsys):
-    assert main(["evaluate", "--oracle", "irm1", "--data", str(synth_root), "--backend", "fast",
-                 "--out", str(tmp_path / "o"), "--max-tracks", "1"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--oracle",
+                "irm1",
+                "--data",
+                str(synth_root),
+                "--backend",
+                "fast",
+                "--out",
+                str(tmp_path / "o"),
+                "--max-tracks",
+                "1",
+            ]
+        )
+        == 0
+    )
     said = capsys.readouterr()
     assert "SDR (dB), test set of synthetic" in said.out
     assert "test [1/1, " in said.err and "avg SDR" in said.err  # progress, track by track
-    assert main(["evaluate", str(checkpoint_dir), "--data", str(synth_root), "--backend", "fast",
-                 "--subset", "valid", "--out", str(tmp_path / "m"), "--max-tracks", "1"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                str(checkpoint_dir),
+                "--data",
+                str(synth_root),
+                "--backend",
+                "fast",
+                "--subset",
+                "valid",
+                "--out",
+                str(tmp_path / "m"),
+                "--max-tracks",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "m" / "summary.json").is_file()
     assert main(["evaluate", "--oracle", "irm3", "--data", str(synth_root)]) == 2
     assert "--oracle must be irm1 or irm2" in capsys.readouterr().err
@@ -97,10 +143,16 @@ def test_evaluate_with_data_caches_under_that_data(tmp_path):
     cfg = ModelConfig(n_fft=256, hop_length=128, channels=4, heads=1, depth=1, slices=2).resolved(44100)
     trained_cache = tmp_path / "trained-on" / "cache"
     data = DataConfig(root=tmp_path / "elsewhere", cache_dir=trained_cache).model_dump(mode="json")
-    checkpoint.save(tmp_path / "ckpt" / checkpoint.BEST, {
-        "experiment": {"data": data}, "model_config": cfg.model_dump(mode="json"),
-        "model": checkpoint.build_model(cfg).state_dict(), "epoch": 0, "metrics": {},
-    })  # fmt: skip
+    checkpoint.save(
+        tmp_path / "ckpt" / checkpoint.BEST,
+        {
+            "experiment": {"data": data},
+            "model_config": cfg.model_dump(mode="json"),
+            "model": checkpoint.build_model(cfg).state_dict(),
+            "epoch": 0,
+            "metrics": {},
+        },
+    )
     args = ["evaluate", str(tmp_path / "ckpt"), "--data", str(root), "--backend", "fast", "--out", str(tmp_path / "o")]
     assert main(args) == 0
     assert not trained_cache.exists()

@@ -1,33 +1,47 @@
-"""Export: TorchScript + ONNX + weights + card; separating from the export matches the checkpoint."""
+"""Export: torch.export programs + ONNX + weights + card, each equal to the eager model at any length;
+separating from the export (in chunks, by `engine.apply`) matches the checkpoint."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import soundfile as sf
 import torch
 
-from samsnet_search.engine import checkpoint
-from samsnet_search.delivery import export
 from samsnet_search.cli import main
-from samsnet_search.config import ExperimentConfig, TARGETS
-from samsnet_search.engine.separate import load_separator, read_audio, separate
+from samsnet_search.config import TARGETS, ExperimentConfig, ModelConfig
+from samsnet_search.delivery import export, export_folder
+from samsnet_search.delivery.registry import load_separator
+from samsnet_search.engine import checkpoint
+from samsnet_search.engine.separate import read_audio, separate
 from samsnet_search.engine.train import Trainer
+from samsnet_search.model import SamsNet
 
 
 def tiny_experiment(root: Path) -> ExperimentConfig:
     """One epoch of a very small model (non-paper sizes): 1 s segments are 345 frames, slice_frames 115."""
-    return ExperimentConfig.model_validate({
-        "model": {"n_fft": 256, "hop_length": 128, "channels": 4, "heads": 2, "depth": 1, "slices": 3},
-        "data": {"root": str(root), "segment_seconds": 1.0, "samples_per_track": 1, "valid_seconds": 4.0},
-        "train": {"lr": 0.01, "batch_size": 4, "epochs": 1, "patience": 5, "valid_sdr_every": 1, "seed": 7,
-                  "threads": 2},
-    })  # fmt: skip
+    return ExperimentConfig.model_validate(
+        {
+            "model": {"n_fft": 256, "hop_length": 128, "channels": 4, "heads": 2, "depth": 1, "slices": 3},
+            "data": {"root": str(root), "segment_seconds": 1.0, "samples_per_track": 1, "valid_seconds": 4.0},
+            "train": {
+                "lr": 0.01,
+                "batch_size": 4,
+                "epochs": 1,
+                "patience": 5,
+                "valid_sdr_every": 1,
+                "seed": 7,
+                "threads": 2,
+            },
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +66,17 @@ def song(synth_root, tmp_path_factory) -> Path:
 
 
 def test_export_folder_holds_every_artifact(trained, exported):
-    for name in ("model.ts", "model.onnx", "weights.pt", "model_config.json", "experiment.json", "MODEL_CARD.md",
-                 "export.json", "mlflow_model.py"):  # fmt: skip
+    for name in (
+        "masks.pt2",
+        "separate.pt2",
+        "model.onnx",
+        "weights.pt",
+        "model_config.json",
+        "experiment.json",
+        "MODEL_CARD.md",
+        "export.json",
+        "mlflow_model.py",
+    ):
         assert (exported / name).is_file(), name
     best = checkpoint.load(trained / "best.pt")
     weights = torch.load(exported / "weights.pt", weights_only=True)
@@ -61,10 +84,14 @@ def test_export_folder_holds_every_artifact(trained, exported):
     assert all(torch.equal(weights[k], best["model"][k]) for k in weights)
     assert json.loads((exported / "model_config.json").read_text()) == best["model_config"]
     assert json.loads((exported / "experiment.json").read_text()) == best["experiment"]
-    manifest = export.read_manifest(exported)
-    assert manifest["onnx"]["opset"] >= 17 and manifest["onnx"]["max_abs_error"] <= 1e-4
-    # The check ran on an input whose frames do not fill whole slices.
-    assert manifest["onnx"]["input_frames"] % best["model_config"]["slice_frames"] != 0
+    manifest = export_folder.read_manifest(exported)
+    assert manifest["parity"]["opset"] >= 17
+    assert set(manifest["parity"]["max_abs_error"]) == {"masks", "separate", "onnx"}
+    assert max(manifest["parity"]["max_abs_error"].values()) <= 1e-4
+    # Traced on an input of more than two slices whose frames do not fill whole slices.
+    L = best["model_config"]["slice_frames"]
+    assert manifest["parity"]["traced_frames"] > 2 * L and manifest["parity"]["traced_frames"] % L != 0
+    assert manifest["network"]["context_frames"] == checkpoint.load_model(trained)[0].context_frames()
 
 
 def test_model_card_names_data_size_and_scores(trained, exported):
@@ -82,8 +109,6 @@ def test_model_card_names_data_size_and_scores(trained, exported):
 @pytest.mark.parametrize("frames", [5, 115, 116, 230, 301])
 def test_onnx_matches_the_checkpoint_model_at_any_frame_count(trained, exported, song, frames):
     """onnxruntime vs. the original SamsNet (not the export wrapper) on a real magnitude, within 1e-4."""
-    import onnxruntime as ort
-
     net, _ = checkpoint.load_model(trained)
     with torch.no_grad():
         mag = net.spectrogram(torch.from_numpy(read_audio(song))[None]).abs()[..., :frames]  # (1, C, F, T)
@@ -94,23 +119,34 @@ def test_onnx_matches_the_checkpoint_model_at_any_frame_count(trained, exported,
     assert np.abs(got - want).max() <= 1e-4
 
 
-@pytest.mark.parametrize("frames", [7, 115, 116, 231])
-def test_torchscript_matches_the_checkpoint_model(trained, exported, frames):
+@pytest.mark.parametrize("frames", [2, 7, 115, 116, 230, 231, 500])
+def test_masks_program_matches_the_checkpoint_model(trained, exported, frames):
+    """masks.pt2 at lengths shorter than, equal to, and not multiples of the slice (115 frames)."""
     net, _ = checkpoint.load_model(trained)
-    ts = export.load_exported(exported)
-    mag = torch.rand(2, 2, 129, frames, generator=torch.Generator().manual_seed(frames))
+    model = export_folder.load_exported(exported)
+    mag = torch.rand(3, 2, 129, frames, generator=torch.Generator().manual_seed(frames))
     with torch.no_grad():
-        torch.testing.assert_close(ts(mag), net(mag), atol=1e-5, rtol=1e-5)
+        assert (model(mag) - net(mag)).abs().max() <= 1e-4
 
 
-def test_torchscript_chunked_separation_matches_the_checkpoint(trained, exported, song):
+@pytest.mark.parametrize("samples", [129, 128 * 114 + 5, 128 * 115, 44100, 2 * 44100 + 777])
+def test_separate_program_matches_the_checkpoint_model(trained, exported, song, samples):
+    """separate.pt2 (STFT, masks, ISTFT) on real audio; 128 * 115 samples are 116 frames."""
     net, _ = checkpoint.load_model(trained)
-    ts = export.load_exported(exported)
-    audio = torch.from_numpy(read_audio(song))[None, :, :44100]  # (1, 2, N): 345 frames
+    model = export_folder.load_exported(exported)
+    audio = torch.from_numpy(read_audio(song))[None, :, :samples]
     with torch.no_grad():
-        for chunk in (None, 300):  # whole; 300 rounds down to 230 frames (two slices) per chunk, with context
-            torch.testing.assert_close(ts.separate(audio, chunk_frames=chunk), net.separate(audio, chunk_frames=chunk),
-                                       atol=1e-5, rtol=1e-4)  # fmt: skip
+        assert (model.separate(audio) - net.separate(audio)).abs().max() <= 1e-4
+
+
+def test_chunked_separation_of_the_export_matches_the_whole_checkpoint(trained, exported, song):
+    """The one chunk loop (`engine.apply`) drives the export as it drives the Python model."""
+    net, _ = checkpoint.load_model(trained)
+    audio = read_audio(song)
+    whole = separate(net, audio, chunk_seconds=60.0)
+    chunked = separate(export_folder.load_exported(exported), audio, chunk_seconds=0.5)
+    for target in TARGETS:
+        assert np.abs(chunked[target] - whole[target]).max() <= 1e-4
 
 
 def test_separate_from_export_writes_stems_matching_the_checkpoint(trained, exported, song, tmp_path, capsys):
@@ -125,41 +161,44 @@ def test_separate_from_export_writes_stems_matching_the_checkpoint(trained, expo
     assert np.abs(got).max() > 0  # not silence
 
 
-def test_load_separator_picks_torchscript_for_an_export(trained, exported, song):
+def test_load_separator_picks_the_programs_for_an_export(trained, exported, song):
     model = load_separator(exported)
-    assert isinstance(model, torch.jit.ScriptModule)
+    assert isinstance(model, export_folder.ExportedModel)
     stems = separate(model, read_audio(song))
     assert list(stems) == list(TARGETS) and stems["vocals"].shape == read_audio(song).shape
-    assert not isinstance(load_separator(trained), torch.jit.ScriptModule)
+    assert isinstance(load_separator(trained), SamsNet)
 
 
 def test_export_runs_with_torch_alone(exported, song, tmp_path):
-    """model.ts separates in a fresh interpreter that never imports samsnet_search."""
+    """separate.pt2 separates in a fresh interpreter that never imports samsnet_search."""
     ref = separate(load_separator(exported), read_audio(song))
     np.save(tmp_path / "mix.npy", read_audio(song))
     code = (
         "import sys, numpy as np, torch\n"
-        f"m = torch.jit.load({str(exported / 'model.ts')!r}).eval()\n"
+        f"m = torch.export.load({str(exported / 'separate.pt2')!r}).module()\n"
         f"x = torch.from_numpy(np.load({str(tmp_path / 'mix.npy')!r}))[None]\n"
-        "with torch.no_grad(): y = m.separate(x)[0].numpy()\n"
+        "with torch.no_grad(): y = m(x)[0].numpy()\n"
         f"np.save({str(tmp_path / 'out.npy')!r}, y)\n"
         "assert not any(k.startswith('samsnet_search') for k in sys.modules), 'imported samsnet_search'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, timeout=120)
-    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), np.stack([ref[t] for t in TARGETS]), atol=1e-5)
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), np.stack([ref[t] for t in TARGETS]), atol=1e-4)
 
 
 def test_weights_load_without_pickled_code(exported, trained):
-    net = export.load_weights(exported)
+    net = export_folder.load_weights(exported)
     ref, _ = checkpoint.load_model(trained)
     for (k, a), (_, b) in zip(net.state_dict().items(), ref.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
 
 
 def test_export_command_writes_a_folder(trained, tmp_path, capsys):
-    assert main(["export", str(trained / "best.pt"), "--out", str(tmp_path / "cli"), "--storage", str(tmp_path / "runs")]) == 0
+    assert (
+        main(["export", str(trained / "best.pt"), "--out", str(tmp_path / "cli"), "--storage", str(tmp_path / "runs")])
+        == 0
+    )
     assert "exported to" in capsys.readouterr().out
-    assert export.is_export(tmp_path / "cli")
+    assert export_folder.is_export(tmp_path / "cli")
 
 
 # --- errors: one line, exit code 2 ---------------------------------------------------------
@@ -187,16 +226,25 @@ def test_separate_export_with_unknown_format(exported, song, tmp_path, capsys):
     fake.mkdir()
     (fake / "export.json").write_text(json.dumps({"format": "something-else/9"}))
     assert main(["separate", str(fake), str(song), "--out", str(tmp_path / "o")]) == 2
-    assert f"unknown export format (expected {export.FORMAT})" in _error(capsys)
+    assert f"unknown export format (expected {export_folder.FORMAT})" in _error(capsys)
 
 
-def test_separate_export_with_missing_torchscript(exported, song, tmp_path, capsys):
-    import shutil
-
+def test_separate_export_with_a_missing_program(exported, song, tmp_path, capsys):
     broken = Path(shutil.copytree(exported, tmp_path / "broken"))
-    (broken / "model.ts").unlink()
+    (broken / "masks.pt2").unlink()
     assert main(["separate", str(broken), str(song), "--out", str(tmp_path / "o")]) == 2
-    assert "model.ts: missing from the export folder" in _error(capsys)
+    assert "masks.pt2: missing from the export folder" in _error(capsys)
+
+
+def test_an_old_torchscript_export_is_refused_with_what_to_do(exported, song, tmp_path, capsys):
+    old = Path(shutil.copytree(exported, tmp_path / "old"))
+    manifest = json.loads((old / "export.json").read_text())
+    (old / "export.json").write_text(json.dumps({**manifest, "format": "samsnet-export/2"}))
+    assert main(["separate", str(old), str(song), "--out", str(tmp_path / "o")]) == 2
+    assert (
+        "format samsnet-export/2 holds TorchScript (model.ts), which this version no longer loads; export the model again"
+        in _error(capsys)
+    )
 
 
 def test_export_unknown_source(tmp_path, capsys):
@@ -212,10 +260,10 @@ def test_export_refuses_a_non_export_out_folder(trained, tmp_path, capsys):
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
 
 
-def test_onnx_example_falls_back_to_synthetic_audio_when_the_data_is_gone():
-    from samsnet_search.config import ModelConfig
-
+def test_the_traced_example_falls_back_to_synthetic_audio_when_the_data_is_gone():
     net = checkpoint.build_model(ModelConfig(n_fft=256, hop_length=128, channels=2, depth=1, slices=2).resolved(22050))
     mag = export.example_magnitude({"experiment": {"data": {"root": "/no/such/data"}}}, net)
-    assert mag.shape[:3] == (1, 2, 129) and mag.shape[-1] % net.slice_frames != 0
+    assert (
+        mag.shape[:3] == (2, 2, 129) and mag.shape[-1] % net.slice_frames != 0 and mag.shape[-1] > 2 * net.slice_frames
+    )
     assert float(mag.mean()) > 0  # real (synthesized) audio, not zeros

@@ -14,29 +14,42 @@ import pytest
 import soundfile as sf
 import torch
 
-from samsnet_search.engine import checkpoint
-from samsnet_search.delivery import export
-from samsnet_search.services import tracking
 from samsnet_search.cli import main
 from samsnet_search.config import ExperimentConfig
+from samsnet_search.delivery import export, export_folder, registry
+from samsnet_search.delivery.registry import load_separator
+from samsnet_search.engine import checkpoint
+from samsnet_search.engine.separate import read_audio
 from samsnet_search.errors import SamsNetError
-from samsnet_search.engine.separate import load_separator, read_audio
+from samsnet_search.services import tracking
 
 
 def _best_pt(folder: Path, root: Path, seed: int) -> Path:
     """A freshly initialised tiny model saved as a checkpoint's best.pt (no training needed)."""
-    exp = ExperimentConfig.model_validate({
-        "model": {"n_fft": 256, "hop_length": 128, "channels": 3, "heads": 2, "depth": 1, "slices": 2},
-        "data": {"root": str(root), "segment_seconds": 0.5},
-    })  # fmt: skip
+    exp = ExperimentConfig.model_validate(
+        {
+            "model": {"n_fft": 256, "hop_length": 128, "channels": 3, "heads": 2, "depth": 1, "slices": 2},
+            "data": {"root": str(root), "segment_seconds": 0.5},
+        }
+    )
     cfg = exp.resolved_model()
     torch.manual_seed(seed)
     net = checkpoint.build_model(cfg)
     path = folder / "checkpoint" / checkpoint.BEST
-    checkpoint.save(path, {"experiment": exp.model_dump(mode="json"), "model_config": cfg.model_dump(mode="json"),
-                           "model": net.state_dict(), "epoch": 1,
-                           "metrics": {"valid_loss": 0.5, "valid_sdr": -0.004,
-                                       **{f"valid_sdr_{t}": -0.004 for t in ("vocals", "drums", "bass", "other")}}})  # fmt: skip
+    checkpoint.save(
+        path,
+        {
+            "experiment": exp.model_dump(mode="json"),
+            "model_config": cfg.model_dump(mode="json"),
+            "model": net.state_dict(),
+            "epoch": 1,
+            "metrics": {
+                "valid_loss": 0.5,
+                "valid_sdr": -0.004,
+                **{f"valid_sdr_{t}": -0.004 for t in ("vocals", "drums", "bass", "other")},
+            },
+        },
+    )
     return path.parent
 
 
@@ -69,9 +82,9 @@ def song(synth_root, tmp_path_factory) -> Path:
 
 
 def _rewrite_manifest(folder: Path, key: str, **entry) -> None:
-    manifest = json.loads((folder / export.MANIFEST).read_text())
+    manifest = json.loads((folder / export_folder.MANIFEST).read_text())
     manifest["files"][key].update(entry)
-    (folder / export.MANIFEST).write_text(json.dumps(manifest))
+    (folder / export_folder.MANIFEST).write_text(json.dumps(manifest))
 
 
 def _one_line(capsys) -> str:
@@ -82,83 +95,93 @@ def _one_line(capsys) -> str:
 
 def test_manifest_records_each_files_sha256(exports):
     folder = exports[0]
-    files = export.read_manifest(folder)["files"]
-    assert set(files) == set(export.FILES)
+    files = export_folder.read_manifest(folder)["files"]
+    assert set(files) == set(export_folder.FILES)
     for key, entry in files.items():
-        assert entry["path"] == export.FILES[key]
+        assert entry["path"] == export_folder.FILES[key]
         assert entry["sha256"] == hashlib.sha256((folder / entry["path"]).read_bytes()).hexdigest(), key
 
 
-@pytest.mark.parametrize("key", ["torchscript", "onnx", "weights", "model_config"])
+@pytest.mark.parametrize("key", ["masks", "separate", "onnx", "weights", "model_config"])
 def test_a_valid_but_different_file_is_refused_by_name(exports, copy, song, tmp_path, capsys, key):
     """The file is a real model file (of other weights), so only its checksum can tell."""
-    name = export.FILES[key]
+    name = export_folder.FILES[key]
     if key == "model_config":  # the same for both exports: a valid config of another model instead
         config = json.loads((copy / name).read_text())
         (copy / name).write_text(json.dumps({**config, "depth": 2}))
     else:
         shutil.copyfile(exports[1] / name, copy / name)
-    with pytest.raises(export.ExportError, match=rf"{name}: sha256 \w+\.\.\. differs from \w+\.\.\. recorded in export.json"):
-        export.verify_export(copy)
-    if key in ("torchscript",):
-        with pytest.raises(export.ExportError, match=rf"{name}: sha256"):
-            export.load_exported(copy)
+    with pytest.raises(
+        export_folder.ExportError, match=rf"{name}: sha256 \w+\.\.\. differs from \w+\.\.\. recorded in export.json"
+    ):
+        export_folder.verify_export(copy)
+    if key in ("masks", "separate"):
+        with pytest.raises(export_folder.ExportError, match=rf"{name}: sha256"):
+            export_folder.load_exported(copy)
     if key in ("weights", "model_config"):
-        with pytest.raises(export.ExportError, match=rf"{name}: sha256"):
-            export.load_weights(copy)
+        with pytest.raises(export_folder.ExportError, match=rf"{name}: sha256"):
+            export_folder.load_weights(copy)
     assert main(["separate", str(copy), str(song), "--out", str(tmp_path / "o")]) == 2
     assert f"{copy / name}: sha256" in _one_line(capsys) and not (tmp_path / "o").exists()
 
 
 def test_the_untampered_copy_loads(copy, song):
-    assert isinstance(load_separator(copy), torch.jit.ScriptModule)
-    assert export.load_weights(copy) is not None
+    assert isinstance(load_separator(copy), export_folder.ExportedModel)
+    assert export_folder.load_weights(copy) is not None
 
 
-@pytest.mark.parametrize("where", ["../x.ts", "/ABS/x.ts", "sub/../../x.ts"])
+@pytest.mark.parametrize("where", ["../x.pt2", "/ABS/x.pt2", "sub/../../x.pt2"])
 def test_a_path_outside_the_folder_is_refused(copy, song, tmp_path, capsys, where):
-    outside = tmp_path / "x.ts"
-    shutil.copyfile(copy / "model.ts", outside)  # same bytes: the checksum alone would pass
-    _rewrite_manifest(copy, "torchscript", path=where.replace("/ABS", str(tmp_path)))
-    with pytest.raises(export.ExportError, match="files.torchscript: path .* is outside the export folder"):
-        export.load_exported(copy)
+    outside = tmp_path / "x.pt2"
+    shutil.copyfile(copy / "masks.pt2", outside)  # same bytes: the checksum alone would pass
+    _rewrite_manifest(copy, "masks", path=where.replace("/ABS", str(tmp_path)))
+    with pytest.raises(export_folder.ExportError, match="files.masks: path .* is outside the export folder"):
+        export_folder.load_exported(copy)
     assert main(["separate", str(copy), str(song), "--out", str(tmp_path / "o")]) == 2
     assert "is outside the export folder; refusing to load it" in _one_line(capsys)
 
 
 def test_a_symlink_out_of_the_folder_is_refused(copy, tmp_path):
-    outside = tmp_path / "x.ts"
-    shutil.move(copy / "model.ts", outside)
-    (copy / "model.ts").symlink_to(outside)
-    with pytest.raises(export.ExportError, match="is outside the export folder"):
-        export.load_exported(copy)
+    outside = tmp_path / "x.pt2"
+    shutil.move(copy / "separate.pt2", outside)
+    (copy / "separate.pt2").symlink_to(outside)
+    with pytest.raises(export_folder.ExportError, match="is outside the export folder"):
+        export_folder.load_exported(copy)
 
 
 def test_an_export_without_checksums_is_refused(copy):
-    manifest = json.loads((copy / export.MANIFEST).read_text())
+    manifest = json.loads((copy / export_folder.MANIFEST).read_text())
     manifest.update(format="samsnet-export/1", files={k: v["path"] for k, v in manifest["files"].items()})
-    (copy / export.MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(export.ExportError, match="format samsnet-export/1 records no checksums.*export the model again"):
-        export.load_exported(copy)
-    (copy / export.MANIFEST).write_text(json.dumps({**manifest, "format": export.FORMAT, "files": {"torchscript": {}}}))
-    with pytest.raises(export.ExportError, match="files: expected an entry for each of torchscript, onnx"):
-        export.read_manifest(copy)
+    (copy / export_folder.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(
+        export_folder.ExportError, match="format samsnet-export/1 records no checksums.*export the model again"
+    ):
+        export_folder.load_exported(copy)
+    (copy / export_folder.MANIFEST).write_text(
+        json.dumps({**manifest, "format": export_folder.FORMAT, "files": {"masks": {}}})
+    )
+    with pytest.raises(export_folder.ExportError, match="files: expected an entry for each of masks, separate, onnx"):
+        export_folder.read_manifest(copy)
 
 
-def test_the_pyfunc_refuses_a_changed_model_ts(exports, copy):
+def test_the_pyfunc_refuses_a_changed_program(exports, copy, song):
     """SamsNetSeparator (the registry's pyfunc, run by MLflow without samsnet_search) checks too."""
     import types
 
     namespace: dict = {}
-    code = (copy / export.PYFUNC_FILE).read_text().replace("set_model(SamsNetSeparator())", "")
-    exec(compile(code, str(copy / export.PYFUNC_FILE), "exec"), namespace)
+    code = (copy / export_folder.PYFUNC_FILE).read_text().replace("set_model(SamsNetSeparator())", "")
+    exec(compile(code, str(copy / export_folder.PYFUNC_FILE), "exec"), namespace)
     context = types.SimpleNamespace(artifacts={"export": str(copy)})
     model = namespace["SamsNetSeparator"]()
-    model.load_context(context)  # intact: loads
-    shutil.copyfile(exports[1] / "model.ts", copy / "model.ts")
-    with pytest.raises(ValueError, match=r"model.ts: sha256 \w+\.\.\. differs from"):
+    model.load_context(context)  # intact: loads, and separates as the package's loader does
+    audio = read_audio(song)[None]
+    with torch.no_grad():
+        want = export_folder.load_exported(copy).separate(torch.from_numpy(audio)).numpy()
+    assert abs(model.predict(context, audio) - want).max() == 0
+    shutil.copyfile(exports[1] / "separate.pt2", copy / "separate.pt2")
+    with pytest.raises(ValueError, match=r"separate.pt2: sha256 \w+\.\.\. differs from"):
         model.load_context(context)
-    _rewrite_manifest(copy, "torchscript", path="../x.ts")
+    _rewrite_manifest(copy, "separate", path="../x.pt2")
     with pytest.raises(ValueError, match="outside the export folder"):
         model.load_context(context)
 
@@ -173,14 +196,36 @@ def test_export_command_is_quiet_and_registering_warns_nothing(exports, tmp_path
     shutil.copytree(exports[0].parent / "a", ckpt)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert main(["export", str(ckpt / "checkpoint"), "--out", str(tmp_path / "o"), "--register", "quiet",
-                     "--tracking-uri", str(tmp_path / "mlruns")]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "export",
+                    str(ckpt / "checkpoint"),
+                    "--out",
+                    str(tmp_path / "o"),
+                    "--register",
+                    "quiet",
+                    "--tracking-uri",
+                    str(tmp_path / "mlruns"),
+                ]
+            )
+            == 0
+        )
     err = capfd.readouterr().err
-    for noise in ("torchvision is not installed", "FutureWarning", "Add type hints", "UserWarning", "example was not provided"):
+    for noise in (
+        "torchvision is not installed",
+        "FutureWarning",
+        "Add type hints",
+        "UserWarning",
+        "example was not provided",
+    ):
         assert noise not in err, err
     # sqlalchemy's own deprecation inside MLflow's store is not the export's (and not shown to users)
-    ours = [f"{w.category.__name__}: {w.message}" for w in caught if w.category is not DeprecationWarning
-            and "sqlalchemy" not in str(w.filename)]  # fmt: skip
+    ours = [
+        f"{w.category.__name__}: {w.message}"
+        for w in caught
+        if w.category is not DeprecationWarning and "sqlalchemy" not in str(w.filename)
+    ]
     assert ours == []
 
 
@@ -207,12 +252,12 @@ def test_the_experiment_is_marked_as_a_training_experiment(store):
 def test_same_weights_reuse_their_version_and_leave_the_alias(exports, store):
     target, _ = store
     a, b = exports
-    first = export.register_export(a, "reg", target.uri)
-    again = export.register_export(a, "reg", target.uri)
+    first = registry.register_export(a, "reg", target.uri)
+    again = registry.register_export(a, "reg", target.uri)
     assert (first.version, first.reused, again.version, again.reused) == ("1", False, "1", True)
-    other = export.register_export(b, "reg", target.uri)
+    other = registry.register_export(b, "reg", target.uri)
     assert (other.version, other.reused, other.alias_version) == ("2", False, "2")
-    back = export.register_export(a, "reg", target.uri)  # the older winner exported once more
+    back = registry.register_export(a, "reg", target.uri)  # the older winner exported once more
     assert (back.version, back.reused, back.alias_version) == ("1", True, "2")
     assert "alias champion stays on version 2" in back.describe()
     c = tracking.client(target)
@@ -227,21 +272,25 @@ def test_the_version_links_the_run_that_made_the_weights_and_has_a_signature(exp
     target, experiment_id = store
     c = tracking.client(target)
     trial = c.create_run(experiment_id, tags={tracking.ROLE_TAG: "trial"}).info.run_id
-    version = export.register(exports[0], "reg", target.uri, run_id=trial)
+    version = registry.register(exports[0], "reg", target.uri, run_id=trial)
     mv = c.get_model_version("samsnet-reg", version)
     assert mv.run_id == trial and mv.source.startswith(c.get_run(trial).info.artifact_uri)
-    assert mv.tags[export.WEIGHTS_SHA_TAG] == export.read_manifest(exports[0])["files"]["weights"]["sha256"]
+    assert mv.tags[registry.WEIGHTS_SHA_TAG] == export_folder.read_manifest(exports[0])["files"]["weights"]["sha256"]
     local = mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp_path), tracking_uri=target.uri)
     signature = mlflow.models.get_model_info(local).signature
     assert signature.inputs.to_dict() == [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 2, -1)}}]
-    assert signature.outputs.to_dict() == [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 4, 2, -1)}}]
+    assert signature.outputs.to_dict() == [
+        {"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 4, 2, -1)}}
+    ]
 
 
 def test_registering_from_the_study_parent_run_is_refused(exports, store):
     target, experiment_id = store
     parent = tracking.start_parent_run(target, experiment_id, "reg")
-    with pytest.raises(SamsNetError, match="is the study's parent run; register from the run that produced the weights"):
-        export.register(exports[0], "reg", target.uri, run_id=parent)
+    with pytest.raises(
+        SamsNetError, match="is the study's parent run; register from the run that produced the weights"
+    ):
+        registry.register(exports[0], "reg", target.uri, run_id=parent)
 
 
 # --- the model card ---------------------------------------------------------------------------
@@ -251,14 +300,38 @@ def test_card_numbers_come_from_the_selection_and_read_as_tables(exports):
     """As `export NAME` writes it after a selection: the summary holds the test scores (a dict), the
     selection table (a list) and the registry entry of the selection's own export."""
     net, state = checkpoint.load_model(exports[0].parent / "a" / "checkpoint")
-    selection = [{"slices": 2, "vocals": 0.91, "drums": 0.95, "bass": 0.9, "other": 0.96, "avg": 0.93,
-                  "avg_low": 0.8, "avg_high": 1.1, "pairs": 6, "vs_winner": "winner"}]  # fmt: skip
+    selection = [
+        {
+            "slices": 2,
+            "vocals": 0.91,
+            "drums": 0.95,
+            "bass": 0.9,
+            "other": 0.96,
+            "avg": 0.93,
+            "avg_low": 0.8,
+            "avg_high": 1.1,
+            "pairs": 6,
+            "vs_winner": "winner",
+        }
+    ]
     test = {"vocals": 1.25, "drums": 1.5, "bass": 0.75, "other": 1.0, "avg": 1.125}
-    summary = {"trials": 4, "counts": {"completed": 3, "pruned": 1}, "best_valid_loss": 0.0123456, "best_run": "abc",
-               "best_config": {"model.slices": 2}, "selection": selection, "test": test, "chosen_slices": 2,
-               "registered": {"name": "samsnet-s", "version": "1", "alias": "champion"}}  # fmt: skip
-    card = export.model_card(net, state, {"source": "study s", "study_summary": summary, "selection_table": selection,
-                                          "test_sdr": test}, 1e-7)  # fmt: skip
+    summary = {
+        "trials": 4,
+        "counts": {"completed": 3, "pruned": 1},
+        "best_valid_loss": 0.0123456,
+        "best_run": "abc",
+        "best_config": {"model.slices": 2},
+        "selection": selection,
+        "test": test,
+        "chosen_slices": 2,
+        "registered": {"name": "samsnet-s", "version": "1", "alias": "champion"},
+    }
+    card = export.model_card(
+        net,
+        state,
+        {"source": "study s", "study_summary": summary, "selection_table": selection, "test_sdr": test},
+        {"masks": 0.0, "separate": 1e-7, "onnx": 2e-7},
+    )
     assert "validation (checkpoint)" not in card and "-0.00" not in card  # the excerpt score would contradict
     assert "| 2 | 0.91 | 0.95 | 0.90 | 0.96 | 0.93 |" in card
     assert "| test | 1.25 | 1.50 | 0.75 | 1.00 | 1.12 |" in card

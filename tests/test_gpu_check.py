@@ -20,8 +20,13 @@ SECTIONS = {"train", "attention", "bsseval", "separate", "study"}
 def test_gpu_check_cpu_dry_run(tmp_path):
     out = tmp_path / "gpu-check.json"
     env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([str(ROOT / "scripts" / "gpu-check.sh"), "--cpu-dry-run", "--out", str(out)],
-                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [str(ROOT / "scripts" / "gpu-check.sh"), "--cpu-dry-run", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["dry_run"] and not report["failed"]
@@ -41,8 +46,12 @@ def test_gpu_check_cpu_dry_run(tmp_path):
 
 
 def test_failed_section_is_named_in_the_summary():
-    report = {"machine": {"cpu": "x", "torch": "t", "load_average_1m": 0.1}, "dry_run": True, "failed": ["study"],
-              "sections": {"study": {"error": "ConfigError: bad", "section_s": 0.1}}}  # fmt: skip
+    report = {
+        "machine": {"cpu": "x", "torch": "t", "load_average_1m": 0.1},
+        "dry_run": True,
+        "failed": ["study"],
+        "sections": {"study": {"error": "ConfigError: bad", "section_s": 0.1}},
+    }
     text = summary(report)
     assert "study: FAILED ConfigError: bad" in text and "FAILED sections: study" in text
 

@@ -19,8 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Nine levels of nine aliases: 9**9 (387 million) leaves once expanded, a few hundred bytes as text.
 BILLION_LAUGHS = "\n".join(
-    ["bomb:", '  l0: &l0 ["lol"]']
-    + [f"  l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    ["bomb:", '  l0: &l0 ["lol"]'] + [f"  l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 10)]
 )
 
 
@@ -31,10 +30,11 @@ def _in_tmp(tmp_path, monkeypatch):
 
 def _study_text(data_root: Path, model_extra: str = "") -> str:
     return (
-        "model:\n  n_fft: 512\n  hop_length: 128\n  slices: {choice: [1, 2]}\n" + model_extra
+        "model:\n  n_fft: 512\n  hop_length: 128\n  slices: {choice: [1, 2]}\n"
+        + model_extra
         + f"data:\n  root: {data_root}\n  segment_seconds: 1.0\n"
         "train:\n  epochs: 2\n  patience: 2\n"
-    )  # fmt: skip
+    )
 
 
 def _one_line_error(capsys) -> str:
@@ -140,8 +140,11 @@ def test_user_yaml_is_parsed_in_one_place():
     module calls a YAML loader (the musdb package's own mus.yaml is not user input)."""
     allowed = {REPO / "samsnet_search" / "config.py", REPO / "samsnet_search" / "data" / "readers.py"}
     loader = re.compile(r"yaml\.(safe_load|load|full_load|unsafe_load|load_all|safe_load_all)\(")
-    offenders = [str(p.relative_to(REPO)) for p in (REPO / "samsnet_search").rglob("*.py")
-                 if p not in allowed and loader.search(p.read_text())]  # fmt: skip
+    offenders = [
+        str(p.relative_to(REPO))
+        for p in (REPO / "samsnet_search").rglob("*.py")
+        if p not in allowed and loader.search(p.read_text())
+    ]
     assert offenders == []
     assert "musdb" in (REPO / "samsnet_search" / "data" / "readers.py").read_text()
 
@@ -162,7 +165,11 @@ def test_the_user_config_has_the_same_limits(tmp_path, monkeypatch):
     path.write_bytes("storage: x\n".encode("utf-16"))
     with pytest.raises(ConfigError, match="config.yaml: not UTF-8 text"):
         identity.user_config()
-    path.write_text("a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
-        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcd", "bcde")))
+    path.write_text(
+        "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
+        + "".join(
+            f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcd", "bcde")
+        )
+    )
     with pytest.raises(ConfigError, match="aliases"):
         identity.user_config()

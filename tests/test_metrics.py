@@ -139,7 +139,9 @@ def coloured(rng: np.random.Generator, nsrc: int, nsamples: int, nchan: int) -> 
     """Independent low-passed noise per source and channel, (nsrc, nsamples, nchan)."""
     white = rng.standard_normal((nsrc, nsamples + 15, nchan))
     kernel = rng.uniform(0.2, 1.0, 16)
-    return np.stack([[np.convolve(white[j, :, c], kernel, "valid") for c in range(nchan)] for j in range(nsrc)]).transpose(0, 2, 1)
+    return np.stack(
+        [[np.convolve(white[j, :, c], kernel, "valid") for c in range(nchan)] for j in range(nsrc)]
+    ).transpose(0, 2, 1)
 
 
 def test_silent_frames_follow_museval(backend):
@@ -262,7 +264,9 @@ def test_cuda_tensors_match_cpu():
     gpu = bss_eval_v4(torch.from_numpy(refs).cuda(), torch.from_numpy(ests).cuda())
     for m in METRICS:
         np.testing.assert_allclose(gpu[m], cpu[m], rtol=0, atol=1e-6)
-    np.testing.assert_allclose(sdr_v4(torch.from_numpy(refs).cuda(), torch.from_numpy(ests).cuda()), cpu["SDR"], atol=1e-9)
+    np.testing.assert_allclose(
+        sdr_v4(torch.from_numpy(refs).cuda(), torch.from_numpy(ests).cuda()), cpu["SDR"], atol=1e-9
+    )
 
 
 # ----------------------------------------------------------------------------- input handling

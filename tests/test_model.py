@@ -1,4 +1,4 @@
-"""Sams-Net model: shapes, slicing semantics, chunked inference, gradients, parameter count."""
+"""Sams-Net model: shapes, slicing semantics, exact chunked inference, gradients, parameter count."""
 
 import math
 
@@ -6,7 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from samsnet_search.bench.attention import looped_attention
 from samsnet_search.config import DataConfig, ModelConfig
+from samsnet_search.engine.separate import separate
 from samsnet_search.model import SamsNet, SlicedMultiHeadAttention
 from samsnet_search.model.info import macs_per_second, parameter_breakdown
 
@@ -16,20 +18,6 @@ def tiny(slices=4, seconds=1.0, **kw) -> SamsNet:
     return SamsNet(**cfg.resolved(int(seconds * 44100)).model_dump())
 
 
-def reference_attention(att: SlicedMultiHeadAttention, x: torch.Tensor) -> torch.Tensor:
-    """The obvious loop over slices, heads and bins: the definition the batched code must match."""
-    B, d, Fq, T = x.shape
-    h, L = att.heads, att.slice_frames
-    q, k, v = att.qkv(x).view(B, 3, h, d, Fq, T).unbind(1)  # each (B, h, d, F, T)
-    out = torch.zeros(B, h, d, Fq, T)
-    for s in range(0, T, L):
-        sl = slice(s, min(s + L, T))
-        qs, ks, vs = (t[..., sl].permute(0, 1, 3, 4, 2) for t in (q, k, v))  # (B, h, F, l, d)
-        w = torch.softmax(qs @ ks.transpose(-1, -2) / math.sqrt(d), dim=-1)
-        out[..., sl] = (w @ vs).permute(0, 1, 4, 2, 3)
-    return out.reshape(B, h * d, Fq, T)
-
-
 @pytest.mark.parametrize("slices", [1, 2, 3, 7])
 @pytest.mark.parametrize("heads", [1, 2, 3])
 @pytest.mark.parametrize("frames", [12, 13, 29])
@@ -37,7 +25,7 @@ def test_sliced_attention_matches_loop_over_slices(slices, heads, frames):
     torch.manual_seed(0)
     att = SlicedMultiHeadAttention(channels=5, heads=heads, slice_frames=math.ceil(12 / slices))
     x = torch.randn(2, 5, 6, frames)
-    torch.testing.assert_close(att(x), reference_attention(att, x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(att(x), looped_attention(att, x), atol=1e-5, rtol=1e-5)
 
 
 def test_one_slice_is_plain_full_attention():
@@ -102,13 +90,16 @@ def test_unit_masks_reconstruct_the_mixture():
 
 @pytest.mark.parametrize("slices,chunk_slices", [(4, 1), (4, 3), (1, 1), (8, 2)])
 def test_chunked_separation_equals_whole(slices, chunk_slices):
+    """`context_frames()` covers the receptive field: chunks cut by `engine.apply` give the whole result."""
     torch.manual_seed(0)
     model = tiny(slices=slices, seconds=0.2).eval()  # slice_frames = ceil(138 / slices)
     audio = torch.randn(1, 2, 44100 + 123)  # several slices and a partial last one
     with torch.no_grad():
-        whole = model.separate(audio)
-        chunked = model.separate(audio, chunk_frames=chunk_slices * model.slice_frames)
-    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-4)
+        whole = model.separate(audio)[0].numpy()
+    seconds = chunk_slices * model.slice_frames * model.spectrogram.hop_length / 44100
+    chunked = separate(model, audio[0].numpy(), chunk_seconds=seconds)
+    for k, target in enumerate(chunked):
+        assert abs(chunked[target] - whole[k]).max() <= 1e-4, target
 
 
 def test_gradients_flow_to_every_parameter():

@@ -1,7 +1,8 @@
 """Sliced attention kernels: every kernel equals the plain definition, outputs and gradients.
 
-The definition is a loop over slices (autograd through plain matmul + softmax); the model's
-kernels fold slices and heads into one batch. Relative error = max |a - b| / max |b|.
+The definition is the bench's reference line `looped_attention`: one attention call per slice in
+a Python loop (autograd through it); the model's kernels fold slices and heads into one batch.
+Relative error = max |a - b| / max |b|.
 """
 
 import math
@@ -10,23 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from samsnet_search.bench.attention import looped_attention
 from samsnet_search.model import SlicedMultiHeadAttention
 from samsnet_search.model.sams_net import BMM_MAX_SLICE_FRAMES, KERNELS, kernel_for
 
 REL_TOL = 1e-5
-
-
-def definition(att: SlicedMultiHeadAttention, x: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v inside each slice of L frames; the last slice is shorter."""
-    B, d, Fq, T = x.shape
-    h, L = att.heads, att.slice_frames
-    q, k, v = att.qkv(x).double().view(B, 3, h, d, Fq, T).unbind(1)  # each (B, h, d, F, T)
-    outs = []
-    for s in range(0, T, L):
-        qs, ks, vs = (t[..., s : s + L].permute(0, 1, 3, 4, 2) for t in (q, k, v))  # (B, h, F, l, d)
-        w = torch.softmax(qs @ ks.transpose(-1, -2) / math.sqrt(d), dim=-1)
-        outs.append((w @ vs).permute(0, 1, 4, 2, 3))  # (B, h, d, F, l)
-    return torch.cat(outs, dim=-1).reshape(B, h * d, Fq, T)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -52,7 +41,7 @@ def test_kernel_matches_the_definition(kernel, slices, frames, heads, channels):
     x = torch.randn(2, channels, 7, frames)
     grad_out = torch.randn(2, heads * channels, 7, frames)
     got = outputs_and_grads(att, att, x, grad_out)
-    want = outputs_and_grads(att, lambda t: definition(att, t), x, grad_out)
+    want = outputs_and_grads(att, lambda t: looped_attention(att, t), x, grad_out)
     for name, a, b in zip(("output", "grad x", "grad W_qkv", "grad b_qkv"), got, want):
         assert rel_err(a, b) < REL_TOL, f"{kernel}: {name} differs by {rel_err(a, b):.2e} (relative)"
 

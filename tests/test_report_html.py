@@ -15,37 +15,53 @@ import numpy as np
 import pytest
 import soundfile as sf
 from plotly.offline import get_plotlyjs
+from test_report import fake_estimate, write_study
 
-from samsnet_search.services import tracking
 from samsnet_search.cli import main
 from samsnet_search.config import SAMPLE_RATE, TARGETS
 from samsnet_search.delivery.report import gather
 from samsnet_search.delivery.report_html import collect, render_html, rung_epochs
 from samsnet_search.search import identity
-
-from test_report import fake_estimate, write_study
+from samsnet_search.services import tracking
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-PLOT_IDS = ("sdr-vs-slices", "learning-curves", "asha", "parallel", "cost", "pareto")
+PLOT_IDS = ("sdr-vs-slices", "learning-curves", "asha", "parallel", "cost", "pareto", "importance")
 STUDY_YAML = """\
 model: {n_fft: 256, hop_length: 128, channels: 2, depth: 1}
 train: {epochs: 8}
 search: {grace_period: 1, reduction_factor: 2, num_samples: 4}
 """
 # (status, slices, heads, lr, epochs trained)
-TRIALS = [("completed", 4, 1, 1e-3, 8), ("pruned", 1, 2, 3e-4, 1), ("pruned", 8, 1, 1e-4, 2), ("stopped_early", 2, 2, 1e-3, 6)]
+TRIALS = [
+    ("completed", 4, 1, 1e-3, 8),
+    ("pruned", 1, 2, 3e-4, 1),
+    ("pruned", 8, 1, 1e-4, 2),
+    ("stopped_early", 2, 2, 1e-3, 6),
+]
 
 
 def _log_trials(m: identity.Manifest, target: tracking.TrackingTarget) -> None:
     """Trial runs as the search writes them: params, resolved model config, metrics per epoch, status."""
     from samsnet_search.config import ExperimentConfig
 
-    spec = tracking.ChildRunSpec(m.tracking_uri, m.artifact_root, m.experiment_id, m.parent_run_id, m.name,
-                                 system_metrics=False)  # fmt: skip
+    spec = tracking.ChildRunSpec(
+        m.tracking_uri, m.artifact_root, m.experiment_id, m.parent_run_id, m.name, system_metrics=False
+    )
     for i, (status, slices, heads, lr, epochs) in enumerate(TRIALS):
-        cfg = ExperimentConfig.model_validate({"model": {"n_fft": 256, "hop_length": 128, "channels": 2 * heads, "depth": 1,
-                                                         "heads": heads, "slices": slices},
-                                               "data": {"segment_seconds": 1.0}, "train": {"lr": lr, "epochs": 8}})  # fmt: skip
+        cfg = ExperimentConfig.model_validate(
+            {
+                "model": {
+                    "n_fft": 256,
+                    "hop_length": 128,
+                    "channels": 2 * heads,
+                    "depth": 1,
+                    "heads": heads,
+                    "slices": slices,
+                },
+                "data": {"segment_seconds": 1.0},
+                "train": {"lr": lr, "epochs": 8},
+            }
+        )
         run = tracking.TrialRun(spec, f"t{i:04d}")
         run.log_config(cfg.model_dump(mode="json"), cfg.resolved_model().model_dump(mode="json"))
         for epoch in range(1, epochs + 1):
@@ -91,6 +107,7 @@ def storage(tmp_path_factory):
     root = tmp_path_factory.mktemp("html") / "runs"
     m = make_study(root, estimate=fake_estimate([1, 2, 2, 2]))  # estimate 2 (IQR 1.75-2); the selection chose 4
     m.summary["pareto"] = _pareto()  # as a multi-objective search leaves it in study.json
+    m.summary["importance"], m.summary["cost"] = _importance_and_cost()  # as a finished search leaves them
     identity.write_manifest(m)
     return root
 
@@ -101,11 +118,44 @@ def _pareto() -> dict:
 
     from samsnet_search.search.pareto import pareto_summary
 
-    trials = [SimpleNamespace(trial_id=f"t{i:04d}", mlflow_run_id=None, status="completed", epochs=8,
-                              best={"epoch": 8, "valid_sdr": sdr}, config={"model.slices": slices},
-                              metrics={"params": params, "gmacs_per_second": params / 1e5})
-              for i, (sdr, params, slices) in enumerate([(2.0, 1000.0, 4), (3.0, 4000.0, 2), (1.0, 2000.0, 8)])]  # fmt: skip
+    trials = [
+        SimpleNamespace(
+            trial_id=f"t{i:04d}",
+            mlflow_run_id=None,
+            status="completed",
+            epochs=8,
+            best={"epoch": 8, "valid_sdr": sdr},
+            config={"model.slices": slices},
+            metrics={"params": params, "gmacs_per_second": params / 1e5},
+        )
+        for i, (sdr, params, slices) in enumerate([(2.0, 1000.0, 4), (3.0, 4000.0, 2), (1.0, 2000.0, 8)])
+    ]
     return pareto_summary(trials, "valid_sdr", {"valid_sdr": "max", "params": "min", "gmacs_per_second": "min"}, "fifo")
+
+
+def _importance_and_cost() -> tuple[dict, dict]:
+    """Twelve trials whose loss follows the slice count: the importance says so; their cost adds up."""
+    from types import SimpleNamespace
+
+    import optuna.distributions as od
+
+    from samsnet_search.search.cost import search_cost
+    from samsnet_search.search.importance import param_importance
+
+    trials = [
+        SimpleNamespace(
+            trial_id=f"t{i:04d}",
+            status="completed" if i % 3 else "pruned",
+            epochs=8 if i % 3 else 2,
+            config={"model.slices": [1, 2, 4, 8][i % 4], "train.lr": 1e-3 * (1 + i % 5)},
+            history=[{"epoch": e, "epoch_seconds": 2.0, "epoch_cpu_seconds": 1.5} for e in range(1, 3)],
+            metrics={"valid_loss": abs([1, 2, 4, 8][i % 4] - 4) + 0.01 * i, "time_total_s": 5.0},
+        )
+        for i in range(12)
+    ]
+    space = {"model.slices": od.CategoricalDistribution([1, 2, 4, 8]), "train.lr": od.FloatDistribution(1e-4, 1e-2)}
+    spent = search_cost(trials, lambda t: 8, 1.0, 0.0, 30.0)
+    return param_importance(trials, space, {"valid_loss": "min"}), {k: v for k, v in spent.items() if k != "trials"}
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +178,9 @@ def test_page_has_every_part_and_is_self_contained(page):
     assert "slice estimate (unsupervised, training mixtures): 2" in text
     assert "searched optimum: 4 (differs by +2; outside the estimate&#x27;s IQR)" in text
     # a multi-objective study's front: plotted against each cost and listed
+    # which hyperparameters matter, and what the study cost
+    assert "does the slice count matter? yes, the most: model.slices has" in text
+    assert '<table class="cost">' in text and "Saved by pruning and early stopping: 24 trial-epochs" in text
     assert "PARETO FRONT (validation; max valid_sdr, min params, min gmacs_per_second): 2 of 3 scored trials" in text
     # plotly.js is inlined once, verbatim (its own text holds credit links for map tiles, never loaded here)
     assert text.count(get_plotlyjs()) == 1
@@ -149,7 +202,8 @@ def test_collected_data_match_the_runs(storage):
     assert 0 < small["params"] < big["params"] and small["gmacs_per_second"] > 0
     assert data.asha == {"grace_period": 1, "reduction_factor": 2.0, "max_t": 8, "metric": "valid_loss", "mode": "min"}
     assert [(track, stem) for track, stem, _ in data.clips] == [("song_a", s) for s in CLIP_STEMS]
-    import base64, io
+    import base64
+    import io
 
     audio, rate = sf.read(io.BytesIO(base64.b64decode(data.clips[0][2])))
     assert rate == SAMPLE_RATE and audio.shape == (SAMPLE_RATE, 2)  # cut to 1 s
@@ -164,8 +218,12 @@ def test_model_cost_comes_from_the_configuration_recorded_in_the_study_storage(t
     from samsnet_search.search import checkpoints
 
     m = make_study(tmp_path / "runs", with_selection=False)
-    cfg = ExperimentConfig.model_validate({"model": {"n_fft": 256, "hop_length": 128, "channels": 6, "depth": 2,
-                                                     "heads": 3, "slices": 4}, "data": {"segment_seconds": 1.0}})  # fmt: skip
+    cfg = ExperimentConfig.model_validate(
+        {
+            "model": {"n_fft": 256, "hop_length": 128, "channels": 6, "depth": 2, "heads": 3, "slices": 4},
+            "data": {"segment_seconds": 1.0},
+        }
+    )
     checkpoints.write_experiment(m.path, "t0000", cfg.model_dump(mode="json"))
     data = collect(gather("demo", str(tmp_path / "runs")), listen_seconds=0.0)
     assert data.trials[0].cost == model_cost(build_model(cfg.resolved_model()))
@@ -228,11 +286,21 @@ def test_unreachable_tracking_is_a_note_not_a_failure(tmp_path, monkeypatch):
 
 
 def _chromium(args: list[str], tmp_path) -> subprocess.CompletedProcess:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--host-resolver-rules=MAP * ~NOTFOUND",  # any network lookup fails: the page must not need one
-             f"--user-data-dir={tmp_path / 'chrome-profile'}", "--enable-logging=stderr", "--v=0",
-             "--virtual-time-budget=10000"]  # fmt: skip
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--host-resolver-rules=MAP * ~NOTFOUND",  # any network lookup fails: the page must not need one
+        f"--user-data-dir={tmp_path / 'chrome-profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=10000",
+    ]
     return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120)
 
 

@@ -12,14 +12,23 @@ from samsnet_search.services.tracking import TrackingTarget
 
 
 def test_asha_records_pruned_trials_not_finished_ones():
-    sched = PruneRecordingASHA(time_attr="training_iteration", metric="valid_loss", mode="min",
-                               max_t=4, grace_period=1, reduction_factor=2, stop_last_trials=True)  # fmt: skip
+    sched = PruneRecordingASHA(
+        time_attr="training_iteration",
+        metric="valid_loss",
+        mode="min",
+        max_t=4,
+        grace_period=1,
+        reduction_factor=2,
+        stop_last_trials=True,
+    )
     trials = [SimpleNamespace(trial_id=f"t{i}") for i in range(4)]
     for t in trials:
         sched.on_trial_add(None, t)
     # rung at epoch 1: the good trials report first, the worst is cut
-    decisions = {t.trial_id: sched.on_trial_result(None, t, {"training_iteration": 1, "valid_loss": loss})
-                 for t, loss in zip(trials, [0.1, 0.2, 0.3, 5.0])}  # fmt: skip
+    decisions = {
+        t.trial_id: sched.on_trial_result(None, t, {"training_iteration": 1, "valid_loss": loss})
+        for t, loss in zip(trials, [0.1, 0.2, 0.3, 5.0])
+    }
     stopped = {t for t, d in decisions.items() if d == TrialScheduler.STOP}
     assert "t3" in stopped and "t0" not in stopped  # the best continues, the worst is cut
     assert sched.pruned == {t: 1 for t in stopped}
@@ -29,25 +38,44 @@ def test_asha_records_pruned_trials_not_finished_ones():
 
 
 def _callback(**kw) -> StudyCallback:
-    fields = dict(study_name="s", target=TrackingTarget("sqlite:///x.db"), metric="valid_loss", mode="min",
-                  max_t=4, epochs=4, experiment_id="1", parent_run_id="p")  # fmt: skip
+    fields = dict(
+        study_name="s",
+        target=TrackingTarget("sqlite:///x.db"),
+        metric="valid_loss",
+        mode="min",
+        max_t=4,
+        epochs=4,
+        experiment_id="1",
+        parent_run_id="p",
+    )
     return StudyCallback(**{**fields, **kw})
+
+
+def _complete(cb: StudyCallback, trial_id: str, result: dict, config: dict | None = None) -> str:
+    """The status the driver gives a trial Tune reports complete (no MLflow run: nothing to tag)."""
+    cb.on_trial_complete(0, [], SimpleNamespace(trial_id=trial_id, last_result=result, config=config or {}))
+    return cb.statuses[trial_id]
 
 
 def test_final_status_rules():
     sched = PruneRecordingASHA(time_attr="training_iteration", metric="valid_loss", mode="min", max_t=4)
     sched.pruned["a"] = 1
     cb = _callback(scheduler=sched)
-    assert cb._final_status("a", {"epoch": 1}, {}) == "pruned"
-    assert cb._final_status("b", {"epoch": 2, "stopped_early": 1.0}, {}) == "stopped_early"
-    assert cb._final_status("c", {"epoch": 4, "stopped_early": 0.0}, {}) == "completed"
-    assert cb._final_status("d", {"epoch": 2}, {"train.epochs": 2}) == "completed"  # searched epochs
-    assert cb._final_status("e", {"epoch": 2}, {}) == "stopped"  # time budget / shutdown
-    # best so far follows the mode
+    assert _complete(cb, "a", {"epoch": 1}) == "pruned"
+    assert _complete(cb, "b", {"epoch": 2, "stopped_early": 1.0}) == "stopped_early"
+    assert _complete(cb, "c", {"epoch": 4, "stopped_early": 0.0}) == "completed"
+    assert _complete(cb, "d", {"epoch": 2}, {"train.epochs": 2}) == "completed"  # searched epochs
+    assert _complete(cb, "e", {"epoch": 2}) == "stopped"  # time budget / shutdown
+    # best so far follows the mode; a diverged trial's NaN is never the best
     trial = SimpleNamespace(trial_id="x", config={"model.slices": 2})
+    cb.on_trial_result(0, [], SimpleNamespace(trial_id="n", config={}), {"valid_loss": float("nan"), "epoch": 1})
     cb.on_trial_result(0, [], trial, {"valid_loss": 0.5, "epoch": 1})
     cb.on_trial_result(0, [], SimpleNamespace(trial_id="y", config={}), {"valid_loss": 0.7, "epoch": 1})
     assert cb.best["trial_id"] == "x" and cb.best["valid_loss"] == 0.5
+    sdr = _callback(metric="valid_sdr", mode="max")
+    for tid, value in (("p", 3.0), ("q", 5.0), ("r", 4.0)):
+        sdr.on_trial_result(0, [], SimpleNamespace(trial_id=tid, config={}), {"valid_sdr": value, "epoch": 1})
+    assert sdr.best["trial_id"] == "q"
 
 
 def test_searcher_tolerates_trials_it_does_not_know():

@@ -43,11 +43,23 @@ def tiny_study(tmp_path: Path, data_root: Path, name: str, **overrides) -> Path:
     """A study small enough for seconds per trial: 256-point STFT, 2-3 maps, 0.5 s segments."""
     study = {
         "name": name,
-        "model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2, 4]}, "heads": 1,
-                  "channels": {"choice": [2, 3]}, "depth": 1},  # fmt: skip
+        "model": {
+            "n_fft": 256,
+            "hop_length": 128,
+            "slices": {"choice": [1, 2, 4]},
+            "heads": 1,
+            "channels": {"choice": [2, 3]},
+            "depth": 1,
+        },
         "data": {"root": str(data_root), "segment_seconds": 0.5, "samples_per_track": 1, "valid_seconds": 1.0},
-        "train": {"lr": {"loguniform": [1e-3, 1e-2]}, "batch_size": 2, "epochs": 3, "patience": 3,
-                  "valid_sdr_every": 0, "device": "cpu"},  # fmt: skip
+        "train": {
+            "lr": {"loguniform": [1e-3, 1e-2]},
+            "batch_size": 2,
+            "epochs": 3,
+            "patience": 3,
+            "valid_sdr_every": 0,
+            "device": "cpu",
+        },
         "search": {"num_samples": 5, "seed": 0, "grace_period": 1, "reduction_factor": 2, "max_concurrent_trials": 2},
         "resources": {"cpu": 1},
         "storage": str(tmp_path / "runs"),
@@ -99,7 +111,11 @@ def test_tiny_study_end_to_end(tmp_path, synth_root, capsys):
     assert parent.data.tags[tracking.ROLE_TAG] == "study" and parent.info.status == "FINISHED"
     assert parent.data.tags["samsnet.data_fingerprint"] and parent.data.tags["samsnet.state"] == "finished"
     assert parent.data.params["space.model.slices"] == "choice [1, 2, 4]"
-    assert {a.path for a in c.list_artifacts(parent.info.run_id)} == {"study.yaml", "search_summary.json"}
+    assert {a.path for a in c.list_artifacts(parent.info.run_id)} == {
+        "study.yaml",
+        "search_summary.json",
+        "importance.json",
+    }
     children = child_runs(result, target)
     assert sorted(r.data.tags[tracking.TRIAL_TAG] for r in children) == sorted(statuses)
     param_names = {frozenset(r.data.params) for r in children}
@@ -159,11 +175,16 @@ def test_tiny_study_end_to_end(tmp_path, synth_root, capsys):
 def test_failing_trial_is_isolated(tmp_path, synth_root):
     """lr=1e30 makes the loss NaN in epoch 2: that trial fails, the others finish."""
     path = tiny_study(
-        tmp_path, synth_root, "fails",
-        model__slices={"choice": [1, 2]}, model__channels=2, train__lr={"choice": [1e-3, 1e30]},
+        tmp_path,
+        synth_root,
+        "fails",
+        model__slices={"choice": [1, 2]},
+        model__channels=2,
+        train__lr={"choice": [1e-3, 1e30]},
         search={"searcher": "grid", "scheduler": "fifo", "num_samples": 1, "max_concurrent_trials": 2},
-        train__epochs=2, train__patience=2,
-    )  # fmt: skip
+        train__epochs=2,
+        train__patience=2,
+    )
     result = run_study(load_study(path, base_dir=tmp_path))
     by_lr = {}
     for t in result.trials:
@@ -184,10 +205,16 @@ def test_grid_search_keeps_max_concurrent_trials(tmp_path, synth_root):
     """Tune ignores TuneConfig.max_concurrent_trials for a given BasicVariantGenerator (grid,
     random): one trial at a time although the local Ray has room for two."""
     path = tiny_study(
-        tmp_path, synth_root, "one_at_a_time", model__slices={"choice": [1, 2]}, model__channels=2, train__lr=1e-3,
+        tmp_path,
+        synth_root,
+        "one_at_a_time",
+        model__slices={"choice": [1, 2]},
+        model__channels=2,
+        train__lr=1e-3,
         search={"searcher": "grid", "scheduler": "fifo", "num_samples": 1, "max_concurrent_trials": 1},
-        train__epochs=2, train__patience=2,
-    )  # fmt: skip
+        train__epochs=2,
+        train__patience=2,
+    )
     result = run_study(load_study(path, base_dir=tmp_path))
     assert len(result.trials) == 2 and not result.interrupted
     runs = sorted(child_runs(result, result.target), key=lambda r: r.info.start_time)
@@ -208,10 +235,13 @@ def _trial_progress(target, manifest) -> dict[str, tuple[str, int]]:
 def test_resume_after_killing_the_driver(tmp_path, synth_root):
     EPOCHS = 24  # tiny epochs take ~0.3 s: enough of them that a trial is still running after the wait below
     path = tiny_study(
-        tmp_path, synth_root, "killed",
+        tmp_path,
+        synth_root,
+        "killed",
         search={"num_samples": 3, "seed": 1, "scheduler": "fifo", "max_concurrent_trials": 2},
-        train__epochs=EPOCHS, train__patience=EPOCHS,
-    )  # fmt: skip
+        train__epochs=EPOCHS,
+        train__patience=EPOCHS,
+    )
     storage = str(tmp_path / "runs")
     cmd = [sys.executable, "-m", "samsnet_search.cli", "run", str(path), "--no-live", "--num-cpus", "2"]
     log = open(tmp_path / "driver.log", "w")
@@ -237,7 +267,9 @@ def test_resume_after_killing_the_driver(tmp_path, synth_root):
                 # remaining epochs leave time for.
                 time.sleep(3)
                 break
-        assert driver.poll() is None, "the driver ended before it could be killed:\n" + (tmp_path / "driver.log").read_text()
+        assert driver.poll() is None, (
+            "the driver ended before it could be killed:\n" + (tmp_path / "driver.log").read_text()
+        )
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started
         driver.wait(30)
@@ -279,13 +311,19 @@ def test_multi_objective_study_finds_a_pareto_front(tmp_path, synth_root):
     from ray.tune.search.optuna import OptunaSearch
 
     from samsnet_search.search import pareto
+    from samsnet_search.search.objectives import dominates
 
     path = tiny_study(
-        tmp_path, synth_root, "mo", model__channels={"choice": [2, 4]}, data__valid_seconds=3.0,  # SDR needs active frames
-        train__valid_sdr_every=1, train__epochs=2,
-        train__patience=2, search={"objectives": ["valid_sdr", "params"], "num_samples": 4, "seed": 0,
-                                   "max_concurrent_trials": 2},
-    )  # fmt: skip
+        tmp_path,
+        synth_root,
+        "mo",
+        model__channels={"choice": [2, 4]},
+        data__valid_seconds=3.0,  # SDR needs active frames
+        train__valid_sdr_every=1,
+        train__epochs=2,
+        train__patience=2,
+        search={"objectives": ["valid_sdr", "params"], "num_samples": 4, "seed": 0, "max_concurrent_trials": 2},
+    )
     study = load_study(path, base_dir=tmp_path)
     assert study.search.scheduler == "fifo" and study.metric == "valid_sdr"
     result = run_study(study)
@@ -299,9 +337,9 @@ def test_multi_objective_study_finds_a_pareto_front(tmp_path, synth_root):
     values = {p["trial_id"]: (p["values"]["valid_sdr"], p["values"]["params"]) for p in front["points"]}
     on = [values[t] for t in front["front"]]
     off = [v for t, v in values.items() if t not in front["front"]]
-    signs = [-1, 1]
-    assert on and not any(pareto.dominates(a, b, signs) for a in on for b in on)
-    assert all(any(pareto.dominates(a, b, signs) for a in on) for b in off)
+    modes = ["max", "min"]
+    assert on and not any(dominates(a, b, modes) for a in on for b in on)
+    assert all(any(dominates(a, b, modes) for a in on) for b in off)
     assert all(p["latency_ms"] > 0 for p in pareto.front_points(front))
 
     # Optuna was told both objectives of every trial (its state is saved in the study folder)
@@ -309,8 +347,9 @@ def test_multi_objective_study_finds_a_pareto_front(tmp_path, synth_root):
     searcher.restore_from_dir(str(tmp_path / "runs" / "mo"))
     told = [t for t in searcher._ot_study.trials if t.values is not None]
     assert len(searcher._ot_study.directions) == 2 and len(told) == 4
-    assert sorted(tuple(t.values) for t in told) == sorted((p["values"]["valid_sdr"], p["values"]["params"])
-                                                           for p in front["points"])  # fmt: skip
+    assert sorted(tuple(t.values) for t in told) == sorted(
+        (p["values"]["valid_sdr"], p["values"]["params"]) for p in front["points"]
+    )
 
     c = tracking.client(result.target)
     parent = result.manifest.parent_run_id
@@ -326,10 +365,15 @@ def test_cmaes_searcher_runs_a_study(tmp_path, synth_root):
     from ray.tune.search.optuna import OptunaSearch
 
     path = tiny_study(
-        tmp_path, synth_root, "cma", model__slices=2, model__channels={"int": [2, 3]},
-        train__epochs=2, train__patience=2,
+        tmp_path,
+        synth_root,
+        "cma",
+        model__slices=2,
+        model__channels={"int": [2, 3]},
+        train__epochs=2,
+        train__patience=2,
         search={"searcher": "cmaes", "scheduler": "fifo", "num_samples": 3, "seed": 0, "max_concurrent_trials": 2},
-    )  # fmt: skip
+    )
     result = run_study(load_study(path, base_dir=tmp_path))
     assert not result.interrupted and len(result.trials) == 3
     assert {t.status for t in result.trials} <= {"completed", "stopped_early"}
@@ -358,9 +402,14 @@ def assert_final_statuses(result, epochs: int) -> list[str]:
 
 def test_median_stopping_rule_runs_a_study(tmp_path, synth_root):
     path = tiny_study(
-        tmp_path, synth_root, "median", model__channels=2, train__epochs=2, train__patience=2,
+        tmp_path,
+        synth_root,
+        "median",
+        model__channels=2,
+        train__epochs=2,
+        train__patience=2,
         search={"scheduler": "median", "num_samples": 4, "seed": 0, "grace_period": 1, "max_concurrent_trials": 2},
-    )  # fmt: skip
+    )
     result = run_study(load_study(path, base_dir=tmp_path))
     assert not result.interrupted and len(result.trials) == 4
     assert_final_statuses(result, 2)
@@ -372,9 +421,14 @@ def test_hyperband_pauses_resumes_and_prunes(tmp_path, synth_root):
     stops the worse. Without max_concurrent_trials Tune creates all four trials at once, so
     which trial lands in which bracket does not depend on timing."""
     path = tiny_study(
-        tmp_path, synth_root, "hyperband", model__channels=2, train__epochs=2, train__patience=2,
+        tmp_path,
+        synth_root,
+        "hyperband",
+        model__channels=2,
+        train__epochs=2,
+        train__patience=2,
         search={"scheduler": "hyperband", "num_samples": 4, "seed": 0, "reduction_factor": 2},
-    )  # fmt: skip
+    )
     result = run_study(load_study(path, base_dir=tmp_path))
     assert not result.interrupted and len(result.trials) == 4
     assert sorted(assert_final_statuses(result, 2)) == ["completed", "completed", "completed", "pruned"]

@@ -9,18 +9,24 @@ from pathlib import Path
 import pytest
 import yaml
 
-from samsnet_search.services import tracking
 from samsnet_search.errors import ConfigError
 from samsnet_search.search import identity
 from samsnet_search.search.estimate_step import ARTIFACT, apply_estimate, before_search, load_estimate, study_estimate
 from samsnet_search.search.study import Choice, load_study
+from samsnet_search.services import tracking
 
 
 def write_study(tmp_path: Path, data_root: Path, estimate: dict | None, slices=None) -> Path:
     study = {
         "name": "est",
-        "model": {"n_fft": 256, "hop_length": 128, "slices": slices or {"choice": [1, 2, 4, 8]}, "heads": 1,
-                  "channels": {"choice": [2, 3]}, "depth": 1},  # fmt: skip
+        "model": {
+            "n_fft": 256,
+            "hop_length": 128,
+            "slices": slices or {"choice": [1, 2, 4, 8]},
+            "heads": 1,
+            "channels": {"choice": [2, 3]},
+            "depth": 1,
+        },
         "data": {"root": str(data_root), "segment_seconds": 2.0, "samples_per_track": 1, "valid_seconds": 1.0},
         "train": {"lr": 1e-3, "batch_size": 2, "epochs": 1, "patience": 1, "valid_sdr_every": 0, "device": "cpu"},
         "search": {"num_samples": 2, "scheduler": "fifo"},
@@ -54,10 +60,12 @@ def test_seed_puts_the_estimate_first_with_every_searched_key(synth_root, tmp_pa
 
 @pytest.mark.parametrize(
     "iqr, estimate, kept",
-    [((1.5, 4.0), 2, [2, 4]),  # the values inside the IQR, ends included
-     ((1.0, 8.0), 4, [1, 2, 4, 8]),  # an IQR over everything keeps everything
-     ((5.0, 9.0), 2, [2, 8])],  # the estimate itself stays even outside the IQR
-)  # fmt: skip
+    [
+        ((1.5, 4.0), 2, [2, 4]),  # the values inside the IQR, ends included
+        ((1.0, 8.0), 4, [1, 2, 4, 8]),  # an IQR over everything keeps everything
+        ((5.0, 9.0), 2, [2, 8]),
+    ],  # the estimate itself stays even outside the IQR
+)
 def test_narrow_searches_only_the_iqr_and_the_estimate(synth_root, tmp_path, iqr, estimate, kept):
     study = load_study(write_study(tmp_path, synth_root, {"enabled": True, "use": "narrow"}))
     est = dataclasses.replace(study_estimate(study), iqr=iqr, slices_estimate=estimate)

@@ -10,20 +10,27 @@ import pytest
 
 from samsnet_search.search.importance import mlflow_metrics, param_importance, slices_line
 
-SPACE = {"model.slices": od.CategoricalDistribution([1, 2, 4, 8]),
-         "train.lr": od.FloatDistribution(1e-4, 1e-2, log=True),
-         "model.heads": od.IntDistribution(1, 2)}  # fmt: skip
+SPACE = {
+    "model.slices": od.CategoricalDistribution([1, 2, 4, 8]),
+    "train.lr": od.FloatDistribution(1e-4, 1e-2, log=True),
+    "model.heads": od.IntDistribution(1, 2),
+}
 
 
 def _trials(n: int, loss, seed: int = 0, epochs: int = 3):
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
-        cfg = {"model.slices": [1, 2, 4, 8][i % 4], "train.lr": float(10 ** rng.uniform(-4, -2)),
-               "model.heads": int(rng.integers(1, 3))}  # fmt: skip
+        cfg = {
+            "model.slices": [1, 2, 4, 8][i % 4],
+            "train.lr": float(10 ** rng.uniform(-4, -2)),
+            "model.heads": int(rng.integers(1, 3)),
+        }
         value = loss(cfg, rng)
-        history = [{"epoch": e + 1, "valid_loss": value + 0.1 * (epochs - e - 1), "macs": cfg["model.slices"] * 1e6}
-                   for e in range(epochs)]  # fmt: skip
+        history = [
+            {"epoch": e + 1, "valid_loss": value + 0.1 * (epochs - e - 1), "macs": cfg["model.slices"] * 1e6}
+            for e in range(epochs)
+        ]
         out.append(SimpleNamespace(config=cfg, history=history, metrics=history[-1], status="finished"))
     return out
 

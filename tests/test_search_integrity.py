@@ -44,16 +44,34 @@ class CreatesAFile:
 def test_tampered_ray_state_is_refused(tmp_path, synth_root, config_home, capsys):
     storage = tmp_path / "runs"
     path = tmp_path / "signed.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "signed",
-        "model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}, "heads": 1, "channels": 2, "depth": 1},
-        "data": {"root": str(synth_root), "segment_seconds": 0.5, "samples_per_track": 1, "valid_seconds": 1.0},
-        "train": {"lr": 1e-3, "batch_size": 2, "epochs": 1, "patience": 1, "valid_sdr_every": 0, "device": "cpu"},
-        "search": {"num_samples": 2, "seed": 0, "scheduler": "fifo", "max_concurrent_trials": 2},
-        "resources": {"cpu": 1},
-        "storage": str(storage),
-        "tracking": {"uri": str(tmp_path / "mlruns"), "system_metrics": False},
-    }))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "signed",
+                "model": {
+                    "n_fft": 256,
+                    "hop_length": 128,
+                    "slices": {"choice": [1, 2]},
+                    "heads": 1,
+                    "channels": 2,
+                    "depth": 1,
+                },
+                "data": {"root": str(synth_root), "segment_seconds": 0.5, "samples_per_track": 1, "valid_seconds": 1.0},
+                "train": {
+                    "lr": 1e-3,
+                    "batch_size": 2,
+                    "epochs": 1,
+                    "patience": 1,
+                    "valid_sdr_every": 0,
+                    "device": "cpu",
+                },
+                "search": {"num_samples": 2, "seed": 0, "scheduler": "fifo", "max_concurrent_trials": 2},
+                "resources": {"cpu": 1},
+                "storage": str(storage),
+                "tracking": {"uri": str(tmp_path / "mlruns"), "system_metrics": False},
+            }
+        )
+    )
     study = load_study(path, base_dir=tmp_path)
     result = run_study(study)
     assert not result.interrupted

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from samsnet_search.services import tracking
 from samsnet_search.cli import main
 from samsnet_search.search import identity
 from samsnet_search.search.select import PHASE_TAG
+from samsnet_search.services import tracking
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +36,15 @@ class Terminal:
     def __init__(self, args: list[str], cwd: Path) -> None:
         master, slave = pty.openpty()
         env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "samsnet_search.cli", *args], cwd=cwd, env=env,
-                                     stdin=slave, stdout=slave, stderr=slave, start_new_session=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "samsnet_search.cli", *args],
+            cwd=cwd,
+            env=env,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+        )
         os.close(slave)
         self.out = bytearray()
         self._reader = threading.Thread(target=self._read, args=(master,), daemon=True)
@@ -77,14 +84,20 @@ def write_study(tmp_path: Path, data_root: Path) -> Path:
         "name": NAME,
         "model": {"n_fft": 256, "hop_length": 128, "slices": 1, "heads": 1, "channels": {"choice": [2, 3]}, "depth": 1},
         "data": {"root": str(data_root), "segment_seconds": 0.5, "samples_per_track": 1, "valid_seconds": 1.0},
-        "train": {"lr": {"loguniform": [1e-3, 1e-2]}, "batch_size": 2, "epochs": 3, "patience": 3,
-                  "valid_sdr_every": 0, "device": "cpu"},
+        "train": {
+            "lr": {"loguniform": [1e-3, 1e-2]},
+            "batch_size": 2,
+            "epochs": 3,
+            "patience": 3,
+            "valid_sdr_every": 0,
+            "device": "cpu",
+        },
         "search": {"num_samples": 3, "seed": 0, "scheduler": "fifo", "max_concurrent_trials": 1},
         "selection": {"seeds": 3, "epochs": 1, "bootstrap": 100, "test_backend": "fast", "listen_seconds": 0},
         "resources": {"cpu": 1},
         "storage": str(tmp_path / "runs"),
         "tracking": {"uri": str(tmp_path / "mlruns"), "system_metrics": False},
-    }  # fmt: skip
+    }
     path = tmp_path / f"{NAME}.yaml"
     path.write_text(yaml.safe_dump(study))
     return path
@@ -106,7 +119,9 @@ def child_runs(target, storage: str) -> list:
 
 
 def registered(target) -> bool:
-    return any(m.name == tracking.registered_model_name(NAME) for m in tracking.client(target).search_registered_models())
+    return any(
+        m.name == tracking.registered_model_name(NAME) for m in tracking.client(target).search_registered_models()
+    )
 
 
 def test_ctrl_c_stops_the_study_and_resume_continues_it(tmp_path, synth_root, capsys, monkeypatch):
@@ -119,8 +134,11 @@ def test_ctrl_c_stops_the_study_and_resume_continues_it(tmp_path, synth_root, ca
     # 1. Ctrl-C during the search, once the first trial finished (2 never started)
     term = Terminal(run_args, tmp_path)
     try:
-        wait_until(lambda: any(r.data.tags.get(tracking.STATUS_TAG) == "completed" for r in child_runs(target, storage)),
-                   term, "a completed trial")  # fmt: skip
+        wait_until(
+            lambda: any(r.data.tags.get(tracking.STATUS_TAG) == "completed" for r in child_runs(target, storage)),
+            term,
+            "a completed trial",
+        )
         # a second driver of the same study is refused while this one runs, naming it
         assert main(run_args) == 2
         err = capsys.readouterr().err
@@ -153,8 +171,11 @@ def test_ctrl_c_stops_the_study_and_resume_continues_it(tmp_path, synth_root, ca
     manifest = identity.read_manifest(identity.study_uri(storage, NAME))
     assert manifest.state == "interrupted"
     assert tracking.client(target).get_run(manifest.parent_run_id).data.tags["samsnet.state"] == "interrupted"
-    trials = {r.data.tags[tracking.TRIAL_TAG]: r.data.tags.get(tracking.STATUS_TAG)
-              for r in child_runs(target, storage) if PHASE_TAG not in r.data.tags}  # fmt: skip
+    trials = {
+        r.data.tags[tracking.TRIAL_TAG]: r.data.tags.get(tracking.STATUS_TAG)
+        for r in child_runs(target, storage)
+        if PHASE_TAG not in r.data.tags
+    }
     assert len(trials) == 3 and searched <= set(trials)
     assert set(trials.values()) == {"completed"}, trials  # the trial Ctrl-C stopped continued, not failed
     assert not registered(target)

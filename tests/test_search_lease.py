@@ -32,8 +32,9 @@ time.sleep(600)
 
 def start_holder(study_path: str, env=None) -> subprocess.Popen:
     """A second driver process holding the lease (its heartbeat every 0.2 s)."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, study_path], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, study_path], stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+    )
     line = proc.stdout.readline()
     assert line.strip() == "held", line
     return proc
@@ -131,7 +132,6 @@ def test_hold_is_reentrant_and_releases_at_the_outer_end(tmp_path):
         assert lease.read_holder(study_path).token == outer.holder.token
     assert lease.read_holder(study_path) is None
     assert not Path(study_path).exists()  # a study that never started leaves no folder
-
 
 
 def test_an_unreadable_lease_is_replaced(tmp_path, caplog):

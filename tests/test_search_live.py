@@ -8,20 +8,24 @@ import io
 import yaml
 from rich.console import Console
 
-from samsnet_search.search.callbacks import TrialEvent
 from samsnet_search.delivery.live import LiveView
+from samsnet_search.search.callbacks import TrialEvent
 from samsnet_search.search.study import load_study
 
 
 def _study(tmp_path, num_samples: int = 2):
     (tmp_path / "d").mkdir()
     path = tmp_path / "v.yaml"
-    path.write_text(yaml.safe_dump({
-        "model": {"n_fft": 512, "hop_length": 128, "slices": {"choice": [1, 2]}},
-        "data": {"root": str(tmp_path / "d")},
-        "train": {"epochs": 2, "patience": 2},
-        "search": {"num_samples": num_samples},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"n_fft": 512, "hop_length": 128, "slices": {"choice": [1, 2]}},
+                "data": {"root": str(tmp_path / "d")},
+                "train": {"epochs": 2, "patience": 2},
+                "search": {"num_samples": num_samples},
+            }
+        )
+    )
     return load_study(path, base_dir=tmp_path, check_data=False)
 
 
@@ -31,10 +35,26 @@ def test_live_view_shows_counts_and_best(tmp_path):
     with LiveView(study, console) as view:
         statuses = {"t1": "completed", "t2": "pruned", "t3": "running"}
         best = {"trial_id": "t1", "epoch": 2, "valid_loss": 0.125, "config": {"model.slices": 2}}
-        view.on_event(TrialEvent("complete", "t1", "completed", {"epoch": 2, "valid_loss": 0.125,
-                                 "config": {"model.slices": 2}}, statuses, best))  # fmt: skip
-        view.on_event(TrialEvent("complete", "t2", "pruned", {"epoch": 1, "valid_loss": 0.9,
-                                 "config": {"model.slices": 1}}, statuses, best))  # fmt: skip
+        view.on_event(
+            TrialEvent(
+                "complete",
+                "t1",
+                "completed",
+                {"epoch": 2, "valid_loss": 0.125, "config": {"model.slices": 2}},
+                statuses,
+                best,
+            )
+        )
+        view.on_event(
+            TrialEvent(
+                "complete",
+                "t2",
+                "pruned",
+                {"epoch": 1, "valid_loss": 0.9, "config": {"model.slices": 1}},
+                statuses,
+                best,
+            )
+        )
     text = console.export_text()
     assert "3/3 trials" in text
     assert "completed 1" in text and "pruned 1" in text and "running 1" in text

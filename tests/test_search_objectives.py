@@ -49,11 +49,18 @@ def test_best_of_picks_by_mode_and_skips_missing_values():
 
 def test_table_directions_and_sources():
     assert {n: o.mode for n, o in objectives.OBJECTIVES.items()} == {
-        "valid_loss": "min", "valid_sdr": "max", "params": "min", "gmacs_per_second": "min"}  # fmt: skip
+        "valid_loss": "min",
+        "valid_sdr": "max",
+        "params": "min",
+        "gmacs_per_second": "min",
+    }
     assert objectives.names("quality") == ["valid_loss", "valid_sdr"]
     assert objectives.names("cost") == ["params", "gmacs_per_second"]
     assert objectives.get("valid_sdr").every == "train.valid_sdr_every"
-    assert objectives.searcher_objectives("valid_sdr", ["valid_sdr", "params"]) == {"best_valid_sdr": "max", "params": "min"}
+    assert objectives.searcher_objectives("valid_sdr", ["valid_sdr", "params"]) == {
+        "best_valid_sdr": "max",
+        "params": "min",
+    }
     with pytest.raises(KeyError, match="'latency' is not an objective; valid: valid_loss, valid_sdr"):
         objectives.get("latency")
 
@@ -66,26 +73,43 @@ def test_study_schema_names_the_metrics_of_the_table():
 
 
 def _record(tid, history, metric, status="completed", slices=2):
-    return SimpleNamespace(trial_id=tid, status=status, history=history, best=best_of(history, objectives.mode_of(metric),
-                           key=lambda h: h.get(metric)), experiment={"model": {"slices": slices}},
-                           config={"model.slices": slices}, mlflow_run_id=f"run-{tid}", epochs=len(history),
-                           metrics={"params": 100.0})  # fmt: skip
+    return SimpleNamespace(
+        trial_id=tid,
+        status=status,
+        history=history,
+        best=best_of(history, objectives.mode_of(metric), key=lambda h: h.get(metric)),
+        experiment={"model": {"slices": slices}},
+        config={"model.slices": slices},
+        mlflow_run_id=f"run-{tid}",
+        epochs=len(history),
+        metrics={"params": 100.0},
+    )
 
 
 def test_a_new_objective_is_one_table_entry(monkeypatch):
     """A maximized per-epoch metric added to the table alone: the study accepts it, its direction
     follows, trial histories keep it, selection and the Pareto table rank and show it."""
-    monkeypatch.setitem(objectives.OBJECTIVES, "valid_si_sdr",
-                        Objective("valid_si_sdr", "max", "quality", "SI-SDR dB", "{:.1f}", "scale-invariant SDR"))  # fmt: skip
+    monkeypatch.setitem(
+        objectives.OBJECTIVES,
+        "valid_si_sdr",
+        Objective("valid_si_sdr", "max", "quality", "SI-SDR dB", "{:.1f}", "scale-invariant SDR"),
+    )
     settings = SearchSettings(metric="valid_si_sdr")
     assert settings.resolved_mode == "max"
     with pytest.raises(ValueError, match="mode: valid_si_sdr is compared with mode max"):
         SearchSettings(metric="valid_si_sdr", mode="min")
 
-    frame = pd.DataFrame([{"epoch": 1, "valid_loss": 0.5, "valid_si_sdr": 1.5, "time_this_iter_s": 0.1},
-                          {"epoch": 2, "valid_loss": 0.4, "valid_si_sdr": 2.5, "time_this_iter_s": 0.1}])  # fmt: skip
+    frame = pd.DataFrame(
+        [
+            {"epoch": 1, "valid_loss": 0.5, "valid_si_sdr": 1.5, "time_this_iter_s": 0.1},
+            {"epoch": 2, "valid_loss": 0.4, "valid_si_sdr": 2.5, "time_this_iter_s": 0.1},
+        ]
+    )
     history = runner.trial_history(frame)
-    assert history == [{"epoch": 1, "valid_loss": 0.5, "valid_si_sdr": 1.5}, {"epoch": 2, "valid_loss": 0.4, "valid_si_sdr": 2.5}]
+    assert history == [
+        {"epoch": 1, "valid_loss": 0.5, "valid_si_sdr": 1.5},
+        {"epoch": 2, "valid_loss": 0.4, "valid_si_sdr": 2.5},
+    ]
 
     low = _record("a", [{"epoch": 1, "valid_si_sdr": 1.0}], "valid_si_sdr")
     high = _record("b", history, "valid_si_sdr")
@@ -99,12 +123,39 @@ def test_a_new_objective_is_one_table_entry(monkeypatch):
 
 
 def test_history_keeps_every_objective_of_the_table():
-    frame = pd.DataFrame([{"epoch": 1, "train_loss": 1.0, "valid_loss": 0.5, "valid_sdr": NAN, "valid_sdr_vocals": NAN,
-                           "best_valid_loss": 0.5, "epochs_without_improvement": 0, "mlflow_run_id": "r"},
-                          {"epoch": 2, "train_loss": 0.9, "valid_loss": 0.6, "valid_sdr": 3.0, "valid_sdr_vocals": 4.0,
-                           "best_valid_loss": 0.5, "epochs_without_improvement": 1, "mlflow_run_id": "r"}])  # fmt: skip
+    frame = pd.DataFrame(
+        [
+            {
+                "epoch": 1,
+                "train_loss": 1.0,
+                "valid_loss": 0.5,
+                "valid_sdr": NAN,
+                "valid_sdr_vocals": NAN,
+                "best_valid_loss": 0.5,
+                "epochs_without_improvement": 0,
+                "mlflow_run_id": "r",
+            },
+            {
+                "epoch": 2,
+                "train_loss": 0.9,
+                "valid_loss": 0.6,
+                "valid_sdr": 3.0,
+                "valid_sdr_vocals": 4.0,
+                "best_valid_loss": 0.5,
+                "epochs_without_improvement": 1,
+                "mlflow_run_id": "r",
+            },
+        ]
+    )
     first, second = runner.trial_history(frame)
     assert "valid_sdr" not in first  # not computed that epoch: dropped, not NaN
-    assert set(second) == {"epoch", "train_loss", "valid_loss", "valid_sdr", "valid_sdr_vocals", "best_valid_loss",
-                           "epochs_without_improvement"}  # fmt: skip
+    assert set(second) == {
+        "epoch",
+        "train_loss",
+        "valid_loss",
+        "valid_sdr",
+        "valid_sdr_vocals",
+        "best_valid_loss",
+        "epochs_without_improvement",
+    }
     assert set(objectives.per_epoch_keys()) <= set(second)

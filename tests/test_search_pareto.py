@@ -17,10 +17,16 @@ MODES = {"valid_sdr": "max", "params": "min"}
 
 def trial(tid, sdr, params, status="completed", epochs=4):
     best = {"epoch": 2, "valid_sdr": sdr} if sdr is not None else None
-    return SimpleNamespace(trial_id=tid, mlflow_run_id=f"run-{tid}", status=status, epochs=epochs, best=best,
-                           config={"model.channels": params // 10, "train.lr": 0.001},
-                           metrics={"params": float(params), "gmacs_per_second": params / 1e6},
-                           best_checkpoint=None)  # fmt: skip
+    return SimpleNamespace(
+        trial_id=tid,
+        mlflow_run_id=f"run-{tid}",
+        status=status,
+        epochs=epochs,
+        best=best,
+        config={"model.channels": params // 10, "train.lr": 0.001},
+        metrics={"params": float(params), "gmacs_per_second": params / 1e6},
+        best_checkpoint=None,
+    )
 
 
 def test_dominance_respects_each_direction():
@@ -32,8 +38,15 @@ def test_dominance_respects_each_direction():
 
 
 def test_front_keeps_trade_offs_and_drops_dominated_points():
-    trials = [trial("a", 1.0, 100), trial("b", 3.0, 300), trial("c", 2.0, 400), trial("d", 3.5, 900),
-              trial("e", 0.5, 100), trial("f", None, 50), trial("g", 9.0, 10, status="failed")]  # fmt: skip
+    trials = [
+        trial("a", 1.0, 100),
+        trial("b", 3.0, 300),
+        trial("c", 2.0, 400),
+        trial("d", 3.5, 900),
+        trial("e", 0.5, 100),
+        trial("f", None, 50),
+        trial("g", 9.0, 10, status="failed"),
+    ]
     summary = pareto.pareto_summary(trials, "valid_sdr", MODES, "fifo")
     assert summary["front"] == ["a", "b", "d"]  # sorted by size; c is beaten by b, e by a
     assert {p["trial_id"] for p in summary["points"]} == {"a", "b", "c", "d", "e"}  # unscored, failed left out
@@ -74,15 +87,20 @@ def test_latency_is_measured_from_the_best_checkpoint(tmp_path):
     cfg = ModelConfig(n_fft=256, hop_length=128, channels=2, heads=1, depth=1, slices=2, slice_frames=4)
     threads = torch.get_num_threads()
     model = checkpoint.build_model(cfg)
-    checkpoint.save(tmp_path / checkpoint.BEST, {"model_config": cfg.model_dump(mode="json"), "model": model.state_dict()})
+    checkpoint.save(
+        tmp_path / checkpoint.BEST, {"model_config": cfg.model_dump(mode="json"), "model": model.state_dict()}
+    )
     ms = pareto.measure_latency(tmp_path, seconds=0.25)
     assert ms > 0 and torch.get_num_threads() == threads  # the caller's thread count is restored
 
 
 def write_study(tmp_path, synth_root, search):
-    study = {"model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}, "channels": 2, "depth": 1},
-             "data": {"root": str(synth_root), "segment_seconds": 0.5}, "train": {"epochs": 2, "patience": 2},
-             "search": search}  # fmt: skip
+    study = {
+        "model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}, "channels": 2, "depth": 1},
+        "data": {"root": str(synth_root), "segment_seconds": 0.5},
+        "train": {"epochs": 2, "patience": 2},
+        "search": search,
+    }
     path = tmp_path / "mo.yaml"
     path.write_text(yaml.safe_dump(study))
     return path
@@ -101,7 +119,10 @@ def test_study_objectives_default_to_fifo_and_need_sdr_every_epoch(tmp_path, syn
     [
         (["params", "valid_sdr"], "the first must be the quality metric"),
         (["valid_sdr"], "at least one cost"),
-        (["valid_loss", "latency"], "'latency' is not a cost objective; valid after the quality metric: params, gmacs_per_second"),
+        (
+            ["valid_loss", "latency"],
+            "'latency' is not a cost objective; valid after the quality metric: params, gmacs_per_second",
+        ),
         (["valid_loss", "params", "params"], "names an objective twice"),
     ],
 )
@@ -114,8 +135,11 @@ def test_bad_objectives_name_the_key(tmp_path, synth_root, objectives, message):
 def test_wiring_for_several_objectives(tmp_path, synth_root):
     """Optuna gets every objective (quality at the best epoch first), ASHA the quality metric alone,
     TuneConfig none (Tune would hand its single metric to both)."""
-    study = load_study(write_study(tmp_path, synth_root, {"objectives": ["valid_loss", "params", "gmacs_per_second"],
-                                                          "scheduler": "asha"}))  # fmt: skip
+    study = load_study(
+        write_study(
+            tmp_path, synth_root, {"objectives": ["valid_loss", "params", "gmacs_per_second"], "scheduler": "asha"}
+        )
+    )
     searcher = searchers.build_searcher(study)
     assert searcher.metric == ["best_valid_loss", "params", "gmacs_per_second"] and searcher.mode == ["min"] * 3
     asha = schedulers.build_scheduler(study)
@@ -131,13 +155,25 @@ def test_report_shows_the_front_of_a_multi_objective_study(tmp_path, capsys):
     from samsnet_search.search import identity
 
     storage = tmp_path / "runs"
-    front = pareto.pareto_summary([trial("a1b2", 1.0, 100), trial("c3d4", 3.0, 300), trial("e5f6", 0.5, 400)],
-                                  "valid_sdr", MODES, "fifo")  # fmt: skip
-    identity.write_manifest(identity.Manifest(
-        name="mo", storage=str(storage), experiment_name="mo", experiment_id="1", parent_run_id="p" * 32,
-        registered_model="samsnet-mo", tracking_uri=f"sqlite:///{storage}/mlflow.db", artifact_root=f"file://{storage}/a",
-        base_dir=str(storage), source="mo.yaml", state="finished",
-        summary={"trials": 3, "counts": {"completed": 3}, "seconds": 10.0, "pareto": front}))  # fmt: skip
+    front = pareto.pareto_summary(
+        [trial("a1b2", 1.0, 100), trial("c3d4", 3.0, 300), trial("e5f6", 0.5, 400)], "valid_sdr", MODES, "fifo"
+    )
+    identity.write_manifest(
+        identity.Manifest(
+            name="mo",
+            storage=str(storage),
+            experiment_name="mo",
+            experiment_id="1",
+            parent_run_id="p" * 32,
+            registered_model="samsnet-mo",
+            tracking_uri=f"sqlite:///{storage}/mlflow.db",
+            artifact_root=f"file://{storage}/a",
+            base_dir=str(storage),
+            source="mo.yaml",
+            state="finished",
+            summary={"trials": 3, "counts": {"completed": 3}, "seconds": 10.0, "pareto": front},
+        )
+    )
     assert main(["report", "mo", "--storage", str(storage)]) == 0
     out = " ".join(capsys.readouterr().out.split())  # the table title wraps
     assert "PARETO FRONT (validation; max valid_sdr, min params): 2 of 3 scored trials" in out

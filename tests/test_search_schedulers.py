@@ -14,9 +14,12 @@ from samsnet_search.search.study import load_study
 
 
 def study_with(tmp_path: Path, epochs: int = 8, patience: int = 8, **search):
-    data = {"model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}, "channels": 2, "depth": 1},
-            "data": {"root": str(tmp_path), "segment_seconds": 0.5},
-            "train": {"epochs": epochs, "patience": patience}, "search": search}  # fmt: skip
+    data = {
+        "model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}, "channels": 2, "depth": 1},
+        "data": {"root": str(tmp_path), "segment_seconds": 0.5},
+        "train": {"epochs": epochs, "patience": patience},
+        "search": search,
+    }
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(data))
     return load_study(path, base_dir=tmp_path, check_data=False)
@@ -61,7 +64,11 @@ def test_each_name_builds_its_scheduler(tmp_path):
     assert isinstance(built["hyperband"], HyperBandScheduler) and isinstance(built["median"], MedianStoppingRule)
     assert all(s.pruned == {} for s in built.values() if s is not None)
     assert {name: e.prunes for name, e in schedulers.SCHEDULERS.items()} == {
-        "asha": True, "hyperband": True, "median": True, "fifo": False}  # fmt: skip
+        "asha": True,
+        "hyperband": True,
+        "median": True,
+        "fifo": False,
+    }
 
 
 def test_median_rule_records_the_trials_it_stops(tmp_path):
@@ -100,8 +107,14 @@ def test_hyperband_records_losers_it_stops_while_paused(tmp_path):
     [
         ({"scheduler": "median", "max_t": 4}, "s.yaml: search.max_t: the median rule never ends a trial at max_t"),
         ({"scheduler": "hyperband", "max_t": 4}, "s.yaml: search.max_t: 4 is below the patience horizon 8"),
-        ({"scheduler": "asha", "max_t": 4}, "asha would end every trial before early stopping could; valid: max_t >= 8"),
-        ({"scheduler": "pbt"}, "s.yaml: search.scheduler: not a scheduler; valid: asha, hyperband, median, fifo (got 'pbt')"),
+        (
+            {"scheduler": "asha", "max_t": 4},
+            "asha would end every trial before early stopping could; valid: max_t >= 8",
+        ),
+        (
+            {"scheduler": "pbt"},
+            "s.yaml: search.scheduler: not a scheduler; valid: asha, hyperband, median, fifo (got 'pbt')",
+        ),
     ],
 )
 def test_a_scheduler_refuses_settings_it_cannot_honour(tmp_path, search, message):
@@ -113,4 +126,6 @@ def test_a_scheduler_refuses_settings_it_cannot_honour(tmp_path, search, message
 def test_study_file_syntax_for_each_scheduler(tmp_path):
     for name in schedulers.SCHEDULERS:
         assert study_with(tmp_path, scheduler=name).search.scheduler == name
-    assert study_with(tmp_path, objectives=["valid_loss", "params"]).search.scheduler == "fifo"  # the default with objectives
+    assert (
+        study_with(tmp_path, objectives=["valid_loss", "params"]).search.scheduler == "fifo"
+    )  # the default with objectives

@@ -19,21 +19,25 @@ NUMERIC = {"model.channels": {"int": [2, 8]}, "train.lr": {"loguniform": [1e-4, 
 
 
 def write_study(tmp_path: Path, search: dict, model: dict | None = None, train: dict | None = None) -> Path:
-    study = {"model": {"n_fft": 256, "hop_length": 128, "slices": 2, "channels": 2, "depth": 1, **(model or {})},
-             "data": {"root": str(tmp_path), "segment_seconds": 0.5},
-             "train": {"epochs": 2, "patience": 2, **(train or {})}, "search": search}  # fmt: skip
+    study = {
+        "model": {"n_fft": 256, "hop_length": 128, "slices": 2, "channels": 2, "depth": 1, **(model or {})},
+        "data": {"root": str(tmp_path), "segment_seconds": 0.5},
+        "train": {"epochs": 2, "patience": 2, **(train or {})},
+        "search": search,
+    }
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(study))
     return path
 
 
 def numeric_study(tmp_path: Path, **search):
-    path = write_study(tmp_path, search, model={"channels": NUMERIC["model.channels"]},
-                       train={"lr": NUMERIC["train.lr"]})  # fmt: skip
+    path = write_study(
+        tmp_path, search, model={"channels": NUMERIC["model.channels"]}, train={"lr": NUMERIC["train.lr"]}
+    )
     return load_study(path, base_dir=tmp_path, check_data=False)
 
 
-def _trainable(config: dict) -> None:
+def trainable(config: dict) -> None:
     pass
 
 
@@ -42,7 +46,7 @@ def proposals(study, n: int) -> list[dict]:
     searcher = searchers.build_searcher(study)
     space = searchers.param_space(study)
     if not isinstance(searcher, Searcher):  # Ray's variant generator: it expands an experiment
-        searcher.add_configurations([Experiment("s", _trainable, config=space, num_samples=study.search.num_samples)])
+        searcher.add_configurations([Experiment("s", trainable, config=space, num_samples=study.search.num_samples)])
         return [t.config for t in iter(searcher.next_trial, None)][:n]
     searcher.set_search_properties(study.metric, study.mode, space)
     with warnings.catch_warnings():
@@ -105,20 +109,39 @@ def test_cmaes_proposes_numeric_ranges_through_optuna(tmp_path):
 @pytest.mark.parametrize(
     "model, train, search, message",
     [
-        ({"channels": {"choice": [2, 4]}}, {"lr": NUMERIC["train.lr"]}, {"searcher": "cmaes"},
-         "s.yaml: search.searcher: cmaes samples numeric ranges only, but model.channels is a choice; "
-         "valid: int, uniform or loguniform ranges, or searcher: optuna"),
-        ({"channels": NUMERIC["model.channels"]}, {}, {"searcher": "cmaes"},
-         "s.yaml: search.searcher: cmaes needs at least 2 searched ranges, got 1 (model.channels); "
-         "valid: search another field, or searcher: optuna"),
-        ({"channels": NUMERIC["model.channels"]}, {"lr": NUMERIC["train.lr"], "valid_sdr_every": 1},
-         {"searcher": "cmaes", "objectives": ["valid_sdr", "params"]},
-         "s.yaml: search.searcher: cmaes optimises one objective, but search.objectives names 2; "
-         "valid: searcher optuna, random, grid, or metric: instead of objectives"),
-        ({"channels": NUMERIC["model.channels"]}, {"lr": NUMERIC["train.lr"]}, {"searcher": "grid"},
-         "s.yaml: search.searcher: grid needs discrete distributions (choice or int); ['train.lr'] are continuous"),
-        ({"channels": NUMERIC["model.channels"]}, {}, {"searcher": "bayes"},
-         "s.yaml: search.searcher: not a searcher; valid: optuna, random, grid, cmaes (got 'bayes')"),
+        (
+            {"channels": {"choice": [2, 4]}},
+            {"lr": NUMERIC["train.lr"]},
+            {"searcher": "cmaes"},
+            "s.yaml: search.searcher: cmaes samples numeric ranges only, but model.channels is a choice; "
+            "valid: int, uniform or loguniform ranges, or searcher: optuna",
+        ),
+        (
+            {"channels": NUMERIC["model.channels"]},
+            {},
+            {"searcher": "cmaes"},
+            "s.yaml: search.searcher: cmaes needs at least 2 searched ranges, got 1 (model.channels); "
+            "valid: search another field, or searcher: optuna",
+        ),
+        (
+            {"channels": NUMERIC["model.channels"]},
+            {"lr": NUMERIC["train.lr"], "valid_sdr_every": 1},
+            {"searcher": "cmaes", "objectives": ["valid_sdr", "params"]},
+            "s.yaml: search.searcher: cmaes optimises one objective, but search.objectives names 2; "
+            "valid: searcher optuna, random, grid, or metric: instead of objectives",
+        ),
+        (
+            {"channels": NUMERIC["model.channels"]},
+            {"lr": NUMERIC["train.lr"]},
+            {"searcher": "grid"},
+            "s.yaml: search.searcher: grid needs discrete distributions (choice or int); ['train.lr'] are continuous",
+        ),
+        (
+            {"channels": NUMERIC["model.channels"]},
+            {},
+            {"searcher": "bayes"},
+            "s.yaml: search.searcher: not a searcher; valid: optuna, random, grid, cmaes (got 'bayes')",
+        ),
     ],
 )
 def test_a_searcher_refuses_a_space_it_cannot_search(tmp_path, model, train, search, message):
@@ -133,5 +156,34 @@ def test_only_searchers_that_take_the_limit_get_it_from_tune(tmp_path):
     limits = {}
     for name in ("optuna", "random"):
         study = numeric_study(tmp_path, searcher=name, max_concurrent_trials=2)
-        limits[name] = (searchers.max_concurrent_trials(study), getattr(searchers.build_searcher(study), "max_concurrent", None))
+        limits[name] = (
+            searchers.max_concurrent_trials(study),
+            getattr(searchers.build_searcher(study), "max_concurrent", None),
+        )
     assert limits == {"optuna": (2, None), "random": (None, 2)}
+
+
+def test_a_new_searcher_is_one_registry_entry(tmp_path, monkeypatch):
+    """Optuna's GP sampler registered at run time, with its own refusal: the study file accepts
+    the name, the entry's check runs at load time, and the searcher proposes the study's space."""
+    import optuna
+
+    def check_gp(study):
+        too_many = [k for k, d in study.space.items() if d.categorical and d.size > 8]
+        return f"search.searcher: gp takes choices of at most 8 values; {too_many} have more" if too_many else None
+
+    entry = searchers.SearcherEntry(
+        "gp",
+        "Optuna's Gaussian-process sampler",
+        lambda study: searchers.optuna_search(study, optuna.samplers.GPSampler(seed=study.search.seed)),
+        check=check_gp,
+    )
+    monkeypatch.setitem(searchers.SEARCHERS, "gp", entry)
+    study = numeric_study(tmp_path, searcher="gp", seed=0)
+    configs = proposals(study, 3)
+    assert len(configs) == 3 and all(2 <= c["model.channels"] <= 8 for c in configs)
+    with pytest.raises(
+        ConfigError, match=r"s.yaml: search.searcher: gp takes choices of at most 8 values; \['model.channels'\]"
+    ):
+        path = write_study(tmp_path, {"searcher": "gp"}, model={"channels": {"choice": list(range(2, 12))}})
+        load_study(path, base_dir=tmp_path, check_data=False)

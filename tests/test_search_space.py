@@ -24,9 +24,13 @@ def test_int_range_is_inclusive_in_tune_and_optuna():
     logs = _samples(IntRange(int=(1, 8), log=True).to_tune())
     assert min(logs) == 1 and max(logs) == 8
     # OptunaSearch converts the Tune domains to the same inclusive ranges
-    converted = OptunaSearch.convert_search_space({"a": IntRange(int=(2, 4)).to_tune(),
-                                                   "b": IntRange(int=(4, 12), step=4).to_tune(),
-                                                   "c": IntRange(int=(1, 8), log=True).to_tune()})  # fmt: skip
+    converted = OptunaSearch.convert_search_space(
+        {
+            "a": IntRange(int=(2, 4)).to_tune(),
+            "b": IntRange(int=(4, 12), step=4).to_tune(),
+            "c": IntRange(int=(1, 8), log=True).to_tune(),
+        }
+    )
     assert (converted["a"].low, converted["a"].high, converted["a"].step) == (2, 4, 1)
     assert (converted["b"].low, converted["b"].high, converted["b"].step) == (4, 12, 4)
     assert (converted["c"].low, converted["c"].high, converted["c"].log) == (1, 8, True)
@@ -41,8 +45,9 @@ def test_float_and_choice_domains():
     assert 1e-4 <= min(lu) and max(lu) <= 1e-2
     assert min(lu) < 3e-4 and max(lu) > 3e-3  # spread over decades, not only near the top
     assert set(_samples(Choice(choice=[1, 2, 4]).to_tune())) == {1, 2, 4}
-    converted = OptunaSearch.convert_search_space({"lr": LogUniform(loguniform=(1e-4, 1e-2)).to_tune(),
-                                                   "s": Choice(choice=[1, 2, 4]).to_tune()})  # fmt: skip
+    converted = OptunaSearch.convert_search_space(
+        {"lr": LogUniform(loguniform=(1e-4, 1e-2)).to_tune(), "s": Choice(choice=[1, 2, 4]).to_tune()}
+    )
     assert converted["lr"].log and converted["lr"].low == 1e-4
     assert list(converted["s"].choices) == [1, 2, 4]
     assert LogUniform(loguniform=(1e-4, 1e-2)).to_optuna().log
@@ -67,7 +72,10 @@ def test_study_space_has_dotted_keys_and_samples_build_configs(tmp_path):
     space = tune_space(study)
     assert set(space) == {"model.slices", "model.depth", "train.lr"}
     assert {k: type(d.to_optuna()).__name__ for k, d in study.space.items()} == {
-        "model.slices": "CategoricalDistribution", "model.depth": "IntDistribution", "train.lr": "FloatDistribution"}
+        "model.slices": "CategoricalDistribution",
+        "model.depth": "IntDistribution",
+        "train.lr": "FloatDistribution",
+    }
     assert space_size(study) is None  # lr is continuous
     random.seed(1)
     for _ in range(20):  # every sample is a valid ExperimentConfig

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
+import soundfile as sf
+import yaml
 
+from samsnet_search.cli import main
 from samsnet_search.config import TARGETS
+from samsnet_search.delivery.registry import WEIGHTS_SHA_TAG
+from samsnet_search.delivery.winner import register_winner
+from samsnet_search.search import (
+    checkpoints,
+    identity,
+)
+from samsnet_search.search.runner import run_study
 from samsnet_search.search.select import (
+    PHASE_TAG,
     SelectionError,
     SelectionTable,
     bootstrap_row,
@@ -16,7 +30,12 @@ from samsnet_search.search.select import (
     contenders,
     overlaps,
     plan_jobs,
+    run_selection,
+    selection_uri,
 )
+from samsnet_search.search.study import load_study
+from samsnet_search.search.trial import build_experiment
+from samsnet_search.services import tracking
 
 
 def pairs(avg: float, spread: float, tracks: int = 4, seeds: int = 3, seed: int = 0) -> list[dict]:
@@ -43,8 +62,12 @@ def test_interval_contains_median_and_shrinks_with_less_spread():
 
 
 def test_clear_winner_is_significant():
-    table = bootstrap_table({1: pairs(3.0, 0.3), 4: pairs(6.0, 0.3, seed=1), 8: pairs(4.0, 0.3, seed=2)},
-                            resamples=1000, seed=0, data="synthetic")  # fmt: skip
+    table = bootstrap_table(
+        {1: pairs(3.0, 0.3), 4: pairs(6.0, 0.3, seed=1), 8: pairs(4.0, 0.3, seed=2)},
+        resamples=1000,
+        seed=0,
+        data="synthetic",
+    )
     assert table.winner == 4
     assert table.row(4).significant is None
     assert table.row(1).significant is True and table.row(8).significant is True
@@ -54,8 +77,9 @@ def test_clear_winner_is_significant():
 
 
 def test_overlapping_intervals_are_not_significant():
-    table = bootstrap_table({2: pairs(5.0, 3.0), 12: pairs(5.3, 3.0, seed=1), 24: pairs(-5.0, 0.5, seed=2)},
-                            resamples=1000, seed=0)  # fmt: skip
+    table = bootstrap_table(
+        {2: pairs(5.0, 3.0), 12: pairs(5.3, 3.0, seed=1), 24: pairs(-5.0, 0.5, seed=2)}, resamples=1000, seed=0
+    )
     best = max(table.rows, key=lambda r: r.median["avg"])
     assert table.winner == best.slices
     other = 2 if table.winner == 12 else 12
@@ -91,15 +115,25 @@ def test_empty_scores_are_an_error():
 
 
 def trial(tid, slices, loss, status="completed", epochs=4, seed=42, ckpt="ckpt"):
-    return SimpleNamespace(trial_id=tid, config={"model.slices": slices}, status=status,
-                           experiment={"model": {"slices": slices}, "train": {"epochs": epochs, "seed": seed}},
-                           best={"valid_loss": loss} if loss is not None else None, best_checkpoint=ckpt,
-                           mlflow_run_id=f"run-{tid}")  # fmt: skip
+    return SimpleNamespace(
+        trial_id=tid,
+        config={"model.slices": slices},
+        status=status,
+        experiment={"model": {"slices": slices}, "train": {"epochs": epochs, "seed": seed}},
+        best={"valid_loss": loss} if loss is not None else None,
+        best_checkpoint=ckpt,
+        mlflow_run_id=f"run-{tid}",
+    )
 
 
 def test_contenders_and_jobs():
-    trials = [trial("a", 1, 0.5, "pruned", epochs=4), trial("b", 1, 0.4), trial("c", 2, 0.3, "pruned"),
-              trial("d", 2, 0.1, "failed"), trial("e", 4, None)]  # fmt: skip
+    trials = [
+        trial("a", 1, 0.5, "pruned", epochs=4),
+        trial("b", 1, 0.4),
+        trial("c", 2, 0.3, "pruned"),
+        trial("d", 2, 0.1, "failed"),
+        trial("e", 4, None),
+    ]
     best = contenders(trials, "valid_loss", "min")
     assert {s: t.trial_id for s, t in best.items()} == {1: "b", 2: "c"}
     jobs = plan_jobs(trials, "valid_loss", "min", seeds=3, epochs=4)
@@ -113,24 +147,6 @@ def test_contenders_and_jobs():
 
 
 # --- end to end: a tiny finished study, then the selection -------------------------------
-
-import shutil  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import soundfile as sf  # noqa: E402
-import yaml  # noqa: E402
-
-from samsnet_search.services import tracking  # noqa: E402
-from samsnet_search.delivery.export import WEIGHTS_SHA_TAG  # noqa: E402
-from samsnet_search.delivery.winner import register_winner  # noqa: E402
-from samsnet_search.cli import main  # noqa: E402
-from samsnet_search.search import identity  # noqa: E402
-from samsnet_search.search.runner import run_study  # noqa: E402
-from samsnet_search.search.select import PHASE_TAG, run_selection, selection_uri  # noqa: E402
-from samsnet_search.search.study import load_study  # noqa: E402
-from samsnet_search.search import checkpoints  # noqa: E402
-from samsnet_search.search.trial import build_experiment  # noqa: E402
-from urllib.parse import urlsplit  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +229,9 @@ def test_selection_end_to_end(tmp_path, synth_root, ray_local, capsys):
     parent = c.get_run(m.parent_run_id)
     assert parent.data.tags["samsnet.chosen_slices"] == str(table.winner)
     assert parent.data.tags[tracking.BEST_RUN_TAG] == sel.winner_job["run_id"]
-    assert parent.data.metrics[f"selection.slices_{table.winner}.avg"] == pytest.approx(table.row(table.winner).median["avg"])
+    assert parent.data.metrics[f"selection.slices_{table.winner}.avg"] == pytest.approx(
+        table.row(table.winner).median["avg"]
+    )
     assert parent.data.metrics["test.avg"] == pytest.approx(sel.test["summary"]["avg"])
     assert parent.data.metrics["test_wiener.avg"] == pytest.approx(sel.test["wiener"]["summary"]["avg"])
     artifacts = {a.path for a in c.list_artifacts(m.parent_run_id, "selection")}
@@ -225,7 +243,9 @@ def test_selection_end_to_end(tmp_path, synth_root, ray_local, capsys):
     # registered from the run that trained the winner's weights, not from the study's parent run
     assert str(version.version) == sel.registered["version"] == "1" and version.run_id == sel.winner_job["run_id"]
     manifest = identity.read_manifest(m.path)
-    assert manifest.summary["chosen_slices"] == table.winner and manifest.summary["best_run"] == sel.winner_job["run_id"]
+    assert (
+        manifest.summary["chosen_slices"] == table.winner and manifest.summary["best_run"] == sel.winner_job["run_id"]
+    )
 
     # report: the same table, the counts, the choice, where to look
     assert main(["report", "sel", "--storage", str(tmp_path / "runs")]) == 0
@@ -268,7 +288,9 @@ def test_selection_end_to_end(tmp_path, synth_root, ray_local, capsys):
     third = run_selection(result, register=register_winner)
     assert len(third.trained) == 6 and third.table.winner == table.winner
     for a, b in zip(third.table.rows, table.rows):
-        assert a.median == pytest.approx(b.median, abs=1e-4) and a.interval["avg"] == pytest.approx(b.interval["avg"], abs=1e-4)
+        assert a.median == pytest.approx(b.median, abs=1e-4) and a.interval["avg"] == pytest.approx(
+            b.interval["avg"], abs=1e-4
+        )
     assert third.test["summary"]["avg"] != pytest.approx(sel.test["summary"]["avg"], abs=1e-3)
     # the retrainings' local work folders are removed once their best weights are stored
     import tempfile

@@ -12,15 +12,14 @@ import subprocess
 import numpy as np
 import pytest
 import soundfile as sf
+from test_wiener import save_tiny_checkpoint, stacked, tiny_model
 
-from samsnet_search.engine.apply import ChunkPlan, apply_chunked, blocks_of
-from samsnet_search.data.audio_io import open_audio, read_audio
 from samsnet_search.cli import main
 from samsnet_search.config import SAMPLE_RATE, TARGETS
+from samsnet_search.data.audio_io import open_audio, read_audio
 from samsnet_search.data.readers import StemsFileSource
+from samsnet_search.engine.apply import ChunkPlan, apply_chunked, blocks_of
 from samsnet_search.engine.separate import separate, separate_file
-
-from test_wiener import save_tiny_checkpoint, stacked, tiny_model
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
 
@@ -59,8 +58,11 @@ def test_stem_mp4_is_separated_from_its_mixture_stream(stem_example, tmp_path):
 @needs_ffmpeg
 def test_mp3_input(stem_example, tmp_path):
     mp3 = tmp_path / "song.mp3"
-    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(stem_example), "-map", "0:a:0", "-t", "3",
-                    str(mp3)], check=True, timeout=60)  # fmt: skip
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(stem_example), "-map", "0:a:0", "-t", "3", str(mp3)],
+        check=True,
+        timeout=60,
+    )
     assert open_audio(mp3).decoder in ("soundfile", "ffmpeg")  # libsndfile >= 1.1 reads mp3 itself
     written = separate_file(tiny_model(), mp3, tmp_path / "out")
     n = read_audio(mp3).shape[-1]
@@ -110,12 +112,15 @@ def test_bits_and_stem_selection(ckpt, song, tmp_path, capsys, bits, subtype):
     assert "vocals:" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["--stems", "vocals,piano"], "--stems vocals,piano: unknown piano (choose from vocals,drums,bass,other)"),
-    (["--bits", "8"], "--bits 8: expected one of 16, 24, 32f"),
-    (["--chunk-seconds", "0"], "--chunk-seconds 0: must be > 0"),
-    (["--wiener", "-2"], "--wiener -2: EM iterations must be >= 0"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--stems", "vocals,piano"], "--stems vocals,piano: unknown piano (choose from vocals,drums,bass,other)"),
+        (["--bits", "8"], "--bits 8: expected one of 16, 24, 32f"),
+        (["--chunk-seconds", "0"], "--chunk-seconds 0: must be > 0"),
+        (["--wiener", "-2"], "--wiener -2: EM iterations must be >= 0"),
+    ],
+)
 def test_bad_options_are_one_line(ckpt, song, tmp_path, capsys, args, expected):
     assert main(["separate", str(ckpt), str(song), "--out", str(tmp_path / "o"), *args]) == 2
     err = capsys.readouterr().err.strip()

@@ -16,10 +16,9 @@ import textwrap
 
 import numpy as np
 import soundfile as sf
+from test_wiener import save_tiny_checkpoint
 
 from samsnet_search.config import SAMPLE_RATE
-
-from test_wiener import save_tiny_checkpoint
 
 SCRIPT = textwrap.dedent("""
     import resource, sys
@@ -41,8 +40,13 @@ def _song(path, seconds: float) -> None:
 
 def _peak_kb(ckpt, song, out, chunk_seconds: float) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(ckpt), str(song), str(out), str(chunk_seconds)],
-                          capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(ckpt), str(song), str(out), str(chunk_seconds)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return int(done.stdout.split("PEAK_KB")[-1])
 

@@ -52,8 +52,14 @@ def test_files_are_copied_in_and_out_and_a_missing_one_is_named(tmp_path):
 
 def test_s3_uris_keep_their_endpoint_and_print_without_secrets():
     uri = "s3://bucket/studies?endpoint_override=127.0.0.1:8333&scheme=http&secret_key=SECRET"
-    assert storage.join(uri, "quick") == "s3://bucket/studies/quick?endpoint_override=127.0.0.1:8333&scheme=http&secret_key=SECRET"
-    assert storage.display_uri(storage.join(uri, "quick")) == "s3://bucket/studies/quick?endpoint_override=127.0.0.1:8333&scheme=http"
+    assert (
+        storage.join(uri, "quick")
+        == "s3://bucket/studies/quick?endpoint_override=127.0.0.1:8333&scheme=http&secret_key=SECRET"
+    )
+    assert (
+        storage.display_uri(storage.join(uri, "quick"))
+        == "s3://bucket/studies/quick?endpoint_override=127.0.0.1:8333&scheme=http"
+    )
     assert storage.is_s3(uri) and not storage.is_s3("/tmp/runs")
     with pytest.raises(StorageError, match="must look like http://HOST:PORT"):
         storage.storage_uri("bucket", "x", "127.0.0.1:8333")
@@ -90,8 +96,11 @@ def _modules(*folders: str):
 
 
 def test_only_the_storage_module_opens_storage_streams():
-    offenders = {p.relative_to(PACKAGE).as_posix(): sorted(_calls(t) & STREAM_CALLS)
-                 for p, t in _modules("search", "delivery", "services") if p.name != "storage.py"}  # fmt: skip
+    offenders = {
+        p.relative_to(PACKAGE).as_posix(): sorted(_calls(t) & STREAM_CALLS)
+        for p, t in _modules("search", "delivery", "services")
+        if p.name != "storage.py"
+    }
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
@@ -100,7 +109,9 @@ def test_the_search_imports_neither_delivery_nor_another_modules_private_names()
     assert {k: v for k, v in upward.items() if v} == {}
     private = {}
     for path, tree in _modules("search", "services"):
-        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names if a.name.startswith("_")]
+        names = [
+            a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names if a.name.startswith("_")
+        ]
         if names:
             private[path.name] = names
     assert private == {}
@@ -110,8 +121,44 @@ def test_a_trials_status_tag_is_written_by_the_tracking_module_only():
     writers = []
     for path, tree in _modules("search", "delivery", "services", "engine"):
         for n in ast.walk(tree):
-            if (isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "set_tag"
-                    and any(isinstance(a, (ast.Name, ast.Attribute)) and getattr(a, "id", getattr(a, "attr", "")) == "STATUS_TAG"
-                            for a in n.args)):  # fmt: skip
+            if (
+                isinstance(n, ast.Call)
+                and isinstance(n.func, ast.Attribute)
+                and n.func.attr == "set_tag"
+                and any(
+                    isinstance(a, (ast.Name, ast.Attribute))
+                    and getattr(a, "id", getattr(a, "attr", "")) == "STATUS_TAG"
+                    for a in n.args
+                )
+            ):
                 writers.append(path.relative_to(PACKAGE).as_posix())
     assert set(writers) == {"services/tracking.py"}
+
+
+def test_a_manifest_caught_mid_copy_is_read_again_and_a_broken_one_named(tmp_path):
+    """Ray Tune truncates and rewrites the study folder's top-level JSON files when it syncs them."""
+    from samsnet_search.errors import ConfigError
+    from samsnet_search.search import identity
+
+    m = identity.Manifest(
+        name="s",
+        storage=str(tmp_path),
+        experiment_name="s",
+        experiment_id="1",
+        parent_run_id="p",
+        registered_model="samsnet-s",
+        tracking_uri="sqlite:///x",
+        artifact_root=None,
+        base_dir=str(tmp_path),
+        source="s.yaml",
+    )
+    identity.write_manifest(m)
+    whole = (tmp_path / "s" / identity.MANIFEST).read_text()
+    (tmp_path / "s" / identity.MANIFEST).write_text("")  # as Tune leaves it between truncate and write
+    later = threading.Timer(0.3, lambda: (tmp_path / "s" / identity.MANIFEST).write_text(whole))
+    later.start()
+    assert identity.read_manifest(m.path).name == "s"
+    later.join()
+    (tmp_path / "s" / identity.MANIFEST).write_text('{"name": "s"')
+    with pytest.raises(ConfigError, match=r"s/study.json: not a study manifest"):
+        identity.read_manifest(m.path)

@@ -62,8 +62,9 @@ def test_good_study_resolves(tmp_path, data_root):
     assert study.max_t == 4  # default: train.epochs
     assert study.metric == "valid_loss" and study.mode == "min"
     assert study.storage == str(tmp_path / "runs")  # relative paths resolve against base_dir
-    exp = study.experiment({"model.slices": 8, "model.channels": 6, "model.heads": 2,
-                            "data.segment_seconds": 1.2, "train.lr": 1e-3})  # fmt: skip
+    exp = study.experiment(
+        {"model.slices": 8, "model.channels": 6, "model.heads": 2, "data.segment_seconds": 1.2, "train.lr": 1e-3}
+    )
     assert (exp.model.slices, exp.model.channels, exp.data.segment_seconds, exp.train.lr) == (8, 6, 1.2, 1e-3)
     assert exp.model.n_fft == 512 and exp.train.epochs == 4
 
@@ -113,8 +114,11 @@ BAD = [
     ("model.slicez", {"choice": [1, 2]}, "model.slicez: unknown key (did you mean 'slices'?)"),
     ("model.slices", {"choice": [1, 2], "stepp": 1}, "model.slices.stepp: unknown key"),
     ("model.channels", {"int": [4, 8], "stpe": 2}, "model.channels.stpe: unknown key (did you mean 'step'?)"),
-    ("model.slices", {"choise": [1, 2]}, "model.slices: {choise} is neither a value nor a distribution "
-                                         "(did you mean 'choice'?)"),
+    (
+        "model.slices",
+        {"choise": [1, 2]},
+        "model.slices: {choise} is neither a value nor a distribution (did you mean 'choice'?)",
+    ),
     ("data.augment.gain_mni", 0.5, "data.augment.gain_mni: unknown key (did you mean 'gain_min'?)"),
     ("search.num_sample", 4, "search.num_sample: unknown key (did you mean 'num_samples'?)"),
     ("train.learning_rate", 1e-3, "train.learning_rate: unknown key"),
@@ -179,8 +183,11 @@ def test_slices_checked_against_shortest_segment(tmp_path, data_root):
     data = good(data_root)
     data["model"]["slices"] = {"choice": [1, 64]}
     data["data"]["segment_seconds"] = {"uniform": [0.1, 1.5]}
-    with pytest.raises(ConfigError, match=r"model.slices: \[64\] can be larger than the 35 STFT frames .*"
-                                          r"segment_seconds=0.1 at model.hop_length=128"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"model.slices: \[64\] can be larger than the 35 STFT frames .*"
+        r"segment_seconds=0.1 at model.hop_length=128",
+    ):
         load_study(write(tmp_path, data), base_dir=tmp_path)
 
 

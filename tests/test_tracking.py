@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from samsnet_search.services import tracking
 from samsnet_search.errors import ConfigError
+from samsnet_search.services import tracking
 from samsnet_search.services.tracking import ChildRunSpec, TrialRun
 
 
@@ -40,7 +40,9 @@ def test_resolve_tracking(tmp_path):
     assert t.artifact_root == (tmp_path / "mlruns" / "artifacts").as_uri()
     assert t.embedded and "mlflow ui --backend-store-uri sqlite:///" in t.where()
     http = tracking.resolve_tracking("http://127.0.0.1:5000")
-    assert http.uri == "http://127.0.0.1:5000" and not http.embedded and http.where() == "MLflow UI: http://127.0.0.1:5000"
+    assert (
+        http.uri == "http://127.0.0.1:5000" and not http.embedded and http.where() == "MLflow UI: http://127.0.0.1:5000"
+    )
     with pytest.raises(ConfigError, match="file store is in maintenance mode"):
         tracking.resolve_tracking("file:///tmp/mlruns")
     with pytest.raises(ConfigError, match="credentials in the URI"):
@@ -55,8 +57,13 @@ def test_unreachable_server_is_one_clear_error(monkeypatch):
 
 
 def test_flatten_params_is_consistent():
-    params = tracking.flatten_params({"model": {"slices": 4, "slice_frames": None}, "data": {"valid_tracks": ["a", "b"],
-                                      "augment": {"remix": True}}, "x": "y" * 7000})  # fmt: skip
+    params = tracking.flatten_params(
+        {
+            "model": {"slices": 4, "slice_frames": None},
+            "data": {"valid_tracks": ["a", "b"], "augment": {"remix": True}},
+            "x": "y" * 7000,
+        }
+    )
     assert params == {
         "model.slices": "4",
         "model.slice_frames": "None",
@@ -101,7 +108,10 @@ def test_parent_and_child_runs(store, tmp_path):
     assert [m.value for m in c.get_metric_history(run.run_id, "valid_sdr")] == [2.5]  # None is not a metric
     assert "epoch" not in child.data.metrics
     assert {a.path for a in c.list_artifacts(run.run_id, "model")} == {
-        "model/best.pt", "model/model_config.json", "model/experiment.json"}  # fmt: skip
+        "model/best.pt",
+        "model/model_config.json",
+        "model/experiment.json",
+    }
 
     # a retried / resumed trial reopens its run instead of making a second one
     again = TrialRun(spec, "t0001")
@@ -128,8 +138,9 @@ def test_parent_and_child_runs(store, tmp_path):
 def test_system_metrics_are_logged(store):
     target, exp = store
     parent = tracking.start_parent_run(target, exp, "unit")
-    spec = ChildRunSpec(target.uri, target.artifact_root, exp, parent, "unit", system_metrics=True,
-                        system_metrics_interval_s=0.2)  # fmt: skip
+    spec = ChildRunSpec(
+        target.uri, target.artifact_root, exp, parent, "unit", system_metrics=True, system_metrics_interval_s=0.2
+    )
     run = TrialRun(spec, "sys1")
     run.start_system_metrics()
     deadline = time.monotonic() + 20

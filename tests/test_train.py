@@ -6,11 +6,13 @@ import pytest
 import torch
 import yaml
 
+from samsnet_search import __version__
 from samsnet_search.cli import main
 from samsnet_search.config import ExperimentConfig, load_experiment
 from samsnet_search.engine import checkpoint
 from samsnet_search.engine.train import Trainer, TrainingDiverged
 from samsnet_search.errors import ConfigError
+from samsnet_search.version import git_commit
 
 
 def tiny_experiment(root: Path, **train) -> ExperimentConfig:
@@ -19,8 +21,16 @@ def tiny_experiment(root: Path, **train) -> ExperimentConfig:
         {
             "model": {"n_fft": 256, "hop_length": 128, "channels": 4, "heads": 2, "depth": 1, "slices": 2},
             "data": {"root": str(root), "segment_seconds": 1.0, "samples_per_track": 4, "valid_seconds": 4.0},
-            "train": {"lr": 0.01, "batch_size": 4, "epochs": 2, "patience": 50, "valid_sdr_every": 0,
-                      "seed": 3, "threads": 2, **train},  # fmt: skip
+            "train": {
+                "lr": 0.01,
+                "batch_size": 4,
+                "epochs": 2,
+                "patience": 50,
+                "valid_sdr_every": 0,
+                "seed": 3,
+                "threads": 2,
+                **train,
+            },
         }
     )
 
@@ -47,7 +57,9 @@ def test_resume_continues_the_same_trajectory(synth_root, tmp_path):
 
 def test_every_epoch_reports_and_early_stopping_ends_the_run(synth_root, tmp_path):
     seen = []
-    summary = Trainer(tiny_experiment(synth_root, epochs=6, patience=1, lr=1e-9), tmp_path, callbacks=[seen.append]).fit()
+    summary = Trainer(
+        tiny_experiment(synth_root, epochs=6, patience=1, lr=1e-9), tmp_path, callbacks=[seen.append]
+    ).fit()
     assert [r.epoch for r in seen] == list(range(1, summary.epochs + 1))
     for r in seen:
         assert r.stop == (r.epochs_without_improvement >= 1)
@@ -75,6 +87,11 @@ def test_checkpoint_is_self_describing_and_loads_weights_only(synth_root, tmp_pa
     assert {"model", "optimizer", "rng", "epoch", "history", "model_config", "experiment", "code_version"} <= set(state)
     model, best = checkpoint.load_model(tmp_path / "checkpoint")
     assert best["epoch"] == 1 and not model.training
+    # the checkpoint names the commit the study's MLflow run records (tracking uses git_commit)
+    commit = git_commit()
+    assert state["code_version"] == (
+        f"{__version__}+{commit[:7]}" + (".dirty" if commit.endswith("+dirty") else "") if commit else __version__
+    )
 
 
 def test_cli_train_and_bad_config(synth_root, tmp_path, capsys):

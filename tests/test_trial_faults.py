@@ -9,10 +9,10 @@ import socket
 import pytest
 from mlflow.exceptions import MlflowException, RestException
 
-from samsnet_search.services import faults, tracking
-from samsnet_search.errors import CheckpointError
-from samsnet_search.services.faults import InfraUnavailable, RetryingClient, is_infra_error, retry
 from samsnet_search.engine.train import TrainingDiverged
+from samsnet_search.errors import CheckpointError
+from samsnet_search.services import faults, tracking
+from samsnet_search.services.faults import InfraUnavailable, RetryingClient, is_infra_error, retry
 
 
 def dead_port() -> int:
@@ -23,13 +23,24 @@ def dead_port() -> int:
 
 
 def test_outages_are_told_from_the_trials_own_errors():
-    pyarrow_s3 = OSError("When getting information for key 'x' in bucket 'b': AWS Error NETWORK_CONNECTION "
-                         "during HeadBucket operation: curlCode: 7, Could not connect to server")  # fmt: skip
-    mlflow_down = MlflowException("API request to http://127.0.0.1:1/api/2.0/mlflow/runs/get failed with exception "
-                                  "HTTPConnectionPool(host='127.0.0.1', port=1): Max retries exceeded with url: ...")  # fmt: skip
+    pyarrow_s3 = OSError(
+        "When getting information for key 'x' in bucket 'b': AWS Error NETWORK_CONNECTION "
+        "during HeadBucket operation: curlCode: 7, Could not connect to server"
+    )
+    mlflow_down = MlflowException(
+        "API request to http://127.0.0.1:1/api/2.0/mlflow/runs/get failed with exception "
+        "HTTPConnectionPool(host='127.0.0.1', port=1): Max retries exceeded with url: ..."
+    )
     server_5xx = RestException({"error_code": "INTERNAL_ERROR", "message": "database is locked"})
-    for e in (pyarrow_s3, mlflow_down, server_5xx, ConnectionRefusedError(111, "refused"), TimeoutError("read"),
-              OSError("Connection reset by peer"), MlflowException("failed with error code 503 != 200")):
+    for e in (
+        pyarrow_s3,
+        mlflow_down,
+        server_5xx,
+        ConnectionRefusedError(111, "refused"),
+        TimeoutError("read"),
+        OSError("Connection reset by peer"),
+        MlflowException("failed with error code 503 != 200"),
+    ):
         assert is_infra_error(e), e
     try:  # the cause counts: a library wrapping a reset connection in its own error
         try:
@@ -39,8 +50,14 @@ def test_outages_are_told_from_the_trials_own_errors():
     except RuntimeError as wrapped:
         assert is_infra_error(wrapped)
     not_found = RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "Run 'x' not found"})
-    for e in (TrainingDiverged("train_loss became nan"), CheckpointError("x: corrupt checkpoint"), not_found,
-              ValueError("request timed out"), KeyError("f4c9eede"), OSError("No such file or directory")):
+    for e in (
+        TrainingDiverged("train_loss became nan"),
+        CheckpointError("x: corrupt checkpoint"),
+        not_found,
+        ValueError("request timed out"),
+        KeyError("f4c9eede"),
+        OSError("No such file or directory"),
+    ):
         assert not is_infra_error(e), e
 
 
@@ -94,8 +111,14 @@ def test_retry_passes_the_trials_own_errors_through_at_once():
 def test_a_real_s3_error_of_a_stopped_store_is_an_outage():
     import pyarrow.fs as pafs
 
-    fs = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{dead_port()}", scheme="http", access_key="k",
-                           secret_key="s", region="us-east-1", retry_strategy=pafs.AwsDefaultS3RetryStrategy(1))  # fmt: skip
+    fs = pafs.S3FileSystem(
+        endpoint_override=f"127.0.0.1:{dead_port()}",
+        scheme="http",
+        access_key="k",
+        secret_key="s",
+        region="us-east-1",
+        retry_strategy=pafs.AwsDefaultS3RetryStrategy(1),
+    )
     with pytest.raises(OSError) as info:
         fs.get_file_info("bucket/study/trial/checkpoint_000001")
     assert is_infra_error(info.value)
@@ -122,16 +145,23 @@ def test_a_failed_trial_is_never_the_best(tmp_path):
 
     (tmp_path / "d").mkdir()
     path = tmp_path / "b.yaml"
-    path.write_text(yaml.safe_dump({"model": {"n_fft": 512, "hop_length": 128, "slices": {"choice": [1, 2]}},
-                                    "data": {"root": str(tmp_path / "d")}}))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"n_fft": 512, "hop_length": 128, "slices": {"choice": [1, 2]}},
+                "data": {"root": str(tmp_path / "d")},
+            }
+        )
+    )
     study = load_study(path, check_data=False)
 
     def record(trial_id: str, status: str, loss: float) -> TrialRecord:
         best = {"epoch": 2, "valid_loss": loss}
         return TrialRecord(trial_id, {}, {}, status, 2, best, [best], best, None, None, f"run-{trial_id}", None, "")
 
-    result = StudyResult(study, None, None, [record("a", "failed", 0.1), record("b", "completed", 0.5),
-                                             record("c", "pruned", 0.7)], 1.0)  # fmt: skip
+    result = StudyResult(
+        study, None, None, [record("a", "failed", 0.1), record("b", "completed", 0.5), record("c", "pruned", 0.7)], 1.0
+    )
     assert result.best.trial_id == "b"
     assert result.summary()["best_trial"] == "b" and result.summary()["best_run"] == "run-b"
     only_failed = StudyResult(study, None, None, [record("a", "failed", 0.1)], 1.0)
@@ -152,12 +182,24 @@ def test_run_with_a_stopped_tracking_server_is_one_line_and_exit_2(tmp_path, syn
 
     uri = f"http://127.0.0.1:{dead_port()}"
     path = tmp_path / "down.yaml"
-    path.write_text(yaml.safe_dump({
-        "model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}, "heads": 1, "channels": 2, "depth": 1},
-        "data": {"root": str(synth_root), "segment_seconds": 0.5, "valid_seconds": 1.0},
-        "train": {"epochs": 1, "patience": 1, "device": "cpu"},
-        "storage": str(tmp_path / "runs"), "tracking": {"uri": uri},
-    }))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {
+                    "n_fft": 256,
+                    "hop_length": 128,
+                    "slices": {"choice": [1, 2]},
+                    "heads": 1,
+                    "channels": 2,
+                    "depth": 1,
+                },
+                "data": {"root": str(synth_root), "segment_seconds": 0.5, "valid_seconds": 1.0},
+                "train": {"epochs": 1, "patience": 1, "device": "cpu"},
+                "storage": str(tmp_path / "runs"),
+                "tracking": {"uri": uri},
+            }
+        )
+    )
     assert main(["run", str(path), "--no-live", "--no-select"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"tracking server {uri} does not answer" in err[0] and "samsnet-search infra up" in err[0]
@@ -175,17 +217,40 @@ def test_a_stopped_trial_still_busy_does_not_fail_the_next_one(tmp_path, synth_r
     from samsnet_search.search.study import load_study
 
     path = tmp_path / "reuse.yaml"
-    path.write_text(yaml.safe_dump({
-        "model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}, "heads": 1, "channels": 2, "depth": 1},
-        "data": {"root": str(synth_root), "segment_seconds": 0.5, "samples_per_track": 1, "valid_seconds": 1.0},
-        # a good learning rate first: the barely learning ones after it are pruned at epoch 1
-        "train": {"lr": {"choice": [1e-2, 1e-7]}, "batch_size": 2, "epochs": 3, "patience": 3,
-                  "valid_sdr_every": 0, "device": "cpu"},
-        "search": {"searcher": "grid", "num_samples": 1, "scheduler": "asha", "grace_period": 1,
-                   "reduction_factor": 2, "max_concurrent_trials": 1},
-        "storage": str(tmp_path / "runs"),
-        "tracking": {"uri": str(tmp_path / "mlruns"), "system_metrics": False},
-    }))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {
+                    "n_fft": 256,
+                    "hop_length": 128,
+                    "slices": {"choice": [1, 2]},
+                    "heads": 1,
+                    "channels": 2,
+                    "depth": 1,
+                },
+                "data": {"root": str(synth_root), "segment_seconds": 0.5, "samples_per_track": 1, "valid_seconds": 1.0},
+                # a good learning rate first: the barely learning ones after it are pruned at epoch 1
+                "train": {
+                    "lr": {"choice": [1e-2, 1e-7]},
+                    "batch_size": 2,
+                    "epochs": 3,
+                    "patience": 3,
+                    "valid_sdr_every": 0,
+                    "device": "cpu",
+                },
+                "search": {
+                    "searcher": "grid",
+                    "num_samples": 1,
+                    "scheduler": "asha",
+                    "grace_period": 1,
+                    "reduction_factor": 2,
+                    "max_concurrent_trials": 1,
+                },
+                "storage": str(tmp_path / "runs"),
+                "tracking": {"uri": str(tmp_path / "mlruns"), "system_metrics": False},
+            }
+        )
+    )
     with local_ray({"TUNE_FUNCTION_THREAD_TIMEOUT_S": "0"}):
         result = run_study(load_study(path, base_dir=tmp_path))
     statuses = [(t.config["train.lr"], t.status, t.error) for t in result.trials]

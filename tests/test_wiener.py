@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from samsnet_search.engine import checkpoint
-from samsnet_search.data.audio_io import read_audio
 from samsnet_search.cli import main
 from samsnet_search.config import SAMPLE_RATE, TARGETS, DataConfig, ModelConfig
 from samsnet_search.data import load_splits
+from samsnet_search.data.audio_io import read_audio
+from samsnet_search.engine import checkpoint
 from samsnet_search.engine.evaluate import evaluate_tracks, oracle_estimator
 from samsnet_search.engine.separate import separate
 from samsnet_search.engine.wiener import PostFilter, sum_snr, wiener
@@ -37,11 +37,16 @@ def tiny_model(seed: int = 0, slices: int = 2) -> torch.nn.Module:
 
 def save_tiny_checkpoint(folder, seed: int = 0, slices: int = 2):
     """tiny_model() in the checkpoint format, as `separate` and `evaluate` load it."""
-    checkpoint.save(folder / checkpoint.BEST, {
-        "experiment": {"data": DataConfig().model_dump(mode="json")},
-        "model_config": tiny_config(slices).model_dump(mode="json"),
-        "model": tiny_model(seed, slices).state_dict(), "epoch": 0, "metrics": {},
-    })  # fmt: skip
+    checkpoint.save(
+        folder / checkpoint.BEST,
+        {
+            "experiment": {"data": DataConfig().model_dump(mode="json")},
+            "model_config": tiny_config(slices).model_dump(mode="json"),
+            "model": tiny_model(seed, slices).state_dict(),
+            "epoch": 0,
+            "metrics": {},
+        },
+    )
     return folder
 
 
@@ -64,8 +69,10 @@ def real_mixture(stem_example):
 def test_wiener_and_residual_stems_sum_to_the_mixture(which, request):
     mixture = request.getfixturevalue(which)
     model = tiny_model()
-    snr = {post.label: sum_snr(stacked(separate(model, mixture, chunk_seconds=2.0, post=post)), mixture)
-           for post in (PLAIN, WIENER1, RESIDUAL)}  # fmt: skip
+    snr = {
+        post.label: sum_snr(stacked(separate(model, mixture, chunk_seconds=2.0, post=post)), mixture)
+        for post in (PLAIN, WIENER1, RESIDUAL)
+    }
     assert snr[PLAIN.label] < 10.0, snr  # independent sigmoid masks: measured about -3 dB here
     assert snr[WIENER1.label] > 60.0, snr  # the Wiener estimates' STFTs sum to the mixture's
     assert snr[RESIDUAL.label] > 80.0, snr  # exact up to float32 rounding
@@ -100,9 +107,17 @@ def test_post_filter_rejects_negative_iterations_and_labels_itself():
 def test_oracle_with_wiener_on_synthetic_track(synth_root):
     """The IRM oracle through the filter still separates (and its stems now sum to the mixture)."""
     track = load_splits(DataConfig(root=synth_root)).test[:1]
-    scores = {post.label: evaluate_tracks(oracle_estimator("irm1", 1024, 256, post=post), track, name="irm1",
-                                          backend="fast", data_kind="synthetic", subset="test").summary["avg"]
-              for post in (PLAIN, WIENER1)}  # fmt: skip
+    scores = {
+        post.label: evaluate_tracks(
+            oracle_estimator("irm1", 1024, 256, post=post),
+            track,
+            name="irm1",
+            backend="fast",
+            data_kind="synthetic",
+            subset="test",
+        ).summary["avg"]
+        for post in (PLAIN, WIENER1)
+    }
     assert scores[WIENER1.label] > 6.0 and scores[PLAIN.label] > 6.0, scores
     est = oracle_estimator("irm1", 1024, 256, post=WIENER1)(track[0])
     assert sum_snr(est, np.asarray(track[0].audio()[0])) > 60.0
@@ -110,8 +125,25 @@ def test_oracle_with_wiener_on_synthetic_track(synth_root):
 
 def test_evaluate_command_labels_the_post_filter(synth_root, tmp_path, capsys):
     ckpt = save_tiny_checkpoint(tmp_path / "ckpt")
-    assert main(["evaluate", str(ckpt), "--data", str(synth_root), "--backend", "fast", "--wiener", "1",
-                 "--out", str(tmp_path / "w"), "--max-tracks", "1"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                str(ckpt),
+                "--data",
+                str(synth_root),
+                "--backend",
+                "fast",
+                "--wiener",
+                "1",
+                "--out",
+                str(tmp_path / "w"),
+                "--max-tracks",
+                "1",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "w" / "summary.json").read_text())
     assert summary["estimator"].endswith("Wiener filter (1 EM iteration)")
     assert "Wiener filter (1 EM iteration)" in capsys.readouterr().out

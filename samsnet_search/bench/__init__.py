@@ -9,9 +9,10 @@ where `figures` is a flat mapping name -> float:
 - `train`: training-step samples/s, the share of step time waiting on data, and a quickstart
   trial-epoch with the model's attention vs the previous one.
 - `sdr`: fast BSSEval v4 vs museval, time ratio and largest differences.
+- `export`: the exported programs (`masks.pt2`, `separate.pt2`, ONNX) beside the eager model, time ratio.
 - `search`: search efficiency against the paper's grid: trial-epochs, CPU-seconds, wall time, the
-  slice count picked and its regret, for the grid, TPE + ASHA and TPE + median stopping (full mode
-  only, or `tiny`).
+  slice count picked and its regret, for the grid, TPE + ASHA and TPE + median stopping (when
+  asked for by `--only search`, or `tiny`).
 - `overhead`: per-trial time outside training on a tiny study (full mode only).
 
 `run_benchmarks` runs a selection and returns one JSON-ready report with the machine.
@@ -35,8 +36,14 @@ from .common import BenchError, machine_info
 log = logging.getLogger(__name__)
 
 # benchmark name -> its module in this package
-MODULES: dict[str, str] = {"attention": "attention", "train": "train_step", "sdr": "sdr", "search": "search_efficiency",
-                           "overhead": "search_overhead"}  # fmt: skip
+MODULES: dict[str, str] = {
+    "attention": "attention",
+    "train": "train_step",
+    "sdr": "sdr",
+    "export": "export",
+    "search": "search_efficiency",
+    "overhead": "search_overhead",
+}
 NAMES: tuple[str, ...] = tuple(MODULES)
 FULL_ONLY = ("search", "overhead")  # a Ray study does not fit --quick's few minutes
 ON_REQUEST = ("search",)  # tens of minutes: runs when --only names it (or tiny)

@@ -30,7 +30,7 @@ import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -81,27 +81,64 @@ def quickstart_sizes(repeats: int = 3) -> list[AttentionSizes]:
         return sorted(value["choice"]) if isinstance(value, dict) else [value]
 
     slices = tuple(n for n in choices(model["slices"]) if n > 1) or (1,)
-    pairs = [(min(choices(model["channels"])), min(choices(model["heads"]))),
-             (max(choices(model["channels"])), max(choices(model["heads"])))]  # fmt: skip
+    pairs = [
+        (min(choices(model["channels"])), min(choices(model["heads"]))),
+        (max(choices(model["channels"])), max(choices(model["heads"]))),
+    ]
     return [
-        AttentionSizes(model["n_fft"], model["hop_length"], data["segment_seconds"], d, h, 2, batch=train["batch_size"],
-                       slices=slices, loop_slices=(max(slices),), model_slices=(max(slices),), repeats=repeats,
-                       label=f"quickstart trial, {d} maps, {h} heads")
+        AttentionSizes(
+            model["n_fft"],
+            model["hop_length"],
+            data["segment_seconds"],
+            d,
+            h,
+            2,
+            batch=train["batch_size"],
+            slices=slices,
+            loop_slices=(max(slices),),
+            model_slices=(max(slices),),
+            repeats=repeats,
+            label=f"quickstart trial, {d} maps, {h} heads",
+        )
         for d, h in dict.fromkeys(pairs)
-    ]  # fmt: skip
+    ]
 
 
 def paper_sizes(repeats: int, slices: tuple[int, ...] = (1, 2, 4, 8, 12, 16, 24)) -> AttentionSizes:
-    return AttentionSizes(4096, 1024, 6.0, 64, 2, 3, slices=slices, repeats=repeats, model_slices=(12,),
-                          loop_slices=(12,), label="paper config, 6 s")  # fmt: skip
+    return AttentionSizes(
+        4096,
+        1024,
+        6.0,
+        64,
+        2,
+        3,
+        slices=slices,
+        repeats=repeats,
+        model_slices=(12,),
+        loop_slices=(12,),
+        label="paper config, 6 s",
+    )
 
 
 def sizes_for(quick: bool, device: str, smoke: bool = False) -> list[AttentionSizes]:
     """The cases a run measures: smoke (seconds), quick (quickstart shapes), full (+ paper shapes)."""
     if smoke:
         # Smallest sizes that still cut 0.5 s (44 frames) into up to 8 slices: checks that it runs.
-        return [AttentionSizes(256, 128, 0.5, 2, 1, 1, slices=(1, 2, 8), loop_slices=(8,), model_slices=(2,),
-                               repeats=1, label="smoke (256-point STFT, 2 maps, 0.5 s)")]  # fmt: skip
+        return [
+            AttentionSizes(
+                256,
+                128,
+                0.5,
+                2,
+                1,
+                1,
+                slices=(1, 2, 8),
+                loop_slices=(8,),
+                model_slices=(2,),
+                repeats=1,
+                label="smoke (256-point STFT, 2 maps, 0.5 s)",
+            )
+        ]
     if quick:
         return quickstart_sizes()
     if device.startswith("cuda"):
@@ -175,7 +212,13 @@ def step_cost(sizes: AttentionSizes, slices: int) -> dict[str, float]:
     Tp = math.ceil(T / L) * L  # frames padded to whole slices
     seqs = B * Fq * (Tp // L) * h  # sequences of L frames
     fwd_flops = 2 * B * Fq * Tp * d * 3 * h * d + 2 * 2 * seqs * L * L * d + 2 * B * Fq * T * h * d * k * k * d
-    x, qkv, probs, heads_out, y = B * d * Fq * T, 3 * h * d * B * Fq * Tp, seqs * L * L, h * d * B * Fq * T, B * d * Fq * T
+    x, qkv, probs, heads_out, y = (
+        B * d * Fq * T,
+        3 * h * d * B * Fq * Tp,
+        seqs * L * L,
+        h * d * B * Fq * T,
+        B * d * Fq * T,
+    )
     fwd_bytes = 4 * (x + 2 * qkv + 2 * probs + 2 * heads_out + y)
     return {"flops": 3 * fwd_flops, "bytes": 3 * fwd_bytes}
 
@@ -203,17 +246,10 @@ def _attention_cases(sizes: AttentionSizes, device: str, roof: dict[str, float],
         module = SlicedMultiHeadAttention(d, h, math.ceil(T / n)).to(device)
         w_o = torch.nn.Conv2d(h * d, d, sizes.kernel_size, padding=pad).to(device)
         reference = ReferenceAttention(module)
-        params = [x, *module.parameters(), *w_o.parameters()]
         rows = x.detach().permute(0, 2, 3, 1).requires_grad_()
         heads_out = torch.randn(B, h * d, Fq, T, generator=gen).to(device).requires_grad_()
         grad_qkv = torch.randn(B, Fq, T, 3 * h * d, generator=gen).to(device)
-        steps = {
-            "attn": _fwd_bwd(lambda: w_o(module(x)), params, grad_y),
-            "ref": _fwd_bwd(lambda: w_o(reference(x)), params, grad_y),
-            # The part no attention kernel changes: the projection and W^O on their own.
-            "convs": lambda: (F.linear(rows, module.qkv.weight.view(3 * h * d, d), module.qkv.bias).backward(grad_qkv),
-                              w_o(heads_out).backward(grad_y)),
-        }  # fmt: skip
+        steps = _attention_steps(module, w_o, reference, x, grad_y, rows, heads_out, grad_qkv)
         if memory:
             figures[f"attn_peak_mib_s{n}"] = peak_bytes(steps["attn"], device) / MiB
             continue
@@ -236,8 +272,23 @@ def _attention_cases(sizes: AttentionSizes, device: str, roof: dict[str, float],
         figures[f"max_speedup_s{n}"] = times["ref"]["median_s"] / times["convs"]["median_s"]
         if n in sizes.loop_slices:
             figures.update(_loop_case(module, x, n))
-        del module, w_o, params, steps
+        module = w_o = reference = steps = None  # freed before the next size allocates
     return figures
+
+
+def _attention_steps(module, w_o, reference, x, grad_y, rows, heads_out, grad_qkv) -> dict[str, Callable[[], None]]:
+    """Forward+backward of the attention step, its reference, and the convolutions alone."""
+    params = [x, *module.parameters(), *w_o.parameters()]
+    hd, d = module.heads * module.channels, module.channels
+    return {
+        "attn": _fwd_bwd(lambda: w_o(module(x)), params, grad_y),
+        "ref": _fwd_bwd(lambda: w_o(reference(x)), params, grad_y),
+        # The part no attention kernel changes: the projection and W^O on their own.
+        "convs": lambda: (
+            F.linear(rows, module.qkv.weight.view(3 * hd, d), module.qkv.bias).backward(grad_qkv),
+            w_o(heads_out).backward(grad_y),
+        ),
+    }
 
 
 def _loop_case(module, x, n) -> dict[str, float]:
@@ -261,14 +312,16 @@ def _model_cases(sizes: AttentionSizes, device: str, memory: bool) -> dict[str, 
     grad_out = torch.randn(B, 4, C, Fq, T, generator=gen).to(device)
     figures: dict[str, float] = {}
     for n in sizes.model_slices:
-        model = SamsNet(slice_frames=math.ceil(T / n), n_fft=sizes.n_fft, hop_length=sizes.hop_length,
-                        audio_channels=C, channels=sizes.channels, heads=sizes.heads, depth=sizes.depth).to(device)  # fmt: skip
-        params = list(model.parameters())
-        new = _fwd_bwd(lambda: model(mag), params, grad_out)
-
-        def old() -> None:
-            with reference_attention(model):
-                new()
+        model = SamsNet(
+            slice_frames=math.ceil(T / n),
+            n_fft=sizes.n_fft,
+            hop_length=sizes.hop_length,
+            audio_channels=C,
+            channels=sizes.channels,
+            heads=sizes.heads,
+            depth=sizes.depth,
+        ).to(device)
+        new, old = _model_steps(model, mag, grad_out)
 
         if memory:
             figures[f"model_peak_mib_s{n}"] = peak_bytes(new, device) / MiB
@@ -277,8 +330,19 @@ def _model_cases(sizes: AttentionSizes, device: str, memory: bool) -> dict[str, 
         figures[f"model_ms_s{n}"] = times["new"]["median_s"] * 1e3
         figures[f"model_ref_ms_s{n}"] = times["ref"]["median_s"] * 1e3
         figures[f"model_speedup_s{n}"] = times["ref"]["median_s"] / times["new"]["median_s"]
-        del model, params
+        model = new = old = None  # freed before the next size allocates
     return figures
+
+
+def _model_steps(model, mag, grad_out) -> tuple[Callable[[], None], Callable[[], None]]:
+    """Forward+backward of the whole model, and the same with the reference attention swapped in."""
+    new = _fwd_bwd(lambda: model(mag), list(model.parameters()), grad_out)
+
+    def old() -> None:
+        with reference_attention(model):
+            new()
+
+    return new, old
 
 
 def sdpa_backends(device: str) -> list[str]:
@@ -286,12 +350,18 @@ def sdpa_backends(device: str) -> list[str]:
     if not device.startswith("cuda"):
         return ["cpu (flash attention for CPU / math)"]
     cuda = torch.backends.cuda
-    enabled = {"flash": cuda.flash_sdp_enabled(), "mem_efficient": cuda.mem_efficient_sdp_enabled(),
-               "cudnn": cuda.cudnn_sdp_enabled(), "math": cuda.math_sdp_enabled()}  # fmt: skip
+    enabled = {
+        "flash": cuda.flash_sdp_enabled(),
+        "mem_efficient": cuda.mem_efficient_sdp_enabled(),
+        "cudnn": cuda.cudnn_sdp_enabled(),
+        "math": cuda.math_sdp_enabled(),
+    }
     return [name for name, on in enabled.items() if on]
 
 
-def measure(sizes: AttentionSizes, device: str, threads: int, roof: dict[str, float], memory: bool = False) -> dict[str, float]:
+def measure(
+    sizes: AttentionSizes, device: str, threads: int, roof: dict[str, float], memory: bool = False
+) -> dict[str, float]:
     """All figures of one size (runs in a child process): times, or (memory) peak memory only."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -300,7 +370,9 @@ def measure(sizes: AttentionSizes, device: str, threads: int, roof: dict[str, fl
 
 def _sizes_record(sizes: AttentionSizes) -> dict[str, Any]:
     out = asdict(sizes)
-    out.update(bins=sizes.bins, frames=sizes.frames, slice_frames={n: math.ceil(sizes.frames / n) for n in sizes.slices})
+    out.update(
+        bins=sizes.bins, frames=sizes.frames, slice_frames={n: math.ceil(sizes.frames / n) for n in sizes.slices}
+    )
     return out
 
 
@@ -323,8 +395,11 @@ def run(quick: bool, device: str, threads: int, smoke: bool = False) -> dict[str
         prefix = "" if index == 0 else f"c{index}_"
         figures.update({prefix + k: v for k, v in result.items()})
         records.append(_sizes_record(sizes))
-    memory = ("torch.cuda.max_memory_allocated delta (tensor bytes)" if device.startswith("cuda")
-              else "resident-set high-water-mark delta in a child process (VmHWM, glibc mmap threshold 64 KiB)")  # fmt: skip
+    memory = (
+        "torch.cuda.max_memory_allocated delta (tensor bytes)"
+        if device.startswith("cuda")
+        else "resident-set high-water-mark delta in a child process (VmHWM, glibc mmap threshold 64 KiB)"
+    )
     notes = [
         "attention step: Q/K/V projection + scores + softmax + values + W^O, forward + backward",
         "ref: the previous implementation (one SDPA call); attn: the model's kernel now; runs interleaved",

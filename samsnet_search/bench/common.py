@@ -66,10 +66,17 @@ def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1, device: str = "c
         sync(device)
         times.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
-    return {"median_s": statistics.median(times), "min_s": min(times), "cpu_s": statistics.median(cpu), "runs": len(times)}
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "cpu_s": statistics.median(cpu),
+        "runs": len(times),
+    }
 
 
-def timed_side_by_side(fns: dict[str, Callable[[], Any]], repeats: int, device: str = "cpu") -> dict[str, dict[str, float]]:
+def timed_side_by_side(
+    fns: dict[str, Callable[[], Any]], repeats: int, device: str = "cpu"
+) -> dict[str, dict[str, float]]:
     """`timed` for several functions, their runs interleaved (A B A B ...) so that a change in
     the machine's load falls on all of them alike; one untimed warm-up run each first."""
     results: dict[str, list[dict[str, float]]] = {name: [] for name in fns}

@@ -63,8 +63,11 @@ def _experiment(root: Path, device: str, dry: bool) -> dict[str, Any]:
         data, batch = {"segment_seconds": 0.5}, 2
     else:
         model, data, batch = {"slices": 12}, {"segment_seconds": 6.0}, 8  # paper config (ModelConfig defaults)
-    return {"model": model, "data": {**data, "root": str(root), "valid_seconds": 1.0},
-            "train": {"batch_size": batch, "device": device, "amp": True, "seed": 0, "threads": 2 if dry else 8}}  # fmt: skip
+    return {
+        "model": model,
+        "data": {**data, "root": str(root), "valid_seconds": 1.0},
+        "train": {"batch_size": batch, "device": device, "amp": True, "seed": 0, "threads": 2 if dry else 8},
+    }
 
 
 def check_train(root: Path, work: Path, device: str, dry: bool) -> dict[str, Any]:
@@ -85,37 +88,64 @@ def check_train(root: Path, work: Path, device: str, dry: bool) -> dict[str, Any
         y.float().sum().backward()
 
     att_s = timed(attention_step, repeats=3, device=device)["median_s"]
-    return {"samples_per_s": steps["samples_per_s"], "step_ms": steps["step_ms"], "amp": trainer.amp,
-            "peak_mib": _peak_mib(device), "batch": B, "attention_share": min(1.0, m.depth * att_s * 1e3 / steps["step_ms"])}  # fmt: skip
+    return {
+        "samples_per_s": steps["samples_per_s"],
+        "step_ms": steps["step_ms"],
+        "amp": trainer.amp,
+        "peak_mib": _peak_mib(device),
+        "batch": B,
+        "attention_share": min(1.0, m.depth * att_s * 1e3 / steps["step_ms"]),
+    }
 
 
 def check_attention(device: str, dry: bool, threads: int) -> dict[str, Any]:
     if dry:
-        sizes = AttentionSizes(256, 128, 0.5, 2, 1, 1, slices=(1, 4, 12), loop_slices=(12,), model_slices=(12,),
-                               repeats=1, label="dry run (256-point STFT, 2 maps, 0.5 s)")  # fmt: skip
+        sizes = AttentionSizes(
+            256,
+            128,
+            0.5,
+            2,
+            1,
+            1,
+            slices=(1, 4, 12),
+            loop_slices=(12,),
+            model_slices=(12,),
+            repeats=1,
+            label="dry run (256-point STFT, 2 maps, 0.5 s)",
+        )
     else:
         sizes = paper_sizes(repeats=5, slices=PAPER_SLICES)
         sizes.model_slices = (12,)
     roof = machine_roofline(device, quick=dry)
     figures = measure(sizes, device, threads, roof)
-    out = {"sizes": asdict(sizes), "roofline": roof, "backends_enabled": sdpa_backends(device),
-           "per_slices": {n: {k: figures[f"{k}_s{n}"] for k in ("ref_ms", "attn_ms", "speedup", "attn_of_roofline")}
-                          for n in sizes.slices}}  # fmt: skip
+    out = {
+        "sizes": asdict(sizes),
+        "roofline": roof,
+        "backends_enabled": sdpa_backends(device),
+        "per_slices": {
+            n: {k: figures[f"{k}_s{n}"] for k in ("ref_ms", "attn_ms", "speedup", "attn_of_roofline")}
+            for n in sizes.slices
+        },
+    }
     out["sdpa_backend_ms_s12"] = _sdpa_backends_timed(sizes, device)
     return out
 
 
 def _sdpa_backends_timed(sizes: AttentionSizes, device: str) -> dict[str, Any]:
     """fwd+bwd of the SDPA kernel at 12 slices under each backend, forced one at a time."""
-    backends = {"flash": SDPBackend.FLASH_ATTENTION, "mem_efficient": SDPBackend.EFFICIENT_ATTENTION,
-                "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}  # fmt: skip
+    backends = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "mem_efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "math": SDPBackend.MATH,
+    }
     att = SlicedMultiHeadAttention(sizes.channels, sizes.heads, math.ceil(sizes.frames / 12), kernel="sdpa").to(device)
     x = torch.randn(sizes.batch, sizes.channels, sizes.bins, sizes.frames, device=device, requires_grad=True)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32  # flash / cuDNN need half precision
     out: dict[str, Any] = {}
     for name, backend in backends.items():
 
-        def step() -> None:
+        def step(backend=backend) -> None:  # bound now: timed() calls it within this iteration
             with sdpa_kernel([backend]), torch.autocast(device, dtype=dtype, enabled=device == "cuda"):
                 y = att(x)
             y.float().sum().backward()
@@ -175,7 +205,11 @@ def check_study(root: Path, work: Path, device: str, dry: bool) -> dict[str, Any
     path.write_text(yaml.safe_dump(study))
     start = time.perf_counter()
     result = run_study(load_study(path, base_dir=work), num_cpus=2, num_gpus=1 if device == "cuda" else 0, quiet=True)
-    return {"wall_s": time.perf_counter() - start, "trials": result.counts(), "resources_gpu": study["resources"]["gpu"]}
+    return {
+        "wall_s": time.perf_counter() - start,
+        "trials": result.counts(),
+        "resources_gpu": study["resources"]["gpu"],
+    }
 
 
 def run_gpu_check(device: str, dry: bool, work: Path, progress: Callable[[str], None] = print) -> dict[str, Any]:
@@ -198,8 +232,10 @@ def run_gpu_check(device: str, dry: bool, work: Path, progress: Callable[[str], 
             report["sections"][name] = fn()
         except Exception as e:  # noqa: BLE001 - one broken section must not hide the others' figures
             log.debug("section %s failed", name, exc_info=True)
-            report["sections"][name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                                        "traceback": traceback.format_exc(limit=4)}  # fmt: skip
+            report["sections"][name] = {
+                "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                "traceback": traceback.format_exc(limit=4),
+            }
             report["failed"].append(name)
         report["sections"][name]["section_s"] = round(time.perf_counter() - start, 2)
     return report
@@ -208,8 +244,10 @@ def run_gpu_check(device: str, dry: bool, work: Path, progress: Callable[[str], 
 def summary(report: dict[str, Any]) -> str:
     """The one summary: a few lines per section."""
     m, s = report["machine"], report["sections"]
-    lines = [f"gpu-check{' (CPU DRY RUN: tiny sizes, no GPU figures)' if report['dry_run'] else ''}: "
-             f"{m.get('gpu', m['cpu'])}, torch {m['torch']}, load {m['load_average_1m']}"]  # fmt: skip
+    lines = [
+        f"gpu-check{' (CPU DRY RUN: tiny sizes, no GPU figures)' if report['dry_run'] else ''}: "
+        f"{m.get('gpu', m['cpu'])}, torch {m['torch']}, load {m['load_average_1m']}"
+    ]
 
     def fmt(value: Any) -> str:
         return f"{value:.4g}" if isinstance(value, float) else str(value)
@@ -220,17 +258,28 @@ def summary(report: dict[str, Any]) -> str:
             continue
         if name == "attention":
             roof = result["roofline"]
-            lines.append(f"  attention: roofline {roof['matmul_gflops']:.0f} GFLOPS, {roof['copy_gbps']:.0f} GB/s; "
-                         f"backends enabled {', '.join(result['backends_enabled'])} ({result['section_s']} s)")  # fmt: skip
+            lines.append(
+                f"  attention: roofline {roof['matmul_gflops']:.0f} GFLOPS, {roof['copy_gbps']:.0f} GB/s; "
+                f"backends enabled {', '.join(result['backends_enabled'])} ({result['section_s']} s)"
+            )
             for n, row in result["per_slices"].items():
-                lines.append(f"    slices {n:>2}: ref {row['ref_ms']:.2f} ms, now {row['attn_ms']:.2f} ms "
-                             f"(x{row['speedup']:.2f}), {row['attn_of_roofline']:.1%} of roofline")  # fmt: skip
-            lines.append("    SDPA core at 12 slices by backend (ms): "
-                         + ", ".join(f"{k} {fmt(v)}" for k, v in result["sdpa_backend_ms_s12"].items()))  # fmt: skip
+                lines.append(
+                    f"    slices {n:>2}: ref {row['ref_ms']:.2f} ms, now {row['attn_ms']:.2f} ms "
+                    f"(x{row['speedup']:.2f}), {row['attn_of_roofline']:.1%} of roofline"
+                )
+            lines.append(
+                "    SDPA core at 12 slices by backend (ms): "
+                + ", ".join(f"{k} {fmt(v)}" for k, v in result["sdpa_backend_ms_s12"].items())
+            )
             continue
-        lines.append(f"  {name}: " + ", ".join(f"{k} {fmt(v)}" for k, v in result.items() if k != "section_s")
-                     + f" ({result['section_s']} s)")  # fmt: skip
-    lines.append("gpu-check: " + (f"FAILED sections: {', '.join(report['failed'])}" if report["failed"] else "all sections ran"))
+        lines.append(
+            f"  {name}: "
+            + ", ".join(f"{k} {fmt(v)}" for k, v in result.items() if k != "section_s")
+            + f" ({result['section_s']} s)"
+        )
+    lines.append(
+        "gpu-check: " + (f"FAILED sections: {', '.join(report['failed'])}" if report["failed"] else "all sections ran")
+    )
     return "\n".join(lines)
 
 

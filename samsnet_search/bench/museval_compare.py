@@ -19,8 +19,9 @@ from ..config import SAMPLE_RATE
 from ..metrics.bsseval import LAST_TIMINGS, METRICS, bss_eval_v4, track_scores
 
 
-def synthetic_sources(seconds: float, seed: int, nsrc: int = 4, nchan: int = 2,
-                      rate: int = SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def synthetic_sources(
+    seconds: float, seed: int, nsrc: int = 4, nchan: int = 2, rate: int = SAMPLE_RATE
+) -> tuple[np.ndarray, np.ndarray]:
     """Music-like references and imperfect estimates, (nsrc, nsamples, nchan) float64 each.
 
     References: coloured noise with tones and an amplitude envelope per source, a different

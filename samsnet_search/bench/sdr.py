@@ -42,8 +42,14 @@ def run(quick: bool, device: str, threads: int, smoke: bool = False) -> dict[str
         figures[f"{m}_max_frame_diff_db"] = result[f"{m}_max_frame_diff"]
         figures[f"{m}_max_target_diff_db"] = result[f"{m}_max_median_diff"]
         figures[f"{m}_nan_frames_match"] = float(result[f"{m}_nan_match"])
-    sizes = {"seconds": seconds, "targets": 4, "channels": 2, "win": SAMPLE_RATE, "hop": SAMPLE_RATE,
-             "data": "museval_compare.synthetic_sources(seed=0)"}
+    sizes = {
+        "seconds": seconds,
+        "targets": 4,
+        "channels": 2,
+        "win": SAMPLE_RATE,
+        "hop": SAMPLE_RATE,
+        "data": "museval_compare.synthetic_sources(seed=0)",
+    }
     notes = [
         "the fast path runs on CPU (numpy/numba) whatever --device is, on torch.get_num_threads() threads (--threads)",
         "museval and the fast path run one after the other on the same data; compare them only at a low load average",

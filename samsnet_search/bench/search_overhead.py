@@ -26,12 +26,30 @@ def study_dict(root: Path, data_root: Path, trials: int) -> dict[str, Any]:
     """A study small enough for seconds per trial (the end-to-end test's sizes)."""
     return {
         "name": "bench-overhead",
-        "model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2, 4]}, "heads": 1,
-                  "channels": {"choice": [2, 4]}, "depth": 1},  # fmt: skip
+        "model": {
+            "n_fft": 256,
+            "hop_length": 128,
+            "slices": {"choice": [1, 2, 4]},
+            "heads": 1,
+            "channels": {"choice": [2, 4]},
+            "depth": 1,
+        },
         "data": {"root": str(data_root), "segment_seconds": 0.5, "samples_per_track": 2, "valid_seconds": 1.0},
-        "train": {"lr": {"loguniform": [1e-3, 1e-2]}, "batch_size": 2, "epochs": 3, "patience": 3,
-                  "valid_sdr_every": 0, "device": "cpu"},  # fmt: skip
-        "search": {"num_samples": trials, "seed": 0, "grace_period": 1, "reduction_factor": 2, "max_concurrent_trials": 2},
+        "train": {
+            "lr": {"loguniform": [1e-3, 1e-2]},
+            "batch_size": 2,
+            "epochs": 3,
+            "patience": 3,
+            "valid_sdr_every": 0,
+            "device": "cpu",
+        },
+        "search": {
+            "num_samples": trials,
+            "seed": 0,
+            "grace_period": 1,
+            "reduction_factor": 2,
+            "max_concurrent_trials": 2,
+        },
         "resources": {"cpu": 1},
         "storage": str(root / "runs"),
         "tracking": {"uri": str(root / "mlruns"), "system_metrics_interval_s": 5},
@@ -71,7 +89,13 @@ def run(quick: bool, device: str, threads: int, trials: int = 4) -> dict[str, An
         "per_trial_overhead_share": 1 - sum(train_s) / sum(trial_s),
         "study_overhead_share": 1 - sum(train_s) / (result.seconds * concurrency),
     }
-    sizes = {"study": {k: v for k, v in spec.items() if k not in ("storage", "tracking")}, "concurrency": concurrency,
-             "tracking": "embedded MLflow file store", "storage": "local folder"}  # fmt: skip
-    notes = ["per trial: 1 - sum(epoch_seconds) / Ray time_total_s; study: 1 - sum(epoch_seconds) / (wall x concurrency)"]
+    sizes = {
+        "study": {k: v for k, v in spec.items() if k not in ("storage", "tracking")},
+        "concurrency": concurrency,
+        "tracking": "embedded MLflow file store",
+        "storage": "local folder",
+    }
+    notes = [
+        "per trial: 1 - sum(epoch_seconds) / Ray time_total_s; study: 1 - sum(epoch_seconds) / (wall x concurrency)"
+    ]
     return {"sizes": sizes, "figures": figures, "notes": notes}

@@ -44,14 +44,20 @@ def attention_table(result: dict[str, Any]) -> list[Table]:
         m = _SLICE_KEY.match(key)
         if m:
             by_case.setdefault(m.group(1) or "", {}).setdefault(int(m.group(3)), {})[m.group(2)] = value
-    roof = (f"roofline of this machine, measured in the same run: {_fmt(figures.get('machine_matmul_gflops', 0))} "
-            f"GFLOPS matmul, {_fmt(figures.get('machine_copy_gbps', 0))} GB/s copy")  # fmt: skip
+    roof = (
+        f"roofline of this machine, measured in the same run: {_fmt(figures.get('machine_matmul_gflops', 0))} "
+        f"GFLOPS matmul, {_fmt(figures.get('machine_copy_gbps', 0))} GB/s copy"
+    )
     for index, (prefix, rows) in enumerate(sorted(by_case.items(), key=lambda kv: int(kv[0][1:-1] or 0))):
         size = result["sizes"][index]
-        title = (f"attention step fwd+bwd (projection, scores, softmax, values, W^O): {size['label']}; "
-                 f"{size['bins']} bins x {size['frames']} frames x {size['channels']} maps, {size['heads']} heads, "
-                 f"batch {size['batch']}")  # fmt: skip
-        table = Table(title=title, caption=f"* ref / (projection + W^O alone): no attention kernel goes past it. {roof}")
+        title = (
+            f"attention step fwd+bwd (projection, scores, softmax, values, W^O): {size['label']}; "
+            f"{size['bins']} bins x {size['frames']} frames x {size['channels']} maps, {size['heads']} heads, "
+            f"batch {size['batch']}"
+        )
+        table = Table(
+            title=title, caption=f"* ref / (projection + W^O alone): no attention kernel goes past it. {roof}"
+        )
         table.add_column("slices", justify="right")
         table.add_column("L", justify="right")
         for _, header in _ATTN_COLUMNS:
@@ -125,9 +131,11 @@ def figures_table(name: str, result: dict[str, Any]) -> Table:
 
 def print_report(report: dict[str, Any], console: Console) -> None:
     m = report["machine"]
-    console.print(f"machine: {m['cpu']}, {m['cores']} cores, load {m['load_average_1m']} -> "
-                  f"{m.get('load_average_1m_end')}; torch {m['torch']} ({m['torch_threads']} threads), "
-                  f"device {m['device']}")  # fmt: skip
+    console.print(
+        f"machine: {m['cpu']}, {m['cores']} cores, load {m['load_average_1m']} -> "
+        f"{m.get('load_average_1m_end')}; torch {m['torch']} ({m['torch_threads']} threads), "
+        f"device {m['device']}"
+    )
     for name, result in report["benchmarks"].items():
         if name == "attention":
             for table in attention_table(result):

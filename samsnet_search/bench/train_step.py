@@ -31,19 +31,26 @@ TINY_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
 def _cases(quick: bool, smoke: bool, device: str) -> list[dict[str, Any]]:
     """(label, experiment overrides, warm-up steps, timed steps) per case."""
     if smoke:
-        exp = {"model": {"n_fft": 256, "hop_length": 128, "channels": 2, "heads": 1, "depth": 1, "slices": 2},
-               "data": {"segment_seconds": 0.5}, "train": {"batch_size": 2}}  # fmt: skip
+        exp = {
+            "model": {"n_fft": 256, "hop_length": 128, "channels": 2, "heads": 1, "depth": 1, "slices": 2},
+            "data": {"segment_seconds": 0.5},
+            "train": {"batch_size": 2},
+        }
         return [{"label": "smoke (256-point STFT, 2 maps, 0.5 s)", "experiment": exp, "warmup": 1, "steps": 2}]
     if not TINY_CONFIG.is_file():
         raise BenchError(f"{TINY_CONFIG}: the quickstart-size config is missing (run from a source checkout)")
     tiny = load_experiment(TINY_CONFIG).model_dump(mode="json")
     tiny["data"].pop("root", None)
-    cases = [{"label": "quickstart size (configs/tiny.yaml)", "experiment": tiny, "warmup": 1, "steps": 2 if quick else 5}]
+    cases = [
+        {"label": "quickstart size (configs/tiny.yaml)", "experiment": tiny, "warmup": 1, "steps": 2 if quick else 5}
+    ]
     if not quick:
         on_gpu = device.startswith("cuda")
         paper = {"model": {}, "data": {"segment_seconds": 6.0}, "train": {"batch_size": 8 if on_gpu else 1}}
         # CPU: one step of the paper config takes tens of seconds here, so batch 1 and a single step.
-        cases.append({"label": "paper config", "experiment": paper, "warmup": 2 if on_gpu else 0, "steps": 5 if on_gpu else 1})
+        cases.append(
+            {"label": "paper config", "experiment": paper, "warmup": 2 if on_gpu else 0, "steps": 5 if on_gpu else 1}
+        )
     return cases
 
 
@@ -92,8 +99,12 @@ def quickstart_experiment(smoke: bool) -> dict[str, Any]:
     space = read_yaml(QUICKSTART)
     pick = {}
     for section in ("model", "data", "train"):
-        pick[section] = {k: (max(v["choice"]) if "choice" in v else v.get("int", v.get("loguniform", [0]))[-1])
-                         if isinstance(v, dict) else v for k, v in space[section].items()}  # fmt: skip
+        pick[section] = {
+            k: (max(v["choice"]) if "choice" in v else v.get("int", v.get("loguniform", [0]))[-1])
+            if isinstance(v, dict)
+            else v
+            for k, v in space[section].items()
+        }
     pick["data"].pop("root", None)
     if smoke:
         pick["model"].update(n_fft=256, hop_length=128, channels=2, heads=1, depth=1, slices=2)
@@ -134,12 +145,20 @@ def run(quick: bool, device: str, threads: int, smoke: bool = False) -> dict[str
             cfg = validate_model(ExperimentConfig, exp, f"bench case {case['label']}")
             trainer = Trainer(cfg, Path(tmp) / f"work{index}")
             result = time_steps(trainer, case["warmup"], case["steps"])
-            prefix = ("quick_" if index == 0 else "paper_")
+            prefix = "quick_" if index == 0 else "paper_"
             figures.update({prefix + k: v for k, v in result.items()})
-            sizes.append({"label": case["label"], "model": cfg.resolved_model().model_dump(mode="json"),
-                          "batch_size": cfg.train.batch_size, "segment_seconds": cfg.data.segment_seconds,
-                          "num_workers": cfg.data.num_workers, "warmup": case["warmup"], "steps": case["steps"],
-                          "amp": trainer.amp})  # fmt: skip
+            sizes.append(
+                {
+                    "label": case["label"],
+                    "model": cfg.resolved_model().model_dump(mode="json"),
+                    "batch_size": cfg.train.batch_size,
+                    "segment_seconds": cfg.data.segment_seconds,
+                    "num_workers": cfg.data.num_workers,
+                    "warmup": case["warmup"],
+                    "steps": case["steps"],
+                    "amp": trainer.amp,
+                }
+            )
             del trainer
         exp = quickstart_experiment(smoke)
         exp["data"].update(root=str(root))
@@ -147,10 +166,19 @@ def run(quick: bool, device: str, threads: int, smoke: bool = False) -> dict[str
         cfg = validate_model(ExperimentConfig, exp, "bench quickstart trial-epoch")
         trainer = Trainer(cfg, Path(tmp) / "epochs")
         figures.update({"quickstart_" + k: v for k, v in _trial_epochs(trainer, 1 if smoke else 3).items()})
-        sizes.append({"label": "quickstart trial-epoch (largest choices)", "model": cfg.resolved_model().model_dump(mode="json"),
-                      "batch_size": cfg.train.batch_size, "segment_seconds": cfg.data.segment_seconds,
-                      "samples_per_track": cfg.data.samples_per_track, "train_tracks": 4})  # fmt: skip
-    notes = ["data wait: time in next(DataLoader iterator); compute: STFT + forward + loss + backward + Adam step",
-             "quickstart trial-epoch: train_epoch + validate (valid_loss), model's attention vs the previous "
-             "SDPA implementation, interleaved; medians"]  # fmt: skip
+        sizes.append(
+            {
+                "label": "quickstart trial-epoch (largest choices)",
+                "model": cfg.resolved_model().model_dump(mode="json"),
+                "batch_size": cfg.train.batch_size,
+                "segment_seconds": cfg.data.segment_seconds,
+                "samples_per_track": cfg.data.samples_per_track,
+                "train_tracks": 4,
+            }
+        )
+    notes = [
+        "data wait: time in next(DataLoader iterator); compute: STFT + forward + loss + backward + Adam step",
+        "quickstart trial-epoch: train_epoch + validate (valid_loss), model's attention vs the previous "
+        "SDPA implementation, interleaved; medians",
+    ]
     return {"sizes": sizes, "figures": figures, "notes": notes}

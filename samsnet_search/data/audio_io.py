@@ -28,8 +28,8 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from ..config import SAMPLE_RATE
-from .readers import STEMS_PCM_FORMAT, STEMS_SUFFIX, stem_stream_ids
 from ..errors import DataError
+from .readers import STEMS_PCM_FORMAT, STEMS_SUFFIX, stem_stream_ids
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,10 @@ def open_audio(path: str | Path, channels: int = 2) -> AudioInput:
         frames = int(round(info.frames * SAMPLE_RATE / info.samplerate))
         found = AudioInput(path, info.channels, info.samplerate, frames, "whole-file")
     else:
-        raise DataError(f"{path}: cannot read audio: not a format soundfile reads, and decoding other formats "
-                        "(mp3, mp4, ...) needs ffmpeg, which is not on PATH (e.g. apt install ffmpeg)")  # fmt: skip
+        raise DataError(
+            f"{path}: cannot read audio: not a format soundfile reads, and decoding other formats "
+            "(mp3, mp4, ...) needs ffmpeg, which is not on PATH (e.g. apt install ffmpeg)"
+        )
     if found.channels not in (1, channels):
         raise DataError(f"{path}: has {found.channels} channels, the model takes {channels} (or mono)")
     return found
@@ -87,7 +89,9 @@ def _probe_ffmpeg(path: Path) -> AudioInput:
         info = stempeg.Info(str(path))
     except Exception as e:  # ffmpeg.Error and JSON errors all mean: not readable
         detail = (getattr(e, "stderr", b"") or b"").decode(errors="replace").strip().splitlines()
-        raise DataError(f"{path}: cannot read audio ({(detail[-1] if detail else str(e)).removeprefix(f'{path}: ')})") from None
+        raise DataError(
+            f"{path}: cannot read audio ({(detail[-1] if detail else str(e)).removeprefix(f'{path}: ')})"
+        ) from None
     if not info.nb_audio_streams:
         raise DataError(f"{path}: no audio stream")
     stream = stem_stream_ids()[0] if path.name.endswith(STEMS_SUFFIX) and info.nb_audio_streams > 1 else 0
@@ -148,8 +152,24 @@ def _ffmpeg_blocks(inp: AudioInput, block: int) -> Iterator[np.ndarray]:
     """
     pcm = STEMS_PCM_FORMAT if inp.path.name.endswith(STEMS_SUFFIX) else "f32le"
     dtype, scale = ("<i2", 1 / 32768) if pcm == "s16le" else ("<f4", 1.0)
-    cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(inp.path),
-           "-map", f"0:a:{inp.stream}", "-f", pcm, "-acodec", f"pcm_{pcm}", "-ar", str(SAMPLE_RATE), "pipe:1"]  # fmt: skip
+    cmd = [
+        "ffmpeg",
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-i",
+        str(inp.path),
+        "-map",
+        f"0:a:{inp.stream}",
+        "-f",
+        pcm,
+        "-acodec",
+        f"pcm_{pcm}",
+        "-ar",
+        str(SAMPLE_RATE),
+        "pipe:1",
+    ]
     width = np.dtype(dtype).itemsize * inp.channels  # bytes per frame
     with tempfile.TemporaryFile() as errors:  # a file, not a pipe: ffmpeg never blocks on a full stderr
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors)
@@ -202,8 +222,9 @@ class StemWriter:
     def __enter__(self) -> "StemWriter":
         self.out_dir.mkdir(parents=True, exist_ok=True)
         for stem, path in self.paths.items():
-            self.files[stem] = sf.SoundFile(str(path) + ".part", "w", SAMPLE_RATE, self.channels,
-                                            subtype=BITS[self.bits], format="WAV")  # fmt: skip
+            self.files[stem] = sf.SoundFile(
+                str(path) + ".part", "w", SAMPLE_RATE, self.channels, subtype=BITS[self.bits], format="WAV"
+            )
         return self
 
     def write(self, stems: dict[str, np.ndarray]) -> None:
@@ -218,12 +239,15 @@ class StemWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         for f in self.files.values():
             f.close()
-        for stem, path in self.paths.items():
+        for path in self.paths.values():
             part = Path(str(path) + ".part")
             if exc_type is None:
                 part.replace(path)
             else:
                 part.unlink(missing_ok=True)
         if self.clipped:
-            log.warning("%d samples were clipped to [-1, 1] for %s-bit output (use --bits 32f to keep them)",
-                        self.clipped, self.bits)  # fmt: skip
+            log.warning(
+                "%d samples were clipped to [-1, 1] for %s-bit output (use --bits 32f to keep them)",
+                self.clipped,
+                self.bits,
+            )

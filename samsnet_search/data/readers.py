@@ -44,7 +44,9 @@ def musdb_config() -> dict:
     """The `musdb` package's mus.yaml (validation tracks, stem stream ids), read without importing musdb."""
     spec = importlib.util.find_spec("musdb")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("the musdb package is not installed; it provides the official MUSDB18 split (pip install musdb)")
+        raise DataError(
+            "the musdb package is not installed; it provides the official MUSDB18 split (pip install musdb)"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / "configs" / "mus.yaml"
     try:
         return yaml.safe_load(path.read_text())
@@ -189,12 +191,14 @@ class StemsFileSource:
         for name, k in zip(STEM_NAMES, ids):
             where = f"{self.path} [stream {k}: {name}]"
             _check_rate(where, info.sample_rate(k))
-            _check_channels(where, info.channels(k), f"{self.path} [stream {ids[0]}: mixture]", info.channels(ids[0]), self.channels)
+            _check_channels(
+                where, info.channels(k), f"{self.path} [stream {ids[0]}: mixture]", info.channels(ids[0]), self.channels
+            )
         return info
 
     def decode(self) -> np.ndarray:
         """The five streams as float32 (5, C, N) in STEM_NAMES order, decoded as musdb does, checked."""
-        import stempeg  # lazy, as in _info
+        import stempeg  # lazy: stempeg (0.4 s), for .stem.mp4 only
 
         info = self.probe()
         stems, names = [], []
@@ -202,7 +206,12 @@ class StemsFileSource:
             names.append(f"{self.path} [stream {k}: {name}]")
             try:
                 data, _ = stempeg.read_stems(
-                    str(self.path), stem_id=k, dtype=np.float32, info=info, always_3d=True, ffmpeg_format=STEMS_PCM_FORMAT
+                    str(self.path),
+                    stem_id=k,
+                    dtype=np.float32,
+                    info=info,
+                    always_3d=True,
+                    ffmpeg_format=STEMS_PCM_FORMAT,
                 )
             except Exception as e:
                 raise DataError(f"{names[-1]}: cannot decode ({e})") from None

@@ -94,7 +94,7 @@ class Splits:
 
 
 def detect_format(root: Path, fmt: str = "auto") -> str:
-    """"hq" or "stems" for `root`, checking that train/ and test/ exist."""
+    """ "hq" or "stems" for `root`, checking that train/ and test/ exist."""
     for subset in SUBSETS:
         _require_folder(root / subset)
     return folder_format(root / "train", fmt)
@@ -109,7 +109,7 @@ def _require_folder(folder: Path) -> None:
 
 
 def folder_format(folder: Path, fmt: str = "auto") -> str:
-    """"hq" or "stems" for the tracks in one subset folder (`fmt` unless it is "auto")."""
+    """ "hq" or "stems" for the tracks in one subset folder (`fmt` unless it is "auto")."""
     _require_folder(folder)
     if fmt != "auto":
         return fmt
@@ -118,7 +118,9 @@ def folder_format(folder: Path, fmt: str = "auto") -> str:
     if has_stems and has_folders:
         raise DataError(f"{folder}: holds both .stem.mp4 files and track folders; set data.format to 'stems' or 'hq'")
     if not (has_stems or has_folders):
-        raise DataError(f"{folder}: no tracks found (expected <track>/ folders of wav files or <track>{STEMS_SUFFIX} files)")
+        raise DataError(
+            f"{folder}: no tracks found (expected <track>/ folders of wav files or <track>{STEMS_SUFFIX} files)"
+        )
     return "stems" if has_stems else "hq"
 
 
@@ -220,7 +222,15 @@ def load_splits(cfg: DataConfig) -> Splits:
     check_tracks(train + valid + test)
     kind = dataset_kind(root, fmt)
     fp = fingerprint(kind, {"train": train, "valid": valid, "test": test})
-    log.info("%s at %s: %d train, %d valid, %d test tracks (fingerprint %s)", kind, root, len(train), len(valid), len(test), fp)
+    log.info(
+        "%s at %s: %d train, %d valid, %d test tracks (fingerprint %s)",
+        kind,
+        root,
+        len(train),
+        len(valid),
+        len(test),
+        fp,
+    )
     return Splits(train=train, valid=valid, test=test, kind=kind, fingerprint=fp, root=root)
 
 

@@ -141,9 +141,13 @@ def _draw_section(rng: np.random.Generator, start: int, n: int, index: int, coun
         drum_style=str(rng.choice(DRUM_STYLES)),
         other_style=str(rng.choice(OTHER_STYLES)),
         stems=tuple(stems),
-        pans={"vocals": float(rng.uniform(-0.15, 0.15)), "bass": float(rng.uniform(-0.1, 0.1)),
-              "other": float(rng.uniform(-0.6, 0.6)), "snare": float(rng.uniform(-0.3, 0.3)),
-              "hat": float(rng.uniform(-0.7, 0.7))},
+        pans={
+            "vocals": float(rng.uniform(-0.15, 0.15)),
+            "bass": float(rng.uniform(-0.1, 0.1)),
+            "other": float(rng.uniform(-0.6, 0.6)),
+            "snare": float(rng.uniform(-0.3, 0.3)),
+            "hat": float(rng.uniform(-0.7, 0.7)),
+        },
         brightness=float(rng.uniform(0.9, 2.0)),
         vibrato=(float(rng.uniform(4.5, 6.5)), float(rng.uniform(0.15, 0.5))),
         gains_db={t: float(rng.uniform(-3.0, 3.0)) for t in TARGETS},
@@ -356,7 +360,9 @@ RENDERERS = {"vocals": render_vocals, "drums": render_drums, "bass": render_bass
 # --------------------------------------------------------------------------- tracks and trees
 
 
-def render_track(rng: np.random.Generator, seconds: float, section_range: tuple[float, float]) -> tuple[np.ndarray, list[Section]]:
+def render_track(
+    rng: np.random.Generator, seconds: float, section_range: tuple[float, float]
+) -> tuple[np.ndarray, list[Section]]:
     """Render one track. Returns stems (4, 2, N) float32 in config.TARGETS order and its sections."""
     n = int(round(seconds * SR))
     sections = plan_sections(rng, n, section_range)
@@ -390,8 +396,16 @@ def mix(stems: np.ndarray) -> np.ndarray:
 def sections_json(sections: list[Section]) -> dict:
     """The `sections.json` content: sections in seconds, and the interior boundaries."""
     items = [
-        {"start": sec.start / SR, "end": sec.end / SR, "label": sec.label(), "key": f"{NOTE_NAMES[sec.root]} {sec.mode}",
-         "tempo": round(sec.tempo, 2), "drums": sec.drum_style, "other": sec.other_style, "stems": list(sec.stems)}
+        {
+            "start": sec.start / SR,
+            "end": sec.end / SR,
+            "label": sec.label(),
+            "key": f"{NOTE_NAMES[sec.root]} {sec.mode}",
+            "tempo": round(sec.tempo, 2),
+            "drums": sec.drum_style,
+            "other": sec.other_style,
+            "stems": list(sec.stems),
+        }
         for sec in sections
     ]
     return {
@@ -479,5 +493,7 @@ def synthesize(
         "test_tracks": names["test"],
     }
     (root / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    log.info("synthesized %d train + %d valid + %d test tracks of %.1f s in %s", n_train, n_valid, n_test, seconds, root)
+    log.info(
+        "synthesized %d train + %d valid + %d test tracks of %.1f s in %s", n_train, n_valid, n_test, seconds, root
+    )
     return root

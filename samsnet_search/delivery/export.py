@@ -1,185 +1,74 @@
-"""Export a trained Sams-Net as a self-contained folder, register it in MLflow, load it back.
+"""Export a trained Sams-Net as a self-contained folder (`export_folder` describes its files).
 
-An export folder holds:
+The exported programs are the model itself: `torch.export` traces `SamsNet.forward` (masks) and
+`SamsNet.separate` (waveform to stems), and ONNX is converted from the masks program, so there
+is no second copy of the attention, the STFT or the chunking to keep in step with the model.
+Chunked separation of long songs stays outside the programs (`engine.apply`), for every model.
 
-* `model.ts`: a TorchScript module (scripted, not traced, so the frame count stays
-  dynamic) with the whole waveform -> stems path: `forward(mag (B, C, F, T)) -> masks
-  (B, 4, C, F, T)`, `masks_chunked(mag, chunk_frames)`, `separate(audio (B, C, N),
-  chunk_frames) -> (B, 4, C, N)` (Hamming-window torch.stft / istft inside the module), and
-  the attributes `audio_channels` and `spectrogram.hop_length`. Loading it needs torch only:
-  no SamsNet Python code runs (`torch.jit.load`).
-* `model.onnx`: the mask network on magnitudes, `mag (B, C, F, T) -> masks (B, 4, C, F, T)`,
-  batch and frame count dynamic (opset 18), checked against PyTorch with onnxruntime.
-* `weights.pt`: the best weights as a plain state dict (`torch.load(weights_only=True)`).
-* `model_config.json`, `experiment.json`, `MODEL_CARD.md`, and `export.json` (format, each
-  file's path and sha256, ONNX parity, source), which marks the folder as an export.
-
-Loading checks every file it reads against `export.json`: a path must stay inside the folder
-and the file's sha256 must match, else the load is refused naming the file. A registered
-version also records the sha256 of `export.json` itself in the registry (a tag), so that an
-export replaced as a whole in the artifact store is refused too.
-
-Both exported graphs use a branch-free form of the sliced attention: the time axis is
-always padded to whole slices and the padded keys always masked (with no padding the mask
-is all true), because a Python `if pad:` would be frozen into a traced/exported graph at
-the example's length. It is the same computation as `SlicedMultiHeadAttention`; tests
-check it at lengths that are and are not multiples of `slice_frames`.
+Two tracing settings keep one program valid at every length: `backed_size_oblivious` (the
+exporter would otherwise fix whether there is one slice or several, a size-1 question), and
+runtime asserts in place of guards it cannot prove (such as `T <= ceil(T / L) * L`, true for
+any T). Every exported format is then compared with the eager model, at the traced length and
+at lengths that do and do not fill whole slices; an export that differs by more than
+`PARITY_TOLERANCE` is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
-import math
 import tempfile
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
+import mlflow.artifacts
 import numpy as np
+import onnxruntime as ort
 import torch
-import torch.nn.functional as F
+import torch.fx.experimental._config as fx_config  # noqa: PLC2701  (torch's only switch for size-oblivious tracing)
+from mlflow.exceptions import MlflowException
 from torch import nn
 
+from ..config import SAMPLE_RATE, TARGETS, ModelConfig, flatten
+from ..data.audio_io import read_audio
+from ..data.splits import KIND_HQ, KIND_STEMS, KIND_SYNTH, detect_format
+from ..data.synth import MANIFEST as SYNTH_MANIFEST
+from ..data.synth import synthesize
 from ..engine import checkpoint
-from ..config import TARGETS, ModelConfig, flatten
+from ..engine.checkpoint import BEST
 from ..errors import SamsNetError
+from ..model import SamsNet
+from ..model.info import macs_per_second, parameter_breakdown
+from ..search import checkpoints
+from ..search.identity import MANIFEST as STUDY_MANIFEST
+from ..search.identity import StudyNotFound, find_study
+from ..search.select import load_selection
+from ..search.study import resolve_storage
+from ..services import storage, tracking
+from .export_folder import (
+    CARD_FILE,
+    CONFIG_FILE,
+    EXPERIMENT_FILE,
+    FILES,
+    FORMAT,
+    MANIFEST,
+    MASKS_FILE,
+    ONNX_FILE,
+    PYFUNC_FILE,
+    SEPARATE_FILE,
+    WEIGHTS_FILE,
+    ExportError,
+    sha256_file,
+)
+from .registry import DEFAULT_ALIAS, Registration, register_export
 
 log = logging.getLogger(__name__)
 
-# /2: every file with its sha256 (/1 had bare names and no checksums; it is refused).
-FORMAT = "samsnet-export/2"
-MANIFEST = "export.json"
-TS_FILE, ONNX_FILE, WEIGHTS_FILE, CARD_FILE = "model.ts", "model.onnx", "weights.pt", "MODEL_CARD.md"
-CONFIG_FILE, EXPERIMENT_FILE, PYFUNC_FILE = "model_config.json", "experiment.json", "mlflow_model.py"
-# export.json "files" key -> file name in the folder.
-FILES = {"torchscript": TS_FILE, "onnx": ONNX_FILE, "weights": WEIGHTS_FILE, "card": CARD_FILE,
-         "model_config": CONFIG_FILE, "experiment": EXPERIMENT_FILE, "pyfunc": PYFUNC_FILE}  # fmt: skip
-# Registry tags of a version: what it was registered from, checked when it is loaded back.
-MANIFEST_SHA_TAG, WEIGHTS_SHA_TAG = "samsnet.export_sha256", "samsnet.weights_sha256"
-MODEL_ARTIFACT = "registered_model"  # run artifact folder of the pyfunc (a trial run keeps model/ for best.pt)
 ONNX_OPSET = 18
-ONNX_TOLERANCE = 1e-4  # max |masks_onnx - masks_torch| on a real input
-DEFAULT_ALIAS = "champion"
-REGISTRY_PREFIX = "models:/"
-
-
-class ExportError(SamsNetError):
-    """An export cannot be written, found, loaded or registered."""
-
-
-# --- graph-friendly modules ------------------------------------------------------------
-
-
-class ExportAttention(nn.Module):
-    """`SlicedMultiHeadAttention` without Python branches on the frame count.
-
-    Shares the trained 1x1 Q/K/V convolution. x: (B, d, F, T) -> (B, h * d, F, T).
-    """
-
-    def __init__(self, source: nn.Module):
-        super().__init__()
-        self.qkv = source.qkv
-        self.channels: int = source.channels
-        self.heads: int = source.heads
-        self.slice_frames: int = source.slice_frames
-        self.scale: float = 1.0 / math.sqrt(source.channels)  # as in the model: tokens of d_k features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, d, Fq, T = x.shape
-        h, L = self.heads, self.slice_frames
-        i = (T + L - 1) // L  # slices, the last one padded
-        qkv = F.pad(self.qkv(x), (0, i * L - T))  # (B, 3hd, F, iL)
-        qkv = qkv.reshape(B, 3, h, d, Fq, i, L).permute(1, 0, 2, 4, 5, 6, 3)  # (3, B, h, F, i, L, d)
-        qkv = qkv.reshape(3, B * h * Fq, i, L, d)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # each (B h F, i, L, d)
-        # Keys past the end of the input are never attended to (all true without padding).
-        keep = (torch.arange(i * L, device=x.device) < T).reshape(i, 1, L)
-        keep = keep.expand(q.shape[0], i, L, L)  # (B h F, i, L, L), full shape as in the model
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=self.scale)
-        out = out.reshape(B, h, Fq, i * L, d)[:, :, :, :T]  # (B, h, F, T, d)
-        return out.permute(0, 1, 4, 2, 3).reshape(B, h * d, Fq, T)  # (B, h d, F, T)
-
-
-class ExportSpectrogram(nn.Module):
-    """Hamming-window STFT / ISTFT as in `model.spectral.Spectrogram`, in TorchScript-able form."""
-
-    def __init__(self, n_fft: int, hop_length: int):
-        super().__init__()
-        self.n_fft = n_fft
-        self.hop_length = hop_length
-        self.register_buffer("window", torch.hamming_window(n_fft))  # persistent: saved in model.ts
-
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        """audio (B, C, N) -> complex (B, C, F, T)."""
-        B, C, N = audio.shape
-        spec = torch.stft(audio.reshape(B * C, N).float(), n_fft=self.n_fft, hop_length=self.hop_length,
-                          window=self.window, center=True, return_complex=True)  # fmt: skip
-        return spec.reshape(B, C, spec.shape[-2], spec.shape[-1])
-
-    def inverse(self, spec: torch.Tensor, length: int) -> torch.Tensor:
-        """complex (B, S, C, F, T) -> audio (B, S, C, length)."""
-        B, S, C, Fq, T = spec.shape
-        audio = torch.istft(spec.reshape(B * S * C, Fq, T), n_fft=self.n_fft, hop_length=self.hop_length,
-                            window=self.window, center=True, length=length)  # fmt: skip
-        return audio.reshape(B, S, C, length)
-
-
-class ExportedSamsNet(nn.Module):
-    """A trained SamsNet's layers in scriptable form; the interface `separate.separate` uses.
-
-    forward(mag (B, C, F, T)) -> masks (B, targets, C, F, T);
-    separate(audio (B, C, N), chunk_frames) -> estimates (B, targets, C, N).
-    """
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        net = copy.deepcopy(net).eval()
-        for block in net.blocks:
-            block.attention = ExportAttention(block.attention)
-        self.embedding = net.embedding
-        self.blocks = net.blocks
-        self.mask = net.mask
-        self.mask_activation = net.mask_activation
-        self.spectrogram = ExportSpectrogram(net.spectrogram.n_fft, net.spectrogram.hop_length)
-        self.targets: int = net.targets
-        self.audio_channels: int = net.audio_channels
-        self.slice_frames: int = net.slice_frames
-        self.context_frames: int = net.context_frames()
-
-    def forward(self, mag: torch.Tensor) -> torch.Tensor:
-        B, C, Fq, T = mag.shape
-        x = self.embedding(mag)  # (B, d, F, T)
-        for block in self.blocks:
-            x = block(x)
-        masks = self.mask_activation(self.mask(x))  # (B, targets * C, F, T)
-        return masks.reshape(B, self.targets, C, Fq, T)
-
-    @torch.jit.export
-    def masks_chunked(self, mag: torch.Tensor, chunk_frames: Optional[int] = None) -> torch.Tensor:
-        """As `SamsNet.masks_chunked`: slice-aligned chunks with context, bounded memory."""
-        T = mag.shape[-1]
-        L = self.slice_frames
-        wanted = T if chunk_frames is None else chunk_frames
-        chunk = max(L, wanted // L * L)
-        if chunk >= T:
-            return self.forward(mag)
-        ctx = self.context_frames
-        out = torch.empty(mag.shape[0], self.targets, mag.shape[1], mag.shape[2], T, dtype=mag.dtype, device=mag.device)
-        for start in range(0, T, chunk):
-            lo, hi, stop = max(0, start - ctx), min(T, start + chunk + ctx), min(T, start + chunk)
-            out[:, :, :, :, start:stop] = self.forward(mag[:, :, :, lo:hi])[:, :, :, :, start - lo : stop - lo]
-        return out
-
-    @torch.jit.export
-    def separate(self, audio: torch.Tensor, chunk_frames: Optional[int] = None) -> torch.Tensor:
-        """audio (B, C, N) -> estimates (B, targets, C, N): masks times the mixture STFT, then ISTFT."""
-        spec = self.spectrogram(audio)  # (B, C, F, T) complex
-        masks = self.masks_chunked(spec.abs(), chunk_frames)  # (B, S, C, F, T)
-        return self.spectrogram.inverse(masks.float() * spec.unsqueeze(1), audio.shape[-1])
+PARITY_TOLERANCE = 1e-4  # max |exported - eager| over all outputs, for every format
+PYFUNC_SOURCE = Path(__file__).with_name("pyfunc_model.py")  # copied into the folder as mlflow_model.py
 
 
 # --- writing an export -------------------------------------------------------------------
@@ -194,6 +83,7 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, card_info
     """
     card_info = dict(card_info or {})
     net, state = checkpoint.load_model(checkpoint_dir)
+    net.eval()
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise ExportError(f"{out}: exists and is not an export folder; give an empty or new --out folder")
@@ -201,26 +91,34 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, card_info
     torch.save(net.state_dict(), out / WEIGHTS_FILE)
     _write_json(out / CONFIG_FILE, state["model_config"])
     _write_json(out / EXPERIMENT_FILE, state["experiment"])
-    wrapper = ExportedSamsNet(net).eval()
-    with warnings.catch_warnings():  # torch 2.13 marks TorchScript deprecated; it is still the
-        warnings.simplefilter("ignore", DeprecationWarning)  # format that runs without Python code
-        torch.jit.save(torch.jit.script(wrapper), str(out / TS_FILE))
-    example = example_magnitude(state, net)
-    onnx_error = export_onnx(wrapper, example, out / ONNX_FILE)
+    audio = example_audio(state, net)
+    with torch.no_grad():
+        mag = net.spectrogram(audio).abs()
+    masks, stems = export_programs(net, mag, audio)
+    torch.export.save(masks, str(out / MASKS_FILE))
+    torch.export.save(stems, str(out / SEPARATE_FILE))
+    export_onnx(masks, out / ONNX_FILE)
+    parity = check_parity(net, out, mag, audio)
     card_info.setdefault("source", str(checkpoint_dir))
-    (out / CARD_FILE).write_text(model_card(net, state, card_info, onnx_error))
-    (out / PYFUNC_FILE).write_text(_PYFUNC_CODE)
-    _write_json(out / MANIFEST, {
-        "format": FORMAT,
-        "code_version": checkpoint.code_version(),
-        "torch_version": torch.__version__,
-        "source": card_info["source"],
-        "epoch": state.get("epoch"),
-        "targets": list(TARGETS),
-        "files": {key: {"path": name, "sha256": sha256_file(out / name)} for key, name in FILES.items()},
-        "onnx": {"opset": ONNX_OPSET, "max_abs_error": onnx_error, "input_frames": int(example.shape[-1])},
-    })  # fmt: skip
-    log.info("exported %s to %s (ONNX max error %.2e)", checkpoint_dir, out, onnx_error)
+    (out / CARD_FILE).write_text(model_card(net, state, card_info, parity))
+    (out / PYFUNC_FILE).write_text(PYFUNC_SOURCE.read_text())
+    _write_json(
+        out / MANIFEST,
+        {
+            "format": FORMAT,
+            "code_version": checkpoint.code_version(),
+            "torch_version": torch.__version__,
+            "source": card_info["source"],
+            "epoch": state.get("epoch"),
+            "targets": list(TARGETS),
+            "files": {key: {"path": name, "sha256": sha256_file(out / name)} for key, name in FILES.items()},
+            "network": network_facts(net),
+            "parity": {"max_abs_error": parity, "traced_frames": int(mag.shape[-1]), "opset": ONNX_OPSET},
+        },
+    )
+    log.info(
+        "exported %s to %s (largest difference from the eager model %.2e)", checkpoint_dir, out, max(parity.values())
+    )
     return out
 
 
@@ -229,28 +127,41 @@ def _write_json(path: Path, payload: Any) -> None:
     checkpoint.write_atomic(path, (json.dumps(payload, indent=2, default=str) + "\n").encode())
 
 
-def sha256_file(path: Path) -> str:
-    return checkpoint.file_digest(path)["sha256"]
+def network_facts(net: SamsNet) -> dict[str, int]:
+    """What a loader of the programs needs beside them: the STFT (to give the masks their input),
+    the slice length and the receptive field (to cut a song into exact chunks)."""
+    return {
+        "n_fft": net.spectrogram.n_fft,
+        "hop_length": net.spectrogram.hop_length,
+        "slice_frames": net.slice_frames,
+        "context_frames": net.context_frames(),
+        "audio_channels": net.audio_channels,
+        "targets": net.targets,
+    }
 
 
-def example_magnitude(state: dict[str, Any], net: nn.Module, seconds: float = 2.0) -> torch.Tensor:
-    """A real input for the ONNX check: the magnitude of a track of the training data, if reachable,
-    else of a freshly synthesized excerpt. (1, C, F, T), T not a multiple of slice_frames where possible.
-    """
+def example_audio(state: dict[str, Any], net: SamsNet, seconds: float = 2.0) -> torch.Tensor:
+    """The input to trace and check with: a mixture of the training data, if reachable, else a freshly
+    synthesized one, tiled to at least two slices and cut to a frame count that does not fill whole
+    slices (every slice path is traced). (2, C, N): a batch of two, the second one time-reversed."""
     audio = _training_audio(state, seconds)
     if audio is None:
-        from ..data.synth import synthesize
-
         with tempfile.TemporaryDirectory() as tmp:
             root = synthesize(Path(tmp), n_train=1, n_valid=1, n_test=1, seconds=seconds, seed=0)
             audio = _first_mixture(root / "train", seconds)
-    # An odd frame count exercises the padded last slice in the exported graph.
-    hop = net.spectrogram.hop_length
-    frames = 1 + audio.shape[-1] // hop
-    if frames % net.slice_frames == 0 and audio.shape[-1] > hop:
-        audio = audio[..., :-hop]
+    hop, L = net.spectrogram.hop_length, net.slice_frames
+    frames = max(1 + audio.shape[-1] // hop, 2 * L + 1)
+    if frames % L == 0:
+        frames += 1
+    samples = (frames - 1) * hop + hop // 2  # 1 + samples // hop == frames
+    audio = np.tile(audio, (1, -(-samples // audio.shape[-1])))[:, :samples]
+    return torch.from_numpy(np.stack([audio, audio[:, ::-1]]).copy())
+
+
+def example_magnitude(state: dict[str, Any], net: SamsNet, seconds: float = 2.0) -> torch.Tensor:
+    """|STFT| of `example_audio`: (2, C, F, T), T > 2 slices and not a multiple of `slice_frames`."""
     with torch.no_grad():
-        return net.spectrogram(torch.from_numpy(audio)[None]).abs()
+        return net.spectrogram(example_audio(state, net, seconds)).abs()
 
 
 def _training_audio(state: dict[str, Any], seconds: float) -> np.ndarray | None:
@@ -264,29 +175,61 @@ def _training_audio(state: dict[str, Any], seconds: float) -> np.ndarray | None:
 
 
 def _first_mixture(train_dir: Path, seconds: float) -> np.ndarray:
-    from ..config import SAMPLE_RATE
-    from ..engine.separate import read_audio
-
     for track in sorted(train_dir.iterdir()):
         if (track / "mixture.wav").is_file():
             return read_audio(track / "mixture.wav")[:, : int(seconds * SAMPLE_RATE)]
     raise ExportError(f"{train_dir}: no <track>/mixture.wav to take an example input from")
 
 
-def export_onnx(wrapper: ExportedSamsNet, example: torch.Tensor, path: Path) -> float:
-    """Write the mask network as ONNX (dynamic batch and frames); returns the max abs error
-    of onnxruntime against PyTorch on `example` and on a shorter odd-length cut of it."""
-    batch, frames = torch.export.Dim("batch", max=64), torch.export.Dim("frames", min=2)
-    with torch.no_grad(), _quiet_onnx_exporter():
-        program = torch.onnx.export(wrapper, (example,), dynamo=True, opset_version=ONNX_OPSET,
-                                    input_names=["mag"], output_names=["masks"],
-                                    dynamic_shapes={"mag": {0: batch, 3: frames}}, external_data=False,
-                                    verbose=False)  # fmt: skip
-    program.save(str(path), external_data=False)
-    error = max(onnx_parity(path, wrapper, example), onnx_parity(path, wrapper, example[..., : example.shape[-1] // 2 | 1]))
-    if not error <= ONNX_TOLERANCE:
-        raise ExportError(f"{path}: ONNX output differs from PyTorch by {error:.3g} (> {ONNX_TOLERANCE}); not exported")
-    return error
+class _Method(nn.Module):
+    """`module.<name>` as a forward: torch.export traces a module's forward only."""
+
+    def __init__(self, module: nn.Module, name: str):
+        super().__init__()
+        self.module, self.name = module, name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self.module, self.name)(x)
+
+
+def export_programs(net: SamsNet, mag: torch.Tensor, audio: torch.Tensor) -> tuple[torch.export.ExportedProgram, ...]:
+    """`net.forward` traced on `mag` (B, C, F, T) and `net.separate` on `audio` (B, C, N): batch, frames
+    and samples dynamic (a centred STFT needs more than n_fft / 2 samples)."""
+    batch = torch.export.Dim("batch")
+    frames = torch.export.Dim("frames", min=2)
+    samples = torch.export.Dim("samples", min=net.spectrogram.n_fft // 2 + 1)
+    return (
+        _export(net, mag, {"x": {0: batch, 3: frames}}, "forward"),
+        _export(net, audio, {"x": {0: batch, 2: samples}}, "separate"),
+    )
+
+
+def _export(net: SamsNet, example: torch.Tensor, dims: dict, method: str) -> torch.export.ExportedProgram:
+    with torch.no_grad(), fx_config.patch(backed_size_oblivious=True):
+        try:
+            return torch.export.export(
+                _Method(net, method), (example,), dynamic_shapes=dims, prefer_deferred_runtime_asserts_over_guards=True
+            )
+        except Exception as e:  # the model gained a branch the exporter cannot trace at every length
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise ExportError(
+                f"SamsNet.{method} cannot be exported with torch.export ({type(e).__name__}: {first})"
+            ) from None
+
+
+def export_onnx(program: torch.export.ExportedProgram, path: Path) -> None:
+    """The masks program as ONNX (opset `ONNX_OPSET`), its dynamic batch and frames kept."""
+    with _quiet_onnx_exporter():
+        onnx_program = torch.onnx.export(
+            program,
+            dynamo=True,
+            opset_version=ONNX_OPSET,
+            input_names=["mag"],
+            output_names=["masks"],
+            external_data=False,
+            verbose=False,
+        )
+    onnx_program.save(str(path), external_data=False)
 
 
 class _DropTorchvisionNotices(logging.Filter):
@@ -305,62 +248,114 @@ def _quiet_onnx_exporter():
     registry_log.addFilter(notices)
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-                                    category=FutureWarning)  # fmt: skip
+            warnings.filterwarnings(
+                "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+            )
             yield
     finally:
         registry_log.removeFilter(notices)
 
 
-def onnx_parity(path: Path, wrapper: nn.Module, mag: torch.Tensor) -> float:
-    """max |onnxruntime(mag) - wrapper(mag)| over all mask values."""
-    import onnxruntime as ort
+def parity_lengths(frames: int, slice_frames: int) -> list[int]:
+    """Frame counts to compare at: the traced one, whole slices, and a part of one slice."""
+    return sorted({frames, 2 * slice_frames, max(2, slice_frames // 2 | 1)})
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(["masks"], {"mag": mag.numpy().astype(np.float32)})[0]
+
+def check_parity(net: SamsNet, folder: Path, mag: torch.Tensor, audio: torch.Tensor) -> dict[str, float]:
+    """Max |exported - eager| per format, read back from the written files: masks.pt2 and model.onnx
+    on magnitudes, separate.pt2 on audio, each at `parity_lengths`. Refuses the export above
+    `PARITY_TOLERANCE`."""
+    masks = torch.export.load(str(folder / MASKS_FILE)).module()
+    stems = torch.export.load(str(folder / SEPARATE_FILE)).module()
+    session = ort.InferenceSession(str(folder / ONNX_FILE), providers=["CPUExecutionProvider"])
+    hop = net.spectrogram.hop_length
+    errors = {"masks": 0.0, "separate": 0.0, "onnx": 0.0}
     with torch.no_grad():
-        want = wrapper(mag).numpy()
+        for frames in parity_lengths(mag.shape[-1], net.slice_frames):
+            cut, wave = mag[..., :frames], audio[..., : (frames - 1) * hop + hop // 2]
+            want = net(cut)
+            errors["masks"] = max(errors["masks"], _max_error(masks(cut), want))
+            errors["onnx"] = max(
+                errors["onnx"], _max_error(torch.from_numpy(session.run(["masks"], {"mag": cut.numpy()})[0]), want)
+            )
+            if wave.shape[-1] > net.spectrogram.n_fft // 2:
+                errors["separate"] = max(errors["separate"], _max_error(stems(wave), net.separate(wave)))
+    for key, error in errors.items():
+        if not error <= PARITY_TOLERANCE:
+            raise ExportError(
+                f"{folder / FILES[key]}: output differs from the eager model by {error:.3g} "
+                f"(> {PARITY_TOLERANCE}); not exported"
+            )
+    return errors
+
+
+def _max_error(got: torch.Tensor, want: torch.Tensor) -> float:
     if got.shape != want.shape:
-        raise ExportError(f"{path}: ONNX output shape {got.shape} differs from PyTorch's {want.shape}")
-    return float(np.abs(got - want).max())
+        raise ExportError(
+            f"exported output shape {tuple(got.shape)} differs from the eager model's {tuple(want.shape)}"
+        )
+    return float((got - want).abs().max())
 
 
-# --- the model card ------------------------------------------------------------------
+# --- the model card ----------------------------------------------------------------------
 
 
-def model_card(net: nn.Module, state: dict[str, Any], info: dict[str, Any], onnx_error: float) -> str:
+def model_card(net: SamsNet, state: dict[str, Any], info: dict[str, Any], parity: dict[str, float]) -> str:
     """MODEL_CARD.md: what the model is, how it scored, on which data, how to use it."""
-    from ..model.info import macs_per_second, parameter_breakdown
-
     cfg = ModelConfig.model_validate(state["model_config"])
     experiment = state.get("experiment") or {}
     params = parameter_breakdown(net)
     lines = [f"# {info.get('title', 'Sams-Net music source separation model')}", ""]
-    lines += [f"Exported from `{info['source']}` (epoch {state.get('epoch')}, code {state.get('code_version', '?')}).",
-              "Sams-Net: sliced attention-based network for music source separation (Li et al. 2020); "
-              "four targets: " + ", ".join(TARGETS) + ".", ""]  # fmt: skip
-    lines += ["## Data", "", f"- Trained on: **{info.get('data_kind') or data_kind(experiment)}**",
-              f"- Segment: {experiment.get('data', {}).get('segment_seconds')} s, validation protocol: "
-              f"{experiment.get('data', {}).get('valid_protocol')}", ""]  # fmt: skip
+    lines += [
+        f"Exported from `{info['source']}` (epoch {state.get('epoch')}, code {state.get('code_version', '?')}).",
+        "Sams-Net: sliced attention-based network for music source separation (Li et al. 2020); "
+        "four targets: " + ", ".join(TARGETS) + ".",
+        "",
+    ]
+    lines += [
+        "## Data",
+        "",
+        f"- Trained on: **{info.get('data_kind') or data_kind(experiment)}**",
+        f"- Segment: {experiment.get('data', {}).get('segment_seconds')} s, validation protocol: "
+        f"{experiment.get('data', {}).get('valid_protocol')}",
+        "",
+    ]
     lines += ["## Hyperparameters", "", "| key | value |", "|---|---|"]
     lines += [f"| model.{k} | {v} |" for k, v in cfg.model_dump().items()]
     lines += [f"| train.{k} | {v} |" for k, v in (experiment.get("train") or {}).items() if k in _TRAIN_KEYS]
-    lines += ["", "## Size and cost", "", f"- Parameters: {params['parameters']:,} "
-              f"(convolutions {params['conv_parameters']:,}, LayerNorm affine {params['layernorm_parameters']:,})",
-              f"- {macs_per_second(net) / 1e9:.3f} GMACs per second of audio (mask network, STFT excluded)", ""]  # fmt: skip
+    lines += [
+        "",
+        "## Size and cost",
+        "",
+        f"- Parameters: {params['parameters']:,} "
+        f"(convolutions {params['conv_parameters']:,}, LayerNorm affine {params['layernorm_parameters']:,})",
+        f"- {macs_per_second(net) / 1e9:.3f} GMACs per second of audio (mask network, STFT excluded)",
+        "",
+    ]
     lines += ["## Scores (SDR, dB, BSSEval v4: median over frames, then tracks)", ""]
     lines += _scores(state.get("metrics") or {}, info.get("test_sdr"), info.get("selection_table"))
     summary = _summary_rows(info.get("study_summary") or {})
     if summary:
         lines += ["", "### Search summary", "", *_table(summary)]
-    lines += ["", "## Files", "",
-              f"- `{TS_FILE}`: TorchScript (scripted), `separate(audio (B, C, N)) -> (B, 4, C, N)` and "
-              "`forward(mag (B, C, F, T)) -> masks (B, 4, C, F, T)`; needs torch only.",
-              f"- `{ONNX_FILE}`: mask network, input `mag` (B, C, F, T), output `masks` (B, 4, C, F, T), "
-              f"dynamic batch and frames, opset {ONNX_OPSET}; onnxruntime matches PyTorch to {onnx_error:.1e}.",
-              f"- `{WEIGHTS_FILE}`: state dict (`torch.load(..., weights_only=True)`), for `SamsNet(**model_config)`.",
-              "- `model_config.json`, `experiment.json`: the configuration it was trained with.",
-              "", "Use: `samsnet-search separate <this folder> song.wav --out stems/`.", ""]  # fmt: skip
+    lines += [
+        "",
+        "## Files",
+        "",
+        f"- `{SEPARATE_FILE}`: `torch.export` program, audio (B, C, N) -> stems (B, 4, C, N) (STFT, masks, "
+        "ISTFT; the whole input at once); `torch.export.load(path).module()(audio)`, needs torch only.",
+        f"- `{MASKS_FILE}`: `torch.export` program of the mask network, mag (B, C, F, T) -> masks (B, 4, C, F, T).",
+        f"- `{ONNX_FILE}`: the same mask network, input `mag`, output `masks`, dynamic batch and frames, "
+        f"opset {ONNX_OPSET}.",
+        f"- `{WEIGHTS_FILE}`: state dict (`torch.load(..., weights_only=True)`), for `SamsNet(**model_config)`.",
+        "- `model_config.json`, `experiment.json`: the configuration it was trained with.",
+        "",
+        "Largest difference from the eager model at lengths that do and do not fill whole slices: "
+        + ", ".join(f"{key} {error:.1e}" for key, error in parity.items())
+        + ".",
+        "",
+        "Use: `samsnet-search separate <this folder> song.wav --out stems/` (in chunks of bounded memory).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -373,14 +368,23 @@ def _scores(metrics: dict[str, Any], test_sdr: dict[str, float] | None, selectio
     since the two measure different things and would contradict each other side by side."""
     lines: list[str] = []
     if selection:
-        lines += ["Validation (full tracks, median over seeds; the study's selection table):", "", *_table(selection), ""]
+        lines += [
+            "Validation (full tracks, median over seeds; the study's selection table):",
+            "",
+            *_table(selection),
+            "",
+        ]
     else:
         valid = {t: metrics.get(f"valid_sdr_{t}") for t in TARGETS}
         if any(v is not None for v in valid.values()):
             lines += _table([{"set": "validation (checkpoint)", **valid, "avg": metrics.get("valid_sdr")}]) + [""]
     if test_sdr:
-        lines += ["Test (this model only; test data never influenced the choice):" if selection else "Test:", "",
-                  *_table([{"set": "test", **{t: test_sdr.get(t) for t in TARGETS}, "avg": test_sdr.get("avg")}]), ""]  # fmt: skip
+        lines += [
+            "Test (this model only; test data never influenced the choice):" if selection else "Test:",
+            "",
+            *_table([{"set": "test", **{t: test_sdr.get(t) for t in TARGETS}, "avg": test_sdr.get("avg")}]),
+            "",
+        ]
     if not lines:
         lines = ["No SDR recorded with this checkpoint.", ""]
     if metrics.get("valid_loss") is not None:
@@ -396,22 +400,25 @@ _SUMMARY_SKIP = ("selection", "test", "registered", "pareto")
 def _summary_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """One `key | value` row per scalar; sections (counts, best_config) as dotted keys."""
     kept = {k: v for k, v in summary.items() if k not in _SUMMARY_SKIP}
-    return [{"key": k, "value": f"{v:.5g}" if isinstance(v, float) else v}
-            for k, v in flatten(kept).items() if not isinstance(v, (dict, list))]  # fmt: skip
+    return [
+        {"key": k, "value": f"{v:.5g}" if isinstance(v, float) else v}
+        for k, v in flatten(kept).items()
+        if not isinstance(v, (dict, list))
+    ]
 
 
 def _table(rows: list[dict[str, Any]]) -> list[str]:
     cols = list(dict.fromkeys(k for row in rows for k in row))
     fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else ("-" if v is None else str(v))  # noqa: E731
-    return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols),
-            *("| " + " | ".join(fmt(row.get(c)) for c in cols) + " |" for row in rows)]  # fmt: skip
+    return [
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+        *("| " + " | ".join(fmt(row.get(c)) for c in cols) + " |" for row in rows),
+    ]
 
 
 def data_kind(experiment: dict[str, Any]) -> str:
     """MUSDB18 / MUSDB18-HQ / synthetic, from the training data folder (if still reachable)."""
-    from ..data.splits import KIND_HQ, KIND_STEMS, KIND_SYNTH, detect_format
-    from ..data.synth import MANIFEST as SYNTH_MANIFEST
-
     data = experiment.get("data") or {}
     root = data.get("root")
     if not root:
@@ -425,286 +432,21 @@ def data_kind(experiment: dict[str, Any]) -> str:
     return KIND_SYNTH if (Path(root) / SYNTH_MANIFEST).is_file() else KIND_HQ
 
 
-# --- loading an export -------------------------------------------------------------------
-
-
-def is_export(path: str | Path) -> bool:
-    return (Path(path) / MANIFEST).is_file()
-
-
-def read_manifest(export_dir: str | Path) -> dict[str, Any]:
-    """export.json of an export folder, checked: known format, every file a path inside the folder
-    with a sha256 (the files themselves are checked when read: `verified_file`)."""
-    folder = Path(export_dir)
-    if not folder.is_dir():
-        raise ExportError(f"{folder}: no such folder (expected an export folder from `samsnet-search export`)")
-    if not is_export(folder):
-        raise ExportError(f"{folder}: not a samsnet export (no {MANIFEST}); `samsnet-search export` writes one")
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except (ValueError, OSError) as e:
-        raise ExportError(f"{folder / MANIFEST}: not valid JSON ({e})") from None
-    fmt = manifest.get("format") if isinstance(manifest, dict) else None
-    if fmt == "samsnet-export/1":
-        raise ExportError(f"{folder / MANIFEST}: format {fmt} records no checksums, so its files cannot be "
-                          "verified; export the model again")  # fmt: skip
-    if fmt != FORMAT:
-        raise ExportError(f"{folder / MANIFEST}: unknown export format (expected {FORMAT})")
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not all(key in files for key in FILES):
-        raise ExportError(f"{folder / MANIFEST}: files: expected an entry for each of {', '.join(FILES)}")
-    for key, entry in files.items():
-        _check_entry(folder, key, entry)
-    return manifest
-
-
-def _check_entry(folder: Path, key: str, entry: Any) -> None:
-    where = f"{folder / MANIFEST}: files.{key}"
-    if not (isinstance(entry, dict) and isinstance(entry.get("path"), str) and isinstance(entry.get("sha256"), str)
-            and len(entry["sha256"]) == 64):  # fmt: skip
-        raise ExportError(f"{where}: expected {{path: <file in the folder>, sha256: <64 hex digits>}}, got {entry!r}")
-    rel = Path(entry["path"])
-    # Resolved (symlinks followed) it must still be inside the folder: `../x.ts`, `/tmp/x.ts` or a
-    # link pointing out would load a file the export never contained.
-    if rel.is_absolute() or ".." in rel.parts or not (folder / rel).resolve().is_relative_to(folder.resolve()):
-        raise ExportError(f"{where}: path {entry['path']!r} is outside the export folder; refusing to load it")
-
-
-def verified_file(folder: str | Path, manifest: dict[str, Any], key: str) -> Path:
-    """The path of `files.<key>`, after checking that the file is there and its sha256 matches."""
-    entry = manifest["files"][key]
-    path = Path(folder) / entry["path"]
-    if not path.is_file():
-        raise ExportError(f"{path}: missing from the export folder")
-    actual = sha256_file(path)
-    if actual != entry["sha256"]:
-        raise ExportError(f"{path}: sha256 {actual[:12]}... differs from {entry['sha256'][:12]}... recorded in "
-                          f"{MANIFEST}: the file was changed after export; refusing to load it")  # fmt: skip
-    return path
-
-
-def verify_export(export_dir: str | Path) -> dict[str, Any]:
-    """Every file of an export checked against its manifest; returns the manifest."""
-    manifest = read_manifest(export_dir)
-    for key in manifest["files"]:
-        verified_file(export_dir, manifest, key)
-    return manifest
-
-
-def load_exported(export_dir: str | Path, map_location: str | torch.device = "cpu") -> torch.jit.ScriptModule:
-    """The TorchScript module of an export folder (no pickles, no SamsNet code), in eval mode."""
-    folder = Path(export_dir)
-    path = verified_file(folder, read_manifest(folder), "torchscript")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return torch.jit.load(str(path), map_location=map_location).eval()
-    except Exception as e:  # corrupt archive, newer torch, ...
-        raise ExportError(f"{path}: cannot be loaded as TorchScript ({e})") from None
-
-
-def load_weights(export_dir: str | Path) -> nn.Module:
-    """The Python SamsNet from `weights.pt` + `model_config.json` (weights_only loading)."""
-    folder = Path(export_dir)
-    manifest = read_manifest(folder)
-    config = json.loads(verified_file(folder, manifest, "model_config").read_text())
-    net = checkpoint.build_model(config)
-    net.load_state_dict(torch.load(verified_file(folder, manifest, "weights"), map_location="cpu", weights_only=True))
-    return net.eval()
-
-
-# --- MLflow registry ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Registration:
-    """What `register_export` did: a new version, or an existing one with the same weights."""
-
-    name: str  # samsnet-<study>
-    version: str
-    reused: bool  # True: these weights were registered before; no new version was made
-    alias: str
-    alias_version: str | None  # the version the alias points to after the call
-
-    def describe(self) -> str:
-        if not self.reused:
-            return f"registered {self.name} version {self.version} with alias {self.alias}"
-        where = "on it" if self.alias_version == self.version else f"stays on version {self.alias_version}"
-        return f"{self.name} version {self.version} already holds these weights (not registered again; alias {self.alias} {where})"
-
-
-def register(export_dir: str | Path, name: str, tracking_uri: str, run_id: str | None = None,
-             alias: str = DEFAULT_ALIAS) -> str:  # fmt: skip
-    """`register_export`, returning the version only."""
-    return register_export(export_dir, name, tracking_uri, run_id=run_id, alias=alias).version
-
-
-def register_export(
-    export_dir: str | Path,
-    name: str,
-    tracking_uri: str,
-    run_id: str | None = None,
-    alias: str = DEFAULT_ALIAS,
-) -> Registration:
-    """Log the export as an MLflow pyfunc model and register it as `samsnet-<name>` with `alias`.
-
-    `run_id` is the run that produced the weights (a trial or selection run); the model is logged
-    under its `registered_model/` so that the version links to it. Without one, a run named
-    "export" is made in the experiment `name`. If a version of `samsnet-<name>` already holds these
-    weights (same sha256), that version is returned and nothing is registered or moved: exporting
-    the same winner twice must not make a second version or take the alias from a newer one (the
-    alias is set only if the model has none of that name). The pyfunc is "model from code"
-    (`mlflow_model.py`, which loads model.ts), so no pickle is stored in the registry.
-    """
-    import mlflow.pyfunc
-
-    from ..services import tracking
-
-    folder = Path(export_dir)
-    manifest = verify_export(folder)
-    weights_sha = manifest["files"]["weights"]["sha256"]
-    target = tracking.resolve_tracking(tracking_uri)
-    c = tracking.client(target)
-    registered = tracking.registered_model_name(name)
-    try:
-        existing = _version_with_weights(c, registered, weights_sha)
-        if existing is not None:
-            aliases = dict(c.get_registered_model(registered).aliases or {})
-            if alias not in aliases:
-                c.set_registered_model_alias(registered, alias, existing)
-                aliases[alias] = existing
-            log.info("%s version %s already holds weights %s...; not registered again", registered, existing, weights_sha[:12])
-            return Registration(registered, existing, True, alias, str(aliases[alias]))
-        if run_id is None:
-            experiment_id = tracking.ensure_experiment(target, name)
-            run_id = c.create_run(experiment_id, run_name="export", tags={tracking.STUDY_TAG: name,
-                                                                          tracking.ROLE_TAG: "export"}).info.run_id  # fmt: skip
-            c.set_terminated(run_id, "FINISHED")
-        config = json.loads(verified_file(folder, manifest, "model_config").read_text())
-        with tempfile.TemporaryDirectory() as tmp:
-            model_dir = Path(tmp) / "model"
-            channels = int(config["audio_channels"])
-            # The example (0.1 s of silence) documents the input in the UI; MLflow also runs it once.
-            mlflow.pyfunc.save_model(str(model_dir), python_model=str(verified_file(folder, manifest, "pyfunc")),
-                                     artifacts={"export": str(folder)}, pip_requirements=_requirements(),
-                                     signature=pyfunc_signature(channels),
-                                     input_example=np.zeros((1, channels, 4410), dtype=np.float32))  # fmt: skip
-            c.log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT)
-        tags = {"samsnet.export": FORMAT, MANIFEST_SHA_TAG: sha256_file(folder / MANIFEST), WEIGHTS_SHA_TAG: weights_sha}
-        version = tracking.register_model(target, name, run_id, MODEL_ARTIFACT, tags=tags,
-                                          description=f"Sams-Net export from {manifest['source']}")  # fmt: skip
-        c.set_registered_model_alias(registered, alias, version)
-    except SamsNetError:
-        raise
-    except Exception as e:  # server down, permissions, ...: one clear line
-        raise ExportError(f"cannot register {folder} as {registered} at {target.uri}: "
-                          f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None  # fmt: skip
-    log.info("registered %s version %s (alias %s)", registered, version, alias)
-    return Registration(registered, version, False, alias, version)
-
-
-def _version_with_weights(c, registered: str, weights_sha: str) -> str | None:
-    """The oldest version of `registered` whose weights have this sha256, or None."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        versions = c.search_model_versions(f"name = '{registered}'")
-    except MlflowException:
-        return None
-    same = sorted(int(v.version) for v in versions if (v.tags or {}).get(WEIGHTS_SHA_TAG) == weights_sha)
-    return str(same[0]) if same else None
-
-
-def pyfunc_signature(audio_channels: int):
-    """audio float32 (B, C, N) at 44.1 kHz -> stems (B, 4, C, N); batch and length free."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    f32 = np.dtype(np.float32)
-    return ModelSignature(inputs=Schema([TensorSpec(f32, (-1, audio_channels, -1))]),
-                          outputs=Schema([TensorSpec(f32, (-1, len(TARGETS), audio_channels, -1))]))  # fmt: skip
-
-
-def _requirements() -> list[str]:
-    import numpy
-
-    return [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={numpy.__version__}"]
-
-
-def download_registered(uri: str, tracking_uri: str | None, dest: str | Path) -> Path:
-    """Download `models:/NAME@ALIAS` (or `models:/NAME/VERSION`) and return the export folder in it."""
-    import mlflow.artifacts
-    from mlflow.exceptions import MlflowException
-
-    from ..services import tracking
-
-    target = tracking.resolve_tracking(tracking_uri or "./mlruns")
-    version = _model_version(uri, target)
-    try:
-        # The version's own source, resolved against this server: `models:/` URIs would go to
-        # MLflow's default registry (a local database), not to `tracking_uri`.
-        local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dest), tracking_uri=target.uri)
-    except MlflowException as e:
-        raise ExportError(f"{uri}: cannot download {version.source} from {target.uri}: {e.message.splitlines()[0]}") from None
-    found = sorted(Path(local).rglob(MANIFEST))
-    if not found:
-        raise ExportError(f"{uri}: the registered model holds no samsnet export ({MANIFEST} not found)")
-    folder = found[0].parent
-    _check_registered_manifest(uri, version, folder / MANIFEST)
-    verify_export(folder)
-    return folder
-
-
-def _check_registered_manifest(uri: str, version, path: Path) -> None:
-    """The export.json in the artifact store is the one registered: its sha256 is a registry tag, kept
-    in the tracking database, so replacing the whole export in the artifact store is caught too."""
-    expected = (version.tags or {}).get(MANIFEST_SHA_TAG)
-    if expected is None:
-        raise ExportError(f"{uri}: version {version.version} was registered without a checksum of its {MANIFEST} "
-                          "(an older samsnet-search); export and register it again")  # fmt: skip
-    if sha256_file(path) != expected:
-        raise ExportError(f"{uri}: {MANIFEST} of version {version.version} in the artifact store differs from the "
-                          "checksum recorded in the registry: the stored model was changed after registration; "
-                          "refusing to load it")  # fmt: skip
-
-
-def _model_version(uri: str, target):
-    """The registry entry `models:/NAME@ALIAS` or `models:/NAME/VERSION` names; clear errors when unknown."""
-    from mlflow.exceptions import MlflowException
-
-    from ..services import tracking
-
-    ref = uri[len(REGISTRY_PREFIX):] if uri.startswith(REGISTRY_PREFIX) else ""
-    name, sep, rest = ref.partition("@") if "@" in ref else ref.partition("/")
-    if not name or not rest:
-        raise ExportError(f"{uri}: not a registry URI (expected models:/NAME@ALIAS or models:/NAME/VERSION)")
-    c = tracking.client(target)
-    try:
-        model = c.get_registered_model(name)
-    except MlflowException:
-        raise ExportError(f"{uri}: no registered model {name!r} at {target.uri}") from None
-    except Exception as e:
-        raise ExportError(f"{uri}: cannot reach the MLflow registry at {target.uri} ({type(e).__name__})") from None
-    if sep == "@":
-        if rest not in (model.aliases or {}):
-            known = ", ".join(sorted(model.aliases or {})) or "none"
-            raise ExportError(f"{uri}: registered model {name!r} has no alias {rest!r} (aliases: {known})")
-        return c.get_model_version_by_alias(name, rest)
-    try:
-        return c.get_model_version(name, rest)
-    except MlflowException:
-        raise ExportError(f"{uri}: registered model {name!r} has no version {rest!r}") from None
-
-
 # --- what `samsnet-search export` exports ----------------------------------------------
 
 
-def export_source(source: str, out_dir: str | Path, *, storage: str = "./runs", tracking_uri: str | None = None,
-                  register_as: str | None = None, alias: str = DEFAULT_ALIAS) -> tuple[Path, Registration | None]:
+def export_source(
+    source: str,
+    out_dir: str | Path,
+    *,
+    storage: str = "./runs",
+    tracking_uri: str | None = None,
+    register_as: str | None = None,
+    alias: str = DEFAULT_ALIAS,
+) -> tuple[Path, Registration | None]:
     """Export a checkpoint folder / .pt file, a study (name or folder: its best trial), or an
     MLflow run id; register it (always for a study, as `samsnet-<study>`; else when `register_as`
     is given). Returns (export folder, what the registry did, or None)."""
-    from ..search.identity import MANIFEST as STUDY_MANIFEST
 
     path = Path(source)
     if path.exists() and not (path / STUDY_MANIFEST).is_file():
@@ -718,10 +460,16 @@ def export_source(source: str, out_dir: str | Path, *, storage: str = "./runs", 
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = _download_run_checkpoint(source, tracking_uri or "./mlruns", Path(tmp))
             out = export_checkpoint(ckpt, out_dir, {"source": f"MLflow run {source}"})
-        done = register_export(out, register_as, tracking_uri or "./mlruns", run_id=source, alias=alias) if register_as else None
+        done = (
+            register_export(out, register_as, tracking_uri or "./mlruns", run_id=source, alias=alias)
+            if register_as
+            else None
+        )
         return out, done
-    raise ExportError(f"{source}: not a checkpoint folder or .pt file, not a study in {storage}, and not an "
-                      "MLflow run id (32 hex digits)")  # fmt: skip
+    raise ExportError(
+        f"{source}: not a checkpoint folder or .pt file, not a study in {storage}, and not an "
+        "MLflow run id (32 hex digits)"
+    )
 
 
 def _looks_like_run_id(text: str) -> bool:
@@ -729,8 +477,6 @@ def _looks_like_run_id(text: str) -> bool:
 
 
 def _find_study(source: str, storage: str):
-    from ..search.identity import StudyNotFound, find_study
-    from ..search.study import resolve_storage
 
     try:
         return find_study(source, resolve_storage(storage, Path.cwd()))
@@ -741,18 +487,16 @@ def _find_study(source: str, storage: str):
 def _download_run_checkpoint(run_id: str, tracking_uri: str, dest: Path) -> Path:
     """The run's best weights (`model/best.pt`, logged by the trial) in a local folder: the published
     copy, for a bare run id (a study's own weights come from its storage: `_export_study`)."""
-    import mlflow.artifacts
-    from mlflow.exceptions import MlflowException
-
-    from ..services import tracking
 
     target = tracking.resolve_tracking(tracking_uri)
     try:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"model/{checkpoint.BEST}",
-                                                    dst_path=str(dest), tracking_uri=target.uri)  # fmt: skip
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=f"model/{checkpoint.BEST}", dst_path=str(dest), tracking_uri=target.uri
+        )
     except MlflowException as e:
-        raise ExportError(f"run {run_id} at {target.uri}: no model/{checkpoint.BEST} to export "
-                          f"({e.message.splitlines()[0]})") from None  # fmt: skip
+        raise ExportError(
+            f"run {run_id} at {target.uri}: no model/{checkpoint.BEST} to export ({e.message.splitlines()[0]})"
+        ) from None
     return Path(local)
 
 
@@ -761,11 +505,6 @@ def _export_study(manifest, out_dir: str | Path, alias: str) -> tuple[Path, Regi
     Its weights come from the study's storage, where the selection found them
     (`search.checkpoints`); it is registered as `samsnet-<study>` from the run that trained them
     (or found registered already: the selection registered the same file)."""
-    from ..engine.checkpoint import BEST
-    from ..search import checkpoints
-    from ..search.runner import load_stored_study
-    from ..search.select import load_selection
-    from ..services import storage
 
     summary = dict(manifest.summary or {})
     selection = load_selection(manifest.path)
@@ -773,69 +512,24 @@ def _export_study(manifest, out_dir: str | Path, alias: str) -> tuple[Path, Regi
     trial_id = summary.get("best_trial")
     if selection is None and not (trial_id and run_id):
         raise ExportError(f"study {manifest.name!r} ({manifest.state}) has no best trial yet; run it to the end first")
-    info = {"title": f"Sams-Net chosen by study {manifest.name}", "source": f"study {manifest.name}, MLflow run {run_id}",
-            "study_summary": summary, "selection_table": summary.get("selection"),
-            "test_sdr": summary.get("test") if isinstance(summary.get("test"), dict) else None}  # fmt: skip
+    info = {
+        "title": f"Sams-Net chosen by study {manifest.name}",
+        "source": f"study {manifest.name}, MLflow run {run_id}",
+        "study_summary": summary,
+        "selection_table": summary.get("selection"),
+        "test_sdr": summary.get("test") if isinstance(summary.get("test"), dict) else None,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         if selection is not None:
             ckpt = storage.get_file(selection.winner_job["checkpoint"], Path(tmp) / BEST)
         else:
-            study = load_stored_study(manifest)
-            found = checkpoints.best_checkpoint(checkpoints.trial_uri(manifest.path, trial_id), study.metric, study.mode)
+            found = checkpoints.study_best_checkpoint(manifest, trial_id)
             if found is None:
-                raise ExportError(f"study {manifest.name!r}: trial {trial_id} has no checkpoint left in "
-                                  f"{storage.display_uri(manifest.path)}")  # fmt: skip
+                raise ExportError(
+                    f"study {manifest.name!r}: trial {trial_id} has no checkpoint left in "
+                    f"{storage.display_uri(manifest.path)}"
+                )
             ckpt = Path(tmp) / "checkpoint"
             found.to_directory(str(ckpt))
         out = export_checkpoint(ckpt, out_dir, info)
     return out, register_export(out, manifest.name, manifest.tracking_uri, run_id=run_id, alias=alias)
-
-
-_PYFUNC_CODE = '''"""MLflow pyfunc ("model from code") for a samsnet export: loads model.ts with torch only.
-
-predict(audio): float32 (B, C, N) at 44.1 kHz -> stems (B, 4, C, N) in the order vocals, drums,
-bass, other. model.ts is loaded only if its sha256 is the one export.json records.
-"""
-
-import hashlib
-import json
-import warnings
-from pathlib import Path
-
-import numpy as np
-import torch
-from mlflow.models import set_model
-from mlflow.pyfunc import PythonModel
-
-
-def verified_file(folder, key):
-    """files.<key> of export.json: a path inside the folder whose sha256 matches, else ValueError."""
-    folder = Path(folder)
-    entry = json.loads((folder / "export.json").read_text())["files"][key]
-    path = folder / entry["path"]
-    if Path(entry["path"]).is_absolute() or ".." in Path(entry["path"]).parts or not path.resolve().is_relative_to(folder.resolve()):
-        raise ValueError(f"{path}: outside the export folder; refusing to load it")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if digest != entry["sha256"]:
-        raise ValueError(f"{path}: sha256 {digest[:12]}... differs from {entry['sha256'][:12]}... recorded in "
-                         "export.json: the file was changed after export; refusing to load it")
-    return path
-
-
-class SamsNetSeparator(PythonModel):
-    def load_context(self, context):
-        path = verified_file(context.artifacts["export"], "torchscript")
-        with warnings.catch_warnings():  # torch marks TorchScript deprecated; it runs without Python code
-            warnings.simplefilter("ignore", DeprecationWarning)
-            self.model = torch.jit.load(str(path), map_location="cpu").eval()
-
-    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
-        audio = torch.from_numpy(np.asarray(model_input, dtype=np.float32))
-        if audio.dim() == 2:
-            audio = audio[None]
-        with torch.no_grad():
-            return self.model.separate(audio).numpy()
-
-
-set_model(SamsNetSeparator())
-'''

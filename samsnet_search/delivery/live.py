@@ -115,7 +115,13 @@ class LiveView:
                 )
             table = Table(box=None, pad_edge=False)
             # short headers (slices, lr, ...): the table must fit an 80-column terminal
-            for col in ("trial", "status", "epoch", self.study.metric, *(k.rsplit(".", 1)[-1] for k in self.study.space)):
+            for col in (
+                "trial",
+                "status",
+                "epoch",
+                self.study.metric,
+                *(k.rsplit(".", 1)[-1] for k in self.study.space),
+            ):
                 table.add_column(col, no_wrap=True)
             for trial_id, row in list(self.trials.items())[-RECENT_ROWS:]:
                 metric = row.get("metric")

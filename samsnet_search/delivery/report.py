@@ -20,10 +20,12 @@ from rich.table import Table
 
 from ..config import TARGETS
 from ..errors import ConfigError
-from ..search import identity
+from ..search import identity, warm_start
+from ..search.cost import cost_lines
 from ..search.estimate_step import ARTIFACT as ESTIMATE_FILE
 from ..search.estimate_step import load_estimate
 from ..search.identity import Manifest
+from ..search.importance import slices_line
 from ..search.pareto import front_table
 from ..search.select import COLUMNS, SelectionResult, SelectionTable, load_selection
 from ..search.study import resolve_storage
@@ -39,15 +41,22 @@ class StudyReport:
     selection: SelectionResult | None
     where: str  # how to open the MLflow UI on this study
     estimate: dict[str, Any] | None = None  # the slice estimate's summary (estimate_summary), if the study ran it
+    warm_start: dict[str, int] | None = None  # earlier study -> trials the searcher was told of
 
     @property
     def counts(self) -> dict[str, int]:
         return dict(self.search.get("counts", {}))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"study": self.manifest.name, "state": self.manifest.state, "storage": identity.display_uri(self.manifest.path),
-                "search": self.search, "selection": self.selection.to_dict() if self.selection else None,
-                "where": self.where, "estimate": self.estimate}  # fmt: skip
+        return {
+            "study": self.manifest.name,
+            "state": self.manifest.state,
+            "storage": identity.display_uri(self.manifest.path),
+            "search": self.search,
+            "selection": self.selection.to_dict() if self.selection else None,
+            "where": self.where,
+            "estimate": self.estimate,
+        }
 
     @property
     def optimum(self) -> int | None:
@@ -61,12 +70,25 @@ def gather(name_or_path: str, storage: str = "./runs", base_dir=None) -> StudyRe
     selection = load_selection(manifest.path)
     target = TrackingTarget(manifest.tracking_uri, manifest.artifact_root)
     estimate = estimate_summary(load_estimate(manifest.path))
-    return StudyReport(manifest, dict(manifest.summary or {}), selection, target.where(manifest.experiment_id), estimate)
+    warm = (identity.read_study_json(manifest.path, warm_start.ARTIFACT) or {}).get("sources")
+    return StudyReport(
+        manifest, dict(manifest.summary or {}), selection, target.where(manifest.experiment_id), estimate, warm
+    )
 
 
 # Summary keys kept from the estimate JSON: its per-segment lists stay in the file.
-ESTIMATE_KEYS = ("slices_estimate", "median_slices", "median_parts", "iqr", "histogram", "allowed_slices",
-                 "segment_seconds", "n_tracks", "hypothesis", "action")  # fmt: skip
+ESTIMATE_KEYS = (
+    "slices_estimate",
+    "median_slices",
+    "median_parts",
+    "iqr",
+    "histogram",
+    "allowed_slices",
+    "segment_seconds",
+    "n_tracks",
+    "hypothesis",
+    "action",
+)
 
 
 def estimate_summary(data: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -89,8 +111,10 @@ def estimate_line(report: StudyReport) -> str | None:
     if est is None:
         return None
     value, (low, high) = int(est["slices_estimate"]), est["iqr"]
-    line = (f"  slice estimate (unsupervised, training mixtures): {value} (median {est['median_slices']:g}, "
-            f"IQR {low:g}-{high:g}; hypothesis: one slice per contiguous part)")  # fmt: skip
+    line = (
+        f"  slice estimate (unsupervised, training mixtures): {value} (median {est['median_slices']:g}, "
+        f"IQR {low:g}-{high:g}; hypothesis: one slice per contiguous part)"
+    )
     optimum = report.optimum
     if optimum is None:
         return line + "; searched optimum: not chosen yet"
@@ -115,21 +139,51 @@ def table_renderable(table: SelectionTable):
     out.add_column("vs winner")
     for rec, row in zip(table.records(), table.rows):
         style = "bold green" if row.slices == table.winner else None
-        out.add_row(str(rec["slices"]), *(f"{rec[c]:.2f}" for c in COLUMNS), f"[{rec['avg_low']:.2f}, {rec['avg_high']:.2f}]",
-                    f"{rec['pairs']} ({row.tracks} tracks x {row.seeds} seeds)", rec["vs_winner"], style=style)  # fmt: skip
+        out.add_row(
+            str(rec["slices"]),
+            *(f"{rec[c]:.2f}" for c in COLUMNS),
+            f"[{rec['avg_low']:.2f}, {rec['avg_high']:.2f}]",
+            f"{rec['pairs']} ({row.tracks} tracks x {row.seeds} seeds)",
+            rec["vs_winner"],
+            style=style,
+        )
     return out
 
 
 def search_lines(report: StudyReport) -> list[str]:
     s, m = report.search, report.manifest
     counts = ", ".join(f"{n} {status}" for status, n in sorted(report.counts.items())) or "none recorded"
-    lines = [f"study {m.name} ({m.state}): {identity.display_uri(m.path)}",
-             f"  search: {s.get('trials', 0)} trials ({counts})"]  # fmt: skip
+    lines = [
+        f"study {m.name} ({m.state}): {identity.display_uri(m.path)}",
+        f"  search: {s.get('trials', 0)} trials ({counts})",
+    ]
     if s.get("epochs_full"):
-        lines.append(f"  trial-epochs: {s['epochs_run']} of {s['epochs_full']} "
-                     f"({100 * s.get('fraction_saved', 0):.0f}% saved by pruning and early stopping)")  # fmt: skip
+        lines.append(
+            f"  trial-epochs: {s['epochs_run']} of {s['epochs_full']} "
+            f"({100 * s.get('fraction_saved', 0):.0f}% saved by pruning and early stopping)"
+        )
     if s.get("seconds") is not None:
         lines.append(f"  search wall time: {float(s['seconds']):.0f} s")
+    if report.warm_start:
+        lines.append(
+            "  warm start: "
+            + ", ".join(f"{n} trials from study {name}" for name, n in report.warm_start.items())
+            + f" (told to the searcher, not run again); {s.get('trials', 0)} new trials"
+        )
+    lines += [f"  {line}" for line in importance_lines(s.get("importance"))]
+    lines += [f"  {line}" for line in cost_lines(s.get("cost"), report.selection.cost if report.selection else None)]
+    return lines
+
+
+def importance_lines(found: dict[str, Any] | None) -> list[str]:
+    """The slice-count answer, then each objective's parameters by fANOVA importance."""
+    if not found:
+        return []
+    objectives = list(found.get("objectives") or {})
+    lines = [slices_line(found, objectives[0] if objectives else "the study metric")]
+    for name in objectives:
+        shares = found["objectives"][name]["fanova"]
+        lines.append(f"importance for {name} (fANOVA): " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
     return lines
 
 
@@ -147,8 +201,15 @@ def selection_lines(sel: SelectionResult) -> list[str]:
         f"  TEST ({test['data']}, {len(test['tracks'])} tracks, {test['backend']} BSSEval v4), winner only "
         f"(slices={sel.table.winner}, seed {winner['seed']}), {test.get('post_filter', 'plain masks (paper)')}: "
         f"avg {summary['avg']:.2f} dB ({per_target})",
-        *([f"  TEST, same winner, {filtered['post_filter']}: avg {filtered['summary']['avg']:.2f} dB ("
-           + " ".join(f"{t} {filtered['summary'][t]:.2f}" for t in TARGETS) + ")"] if filtered else []),
+        *(
+            [
+                f"  TEST, same winner, {filtered['post_filter']}: avg {filtered['summary']['avg']:.2f} dB ("
+                + " ".join(f"{t} {filtered['summary'][t]:.2f}" for t in TARGETS)
+                + ")"
+            ]
+            if filtered
+            else []
+        ),
         f"  registered: models:/{reg['name']}@{reg['alias']} (version {reg['version']})",
         f"  selection wall time: {timing}",
     ]
@@ -158,7 +219,6 @@ def render_text(report: StudyReport) -> list[Any]:
     """Rich renderables (strings and a Table) in reading order."""
     out: list[Any] = list(search_lines(report))
     if report.search.get("pareto"):  # a multi-objective study: quality against cost
-
         out.append(front_table(report.search["pareto"]))
     out.extend(selection_renderables(report))
     out.append(f"  where to look: {report.where}")
@@ -169,7 +229,9 @@ def selection_renderables(report: StudyReport) -> list[Any]:
     """The validation table, the choice with the slice estimate beside it, the test score."""
     estimate = estimate_line(report)
     if report.selection is None:
-        hint = "the search is not finished" if report.manifest.state != "finished" else "run the study again to choose it"
+        hint = (
+            "the search is not finished" if report.manifest.state != "finished" else "run the study again to choose it"
+        )
         return [f"  slice count: not chosen yet ({hint})", *([estimate] if estimate else [])]
     verdict, *rest = selection_lines(report.selection)  # the verdict names the chosen slice count
     return [table_renderable(report.selection.table), verdict, *([estimate] if estimate else []), *rest]

@@ -31,18 +31,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import TARGETS
-from .report import StudyReport, estimate_line, search_lines, selection_lines
+import plotly.graph_objects as go
+import soundfile as sf
+from plotly.offline import get_plotlyjs
+from plotly.subplots import make_subplots
+
+from ..config import TARGETS, ExperimentConfig, ModelConfig, parse_yaml, validate_model
+from ..engine.checkpoint import build_model
+from ..model.info import model_cost as count
+from ..search import checkpoints, identity
 from ..search.objectives import best_of, mode_of
+from ..search.pareto import front_rows, title
 from ..search.select import COLUMNS
+from ..search.study import SearchSettings
+from ..services import tracking
 from ..services.tracking import ROLE_TAG, STATUS_TAG, TRIAL_TAG, TrackingTarget
+from .report import StudyReport, estimate_line, search_lines, selection_lines
 
 log = logging.getLogger(__name__)
 
 # Hyperparameters shown on the parallel-coordinates plot, when the trials logged them.
 HYPERPARAMETERS = ("model.slices", "model.heads", "model.channels", "model.depth", "train.lr")
-STATUS_COLORS = {"completed": "#2ca02c", "stopped_early": "#1f77b4", "pruned": "#999999",
-                 "stopped": "#ff7f0e", "failed": "#d62728", "running": "#000000"}  # fmt: skip
+STATUS_COLORS = {
+    "completed": "#2ca02c",
+    "stopped_early": "#1f77b4",
+    "pruned": "#999999",
+    "stopped": "#ff7f0e",
+    "failed": "#d62728",
+    "running": "#000000",
+}
 LISTEN_FOLDER = "listen"
 DEFAULT_LISTEN_SECONDS = 3.0  # each excerpt is cut to this: 13 stereo 16-bit wavs of 3 s are ~9 MB as base64
 # What `select._log_listening` writes per target: `<target>.wav` is the estimate, a suffix names the others.
@@ -60,7 +77,9 @@ class Trial:
     params: dict[str, str]
     curve: list[tuple[int, float]]  # (epoch, valid_loss), epoch order
     metric: float | None = None  # best value of the study metric
-    cost: dict[str, float] = field(default_factory=dict)  # model.info.model_cost: {"params", "gmacs_per_second"} when known
+    cost: dict[str, float] = field(
+        default_factory=dict
+    )  # model.info.model_cost: {"params", "gmacs_per_second"} when known
 
     @property
     def last(self) -> tuple[int, float] | None:
@@ -84,7 +103,6 @@ class PageData:
 
 
 def _client(report: StudyReport):
-    from ..services import tracking
 
     m = report.manifest
     return tracking.client(TrackingTarget(m.tracking_uri, m.artifact_root))
@@ -92,7 +110,6 @@ def _client(report: StudyReport):
 
 def read_trials(report: StudyReport, metric: str, mode: str) -> list[Trial]:
     """The study's trial runs (selection retrainings excluded), oldest first."""
-    from ..services import tracking
 
     m = report.manifest
     target = TrackingTarget(m.tracking_uri, m.artifact_root)
@@ -104,9 +121,13 @@ def read_trials(report: StudyReport, metric: str, mode: str) -> list[Trial]:
             continue
         rid = run.info.run_id
         history = sorted((h.step, h.value) for h in c.get_metric_history(rid, "valid_loss"))
-        values = [h.value for h in c.get_metric_history(rid, metric)] if metric != "valid_loss" else [v for _, v in history]
+        values = (
+            [h.value for h in c.get_metric_history(rid, metric)] if metric != "valid_loss" else [v for _, v in history]
+        )
         best = best_of(values, mode)
-        trial = Trial(tags.get(TRIAL_TAG, rid[:8]), rid, tags.get(STATUS_TAG, "running"), dict(run.data.params), history, best)
+        trial = Trial(
+            tags.get(TRIAL_TAG, rid[:8]), rid, tags.get(STATUS_TAG, "running"), dict(run.data.params), history, best
+        )
         trial.cost = model_cost(m.path, trial.trial_id, c, rid)
         out.append(trial)
     return out
@@ -119,10 +140,6 @@ def model_cost(study_path: str, trial_id: str, client, run_id: str) -> dict[str,
     """Parameter count and GMACs per second of a trial's resolved model (empty if unknown): from the
     configuration its worker recorded in the study's storage (`search.checkpoints`), else (a study
     of an older version) from the model config its MLflow run logged."""
-    from ..config import ExperimentConfig, ModelConfig, validate_model
-    from ..engine.checkpoint import build_model
-    from ..model.info import model_cost as count
-    from ..search import checkpoints
 
     experiment = checkpoints.read_experiment(study_path, trial_id)
     if experiment:
@@ -149,9 +166,6 @@ def _download_json(client, run_id: str, artifact: str) -> dict[str, Any] | None:
 
 def read_asha(report: StudyReport) -> dict[str, Any] | None:
     """ASHA's settings from the study file copy (None for a FIFO study or a missing copy)."""
-    from ..config import parse_yaml, validate_model
-    from ..search import identity
-    from ..search.study import SearchSettings
 
     text = identity.read_study_copy(report.manifest.path)
     if text is None:
@@ -162,8 +176,13 @@ def read_asha(report: StudyReport) -> dict[str, Any] | None:
         return None
     epochs = (raw.get("train") or {}).get("epochs")
     max_t = s.max_t or (int(epochs) if isinstance(epochs, int) else None)
-    return {"grace_period": s.grace_period, "reduction_factor": s.reduction_factor, "max_t": max_t,
-            "metric": s.metric, "mode": s.resolved_mode}  # fmt: skip
+    return {
+        "grace_period": s.grace_period,
+        "reduction_factor": s.reduction_factor,
+        "max_t": max_t,
+        "metric": s.metric,
+        "mode": s.resolved_mode,
+    }
 
 
 def rung_epochs(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
@@ -191,7 +210,6 @@ def _clip_order(stem: str) -> tuple[int, int, str]:
 def read_clips(report: StudyReport, seconds: float = DEFAULT_LISTEN_SECONDS) -> list[tuple[str, str, str]]:
     """The excerpts of the first track under `listen/` on the parent run, cut to `seconds`, as base64 wav:
     (track, stem, data) with stem `mixture`, `<target>.reference`, `<target>` or `<target>.wiener`."""
-    import soundfile as sf
 
     c = _client(report)
     run_id = report.manifest.parent_run_id
@@ -248,7 +266,6 @@ def fig_sdr_vs_slices(report: StudyReport):
     The slice counts are categories (the searched values, evenly spaced, no 1.5 ticks); each
     column is offset a little (dodged) so that the five error bars at one slice count stay apart.
     """
-    import plotly.graph_objects as go
 
     table = report.selection.table
     rows = sorted(table.rows, key=lambda r: r.slices)
@@ -259,47 +276,78 @@ def fig_sdr_vs_slices(report: StudyReport):
         y = [r.median[col] for r in rows]
         hi = [r.interval[col][1] - r.median[col] for r in rows]
         lo = [r.median[col] - r.interval[col][0] for r in rows]
-        fig.add_trace(go.Scatter(x=[i + offset for i in range(len(rows))], y=y, name=col, mode="lines+markers",
-                                 customdata=slices, hovertemplate=f"{col}, slices %{{customdata}}: %{{y:.2f}} dB<extra></extra>",
-                                 error_y=dict(type="data", array=hi, arrayminus=lo, visible=True),
-                                 line=dict(width=4 if col == "avg" else 2)))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=[i + offset for i in range(len(rows))],
+                y=y,
+                name=col,
+                mode="lines+markers",
+                customdata=slices,
+                hovertemplate=f"{col}, slices %{{customdata}}: %{{y:.2f}} dB<extra></extra>",
+                error_y=dict(type="data", array=hi, arrayminus=lo, visible=True),
+                line=dict(width=4 if col == "avg" else 2),
+            )
+        )
     fig.add_vline(x=category_position(table.winner, slices), line_dash="dot", annotation_text=f"chosen: {table.winner}")
     if report.estimate is not None:
         # The estimate and its IQR, from the training mixtures alone: where it sits against the
         # searched curve is the test of its hypothesis. Annotated at the bottom, apart from "chosen".
         value, (low, high) = int(report.estimate["slices_estimate"]), report.estimate["iqr"]
-        fig.add_vrect(x0=category_position(low, slices), x1=category_position(high, slices), fillcolor="#9467bd",
-                      opacity=0.08, line_width=0)  # fmt: skip
-        fig.add_vline(x=category_position(value, slices), line_dash="dash", line_color="#9467bd",
-                      annotation_position="bottom right", annotation_text=f"estimate: {value} (IQR {low:g}-{high:g})")  # fmt: skip
-    fig.update_layout(title=f"Validation SDR vs slices ({round(100 * table.confidence)}% bootstrap intervals)",
-                      yaxis_title="SDR (dB)")  # fmt: skip
+        fig.add_vrect(
+            x0=category_position(low, slices),
+            x1=category_position(high, slices),
+            fillcolor="#9467bd",
+            opacity=0.08,
+            line_width=0,
+        )
+        fig.add_vline(
+            x=category_position(value, slices),
+            line_dash="dash",
+            line_color="#9467bd",
+            annotation_position="bottom right",
+            annotation_text=f"estimate: {value} (IQR {low:g}-{high:g})",
+        )
+    fig.update_layout(
+        title=f"Validation SDR vs slices ({round(100 * table.confidence)}% bootstrap intervals)", yaxis_title="SDR (dB)"
+    )
     # A linear axis showing only the category ticks: the dodge offsets and the estimate's fractional
     # position need numbers, which a plotly "category" axis would read as category names.
-    fig.update_xaxes(title_text="slices (searched values)", tickmode="array", tickvals=list(range(len(slices))),
-                     ticktext=[str(v) for v in slices], range=[-0.5, len(slices) - 0.5], zeroline=False)  # fmt: skip
+    fig.update_xaxes(
+        title_text="slices (searched values)",
+        tickmode="array",
+        tickvals=list(range(len(slices))),
+        ticktext=[str(v) for v in slices],
+        range=[-0.5, len(slices) - 0.5],
+        zeroline=False,
+    )
     return fig
 
 
 def fig_learning_curves(trials: list[Trial]):
-    import plotly.graph_objects as go
 
     fig = go.Figure()
     for t in trials:
         if not t.curve:
             continue
         pruned = t.status == "pruned"
-        fig.add_trace(go.Scatter(
-            x=[e for e, _ in t.curve], y=[v for _, v in t.curve], mode="lines+markers", name=f"{t.trial_id} ({t.status})",
-            line=dict(dash="dash" if pruned else "solid", color=STATUS_COLORS["pruned"] if pruned else None),
-            opacity=0.6 if pruned else 1.0))  # fmt: skip
-    fig.update_layout(title="Learning curves (pruned trials dashed grey)", xaxis_title="epoch", yaxis_title="valid_loss")
+        fig.add_trace(
+            go.Scatter(
+                x=[e for e, _ in t.curve],
+                y=[v for _, v in t.curve],
+                mode="lines+markers",
+                name=f"{t.trial_id} ({t.status})",
+                line=dict(dash="dash" if pruned else "solid", color=STATUS_COLORS["pruned"] if pruned else None),
+                opacity=0.6 if pruned else 1.0,
+            )
+        )
+    fig.update_layout(
+        title="Learning curves (pruned trials dashed grey)", xaxis_title="epoch", yaxis_title="valid_loss"
+    )
     return fig
 
 
 def fig_asha(trials: list[Trial], asha: dict[str, Any] | None):
     """Each trial's last epoch against its last valid_loss; rung epochs as vertical lines."""
-    import plotly.graph_objects as go
 
     fig = go.Figure()
     by_status: dict[str, list[Trial]] = {}
@@ -307,14 +355,23 @@ def fig_asha(trials: list[Trial], asha: dict[str, Any] | None):
         if t.last is not None:
             by_status.setdefault(t.status, []).append(t)
     for status, group in sorted(by_status.items()):
-        fig.add_trace(go.Scatter(x=[t.last[0] for t in group], y=[t.last[1] for t in group], mode="markers",
-                                 name=status, text=[t.trial_id for t in group],
-                                 marker=dict(size=11, color=STATUS_COLORS.get(status))))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=[t.last[0] for t in group],
+                y=[t.last[1] for t in group],
+                mode="markers",
+                name=status,
+                text=[t.trial_id for t in group],
+                marker=dict(size=11, color=STATUS_COLORS.get(status)),
+            )
+        )
     title = "ASHA: where each trial stopped"
     if asha and asha.get("max_t"):
         for r in rung_epochs(asha["grace_period"], asha["reduction_factor"], asha["max_t"]):
             fig.add_vline(x=r, line_dash="dot", line_color="#888", annotation_text=f"rung {r}")
-        title += f" (grace {asha['grace_period']}, reduction factor {asha['reduction_factor']:g}, max_t {asha['max_t']})"
+        title += (
+            f" (grace {asha['grace_period']}, reduction factor {asha['reduction_factor']:g}, max_t {asha['max_t']})"
+        )
     fig.update_layout(title=title, xaxis_title="last epoch", yaxis_title="last valid_loss")
     return fig
 
@@ -329,7 +386,6 @@ def _number(value: str | None) -> float | None:
 
 def fig_parallel(trials: list[Trial], metric: str):
     """Parallel coordinates: hyperparameters -> best metric (lr on a log10 axis)."""
-    import plotly.graph_objects as go
 
     scored = [t for t in trials if t.metric is not None]
     dims = []
@@ -350,51 +406,120 @@ def fig_parallel(trials: list[Trial], metric: str):
 
 def fig_cost(trials: list[Trial], metric: str):
     """Best metric against parameter count and MACs per second of audio (two panels)."""
-    from plotly.subplots import make_subplots
-    import plotly.graph_objects as go
 
     known = [t for t in trials if t.metric is not None and t.cost]
     fig = make_subplots(rows=1, cols=2, subplot_titles=("parameters", "GMACs per second of audio"))
     for col, key in ((1, "params"), (2, "gmacs_per_second")):
-        fig.add_trace(go.Scatter(x=[t.cost[key] for t in known], y=[t.metric for t in known], mode="markers",
-                                 text=[f"{t.trial_id} slices={t.params.get('model.slices', '?')}" for t in known],
-                                 marker=dict(size=10, color=[STATUS_COLORS.get(t.status) for t in known]),
-                                 showlegend=False), row=1, col=col)  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=[t.cost[key] for t in known],
+                y=[t.metric for t in known],
+                mode="markers",
+                text=[f"{t.trial_id} slices={t.params.get('model.slices', '?')}" for t in known],
+                marker=dict(size=10, color=[STATUS_COLORS.get(t.status) for t in known]),
+                showlegend=False,
+            ),
+            row=1,
+            col=col,
+        )
         fig.update_xaxes(type="log", title_text=key, row=1, col=col)
         fig.update_yaxes(title_text=f"best {metric}", row=1, col=col)
     fig.update_layout(title=f"Best {metric} against model size and cost")
     return fig
 
 
+def fig_importance(found: dict[str, Any]):
+    """Each objective's fANOVA (and PED-ANOVA) importance per parameter, as grouped bars."""
+    import plotly.graph_objects as go  # lazy: plotly loads in a second; only the HTML report draws
+
+    fig = go.Figure()
+    for name, by_evaluator in found["objectives"].items():
+        for evaluator, shares in by_evaluator.items():
+            fig.add_trace(go.Bar(x=list(shares), y=list(shares.values()), name=f"{name}, {evaluator}"))
+    fig.update_layout(
+        title=f"Which hyperparameters matter ({found['trials']} trials at their last epoch)",
+        barmode="group",
+        yaxis=dict(title="share of importance", tickformat=".0%"),
+    )
+    return fig
+
+
+def _cost_html(search: dict[str, Any] | None, selection: dict[str, Any] | None) -> str:
+    rows = (
+        [("search", search.get("wall_s"), search.get("trial_seconds"), search.get("cpu_s"), search.get("epochs"))]
+        if search
+        else []
+    )
+    if selection:
+        rows.append(
+            ("selection", selection["wall_s"], selection["job_seconds"], selection["cpu_s"], selection["epochs"])
+        )
+        test = selection.get("test") or {}
+        rows.append(("test scoring and registering", test.get("wall_s"), None, test.get("cpu_s"), None))
+    cells = "".join(
+        f"<tr><td>{html.escape(name)}</td>"
+        + "".join(
+            f"<td>{'' if v is None else html.escape(f'{v:.0f}' if isinstance(v, float) else str(v))}</td>" for v in vals
+        )
+        + "</tr>"
+        for name, *vals in rows
+    )
+    saved = (
+        (
+            f"<p>Saved by pruning and early stopping: {search['saved_epochs']} trial-epochs, about "
+            f"{search['saved_s']:.0f} trial-seconds.</p>"
+        )
+        if search
+        else ""
+    )
+    return (
+        '<table class="cost"><tr><th>phase</th><th>wall s</th><th>trial/job s</th><th>CPU s</th>'
+        f"<th>epochs</th></tr>{cells}</table>{saved}"
+    )
+
+
 def fig_pareto(pareto: dict[str, Any]):
     """Quality against each cost objective: every scored trial, the front's members joined up."""
-    from plotly.subplots import make_subplots
-    import plotly.graph_objects as go
 
     quality, *costs = list(pareto["objectives"])
     fig = make_subplots(rows=1, cols=len(costs), subplot_titles=costs)
     for col, cost in enumerate(costs, start=1):
         for on_front in (False, True):
             pts = sorted((p for p in pareto["points"] if p["on_front"] == on_front), key=lambda p: p["values"][cost])
-            fig.add_trace(go.Scatter(
-                x=[p["values"][cost] for p in pts], y=[p["values"][quality] for p in pts],
-                mode="lines+markers" if on_front else "markers", name="Pareto front" if on_front else "other trials",
-                text=[f"{p['trial_id']} " + " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in p["config"].items()) for p in pts],
-                marker=dict(size=11 if on_front else 8, color="#d62728" if on_front else "#999999"),
-                line=dict(dash="dot"), showlegend=col == 1), row=1, col=col)  # fmt: skip
+            fig.add_trace(
+                go.Scatter(
+                    x=[p["values"][cost] for p in pts],
+                    y=[p["values"][quality] for p in pts],
+                    mode="lines+markers" if on_front else "markers",
+                    name="Pareto front" if on_front else "other trials",
+                    text=[
+                        f"{p['trial_id']} " + " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in p["config"].items())
+                        for p in pts
+                    ],
+                    marker=dict(size=11 if on_front else 8, color="#d62728" if on_front else "#999999"),
+                    line=dict(dash="dot"),
+                    showlegend=col == 1,
+                ),
+                row=1,
+                col=col,
+            )
         fig.update_xaxes(type="log", title_text=cost, row=1, col=col)
         fig.update_yaxes(title_text=f"best {quality}", row=1, col=col)
-    fig.update_layout(title=f"Quality against cost: {len(pareto['front'])} of {len(pareto['points'])} trials on the front")
+    fig.update_layout(
+        title=f"Quality against cost: {len(pareto['front'])} of {len(pareto['points'])} trials on the front"
+    )
     return fig
 
 
 def _pareto_html(pareto: dict[str, Any]) -> str:
-    from ..search.pareto import front_rows, title
 
     header, rows = front_rows(pareto)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return _plot(fig_pareto(pareto), "pareto") + f"<table><caption>{html.escape(title(pareto))}</caption><tr>{head}</tr>{body}</table>"
+    return (
+        _plot(fig_pareto(pareto), "pareto")
+        + f"<table><caption>{html.escape(title(pareto))}</caption><tr>{head}</tr>{body}</table>"
+    )
 
 
 # --- page ----------------------------------------------------------------------------
@@ -415,11 +540,16 @@ def _table_html(report: StudyReport) -> str:
     rows = []
     for rec in table.records():
         cls = ' class="winner"' if rec["slices"] == table.winner else ""
-        cells = [str(rec["slices"]), *(f"{rec[c]:.2f}" for c in COLUMNS), f"[{rec['avg_low']:.2f}, {rec['avg_high']:.2f}]",
-                 html.escape(rec["vs_winner"])]  # fmt: skip
+        cells = [
+            str(rec["slices"]),
+            *(f"{rec[c]:.2f}" for c in COLUMNS),
+            f"[{rec['avg_low']:.2f}, {rec['avg_high']:.2f}]",
+            html.escape(rec["vs_winner"]),
+        ]
         rows.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return (f'<table><caption>{html.escape(table.label())}</caption><tr>{head}</tr>{"".join(rows)}</table>'
-            + "".join(f"<p>{html.escape(line)}</p>" for line in selection_lines(report.selection)))  # fmt: skip
+    return f"<table><caption>{html.escape(table.label())}</caption><tr>{head}</tr>{''.join(rows)}</table>" + "".join(
+        f"<p>{html.escape(line)}</p>" for line in selection_lines(report.selection)
+    )
 
 
 def _section(title: str, body: str) -> str:
@@ -436,15 +566,26 @@ def _trials_note(data: PageData) -> str | None:
 
 def _sections(data: PageData) -> list[str]:
     r = data.report
-    out = [_section("Study", "".join(f"<pre>{html.escape(line)}</pre>" for line in search_lines(r))
-                    + f"<pre>{html.escape(r.where)}</pre>")]  # fmt: skip
+    out = [
+        _section(
+            "Study",
+            "".join(f"<pre>{html.escape(line)}</pre>" for line in search_lines(r))
+            + f"<pre>{html.escape(r.where)}</pre>",
+        )
+    ]
     estimate = estimate_line(r)
     estimate_html = f'<p class="estimate">{html.escape(estimate.strip())}</p>' if estimate else ""
     if r.selection is None:
         hint = "the search is not finished" if r.manifest.state != "finished" else "run the study again to choose it"
-        out.append(_section("SDR vs slices", _note(f"Slice count not chosen yet ({hint}): no validation table.") + estimate_html))
+        out.append(
+            _section(
+                "SDR vs slices", _note(f"Slice count not chosen yet ({hint}): no validation table.") + estimate_html
+            )
+        )
     else:
-        out.append(_section("SDR vs slices", _plot(fig_sdr_vs_slices(r), "sdr-vs-slices") + estimate_html + _table_html(r)))
+        out.append(
+            _section("SDR vs slices", _plot(fig_sdr_vs_slices(r), "sdr-vs-slices") + estimate_html + _table_html(r))
+        )
     missing = _trials_note(data)
     curved = [t for t in data.trials if t.curve]
     if missing or not curved:
@@ -453,7 +594,9 @@ def _sections(data: PageData) -> list[str]:
             out.append(_section(title, _note(why)))
     else:
         out.append(_section("Learning curves", _plot(fig_learning_curves(data.trials), "learning-curves")))
-        asha_note = "" if data.asha else _note("No ASHA settings (FIFO scheduler or no study file copy): rungs not marked.")
+        asha_note = (
+            "" if data.asha else _note("No ASHA settings (FIFO scheduler or no study file copy): rungs not marked.")
+        )
         out.append(_section("ASHA rungs", _plot(fig_asha(data.trials, data.asha), "asha") + asha_note))
         out.append(_section("Hyperparameters", _plot(fig_parallel(data.trials, data.metric), "parallel")))
         if any(t.cost for t in data.trials):
@@ -462,14 +605,26 @@ def _sections(data: PageData) -> list[str]:
             out.append(_section("Size and cost", _note("No trial logged its model config (model/model_config.json).")))
     if r.search.get("pareto"):
         out.append(_section("Quality against cost (Pareto front)", _pareto_html(r.search["pareto"])))
+    found = r.search.get("importance")
+    if found and found.get("objectives"):
+        out.append(_section("Which hyperparameters matter", _plot(fig_importance(found), "importance")))
+    else:
+        why = (found or {}).get("skipped", "the search did not finish")
+        out.append(_section("Which hyperparameters matter", _note(f"No importance computed ({why}).")))
+    if r.search.get("cost") or r.selection:
+        out.append(
+            _section("What the study cost", _cost_html(r.search.get("cost"), r.selection.cost if r.selection else None))
+        )
     out.append(_section("Listen: references and the winner's estimates", _audio_html(data)))
     return out
 
 
 def _player(track: str, stem: str, b64: str) -> str:
     target, kind = clip_name(stem)
-    return (f'<audio controls preload="none" data-track="{html.escape(track)}" data-target="{html.escape(target)}" '
-            f'data-kind="{html.escape(kind or "estimate")}" src="data:audio/wav;base64,{b64}"></audio>')  # fmt: skip
+    return (
+        f'<audio controls preload="none" data-track="{html.escape(track)}" data-target="{html.escape(target)}" '
+        f'data-kind="{html.escape(kind or "estimate")}" src="data:audio/wav;base64,{b64}"></audio>'
+    )
 
 
 def _audio_html(data: PageData) -> str:
@@ -484,7 +639,9 @@ def _audio_html(data: PageData) -> str:
     head = "".join(f"<th>{html.escape(CLIP_KINDS[k])}</th>" for k in kinds)
     rows = []
     if "mixture" in by_name:
-        rows.append(f'<tr><th>mixture</th><td colspan="{max(1, len(kinds))}">{_player(track, "mixture", by_name["mixture"])}</td></tr>')
+        rows.append(
+            f'<tr><th>mixture</th><td colspan="{max(1, len(kinds))}">{_player(track, "mixture", by_name["mixture"])}</td></tr>'
+        )
     for target in TARGETS:
         cells = []
         for kind in kinds:
@@ -503,13 +660,14 @@ caption{text-align:left;font-style:italic}.estimate{border-left:4px solid #9467b
 
 def render_html(data: PageData) -> str:
     """The whole page as one string; plotly.js is inlined (no network needed to view it)."""
-    from plotly.offline import get_plotlyjs
 
     title = f"Study {data.report.manifest.name}: Sams-Net search report"
-    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(title)}</title><style>{STYLE}</style>"
-            f"<script type=\"text/javascript\">{get_plotlyjs()}</script></head><body>"
-            f"<h1>{html.escape(title)}</h1>{''.join(_sections(data))}</body></html>\n")  # fmt: skip
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style>"
+        f'<script type="text/javascript">{get_plotlyjs()}</script></head><body>'
+        f"<h1>{html.escape(title)}</h1>{''.join(_sections(data))}</body></html>\n"
+    )
 
 
 def write_html(report: StudyReport, path: str | Path, listen_seconds: float = DEFAULT_LISTEN_SECONDS) -> Path:

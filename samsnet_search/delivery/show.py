@@ -20,9 +20,16 @@ def format_space(study: Study) -> str:
         f"  storage:  {identity.display_uri(identity.study_uri(study.storage, study.name))}",
         f"  tracking: {study.tracking_uri} (experiment {study.name}, registered model samsnet-{study.name})",
         f"  search:   {num_trials(study)} trials, {s.searcher} (seed {s.seed}), {s.scheduler}"
-        + (f" grace {s.grace_period} / reduction {s.reduction_factor:g} / max_t {study.max_t}" if s.scheduler == "asha" else "")
-        + (f", objectives {', '.join(f'{k} ({v})' for k, v in s.objective_modes.items())}" if s.multi_objective
-           else f", {study.metric} ({study.mode})"),
+        + (
+            f" grace {s.grace_period} / reduction {s.reduction_factor:g} / max_t {study.max_t}"
+            if s.scheduler == "asha"
+            else ""
+        )
+        + (
+            f", objectives {', '.join(f'{k} ({v})' for k, v in s.objective_modes.items())}"
+            if s.multi_objective
+            else f", {study.metric} ({study.mode})"
+        ),
         f"  trial:    {study.spec.resources.cpu:g} CPU, {study.spec.resources.gpu:g} GPU"
         + (f", at most {s.max_concurrent_trials} at once" if s.max_concurrent_trials else "")
         + (f", time budget {s.time_budget_s:g} s" if s.time_budget_s else ""),
@@ -52,8 +59,10 @@ def format_result(result: StudyResult) -> str:
     best = result.best
     if best is not None:
         config = " ".join(f"{k}={v}" for k, v in best.config.items())
-        lines.append(f"  best: trial {best.trial_id} {study.metric}={best.best[study.metric]:.4g} at epoch "
-                     f"{best.best.get('epoch')}: {config}")
+        lines.append(
+            f"  best: trial {best.trial_id} {study.metric}={best.best[study.metric]:.4g} at epoch "
+            f"{best.best.get('epoch')}: {config}"
+        )
     failed = [t for t in result.trials if t.status == "failed"]
     for t in failed[:5]:
         lines.append(f"  failed: trial {t.trial_id}: {t.error}")
@@ -70,7 +79,9 @@ def format_studies(manifests: list[Manifest]) -> str:
     for m in manifests:
         counts = m.summary.get("counts", {})
         trials = " ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "-"
-        best_key = next((k for k in m.summary if k.startswith("best_") and k not in ("best_trial", "best_run", "best_config")), None)
+        best_key = next(
+            (k for k in m.summary if k.startswith("best_") and k not in ("best_trial", "best_run", "best_config")), None
+        )
         best = m.summary.get(best_key) if best_key else None
         best_text = f"{best_key.removeprefix('best_')} {best:.4g}" if isinstance(best, (int, float)) else "-"
         updated = time.strftime("%Y-%m-%d %H:%M", time.localtime(m.updated))

@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from ..services import tracking
-from .export import DEFAULT_ALIAS, export_checkpoint, register
+from .export import export_checkpoint
+from .registry import DEFAULT_ALIAS, register
 
 
-def register_winner(checkpoint_dir: Path, info: dict[str, Any], study_name: str, tracking_uri: str,
-                    run_id: str | None) -> dict[str, Any]:  # fmt: skip
+def register_winner(
+    checkpoint_dir: Path, info: dict[str, Any], study_name: str, tracking_uri: str, run_id: str | None
+) -> dict[str, Any]:
     """Export the winner's checkpoint and register it from `run_id`, the run that trained its
     weights; returns {"name", "version", "alias"} (what study.json's summary records)."""
     with tempfile.TemporaryDirectory() as tmp:

@@ -50,8 +50,9 @@ def blocks_of(audio: np.ndarray, size: int) -> Iterator[np.ndarray]:
         yield audio[..., start : start + size]
 
 
-def apply_chunked(fn: Separator, blocks: Iterable[np.ndarray], plan: ChunkPlan,
-                  progress: Progress | None = None) -> Iterator[np.ndarray]:  # fmt: skip
+def apply_chunked(
+    fn: Separator, blocks: Iterable[np.ndarray], plan: ChunkPlan, progress: Progress | None = None
+) -> Iterator[np.ndarray]:
     """Yield the estimates (S, C, n) of consecutive chunks; concatenated on the last axis they cover
     the whole mixture. `blocks` are (C, n) pieces of the mixture of any sizes, in order."""
     buf: np.ndarray | None = None  # mixture samples [buf_start, buf_start + buf.shape[-1])

@@ -19,11 +19,11 @@ from typing import Callable, Literal
 import numpy as np
 import torch
 
-from .apply import apply_chunked, blocks_of
 from ..config import SAMPLE_RATE, TARGETS
 from ..data import Track
 from ..metrics.bsseval import bss_eval_v4, median_over_tracks, track_scores
 from ..model import SamsNet, Spectrogram
+from .apply import apply_chunked, blocks_of
 from .separate import MaskSeparator
 from .wiener import PostFilter, mixture_residual
 
@@ -61,8 +61,9 @@ class EvalReport:
         }
 
 
-def model_estimator(model: SamsNet, device: torch.device, chunk_seconds: float = 30.0,
-                    post: PostFilter = PostFilter()) -> Estimator:  # fmt: skip
+def model_estimator(
+    model: SamsNet, device: torch.device, chunk_seconds: float = 30.0, post: PostFilter = PostFilter()
+) -> Estimator:
     """Separate with the mixture phase and `post` (default: the paper's plain masks), `chunk_seconds` at a time."""
     separator = MaskSeparator(model, device, post)
     plan = separator.plan(chunk_seconds)
@@ -74,8 +75,9 @@ def model_estimator(model: SamsNet, device: torch.device, chunk_seconds: float =
     return estimate
 
 
-def oracle_estimator(kind: Literal["irm1", "irm2"], n_fft: int = 4096, hop_length: int = 1024,
-                     post: PostFilter = PostFilter()) -> Estimator:  # fmt: skip
+def oracle_estimator(
+    kind: Literal["irm1", "irm2"], n_fft: int = 4096, hop_length: int = 1024, post: PostFilter = PostFilter()
+) -> Estimator:
     """Ideal ratio mask from the true stems: irm1 magnitude ratio, irm2 power ratio; then `post`."""
     power = {"irm1": 1, "irm2": 2}[kind]
     stft = Spectrogram(n_fft, hop_length)
@@ -97,7 +99,7 @@ def score(references: np.ndarray, estimates: np.ndarray, backend: Backend) -> di
     refs = np.transpose(references, (0, 2, 1)).astype(np.float64)  # museval layout (S, N, C)
     ests = np.transpose(estimates, (0, 2, 1)).astype(np.float64)
     if backend == "museval":
-        import museval
+        import museval  # lazy: museval (musdb, stempeg); only its backend needs it
 
         sdr, isr, sir, sar = museval.evaluate(refs, ests, win=SAMPLE_RATE, hop=SAMPLE_RATE)
         return {"SDR": sdr, "ISR": isr, "SIR": sir, "SAR": sar}
@@ -106,7 +108,7 @@ def score(references: np.ndarray, estimates: np.ndarray, backend: Backend) -> di
 
 def museval_json(name: str, metrics: dict[str, np.ndarray]) -> str:
     """The per-track JSON museval writes (frames of SDR/SIR/ISR/SAR per target)."""
-    from museval.aggregate import TrackStore
+    from museval.aggregate import TrackStore  # lazy: museval
 
     store = TrackStore(track_name=name, win=1.0, hop=1.0)
     for i, target in enumerate(TARGETS):
@@ -138,7 +140,9 @@ def evaluate_tracks(
         log.info("%s: %s", track.name, report.tracks[track.name])
         if progress is not None:
             avg = sum(report.tracks[track.name][t] for t in TARGETS) / len(TARGETS)
-            progress(f"{subset} [{k}/{len(tracks)}, {time.monotonic() - start:.0f} s]: {track.name} avg SDR {avg:.2f} dB ({name})")
+            progress(
+                f"{subset} [{k}/{len(tracks)}, {time.monotonic() - start:.0f} s]: {track.name} avg SDR {avg:.2f} dB ({name})"
+            )
         if out_dir is not None:
             (out_dir / subset).mkdir(parents=True, exist_ok=True)
             (out_dir / subset / f"{track.name}.json").write_text(museval_json(track.name, metrics))

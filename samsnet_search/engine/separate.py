@@ -1,8 +1,8 @@
 """Inference: separate a song into the four targets with a trained model, in chunks of bounded memory.
 
-`MaskSeparator` turns a mask model (the Python `SamsNet` or its TorchScript export: both give
-`forward(mag) -> masks`, `spectrogram` and `slice_frames`) into a chunk separator for
-`apply.apply_chunked`: STFT, masks, the post-filter (`wiener.PostFilter`: the paper's plain
+`MaskSeparator` turns a mask model (the Python `SamsNet`, or its export loaded by
+`delivery.export_folder.load_exported`: both give `model(mag) -> masks`, `spectrogram`,
+`slice_frames` and `context_frames()`) into a chunk separator for `apply.apply_chunked`: STFT, masks, the post-filter (`wiener.PostFilter`: the paper's plain
 masks, a multichannel Wiener filter, the residual "other"), ISTFT. `separate` works on an array,
 `separate_file` streams a file of any format ffmpeg reads (`audio_io`) to one wav per stem.
 """
@@ -18,19 +18,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from .apply import ChunkPlan, apply_chunked, blocks_of
-from ..data.audio_io import StemWriter, open_audio, read_audio, read_blocks
 from ..config import SAMPLE_RATE, TARGETS
+from ..data.audio_io import StemWriter, open_audio, read_audio, read_blocks
 from ..errors import DataError
+from .apply import ChunkPlan, apply_chunked, blocks_of
 from .wiener import PostFilter, mixture_residual
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MaskSeparator", "separate", "separate_file", "read_audio", "load_separator", "check_arguments", "parse_stems"]
+__all__ = ["MaskSeparator", "separate", "separate_file", "read_audio", "check_arguments", "parse_stems"]
 
 FileProgress = Callable[[int, "int | None"], None]  # (samples done, total samples if known)
-MODEL_SUFFIXES = (".pt", ".ts", ".pth")
-MODEL_FOLDER_MARKS = ("*.pt", "*.ts", "export.json")  # what a checkpoint or export folder holds
+MODEL_SUFFIXES = (".pt", ".pt2", ".pth")
+MODEL_FOLDER_MARKS = ("*.pt", "*.pt2", "export.json")  # what a checkpoint or export folder holds
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".mp4", ".aac", ".aif", ".aiff", ".opus")
 
 
@@ -44,8 +44,7 @@ class MaskSeparator:
         spec = model.spectrogram
         self.n_fft, self.hop = int(spec.n_fft), int(spec.hop_length)
         self.slice_frames = int(model.slice_frames)
-        ctx = model.context_frames  # a method on SamsNet, an int attribute on the TorchScript export
-        self.context_frames = int(ctx() if callable(ctx) else ctx)
+        self.context_frames = int(model.context_frames())
 
     def plan(self, chunk_seconds: float) -> ChunkPlan:
         """Chunks that start on slice boundaries, with context for the network's receptive field
@@ -69,8 +68,13 @@ class MaskSeparator:
         return estimates
 
 
-def separate(model: nn.Module, audio: np.ndarray, device: str | torch.device = "cpu", chunk_seconds: float = 30.0,
-             post: PostFilter = PostFilter()) -> dict[str, np.ndarray]:  # fmt: skip
+def separate(
+    model: nn.Module,
+    audio: np.ndarray,
+    device: str | torch.device = "cpu",
+    chunk_seconds: float = 30.0,
+    post: PostFilter = PostFilter(),
+) -> dict[str, np.ndarray]:
     """audio (C, N) at 44.1 kHz -> {target: (C, N)}, `chunk_seconds` at a time."""
     if not audio.shape[-1]:
         raise DataError("empty audio (0 samples): nothing to separate")
@@ -81,7 +85,7 @@ def separate(model: nn.Module, audio: np.ndarray, device: str | torch.device = "
 
 
 def parse_stems(text: str | Sequence[str] | None) -> list[str]:
-    """"vocals,drums" -> ["vocals", "drums"] (all targets when empty); unknown names are a DataError."""
+    """ "vocals,drums" -> ["vocals", "drums"] (all targets when empty); unknown names are a DataError."""
     names = [s.strip() for s in (text.split(",") if isinstance(text, str) else text or []) if s.strip()]
     unknown = [s for s in names if s not in TARGETS]
     if unknown:
@@ -96,14 +100,25 @@ def check_arguments(model_ref: str | Path, audio: str | Path) -> None:
     audio_is_model = model_folder or audio_path.suffix.lower() in MODEL_SUFFIXES or str(audio).startswith("models:/")
     model_is_audio = model_path.is_file() and model_path.name.lower().endswith(AUDIO_SUFFIXES)
     if audio_is_model or model_is_audio:
-        raise DataError(f"arguments swapped? `separate MODEL AUDIO` takes the model first (an export or checkpoint "
-                        f"folder, a .pt file or models:/NAME@ALIAS), then the audio file; got MODEL={model_ref}, "
-                        f"AUDIO={audio}")  # fmt: skip
+        raise DataError(
+            f"arguments swapped? `separate MODEL AUDIO` takes the model first (an export or checkpoint "
+            f"folder, a .pt file or models:/NAME@ALIAS), then the audio file; got MODEL={model_ref}, "
+            f"AUDIO={audio}"
+        )
 
 
-def separate_file(model: nn.Module, path: str | Path, out_dir: str | Path, device: str | torch.device = "cpu", *,
-                  chunk_seconds: float = 30.0, post: PostFilter = PostFilter(), stems: Sequence[str] = TARGETS,
-                  bits: str = "32f", progress: FileProgress | None = None) -> dict[str, Path]:  # fmt: skip
+def separate_file(
+    model: nn.Module,
+    path: str | Path,
+    out_dir: str | Path,
+    device: str | torch.device = "cpu",
+    *,
+    chunk_seconds: float = 30.0,
+    post: PostFilter = PostFilter(),
+    stems: Sequence[str] = TARGETS,
+    bits: str = "32f",
+    progress: FileProgress | None = None,
+) -> dict[str, Path]:
     """Write `<out_dir>/<stem>.wav` for each of `stems`, streaming: memory is set by the chunk, not the song."""
     if chunk_seconds <= 0:
         raise DataError(f"--chunk-seconds {chunk_seconds:g}: must be > 0")
@@ -125,39 +140,3 @@ def separate_file(model: nn.Module, path: str | Path, out_dir: str | Path, devic
             raise DataError(f"{path}: empty audio (0 samples)")
     log.info("%s: %.1f s separated (%s) into %s", path, written / SAMPLE_RATE, post.label, out_dir)
     return dict(writer.paths)
-
-
-def load_separator(model_ref: str | Path, tracking_uri: str | None = None, map_location: str = "cpu"):
-    """A model for `separate` / `separate_file` from any of:
-
-    - an export folder (`samsnet-search export`): its TorchScript module, so no SamsNet
-      Python code runs (torch.stft/istft and the network are inside model.ts); every file of
-      the folder must match the sha256 its export.json records, or nothing is loaded;
-    - an MLflow registry URI `models:/NAME@ALIAS` or `models:/NAME/VERSION`: the export
-      folder stored in that model version, downloaded, checked against the checksum the
-      registry recorded, and loaded the same way (the pyfunc wrapper is not unpickled or
-      executed); `tracking_uri` (default `$MLFLOW_TRACKING_URI`, else ./mlruns) names the server;
-    - a checkpoint folder or .pt file: the Python SamsNet with the best weights.
-    """
-    import os
-    import tempfile
-
-    from ..delivery import export
-    from .checkpoint import load_model
-
-    ref = str(model_ref)
-    if ref.startswith(export.REGISTRY_PREFIX):
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = export.download_registered(ref, tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"), tmp)
-            return export.load_exported(folder, map_location)
-    if export.is_export(ref):
-        export.verify_export(ref)  # the whole folder, not only model.ts: a changed file is named
-        return export.load_exported(ref, map_location)
-    path = Path(ref)
-    if not path.exists():
-        raise export.ExportError(f"{ref}: no such file or folder (expected an export folder, a checkpoint "
-                                 "folder or .pt file, or models:/NAME@ALIAS)")  # fmt: skip
-    if path.is_dir() and not any((path / name).is_file() for name in ("best.pt", "last.pt")):
-        raise export.ExportError(f"{ref}: neither an export folder (no {export.MANIFEST}) nor a checkpoint "
-                                 "folder (no best.pt / last.pt)")  # fmt: skip
-    return load_model(ref, map_location)[0]

@@ -18,13 +18,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint
 from ..config import TARGETS, ExperimentConfig
 from ..data import Splits, load_splits
 from ..data.dataset import make_train_loader, validation_excerpts
 from ..errors import SamsNetError
 from ..metrics.bsseval import median_over_tracks, sdr_v4, track_scores
 from ..model import SamsNet
+from . import checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class EpochResult:
     epochs_without_improvement: int
     stop: bool  # early stopping fires after this epoch
     seconds: float
+    cpu_seconds: float  # CPU time of this process over the epoch (all its threads)
     checkpoint_dir: Path
 
     def metrics(self) -> dict[str, float]:
@@ -57,6 +58,7 @@ class EpochResult:
             "epochs_without_improvement": self.epochs_without_improvement,
             "stopped_early": float(self.stop),
             "epoch_seconds": self.seconds,
+            "epoch_cpu_seconds": self.cpu_seconds,
         }
         if self.valid_sdr is not None:
             out["valid_sdr"] = self.valid_sdr
@@ -124,9 +126,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.model_config = cfg.resolved_model()
         self.model = checkpoint.build_model(self.model_config).to(self.device)
-        self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
-        )
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         # Loss scaling only matters for float16; bfloat16 has float32's range.
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and _amp_dtype() == torch.float16)
         self.loader = make_train_loader(
@@ -174,7 +174,9 @@ class Trainer:
         path = Path(path)
         state = checkpoint.load(path, map_location=self.device, origin=origin)
         if state["model_config"] != self.model_config.model_dump(mode="json"):
-            raise checkpoint.CheckpointError(f"{origin or path}: model config differs from the configuration being trained")
+            raise checkpoint.CheckpointError(
+                f"{origin or path}: model config differs from the configuration being trained"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -221,9 +223,7 @@ class Trainer:
     def validate(self, with_sdr: bool) -> tuple[float, dict[str, float] | None]:
         """valid_loss over the validation excerpts; per-target SDR (median/median) when asked."""
         self.model.eval()
-        excerpts = validation_excerpts(
-            self.splits.valid, self.cfg.data, epoch=self.epoch, seed=self.cfg.train.seed
-        )
+        excerpts = validation_excerpts(self.splits.valid, self.cfg.data, epoch=self.epoch, seed=self.cfg.train.seed)
         losses, scores = [], []
         for ex in excerpts:
             mixture = torch.from_numpy(np.ascontiguousarray(ex.mixture))[None].to(self.device)
@@ -234,9 +234,7 @@ class Trainer:
                     estimates = self.model.separate(mixture)[0]  # (S, C, N)
                 # A stem silent over a whole excerpt gives NaN (museval would refuse it);
                 # the medians skip NaN.
-                sdr = sdr_v4(
-                    targets[0].transpose(1, 2).double(), estimates.transpose(1, 2).double(), on_silent="nan"
-                )
+                sdr = sdr_v4(targets[0].transpose(1, 2).double(), estimates.transpose(1, 2).double(), on_silent="nan")
                 scores.append(track_scores(sdr, TARGETS))
         return float(np.mean(losses)), (median_over_tracks(scores) if with_sdr else None)
 
@@ -246,7 +244,7 @@ class Trainer:
         train = self.cfg.train
         stopped_early = False
         while self.epoch < train.epochs and not stopped_early:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             train_loss = self.train_epoch()
             self.epoch += 1
             every = train.valid_sdr_every
@@ -268,6 +266,7 @@ class Trainer:
                 epochs_without_improvement=waited,
                 stop=stopped_early,
                 seconds=time.perf_counter() - start,
+                cpu_seconds=time.process_time() - start_cpu,
                 checkpoint_dir=self.ckpt_dir,
             )
             self.history.append(result.metrics())

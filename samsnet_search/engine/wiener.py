@@ -44,7 +44,9 @@ class PostFilter:
 
     def __post_init__(self) -> None:
         if self.wiener < 0 or self.window_frames < 1:
-            raise ValueError(f"wiener iterations must be >= 0 and window_frames >= 1 (got {self.wiener}, {self.window_frames})")
+            raise ValueError(
+                f"wiener iterations must be >= 0 and window_frames >= 1 (got {self.wiener}, {self.window_frames})"
+            )
 
     @property
     def label(self) -> str:

@@ -141,7 +141,10 @@ def _any_silent_source(scan: "_Scan", on_silent: OnSilent) -> bool:
     museval's silence test: a source's channel sum is exactly zero at every sample.
     """
     found = []
-    for name, active, finite in (("reference", scan.ref_active, scan.ref_finite), ("estimate", scan.est_active, scan.est_finite)):
+    for name, active, finite in (
+        ("reference", scan.ref_active, scan.ref_finite),
+        ("estimate", scan.est_active, scan.est_finite),
+    ):
         if not finite:
             raise ValueError(f"{name}s contain NaN or infinite samples")
         found += [f"{name} {j}" for j in torch.nonzero(~active).flatten().tolist()]
@@ -180,7 +183,9 @@ def _segments_into(out: torch.Tensor, x: torch.Tensor, first: int, step: int) ->
     out.view(count, nsrc, nchan, length).copy_(seg.transpose(0, 1))
 
 
-def _stacked_segments(refs: torch.Tensor, ests: torch.Tensor, first: int, step: int, count: int, length: int) -> torch.Tensor:
+def _stacked_segments(
+    refs: torch.Tensor, ests: torch.Tensor, first: int, step: int, count: int, length: int
+) -> torch.Tensor:
     """(count, 2P, length) float64: reference channels then estimate channels of each segment."""
     P = refs.shape[0] * refs.shape[2]
     z = torch.empty((count, 2 * P, length), dtype=torch.float64, device=refs.device)
@@ -486,8 +491,12 @@ def _solve_spd(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     solved = [min_norm_solve(ai, bi) for ai, bi in zip(a_np, b_np)]
     ranks = [rank for _, rank in solved]
     if min(ranks) < a.shape[-1]:
-        logger.warning("rank-deficient Gram matrix (rank %s of %d): minimum-norm least-squares projection filters "
-                       "(museval's fallback)", "/".join(map(str, ranks)), a.shape[-1])  # fmt: skip
+        logger.warning(
+            "rank-deficient Gram matrix (rank %s of %d): minimum-norm least-squares projection filters "
+            "(museval's fallback)",
+            "/".join(map(str, ranks)),
+            a.shape[-1],
+        )
     x = np.stack([xi for xi, _ in solved]).reshape(b.shape)
     return torch.from_numpy(x).to(device=b.device, dtype=b.dtype)
 
@@ -544,7 +553,9 @@ def _frame_metrics(
     w = _parseval_weights(n_fft, c_all.device)
     if _use_numba(refs):
         sums = torch.from_numpy(
-            _cpu_frame_energies(refs.numpy(), ests.numpy(), hop, nframes, wlen, n_fft, cf_all.numpy(), cf_own.numpy(), w.numpy())
+            _cpu_frame_energies(
+                refs.numpy(), ests.numpy(), hop, nframes, wlen, n_fft, cf_all.numpy(), cf_own.numpy(), w.numpy()
+            )
         )
     else:
         spectra = _segment_spectra(refs, ests, hop, nframes, wlen, n_fft)
@@ -614,7 +625,9 @@ def _cpu_batch(count: int, per_item_bytes: int) -> int:
     return max(1, min(by_memory, -(-count // (4 * workers))))
 
 
-def _cpu_projection_filters(r_xx: np.ndarray, r_ex: np.ndarray, nsrc: int, nchan: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _cpu_projection_filters(
+    r_xx: np.ndarray, r_ex: np.ndarray, nsrc: int, nchan: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """_projection_filters with the Gram matrices built by a numba kernel in one pass (the
     torch flips, unfold and reshape took about 0.2 s for 4096 x 4096); the same numbers.
 
@@ -622,7 +635,9 @@ def _cpu_projection_filters(r_xx: np.ndarray, r_ex: np.ndarray, nsrc: int, nchan
     systems go to the pivoted solve in _solve_spd."""
     P, L = r_xx.shape[0], r_xx.shape[2]
     n = nchan * L
-    rhs = torch.from_numpy(np.ascontiguousarray(r_ex.transpose(1, 2, 0).reshape(P * L, P)))  # D[(p,a), q] = r_ex[q, p, a]
+    rhs = torch.from_numpy(
+        np.ascontiguousarray(r_ex.transpose(1, 2, 0).reshape(P * L, P))
+    )  # D[(p,a), q] = r_ex[q, p, a]
     c_all = _solve_spd(torch.from_numpy(_nb_gram(r_xx, _EPS)), rhs).view(P, L, P)
     own_rhs = rhs.view(nsrc, n, nsrc, nchan)
     own = []
@@ -638,7 +653,10 @@ def _strided_segments(x: np.ndarray, first: int, step: int, count: int, length: 
     [i, j, c, n] = x[j, first + i*step + n, c]. Every segment must lie inside x."""
     s_src, s_time, s_chan = x.strides
     return np.lib.stride_tricks.as_strided(
-        x[:, first:], shape=(count, x.shape[0], x.shape[2], length), strides=(step * s_time, s_src, s_chan, s_time), writeable=False
+        x[:, first:],
+        shape=(count, x.shape[0], x.shape[2], length),
+        strides=(step * s_time, s_src, s_chan, s_time),
+        writeable=False,
     )
 
 
@@ -738,7 +756,9 @@ def _cpu_scan(refs: np.ndarray, ests: np.ndarray, nframes: int, wlen: int, hop: 
     ref_active = np.logical_or.reduce([p[0] for p in parts])
     est_active = np.logical_or.reduce([p[1] for p in parts])
     t = torch.from_numpy
-    return _Scan(t(num), t(den), t(silent), t(ref_active), t(est_active), all(p[2] for p in parts), all(p[3] for p in parts))
+    return _Scan(
+        t(num), t(den), t(silent), t(ref_active), t(est_active), all(p[2] for p in parts), all(p[3] for p in parts)
+    )
 
 
 @numba.njit(cache=True, nogil=True)
@@ -842,7 +862,7 @@ def _nb_frame_energies(z, ca, co, w, out):  # pragma: no cover - compiled
     cout, 2, F) filter spectra, real and imaginary parts apart; w: (F,); out: (n, 5, P).
     Bins are the inner loop (contiguous, vectorized), as in _nb_cross_spectra."""
     nframes, _, nbins = z.shape
-    P, nsrc, nchan = ca.shape[0], co.shape[0], co.shape[1]
+    P, nchan = ca.shape[0], co.shape[1]
     xr = np.empty((2 * P, _F_CHUNK))
     xi = np.empty((2 * P, _F_CHUNK))
     ar, ai = np.empty(_F_CHUNK), np.empty(_F_CHUNK)

@@ -16,7 +16,9 @@ Readings of what the paper leaves open (each is a keyword argument where it is a
 * Slices. The slice length L is fixed at training (`slice_frames = ceil(T_train / slices)`)
   and the time axis of any input is cut into blocks of L frames. The last block is
   zero-padded and its padded frames are masked out as keys, never dropped, so a 6 s
-  excerpt and a whole song are processed alike.
+  excerpt and a whole song are processed alike. The key mask is built for every input
+  (all true when the frames fill whole slices): no Python branch depends on the frame
+  count, so `torch.export` traces one program for any length (`delivery.export`).
 * Kernel. Slices and heads are folded into one batch of B*F*i*h sequences and attended in
   one call. On CPU, for slices up to `BMM_MAX_SLICE_FRAMES`, that call is our batched-matmul
   softmax attention (`KERNELS["bmm"]`): SDPA's CPU kernel is dominated by per-sequence
@@ -151,7 +153,9 @@ class SlicedMultiHeadAttention(nn.Module):
     def __init__(self, channels: int, heads: int, slice_frames: int, kernel: str | None = None):
         super().__init__()
         if kernel is not None and kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {sorted(KERNELS)} or None (by device and slice length), got {kernel!r}")
+            raise ValueError(
+                f"kernel must be one of {sorted(KERNELS)} or None (by device and slice length), got {kernel!r}"
+            )
         self.kernel = kernel  # None: `kernel_for(device, slice_frames)`; a name forces one (tests, bench)
         self.channels = channels
         self.heads = heads
@@ -163,22 +167,23 @@ class SlicedMultiHeadAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, d, Fq, T = x.shape
         h, L = self.heads, self.slice_frames
-        i = math.ceil(T / L)
+        i = (T + L - 1) // L  # slices, the last one padded (integer ceil, exact for a symbolic T)
         pad = i * L - T
         # The 1x1 Q/K/V convolution as one matmul over (B, F, T', d) rows; the time axis is
         # padded on the d input maps rather than on the 3hd output maps.
         rows = F.pad(x, (0, pad)).permute(0, 2, 3, 1)  # (B, F, iL, d)
         qkv = F.linear(rows, self.qkv.weight.view(3 * h * d, d), self.qkv.bias)  # (B, F, iL, 3hd)
         qkv = qkv.view(B * Fq * i, L, 3, h, d)  # slices folded into a batch of S = B F i sequences (a view)
-        keep = None
-        if pad:
-            # Keys in the padded tail of the last slice are never attended to.
-            keep = torch.ones(i, L, dtype=torch.bool, device=x.device)
-            keep[-1, L - pad :] = False
-            keep = keep.view(1, i, 1, L).expand(B * Fq, i, 1, L).reshape(-1, 1, L)  # (S, 1, L)
+        # Keys in the padded tail of the last slice are never attended to (see the module docstring:
+        # always built, no `if pad:`). `repeat` rather than a reshaped `expand`: the latter's
+        # copy-or-view choice is a branch on T for torch.export.
+        keep = (torch.arange(i * L, device=x.device) < T).view(1, i, 1, L)
+        keep = keep.repeat(B * Fq, 1, 1, 1).view(-1, 1, L)  # (S, 1, L)
         kernel = KERNELS[self.kernel or kernel_for(x.device, L)]
         out = kernel(qkv, keep, 1.0 / math.sqrt(d))  # (S, L, h, d)
-        out = out.reshape(B, Fq, i * L, h * d)[:, :, :T]  # (B, F, T, h d)
+        out = out.reshape(B, Fq, i * L, h * d).narrow(
+            2, 0, T
+        )  # (B, F, T, h d); narrow: exactly T frames, where [:T] clamps
         return out.permute(0, 3, 1, 2)  # (B, h d, F, T) in channels-last strides, which W^O's conv takes as is
 
 
@@ -268,28 +273,12 @@ class SamsNet(nn.Module):
         frames = self.depth * (self.slice_frames + 2 * halo) + halo
         return math.ceil(frames / self.slice_frames) * self.slice_frames
 
-    def masks_chunked(self, mag: torch.Tensor, chunk_frames: int | None = None) -> torch.Tensor:
-        """forward() on long inputs with bounded memory: mag (B, C, F, T) -> (B, targets, C, F, T).
+    def separate(self, audio: torch.Tensor) -> torch.Tensor:
+        """audio (B, C, N) -> estimates (B, targets, C, N): mask * mixture STFT, then ISTFT.
 
-        Chunks start on slice boundaries and carry `context_frames()` of context on each
-        side, so the result equals the whole-input forward up to float rounding.
+        The whole input at once; long tracks go through `engine.apply` in chunks of bounded memory.
         """
-        T = mag.shape[-1]
-        L = self.slice_frames
-        chunk = max(L, (chunk_frames or T) // L * L)
-        if chunk >= T:
-            return self(mag)
-        ctx = self.context_frames()
-        out = mag.new_empty(mag.shape[0], self.targets, *mag.shape[1:])
-        for start in range(0, T, chunk):
-            lo, hi = max(0, start - ctx), min(T, start + chunk + ctx)
-            stop = min(T, start + chunk)
-            out[..., start:stop] = self(mag[..., lo:hi])[..., start - lo : stop - lo]
-        return out
-
-    def separate(self, audio: torch.Tensor, chunk_frames: int | None = None) -> torch.Tensor:
-        """audio (B, C, N) -> estimates (B, targets, C, N): mask * mixture STFT, then ISTFT."""
         spec = self.spectrogram(audio)  # (B, C, F, T) complex
-        masks = self.masks_chunked(spec.abs(), chunk_frames)  # (B, S, C, F, T)
+        masks = self(spec.abs())  # (B, targets, C, F, T)
         estimates = masks.float() * spec.unsqueeze(1)  # mixture phase
         return self.spectrogram.inverse(estimates, audio.shape[-1])

@@ -18,8 +18,9 @@ class Spectrogram(nn.Module):
         super().__init__()
         self.n_fft = n_fft
         self.hop_length = hop_length
-        # A buffer, so the window follows .to(device) and is saved with the weights.
-        self.register_buffer("window", torch.hamming_window(n_fft), persistent=False)
+        # A buffer, so the window follows .to(device) (not saved: it follows from n_fft). Cloned: the
+        # periodic window is a view of n_fft + 1 values, which torch.export's archive would warn about.
+        self.register_buffer("window", torch.hamming_window(n_fft).clone(), persistent=False)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         *lead, n = audio.shape
@@ -35,12 +36,17 @@ class Spectrogram(nn.Module):
 
     def inverse(self, spec: torch.Tensor, length: int) -> torch.Tensor:
         *lead, f, t = spec.shape
+        # The centred inverse, cut from the whole overlap-add: istft's own `length=` is a plain
+        # int that torch.export would freeze at the example's length. The Hamming window never
+        # vanishes, so the uncentred inverse is defined at the edges too; same samples.
         audio = torch.istft(
             spec.reshape(-1, f, t),
             n_fft=self.n_fft,
             hop_length=self.hop_length,
             window=self.window,
-            center=True,
-            length=length,
-        )
+            center=False,
+        )  # (-1, n_fft + hop * (t - 1))
+        start = self.n_fft // 2
+        audio = audio[:, start : start + length]
+        audio = torch.nn.functional.pad(audio, (0, length - audio.shape[-1]))  # past the last frame: zeros, as istft
         return audio.reshape(*lead, length)  # (..., C, N)

@@ -90,7 +90,9 @@ class RestartTolerantOptuna(OptunaSearch):
         except KeyError as e:
             if e.args != (trial_id,):
                 raise
-            log.warning("the searcher does not know trial %s (resumed study); its results are not told to Optuna", trial_id)
+            log.warning(
+                "the searcher does not know trial %s (resumed study); its results are not told to Optuna", trial_id
+            )
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         try:

@@ -98,8 +98,12 @@ class StudyCallback(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         value = result.get(self.metric)
         if better(value, (self.best or {}).get(self.metric), self.mode):
-            self.best = {"trial_id": trial.trial_id, "epoch": result.get("epoch"), self.metric: value,
-                         "config": dict(trial.config)}
+            self.best = {
+                "trial_id": trial.trial_id,
+                "epoch": result.get("epoch"),
+                self.metric: value,
+                "config": dict(trial.config),
+            }
         self._emit("result", trial, result)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
@@ -152,8 +156,14 @@ class StudyCallback(Callback):
             listeners = list(_LISTENERS.get(self.study_name, []))
         if not listeners:
             return
-        event = TrialEvent(kind, trial.trial_id, self.statuses.get(trial.trial_id, "running"), dict(result),
-                           dict(self.statuses), self.best)
+        event = TrialEvent(
+            kind,
+            trial.trial_id,
+            self.statuses.get(trial.trial_id, "running"),
+            dict(result),
+            dict(self.statuses),
+            self.best,
+        )
         for listener in listeners:
             try:
                 listener(event)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -25,7 +24,11 @@ from typing import Any, Iterator
 
 from ray import tune
 
+from ..errors import ConfigError
 from ..services import storage
+from . import identity
+from .objectives import better
+from .study import load_study_text
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +62,6 @@ def best_checkpoint(trial_path: str, metric: str, mode: str) -> tune.Checkpoint 
     if not kept:
         return None
     text = storage.read_text(storage.join(trial_path, RESULTS_FILE)) or ""
-    sign = 1 if mode == "min" else -1
     best: tuple[float, str] | None = None
     for line in text.splitlines():
         try:
@@ -67,11 +69,21 @@ def best_checkpoint(trial_path: str, metric: str, mode: str) -> tune.Checkpoint 
         except ValueError:  # a line cut short by a driver killed while Tune appended it
             continue
         value, folder = row.get(metric), row.get(CHECKPOINT_KEY)
-        if folder not in kept or not isinstance(value, (int, float)) or not math.isfinite(value):
-            continue
-        if best is None or sign * value < sign * best[0]:  # the first of equal values
+        if folder in kept and better(value, None if best is None else best[0], mode):  # the first of equals
             best = (float(value), folder)
     return None if best is None else tune.Checkpoint(path=kept[best[1]], filesystem=fs)
+
+
+def study_best_checkpoint(manifest: identity.Manifest, trial_id: str) -> tune.Checkpoint | None:
+    """`best_checkpoint` of a trial of a stored study, by the metric its study file names (read
+    without checking the data: the study may be exported where its data is not)."""
+    text = identity.read_study_copy(manifest.path)
+    if text is None:
+        raise ConfigError(
+            f"{storage.display_uri(manifest.path)}: the study file copy ({identity.STUDY_COPY}) is missing"
+        )
+    study = load_study_text(text, Path(manifest.source), Path(manifest.base_dir), check_data=False)
+    return best_checkpoint(trial_uri(manifest.path, trial_id), study.metric, study.mode)
 
 
 def stored_name(checkpoint: tune.Checkpoint) -> str:
@@ -96,4 +108,3 @@ def kept_checkpoints(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
     fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
     folders = storage.subfolders(fs, path.rsplit("/", 1)[0], CHECKPOINT_PREFIX)
     return [tune.Checkpoint(path=d, filesystem=fs) for d in reversed(folders) if d != path]
-

@@ -90,7 +90,9 @@ class EstimateParams:
                 raise ConfigError(f"estimate: {key} must be >= 1, got {getattr(self, key)!r}")
         if self.method not in METHODS:
             raise ConfigError(f"estimate: method must be one of {list(METHODS)}, got {self.method!r}")
-        if not (self.kernel_seconds > 0 and self.threshold_seconds > 0 and self.threshold_delta >= 0 <= self.threshold_floor):
+        if not (
+            self.kernel_seconds > 0 and self.threshold_seconds > 0 and self.threshold_delta >= 0 <= self.threshold_floor
+        ):
             raise ConfigError(
                 "estimate: kernel_seconds and threshold_seconds must be > 0, threshold_delta and threshold_floor "
                 f">= 0, got {self.kernel_seconds!r}, {self.threshold_seconds!r}, {self.threshold_delta!r}, "
@@ -101,11 +103,15 @@ class EstimateParams:
         if self.smooth_seconds < 0 or self.min_part_seconds < 0:
             raise ConfigError("estimate: smooth_seconds and min_part_seconds must be >= 0")
         if self.chroma_weight < 0 or self.rhythm_weight < 0:
-            raise ConfigError(f"estimate: chroma_weight and rhythm_weight must be >= 0, got "
-                              f"{self.chroma_weight!r}, {self.rhythm_weight!r}")  # fmt: skip
+            raise ConfigError(
+                f"estimate: chroma_weight and rhythm_weight must be >= 0, got "
+                f"{self.chroma_weight!r}, {self.rhythm_weight!r}"
+            )
         if not (self.chroma_seconds > 0 and self.rhythm_seconds > 0):
-            raise ConfigError(f"estimate: chroma_seconds and rhythm_seconds must be > 0, got "
-                              f"{self.chroma_seconds!r}, {self.rhythm_seconds!r}")  # fmt: skip
+            raise ConfigError(
+                f"estimate: chroma_seconds and rhythm_seconds must be > 0, got "
+                f"{self.chroma_seconds!r}, {self.rhythm_seconds!r}"
+            )
 
 
 # --------------------------------------------------------------------------- features
@@ -122,7 +128,9 @@ def stft_magnitude(x: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
     return np.abs(np.fft.rfft(frames * window, axis=1)).T
 
 
-def mel_filterbank(n_mels: int, n_fft: int, sr: int = SAMPLE_RATE, fmin: float = 30.0, fmax: float | None = None) -> np.ndarray:
+def mel_filterbank(
+    n_mels: int, n_fft: int, sr: int = SAMPLE_RATE, fmin: float = 30.0, fmax: float | None = None
+) -> np.ndarray:
     """Triangular HTK-mel filters, (n_mels, n_fft // 2 + 1), each normalized to unit area."""
     fmax = fmax or sr / 2
     mel = lambda f: 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)  # noqa: E731
@@ -202,8 +210,9 @@ def lagged_product(x: np.ndarray, lag: int) -> np.ndarray:
     return x[a] * x[a + lag]
 
 
-def rhythm_features(mag: np.ndarray, n_fft: int, hop: int, params: EstimateParams,
-                    min_lag: float = 0.2, max_lag: float = 1.5) -> np.ndarray:  # fmt: skip
+def rhythm_features(
+    mag: np.ndarray, n_fft: int, hop: int, params: EstimateParams, min_lag: float = 0.2, max_lag: float = 1.5
+) -> np.ndarray:
     """Rhythm: a tempogram. Onset strength (half-wave rectified log-mel flux, its 1 s trend removed),
     then its autocorrelation over a `rhythm_seconds` window at lags `min_lag`..`max_lag` seconds
     (40-300 bpm beat periods), divided by the window's energy and standardized per lag. (T // p, lags)."""
@@ -397,10 +406,15 @@ def track_novelty(x: np.ndarray, n_fft: int, hop: int, params: EstimateParams) -
     harmony (chroma_weight) and rhythm (rhythm_weight) curves. Returns (T // frames_per_point,)."""
     mag = stft_magnitude(x, n_fft, hop)  # (F, T): one STFT for every view
     half_width = max(1, int(round(params.kernel_seconds / (hop * params.frames_per_point / SAMPLE_RATE))))
-    views = [(1.0, timbre_features, 0.0), (params.chroma_weight, chroma_features, params.chroma_floor),
-             (params.rhythm_weight, rhythm_features, params.rhythm_floor)]  # fmt: skip
+    views = [
+        (1.0, timbre_features, 0.0),
+        (params.chroma_weight, chroma_features, params.chroma_floor),
+        (params.rhythm_weight, rhythm_features, params.rhythm_floor),
+    ]
     total = sum(w for w, _, _ in views)
-    return sum(w * novelty_curve(f(mag, n_fft, hop, params), half_width, floor) for w, f, floor in views if w > 0) / total
+    return (
+        sum(w * novelty_curve(f(mag, n_fft, hop, params), half_width, floor) for w, f, floor in views if w > 0) / total
+    )
 
 
 def track_boundaries(x: np.ndarray, n_fft: int, hop: int, params: EstimateParams) -> np.ndarray:
@@ -409,8 +423,13 @@ def track_boundaries(x: np.ndarray, n_fft: int, hop: int, params: EstimateParams
     seconds_per_point = hop * params.frames_per_point / SAMPLE_RATE
     points = lambda seconds: max(1, int(round(seconds / seconds_per_point)))  # noqa: E731
     novelty = track_novelty(x, n_fft, hop, params)
-    peaks = pick_peaks(novelty, points(params.min_part_seconds), points(params.threshold_seconds),
-                       params.threshold_delta, params.threshold_floor)  # fmt: skip
+    peaks = pick_peaks(
+        novelty,
+        points(params.min_part_seconds),
+        points(params.threshold_seconds),
+        params.threshold_delta,
+        params.threshold_floor,
+    )
     return peaks * seconds_per_point
 
 
@@ -462,9 +481,14 @@ class SliceEstimate:
 
     def summary(self) -> dict[str, float]:
         """Flat numbers for MLflow metrics/params."""
-        return {"estimate_slices": self.slices_estimate, "estimate_median_slices": self.median_slices,
-                "estimate_median_parts": self.median_parts, "estimate_iqr_low": self.iqr[0],
-                "estimate_iqr_high": self.iqr[1], "estimate_segments": len(self.segments)}  # fmt: skip
+        return {
+            "estimate_slices": self.slices_estimate,
+            "estimate_median_slices": self.median_slices,
+            "estimate_median_parts": self.median_parts,
+            "estimate_iqr_low": self.iqr[0],
+            "estimate_iqr_high": self.iqr[1],
+            "estimate_segments": len(self.segments),
+        }
 
     def format(self, width: int = 40) -> str:
         """A short table and a text histogram."""
@@ -547,7 +571,9 @@ def estimate_slices(
     return _aggregate(segments, len(tracks), segment_seconds, allowed, n_fft, hop, params)
 
 
-def _track_parts(track, seg: int, allowed: list[int], n_fft: int, hop: int, params: EstimateParams) -> Iterable[SegmentParts]:
+def _track_parts(
+    track, seg: int, allowed: list[int], n_fft: int, hop: int, params: EstimateParams
+) -> Iterable[SegmentParts]:
     mono = np.asarray(track.audio()[0]).mean(0)  # mixture (C, N) -> (N,)
     sections = track.sections() if hasattr(track, "sections") else None
     changes = track_boundaries(mono, n_fft, hop, params) if params.method == "novelty" else None
@@ -563,19 +589,35 @@ def _track_parts(track, seg: int, allowed: list[int], n_fft: int, hop: int, para
     log.debug("estimated %s", track.name)
 
 
-def _aggregate(segments: list[SegmentParts], n_tracks: int, segment_seconds: float, allowed: list[int],
-               n_fft: int, hop: int, params: EstimateParams) -> SliceEstimate:  # fmt: skip
+def _aggregate(
+    segments: list[SegmentParts],
+    n_tracks: int,
+    segment_seconds: float,
+    allowed: list[int],
+    n_fft: int,
+    hop: int,
+    params: EstimateParams,
+) -> SliceEstimate:
     parts = [s.parts for s in segments]
     slices = [s.slices for s in segments]
     counts = Counter(slices)
     median_slices = float(np.median(slices))
     return SliceEstimate(
-        segment_seconds=segment_seconds, allowed_slices=allowed, n_fft=n_fft, hop=hop, n_tracks=n_tracks,
-        segments=segments, parts=parts, slices=slices, median_parts=float(np.median(parts)),
-        median_slices=median_slices, slices_estimate=nearest_slices(int(np.ceil(median_slices - 0.5)), allowed),
+        segment_seconds=segment_seconds,
+        allowed_slices=allowed,
+        n_fft=n_fft,
+        hop=hop,
+        n_tracks=n_tracks,
+        segments=segments,
+        parts=parts,
+        slices=slices,
+        median_parts=float(np.median(parts)),
+        median_slices=median_slices,
+        slices_estimate=nearest_slices(int(np.ceil(median_slices - 0.5)), allowed),
         iqr=(float(np.percentile(slices, 25)), float(np.percentile(slices, 75))),
-        histogram={s: counts.get(s, 0) for s in allowed}, params=asdict(params),
-    )  # fmt: skip
+        histogram={s: counts.get(s, 0) for s in allowed},
+        params=asdict(params),
+    )
 
 
 # --------------------------------------------------------------------------- validation

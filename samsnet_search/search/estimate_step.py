@@ -33,8 +33,9 @@ def study_estimate(study: Study) -> SliceEstimate:
     seconds = min(study.values("data.segment_seconds"))
     allowed = sorted(set(study.values(SLICES_KEY)))
     splits = load_splits(cfg.data)
-    return estimate_slices(splits, seconds, allowed, cfg.model.n_fft, cfg.model.hop_length,
-                           max_tracks=study.spec.estimate.max_tracks)  # fmt: skip
+    return estimate_slices(
+        splits, seconds, allowed, cfg.model.n_fft, cfg.model.hop_length, max_tracks=study.spec.estimate.max_tracks
+    )
 
 
 def seed_point(study: Study, est: SliceEstimate) -> dict[str, Any]:
@@ -72,9 +73,12 @@ def log_estimate(target: tracking.TrackingTarget, run_id: str, est: SliceEstimat
     """Params (estimate.*), metrics (the summary numbers) and the full JSON on the parent run."""
     c = tracking.client(target)
     existing = c.get_run(run_id).data.params
-    params = {"estimate.slices": str(est.slices_estimate), "estimate.use": action.split(":")[0],
-              "estimate.method": str(est.params.get("method", "eigengap")),
-              "estimate.segment_seconds": f"{est.segment_seconds:g}"}  # fmt: skip
+    params = {
+        "estimate.slices": str(est.slices_estimate),
+        "estimate.use": action.split(":")[0],
+        "estimate.method": str(est.params.get("method", "eigengap")),
+        "estimate.segment_seconds": f"{est.segment_seconds:g}",
+    }
     params = {k: v for k, v in params.items() if k not in existing}  # params are immutable in MLflow
     metrics = [Metric(k, float(v), 0, 0) for k, v in est.summary().items()]
     c.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
@@ -88,8 +92,14 @@ def before_search(study: Study, target: tracking.TrackingTarget, run_id: str) ->
         return None
     est = study_estimate(study)
     action = apply_estimate(study, est)
-    log.info("slice estimate: %d (median %g, IQR %g-%g); %s", est.slices_estimate, est.median_slices,
-             est.iqr[0], est.iqr[1], action)  # fmt: skip
+    log.info(
+        "slice estimate: %d (median %g, IQR %g-%g); %s",
+        est.slices_estimate,
+        est.median_slices,
+        est.iqr[0],
+        est.iqr[1],
+        action,
+    )
     log_estimate(target, run_id, est, action)
     save_estimate(identity.study_uri(study.storage, study.name), est, action)
     return est

@@ -66,14 +66,27 @@ def study_uri(storage: str, name: str) -> str:
     return storage_io.join(storage, name)
 
 
+# Ray Tune copies the top-level JSON files of the study folder into its staging folder when it
+# restores a study and syncs them back while it runs, truncating each before writing it: a reader
+# can catch study.json empty or cut short for a moment.
+MANIFEST_READS, MANIFEST_READ_PAUSE_S = 5, 0.2
+
+
 def read_manifest(study_path: str) -> Manifest | None:
-    text = read_text(study_uri(study_path, MANIFEST))
-    if text is None:
-        return None
-    try:
-        return Manifest(**json.loads(text))
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{display_uri(study_uri(study_path, MANIFEST))}: not a study manifest: {e}") from None
+    uri = study_uri(study_path, MANIFEST)
+    for _ in range(MANIFEST_READS):
+        text = read_text(uri)
+        if text is None:
+            return None
+        try:
+            return Manifest(**json.loads(text))
+        except ValueError as e:  # empty or cut short: read again (see above)
+            error: Exception = e
+            time.sleep(MANIFEST_READ_PAUSE_S)
+        except TypeError as e:
+            error = e
+            break
+    raise ConfigError(f"{display_uri(uri)}: not a study manifest: {error}") from None
 
 
 def write_manifest(manifest: Manifest) -> None:
@@ -167,8 +180,12 @@ def _find_through_tracking(name: str) -> Manifest | None:
         experiment = c.get_experiment_by_name(name)
         if experiment is None:
             return None
-        runs = c.search_runs([experiment.experiment_id], filter_string=f"tags.`{tracking.ROLE_TAG}` = 'study'",
-                             order_by=["attributes.start_time DESC"], max_results=5)  # fmt: skip
+        runs = c.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`{tracking.ROLE_TAG}` = 'study'",
+            order_by=["attributes.start_time DESC"],
+            max_results=5,
+        )
     except Exception as e:  # the lookup is a convenience: a failure leaves the plain "not found"
         log.info("looking up study %s in %s failed: %s", name, uri, e)
         return None

@@ -30,7 +30,7 @@ SEED = 0
 def last_values(trial: Any, objectives: dict[str, str]) -> dict[str, float] | None:
     """The trial's objective values at its last reported epoch, or None if one is missing."""
     history = getattr(trial, "history", None) or []
-    last = history[-1] if history else (getattr(trial, "metrics", None) or {})
+    last = getattr(trial, "metrics", None) or (history[-1] if history else {})  # Tune's last result: every key
     values = {}
     for name in objectives:
         value = last.get(name)
@@ -40,8 +40,9 @@ def last_values(trial: Any, objectives: dict[str, str]) -> dict[str, float] | No
     return values
 
 
-def param_importance(trials: Sequence[Any], space: dict[str, BaseDistribution],
-                     objectives: dict[str, str]) -> dict[str, Any]:  # fmt: skip
+def param_importance(
+    trials: Sequence[Any], space: dict[str, BaseDistribution], objectives: dict[str, str]
+) -> dict[str, Any]:
     """{"trials": n, "params": [...], "objectives": {name: {"fanova": {param: share}, "ped_anova": ...}}}.
 
     `trials` carry `.config` (dotted keys) and `.history` (per-epoch metrics); `space` maps the
@@ -60,6 +61,8 @@ def param_importance(trials: Sequence[Any], space: dict[str, BaseDistribution],
         out["skipped"] = f"{len(points)} trials with values, {len(varied)} parameters that varied"
         return out
     for name, mode in objectives.items():
+        if len({v[name] for _, v in points}) < 2:  # constant (every model the same size): nothing to explain,
+            continue  # and fANOVA raises on zero variance
         study = _optuna_study([(p, v[name]) for p, v in points], {k: space[k] for k in varied}, mode)
         found = {"fanova": _shares(study, FanovaImportanceEvaluator(seed=SEED))}
         if len(points) >= PED_ANOVA_MIN_TRIALS:
@@ -91,12 +94,17 @@ def slices_line(importance: dict[str, Any], metric: str) -> str:
     ranked = list(found)
     share, rank = found[SLICES], ranked.index(SLICES) + 1
     verdict = "yes, the most" if rank == 1 else ("yes" if share >= 1 / len(ranked) else "little")
-    return (f"does the slice count matter? {verdict}: {SLICES} has {share:.0%} of the importance for {metric} "
-            f"(fANOVA over {importance['trials']} trials at their last epoch; rank {rank} of {len(ranked)})")  # fmt: skip
+    return (
+        f"does the slice count matter? {verdict}: {SLICES} has {share:.0%} of the importance for {metric} "
+        f"(fANOVA over {importance['trials']} trials at their last epoch; rank {rank} of {len(ranked)})"
+    )
 
 
 def mlflow_metrics(importance: dict[str, Any]) -> dict[str, float]:
     """Flat metrics for the parent run: importance.<evaluator>.<objective>.<param>."""
-    return {f"importance.{ev}.{obj}.{param}": share
-            for obj, by_ev in importance.get("objectives", {}).items()
-            for ev, shares in by_ev.items() for param, share in shares.items()}  # fmt: skip
+    return {
+        f"importance.{ev}.{obj}.{param}": share
+        for obj, by_ev in importance.get("objectives", {}).items()
+        for ev, shares in by_ev.items()
+        for param, share in shares.items()
+    }

@@ -40,8 +40,14 @@ from . import identity
 log = logging.getLogger(__name__)
 
 # Files of the study folder that Tune unpickles on restore; trial folders: TRIAL_FILES.
-STATE_FILES = ("tuner.pkl", "experiment_state-*.json", "searcher-state-*.pkl", "search_gen_state-*.json",
-               "basic-variant-state-*.json", "callback-states-*.pkl")  # fmt: skip
+STATE_FILES = (
+    "tuner.pkl",
+    "experiment_state-*.json",
+    "searcher-state-*.pkl",
+    "search_gen_state-*.json",
+    "basic-variant-state-*.json",
+    "callback-states-*.pkl",
+)
 TRIAL_FILES = ("error.pkl",)
 KEEP = 8  # signatures kept per file: recent versions that a partial upload can leave behind
 KEY_ENV = "SAMSNET_STATE_KEY_FILE"
@@ -169,7 +175,11 @@ def verify(study_path: str) -> int:
         mac = _mac(key, relpath, _read_stored(study_path, relpath))
         known = data["files"].get(relpath)
         if known is None or not any(hmac.compare_digest(mac, k) for k in known):
-            why = "was not written by a driver of this machine" if known is None else "changed since this machine's driver wrote it"
+            why = (
+                "was not written by a driver of this machine"
+                if known is None
+                else "changed since this machine's driver wrote it"
+            )
             raise StateTampered(
                 f"{display_uri(f'{study_path.rstrip(chr(47))}/{relpath}')}: Ray state file {why} "
                 f"(signatures: {_signatures_path(study_path)}); it is unpickled on resume, so the study is not "

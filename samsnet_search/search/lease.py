@@ -110,8 +110,9 @@ class Lease:
         self.holder = holder
         self.lost: str | None = None  # set when another driver took the lease over
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, args=(heartbeat_s,), daemon=True,
-                                        name=f"lease-{Path(study_path).name}")  # fmt: skip
+        self._thread = threading.Thread(
+            target=self._beat, args=(heartbeat_s,), daemon=True, name=f"lease-{Path(study_path).name}"
+        )
         self._thread.start()
 
     def _beat(self, every: float) -> None:
@@ -162,8 +163,14 @@ def _local_mutex(study_path: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def acquire(study_path: str, name: str, *, timeout_s: float = TIMEOUT_S, heartbeat_s: float = HEARTBEAT_S,
-            settle_s: float = SETTLE_S) -> Lease:  # fmt: skip
+def acquire(
+    study_path: str,
+    name: str,
+    *,
+    timeout_s: float = TIMEOUT_S,
+    heartbeat_s: float = HEARTBEAT_S,
+    settle_s: float = SETTLE_S,
+) -> Lease:
     """Take the study's lease, or raise StudyLocked naming the driver that holds it."""
     me = Holder.me()
     if not is_s3(study_path):
@@ -182,8 +189,11 @@ def acquire(study_path: str, name: str, *, timeout_s: float = TIMEOUT_S, heartbe
         if back is not None and back.stale_reason(timeout_s) is None:
             raise _locked(name, study_path, back, timeout_s)
     current = read_holder(study_path)
-    raise _locked(name, study_path, current, timeout_s) if current else StudyLocked(
-        f"study {name}: could not take the lease {display_uri(lease_uri(study_path))}; try again")
+    raise (
+        _locked(name, study_path, current, timeout_s)
+        if current
+        else StudyLocked(f"study {name}: could not take the lease {display_uri(lease_uri(study_path))}; try again")
+    )
 
 
 def _check_free(name: str, study_path: str, current: Holder | None, timeout_s: float) -> None:
@@ -193,8 +203,9 @@ def _check_free(name: str, study_path: str, current: Holder | None, timeout_s: f
     reason = current.stale_reason(timeout_s)
     if reason is None:
         raise _locked(name, study_path, current, timeout_s)
-    log.warning("study %s: taking over the lease of the driver on %s pid %d: %s", name, current.host,
-                current.pid, reason)  # fmt: skip
+    log.warning(
+        "study %s: taking over the lease of the driver on %s pid %d: %s", name, current.host, current.pid, reason
+    )
 
 
 def _locked(name: str, study_path: str, holder: Holder, timeout_s: float) -> StudyLocked:
@@ -236,4 +247,3 @@ class hold:
                 return
             del _held[self.study_path]
         entry[0].release()
-

@@ -52,15 +52,24 @@ class Objective:
 OBJECTIVES: dict[str, Objective] = {
     o.name: o
     for o in (
-        Objective("valid_loss", "min", "quality", "loss", "{:.4f}",
-                  "validation MSE of the target magnitudes, every epoch"),
-        Objective("valid_sdr", "max", "quality", "SDR dB", "{:.2f}",
-                  "validation SDR (dB, average of the four targets)", every="train.valid_sdr_every"),
+        Objective(
+            "valid_loss", "min", "quality", "loss", "{:.4f}", "validation MSE of the target magnitudes, every epoch"
+        ),
+        Objective(
+            "valid_sdr",
+            "max",
+            "quality",
+            "SDR dB",
+            "{:.2f}",
+            "validation SDR (dB, average of the four targets)",
+            every="train.valid_sdr_every",
+        ),
         Objective("params", "min", "cost", "params", "{:,.0f}", "parameter count of the model"),
-        Objective("gmacs_per_second", "min", "cost", "GMAC/s", "{:.3f}",
-                  "multiply-accumulates per second of audio (GMAC)"),
+        Objective(
+            "gmacs_per_second", "min", "cost", "GMAC/s", "{:.3f}", "multiply-accumulates per second of audio (GMAC)"
+        ),
     )
-}  # fmt: skip
+}
 
 
 def get(name: str) -> Objective:

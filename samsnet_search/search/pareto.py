@@ -43,9 +43,17 @@ def trial_points(trials: Sequence[Any], metric: str, objectives: dict[str, str])
         values = {name: (t.best[metric] if name == metric else t.metrics.get(name)) for name in objectives}
         if any(v is None for v in values.values()):
             continue
-        points.append({"trial_id": t.trial_id, "run_id": t.mlflow_run_id, "status": t.status, "epochs": t.epochs,
-                       "best_epoch": t.best.get("epoch"), "config": t.config,
-                       "values": {k: float(v) for k, v in values.items()}})  # fmt: skip
+        points.append(
+            {
+                "trial_id": t.trial_id,
+                "run_id": t.mlflow_run_id,
+                "status": t.status,
+                "epochs": t.epochs,
+                "best_epoch": t.best.get("epoch"),
+                "config": t.config,
+                "values": {k: float(v) for k, v in values.items()},
+            }
+        )
     return points
 
 
@@ -58,8 +66,14 @@ def pareto_summary(trials: Sequence[Any], metric: str, objectives: dict[str, str
         p["on_front"] = i in on_front
     front = sorted((p for p in points if p["on_front"]), key=lambda p: [p["values"][n] for n in names[1:]])
     caveat = schedulers.get(scheduler).caveat(metric)
-    return {"objectives": objectives, "metric": metric, "scheduler": scheduler, "caveat": caveat,
-            "front": [p["trial_id"] for p in front], "points": points}  # fmt: skip
+    return {
+        "objectives": objectives,
+        "metric": metric,
+        "scheduler": scheduler,
+        "caveat": caveat,
+        "front": [p["trial_id"] for p in front],
+        "points": points,
+    }
 
 
 def front_points(pareto: dict[str, Any]) -> list[dict[str, Any]]:
@@ -96,7 +110,7 @@ def measure_latency(checkpoint_dir, seconds: float, seed: int = 0) -> float:
 
 def add_latency(pareto: dict[str, Any], trials: Sequence[Any], seconds: float) -> None:
     """latency_ms on each front point (from its best checkpoint), measured one after another."""
-    from .checkpoints import local_copy
+    from .checkpoints import local_copy  # lazy: ray (the CLI imports this module for its report table)
 
     by_id = {t.trial_id: t for t in trials}
     for point in front_points(pareto):
@@ -108,11 +122,17 @@ def add_latency(pareto: dict[str, Any], trials: Sequence[Any], seconds: float) -
                 point["latency_ms"] = measure_latency(folder, seconds)
         except Exception as e:  # a missing checkpoint must not lose the front itself
             log.warning("latency of trial %s not measured: %s", point["trial_id"], e)
-    pareto["latency"] = {"seconds_of_audio": seconds, "threads": LATENCY_THREADS, "repeats": LATENCY_REPEATS,
-                         "device": "cpu", "measured": "after the search, one model at a time"}  # fmt: skip
+    pareto["latency"] = {
+        "seconds_of_audio": seconds,
+        "threads": LATENCY_THREADS,
+        "repeats": LATENCY_REPEATS,
+        "device": "cpu",
+        "measured": "after the search, one model at a time",
+    }
 
 
 # --- rendering ---------------------------------------------------------------------------
+
 
 def _header(name: str) -> str:
     return OBJECTIVES[name].label if name in OBJECTIVES else name
@@ -170,6 +190,9 @@ def front_markdown(pareto: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     if pareto.get("latency"):
         lat = pareto["latency"]
-        lines += ["", f"Latency: {lat['seconds_of_audio']:g} s of audio, {lat['device']}, {lat['threads']} thread, "
-                      f"median of {lat['repeats']}, {lat['measured']}."]  # fmt: skip
+        lines += [
+            "",
+            f"Latency: {lat['seconds_of_audio']:g} s of audio, {lat['device']}, {lat['threads']} thread, "
+            f"median of {lat['repeats']}, {lat['measured']}.",
+        ]
     return "\n".join(lines) + "\n"

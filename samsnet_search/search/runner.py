@@ -27,7 +27,7 @@ from ray import tune
 from ..data import load_splits
 from ..errors import ConfigError, SamsNetError
 from ..services import storage, tracking
-from . import checkpoints, identity, integrity, lease, pareto, schedulers, searchers
+from . import checkpoints, cost, identity, importance, integrity, lease, pareto, schedulers, searchers, warm_start
 from .callbacks import StudyCallback
 from .estimate_step import before_search
 from .identity import Manifest
@@ -63,7 +63,14 @@ CHECKPOINT_MARGIN = 2
 RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 # A trial's per-epoch history keeps these trainer keys, the per-target SDRs and every per-epoch
 # objective of the objectives table (read when a history is made: an added objective is kept).
-TRAINER_KEYS = ("epoch", "train_loss", "best_valid_loss", "epochs_without_improvement")
+TRAINER_KEYS = (
+    "epoch",
+    "train_loss",
+    "best_valid_loss",
+    "epochs_without_improvement",
+    "epoch_seconds",
+    "epoch_cpu_seconds",
+)
 TARGET_SDR_PREFIX = "valid_sdr_"
 
 
@@ -77,13 +84,13 @@ class TrialRecord:
 
     trial_id: str
     config: dict[str, Any]  # the sampled values, dotted keys
-    experiment: dict[str, Any]  # the full ExperimentConfig (JSON form)
+    experiment: dict[str, Any]  # the full ExperimentConfig (JSON form), as the worker recorded it
     status: str  # tracking.FINAL_STATUSES, or "running" for an interrupted trial
     epochs: int  # epochs trained
     metrics: dict[str, Any]  # last reported result
     history: list[dict[str, Any]]  # per-epoch metrics
     best: dict[str, Any] | None  # metrics of the best epoch by the study metric
-    best_checkpoint: Any | None  # ray.tune.Checkpoint (best by metric) or None
+    best_checkpoint: Any | None  # ray.tune.Checkpoint (best by metric: checkpoints.best_checkpoint) or None
     last_checkpoint: Any | None  # ray.tune.Checkpoint (latest) or None
     mlflow_run_id: str | None
     error: str | None
@@ -100,6 +107,7 @@ class StudyResult:
     interrupted: bool = False
     result_grid: Any = None
     pareto: dict[str, Any] | None = None  # multi-objective studies: search.pareto.pareto_summary
+    importance: dict[str, Any] | None = None  # search.importance.param_importance of a finished search
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -114,25 +122,37 @@ class StudyResult:
         scored = [t for t in self.trials if t.status != "failed" and t.best]
         return best_of(scored, self.study.mode, key=lambda t: t.best.get(metric))
 
+    def budget(self, trial: TrialRecord) -> int:
+        """The epochs a trial would run if nothing stopped it."""
+        return min(self.study.max_t, int(trial.experiment.get("train", {}).get("epochs", self.study.max_t)))
+
+    def cost(self) -> dict[str, Any]:
+        res = self.study.spec.resources
+        return cost.search_cost(self.trials, self.budget, res.cpu, res.gpu, self.seconds)
+
     def epoch_savings(self) -> dict[str, float]:
         """Trial-epochs run vs. running every trial to its full budget (what ASHA saved)."""
         run = sum(t.epochs for t in self.trials)
-        full = sum(min(self.study.max_t, int(t.experiment.get("train", {}).get("epochs", self.study.max_t)))
-                   for t in self.trials)
+        full = sum(self.budget(t) for t in self.trials)
         return {"epochs_run": run, "epochs_full": full, "fraction_saved": 1 - run / full if full else 0.0}
 
     def summary(self) -> dict[str, Any]:
         best = self.best
-        return {
-            "trials": len(self.trials),
-            "counts": self.counts(),
-            "seconds": round(self.seconds, 1),
-            **self.epoch_savings(),
-            "best_trial": best.trial_id if best else None,
-            "best_run": best.mlflow_run_id if best else None,
-            f"best_{self.study.metric}": best.best[self.study.metric] if best else None,
-            "best_config": best.config if best else None,
-        } | ({"pareto": self.pareto} if self.pareto else {})
+        return (
+            {
+                "trials": len(self.trials),
+                "counts": self.counts(),
+                "seconds": round(self.seconds, 1),
+                **self.epoch_savings(),
+                "best_trial": best.trial_id if best else None,
+                "best_run": best.mlflow_run_id if best else None,
+                f"best_{self.study.metric}": best.best[self.study.metric] if best else None,
+                "best_config": best.config if best else None,
+                "cost": {k: v for k, v in self.cost().items() if k != "trials"},
+            }
+            | ({"pareto": self.pareto} if self.pareto else {})
+            | ({"importance": self.importance} if self.importance else {})
+        )
 
 
 # --- Ray -----------------------------------------------------------------------------
@@ -189,13 +209,20 @@ def aws_keys_in_file() -> Iterator[None]:
     in a 0700 folder, and is removed at the end; AWS_SHARED_CREDENTIALS_FILE names it.
     """
     keys = {k: os.environ[k] for k in AWS_SECRET_ENV if k in os.environ}
-    if "AWS_ACCESS_KEY_ID" not in keys or "AWS_SECRET_ACCESS_KEY" not in keys or "AWS_SHARED_CREDENTIALS_FILE" in os.environ:
+    if (
+        "AWS_ACCESS_KEY_ID" not in keys
+        or "AWS_SECRET_ACCESS_KEY" not in keys
+        or "AWS_SHARED_CREDENTIALS_FILE" in os.environ
+    ):
         yield
         return
     folder = tempfile.mkdtemp(prefix="samsnet-aws-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     path = os.path.join(folder, "credentials")
-    lines = ["[default]", f"aws_access_key_id = {keys['AWS_ACCESS_KEY_ID']}",
-             f"aws_secret_access_key = {keys['AWS_SECRET_ACCESS_KEY']}"]  # fmt: skip
+    lines = [
+        "[default]",
+        f"aws_access_key_id = {keys['AWS_ACCESS_KEY_ID']}",
+        f"aws_secret_access_key = {keys['AWS_SECRET_ACCESS_KEY']}",
+    ]
     token = keys.get("AWS_SESSION_TOKEN") or keys.get("AWS_SECURITY_TOKEN")  # the second: boto's old name
     if token:
         lines.append(f"aws_session_token = {token}")
@@ -239,7 +266,7 @@ def trial_resources(study: Study) -> dict[str, Any]:
     return out
 
 
-def _trainable(study: Study, ctx: TrialContext):
+def trainable(study: Study, ctx: TrialContext):
     return tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), trial_resources(study))
 
 
@@ -276,7 +303,9 @@ def _new_tuner(study: Study, ctx: TrialContext, callback) -> Any:
         callbacks=[callback, StateSigner(identity.study_uri(study.storage, study.name))],
         verbose=0,
     )
-    return tune.Tuner(_trainable(study, ctx), param_space=tune_space(study), tune_config=tune_config, run_config=run_config)
+    return tune.Tuner(
+        trainable(study, ctx), param_space=tune_space(study), tune_config=tune_config, run_config=run_config
+    )
 
 
 def _restore_tuner(study: Study, ctx: TrialContext, restart_errored: bool) -> Any:
@@ -284,7 +313,7 @@ def _restore_tuner(study: Study, ctx: TrialContext, restart_errored: bool) -> An
     path = f"{storage_path.rstrip('/')}/{study.name}"
     tuner = tune.Tuner.restore(
         path,
-        _trainable(study, ctx),
+        trainable(study, ctx),
         resume_unfinished=True,  # unfinished trials continue from their last checkpoint
         # --restart-errored: failed trials continue from their last checkpoint too (Tune's own
         # restart_errored would train them from scratch); one that failed in an outage then
@@ -346,7 +375,9 @@ def open_study(study: Study, check_same_file: bool = True) -> tuple[Manifest, tr
     tracking.check_server(target)  # a stopped server: one line now, not minutes of retries
     experiment_id = tracking.ensure_experiment(target, study.name)
     if manifest is None:
-        parent = tracking.start_parent_run(target, experiment_id, study.name, {identity.STORAGE_TAG: identity.display_uri(study_path)})
+        parent = tracking.start_parent_run(
+            target, experiment_id, study.name, {identity.STORAGE_TAG: identity.display_uri(study_path)}
+        )
         manifest = Manifest(
             name=study.name,
             storage=study.storage,
@@ -386,8 +417,9 @@ def run_study(
         return _run_study(study, address, num_cpus, num_gpus, restart_errored, quiet, selection_follows)
 
 
-def _run_study(study: Study, address, num_cpus, num_gpus, restart_errored: bool, quiet: bool,
-               selection_follows: bool = False) -> StudyResult:  # fmt: skip
+def _run_study(
+    study: Study, address, num_cpus, num_gpus, restart_errored: bool, quiet: bool, selection_follows: bool = False
+) -> StudyResult:
     start = time.monotonic()
     # Every epoch checkpoints, so Tune snapshots its state often; that is intended here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -404,6 +436,7 @@ def _run_study(study: Study, address, num_cpus, num_gpus, restart_errored: bool,
     tracking.log_study_details(target, manifest.parent_run_id, study.text, _parent_params(study), fingerprint, kind)
     if not resuming:  # a restored Tuner keeps its own space and searcher
         before_search(study, target, manifest.parent_run_id)
+        _warm_start(study, target, manifest)
     manifest.state = "running"
     identity.write_manifest(manifest)
     ctx = trial_context(study, manifest)
@@ -424,12 +457,38 @@ def _run_study(study: Study, address, num_cpus, num_gpus, restart_errored: bool,
             state = "interrupted" if result.interrupted else "finished"
             if study.search.multi_objective and not result.interrupted:
                 result.pareto = _pareto(study, result)
+            if not result.interrupted:
+                result.importance = _importance(study, result)
     except KeyboardInterrupt:
         state = "interrupted"
         raise
     finally:
-        _close(manifest, target, state, result, keep_open=selection_follows and state == "finished")
+        close_study(manifest, target, state, result, keep_open=selection_follows and state == "finished")
     return result
+
+
+def _warm_start(study: Study, target, manifest: Manifest) -> None:
+    """Tell the searcher the earlier studies' trials; the study folder and the parent run say how many."""
+    if not study.search.warm_start:
+        return
+    warm = warm_start.load(study, study.search.warm_start)
+    study.warm_points, study.warm_rewards = warm.points, warm.rewards
+    identity.write_study_json(manifest.path, warm_start.ARTIFACT, {"sources": warm.sources})
+    c = tracking.client(target)
+    for name, n in warm.sources.items():
+        c.log_metric(manifest.parent_run_id, f"warm_start.{name}", n)
+    log.info("warm start: %s", ", ".join(f"{n} trials from study {name}" for name, n in warm.sources.items()))
+
+
+def _importance(study: Study, result: StudyResult) -> dict[str, Any]:
+    """Parameter importance of the finished search; a failure is reported, never fatal (the
+    results are on disk already)."""
+    space = {k: d.to_optuna() for k, d in study.space.items()}
+    try:
+        return importance.param_importance(result.trials, space, study.search.objective_modes)
+    except Exception as e:
+        log.warning("could not compute parameter importance: %s", e)
+        return {"trials": len(result.trials), "objectives": {}, "skipped": f"failed: {e}"}
 
 
 def _verify_state(study: Study) -> None:
@@ -484,9 +543,17 @@ def trial_context(study: Study, manifest: Manifest) -> TrialContext:
         system_metrics_interval_s=study.spec.tracking.system_metrics_interval_s,
         infra_retry_s=study.search.infra_retry_s,
     )
-    return TrialContext(study_name=study.name, base=study.base, tracking=spec, cpus=study.spec.resources.cpu,
-                        metric=study.metric, mode=study.mode, infra_retry_s=study.search.infra_retry_s,
-                        max_failures=study.search.max_failures, study_path=manifest.path)  # fmt: skip
+    return TrialContext(
+        study_name=study.name,
+        base=study.base,
+        tracking=spec,
+        cpus=study.spec.resources.cpu,
+        metric=study.metric,
+        mode=study.mode,
+        infra_retry_s=study.search.infra_retry_s,
+        max_failures=study.search.max_failures,
+        study_path=manifest.path,
+    )
 
 
 def _callback(study: Study, manifest: Manifest, target: tracking.TrackingTarget):
@@ -518,7 +585,7 @@ def _log_pareto(target, run_id: str, front: dict[str, Any]) -> None:
     tracking.client(target).log_metric(run_id, "pareto.size", float(len(front["front"])))
 
 
-def _close(manifest: Manifest, target, state: str, result: StudyResult | None, keep_open: bool = False) -> None:
+def close_study(manifest: Manifest, target, state: str, result: StudyResult | None, keep_open: bool = False) -> None:
     """Record the study's state in study.json and on the parent run; end the run unless keep_open."""
     manifest.state = state
     if result is not None:
@@ -535,6 +602,13 @@ def _close(manifest: Manifest, target, state: str, result: StudyResult | None, k
                 c.log_metric(manifest.parent_run_id, f"search.{key}", float(summary[key]))
             for status, n in summary["counts"].items():
                 c.log_metric(manifest.parent_run_id, f"trials.{status}", float(n))
+            for key, value in summary["cost"].items():
+                c.log_metric(manifest.parent_run_id, f"cost.search.{key}", float(value))
+            for key, value in importance.mlflow_metrics(summary.get("importance") or {}).items():
+                c.log_metric(manifest.parent_run_id, key, value)
+            if summary.get("importance"):
+                tracking.log_json(target, manifest.parent_run_id, summary["importance"], "importance.json")
+                log.info(importance.slices_line(summary["importance"], result.study.metric))
             tracking.log_json(target, manifest.parent_run_id, summary, "search_summary.json")
             if result.pareto:
                 _log_pareto(target, manifest.parent_run_id, result.pareto)
@@ -552,7 +626,9 @@ def mark_interrupted(manifest: Manifest, target) -> None:
     fresh.state = "interrupted"
     identity.write_manifest(fresh)
     try:
-        tracking.client(target).set_tag(fresh.parent_run_id, "samsnet.state", "interrupted")  # the run itself: select._parent_open
+        tracking.client(target).set_tag(
+            fresh.parent_run_id, "samsnet.state", "interrupted"
+        )  # the run itself: select.parent_run_open
     except Exception as e:  # the manifest holds the state; the tag follows when it can
         log.warning("could not update the study's parent run: %s", e)
 
@@ -570,15 +646,18 @@ def resume_study(
     """Continue a study by name (in `storage`) or by its folder."""
     manifest = identity.find_study(name_or_path, resolve_storage(storage, Path.cwd()))
     study = load_stored_study(manifest)
-    return run_study(study, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
-                     restart_errored=restart_errored, quiet=quiet)  # fmt: skip
+    return run_study(
+        study, address=address, num_cpus=num_cpus, num_gpus=num_gpus, restart_errored=restart_errored, quiet=quiet
+    )
 
 
 def load_stored_study(manifest: Manifest) -> Study:
     """The study as it was started: its file copy, with paths resolved where it was first run."""
     text = identity.read_study_copy(manifest.path)
     if text is None:
-        raise StudyError(f"{identity.display_uri(manifest.path)}: the study file copy ({identity.STUDY_COPY}) is missing")
+        raise StudyError(
+            f"{identity.display_uri(manifest.path)}: the study file copy ({identity.STUDY_COPY}) is missing"
+        )
     source = Path(manifest.source)
     return load_study_text(text, source, Path(manifest.base_dir))
 
@@ -589,7 +668,10 @@ def load_stored_study(manifest: Manifest) -> Study:
 def _result(study: Study, manifest: Manifest, target, grid, seconds: float, stopped: bool = False) -> StudyResult:
     """The records of a search; `interrupted` when Ctrl-C stopped it (`stopped`), when a trial is
     unfinished, or when the searcher had not yet proposed every trial."""
-    runs = {r.data.tags.get(tracking.TRIAL_TAG): r for r in tracking.find_child_runs(target, manifest.experiment_id, manifest.parent_run_id)}
+    runs = {
+        r.data.tags.get(tracking.TRIAL_TAG): r
+        for r in tracking.find_child_runs(target, manifest.experiment_id, manifest.parent_run_id)
+    }
     trials = [_record(study, r, runs) for r in grid]
     unfinished = len(grid) - grid.num_terminated - grid.num_errors
     # A time budget ends a search with fewer trials than asked for; without one, missing trials
@@ -598,11 +680,11 @@ def _result(study: Study, manifest: Manifest, target, grid, seconds: float, stop
         unfinished += max(0, num_trials(study) - len(grid))
     interrupted = stopped or unfinished > 0
     if not interrupted:
-        _close_orphans(target, runs, {t.trial_id for t in trials})
+        close_orphans(target, runs, {t.trial_id for t in trials})
     return StudyResult(study, manifest, target, trials, seconds, interrupted=interrupted, result_grid=grid)
 
 
-def _close_orphans(target, runs: dict, trial_ids: set[str]) -> None:
+def close_orphans(target, runs: dict, trial_ids: set[str]) -> None:
     """Runs of trials Tune never recorded (the driver died between starting a trial and
     saving its state; on resume Tune proposes a new trial instead): close them as stopped.
     Selection runs are children of the same parent but no search trial's: they are left alone."""
@@ -610,9 +692,15 @@ def _close_orphans(target, runs: dict, trial_ids: set[str]) -> None:
         if tracking.PHASE_TAG in run.data.tags:
             continue
         if trial_id not in trial_ids and run.data.tags.get(tracking.STATUS_TAG) not in tracking.FINAL_STATUSES:
-            log.info("closing MLflow run %s of trial %s, which the resumed study does not contain", run.info.run_id, trial_id)
-            tracking.set_status(target, run.info.run_id, "stopped",
-                                error="abandoned: the driver stopped before Tune recorded this trial")  # fmt: skip
+            log.info(
+                "closing MLflow run %s of trial %s, which the resumed study does not contain", run.info.run_id, trial_id
+            )
+            tracking.set_status(
+                target,
+                run.info.run_id,
+                "stopped",
+                error="abandoned: the driver stopped before Tune recorded this trial",
+            )
 
 
 def _record(study: Study, result, runs: dict) -> TrialRecord:

@@ -2,7 +2,7 @@
 
 A scheduler decides, from each epoch's quality metric, whether a trial goes on. The
 pruning ones remember which trials they stopped before the epoch budget
-(`callbacks.PruneRecording`), so that the driver tags those runs `pruned`. With several
+(`adapters.PruneRecording`), so that the driver tags those runs `pruned`. With several
 objectives a scheduler still ranks on the quality metric alone (it gets its own
 metric/mode then: TuneConfig has none, see `searchers.tune_metric`).
 
@@ -33,7 +33,7 @@ class SchedulerEntry:
     label: str  # how reports name it
     description: str
     build: Callable[[Study], Any]
-    check: Callable[[Study], str | None] = lambda study: None
+    check: Callable[[Study], str | None] = lambda study: None  # the settings are fine
     prunes: bool = True  # stops weak trials before their budget
 
     def caveat(self, metric: str) -> str:
@@ -49,7 +49,9 @@ def _own_metric(study: Study) -> dict[str, Any]:
         return {}
     # A cheap model that learns slowly can be pruned before its cost advantage counts; the
     # Pareto report says so.
-    log.warning("search.scheduler: %s prunes on %s alone, not on the other objectives", study.search.scheduler, study.metric)
+    log.warning(
+        "search.scheduler: %s prunes on %s alone, not on the other objectives", study.search.scheduler, study.metric
+    )
     return {"metric": study.metric, "mode": study.mode}
 
 
@@ -63,16 +65,27 @@ def _asha(study: Study):
     from .adapters import PruneRecordingASHA  # lazy: imports ray.tune; loading a study must not
 
     s = study.search
-    return PruneRecordingASHA(**_own_metric(study), time_attr=TIME_ATTR, max_t=study.max_t, grace_period=s.grace_period,
-                              reduction_factor=s.reduction_factor, stop_last_trials=_cuts_at_max_t(study))  # fmt: skip
+    return PruneRecordingASHA(
+        **_own_metric(study),
+        time_attr=TIME_ATTR,
+        max_t=study.max_t,
+        grace_period=s.grace_period,
+        reduction_factor=s.reduction_factor,
+        stop_last_trials=_cuts_at_max_t(study),
+    )
 
 
 def _hyperband(study: Study):
     from .adapters import PruneRecordingHyperBand  # lazy: imports ray.tune; loading a study must not
 
     s = study.search
-    return PruneRecordingHyperBand(**_own_metric(study), time_attr=TIME_ATTR, max_t=study.max_t,
-                                   reduction_factor=s.reduction_factor, stop_last_trials=_cuts_at_max_t(study))  # fmt: skip
+    return PruneRecordingHyperBand(
+        **_own_metric(study),
+        time_attr=TIME_ATTR,
+        max_t=study.max_t,
+        reduction_factor=s.reduction_factor,
+        stop_last_trials=_cuts_at_max_t(study),
+    )
 
 
 def _median(study: Study):
@@ -82,40 +95,64 @@ def _median(study: Study):
     # would pause a trial for a pending one (its first pause at any time: Ray's last pause
     # starts at -inf); restarting a paused trial's worker from its checkpoint costs more than
     # the epochs it frees, so trials continue instead.
-    return PruneRecordingMedian(**_own_metric(study), time_attr=TIME_ATTR, grace_period=study.search.grace_period,
-                                min_time_slice=math.inf, budget=study.max_t)  # fmt: skip
+    return PruneRecordingMedian(
+        **_own_metric(study),
+        time_attr=TIME_ATTR,
+        grace_period=study.search.grace_period,
+        min_time_slice=math.inf,
+        budget=study.max_t,
+    )
 
 
 def _check_horizon(study: Study) -> str | None:
     """A scheduler that ends trials at max_t must leave early stopping room to act."""
     horizon = min(study.max_epochs, max(study.values("train.patience")))
     if study.max_t < horizon:
-        return (f"search.max_t: {study.max_t} is below the patience horizon {horizon} (min of train.epochs and "
-                f"train.patience): {study.search.scheduler} would end every trial before early stopping could; "
-                f"valid: max_t >= {horizon}, or max_t = train.epochs")  # fmt: skip
+        return (
+            f"search.max_t: {study.max_t} is below the patience horizon {horizon} (min of train.epochs and "
+            f"train.patience): {study.search.scheduler} would end every trial before early stopping could; "
+            f"valid: max_t >= {horizon}, or max_t = train.epochs"
+        )
     return None
 
 
 def _check_no_max_t(study: Study) -> str | None:
     if study.search.max_t is not None:
-        return ("search.max_t: the median rule never ends a trial at max_t (trials run train.epochs unless "
-                "stopped); valid: leave max_t out, or scheduler asha or hyperband")  # fmt: skip
+        return (
+            "search.max_t: the median rule never ends a trial at max_t (trials run train.epochs unless "
+            "stopped); valid: leave max_t out, or scheduler asha or hyperband"
+        )
     return None
 
 
 SCHEDULERS: dict[str, SchedulerEntry] = {
     e.name: e
     for e in (
-        SchedulerEntry("asha", "ASHA", "asynchronous successive halving: prunes weak trials at rungs "
-                       "(grace_period, reduction_factor, max_t)", _asha, _check_horizon),
-        SchedulerEntry("hyperband", "HyperBand", "synchronous HyperBand brackets (reduction_factor, max_t); "
-                       "pauses trials between rungs", _hyperband, _check_horizon),
-        SchedulerEntry("median", "Median stopping", "median stopping rule: stops a trial whose best result is "
-                       "worse than the median of the others' running means at the same epoch (after grace_period)",
-                       _median, _check_no_max_t),
+        SchedulerEntry(
+            "asha",
+            "ASHA",
+            "asynchronous successive halving: prunes weak trials at rungs (grace_period, reduction_factor, max_t)",
+            _asha,
+            _check_horizon,
+        ),
+        SchedulerEntry(
+            "hyperband",
+            "HyperBand",
+            "synchronous HyperBand brackets (reduction_factor, max_t); pauses trials between rungs",
+            _hyperband,
+            _check_horizon,
+        ),
+        SchedulerEntry(
+            "median",
+            "Median stopping",
+            "median stopping rule: stops a trial whose best result is "
+            "worse than the median of the others' running means at the same epoch (after grace_period)",
+            _median,
+            _check_no_max_t,
+        ),
         SchedulerEntry("fifo", "FIFO", "never stops a trial early", lambda study: None, prunes=False),
     )
-}  # fmt: skip
+}
 
 
 def get(name: str) -> SchedulerEntry:

@@ -6,7 +6,8 @@ search algorithm proposes trials (`build`), what it cannot handle (`check`: one
 (`trials`) and whether it takes several objectives. Adding a searcher is one entry here
 and its tests; `runner` and `study` only call the public functions at the bottom.
 
-Optuna-based entries go through Ray's `OptunaSearch`, which converts the Tune domains to
+Optuna-based entries build with `optuna_search(study, sampler)`: Ray's `OptunaSearch`
+(tolerant of trials it does not know, told every objective), which converts the Tune domains to
 Optuna distributions with the same inclusive bounds (`Distribution.to_tune`/`to_optuna`).
 Every searcher is seeded by `search.seed`: the same study file proposes the same trials.
 """
@@ -48,20 +49,29 @@ class SearcherEntry:
     # Tune applies TuneConfig.max_concurrent_trials to a Searcher only (for a given
     # BasicVariantGenerator it warns and ignores it): False means the entry limits it itself.
     tune_limits_concurrency: bool = True
+    warm_start: bool = False  # can be told earlier studies' trials as already evaluated (search.warm_start)
 
 
 # --- Optuna ---------------------------------------------------------------------------
 
 
-def _optuna_search(study: Study, sampler: Any):
+def optuna_search(study: Study, sampler: Any):
     """Ray's OptunaSearch over `sampler`. One objective: metric/mode come from TuneConfig;
     several: the searcher gets them all (the quality at each trial's best epoch first)."""
     from .adapters import RestartTolerantOptuna  # lazy: imports ray.tune; loading a study must not
 
     s = study.search
     objectives = searcher_objectives(study.metric, s.objectives) if s.multi_objective else {}
-    return RestartTolerantOptuna(sampler=sampler, metric=list(objectives) or None, mode=list(objectives.values()) or None,
-                                 points_to_evaluate=study.points_to_evaluate or None)  # fmt: skip
+    # Warm start: the earlier studies' trials enter Optuna as evaluated (`evaluated_rewards`), so
+    # they are not run again; Ray takes either those or the points to try first, not both.
+    points = study.warm_points or study.points_to_evaluate
+    return RestartTolerantOptuna(
+        sampler=sampler,
+        metric=list(objectives) or None,
+        mode=list(objectives.values()) or None,
+        points_to_evaluate=points or None,
+        evaluated_rewards=study.warm_rewards or None,
+    )
 
 
 def _tpe(study: Study):
@@ -69,14 +79,14 @@ def _tpe(study: Study):
 
     # TPE seeded: the same study file proposes the same first configurations; with several
     # objectives Optuna's TPE is its multi-objective variant.
-    return _optuna_search(study, optuna.samplers.TPESampler(seed=study.search.seed))
+    return optuna_search(study, optuna.samplers.TPESampler(seed=study.search.seed))
 
 
 def _cmaes(study: Study):
     import optuna  # lazy: heavy; loading a study must not pay for it
 
     # Its first trial (n_startup_trials) comes from a RandomSampler seeded alike.
-    return _optuna_search(study, optuna.samplers.CmaEsSampler(seed=study.search.seed))
+    return optuna_search(study, optuna.samplers.CmaEsSampler(seed=study.search.seed))
 
 
 def _check_cmaes(study: Study) -> str | None:
@@ -84,12 +94,16 @@ def _check_cmaes(study: Study) -> str | None:
     with its independent (random) sampler instead, which would silently be a random search."""
     choices = [k for k, d in study.space.items() if d.categorical]
     if choices:
-        return (f"search.searcher: cmaes samples numeric ranges only, but {', '.join(choices)} "
-                f"{'is a choice' if len(choices) == 1 else 'are choices'}; valid: int, uniform or loguniform "
-                f"ranges, or searcher: optuna")  # fmt: skip
+        return (
+            f"search.searcher: cmaes samples numeric ranges only, but {', '.join(choices)} "
+            f"{'is a choice' if len(choices) == 1 else 'are choices'}; valid: int, uniform or loguniform "
+            f"ranges, or searcher: optuna"
+        )
     if len(study.space) < 2:
-        return (f"search.searcher: cmaes needs at least 2 searched ranges, got {len(study.space)} "
-                f"({', '.join(study.space)}); valid: search another field, or searcher: optuna")  # fmt: skip
+        return (
+            f"search.searcher: cmaes needs at least 2 searched ranges, got {len(study.space)} "
+            f"({', '.join(study.space)}); valid: search another field, or searcher: optuna"
+        )
     return None
 
 
@@ -100,8 +114,11 @@ def _variant_generator(study: Study):
     from ray.tune.search.basic_variant import BasicVariantGenerator  # lazy: imports ray
 
     s = study.search
-    return BasicVariantGenerator(random_state=s.seed, points_to_evaluate=study.points_to_evaluate or None,
-                                 max_concurrent=s.max_concurrent_trials or 0)  # fmt: skip
+    return BasicVariantGenerator(
+        random_state=s.seed,
+        points_to_evaluate=study.points_to_evaluate or None,
+        max_concurrent=s.max_concurrent_trials or 0,
+    )
 
 
 def _grid_space(study: Study) -> dict[str, Any]:
@@ -128,15 +145,31 @@ def _grid_trials(study: Study) -> int:
 SEARCHERS: dict[str, SearcherEntry] = {
     e.name: e
     for e in (
-        SearcherEntry("optuna", "Optuna TPE (multi-objective TPE with search.objectives)", _tpe, multi_objective=True),
-        SearcherEntry("random", "Ray's random sampling", _variant_generator, multi_objective=True,
-                      tune_limits_concurrency=False),
-        SearcherEntry("grid", "every value of every choice / int range, num_samples times", _variant_generator,
-                      space=_grid_space, check=_check_grid, trials=_grid_trials, multi_objective=True,
-                      tune_limits_concurrency=False),
-        SearcherEntry("cmaes", "Optuna's CMA-ES (numeric ranges only, at least 2)", _cmaes, check=_check_cmaes),
+        SearcherEntry(
+            "optuna",
+            "Optuna TPE (multi-objective TPE with search.objectives)",
+            _tpe,
+            multi_objective=True,
+            warm_start=True,
+        ),
+        SearcherEntry(
+            "random", "Ray's random sampling", _variant_generator, multi_objective=True, tune_limits_concurrency=False
+        ),
+        SearcherEntry(
+            "grid",
+            "every value of every choice / int range, num_samples times",
+            _variant_generator,
+            space=_grid_space,
+            check=_check_grid,
+            trials=_grid_trials,
+            multi_objective=True,
+            tune_limits_concurrency=False,
+        ),
+        SearcherEntry(
+            "cmaes", "Optuna's CMA-ES (numeric ranges only, at least 2)", _cmaes, check=_check_cmaes, warm_start=True
+        ),
     )
-}  # fmt: skip
+}
 
 
 # --- what the rest of the search calls --------------------------------------------------
@@ -155,8 +188,20 @@ def check(study: Study) -> None:
     problem = entry.check(study)
     if problem is None and study.search.multi_objective and not entry.multi_objective:
         takes = ", ".join(n for n, e in SEARCHERS.items() if e.multi_objective)
-        problem = (f"search.searcher: {entry.name} optimises one objective, but search.objectives names "
-                   f"{len(study.search.objectives)}; valid: searcher {takes}, or metric: instead of objectives")  # fmt: skip
+        problem = (
+            f"search.searcher: {entry.name} optimises one objective, but search.objectives names "
+            f"{len(study.search.objectives)}; valid: searcher {takes}, or metric: instead of objectives"
+        )
+    if problem is None and study.search.warm_start and not entry.warm_start:
+        takes = ", ".join(n for n, e in SEARCHERS.items() if e.warm_start)
+        problem = f"search.warm_start: searcher {entry.name} cannot be told earlier trials; valid: searcher {takes}"
+    if (
+        problem is None
+        and study.search.warm_start
+        and study.spec.estimate.enabled
+        and study.spec.estimate.use == "seed"
+    ):
+        problem = "search.warm_start: cannot be combined with points to try first (estimate.use: seed)"
     if problem:
         raise ConfigError(f"{study.source}: {problem}")
 

@@ -3,19 +3,21 @@
 1. Contenders: for each slice value the search tried, its best trial by the study metric.
 2. Retraining: each contender is trained to the full budget (`selection.epochs`) with
    `selection.seeds` seeds (`train.seed + k`, k = 0..n-1), as plain Ray tasks with the
-   trial resources. A trial that already ran its full budget with seed k = 0 counts as
-   seed 0 (its best checkpoint is reused). Every retraining is an MLflow child run of the
-   study's parent run, tagged `samsnet.phase=selection`.
+   trial resources and the training path of a search trial (`trial.train_tracked`). A trial
+   that already ran its full budget with seed k = 0 counts as seed 0 (its best checkpoint,
+   as `checkpoints.best_checkpoint` finds it, is reused). Every retraining is an MLflow
+   child run of the study's parent run, tagged `samsnet.phase=selection`.
 3. Scoring: every model is scored on the FULL validation tracks (per track and target).
    Each finished job writes `<study>/selection/jobs/<key>.json` (and its best weights
    beside it), so an interrupted selection never redoes finished jobs.
 4. Bootstrap over (track x seed) pairs gives each slice value a confidence interval of
    its median SDR; the winner has the best median; an overlapping interval means "not
    significantly different" from the winner. The table is labelled *validation*.
-5. Only then the winner (its best seed) is scored on the TEST set, exported and
-   registered as `samsnet-<study>` (alias `champion`); a few seconds of its separated
-   test stems are logged as wav files. Test data cannot influence steps 1-4: they never
-   load it.
+5. Only then the winner (its best seed) is scored on the TEST set and published by the
+   caller's `register` (the CLI's one exports it and registers it as `samsnet-<study>`, alias
+   `champion`: delivery's job, so the search never imports delivery); a few seconds of its
+   separated test stems are logged as wav files. Test data cannot influence steps 1-4: they
+   never load it.
 
 The statistics (`bootstrap_table`) are pure functions of the scores, testable alone.
 """
@@ -49,11 +51,11 @@ from ..engine.wiener import PostFilter
 from ..errors import SamsNetError
 from ..services import storage, tracking
 from ..services.tracking import PHASE_TAG
-from . import identity
+from . import cost, identity
 from .checkpoints import local_copy
+from .objectives import better
 from .runner import ray_session, trial_context
 from .trial import train_tracked
-from .objectives import better
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +134,11 @@ class SelectionTable:
         return cls(rows=rows, **{k: d[k] for k in ("winner", "confidence", "resamples", "backend", "data", "subset")})
 
     def label(self) -> str:
-        return (f"SDR (dB) on the {self.subset} set of {self.data}, median over tracks and seeds, {self.backend} "
-                f"BSSEval v4; interval: {round(100 * self.confidence)}% bootstrap over (track x seed), "
-                f"{self.resamples} resamples")  # fmt: skip
+        return (
+            f"SDR (dB) on the {self.subset} set of {self.data}, median over tracks and seeds, {self.backend} "
+            f"BSSEval v4; interval: {round(100 * self.confidence)}% bootstrap over (track x seed), "
+            f"{self.resamples} resamples"
+        )
 
     def records(self) -> list[dict[str, Any]]:
         """One flat dict per row (CSV / markdown / the export's model card)."""
@@ -142,8 +146,9 @@ class SelectionTable:
         for r in self.rows:
             low, high = r.interval["avg"]
             rec = {"slices": r.slices, **{c: round(r.median[c], 3) for c in COLUMNS}}
-            rec.update({"avg_low": round(low, 3), "avg_high": round(high, 3), "pairs": r.pairs,
-                        "vs_winner": _versus(r)})  # fmt: skip
+            rec.update(
+                {"avg_low": round(low, 3), "avg_high": round(high, 3), "pairs": r.pairs, "vs_winner": _versus(r)}
+            )
             out.append(rec)
         return out
 
@@ -152,8 +157,12 @@ class SelectionTable:
         head = ["slices", *COLUMNS, "interval (avg)", "vs winner"]
         lines = [f"**{self.label()}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for rec in recs:
-            cells = [str(rec["slices"]), *(f"{rec[c]:.2f}" for c in COLUMNS),
-                     f"[{rec['avg_low']:.2f}, {rec['avg_high']:.2f}]", rec["vs_winner"]]  # fmt: skip
+            cells = [
+                str(rec["slices"]),
+                *(f"{rec[c]:.2f}" for c in COLUMNS),
+                f"[{rec['avg_low']:.2f}, {rec['avg_high']:.2f}]",
+                rec["vs_winner"],
+            ]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines + ["", self.verdict()]) + "\n"
 
@@ -223,13 +232,17 @@ def bootstrap_table(
             raise SelectionError(f"slices={slices}: no scored (track x seed) pair")
         values = np.array([[p["scores"][t] for t in TARGETS] for p in pairs], dtype=np.float64)  # (P, S)
         point, low, high = bootstrap_row(values, resamples, confidence, rng)
-        rows.append(SliceRow(
-            slices=slices,
-            median={c: float(point[i]) for i, c in enumerate(COLUMNS)},
-            interval={c: (float(low[i]), float(high[i])) for i, c in enumerate(COLUMNS)},
-            pairs=len(pairs), tracks=len({p["track"] for p in pairs}), seeds=len({p["seed"] for p in pairs}),
-            info=dict((info or {}).get(slices, {})),
-        ))  # fmt: skip
+        rows.append(
+            SliceRow(
+                slices=slices,
+                median={c: float(point[i]) for i, c in enumerate(COLUMNS)},
+                interval={c: (float(low[i]), float(high[i])) for i, c in enumerate(COLUMNS)},
+                pairs=len(pairs),
+                tracks=len({p["track"] for p in pairs}),
+                seeds=len({p["seed"] for p in pairs}),
+                info=dict((info or {}).get(slices, {})),
+            )
+        )
     # NaN medians (a target silent everywhere) never win.
     winner = max(rows, key=lambda r: (_finite(r.median["avg"]), -r.slices))
     for r in rows:
@@ -277,18 +290,28 @@ def plan_jobs(trials: list, metric: str, mode: str, seeds: int, epochs: int) -> 
     jobs = []
     for slices, trial in sorted(contenders(trials, metric, mode).items()):
         base_seed = int(trial.experiment["train"]["seed"])
-        full = (trial.status in FULL_BUDGET and int(trial.experiment["train"]["epochs"]) == epochs
-                and trial.best_checkpoint is not None)  # fmt: skip
+        full = (
+            trial.status in FULL_BUDGET
+            and int(trial.experiment["train"]["epochs"]) == epochs
+            and trial.best_checkpoint is not None
+        )
         for k in range(seeds):
             experiment = json.loads(json.dumps(trial.experiment))
             experiment["train"].update(epochs=epochs, seed=base_seed + k)
             reuse = full and k == 0
-            jobs.append(Job(
-                key=f"slices_{slices}_seed_{k}", slices=slices, seed_index=k, seed=base_seed + k,
-                trial_id=trial.trial_id, config=dict(trial.config), experiment=experiment,
-                reuse_checkpoint=trial.best_checkpoint if reuse else None,
-                reuse_run_id=trial.mlflow_run_id if reuse else None,
-            ))  # fmt: skip
+            jobs.append(
+                Job(
+                    key=f"slices_{slices}_seed_{k}",
+                    slices=slices,
+                    seed_index=k,
+                    seed=base_seed + k,
+                    trial_id=trial.trial_id,
+                    config=dict(trial.config),
+                    experiment=experiment,
+                    reuse_checkpoint=trial.best_checkpoint if reuse else None,
+                    reuse_run_id=trial.mlflow_run_id if reuse else None,
+                )
+            )
     return jobs
 
 
@@ -306,6 +329,7 @@ def retrain_and_score(job: Job, spec: tracking.ChildRunSpec, store: str, backend
     Returns the job's record (what `<store>/jobs/<key>.json` holds).
     """
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    start, start_cpu = time.perf_counter(), time.process_time()
     cfg = validate_model(ExperimentConfig, job.experiment, f"selection job {job.key}")
     if job.reuse_checkpoint is not None:
         with local_copy(job.reuse_checkpoint) as ckpt_dir:
@@ -317,14 +341,28 @@ def retrain_and_score(job: Job, spec: tracking.ChildRunSpec, store: str, backend
         shutil.rmtree(job_workdir(spec, job), ignore_errors=True)  # the best weights are stored
     if run_id:
         summary = report.summary
-        tracking.client(spec.target).log_batch(run_id, metrics=_metrics({f"selection.valid_sdr_{k}": v for k, v in summary.items()}))
+        tracking.client(spec.target).log_batch(
+            run_id, metrics=_metrics({f"selection.valid_sdr_{k}": v for k, v in summary.items()})
+        )
     return {
-        "key": job.key, "slices": job.slices, "seed_index": job.seed_index, "seed": job.seed,
-        "trial_id": job.trial_id, "config": job.config, "run_id": run_id, "reused": job.reuse_checkpoint is not None,
-        "epochs": epochs if epochs is not None else state.get("epoch"), "best_epoch": state.get("epoch"),
-        "tracks": report.tracks, "summary": report.summary, "data": report.data, "backend": backend,
+        "key": job.key,
+        "slices": job.slices,
+        "seed_index": job.seed_index,
+        "seed": job.seed,
+        "trial_id": job.trial_id,
+        "config": job.config,
+        "run_id": run_id,
+        "reused": job.reuse_checkpoint is not None,
+        "epochs": epochs if epochs is not None else state.get("epoch"),
+        "best_epoch": state.get("epoch"),
+        "tracks": report.tracks,
+        "summary": report.summary,
+        "data": report.data,
+        "backend": backend,
         "checkpoint": _job_uri(store, job.key, BEST),
-    }  # fmt: skip
+        "wall_s": time.perf_counter() - start,
+        "cpu_s": time.process_time() - start_cpu,
+    }
 
 
 def _score_valid(job: Job, cfg: ExperimentConfig, ckpt_dir: Path, backend: str, store: str):
@@ -332,9 +370,14 @@ def _score_valid(job: Job, cfg: ExperimentConfig, ckpt_dir: Path, backend: str, 
     beside the job's record."""
     model, state = load_model(ckpt_dir)
     splits = load_splits(cfg.data)  # only .valid is used: test data never reaches the choice
-    report = evaluate_tracks(model_estimator(model, pick_device(cfg.train.device)), splits.valid,
-                             name=f"slices={job.slices} seed={job.seed}", backend=backend,
-                             data_kind=splits.kind, subset="valid")  # fmt: skip
+    report = evaluate_tracks(
+        model_estimator(model, pick_device(cfg.train.device)),
+        splits.valid,
+        name=f"slices={job.slices} seed={job.seed}",
+        backend=backend,
+        data_kind=splits.kind,
+        subset="valid",
+    )
     storage.put_file(_job_uri(store, job.key, BEST), ckpt_dir / BEST)
     return report, state
 
@@ -372,21 +415,41 @@ def _retrain(job: Job, cfg: ExperimentConfig, spec: tracking.ChildRunSpec) -> tu
 class SelectionResult:
     table: SelectionTable
     jobs: list[dict[str, Any]]  # every job's record
-    trained: list[str]  # job keys run by this call (retrained, or scored for a reused trial); others were found finished
+    trained: list[
+        str
+    ]  # job keys run by this call (retrained, or scored for a reused trial); others were found finished
     winner_job: dict[str, Any]
     test: dict[str, Any]  # EvalReport.to_dict() of the winner on the test set
     registered: dict[str, Any]  # {"name", "version", "alias"}
     seconds: dict[str, float]  # wall time per phase
     where: str  # MLflow UI line
+    cost: dict[str, Any] = field(default_factory=dict)  # search.cost.selection_cost
 
     def to_dict(self) -> dict[str, Any]:
-        return {"table": self.table.to_dict(), "jobs": self.jobs, "winner_job": self.winner_job, "test": self.test,
-                "registered": self.registered, "seconds": self.seconds, "where": self.where}  # fmt: skip
+        return {
+            "table": self.table.to_dict(),
+            "jobs": self.jobs,
+            "winner_job": self.winner_job,
+            "test": self.test,
+            "registered": self.registered,
+            "seconds": self.seconds,
+            "where": self.where,
+            "cost": self.cost,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], trained: list[str] | None = None) -> "SelectionResult":
-        return cls(SelectionTable.from_dict(d["table"]), d["jobs"], trained or [], d["winner_job"], d["test"],
-                   d["registered"], d["seconds"], d["where"])  # fmt: skip
+        return cls(
+            SelectionTable.from_dict(d["table"]),
+            d["jobs"],
+            trained or [],
+            d["winner_job"],
+            d["test"],
+            d["registered"],
+            d["seconds"],
+            d["where"],
+            d.get("cost") or {},
+        )
 
 
 def run_selection(
@@ -403,12 +466,12 @@ def run_selection(
 
     register: publishes the winner (see `Register`). The study's parent run is open while it
     runs and ends with it (FINISHED, or FAILED / KILLED)."""
-    with _parent_open(result.target, result.manifest.parent_run_id):
+    with parent_run_open(result.target, result.manifest.parent_run_id):
         return _run_selection(result, address, num_cpus, num_gpus, progress, quiet, register)
 
 
 @contextmanager
-def _parent_open(target, run_id: str) -> Iterator[None]:
+def parent_run_open(target, run_id: str) -> Iterator[None]:
     c = tracking.client(target)
     c.update_run(run_id, status="RUNNING")
     status = "FAILED"
@@ -444,9 +507,11 @@ def _run_selection(result, address, num_cpus, num_gpus, progress, quiet, registe
     seconds = {"retrain_and_validate": time.monotonic() - start}
     table = _table(records, study, result.study.spec.selection)
     say(table.verdict())
-    start = time.monotonic()
+    start, start_cpu = time.monotonic(), time.process_time()
     final = _finish(table, records, trained, result, seconds, say, register)
     final.seconds["test_and_register"] = time.monotonic() - start
+    final.cost = cost.selection_cost(records, final.seconds, {"cpu_s": round(time.process_time() - start_cpu, 2)})
+    _log_cost(result.target, manifest.parent_run_id, final.cost)
     storage.write_json(storage.join(store, RESULT_FILE), final.to_dict())
     _update_manifest(manifest, final)
     return final
@@ -461,7 +526,9 @@ def _run_jobs(jobs: list[Job], result, store: str, say: Progress) -> tuple[list[
     if len(todo) < len(jobs):
         say(f"selection: {len(jobs) - len(todo)} of {len(jobs)} jobs already finished (not run again)")
     res = study.spec.resources
-    task = ray.remote(num_cpus=res.cpu, num_gpus=res.gpu, resources=res.custom or None, max_retries=0)(retrain_and_score)
+    task = ray.remote(num_cpus=res.cpu, num_gpus=res.gpu, resources=res.custom or None, max_retries=0)(
+        retrain_and_score
+    )
     limit = study.search.max_concurrent_trials or len(todo) or 1
     backend = study.spec.selection.valid_backend
     pending: dict[Any, Job] = {}
@@ -486,10 +553,14 @@ def _run_jobs(jobs: list[Job], result, store: str, say: Progress) -> tuple[list[
         records[job.key] = record
         avg = record["summary"]["avg"]
         reused = "(search trial reused) " if record["reused"] else ""
-        say(f"selection [{finished}/{len(todo)}, {_eta(start, finished, len(todo))}]: {job.key} {reused}valid avg SDR {avg:.2f} dB")
+        say(
+            f"selection [{finished}/{len(todo)}, {_eta(start, finished, len(todo))}]: {job.key} {reused}valid avg SDR {avg:.2f} dB"
+        )
     if failures:
         say("selection: failed jobs (run again to retry them): " + "; ".join(failures))
-    return [records[j.key] for j in jobs if records[j.key] is not None], [j.key for j in todo if records[j.key] is not None]
+    return [records[j.key] for j in jobs if records[j.key] is not None], [
+        j.key for j in todo if records[j.key] is not None
+    ]
 
 
 def _eta(start: float, done: int, total: int) -> str:
@@ -510,11 +581,20 @@ def _table(records: list[dict[str, Any]], study, sel) -> SelectionTable:
     backend = records[0]["backend"] if records else sel.valid_backend
     data = records[0]["data"] if records else ""
     # The bootstrap is seeded by the study seed: the same scores give the same intervals.
-    return bootstrap_table(scores, resamples=sel.bootstrap, confidence=sel.confidence, seed=study.search.seed,
-                           backend=backend, data=data, info=info)  # fmt: skip
+    return bootstrap_table(
+        scores,
+        resamples=sel.bootstrap,
+        confidence=sel.confidence,
+        seed=study.search.seed,
+        backend=backend,
+        data=data,
+        info=info,
+    )
 
 
-def _finish(table: SelectionTable, records, trained, result, seconds, say: Progress, register: Register) -> SelectionResult:
+def _finish(
+    table: SelectionTable, records, trained, result, seconds, say: Progress, register: Register
+) -> SelectionResult:
     """Log the table, score the winner on the test set, publish it (`register`)."""
     study, manifest, target = result.study, result.manifest, result.target
     winner_jobs = [r for r in records if r["slices"] == table.winner]
@@ -523,16 +603,36 @@ def _finish(table: SelectionTable, records, trained, result, seconds, say: Progr
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = storage.get_file(best["checkpoint"], Path(tmp) / "checkpoint" / BEST).parent
         sel = study.spec.selection
-        say(f"scoring the winner (slices={table.winner}, seed {best['seed']}) on the test set with {sel.test_backend} ...")
+        say(
+            f"scoring the winner (slices={table.winner}, seed {best['seed']}) on the test set with {sel.test_backend} ..."
+        )
         test = _score_test(ckpt, target, manifest.parent_run_id, sel.test_backend, sel.listen_seconds, sel.wiener, say)
-        say(f"test avg SDR {test['summary']['avg']:.2f} dB ({test['backend']}, {test['data']})"
-            + (f"; {test['wiener']['post_filter']}: {test['wiener']['summary']['avg']:.2f} dB" if "wiener" in test else ""))
-        info = {"title": f"Sams-Net chosen by study {study.name} (slices={table.winner})",
-                "source": f"study {study.name}, selection winner slices={table.winner}",
-                "data_kind": test["data"], "test_sdr": test["summary"], "selection_table": table.records()}  # fmt: skip
+        say(
+            f"test avg SDR {test['summary']['avg']:.2f} dB ({test['backend']}, {test['data']})"
+            + (
+                f"; {test['wiener']['post_filter']}: {test['wiener']['summary']['avg']:.2f} dB"
+                if "wiener" in test
+                else ""
+            )
+        )
+        info = {
+            "title": f"Sams-Net chosen by study {study.name} (slices={table.winner})",
+            "source": f"study {study.name}, selection winner slices={table.winner}",
+            "data_kind": test["data"],
+            "test_sdr": test["summary"],
+            "selection_table": table.records(),
+        }
         registered = register(ckpt, info, study.name, manifest.tracking_uri, best.get("run_id"))
     say(f"registered {registered['name']} version {registered['version']} (alias {registered['alias']})")
-    return SelectionResult(table, records, trained, best, test, registered, dict(seconds), target.where(manifest.experiment_id))
+    return SelectionResult(
+        table, records, trained, best, test, registered, dict(seconds), target.where(manifest.experiment_id)
+    )
+
+
+def _log_cost(target, parent_run_id: str, spent: dict[str, Any]) -> None:
+    flat = {f"cost.selection.{k}": v for k, v in spent.items() if k != "test"}
+    flat |= {f"cost.test.{k}": v for k, v in spent["test"].items()}
+    tracking.client(target).log_batch(parent_run_id, metrics=_metrics(flat))
 
 
 def _log_table(target, parent_run_id: str, table: SelectionTable, best: dict[str, Any]) -> None:
@@ -541,7 +641,9 @@ def _log_table(target, parent_run_id: str, table: SelectionTable, best: dict[str
     for r in table.rows:
         for col in COLUMNS:
             metrics[f"selection.slices_{r.slices}.{col}"] = r.median[col]
-        metrics[f"selection.slices_{r.slices}.avg_low"], metrics[f"selection.slices_{r.slices}.avg_high"] = r.interval["avg"]
+        metrics[f"selection.slices_{r.slices}.avg_low"], metrics[f"selection.slices_{r.slices}.avg_high"] = r.interval[
+            "avg"
+        ]
     c.log_batch(parent_run_id, metrics=_metrics(metrics))
     c.set_tag(parent_run_id, CHOSEN_TAG, str(table.winner))
     if best.get("run_id"):
@@ -551,8 +653,15 @@ def _log_table(target, parent_run_id: str, table: SelectionTable, best: dict[str
     c.log_text(parent_run_id, table.csv(), "selection/table.csv")
 
 
-def _score_test(ckpt: Path, target, parent_run_id: str, backend: str, listen_seconds: float,
-                wiener: int = 0, say: Progress | None = None) -> dict[str, Any]:  # fmt: skip
+def _score_test(
+    ckpt: Path,
+    target,
+    parent_run_id: str,
+    backend: str,
+    listen_seconds: float,
+    wiener: int = 0,
+    say: Progress | None = None,
+) -> dict[str, Any]:
     """The winner on the test split (the first and only time test data is read).
 
     Scored as the paper separates (plain masks) and, with `wiener` > 0, again after the Wiener
@@ -568,8 +677,15 @@ def _score_test(ckpt: Path, target, parent_run_id: str, backend: str, listen_sec
     posts = [PostFilter()] + ([PostFilter(wiener=wiener)] if wiener > 0 else [])
     scored = []
     for post, prefix, artifact in zip(posts, ("test", "test_wiener"), ("test/scores.json", "test/scores_wiener.json")):
-        report = evaluate_tracks(model_estimator(model, device, post=post), tests, name=f"winner, {post.label}",
-                                 backend=backend, data_kind=kind, subset="test", progress=say)  # fmt: skip
+        report = evaluate_tracks(
+            model_estimator(model, device, post=post),
+            tests,
+            name=f"winner, {post.label}",
+            backend=backend,
+            data_kind=kind,
+            subset="test",
+            progress=say,
+        )
         c.log_batch(parent_run_id, metrics=_metrics({f"{prefix}.{k}": v for k, v in report.summary.items()}))
         scored.append({**report.to_dict(), "post_filter": post.label})
         tracking.log_json(target, parent_run_id, scored[-1], artifact)
@@ -584,8 +700,11 @@ def _log_listening(model, track, seconds: float, device, target, run_id: str, po
     n = int(seconds * SAMPLE_RATE)
     audio = track.audio()  # (1 + S, C, N): mixture, then the references in TARGETS order
     mixture = np.ascontiguousarray(audio[0][:, :n])  # (C, N)
-    clips = {"mixture": mixture, **{f"{t}.reference": np.asarray(audio[1 + i][:, :n]) for i, t in enumerate(TARGETS)},
-             **separate(model, mixture, device)}  # fmt: skip
+    clips = {
+        "mixture": mixture,
+        **{f"{t}.reference": np.asarray(audio[1 + i][:, :n]) for i, t in enumerate(TARGETS)},
+        **separate(model, mixture, device),
+    }
     for post in posts:
         clips.update({f"{t}.wiener": est for t, est in separate(model, mixture, device, post=post).items()})
     with tempfile.TemporaryDirectory() as tmp:
@@ -599,8 +718,13 @@ def _log_listening(model, track, seconds: float, device, target, run_id: str, po
 def _update_manifest(manifest, final: SelectionResult) -> None:
     """study.json: the choice, for `ls`, `report` and `export` (which exports `best_run`)."""
     fresh = identity.read_manifest(manifest.path) or manifest
-    fresh.summary = {**fresh.summary, "selection": final.table.records(), "chosen_slices": final.table.winner,
-                     "test": final.test["summary"], "registered": final.registered}  # fmt: skip
+    fresh.summary = {
+        **fresh.summary,
+        "selection": final.table.records(),
+        "chosen_slices": final.table.winner,
+        "test": final.test["summary"],
+        "registered": final.registered,
+    }
     if final.winner_job.get("run_id"):
         fresh.summary["best_run"] = final.winner_job["run_id"]
     identity.write_manifest(fresh)
@@ -610,4 +734,3 @@ def load_selection(study_path: str) -> SelectionResult | None:
     """A finished selection from the study folder, or None."""
     done = storage.read_json(storage.join(selection_uri(study_path), RESULT_FILE))
     return None if done is None else SelectionResult.from_dict(done)
-

@@ -42,7 +42,8 @@ from ..config import (
 )
 from ..data.splits import load_splits
 from ..errors import ConfigError, DataError
-from . import objectives, schedulers, searchers
+from . import objectives as objective_table
+from . import schedulers, searchers
 
 log = logging.getLogger(__name__)
 
@@ -328,36 +329,45 @@ class SearchSettings(Strict):
 
     metric: str = Field(
         "valid_loss",
-        description="the quality metric, reported every epoch: valid_loss (min) or valid_sdr (max; needs "
-        "train.valid_sdr_every: 1)",
+        description="the quality metric, compared every epoch: "
+        + ", ".join(
+            f"{o.name} ({o.mode}{f'; needs {o.every}: 1' if o.every else ''})"
+            for o in objective_table.OBJECTIVES.values()
+            if o.kind == "quality"
+        ),
     )
     mode: Literal["min", "max"] | None = Field(None, description="default: the metric's direction (objectives table)")
     objectives: list[str] | None = Field(
         None,
-        description="multi-objective search: the quality metric first (valid_sdr or valid_loss), then costs "
-        "(params, gmacs_per_second); Optuna's multi-objective TPE proposes trials and the report shows "
-        "the Pareto front",
+        description=f"multi-objective search: the quality metric first ({', '.join(objective_table.names('quality'))}), "
+        f"then costs ({', '.join(objective_table.names('cost'))}); Optuna's multi-objective TPE proposes trials and "
+        "the report shows the Pareto front",
     )
     num_samples: int = Field(16, gt=0, description="trials to run")
     seed: int = Field(0, description="seeds the searcher")
     searcher: str = Field(
-        "optuna",
-        description="optuna: TPE; random: Ray's sampler; grid: every choice once per sample; cmaes: Optuna's CMA-ES "
-        "(numeric ranges only)",
+        "optuna", description="; ".join(f"{e.name}: {e.description}" for e in searchers.SEARCHERS.values())
     )
     scheduler: str = Field(
         "asha",
-        description="asha prunes weak trials at rungs (on the quality metric alone); hyperband: synchronous "
-        "brackets; median: the median stopping rule; fifo never; default: asha, or fifo when objectives are set",
+        description="; ".join(f"{e.name}: {e.description}" for e in schedulers.SCHEDULERS.values())
+        + "; default: asha, or fifo when objectives are set (the schedulers rank on the quality metric alone)",
     )
     grace_period: int = Field(1, gt=0, description="ASHA, median: epochs before a trial can be stopped")
-    reduction_factor: float = Field(2.0, gt=1, description="ASHA, HyperBand: keep 1/reduction_factor of trials per rung")
+    reduction_factor: float = Field(
+        2.0, gt=1, description="ASHA, HyperBand: keep 1/reduction_factor of trials per rung"
+    )
     max_t: int | None = Field(None, gt=0, description="ASHA, HyperBand: epochs at most; default: train.epochs")
     max_concurrent_trials: int | None = Field(None, gt=0, description="default: as many as resources allow")
     time_budget_s: float | None = Field(None, gt=0, description="stop starting/continuing trials after this")
     max_failures: int = Field(0, ge=0, description="retries of a failed trial from its last checkpoint")
     infra_retry_s: float = Field(
         300.0, ge=0, description="seconds a trial waits out a storage or tracking outage (retrying) before it fails"
+    )
+    warm_start: list[str] = Field(
+        default_factory=list,
+        description="earlier studies (names in the same storage, or folders) whose trials the searcher is told "
+        "of as already evaluated: same parameter names, values inside this study's ranges",
     )
     checkpoints_to_keep: int = Field(
         1, gt=0, description="best N by metric; the latest and a margin of 2 (for resuming after a crash) are kept too"
@@ -366,7 +376,7 @@ class SearchSettings(Strict):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, value: str) -> str:
-        quality = objectives.names("quality")
+        quality = objective_table.names("quality")
         if value not in quality:
             raise ValueError(f"not a quality metric; valid: {' or '.join(quality)}")
         return value
@@ -387,12 +397,12 @@ class SearchSettings(Strict):
 
     @property
     def resolved_mode(self) -> str:
-        return self.mode or objectives.mode_of(self.metric)
+        return self.mode or objective_table.mode_of(self.metric)
 
     @property
     def objective_modes(self) -> dict[str, str]:
         """{objective: min|max} in the order given; the single metric when no objectives are set."""
-        return {name: objectives.mode_of(name) for name in self.objectives or [self.metric]}
+        return {name: objective_table.mode_of(name) for name in self.objectives or [self.metric]}
 
     @property
     def multi_objective(self) -> bool:
@@ -406,13 +416,13 @@ class SearchSettings(Strict):
         if not (isinstance(data, dict) and isinstance(data.get("objectives"), list) and data["objectives"]):
             return data
         data = {"scheduler": "fifo", **data}
-        if "metric" not in data and data["objectives"][0] in objectives.names("quality"):
+        if "metric" not in data and data["objectives"][0] in objective_table.names("quality"):
             data["metric"] = data["objectives"][0]
         return data
 
     @model_validator(mode="after")
     def _check(self) -> "SearchSettings":
-        expected = objectives.mode_of(self.metric)
+        expected = objective_table.mode_of(self.metric)
         if self.mode is not None and self.mode != expected:
             raise ValueError(f"mode: {self.metric} is compared with mode {expected}, got {self.mode}")
         if self.max_t is not None and self.grace_period > self.max_t:
@@ -423,18 +433,22 @@ class SearchSettings(Strict):
 
 
 def _check_objectives(names: list[str], metric: str) -> None:
-    quality, costs = objectives.names("quality"), objectives.names("cost")
+    quality, costs = objective_table.names("quality"), objective_table.names("cost")
     valid_quality, valid_cost = " or ".join(quality), ", ".join(costs)
     if len(names) < 2:
-        raise ValueError(f"objectives: name the quality metric ({valid_quality}) and at least one cost ({valid_cost}); "
-                         f"got {names} (for one objective use metric: instead)")  # fmt: skip
+        raise ValueError(
+            f"objectives: name the quality metric ({valid_quality}) and at least one cost ({valid_cost}); "
+            f"got {names} (for one objective use metric: instead)"
+        )
     if names[0] not in quality:
         raise ValueError(f"objectives: the first must be the quality metric ({valid_quality}), got {names[0]!r}")
     if names[0] != metric:
         raise ValueError(f"objectives: the first objective {names[0]!r} differs from metric: {metric!r} (drop metric:)")
     for name in names[1:]:
         if name not in costs:
-            raise ValueError(f"objectives: {name!r} is not a cost objective; valid after the quality metric: {valid_cost}")
+            raise ValueError(
+                f"objectives: {name!r} is not a cost objective; valid after the quality metric: {valid_cost}"
+            )
     if len(set(names)) != len(names):
         raise ValueError(f"objectives: {names} names an objective twice")
 
@@ -474,8 +488,12 @@ class SelectionSettings(Strict):
     )
     test_backend: Literal["fast", "museval"] = Field("museval", description="BSSEval v4 for the winner's test score")
     listen_seconds: float = Field(5.0, ge=0, description="seconds of the winner's test stems logged as wav; 0: none")
-    wiener: int = Field(1, ge=0, description="the test set is also scored after this many Wiener filter EM "
-                                             "iterations (beside the paper's plain masks); 0: plain masks only")
+    wiener: int = Field(
+        1,
+        ge=0,
+        description="the test set is also scored after this many Wiener filter EM "
+        "iterations (beside the paper's plain masks); 0: plain masks only",
+    )
     enabled: bool = Field(True, description="false: `run` stops after the search (no retraining)")
 
 
@@ -498,9 +516,11 @@ class TrackingSettings(Strict):
 
 
 class EstimateSettings(Strict):
-    """The unsupervised slice estimate (samsnet_search.search.estimate) before the search (issue 7)."""
+    """The unsupervised slice estimate (samsnet_search.search.estimate) before the search."""
 
-    enabled: bool = Field(False, description="compute the estimate on the training mixtures and log it to the parent run")
+    enabled: bool = Field(
+        False, description="compute the estimate on the training mixtures and log it to the parent run"
+    )
     use: Literal["none", "seed", "narrow"] = Field(
         "none",
         description="none: report only; seed: try the estimated slice count first (points_to_evaluate); "
@@ -526,7 +546,9 @@ class StudySpec(Strict):
     search: SearchSettings = Field(default_factory=SearchSettings)
     resources: Resources = Field(default_factory=Resources)
     selection: SelectionSettings = Field(default_factory=SelectionSettings)
-    storage: str = Field("./runs", description="local folder or s3://bucket/prefix[?endpoint_override=host:port&scheme=http]")
+    storage: str = Field(
+        "./runs", description="local folder or s3://bucket/prefix[?endpoint_override=host:port&scheme=http]"
+    )
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     estimate: EstimateSettings = Field(default_factory=EstimateSettings)
 
@@ -567,6 +589,9 @@ class Study:
     notes: list[str] = field(default_factory=list)
     # Configurations tried first (dotted keys, every searched key): the slice estimate's seed.
     points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)
+    # Warm start (search.warm_start): earlier trials' configurations and what the searcher saw of them.
+    warm_points: list[dict[str, Any]] = field(default_factory=list)
+    warm_rewards: list[Any] = field(default_factory=list)
 
     @property
     def search(self) -> SearchSettings:
@@ -840,7 +865,7 @@ def _check_corners(study: Study) -> None:
 
 def _check_settings(study: Study) -> None:
     src, s = study.source, study.search
-    every = objectives.get(s.metric).every
+    every = objective_table.get(s.metric).every
     if every is not None:
         bad = [v for v in study.values(every) if v != 1]
         if bad:

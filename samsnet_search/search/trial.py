@@ -1,11 +1,14 @@
 """The Ray Tune trainable: one trial = one `Trainer.fit` with a reporting callback.
 
-Runs inside a Ray worker. The trial config holds only the searched keys
+`train_tracked` is the one training path of a search trial and of a selection retraining:
+the configuration's MLflow run gets params, cost, metrics per epoch, best weights and the final
+status from it. Runs inside a Ray worker. The trial config holds only the searched keys
 (`{"model.slices": 4, ...}`); the fixed parts and the MLflow parent run id arrive in a
 `TrialContext` (through `tune.with_parameters`). Every epoch the callback logs metrics to
 the trial's MLflow child run and calls `tune.report(metrics, checkpoint=...)` with the
 trainer's checkpoint folder, the one checkpoint format (so a resumed or retried trial
-continues from `tune.get_checkpoint()`).
+continues from `tune.get_checkpoint()`). The worker records the trial's full configuration
+once in the study's storage (`checkpoints.write_experiment`), where the driver reads it.
 
 Storage and tracking outages are waited out (`faults.retry`, up to `search.infra_retry_s`),
 never counted as the trial's failure. A resumed trial checks the checkpoint it continues
@@ -183,7 +186,9 @@ def resume_point(checkpoint, workdir: Path, budget_s: float = DEFAULT_BUDGET_S) 
             found = [(epoch, folder, name)]  # keep the download only if it is the newer one
         break
     if not found:
-        raise CheckpointError(f"{stored_name(checkpoint)}: corrupt, and the trial has no intact checkpoint to fall back to")
+        raise CheckpointError(
+            f"{stored_name(checkpoint)}: corrupt, and the trial has no intact checkpoint to fall back to"
+        )
     epoch, folder, name = max(found, key=lambda f: f[0])
     log.warning("continuing from %s (epoch %d)", name, epoch)
     return folder, name
@@ -191,8 +196,10 @@ def resume_point(checkpoint, workdir: Path, budget_s: float = DEFAULT_BUDGET_S) 
 
 def run_name(trial_id: str, config: dict[str, Any]) -> str:
     """What the MLflow UI lists: the trial and its searched values (`trial 3f2a_00001 slices=4 lr=0.0003`), sorted by dotted key."""
-    values = " ".join(f"{k.rsplit('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
-                      for k, v in sorted(config.items()))
+    values = " ".join(
+        f"{k.rsplit('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
+        for k, v in sorted(config.items())
+    )
     return f"trial {trial_id} {values}".strip()
 
 
@@ -206,8 +213,14 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     trial_id = tune.get_context().get_trial_id()
     cfg = build_experiment(ctx.base, config, ctx.cpus)
     if ctx.study_path:  # recorded once here: the driver reads it instead of building it again
-        retry(write_experiment, ctx.study_path, trial_id, cfg.model_dump(mode="json"), budget_s=ctx.infra_retry_s,
-              what=f"recording the configuration of trial {trial_id}")  # fmt: skip
+        retry(
+            write_experiment,
+            ctx.study_path,
+            trial_id,
+            cfg.model_dump(mode="json"),
+            budget_s=ctx.infra_retry_s,
+            what=f"recording the configuration of trial {trial_id}",
+        )
     run = TrialRun(ctx.tracking, trial_id, run_name(trial_id, config))
     log.info("trial %s runs on node %s", trial_id, record_node(run))
     if run.finished:
@@ -231,9 +244,13 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     def publish(result: EpochResult, metrics: dict[str, Any]) -> None:
         # Safe to repeat: Tune counts results it received, not calls; a failed upload
         # only skips one checkpoint folder index.
-        retry(tune.report, _tune_metrics(metrics, run.run_id),
-              checkpoint=tune.Checkpoint.from_directory(str(result.checkpoint_dir)),
-              budget_s=ctx.infra_retry_s, what=f"storing the checkpoint of epoch {result.epoch}")  # fmt: skip
+        retry(
+            tune.report,
+            _tune_metrics(metrics, run.run_id),
+            checkpoint=tune.Checkpoint.from_directory(str(result.checkpoint_dir)),
+            budget_s=ctx.infra_retry_s,
+            what=f"storing the checkpoint of epoch {result.epoch}",
+        )
 
     try:
         train_tracked(cfg, run, workdir, resume=resume, enrich=best.update, publish=publish)

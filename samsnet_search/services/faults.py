@@ -37,9 +37,19 @@ _TRANSIENT = re.compile(
 )
 # Exception classes of HTTP client libraries that mean "no answer" (matched by name, so
 # that this module imports none of them).
-_TRANSIENT_CLASSES = ("ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "ProtocolError",
-                      "NewConnectionError", "MaxRetryError", "EndpointConnectionError",
-                      "ConnectionClosedError", "ReadTimeoutError", "ConnectTimeoutError")  # fmt: skip
+_TRANSIENT_CLASSES = (
+    "ConnectionError",
+    "ConnectTimeout",
+    "ReadTimeout",
+    "Timeout",
+    "ProtocolError",
+    "NewConnectionError",
+    "MaxRetryError",
+    "EndpointConnectionError",
+    "ConnectionClosedError",
+    "ReadTimeoutError",
+    "ConnectTimeoutError",
+)
 # MLflow error codes of a server that could not do the work right now (HTTP 5xx, 429).
 _TRANSIENT_MLFLOW_CODES = ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED")
 
@@ -104,7 +114,9 @@ def retry(
             now = clock()
             deadline = now + budget_s if deadline is None else deadline
             if now >= deadline:
-                raise InfraUnavailable(f"{what}: still failing after {budget_s:g} s of retries ({first_line(e)})") from e
+                raise InfraUnavailable(
+                    f"{what}: still failing after {budget_s:g} s of retries ({first_line(e)})"
+                ) from e
             log.warning("%s failed (%s); retrying in %.1f s", what, first_line(e), min(delay, deadline - now))
             sleep(min(delay, deadline - now))
             delay = min(2 * delay, MAX_DELAY_S)

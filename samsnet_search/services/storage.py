@@ -173,8 +173,11 @@ def list_dir(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
 
 def subfolders(fs: pafs.FileSystem, path: str, prefix: str = "") -> list[str]:
     """Paths of the folders directly in `path` whose names start with `prefix`, sorted by name."""
-    return sorted(i.path.rstrip("/") for i in list_dir(fs, path)
-                  if i.type == pafs.FileType.Directory and i.base_name.startswith(prefix))  # fmt: skip
+    return sorted(
+        i.path.rstrip("/")
+        for i in list_dir(fs, path)
+        if i.type == pafs.FileType.Directory and i.base_name.startswith(prefix)
+    )
 
 
 def is_file(uri: str) -> bool:
@@ -193,11 +196,14 @@ def split_endpoint(endpoint_url: str) -> tuple[str, str]:
     return parts.scheme, parts.netloc
 
 
-def s3_filesystem(endpoint_url: str, access_key: str, secret_key: str, region: str = DEFAULT_REGION) -> pafs.S3FileSystem:
+def s3_filesystem(
+    endpoint_url: str, access_key: str, secret_key: str, region: str = DEFAULT_REGION
+) -> pafs.S3FileSystem:
     """A `pyarrow.fs.S3FileSystem` for an S3-compatible endpoint (Ray Tune `storage_filesystem`)."""
     scheme, netloc = split_endpoint(endpoint_url)
-    return pafs.S3FileSystem(endpoint_override=netloc, access_key=access_key, secret_key=secret_key,
-                             scheme=scheme, region=region)  # fmt: skip
+    return pafs.S3FileSystem(
+        endpoint_override=netloc, access_key=access_key, secret_key=secret_key, scheme=scheme, region=region
+    )
 
 
 def storage_uri(bucket: str, path: str, endpoint_url: str, region: str = DEFAULT_REGION) -> str:
@@ -215,8 +221,8 @@ def s3_client(endpoint_url: str, access_key: str, secret_key: str, region: str =
 
     For the bucket administration of the local stack (create, health checks) only: study I/O
     goes through `filesystem`. MLflow's artifact uploads use boto3 too, configured by MLflow."""
-    import boto3  # only `infra up` and the tests administer buckets: not paid by other commands
-    from botocore.config import Config
+    import boto3  # lazy: boto3; only bucket administration (infra up, tests) needs it
+    from botocore.config import Config  # lazy: boto3
 
     conf = Config(
         signature_version="s3v4",
@@ -225,5 +231,11 @@ def s3_client(endpoint_url: str, access_key: str, secret_key: str, region: str =
         connect_timeout=3,
         read_timeout=30,
     )
-    return boto3.client("s3", endpoint_url=endpoint_url, aws_access_key_id=access_key,
-                        aws_secret_access_key=secret_key, region_name=region, config=conf)  # fmt: skip
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        region_name=region,
+        config=conf,
+    )

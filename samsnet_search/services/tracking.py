@@ -73,8 +73,11 @@ MAX_PARAM_CHARS = 6000
 HEALTH_TIMEOUT_S = 5.0
 # MLflow's own HTTP retries in trial workers: short, because `faults.retry` does the
 # waiting there, bounded by the study's search.infra_retry_s.
-WORKER_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}  # fmt: skip
+WORKER_HTTP_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+}
 PACKAGES = ("samsnet-search", "torch", "numpy", "ray", "optuna", "mlflow", "museval", "pydantic")
 
 
@@ -130,7 +133,7 @@ def resolve_tracking(uri: str, base_dir: Path | str | None = None) -> TrackingTa
 
 def client(target: TrackingTarget):
     """An MlflowClient for the target (creating the embedded store's folder if needed)."""
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # lazy: mlflow (the CLI imports this module at start)
 
     if target.embedded:
         Path(target.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +144,7 @@ def check_server(target: TrackingTarget, timeout_s: float = HEALTH_TIMEOUT_S) ->
     """Raise TrackingError (one line: the URI and what to do) when an http(s) tracking server
     does not answer or refuses the login; embedded stores pass. `infra.check_reachable` is the
     one reachability check (validate uses it too)."""
-    from .infra import check_reachable  # psutil, pydantic: only where a server is checked
+    from .infra import check_reachable  # lazy: psutil, pydantic; only where a server is checked
 
     problems = check_reachable(None, target.uri, timeout_s)
     if problems:
@@ -175,7 +178,9 @@ def ensure_experiment(target: TrackingTarget, name: str) -> str:
     except Exception as e:  # connection refused, bad URI, database errors: one clear line
         if isinstance(e, SamsNetError):
             raise
-        raise TrackingError(f"tracking.uri {target.uri}: cannot open MLflow experiment {name!r}: {_first_line(e)}") from None
+        raise TrackingError(
+            f"tracking.uri {target.uri}: cannot open MLflow experiment {name!r}: {_first_line(e)}"
+        ) from None
 
 
 def _first_line(e: BaseException) -> str:
@@ -262,14 +267,19 @@ def log_study_details(
 
 
 def _log_batch(c, run_id: str, params: Mapping[str, str] = (), tags: Mapping[str, str] = (), metrics=()) -> None:
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Param, RunTag  # lazy: mlflow
 
     params, tags = dict(params), dict(tags)
     param_items = [Param(k, v) for k, v in params.items()]
     tag_items = [RunTag(k, str(v)) for k, v in tags.items()]
     # MLflow caps a batch at 100 params / 1000 entities: send in chunks.
     for i in range(0, max(len(param_items), 1), 100):
-        c.log_batch(run_id, params=param_items[i : i + 100], tags=tag_items if i == 0 else [], metrics=list(metrics) if i == 0 else [])
+        c.log_batch(
+            run_id,
+            params=param_items[i : i + 100],
+            tags=tag_items if i == 0 else [],
+            metrics=list(metrics) if i == 0 else [],
+        )
 
 
 def set_status(target: TrackingTarget, run_id: str, status: str, error: str | None = None) -> None:
@@ -350,8 +360,9 @@ class TrialRun:
         self.trial_id = trial_id
         # Every call waits out a tracking server restart (up to spec.infra_retry_s).
         self.client = RetryingClient(client(spec.target), spec.infra_retry_s)
-        self.run_id, self.resumed = retry(self._find_or_create, trial_name, budget_s=spec.infra_retry_s,
-                                          what=f"MLflow run of trial {trial_id}")  # fmt: skip
+        self.run_id, self.resumed = retry(
+            self._find_or_create, trial_name, budget_s=spec.infra_retry_s, what=f"MLflow run of trial {trial_id}"
+        )
         # completed / stopped_early when this trial already finished (see `finished`)
         self.previous_status: str | None = None
         # The last epoch MLflow has (a resumed trial recomputes the epochs after the
@@ -401,7 +412,7 @@ class TrialRun:
         if not self.spec.system_metrics:
             return
         try:
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor  # lazy: mlflow
 
             self._monitor = SystemMetricsMonitor(
                 self.run_id,
@@ -427,7 +438,7 @@ class TrialRun:
             self.client.log_dict(self.run_id, dict(experiment), "model/experiment.json")
 
     def log_epoch(self, metrics: Mapping[str, Any], epoch: int) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # lazy: mlflow
 
         if epoch <= self.logged_epoch:
             log.info("epoch %d of trial %s is in MLflow already; not logging it again", epoch, self.trial_id)
@@ -454,8 +465,15 @@ class TrialRun:
 
     def finish(self, status: str, error: str | None = None) -> None:
         self.stop_system_metrics()
-        retry(set_status, self.spec.target, self.run_id, status, error, budget_s=self.spec.infra_retry_s,
-              what=f"MLflow status of trial {self.trial_id}")  # fmt: skip
+        retry(
+            set_status,
+            self.spec.target,
+            self.run_id,
+            status,
+            error,
+            budget_s=self.spec.infra_retry_s,
+            what=f"MLflow status of trial {self.trial_id}",
+        )
 
     def stop_system_metrics(self) -> None:
         if self._monitor is not None:
@@ -488,7 +506,7 @@ def register_model(
     """
     c = client(target)
     name = registered_model_name(study_name)
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # lazy: mlflow
 
     try:
         c.get_registered_model(name)

@@ -182,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--socket", required=True, help="weed's S3 unix socket (-s3.localSocket)")
     parser.add_argument("--stop-grace", type=float, default=15.0, help="seconds weed gets after SIGTERM")
-    parser.add_argument("--no-namespace", action="store_true", help="run weed in this namespace (its ports on loopback)")
+    parser.add_argument(
+        "--no-namespace", action="store_true", help="run weed in this namespace (its ports on loopback)"
+    )
     parser.add_argument("weed", nargs=argparse.REMAINDER, help="-- weed mini ...")
     args = parser.parse_args(argv)
     weed_cmd = args.weed[1:] if args.weed[:1] == ["--"] else args.weed

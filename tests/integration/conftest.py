@@ -182,16 +182,15 @@ def _stack_processes(cfg: infra.InfraConfig) -> list[psutil.Process]:
 def stack_listeners(cfg: infra.InfraConfig) -> Listeners:
     procs = _stack_processes(cfg)
     outside = {
-        (c.laddr.ip, c.laddr.port)
-        for p in procs
-        for c in p.net_connections("inet")
-        if c.status == psutil.CONN_LISTEN
+        (c.laddr.ip, c.laddr.port) for p in procs for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN
     }
     weed = next(p for p in procs if p.name() == "weed")
     enter = ["nsenter", f"--target={weed.pid}", "--net"]
     if os.geteuid() != 0:  # the namespace belongs to the sandbox's own user namespace
         enter += ["--user", "--preserve-credentials"]
-    out = subprocess.run([*enter, sys.executable, "-c", _INSIDE, str(weed.pid)], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [*enter, sys.executable, "-c", _INSIDE, str(weed.pid)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     found = json.loads(out.stdout)
     return Listeners(outside, {tuple(x) for x in found["inet"]}, set(found["unix"]), weed.pid, enter)

@@ -42,9 +42,11 @@ def test_unsigned_request_is_denied(s3_stack):
     assert raw.value.code == 403
 
     anon = boto3.client(
-        "s3", endpoint_url=s3_stack.endpoint_url, region_name="us-east-1",
+        "s3",
+        endpoint_url=s3_stack.endpoint_url,
+        region_name="us-east-1",
         config=Config(signature_version=UNSIGNED, s3={"addressing_style": "path"}),
-    )  # fmt: skip
+    )
     with pytest.raises(ClientError) as put:
         anon.put_object(Bucket=s3_stack.bucket, Key="anon.txt", Body=b"x")
     assert error_code(put) == "AccessDenied"
@@ -141,7 +143,12 @@ def test_cli_lifecycle(make_infra_config, free_port, tmp_path, capsys, stack_lis
         up_out, progress = capsys.readouterr()
         assert f"http://127.0.0.1:{cfg.s3_port}" in up_out and "(started)" in up_out
         assert f"login: MLflow user {infra.MLFLOW_ADMIN}" in up_out
-        steps = ("s3: starting SeaweedFS", "s3: healthy after", "mlflow: starting the MLflow server", "mlflow: healthy after")
+        steps = (
+            "s3: starting SeaweedFS",
+            "s3: healthy after",
+            "mlflow: starting the MLflow server",
+            "mlflow: healthy after",
+        )
         assert all(step in progress for step in steps), progress
         inside = {port for _, port in stack_listeners(cfg).inside}
         assert cfg.s3_port + infra.GRPC_OFFSET in inside and stale_grpc not in inside
@@ -181,7 +188,7 @@ def test_cli_lifecycle(make_infra_config, free_port, tmp_path, capsys, stack_lis
     for port, label in cfg.ports():
         assert not listening(port), f"{label} port {port} still open after down"
     for rec in pids.values():
-        assert not infra._alive(rec)
+        assert not infra.processes.alive(rec)
     assert not (cfg.state_dir / "stack.json").exists()
     assert cli.main(["infra", "status", "--state-dir", state]) == 1
     assert capsys.readouterr().out.count("down") == 2

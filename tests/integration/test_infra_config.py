@@ -174,7 +174,7 @@ def test_mlflow_login_with_environment_s3_keys(tmp_path, monkeypatch):
 def test_mlflow_server_env_has_our_keys_only(monkeypatch):
     monkeypatch.setenv("AWS_SESSION_TOKEN", "token-for-real-aws")
     auth = {"MLFLOW_AUTH_CONFIG_PATH": "/s/mlflow-auth.ini", "MLFLOW_FLASK_SERVER_SECRET_KEY": "k"}
-    env = infra._mlflow_env("http://127.0.0.1:8333", infra.Credentials("AK", "SK"), "us-east-1", auth)
+    env = infra.stack.mlflow_env("http://127.0.0.1:8333", infra.Credentials("AK", "SK"), "us-east-1", auth)
     assert env["MLFLOW_AUTH_CONFIG_PATH"] == "/s/mlflow-auth.ini" and env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == "k"
     assert "AWS_SESSION_TOKEN" not in env
     assert env["AWS_ACCESS_KEY_ID"] == "AK" and env["MLFLOW_S3_ENDPOINT_URL"] == "http://127.0.0.1:8333"
@@ -185,31 +185,37 @@ def test_commands_bind_host_and_carry_no_secret(tmp_path):
     cfg = infra.InfraConfig(state_dir=tmp_path, host="0.0.0.0")
     creds = infra.load_credentials(cfg, create=True)
     login = infra.load_mlflow_login(cfg, create=True)
-    cmd = infra._weed_command(cfg, infra._write_identities(cfg, creds))
+    cmd = infra.stack.weed_command(cfg, infra.credentials.write_identities(cfg, creds))
     # The sandbox binds --host; weed itself binds loopback inside its private namespace.
     sandbox, weed = cmd[: cmd.index("--")], cmd[cmd.index("--") + 1 :]
-    assert sandbox[1:3] == ["-m", "samsnet_search.services.weed_sandbox"] and sandbox[sandbox.index("--host") + 1] == "0.0.0.0"
+    assert (
+        sandbox[1:3] == ["-m", "samsnet_search.services.weed_sandbox"]
+        and sandbox[sandbox.index("--host") + 1] == "0.0.0.0"
+    )
     assert "-ip.bind=127.0.0.1" in weed and "-master.telemetry=false" in weed and "-s3.port=8333" in weed
     assert f"-s3.localSocket={tmp_path / 's3.sock'}" in weed and f"-filer.localSocket={tmp_path / 'filer.sock'}" in weed
-    mlflow = infra._mlflow_command(cfg, "samsnet")
+    mlflow = infra.stack.mlflow_command(cfg, "samsnet")
     assert mlflow[mlflow.index("--host") + 1] == "0.0.0.0" and "s3://samsnet/mlartifacts" in mlflow
     assert mlflow[mlflow.index("--app-name") + 1] == "basic-auth"
     assert creds.secret_key not in " ".join(cmd + mlflow) and login.password not in " ".join(cmd + mlflow)
     ident = tmp_path / "s3-identities.json"
     assert ident.stat().st_mode & 0o777 == 0o600
     assert json.loads(ident.read_text())["identities"][0]["credentials"][0]["secretKey"] == creds.secret_key
-    ini = infra._write_auth_config(cfg, login)
+    ini = infra.stack.write_auth_config(cfg, login)
     assert ini.stat().st_mode & 0o777 == 0o600
-    assert f"admin_password = {login.password}" in ini.read_text() and "default_permission = NO_PERMISSIONS" in ini.read_text()
+    assert (
+        f"admin_password = {login.password}" in ini.read_text()
+        and "default_permission = NO_PERMISSIONS" in ini.read_text()
+    )
 
 
 def test_opt_outs(tmp_path):
     cfg = infra.InfraConfig(state_dir=tmp_path, auth=False, isolate=False)
-    cmd = infra._weed_command(cfg, tmp_path / "ident.json")
+    cmd = infra.stack.weed_command(cfg, tmp_path / "ident.json")
     sandbox, weed = cmd[: cmd.index("--")], cmd[cmd.index("--") + 1 :]
     assert "--no-namespace" in sandbox and "-ip.bind=127.0.0.1" in weed
     assert "-s3.port=8333" not in weed  # weed's own S3 TCP port moves aside: the sandbox listens on 8333
-    assert "--app-name" not in infra._mlflow_command(cfg, "samsnet")
+    assert "--app-name" not in infra.stack.mlflow_command(cfg, "samsnet")
     # Not isolated, the internal ports are on this machine's loopback and checked there, whatever --host.
     open_cfg = infra.InfraConfig(state_dir=tmp_path, isolate=False, host="10.0.0.5")
     hosts = {host for host, _, label in open_cfg.host_ports() if "S3 API (" not in label and "MLflow" not in label}
@@ -259,9 +265,9 @@ def test_plain_s3_uri_resolves_to_the_stack_endpoint(tmp_path, monkeypatch):
     infra.load_mlflow_login(cfg, create=True)
     for key, value in infra.client_env(cfg).items():
         monkeypatch.setenv(key, value)
-    assert infra._s3_endpoint_of("s3://samsnet/ray") == ("http://127.0.0.1:8444", "127.0.0.1", 8444)
+    assert infra.reachable.s3_endpoint_of("s3://samsnet/ray") == ("http://127.0.0.1:8444", "127.0.0.1", 8444)
     query = "s3://b/x?endpoint_override=10.1.2.3:9000&scheme=http"
-    assert infra._s3_endpoint_of(query) == ("http://10.1.2.3:9000", "10.1.2.3", 9000)  # the URI's query wins
+    assert infra.reachable.s3_endpoint_of(query) == ("http://10.1.2.3:9000", "10.1.2.3", 9000)  # the URI's query wins
 
 
 # ---------------------------------------------------------------- ports and stale state
@@ -316,8 +322,17 @@ def test_weed_socket_of_another_seaweedfs_is_a_clash(make_infra_config, tmp_path
 def test_state_dir_too_long_for_a_unix_socket(tmp_path):
     deep = tmp_path / ("x" * 120)
     with pytest.raises(InfraError, match="too long a path for the unix socket"):
-        infra.check_ports(infra.InfraConfig(state_dir=deep, s3_port=15001, mlflow_port=15002, master_port=15003,
-                                            volume_port=15004, filer_port=15005, admin_port=15006))  # fmt: skip
+        infra.check_ports(
+            infra.InfraConfig(
+                state_dir=deep,
+                s3_port=15001,
+                mlflow_port=15002,
+                master_port=15003,
+                volume_port=15004,
+                filer_port=15005,
+                admin_port=15006,
+            )
+        )
 
 
 def test_host_that_is_not_ours(tmp_path):
@@ -356,7 +371,10 @@ def test_corrupt_state_file(tmp_path):
 
 def test_status_and_down_on_an_empty_folder(tmp_path):
     cfg = infra.InfraConfig(state_dir=tmp_path / "never")
-    assert [(s.name, s.running, s.healthy) for s in infra.status(cfg)] == [("s3", False, False), ("mlflow", False, False)]
+    assert [(s.name, s.running, s.healthy) for s in infra.status(cfg)] == [
+        ("s3", False, False),
+        ("mlflow", False, False),
+    ]
     assert infra.down(cfg) == []
     assert not cfg.state_dir.exists()
 

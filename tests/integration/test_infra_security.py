@@ -41,7 +41,7 @@ PROBES = [
 
 
 def _request(host: str, port: int, method: str, path: str) -> int:
-    conn = http.client.HTTPConnection(infra._connect_host(host), port, timeout=10)
+    conn = http.client.HTTPConnection(infra.processes.connect_host(host), port, timeout=10)
     try:
         conn.request(method, path, body=b"payload" if method in ("PUT", "POST") else None)
         return conn.getresponse().status
@@ -108,8 +108,13 @@ def test_seaweedfs_unix_sockets_admit_only_this_user(infra_config, s3_stack, sta
         os.setgid(65534)
         os.setuid(65534)
 
-    done = subprocess.run([system_python, "-c", connect_all, json.dumps(sorted(paths))], capture_output=True,
-                          text=True, timeout=60, preexec_fn=as_nobody)  # fmt: skip
+    done = subprocess.run(
+        [system_python, "-c", connect_all, json.dumps(sorted(paths))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=as_nobody,
+    )
     codes = json.loads(done.stdout)
     assert codes and all(code == errno.EACCES for code in codes.values()), codes
 
@@ -133,7 +138,9 @@ def test_mlflow_refuses_anonymous_clients_and_artifact_writes(infra_config, s3_s
         MlflowClient(tracking_uri=mlflow_server).search_experiments()
 
 
-def test_the_login_of_infra_env_runs_the_platform_end_to_end(infra_config, s3_stack, mlflow_server, monkeypatch, tmp_path):
+def test_the_login_of_infra_env_runs_the_platform_end_to_end(
+    infra_config, s3_stack, mlflow_server, monkeypatch, tmp_path
+):
     for name, value in infra.client_env(infra_config).items():  # what `eval "$(infra env)"` sets
         monkeypatch.setenv(name, value)
     client = MlflowClient(tracking_uri=mlflow_server)

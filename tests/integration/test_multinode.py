@@ -31,12 +31,12 @@ import psutil
 import pytest
 import yaml
 
-from samsnet_search.services import tracking
 from samsnet_search.errors import ConfigError
 from samsnet_search.search import identity
-from samsnet_search.search.runner import _trainable, trial_resources
+from samsnet_search.search.runner import trainable, trial_resources
 from samsnet_search.search.study import load_study, parse_study
-from samsnet_search.search.trial import NODE_TAG, NODES_TAG, HOST_TAG, TrialContext
+from samsnet_search.search.trial import HOST_TAG, NODE_TAG, NODES_TAG, TrialContext
+from samsnet_search.services import tracking
 
 STUDY = "multinode"
 EPOCHS = 6
@@ -108,9 +108,21 @@ class Node:
     def __init__(self, name: str, args: list[str], temp_dir: Path, log_dir: Path):
         self.name = name
         self.log = log_dir / f"ray-{name}.log"
-        cmd = [str(Path(sys.executable).parent / "ray"), "start", "--block", "--node-ip-address", "127.0.0.1",
-               "--num-cpus", "1", "--object-store-memory", str(200 * 1024**2), "--temp-dir", str(temp_dir),
-               "--disable-usage-stats", *args]  # fmt: skip
+        cmd = [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--num-cpus",
+            "1",
+            "--object-store-memory",
+            str(200 * 1024**2),
+            "--temp-dir",
+            str(temp_dir),
+            "--disable-usage-stats",
+            *args,
+        ]
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
 
@@ -161,14 +173,36 @@ def two_nodes(tmp_path_factory):
     address = f"127.0.0.1:{port}"
     nodes: dict[str, Node] = {}
     try:
-        nodes["head"] = Node("head", ["--head", "--port", str(port), "--include-dashboard", "false",
-                                      "--dashboard-port", str(pool.one()),
-                                      "--resources", json.dumps({"trial_slot": 1, "head_marker": 1}),
-                                      *_node_ports(pool)], temp / "h", logs)  # fmt: skip
+        nodes["head"] = Node(
+            "head",
+            [
+                "--head",
+                "--port",
+                str(port),
+                "--include-dashboard",
+                "false",
+                "--dashboard-port",
+                str(pool.one()),
+                "--resources",
+                json.dumps({"trial_slot": 1, "head_marker": 1}),
+                *_node_ports(pool),
+            ],
+            temp / "h",
+            logs,
+        )
         ids = _wait_nodes(address, 1, nodes)
-        nodes["worker"] = Node("worker", ["--address", address,
-                                          "--resources", json.dumps({"trial_slot": 1, "worker_marker": 1}),
-                                          *_node_ports(pool)], temp / "w", logs)  # fmt: skip
+        nodes["worker"] = Node(
+            "worker",
+            [
+                "--address",
+                address,
+                "--resources",
+                json.dumps({"trial_slot": 1, "worker_marker": 1}),
+                *_node_ports(pool),
+            ],
+            temp / "w",
+            logs,
+        )
         ids = _wait_nodes(address, 2, nodes)
         by_role = {role: next(i for i, r in ids.items() if f"{role}_marker" in r) for role in ("head", "worker")}
         yield address, by_role, nodes
@@ -206,10 +240,22 @@ def _study_file(tmp_path: Path, data_root: Path) -> Path:
         "name": STUDY,
         "model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}, "heads": 1, "channels": 2, "depth": 1},
         "data": {"root": str(data_root), "segment_seconds": 0.5, "samples_per_track": 4, "valid_seconds": 1.0},
-        "train": {"lr": {"loguniform": [1e-3, 1e-2]}, "batch_size": 2, "epochs": EPOCHS, "patience": EPOCHS,
-                  "valid_sdr_every": 0, "device": "cpu"},  # fmt: skip
-        "search": {"num_samples": TRIALS, "seed": 0, "searcher": "random", "scheduler": "fifo",
-                   "max_concurrent_trials": 2, "max_failures": 2},  # fmt: skip
+        "train": {
+            "lr": {"loguniform": [1e-3, 1e-2]},
+            "batch_size": 2,
+            "epochs": EPOCHS,
+            "patience": EPOCHS,
+            "valid_sdr_every": 0,
+            "device": "cpu",
+        },
+        "search": {
+            "num_samples": TRIALS,
+            "seed": 0,
+            "searcher": "random",
+            "scheduler": "fifo",
+            "max_concurrent_trials": 2,
+            "max_failures": 2,
+        },
         "resources": {"cpu": 1, "custom": {"trial_slot": 1}},
         "selection": {"enabled": False},  # the search is under test here, not the retraining after it
         "storage": str(tmp_path / "runs"),
@@ -275,7 +321,9 @@ def test_study_survives_losing_a_worker_node(tmp_path, synth_root, two_nodes):
     code = "import sys; from samsnet_search.cli import main; sys.exit(main(sys.argv[1:]))"
     cmd = [sys.executable, "-c", code, "run", str(study_file), "--address", address, "--no-live"]
     with open(log, "wb") as out:
-        driver = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        driver = subprocess.Popen(
+            cmd, cwd=tmp_path, env=_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         victim, finished = _wait_for_victim(tmp_path, node_ids["worker"], driver)
         kill_ms = time.time() * 1000
@@ -312,7 +360,7 @@ def test_study_survives_losing_a_worker_node(tmp_path, synth_root, two_nodes):
     assert after and 2 <= after[0] <= before[-1] + 1, (before, after)
     assert after == list(range(after[0], EPOCHS + 1)), after
     result_rows = _result_rows(tmp_path, victim)
-    assert [r["epoch"] for r in result_rows][-len(after):] == after
+    assert [r["epoch"] for r in result_rows][-len(after) :] == after
     assert max(r["training_iteration"] for r in result_rows) == EPOCHS
 
     # nothing finished before the loss is lost (checkpoints live in the storage, not on a node)
@@ -335,10 +383,14 @@ def _result_rows(tmp_path: Path, trial_id: str) -> list[dict]:
 
 
 def _study(tmp_path: Path, resources: dict):
-    spec = {"name": "res", "model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}, "heads": 1,
-                      "channels": 2, "depth": 1},
-            "data": {"root": str(tmp_path / "data")}, "train": {"epochs": 1},
-            "resources": resources, "storage": str(tmp_path / "runs")}  # fmt: skip
+    spec = {
+        "name": "res",
+        "model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}, "heads": 1, "channels": 2, "depth": 1},
+        "data": {"root": str(tmp_path / "data")},
+        "train": {"epochs": 1},
+        "resources": resources,
+        "storage": str(tmp_path / "runs"),
+    }
     text = yaml.safe_dump(spec)
     return parse_study(spec, text, tmp_path / "res.yaml", tmp_path, check_data=False)
 
@@ -346,7 +398,7 @@ def _study(tmp_path: Path, resources: dict):
 def _placement(study) -> dict[str, float]:
     """The resources Tune will reserve per trial (the placement group of the wrapped trainable)."""
     ctx = TrialContext(study_name=study.name, base=study.base, tracking=None, cpus=study.spec.resources.cpu)
-    return dict(_trainable(study, ctx)._resources.required_resources)
+    return dict(trainable(study, ctx)._resources.required_resources)
 
 
 def test_fractional_gpu_passes_through_to_tune(tmp_path):

@@ -21,9 +21,9 @@ import pytest
 import yaml
 
 from samsnet_search.engine import checkpoint
-from samsnet_search.services import infra, tracking
 from samsnet_search.search.runner import resume_study, run_study
 from samsnet_search.search.study import load_study
+from samsnet_search.services import infra, tracking
 
 pytestmark = [pytest.mark.slow, pytest.mark.servers]
 
@@ -44,16 +44,33 @@ def study_file(tmp_path: Path, data_root: Path, cfg, name: str, search: dict, ep
     env = infra.client_env(cfg)
     storage = infra.storage_uri(cfg.bucket, "studies", env["MLFLOW_S3_ENDPOINT_URL"])
     path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": name,
-        "model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2, 4]}, "heads": 1, "channels": 2, "depth": 1},
-        "data": {"root": str(data_root), "segment_seconds": 0.5, "samples_per_track": 1, "valid_seconds": 1.0},
-        "train": {"lr": 1e-3, "batch_size": 2, "epochs": epochs, "patience": epochs, "valid_sdr_every": 0,
-                  "device": "cpu"},
-        "search": {"searcher": "grid", "num_samples": 1, "seed": 0, **search},
-        "storage": storage,
-        "tracking": {"uri": env["MLFLOW_TRACKING_URI"], "system_metrics": False},
-    }))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": name,
+                "model": {
+                    "n_fft": 256,
+                    "hop_length": 128,
+                    "slices": {"choice": [1, 2, 4]},
+                    "heads": 1,
+                    "channels": 2,
+                    "depth": 1,
+                },
+                "data": {"root": str(data_root), "segment_seconds": 0.5, "samples_per_track": 1, "valid_seconds": 1.0},
+                "train": {
+                    "lr": 1e-3,
+                    "batch_size": 2,
+                    "epochs": epochs,
+                    "patience": epochs,
+                    "valid_sdr_every": 0,
+                    "device": "cpu",
+                },
+                "search": {"searcher": "grid", "num_samples": 1, "seed": 0, **search},
+                "storage": storage,
+                "tracking": {"uri": env["MLFLOW_TRACKING_URI"], "system_metrics": False},
+            }
+        )
+    )
     return path
 
 
@@ -74,10 +91,24 @@ class Outage(threading.Thread):
     """Once `when()` holds, SIGKILL `service` (its whole process group), wait until `back()`
     holds (or `down_s` passed), then start it again with `infra up`."""
 
-    def __init__(self, cfg, service: str, when: Callable[[], bool], back: Callable[[], bool] = lambda: True,
-                 down_s: float = 3.0, timeout_s: float = 240.0):  # fmt: skip
+    def __init__(
+        self,
+        cfg,
+        service: str,
+        when: Callable[[], bool],
+        back: Callable[[], bool] = lambda: True,
+        down_s: float = 3.0,
+        timeout_s: float = 240.0,
+    ):
         super().__init__(daemon=True)
-        self.cfg, self.service, self.when, self.back, self.down_s, self.timeout_s = cfg, service, when, back, down_s, timeout_s
+        self.cfg, self.service, self.when, self.back, self.down_s, self.timeout_s = (
+            cfg,
+            service,
+            when,
+            back,
+            down_s,
+            timeout_s,
+        )
         self.killed_at: float | None = None
         self.restarted_at: float | None = None
         self.error: BaseException | None = None
@@ -158,7 +189,9 @@ def run_through_outage(tmp_path, synth_root, stack, name: str, service: str, sea
 
 def test_seaweedfs_killed_mid_study_loses_nothing(tmp_path, synth_root, stack):
     cfg, env = stack
-    result = run_through_outage(tmp_path, synth_root, stack, "s3kill", "s3", {"scheduler": "fifo", "max_concurrent_trials": 2})
+    result = run_through_outage(
+        tmp_path, synth_root, stack, "s3kill", "s3", {"scheduler": "fifo", "max_concurrent_trials": 2}
+    )
     assert len(result.trials) == 3
     assert_nothing_lost(result, 6)
     for t in result.trials:  # each trial's checkpoints are objects in the restarted store
@@ -180,8 +213,9 @@ def test_outage_longer_than_the_budget_fails_the_trial_and_restart_errored_conti
     recorded as an infrastructure failure; its newest checkpoint is then truncated in the
     store, and `resume --restart-errored` continues it from the one before."""
     cfg, env = stack
-    path = study_file(tmp_path, synth_root, cfg, "s3long",
-                      {"scheduler": "fifo", "max_concurrent_trials": 1, "infra_retry_s": 2})  # fmt: skip
+    path = study_file(
+        tmp_path, synth_root, cfg, "s3long", {"scheduler": "fifo", "max_concurrent_trials": 1, "infra_retry_s": 2}
+    )
     target = tracking.resolve_tracking(env["MLFLOW_TRACKING_URI"])
     some_failed = lambda: any(s == "failed" for s, _ in epochs_logged(target, "s3long").values())  # noqa: E731
     outage = Outage(cfg, "s3", when=some_trial_at(target, "s3long", 3), back=some_failed, down_s=0.0)
@@ -200,7 +234,9 @@ def test_outage_longer_than_the_budget_fails_the_trial_and_restart_errored_conti
     s3 = infra.s3_client(env["MLFLOW_S3_ENDPOINT_URL"], env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"])
     damaged = set()
     for t in failed:
-        lasts = sorted(k for k in s3_keys(cfg, env, f"studies/s3long/trial_{t.trial_id}/checkpoint_") if k.endswith("/last.pt"))
+        lasts = sorted(
+            k for k in s3_keys(cfg, env, f"studies/s3long/trial_{t.trial_id}/checkpoint_") if k.endswith("/last.pt")
+        )
         if len(lasts) >= 2:
             body = s3.get_object(Bucket=cfg.bucket, Key=lasts[-1])["Body"].read()
             s3.put_object(Bucket=cfg.bucket, Key=lasts[-1], Body=body[: len(body) // 2])

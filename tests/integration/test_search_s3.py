@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from samsnet_search.services import infra, tracking
 from samsnet_search.cli import main
 from samsnet_search.search import identity, lease
 from samsnet_search.search.runner import run_study
 from samsnet_search.search.study import load_study
+from samsnet_search.services import infra, tracking
 
 pytestmark = [pytest.mark.slow, pytest.mark.servers]
 
@@ -34,15 +34,32 @@ def stack_env(infra_config, s3_stack, mlflow_server, local_ray):
 def test_study_on_s3_and_mlflow_server(tmp_path, synth_root, s3_stack, mlflow_server, stack_env, capsys):
     storage = f"s3://{s3_stack.bucket}/studies"  # the README's plain form: `infra env` says where S3 is
     study_file = tmp_path / "s3tiny.yaml"
-    study_file.write_text(yaml.safe_dump({
-        "model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}, "heads": 1, "channels": 2, "depth": 1},
-        "data": {"root": str(synth_root), "segment_seconds": 0.5, "valid_seconds": 1.0},
-        "train": {"lr": {"loguniform": [1e-3, 1e-2]}, "batch_size": 2, "epochs": 2, "patience": 2,
-                  "valid_sdr_every": 0, "device": "cpu"},
-        "search": {"num_samples": 2, "max_concurrent_trials": 2},
-        "storage": storage,
-        "tracking": {"uri": mlflow_server, "system_metrics": False},
-    }))  # fmt: skip
+    study_file.write_text(
+        yaml.safe_dump(
+            {
+                "model": {
+                    "n_fft": 256,
+                    "hop_length": 128,
+                    "slices": {"choice": [1, 2]},
+                    "heads": 1,
+                    "channels": 2,
+                    "depth": 1,
+                },
+                "data": {"root": str(synth_root), "segment_seconds": 0.5, "valid_seconds": 1.0},
+                "train": {
+                    "lr": {"loguniform": [1e-3, 1e-2]},
+                    "batch_size": 2,
+                    "epochs": 2,
+                    "patience": 2,
+                    "valid_sdr_every": 0,
+                    "device": "cpu",
+                },
+                "search": {"num_samples": 2, "max_concurrent_trials": 2},
+                "storage": storage,
+                "tracking": {"uri": mlflow_server, "system_metrics": False},
+            }
+        )
+    )
     study = load_study(study_file, base_dir=tmp_path)
     result = run_study(study)
     assert len(result.trials) == 2 and {t.status for t in result.trials} <= {"completed", "pruned"}
@@ -50,14 +67,19 @@ def test_study_on_s3_and_mlflow_server(tmp_path, synth_root, s3_stack, mlflow_se
 
     # Ray's study folder, checkpoints and the manifest are objects in the bucket
     s3 = infra.s3_client(s3_stack.endpoint_url, s3_stack.access_key, s3_stack.secret_key)
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3_stack.bucket)
-            for o in page.get("Contents", [])]  # fmt: skip
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3_stack.bucket)
+        for o in page.get("Contents", [])
+    ]
     study_keys = [k for k in keys if k.startswith("studies/s3tiny/")]
     assert "studies/s3tiny/study.json" in study_keys and "studies/s3tiny/study.yaml" in study_keys
     assert any(k.endswith("tuner.pkl") for k in study_keys)
     for t in result.trials:
-        assert any(k.startswith(f"studies/s3tiny/trial_{t.trial_id}/checkpoint_") and k.endswith("/last.pt")
-                   for k in study_keys), t.trial_id  # fmt: skip
+        assert any(
+            k.startswith(f"studies/s3tiny/trial_{t.trial_id}/checkpoint_") and k.endswith("/last.pt")
+            for k in study_keys
+        ), t.trial_id
         assert t.best_checkpoint.path.startswith(f"{s3_stack.bucket}/studies/s3tiny/")
     # MLflow artifacts went through the server into the same bucket
     runs = tracking.find_child_runs(result.target, result.manifest.experiment_id, result.manifest.parent_run_id)
@@ -101,8 +123,11 @@ time.sleep(600)
 def test_one_driver_per_study_on_s3(s3_stack, monkeypatch, caplog):
     """The lease object on S3: a live second driver is refused, a killed one's lease taken over,
     and of drivers starting together one gets it."""
-    env = {"AWS_ACCESS_KEY_ID": s3_stack.access_key, "AWS_SECRET_ACCESS_KEY": s3_stack.secret_key,
-           "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+    env = {
+        "AWS_ACCESS_KEY_ID": s3_stack.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_stack.secret_key,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     storage = infra.storage_uri(s3_stack.bucket, "lease-test", s3_stack.endpoint_url)
@@ -152,19 +177,51 @@ def test_s3_secret_in_no_ray_file_and_no_command_line(tmp_path, synth_root, infr
 
     storage = infra.storage_uri(s3_stack.bucket, "secrets", s3_stack.endpoint_url)
     study_file = tmp_path / "nosecret.yaml"
-    study_file.write_text(yaml.safe_dump({
-        "model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}, "heads": 1, "channels": 2, "depth": 1},
-        "data": {"root": str(synth_root), "segment_seconds": 0.5, "valid_seconds": 1.0},
-        "train": {"lr": 1e-3, "batch_size": 2, "epochs": 2, "patience": 2, "valid_sdr_every": 0, "device": "cpu"},
-        "search": {"num_samples": 2, "scheduler": "fifo", "max_concurrent_trials": 2},
-        "storage": storage,
-        "tracking": {"uri": mlflow_server, "system_metrics": False},
-    }))  # fmt: skip
+    study_file.write_text(
+        yaml.safe_dump(
+            {
+                "model": {
+                    "n_fft": 256,
+                    "hop_length": 128,
+                    "slices": {"choice": [1, 2]},
+                    "heads": 1,
+                    "channels": 2,
+                    "depth": 1,
+                },
+                "data": {"root": str(synth_root), "segment_seconds": 0.5, "valid_seconds": 1.0},
+                "train": {
+                    "lr": 1e-3,
+                    "batch_size": 2,
+                    "epochs": 2,
+                    "patience": 2,
+                    "valid_sdr_every": 0,
+                    "device": "cpu",
+                },
+                "search": {"num_samples": 2, "scheduler": "fifo", "max_concurrent_trials": 2},
+                "storage": storage,
+                "tracking": {"uri": mlflow_server, "system_metrics": False},
+            }
+        )
+    )
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
-    env = {**os.environ, **infra.client_env(infra_config), "RAY_TMPDIR": ray_tmp,
-           "XDG_CONFIG_HOME": str(tmp_path / "home" / ".config")}  # fmt: skip
+    env = {
+        **os.environ,
+        **infra.client_env(infra_config),
+        "RAY_TMPDIR": ray_tmp,
+        "XDG_CONFIG_HOME": str(tmp_path / "home" / ".config"),
+    }
     secret = s3_stack.secret_key
-    cmd = [sys.executable, "-m", "samsnet_search.cli", "run", str(study_file), "--no-live", "--no-select", "--num-cpus", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "samsnet_search.cli",
+        "run",
+        str(study_file),
+        "--no-live",
+        "--no-select",
+        "--num-cpus",
+        "2",
+    ]
     seen_on = []
     try:
         with open(tmp_path / "driver.log", "w") as log:
@@ -193,12 +250,16 @@ def test_validate_reaches_the_stack(tmp_path, synth_root, infra_config, s3_stack
     for k, v in infra.client_env(infra_config).items():
         monkeypatch.setenv(k, v)
     study_file = tmp_path / "reach.yaml"
-    study_file.write_text(yaml.safe_dump({
-        "model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}},
-        "data": {"root": str(synth_root), "segment_seconds": 0.5},
-        "storage": infra.storage_uri(s3_stack.bucket, "studies", s3_stack.endpoint_url),
-        "tracking": {"uri": mlflow_server},
-    }))  # fmt: skip
+    study_file.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}},
+                "data": {"root": str(synth_root), "segment_seconds": 0.5},
+                "storage": infra.storage_uri(s3_stack.bucket, "studies", s3_stack.endpoint_url),
+                "tracking": {"uri": mlflow_server},
+            }
+        )
+    )
     assert main(["validate", str(study_file)]) == 0
     assert "reachable: storage and tracking server" in capsys.readouterr().out
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
