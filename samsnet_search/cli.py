@@ -685,7 +685,9 @@ def bench(
     quick: bool = typer.Option(False, "--quick", help="small sizes, a few minutes (no paper-config runs, no search)"),
     device: str = typer.Option("cpu", help="cpu or cuda (cuda adds the 60 s paper-config attention case)"),
     out: Optional[Path] = typer.Option(None, "--out", help="write the report (machine, sizes, figures) as JSON"),
-    only: Optional[list[str]] = typer.Option(None, "--only", help="attention, train, sdr, export, search or overhead (repeatable)"),
+    only: Optional[list[str]] = typer.Option(
+        None, "--only", help="attention, train, sdr, export, search or overhead (repeatable)"
+    ),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: all cores); recorded"),
     smoke: bool = typer.Option(
         False, "--smoke", help="smallest sizes (seconds): checks the benchmarks run, figures not meaningful"

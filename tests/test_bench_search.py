@@ -34,19 +34,40 @@ from samsnet_search.bench.search_efficiency import (
 from samsnet_search.bench.show import SEARCH_COLUMNS, print_report, search_rows
 from samsnet_search.config import read_yaml
 
-ARM_KEYS = {"trial_epochs", "search_trial_epochs", "selection_trial_epochs", "cpu_s", "wall_s", "pick", "pick_interval",
-            "grid_avg_db", "regret_db", "matches_grid", "grid_best", "epoch_share", "search_best_slices",
-            "search_regret_db", "table", "verdict"}  # fmt: skip
+ARM_KEYS = {
+    "trial_epochs",
+    "search_trial_epochs",
+    "selection_trial_epochs",
+    "cpu_s",
+    "wall_s",
+    "pick",
+    "pick_interval",
+    "grid_avg_db",
+    "regret_db",
+    "matches_grid",
+    "grid_best",
+    "epoch_share",
+    "search_best_slices",
+    "search_regret_db",
+    "table",
+    "verdict",
+}
 
 
 @pytest.mark.slow  # a tiny grid and a tiny TPE + ASHA study with their selections: about a minute idle
 def test_search_bench_tiny_json_table_and_regret(tmp_path):
     # The library path, with the grid and one platform arm (each arm costs a study and a selection; the
     # CLI's --tiny runs every arm through the same function).
-    result = search_efficiency.run(quick=False, device="cpu", threads=1, tiny=True, only_arms=["asha"],
-                                   workdir=tmp_path / "work")  # fmt: skip
+    result = search_efficiency.run(
+        quick=False, device="cpu", threads=1, tiny=True, only_arms=["asha"], workdir=tmp_path / "work"
+    )
     result["seconds"] = 1.0
-    report = {"machine": machine_info("cpu", 1), "settings": {"tiny": True}, "benchmarks": {"search": result}, "skipped": {}}
+    report = {
+        "machine": machine_info("cpu", 1),
+        "settings": {"tiny": True},
+        "benchmarks": {"search": result},
+        "skipped": {},
+    }
     report = json.loads(write_report(report, tmp_path / "bench.json").read_text())
     console = Console(record=True, width=240)  # wide: the whole table on one line per row
     print_report(report, console)
@@ -78,7 +99,9 @@ def test_search_bench_tiny_json_table_and_regret(tmp_path):
         assert result["figures"][f"{name}_regret_db"] == pytest.approx(arm["regret_db"])
         if name != "grid":
             assert arm["target_met"] == (arm["matches_grid"] and arm["epoch_share"] <= 0.25)
-            assert any(n.startswith(f"{name}: target {'MET' if arm['target_met'] else 'NOT met'}") for n in result["notes"])
+            assert any(
+                n.startswith(f"{name}: target {'MET' if arm['target_met'] else 'NOT met'}") for n in result["notes"]
+            )
 
     # The printed table: every column, a row per arm as search_rows renders it from the JSON.
     assert "search efficiency against the paper's grid" in printed
@@ -89,9 +112,11 @@ def test_search_bench_tiny_json_table_and_regret(tmp_path):
 
 def test_compare_reads_the_regret_from_the_grid():
     """A pick the platform scores high but the grid scores low has the grid's regret."""
-    table = [{"slices": 1, "avg": 2.0, "avg_low": 1.5, "avg_high": 2.5, "vs_winner": "winner"},
-             {"slices": 4, "avg": 1.2, "avg_low": 1.0, "avg_high": 1.4, "vs_winner": "significantly worse"},
-             {"slices": 8, "avg": 1.8, "avg_low": 1.3, "avg_high": 2.2, "vs_winner": "not significantly different"}]  # fmt: skip
+    table = [
+        {"slices": 1, "avg": 2.0, "avg_low": 1.5, "avg_high": 2.5, "vs_winner": "winner"},
+        {"slices": 4, "avg": 1.2, "avg_low": 1.0, "avg_high": 1.4, "vs_winner": "significantly worse"},
+        {"slices": 8, "avg": 1.8, "avg_low": 1.3, "avg_high": 2.2, "vs_winner": "not significantly different"},
+    ]
     common = {"cpu_s": 10.0, "search_trial_epochs": 5}
     results = {
         "grid": {**common, "pick": 1, "search_best_slices": 8, "trial_epochs": 40, "table": table},
@@ -104,10 +129,14 @@ def test_compare_reads_the_regret_from_the_grid():
     assert asha["search_regret_db"] == pytest.approx(0.2) and asha["epoch_share"] == pytest.approx(0.2)
     assert median["regret_db"] == pytest.approx(0.2) and median["matches_grid"] and not median["grid_best"]
     assert median["epoch_share"] == pytest.approx(0.3) and not median["target_met"]  # over 25% of the grid's epochs
-    assert verdict_line("median", median).startswith("median: target NOT met: picked slices 8 (regret 0.20 dB, not significantly")
+    assert verdict_line("median", median).startswith(
+        "median: target NOT met: picked slices 8 (regret 0.20 dB, not significantly"
+    )
     results["median"]["trial_epochs"] = 10
     compare(results)
-    assert results["median"]["target_met"] and verdict_line("median", results["median"]).startswith("median: target MET")
+    assert results["median"]["target_met"] and verdict_line("median", results["median"]).startswith(
+        "median: target MET"
+    )
 
 
 def test_studies_derive_from_the_quickstart(tmp_path):
@@ -121,12 +150,15 @@ def test_studies_derive_from_the_quickstart(tmp_path):
     for section in ("model", "data", "train"):
         searched = [k for k, v in base[section].items() if isinstance(v, dict) and k != "slices"]
         assert not searched, (section, searched)
-        assert {k: v for k, v in base[section].items() if f"{section}.{k}" not in FIXED and k != "root"} == \
-               {k: v for k, v in quick[section].items() if f"{section}.{k}" not in FIXED and k != "root"}  # fmt: skip
+        assert {k: v for k, v in base[section].items() if f"{section}.{k}" not in FIXED and k != "root"} == {
+            k: v for k, v in quick[section].items() if f"{section}.{k}" not in FIXED and k != "root"
+        }
     assert base["search"] == quick["search"] and base["train"]["epochs"] == quick["train"]["epochs"]
     grid, asha = arms(quick["model"]["slices"]["choice"])[:2]
     assert grid.search == {"searcher": "grid", "scheduler": "fifo", "num_samples": 1} and grid.full_budget_selection
-    assert asha.search["scheduler"] == "asha" and asha.search["num_samples"] == 2 * len(quick["model"]["slices"]["choice"])
+    assert asha.search["scheduler"] == "asha" and asha.search["num_samples"] == 2 * len(
+        quick["model"]["slices"]["choice"]
+    )
 
 
 def test_search_bench_runs_only_when_asked():
@@ -134,7 +166,9 @@ def test_search_bench_runs_only_when_asked():
     assert {"search", "overhead"} <= set(check_options("cpu", None, None))
     assert "--only search" in skip_reason("search", quick=False, only=None, tiny=False)
     assert skip_reason("search", quick=False, only=["search"], tiny=False) is None
-    assert skip_reason("search", quick=True, only=["search"], tiny=False) == "full mode only (a Ray study takes minutes)"
+    assert (
+        skip_reason("search", quick=True, only=["search"], tiny=False) == "full mode only (a Ray study takes minutes)"
+    )
     assert skip_reason("search", quick=True, only=None, tiny=True) is None  # --tiny: in any mode
     assert skip_reason("overhead", quick=False, only=None, tiny=False) is None
     assert skip_reason("overhead", quick=True, only=None, tiny=True) is not None

@@ -62,7 +62,14 @@ TARGET_EPOCH_SHARE = 0.25  # the platform's pick at no more than this share of t
 PROPOSALS_PER_SLICE_VALUE = 2
 # The tiny mode (the test): seconds per trial, figures not meaningful.
 TINY_SLICES = [1, 2]
-TINY_DATA: dict[str, Any] = {"n_train": 2, "n_valid": 1, "n_test": 1, "seconds": 3.0, "seed": 0, "section_range": (1.0, 2.0)}
+TINY_DATA: dict[str, Any] = {
+    "n_train": 2,
+    "n_valid": 1,
+    "n_test": 1,
+    "seconds": 3.0,
+    "seed": 0,
+    "section_range": (1.0, 2.0),
+}
 TINY = {
     "model": {"n_fft": 256, "hop_length": 128, "heads": 1, "channels": 2, "depth": 1},
     "data": {"segment_seconds": 0.5, "samples_per_track": 1, "valid_seconds": 1.0},
@@ -88,14 +95,27 @@ def arms(slice_values: list[int], per_value: int = PROPOSALS_PER_SLICE_VALUE) ->
     """The grid, then the platform with ASHA, then with the median stopping rule where offered."""
     proposals = per_value * len(slice_values)
     out = [
-        Arm("grid", "paper: grid, every slice count to the full budget x seeds",
-            {"searcher": "grid", "scheduler": "fifo", "num_samples": 1}, full_budget_selection=True),
-        Arm("asha", "platform: TPE + ASHA, then selection", {"searcher": "optuna", "scheduler": "asha", "num_samples": proposals}),
-    ]  # fmt: skip
+        Arm(
+            "grid",
+            "paper: grid, every slice count to the full budget x seeds",
+            {"searcher": "grid", "scheduler": "fifo", "num_samples": 1},
+            full_budget_selection=True,
+        ),
+        Arm(
+            "asha",
+            "platform: TPE + ASHA, then selection",
+            {"searcher": "optuna", "scheduler": "asha", "num_samples": proposals},
+        ),
+    ]
     if scheduler_available("median"):
         # max_t: None, as the median rule requires (it never ends a trial at max_t; trials run train.epochs).
-        out.append(Arm("median", "platform: TPE + median stopping, then selection",
-                       {"searcher": "optuna", "scheduler": "median", "num_samples": proposals, "max_t": None}))  # fmt: skip
+        out.append(
+            Arm(
+                "median",
+                "platform: TPE + median stopping, then selection",
+                {"searcher": "optuna", "scheduler": "median", "num_samples": proposals, "max_t": None},
+            )
+        )
     return out
 
 
@@ -143,7 +163,9 @@ def _fixed_within(quickstart_value: Any, value: Any, key: str) -> Any:
     else:
         ok = quickstart_value is None or quickstart_value == value
     if not ok:
-        raise BenchError(f"{QUICKSTART}: {key}: {quickstart_value!r} no longer contains the benchmark's fixed value {value!r}")
+        raise BenchError(
+            f"{QUICKSTART}: {key}: {quickstart_value!r} no longer contains the benchmark's fixed value {value!r}"
+        )
     return value
 
 
@@ -288,7 +310,9 @@ def compare(results: dict[str, dict[str, Any]]) -> None:
         for key, slices in (("", arm["pick"]), ("search_", arm["search_best_slices"])):
             row = rows.get(slices)
             if row is None:
-                raise BenchError(f"search benchmark, arm {name}: slices={slices} is not in the grid's table {sorted(rows)}")
+                raise BenchError(
+                    f"search benchmark, arm {name}: slices={slices} is not in the grid's table {sorted(rows)}"
+                )
             arm[f"{key}regret_db"] = best["avg"] - row["avg"]
             arm[f"{key}grid_avg_db"] = row["avg"]
             arm[f"{key}grid_interval"] = [row["avg_low"], row["avg_high"]]
@@ -302,22 +326,44 @@ def compare(results: dict[str, dict[str, Any]]) -> None:
 
 def verdict_line(name: str, arm: dict[str, Any]) -> str:
     """One plain sentence: did the arm meet the target, and if not, which half failed."""
-    quality = ("the grid's best" if arm["grid_best"] else
-               "not significantly different from the grid's best" if arm["matches_grid"] else
-               "significantly worse than the grid's best")  # fmt: skip
+    quality = (
+        "the grid's best"
+        if arm["grid_best"]
+        else "not significantly different from the grid's best"
+        if arm["matches_grid"]
+        else "significantly worse than the grid's best"
+    )
     cost = f"{100 * arm['epoch_share']:.0f}% of the grid's trial-epochs"
     head = "target MET" if arm["target_met"] else "target NOT met"
-    return (f"{name}: {head}: picked slices {arm['pick']} (regret {arm['regret_db']:.2f} dB, {quality}) at {cost} "
-            f"(target <= {100 * TARGET_EPOCH_SHARE:.0f}%; search alone {100 * arm['search_epoch_share']:.0f}%, "
-            f"its best trial had slices {arm['search_best_slices']}, regret {arm['search_regret_db']:.2f} dB)")  # fmt: skip
+    return (
+        f"{name}: {head}: picked slices {arm['pick']} (regret {arm['regret_db']:.2f} dB, {quality}) at {cost} "
+        f"(target <= {100 * TARGET_EPOCH_SHARE:.0f}%; search alone {100 * arm['search_epoch_share']:.0f}%, "
+        f"its best trial had slices {arm['search_best_slices']}, regret {arm['search_regret_db']:.2f} dB)"
+    )
 
 
-FIGURE_KEYS = ("trial_epochs", "search_trial_epochs", "selection_trial_epochs", "cpu_s", "search_cpu_s",
-               "selection_cpu_s", "wall_s", "pick", "pick_avg_db", "grid_avg_db", "regret_db", "search_best_slices",
-               "search_regret_db", "epoch_share", "cpu_share")  # fmt: skip
+FIGURE_KEYS = (
+    "trial_epochs",
+    "search_trial_epochs",
+    "selection_trial_epochs",
+    "cpu_s",
+    "search_cpu_s",
+    "selection_cpu_s",
+    "wall_s",
+    "pick",
+    "pick_avg_db",
+    "grid_avg_db",
+    "regret_db",
+    "search_best_slices",
+    "search_regret_db",
+    "epoch_share",
+    "cpu_share",
+)
 
 
-def run_arms(plan: list[Arm], base: dict[str, Any], root: Path, tree: TreeCpu, notes: list[str]) -> dict[str, dict[str, Any]]:
+def run_arms(
+    plan: list[Arm], base: dict[str, Any], root: Path, tree: TreeCpu, notes: list[str]
+) -> dict[str, dict[str, Any]]:
     """Each arm in turn; a failed platform arm is noted and the others go on (the grid is needed)."""
     results: dict[str, dict[str, Any]] = {}
     for arm in plan:
@@ -328,7 +374,9 @@ def run_arms(plan: list[Arm], base: dict[str, Any], root: Path, tree: TreeCpu, n
             if arm.name == "grid":
                 raise
             log.exception("search benchmark: arm %s failed", arm.name)
-            notes.append(f"search: arm {arm.name} FAILED: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[-1]}")
+            notes.append(
+                f"search: arm {arm.name} FAILED: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[-1]}"
+            )
             continue
         log.info("search benchmark: arm %s done: %s", arm.name, _one_line(results[arm.name]))
     return results
@@ -337,17 +385,25 @@ def run_arms(plan: list[Arm], base: dict[str, Any], root: Path, tree: TreeCpu, n
 def _one_line(arm: dict[str, Any]) -> str:
     """An arm's figures in one log line (the numbers survive in the log if a later arm fails)."""
     low, high = arm["pick_interval"]
-    return (f"trial-epochs {arm['trial_epochs']} (search {arm['search_trial_epochs']} + selection "
-            f"{arm['selection_trial_epochs']}), CPU {arm['cpu_s']:.0f} s, wall {arm['wall_s']:.0f} s, picked slices "
-            f"{arm['pick']} [{low:.2f}, {high:.2f}] dB; table {arm['table']}")  # fmt: skip
+    return (
+        f"trial-epochs {arm['trial_epochs']} (search {arm['search_trial_epochs']} + selection "
+        f"{arm['selection_trial_epochs']}), CPU {arm['cpu_s']:.0f} s, wall {arm['wall_s']:.0f} s, picked slices "
+        f"{arm['pick']} [{low:.2f}, {high:.2f}] dB; table {arm['table']}"
+    )
 
 
 def _say(arm: str):
     return lambda msg: log.info("%s: %s", arm, msg)
 
 
-def run(quick: bool, device: str, threads: int, tiny: bool = False, workdir: str | Path | None = None,
-        only_arms: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+def run(
+    quick: bool,
+    device: str,
+    threads: int,
+    tiny: bool = False,
+    workdir: str | Path | None = None,
+    only_arms: list[str] | None = None,
+) -> dict[str, Any]:
     """The benchmark; `tiny`: 2 slice values, 1 epoch, tiny model and data (figures not meaningful).
 
     workdir: where data, studies, Ray storage and the MLflow store go (default: a temporary folder).
@@ -364,8 +420,11 @@ def run(quick: bool, device: str, threads: int, tiny: bool = False, workdir: str
         data = synthesize(root / "data", **(TINY_DATA if tiny else {}))
         base = base_study(root, data, tiny=tiny)
         slice_values = list(base["model"]["slices"]["choice"])
-        plan = [a for a in arms(slice_values, 1 if tiny else PROPOSALS_PER_SLICE_VALUE)
-                if a.name == "grid" or only_arms is None or a.name in only_arms]  # fmt: skip
+        plan = [
+            a
+            for a in arms(slice_values, 1 if tiny else PROPOSALS_PER_SLICE_VALUE)
+            if a.name == "grid" or only_arms is None or a.name in only_arms
+        ]
         if not scheduler_available("median"):
             notes.append("search: arm median skipped: this version's study schema has no search.scheduler: median")
         concurrency = base["search"].get("max_concurrent_trials") or 1
@@ -374,13 +433,21 @@ def run(quick: bool, device: str, threads: int, tiny: bool = False, workdir: str
             results = run_arms(plan, base, root, tree, notes)
     compare(results)
     notes += [verdict_line(name, arm) for name, arm in results.items() if name != "grid"]
-    notes.append("trial-epochs: search + selection retraining (a reused search trial counts once); CPU-s: the whole "
-                 "process tree (driver, Ray, trial workers); regret: grid's avg SDR of its best - of the pick (validation)")  # fmt: skip
+    notes.append(
+        "trial-epochs: search + selection retraining (a reused search trial counts once); CPU-s: the whole "
+        "process tree (driver, Ray, trial workers); regret: grid's avg SDR of its best - of the pick (validation)"
+    )
     figures = {f"{name}_{key}": float(arm[key]) for name, arm in results.items() for key in FIGURE_KEYS}
     figures.update({f"{name}_target_met": float(arm["target_met"]) for name, arm in results.items() if name != "grid"})
     figures.update(total_cpu_s=total.cpu, total_wall_s=total.wall)
-    sizes = {"tiny": tiny, "slices": slice_values, "fixed": TINY if tiny else FIXED,
-             "data": TINY_DATA if tiny else "samsnet-search data synth defaults",
-             "study": {k: v for k, v in base.items() if k not in ("storage", "tracking", "search", "selection")},
-             "from": str(QUICKSTART), "target_epoch_share": TARGET_EPOCH_SHARE, "ray_cpus": concurrency}  # fmt: skip
+    sizes = {
+        "tiny": tiny,
+        "slices": slice_values,
+        "fixed": TINY if tiny else FIXED,
+        "data": TINY_DATA if tiny else "samsnet-search data synth defaults",
+        "study": {k: v for k, v in base.items() if k not in ("storage", "tracking", "search", "selection")},
+        "from": str(QUICKSTART),
+        "target_epoch_share": TARGET_EPOCH_SHARE,
+        "ray_cpus": concurrency,
+    }
     return {"sizes": sizes, "figures": figures, "arms": results, "notes": notes}

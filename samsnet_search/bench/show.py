@@ -76,11 +76,24 @@ def attention_table(result: dict[str, Any]) -> list[Table]:
     return tables
 
 
-SEARCH_COLUMNS = ("arm", "trial-epochs", "of grid", "CPU-s", "wall s", "pick", "interval", "grid SDR", "regret",
-                  "vs grid", "target")  # fmt: skip
-SEARCH_CAPTION = ("trial-epochs: search + selection retraining; pick: the slice count chosen, interval: its avg SDR "
-                  "interval in the arm's own selection table; grid SDR: the grid's validation avg SDR of the pick; "
-                  "regret: the grid's best minus that (dB)")  # fmt: skip
+SEARCH_COLUMNS = (
+    "arm",
+    "trial-epochs",
+    "of grid",
+    "CPU-s",
+    "wall s",
+    "pick",
+    "interval",
+    "grid SDR",
+    "regret",
+    "vs grid",
+    "target",
+)
+SEARCH_CAPTION = (
+    "trial-epochs: search + selection retraining; pick: the slice count chosen, interval: its avg SDR "
+    "interval in the arm's own selection table; grid SDR: the grid's validation avg SDR of the pick; "
+    "regret: the grid's best minus that (dB)"
+)
 
 
 def search_rows(result: dict[str, Any]) -> list[list[str]]:
@@ -90,9 +103,21 @@ def search_rows(result: dict[str, Any]) -> list[list[str]]:
         low, high = arm["pick_interval"]
         vs = "best" if arm["grid_best"] else "n.s." if arm["matches_grid"] else "worse"
         target = "-" if name == "grid" else "met" if arm["target_met"] else "NOT met"
-        rows.append([name, f"{arm['trial_epochs']} = {arm['search_trial_epochs']} + {arm['selection_trial_epochs']}",
-                     f"{100 * arm['epoch_share']:.0f}%", f"{arm['cpu_s']:.0f}", f"{arm['wall_s']:.0f}", str(arm["pick"]),
-                     f"[{low:.2f}, {high:.2f}]", f"{arm['grid_avg_db']:.2f}", f"{arm['regret_db']:.2f}", vs, target])  # fmt: skip
+        rows.append(
+            [
+                name,
+                f"{arm['trial_epochs']} = {arm['search_trial_epochs']} + {arm['selection_trial_epochs']}",
+                f"{100 * arm['epoch_share']:.0f}%",
+                f"{arm['cpu_s']:.0f}",
+                f"{arm['wall_s']:.0f}",
+                str(arm["pick"]),
+                f"[{low:.2f}, {high:.2f}]",
+                f"{arm['grid_avg_db']:.2f}",
+                f"{arm['regret_db']:.2f}",
+                vs,
+                target,
+            ]
+        )
     return rows
 
 
@@ -105,7 +130,9 @@ def search_markdown(result: dict[str, Any]) -> str:
 
 def search_tables(result: dict[str, Any]) -> list[Table]:
     """The arms side by side, then the grid's own per-slice validation table (what the regret is read from)."""
-    arms = Table(title=f"search efficiency against the paper's grid ({result['seconds']:.0f} s)", caption=SEARCH_CAPTION)
+    arms = Table(
+        title=f"search efficiency against the paper's grid ({result['seconds']:.0f} s)", caption=SEARCH_CAPTION
+    )
     for i, header in enumerate(SEARCH_COLUMNS):
         arms.add_column(header, justify="left" if i == 0 else "right")
     for row in search_rows(result):
@@ -115,8 +142,13 @@ def search_tables(result: dict[str, Any]) -> list[Table]:
     for header in ("slices", "avg", "interval", "vs winner", "pairs"):
         table.add_column(header, justify="right")
     for rec in grid["table"]:
-        table.add_row(str(rec["slices"]), f"{rec['avg']:.2f}", f"[{rec['avg_low']:.2f}, {rec['avg_high']:.2f}]",
-                      rec["vs_winner"], str(rec["pairs"]))  # fmt: skip
+        table.add_row(
+            str(rec["slices"]),
+            f"{rec['avg']:.2f}",
+            f"[{rec['avg_low']:.2f}, {rec['avg_high']:.2f}]",
+            rec["vs_winner"],
+            str(rec["pairs"]),
+        )
     return [arms, table]
 
 
