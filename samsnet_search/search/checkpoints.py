@@ -28,7 +28,7 @@ from ..errors import ConfigError
 from ..services import storage
 from . import identity
 from .objectives import better
-from .study import load_study_text
+from .study import load_stored
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,17 @@ def read_experiment(study_path: str, trial_id: str) -> dict[str, Any] | None:
     return storage.read_json(storage.join(trial_uri(study_path, trial_id), EXPERIMENT_FILE))
 
 
+def read_results(trial_path: str) -> list[dict[str, Any]]:
+    """The trial's reported results in order, from Tune's `result.json` (one JSON line each)."""
+    rows = []
+    for line in (storage.read_text(storage.join(trial_path, RESULTS_FILE)) or "").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # a line cut short by a driver killed while Tune appended it
+            continue
+    return rows
+
+
 def best_checkpoint(trial_path: str, metric: str, mode: str) -> tune.Checkpoint | None:
     """The checkpoint folder of the trial's best epoch by `metric` (mode min/max) among the ones
     kept in the storage, or None when no kept checkpoint has a finite value of it."""
@@ -61,13 +72,8 @@ def best_checkpoint(trial_path: str, metric: str, mode: str) -> tune.Checkpoint 
     kept = {p.rsplit("/", 1)[-1]: p for p in storage.subfolders(fs, path, CHECKPOINT_PREFIX)}
     if not kept:
         return None
-    text = storage.read_text(storage.join(trial_path, RESULTS_FILE)) or ""
     best: tuple[float, str] | None = None
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:  # a line cut short by a driver killed while Tune appended it
-            continue
+    for row in read_results(trial_path):
         value, folder = row.get(metric), row.get(CHECKPOINT_KEY)
         if folder in kept and better(value, None if best is None else best[0], mode):  # the first of equals
             best = (float(value), folder)
@@ -77,12 +83,11 @@ def best_checkpoint(trial_path: str, metric: str, mode: str) -> tune.Checkpoint 
 def study_best_checkpoint(manifest: identity.Manifest, trial_id: str) -> tune.Checkpoint | None:
     """`best_checkpoint` of a trial of a stored study, by the metric its study file names (read
     without checking the data: the study may be exported where its data is not)."""
-    text = identity.read_study_copy(manifest.path)
-    if text is None:
+    study = load_stored(manifest, check_data=False)
+    if study is None:
         raise ConfigError(
             f"{storage.display_uri(manifest.path)}: the study file copy ({identity.STUDY_COPY}) is missing"
         )
-    study = load_study_text(text, Path(manifest.source), Path(manifest.base_dir), check_data=False)
     return best_checkpoint(trial_uri(manifest.path, trial_id), study.metric, study.mode)
 
 

@@ -34,7 +34,7 @@ from .identity import Manifest
 from .integrity import StateSigner
 from .objectives import best_of, per_epoch_keys
 from .space import describe, num_trials, tune_space
-from .study import Study, load_study_text, resolve_storage
+from .study import Study, load_stored, resolve_storage
 from .trial import RUN_ID_KEY, TrialContext, build_experiment, train_trial
 
 log = logging.getLogger(__name__)
@@ -588,8 +588,9 @@ def _log_pareto(target, run_id: str, front: dict[str, Any]) -> None:
 def close_study(manifest: Manifest, target, state: str, result: StudyResult | None, keep_open: bool = False) -> None:
     """Record the study's state in study.json and on the parent run; end the run unless keep_open."""
     manifest.state = state
-    if result is not None:
-        manifest.summary = result.summary()
+    summary = result.summary() if result is not None else None
+    if summary is not None:
+        manifest.summary = summary
     identity.write_manifest(manifest)
     try:
         c = tracking.client(target)
@@ -597,7 +598,6 @@ def close_study(manifest: Manifest, target, state: str, result: StudyResult | No
             best = result.best
             if best and best.mlflow_run_id:
                 c.set_tag(manifest.parent_run_id, tracking.BEST_RUN_TAG, best.mlflow_run_id)
-            summary = result.summary()
             for key in ("epochs_run", "epochs_full", "fraction_saved"):
                 c.log_metric(manifest.parent_run_id, f"search.{key}", float(summary[key]))
             for status, n in summary["counts"].items():
@@ -653,13 +653,12 @@ def resume_study(
 
 def load_stored_study(manifest: Manifest) -> Study:
     """The study as it was started: its file copy, with paths resolved where it was first run."""
-    text = identity.read_study_copy(manifest.path)
-    if text is None:
+    study = load_stored(manifest)
+    if study is None:
         raise StudyError(
             f"{identity.display_uri(manifest.path)}: the study file copy ({identity.STUDY_COPY}) is missing"
         )
-    source = Path(manifest.source)
-    return load_study_text(text, source, Path(manifest.base_dir))
+    return study
 
 
 # --- results -------------------------------------------------------------------------

@@ -42,8 +42,8 @@ from ..config import (
 )
 from ..data.splits import load_splits
 from ..errors import ConfigError, DataError
+from . import identity, schedulers, searchers
 from . import objectives as objective_table
-from . import schedulers, searchers
 
 log = logging.getLogger(__name__)
 
@@ -691,6 +691,15 @@ def load_study(path: str | Path, base_dir: str | Path | None = None, check_data:
 def load_study_text(text: str, source: Path, base_dir: Path, check_data: bool = True) -> Study:
     """A study from its text (e.g. the copy kept in the study folder), with the same limits as a file."""
     return parse_study(parse_yaml(text, str(source)), text, source, base_dir, check_data=check_data)
+
+
+def load_stored(manifest: identity.Manifest, check_data: bool = True) -> Study | None:
+    """The study as it was started, from the file copy in its folder (paths resolved where it was
+    first run); None when the copy is missing (each caller says what that means for it)."""
+    text = identity.read_study_copy(manifest.path)
+    if text is None:
+        return None
+    return load_study_text(text, Path(manifest.source), Path(manifest.base_dir), check_data=check_data)
 
 
 def parse_study(raw: Any, text: str, source: Path, base_dir: Path, check_data: bool = True) -> Study:

@@ -9,17 +9,15 @@ was stopped at), as Ray's OptunaSearch hands it to Optuna; failed trials are lef
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
 from ..services import storage
 from . import identity, objectives, searchers
-from .checkpoints import RESULTS_FILE, TRIAL_PREFIX
-from .study import Distribution, Study, load_study_text
+from .checkpoints import TRIAL_PREFIX, read_results
+from .study import Distribution, Study, load_stored
 
 ARTIFACT = "warm_start.json"  # in the study folder: {"sources": {earlier study: trials taken}}
 ERROR_FILES = ("error.txt", "error.pkl")  # Tune writes these into the folder of a trial that failed
@@ -76,10 +74,10 @@ def _earlier_study(name: str, study: Study) -> Study:
     if name == study.name:
         raise WarmStartError(f"search.warm_start: {name!r} is this study itself (name an earlier study)")
     manifest = identity.find_study(name, study.storage)
-    text = identity.read_study_copy(manifest.path)
-    if text is None:
+    earlier = load_stored(manifest, check_data=False)
+    if earlier is None:
         raise WarmStartError(f"search.warm_start: study {name!r} has no study file copy in {manifest.path}")
-    return load_study_text(text, Path(manifest.source), Path(manifest.base_dir), check_data=False)
+    return earlier
 
 
 def _check_compatible(study: Study, earlier: Study, name: str) -> None:
@@ -129,16 +127,7 @@ def _finished_trials(earlier: Study) -> list[tuple[dict[str, Any], dict[str, Any
         uri = storage.join(study_uri, folder.rsplit("/", 1)[-1])  # keeps an S3 URI's endpoint
         if any(storage.is_file(storage.join(uri, f)) for f in ERROR_FILES):
             continue
-        last = _last_result(storage.read_text(storage.join(uri, RESULTS_FILE)) or "")
-        if last is not None and set(earlier.space) <= set(last.get("config") or {}):
-            out.append((last["config"], last))
+        rows = read_results(uri)
+        if rows and set(earlier.space) <= set(rows[-1].get("config") or {}):
+            out.append((rows[-1]["config"], rows[-1]))
     return out
-
-
-def _last_result(text: str) -> dict[str, Any] | None:
-    for line in reversed(text.splitlines()):
-        try:
-            return json.loads(line)
-        except ValueError:  # a line cut short by a killed driver
-            continue
-    return None
