@@ -9,6 +9,7 @@ PYTHON=${PYTHON:-python3}
 need_apt=()
 command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)           # stempeg decodes MUSDB18 .stem.mp4 with it
 command -v chromium >/dev/null || need_apt+=(chromium)       # headless browser for the HTML report test
+command -v cc >/dev/null || need_apt+=(gcc)                  # builds the fused CPU attention kernel (model/sliced_attention.c)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "setup: apt-get install ${need_apt[*]}"

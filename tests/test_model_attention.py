@@ -51,17 +51,19 @@ def test_kernel_matches_the_definition(kernel, slices, frames, heads, channels):
 def test_kernels_agree_at_real_frame_counts(frames, slices):
     torch.manual_seed(0)
     L = math.ceil(frames / slices)
-    bmm = SlicedMultiHeadAttention(4, 2, L, kernel="bmm")
-    sdpa = SlicedMultiHeadAttention(4, 2, L, kernel="sdpa")
-    sdpa.load_state_dict(bmm.state_dict())
     x = torch.randn(1, 4, 3, frames)
     grad_out = torch.randn(1, 8, 3, frames)
-    for a, b in zip(outputs_and_grads(bmm, bmm, x, grad_out), outputs_and_grads(sdpa, sdpa, x, grad_out)):
-        assert rel_err(a, b) < REL_TOL
+    modules = {name: SlicedMultiHeadAttention(4, 2, L, kernel=name) for name in KERNELS}
+    for module in modules.values():
+        module.load_state_dict(modules["sdpa"].state_dict())
+    want = outputs_and_grads(modules["sdpa"], modules["sdpa"], x, grad_out)
+    for name in ("bmm", "fused"):
+        for a, b in zip(outputs_and_grads(modules[name], modules[name], x, grad_out), want):
+            assert rel_err(a, b) < REL_TOL, name
 
 
-def test_cpu_uses_batched_matmuls_not_sdpa(monkeypatch):
-    """On CPU, short slices do not go through SDPA (its per-sequence overhead)."""
+def test_cpu_does_not_use_sdpa(monkeypatch):
+    """On CPU, slices do not go through SDPA (its per-sequence overhead on short rows)."""
 
     def refuse(*args, **kwargs):
         raise AssertionError("scaled_dot_product_attention called on CPU")
@@ -71,14 +73,24 @@ def test_cpu_uses_batched_matmuls_not_sdpa(monkeypatch):
     att(torch.randn(1, 4, 3, 13, requires_grad=True)).sum().backward()
 
 
-def test_kernel_is_chosen_by_device_and_slice_length():
-    assert kernel_for(torch.device("cpu"), 22) == "bmm"
-    assert kernel_for(torch.device("cpu"), BMM_MAX_SLICE_FRAMES + 1) == "sdpa"  # SDPA's flash kernel wins on long rows
-    assert kernel_for(torch.device("cuda", 0), 22) == "sdpa"
+def test_kernel_is_chosen_by_device_dtype_and_slice_length():
+    x = torch.zeros(1, 4, 3, 13)
+    assert kernel_for(x, 22) == "fused"  # eager float32 on CPU
+    assert kernel_for(x.double(), 22) == "bmm"  # the fused loop is float32 only
+    assert kernel_for(x.double(), BMM_MAX_SLICE_FRAMES + 1) == "sdpa"  # SDPA's flash kernel wins on long rows
+    assert kernel_for(torch.zeros(1, 4, 3, 13, device="meta"), 22) == "sdpa"  # not CPU (CUDA: fused SDPA kernels)
+
+
+def test_traced_programs_do_not_use_the_fused_loop():
+    """torch.export cannot trace a numba call: while it traces, the folded kernels run."""
+    att = SlicedMultiHeadAttention(4, 2, 5).eval()
+    x = torch.randn(1, 4, 3, 13)
+    program = torch.export.export(att, (x,))
+    assert rel_err(program.module()(x), att(x)) < REL_TOL
 
 
 def test_unknown_kernel_is_named():
-    with pytest.raises(ValueError, match="kernel must be one of \\['bmm', 'sdpa'\\]"):
+    with pytest.raises(ValueError, match="kernel must be one of \\['bmm', 'fused', 'sdpa'\\]"):
         SlicedMultiHeadAttention(4, 2, 5, kernel="flash")
 
 

@@ -13,7 +13,8 @@ implementation it replaced (`ref_*`: one SDPA call on strided views, kept verbat
   heads' output, W^O's output), forward and the twice-as-large backward, float32.
 * achieved GFLOPS and GB/s, and the roofline bound max(FLOPs / matmul peak, bytes / copy
   bandwidth) with both ceilings measured in the same run (`common.machine_roofline`).
-* `convs_ms`: the projection and W^O alone (fwd+bwd). No attention kernel changes them, so
+* `convs_ms`: W^O alone (fwd+bwd), with the Q/K/V projection where the model's kernel leaves
+  it outside (the fused CPU kernel projects in its loop). No attention kernel changes W^O, so
   ref_ms / convs_ms bounds the speed-up any kernel can give at that shape.
 
 A Python loop over slices (`looped_attention`) checks that the batched call computes the
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 
 from ..config import SAMPLE_RATE, read_yaml
 from ..model import SamsNet, SlicedMultiHeadAttention
+from ..model.sams_net import kernel_for
 from .common import MiB, machine_roofline, peak_bytes, run_child, timed_side_by_side
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "search_spaces" / "quickstart.yaml"
@@ -238,7 +240,8 @@ def _fwd_bwd(forward, inputs: list, grad_out):
 def _attention_cases(sizes: AttentionSizes, device: str, roof: dict[str, float], memory: bool) -> dict[str, float]:
     B, d, h, Fq, T = sizes.batch, sizes.channels, sizes.heads, sizes.bins, sizes.frames
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(B, d, Fq, T, generator=gen).to(device).requires_grad_()
+    # In the layout a module's input has in the model (FrameLayerNorm's output: (B, T, d, F) memory).
+    x = torch.randn(B, T, d, Fq, generator=gen).to(device).permute(0, 2, 3, 1).requires_grad_()
     grad_y = torch.randn(B, d, Fq, T, generator=gen).to(device)
     pad = sizes.kernel_size // 2
     figures: dict[str, float] = {}
@@ -247,7 +250,8 @@ def _attention_cases(sizes: AttentionSizes, device: str, roof: dict[str, float],
         w_o = torch.nn.Conv2d(h * d, d, sizes.kernel_size, padding=pad).to(device)
         reference = ReferenceAttention(module)
         rows = x.detach().permute(0, 2, 3, 1).requires_grad_()
-        heads_out = torch.randn(B, h * d, Fq, T, generator=gen).to(device).requires_grad_()
+        # W^O's input as the kernels hand it over: channels-last strides.
+        heads_out = torch.randn(B, Fq, T, h * d, generator=gen).to(device).permute(0, 3, 1, 2).requires_grad_()
         grad_qkv = torch.randn(B, Fq, T, 3 * h * d, generator=gen).to(device)
         steps = _attention_steps(module, w_o, reference, x, grad_y, rows, heads_out, grad_qkv)
         if memory:
@@ -276,18 +280,23 @@ def _attention_cases(sizes: AttentionSizes, device: str, roof: dict[str, float],
     return figures
 
 
+def convs(module, w_o, rows, x, heads_out, grad_qkv, grad_y) -> None:
+    """Forward+backward of the part of the step no attention kernel changes: W^O, and the
+    folded kernels' Q/K/V projection (a matmul over (B, F, T, d) rows; the fused kernel
+    projects inside its loop)."""
+    if kernel_for(x, module.slice_frames) != "fused":
+        F.linear(rows, module.qkv.weight.view(-1, module.channels), module.qkv.bias).backward(grad_qkv)
+    w_o(heads_out).backward(grad_y)
+
+
 def _attention_steps(module, w_o, reference, x, grad_y, rows, heads_out, grad_qkv) -> dict[str, Callable[[], None]]:
     """Forward+backward of the attention step, its reference, and the convolutions alone."""
     params = [x, *module.parameters(), *w_o.parameters()]
-    hd, d = module.heads * module.channels, module.channels
     return {
         "attn": _fwd_bwd(lambda: w_o(module(x)), params, grad_y),
         "ref": _fwd_bwd(lambda: w_o(reference(x)), params, grad_y),
         # The part no attention kernel changes: the projection and W^O on their own.
-        "convs": lambda: (
-            F.linear(rows, module.qkv.weight.view(3 * hd, d), module.qkv.bias).backward(grad_qkv),
-            w_o(heads_out).backward(grad_y),
-        ),
+        "convs": lambda: convs(module, w_o, rows, x, heads_out, grad_qkv, grad_y),
     }
 
 

@@ -19,11 +19,12 @@ Readings of what the paper leaves open (each is a keyword argument where it is a
   excerpt and a whole song are processed alike. The key mask is built for every input
   (all true when the frames fill whole slices): no Python branch depends on the frame
   count, so `torch.export` traces one program for any length (`delivery.export`).
-* Kernel. Slices and heads are folded into one batch of B*F*i*h sequences and attended in
-  one call. On CPU, for slices up to `BMM_MAX_SLICE_FRAMES`, that call is our batched-matmul
-  softmax attention (`KERNELS["bmm"]`): SDPA's CPU kernel is dominated by per-sequence
-  overhead on tens of thousands of sequences of 6-44 frames; for longer slices and on CUDA
-  it is SDPA (`kernel_for`).
+* Kernel (`kernel_for`). On CPU in float32 the attention is one fused loop in C
+  (`cpu_attention`, vectorized across frequency bins: every bin of a slice is an attention of
+  the same shape), the Q/K/V projection included. Where that cannot run (another dtype,
+  while torch.export traces, no C compiler) and on CUDA, slices and heads are folded into one
+  batch of B*F*i*h sequences: batched matmuls on CPU for slices up to `BMM_MAX_SLICE_FRAMES`,
+  SDPA otherwise (on CUDA, its fused kernels).
 * LayerNorm axes. `LayerNorm(x + Sublayer(x))` normalizes each frame over
   (d_k, F) with an elementwise affine per (map, bin). It is local in time, so
   separating a track in chunks gives the same result as separating it whole. The
@@ -44,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from . import cpu_attention
 from .spectral import Spectrogram
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "none": nn.Identity}
@@ -127,21 +129,28 @@ def _sdpa_kernel(qkv, keep, scale: float) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale).transpose(1, 2)  # (S, L, h, d)
 
 
-# Attention kernels: qkv (S, L, 3, h, d) (S sequences of L frames), keep None or boolean
-# (S, 1, L) (False: a padded key, never attended to), scale -> (S, L, h, d). Both compute
-# softmax(q k^T * scale) v up to float rounding; `kernel_for` picks one by device and slice length.
-KERNELS = {"bmm": _bmm_kernel, "sdpa": _sdpa_kernel}
+# Folded kernels: qkv (S, L, 3, h, d) (S sequences of L frames), keep None or boolean (S, 1, L)
+# (False: a padded key, never attended to), scale -> (S, L, h, d). Both compute
+# softmax(q k^T * scale) v up to float rounding.
+FOLDED_KERNELS = {"bmm": _bmm_kernel, "sdpa": _sdpa_kernel}
+# Every kernel `SlicedMultiHeadAttention` can run: the folded ones and the fused CPU loop
+# (`cpu_attention`), which reads the projection in its own layout. `kernel_for` picks one.
+KERNELS = ("bmm", "fused", "sdpa")
 
 
 # Longest slice for which the batched-matmul kernel beat CPU SDPA in `bench` (attention step,
 # one thread: 1.2-1.5x at 11-44 frames, 0.8x at 87, where SDPA's flash kernel has long rows).
+# It matters only where the fused kernel cannot run (not float32, or while torch.export traces).
 BMM_MAX_SLICE_FRAMES = 48
 
 
-def kernel_for(device: torch.device, slice_frames: int) -> str:
-    """The faster kernel for a device and slice length: batched matmuls on CPU for short
-    slices (see `_BatchedSoftmaxAttention`), SDPA for long ones and on CUDA (fused kernels)."""
-    return "bmm" if device.type == "cpu" and slice_frames <= BMM_MAX_SLICE_FRAMES else "sdpa"
+def kernel_for(x: torch.Tensor, slice_frames: int) -> str:
+    """The fastest kernel for an input: the fused loop on CPU in float32 when eager
+    (`cpu_attention.supported`), else batched matmuls for short slices on CPU, else SDPA
+    (long slices on CPU, and CUDA with its fused kernels)."""
+    if cpu_attention.supported(x):
+        return "fused"
+    return "bmm" if x.device.type == "cpu" and slice_frames <= BMM_MAX_SLICE_FRAMES else "sdpa"
 
 
 class SlicedMultiHeadAttention(nn.Module):
@@ -156,7 +165,7 @@ class SlicedMultiHeadAttention(nn.Module):
             raise ValueError(
                 f"kernel must be one of {sorted(KERNELS)} or None (by device and slice length), got {kernel!r}"
             )
-        self.kernel = kernel  # None: `kernel_for(device, slice_frames)`; a name forces one (tests, bench)
+        self.kernel = kernel  # None: `kernel_for(x, slice_frames)`; a name forces one (tests, bench)
         self.channels = channels
         self.heads = heads
         self.slice_frames = slice_frames
@@ -165,6 +174,28 @@ class SlicedMultiHeadAttention(nn.Module):
         self.qkv = nn.Conv2d(channels, 3 * heads * channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernel = self.kernel or kernel_for(x, self.slice_frames)
+        if kernel == "fused":
+            if not cpu_attention.supported(x):
+                raise ValueError("kernel 'fused' needs float32 CPU input and a C compiler (see cpu_attention)")
+            return self._fused(x)
+        return self._folded(x, FOLDED_KERNELS[kernel])
+
+    def _fused(self, x: torch.Tensor) -> torch.Tensor:
+        B, d, Fq, T = x.shape
+        # x (B, d, F, T) is usually a (B, T, d, F)-strided view already (FrameLayerNorm's output),
+        # the layout the kernel reads: bins innermost. It projects Q/K/V itself, in cache.
+        out = cpu_attention.fused_attention(
+            x.permute(0, 3, 1, 2),
+            self.qkv.weight.view(-1, d),
+            self.qkv.bias,
+            self.slice_frames,
+            self.heads,
+            1.0 / math.sqrt(d),
+        )  # (B, F, T, h, d)
+        return out.view(B, Fq, T, self.heads * d).permute(0, 3, 1, 2)  # (B, h d, F, T), channels-last strides
+
+    def _folded(self, x: torch.Tensor, kernel) -> torch.Tensor:
         B, d, Fq, T = x.shape
         h, L = self.heads, self.slice_frames
         i = (T + L - 1) // L  # slices, the last one padded (integer ceil, exact for a symbolic T)
@@ -179,11 +210,9 @@ class SlicedMultiHeadAttention(nn.Module):
         # copy-or-view choice is a branch on T for torch.export.
         keep = (torch.arange(i * L, device=x.device) < T).view(1, i, 1, L)
         keep = keep.repeat(B * Fq, 1, 1, 1).view(-1, 1, L)  # (S, 1, L)
-        kernel = KERNELS[self.kernel or kernel_for(x.device, L)]
         out = kernel(qkv, keep, 1.0 / math.sqrt(d))  # (S, L, h, d)
-        out = out.reshape(B, Fq, i * L, h * d).narrow(
-            2, 0, T
-        )  # (B, F, T, h d); narrow: exactly T frames, where [:T] clamps
+        # narrow: exactly T frames, where [:T] clamps
+        out = out.reshape(B, Fq, i * L, h * d).narrow(2, 0, T)  # (B, F, T, h d)
         return out.permute(0, 3, 1, 2)  # (B, h d, F, T) in channels-last strides, which W^O's conv takes as is
 
 

@@ -1,0 +1,200 @@
+"""Sliced attention on CPU with its Q/K/V projection, as one fused loop in C, vectorized across
+frequency bins.
+
+A token attends over the frames of its slice at its own bin, so the F bins of a slice are F
+independent attentions of the same shape. Library routes (SDPA, batched matmuls) run them as
+tens of thousands of tiny matrix products, with SIMD lanes idle at 4-64 maps and 6-87 frames,
+and write q, k, v and the L x L scores to memory several times. `sliced_attention.c` runs every
+step's innermost loop over a block of 32 contiguous bins, so the lanes are full whatever L and
+d are, and keeps a block's projection, scores, softmax and values in cache: forward reads x
+once and writes the output and the probabilities (kept for backward) once. The layouts are in
+the C file.
+
+The C file is compiled on first use with the system's C compiler (`$CC`, else `cc`;
+`-O3 -march=native`) into a per-user cache keyed by the source and the CPU's flags, and called
+through ctypes, which releases the GIL: work is split over torch's thread count with a thread
+pool. (numba, used by metrics/bsseval.py, vectorized these loops poorly: 3-7 GFLOPS.)
+Without a compiler the model falls back to the batched-matmul kernel (`supported` is False).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("sliced_attention.c")
+BIN_BLOCK = 32  # bins per inner loop (2 AVX-512 vectors; 257 bins fill 9 blocks to 89%); `BLK` in the C file
+_FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", f"-DBLK={BIN_BLOCK}"]
+_I64, _F32P, _F64P = ctypes.c_int64, ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_double)
+
+
+def supported(x: torch.Tensor) -> bool:
+    """Whether this kernel can run on `x` here: float32 on CPU, eager (not while torch.export
+    or torch.compile traces: a ctypes call is opaque to them), and the C kernel is built."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or torch.compiler.is_compiling():
+        return False
+    return library() is not None
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "samsnet-search" / "kernels"
+
+
+def _cpu_signature() -> str:
+    """The CPU's instruction-set flags: a library built with -march=native runs only there."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return os.uname().machine
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The built kernel, or None (logged once) where it cannot be built or loaded here."""
+    compiler = os.environ.get("CC", "cc")
+    target = library_path(compiler)
+    try:
+        try:
+            lib = ctypes.CDLL(str(_build(compiler, target, rebuild=False)))
+        except OSError:  # a damaged or foreign file in the cache: build it again, once
+            lib = ctypes.CDLL(str(_build(compiler, target, rebuild=True)))
+    except (OSError, subprocess.SubprocessError) as err:
+        detail = (getattr(err, "stderr", b"") or b"").decode(errors="replace")[-500:]
+        log.warning("fused CPU attention unavailable (%s %s); using batched matmuls", err, detail)
+        return None
+    shape = [ctypes.c_float] + [_I64] * 8  # scale, B, T, h, d, F, L, start, stop
+    lib.samsnet_attention_forward.argtypes = [_F32P] * 5 + shape
+    lib.samsnet_attention_backward.argtypes = [_F32P] * 7 + [_F64P] * 2 + shape
+    return lib
+
+
+def library_path(compiler: str) -> Path:
+    """Where the kernel built by `compiler` for this CPU is cached."""
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), compiler, *_FLAGS, _cpu_signature()]).encode()).hexdigest()
+    return cache_dir() / f"sliced_attention-{key[:16]}.so"
+
+
+def _build(compiler: str, target: Path, rebuild: bool) -> Path:
+    """Compile SOURCE to `target` unless it is there; concurrent builds are safe (atomic rename)."""
+    if target.is_file() and not rebuild:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        built = Path(tmp) / target.name
+        cmd = [compiler, *_FLAGS, "-o", str(built), str(SOURCE)]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+        os.replace(built, target)
+    return target
+
+
+def _ptr(t: torch.Tensor | None, kind=_F32P):
+    return None if t is None else ctypes.cast(t.data_ptr(), kind)
+
+
+class FusedSlicedAttention(torch.autograd.Function):
+    """x (B, T, d, F), weight (3 h d, d), bias (3 h d), float32 on CPU; slice length L, heads h,
+    scale -> out (B, F, T, h, d): the heads' sliced attention of the projected x."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, slice_frames: int, heads: int, scale: float) -> torch.Tensor:
+        x, weight, bias = (t.detach().contiguous() for t in (x, weight, bias))
+        B, T, d, Fq = x.shape
+        L, h = slice_frames, heads
+        i = (T + L - 1) // L
+        out = torch.empty(B, Fq, T, h, d)
+        # Without a backward (validation, separation) the probabilities are not kept.
+        needs_grad = any(ctx.needs_input_grad[:3])
+        probs = BUFFERS.take((B, i, h, -(-Fq // BIN_BLOCK), L, L, BIN_BLOCK)) if needs_grad else None
+        tensors = [_ptr(x), _ptr(weight), _ptr(bias), _ptr(out), _ptr(probs)]
+        dims = (B, T, h, d, Fq, L)
+        _run(lambda part: (library().samsnet_attention_forward(*tensors, scale, *dims, *part),), B * i)
+        ctx.save_for_backward(x, weight, bias, out, probs)
+        ctx.slice_frames, ctx.heads, ctx.scale = L, h, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, weight, bias, out, probs = ctx.saved_tensors
+        B, T, d, Fq = x.shape
+        grad_out = grad_out.contiguous()
+        grad_x = torch.empty_like(x)
+        dims = (B, T, ctx.heads, d, Fq, ctx.slice_frames)
+        tensors = [_ptr(x), _ptr(weight), _ptr(bias), _ptr(out), _ptr(probs), _ptr(grad_out), _ptr(grad_x)]
+        partials = []  # each worker sums its own weight and bias gradients (double), added here
+
+        def part(bounds):
+            grad_w, grad_b = (
+                torch.zeros(weight.shape, dtype=torch.float64),
+                torch.zeros(bias.shape, dtype=torch.float64),
+            )
+            partials.append((grad_w, grad_b))
+            lib = library()
+            return (
+                lib.samsnet_attention_backward(
+                    *tensors, _ptr(grad_w, _F64P), _ptr(grad_b, _F64P), ctx.scale, *dims, *bounds
+                ),
+            )
+
+        _run(part, B * probs.shape[1])
+        BUFFERS.give(probs)
+        grad_w = sum(w for w, _ in partials).float()
+        grad_b = sum(b for _, b in partials).float()
+        return grad_x, grad_w, grad_b, None, None, None
+
+
+def fused_attention(x, weight, bias, slice_frames: int, heads: int, scale: float) -> torch.Tensor:
+    """x (B, T, d, F) -> out (B, F, T, h, d); see `FusedSlicedAttention`."""
+    return FusedSlicedAttention.apply(x, weight, bias, slice_frames, heads, scale)
+
+
+def _run(call, items: int) -> None:
+    """call((start, stop)) over (batch, slice) items [0, items), split over torch's thread count;
+    call returns the kernel's status (non-zero: its scratch allocation failed)."""
+    workers = max(1, min(torch.get_num_threads(), items))
+    bounds = [(items * k // workers, items * (k + 1) // workers) for k in range(workers)]
+    if workers == 1:
+        statuses = [call(bounds[0])]
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            statuses = list(pool.map(call, bounds))
+    if any(status != (0,) for status in statuses):
+        raise MemoryError("fused CPU attention: scratch allocation failed")
+
+
+class _BufferPool:
+    """Probability buffers handed back by backward for the next forward of the same shape.
+
+    They are tens of MB per module and step; a fresh allocation is a fresh mmap whose page
+    faults cost as much as the forward kernel itself. At most `keep` buffers are held."""
+
+    def __init__(self, keep: int = 8):
+        self.keep = keep
+        self.free: list[torch.Tensor] = []
+
+    def take(self, shape: tuple[int, ...]) -> torch.Tensor:
+        for index, buffer in enumerate(self.free):
+            if buffer.shape == shape:
+                return self.free.pop(index)
+        return torch.empty(shape)
+
+    def give(self, buffer: torch.Tensor) -> None:
+        self.free.append(buffer)
+        del self.free[: -self.keep]
+
+
+BUFFERS = _BufferPool()
