@@ -172,57 +172,70 @@ int samsnet_attention_forward(const float *x, const float *w, const float *bias,
     return 0;
 }
 
-/* Gradients of one head's block: dq, dk, dv (n, d, BLK) from the output gradient go. */
+/* Gradients of one head's block: dq, dk, dv (n, d, BLK) from the output gradient go. Two
+ * passes, so that no gradient is read and written back per (query, key) pair: by query, dS
+ * (kept, n x n) and dQ; by key, dK and dV with their accumulators in registers. */
 static void attend_backward(const Shape *s, const vf *q, const vf *k, const vf *v, const vf *go, const vf *pv,
                             const float *out, float scale, i64 b, i64 t0, i64 n, i64 hd, i64 f0, i64 fn, vf *ds,
                             vf *dq, vf *dk, vf *dv) {
     i64 d = s->d, L = s->L;
-    memset(dk, 0, n * d * BLK * sizeof(float));
-    memset(dv, 0, n * d * BLK * sizeof(float));
     for (i64 l = 0; l < n; l++) {
-        const vf *gol = go + l * d * NV, *ql = q + l * d * NV, *pl = pv + l * L * NV;
+        const vf *gol = go + l * d * NV, *pl = pv + l * L * NV;
+        vf *dsl = ds + l * L * NV;
         float delta[BLK] __attribute__((aligned(64))) = {0}; /* rowsum(dP * P) = rowsum(dO * O) */
         for (i64 f = 0; f < fn; f++) {
             const float *ob = out + out_at(s, b, f0 + f, t0 + l, hd);
             for (i64 c = 0; c < d; c++) delta[f] += ((const float *)gol)[c * BLK + f] * ob[c];
         }
         const vf *deltav = (const vf *)delta;
-        for (i64 m = 0; m < n; m++) { /* dV += P^T dO; dS = P * (dO V^T - delta) * scale */
+        for (i64 m = 0; m < n; m++) { /* dS = P * (dO V^T - delta) * scale */
             const vf *vm = v + m * d * NV, *pm = pl + m * NV;
-            vf *dvm = dv + m * d * NV;
             vf a[NV] = {0};
             for (i64 c = 0; c < d; c++)
-                for (int w = 0; w < NV; w++) {
-                    a[w] += gol[c * NV + w] * vm[c * NV + w];
-                    dvm[c * NV + w] += pm[w] * gol[c * NV + w];
-                }
-            for (int w = 0; w < NV; w++) ds[m * NV + w] = pm[w] * (a[w] - deltav[w]) * scale;
+                for (int w = 0; w < NV; w++) a[w] += gol[c * NV + w] * vm[c * NV + w];
+            for (int w = 0; w < NV; w++) dsl[m * NV + w] = pm[w] * (a[w] - deltav[w]) * scale;
         }
-        for (i64 c = 0; c < d; c++) { /* dQ = dS K; dK += dS^T Q */
+        for (i64 c = 0; c < d; c++) { /* dQ = dS K */
             vf a[NV] = {0};
             for (i64 m = 0; m < n; m++)
-                for (int w = 0; w < NV; w++) {
-                    a[w] += ds[m * NV + w] * k[(m * d + c) * NV + w];
-                    dk[(m * d + c) * NV + w] += ds[m * NV + w] * ql[c * NV + w];
-                }
+                for (int w = 0; w < NV; w++) a[w] += dsl[m * NV + w] * k[(m * d + c) * NV + w];
             for (int w = 0; w < NV; w++) dq[(l * d + c) * NV + w] = a[w];
         }
     }
+    for (i64 m = 0; m < n; m++) /* dK = dS^T Q, dV = P^T dO */
+        for (i64 c = 0; c < d; c++) {
+            vf ak[NV] = {0}, av[NV] = {0};
+            for (i64 l = 0; l < n; l++) {
+                const vf *dslm = ds + (l * L + m) * NV, *plm = pv + (l * L + m) * NV;
+                const vf *qlc = q + (l * d + c) * NV, *golc = go + (l * d + c) * NV;
+                for (int w = 0; w < NV; w++) {
+                    ak[w] += dslm[w] * qlc[w];
+                    av[w] += plm[w] * golc[w];
+                }
+            }
+            for (int w = 0; w < NV; w++) {
+                dk[(m * d + c) * NV + w] = ak[w];
+                dv[(m * d + c) * NV + w] = av[w];
+            }
+        }
 }
 
-/* Through the projection: dxs += w^T dqkv, dw += dqkv xs^T, db += dqkv (lanes summed, double). */
+/* Through the projection: dxs += w^T dqkv, dw += dqkv xs^T, db += dqkv (lanes summed, double).
+ * Every sum runs in registers over its inner index; dxs is read and written once per entry. */
 static void project_backward(const Shape *s, const float *w, const vf *xs, const vf *g, i64 n, i64 which, i64 hd,
                              vf *dxs, double *dw, double *db) {
     i64 d = s->d, o0 = (which * s->h + hd) * d;
-    for (i64 c = 0; c < d; c++) {
-        const float *wo = w + (o0 + c) * d;
-        vf gb = g[0] * 0.0f;
-        for (i64 l = 0; l < n; l++) {
-            const vf *gl = g + (l * d + c) * NV;
-            for (int v = 0; v < NV; v++) gb += gl[v];
-            for (i64 c2 = 0; c2 < d; c2++)
-                for (int v = 0; v < NV; v++) dxs[(l * d + c2) * NV + v] += wo[c2] * gl[v];
+    for (i64 l = 0; l < n; l++)
+        for (i64 c2 = 0; c2 < d; c2++) {
+            vf a[NV] = {0};
+            for (i64 c = 0; c < d; c++)
+                for (int v = 0; v < NV; v++) a[v] += w[(o0 + c) * d + c2] * g[(l * d + c) * NV + v];
+            for (int v = 0; v < NV; v++) dxs[(l * d + c2) * NV + v] += a[v];
         }
+    for (i64 c = 0; c < d; c++) {
+        vf gb = g[0] * 0.0f;
+        for (i64 l = 0; l < n; l++)
+            for (int v = 0; v < NV; v++) gb += g[(l * d + c) * NV + v];
         db[o0 + c] += hsum(gb);
         for (i64 c2 = 0; c2 < d; c2++) {
             vf a = g[0] * 0.0f;
@@ -239,11 +252,11 @@ int samsnet_attention_backward(const float *x, const float *w, const float *bias
                                float scale, i64 B, i64 T, i64 h, i64 d, i64 F, i64 L, i64 start, i64 stop) {
     Shape s = shape_of(B, T, h, d, F, L);
     i64 plane = L * d * BLK;
-    float *xs = scratch(10 * plane + L * BLK);
+    float *xs = scratch(9 * plane + L * L * BLK);
     if (!xs) return 1;
     vf *q = (vf *)(xs + plane), *k = q + plane / VW, *v = k + plane / VW, *go = v + plane / VW;
     vf *dq = go + plane / VW, *dk = dq + plane / VW, *dv = dk + plane / VW, *dxs = dv + plane / VW;
-    vf *ds = dxs + plane / VW;
+    vf *ds = dxs + plane / VW; /* (L, L, BLK) */
     for (i64 index = start; index < stop; index++) {
         i64 b, j, t0, n;
         item(&s, index, &b, &j, &t0, &n);
