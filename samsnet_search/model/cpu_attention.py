@@ -122,7 +122,7 @@ class FusedSlicedAttention(torch.autograd.Function):
         probs = BUFFERS.take((B, i, h, -(-Fq // BIN_BLOCK), L, L, BIN_BLOCK)) if needs_grad else None
         tensors = [_ptr(x), _ptr(weight), _ptr(bias), _ptr(out), _ptr(probs)]
         dims = (B, T, h, d, Fq, L)
-        _run(lambda part: (library().samsnet_attention_forward(*tensors, scale, *dims, *part),), B * i)
+        _run(lambda bounds: library().samsnet_attention_forward(*tensors, scale, *dims, *bounds), B * i)
         ctx.save_for_backward(x, weight, bias, out, probs)
         ctx.slice_frames, ctx.heads, ctx.scale = L, h, scale
         return out
@@ -137,18 +137,12 @@ class FusedSlicedAttention(torch.autograd.Function):
         tensors = [_ptr(x), _ptr(weight), _ptr(bias), _ptr(out), _ptr(probs), _ptr(grad_out), _ptr(grad_x)]
         partials = []  # each worker sums its own weight and bias gradients (double), added here
 
-        def part(bounds):
-            grad_w, grad_b = (
-                torch.zeros(weight.shape, dtype=torch.float64),
-                torch.zeros(bias.shape, dtype=torch.float64),
-            )
+        def part(bounds: tuple[int, int]) -> int:
+            grad_w = torch.zeros(weight.shape, dtype=torch.float64)
+            grad_b = torch.zeros(bias.shape, dtype=torch.float64)
             partials.append((grad_w, grad_b))
-            lib = library()
-            return (
-                lib.samsnet_attention_backward(
-                    *tensors, _ptr(grad_w, _F64P), _ptr(grad_b, _F64P), ctx.scale, *dims, *bounds
-                ),
-            )
+            sums = _ptr(grad_w, _F64P), _ptr(grad_b, _F64P)
+            return library().samsnet_attention_backward(*tensors, *sums, ctx.scale, *dims, *bounds)
 
         _run(part, B * probs.shape[1])
         BUFFERS.give(probs)
@@ -172,7 +166,7 @@ def _run(call, items: int) -> None:
     else:
         with ThreadPoolExecutor(workers) as pool:
             statuses = list(pool.map(call, bounds))
-    if any(status != (0,) for status in statuses):
+    if any(statuses):
         raise MemoryError("fused CPU attention: scratch allocation failed")
 
 
