@@ -19,7 +19,7 @@
 #include <string.h>
 
 #ifndef BLK
-#define BLK 32
+#error "BLK (bins per block) is set by cpu_attention.py: cc -DBLK=..."
 #endif
 
 typedef int64_t i64;
@@ -91,20 +91,27 @@ static void load_x(const Shape *s, const float *x, i64 b, i64 t0, i64 n, i64 f0,
         }
 }
 
-/* dst[l][c] = bias[o] + sum_c' w[o][c'] xs[l][c'] for the d maps o of (which, head hd). */
-static void project(const Shape *s, const float *w, const float *bias, const vf *xs, i64 n, i64 which, i64 hd,
-                    vf *dst) {
-    i64 d = s->d, o0 = (which * s->h + hd) * d;
-    for (i64 l = 0; l < n; l++)
-        for (i64 c = 0; c < d; c++) {
-            const float *wo = w + (o0 + c) * d;
-            vf a[NV];
-            for (int v = 0; v < NV; v++) a[v] = xs[0] * 0.0f + bias[o0 + c];
-            for (i64 c2 = 0; c2 < d; c2++)
-                for (int v = 0; v < NV; v++) a[v] += wo[c2] * xs[(l * d + c2) * NV + v];
-            for (int v = 0; v < NV; v++) dst[(l * d + c) * NV + v] = a[v];
-        }
+/* Q, K and V of head hd for the block: qkv[which][l][c] = bias[o] + sum_c' w[o][c'] xs[l][c'],
+ * o the map c of (which, hd); the three are consecutive (L, d, BLK) planes. */
+static void project(const Shape *s, const float *w, const float *bias, const vf *xs, i64 n, i64 hd, vf *qkv) {
+    i64 d = s->d;
+    for (i64 which = 0; which < 3; which++) {
+        i64 o0 = (which * s->h + hd) * d;
+        vf *dst = qkv + which * s->L * d * NV;
+        for (i64 l = 0; l < n; l++)
+            for (i64 c = 0; c < d; c++) {
+                const float *wo = w + (o0 + c) * d;
+                vf a[NV];
+                for (int v = 0; v < NV; v++) a[v] = xs[0] * 0.0f + bias[o0 + c];
+                for (i64 c2 = 0; c2 < d; c2++)
+                    for (int v = 0; v < NV; v++) a[v] += wo[c2] * xs[(l * d + c2) * NV + v];
+                for (int v = 0; v < NV; v++) dst[(l * d + c) * NV + v] = a[v];
+            }
+    }
 }
+
+/* Real bins of block blk (the last block of F is partly padding). */
+static inline i64 bins_in(const Shape *s, i64 blk) { return s->F - blk * BLK < BLK ? s->F - blk * BLK : BLK; }
 
 static void item(const Shape *s, i64 index, i64 *b, i64 *j, i64 *t0, i64 *n) {
     *b = index / s->i;
@@ -157,12 +164,10 @@ int samsnet_attention_forward(const float *x, const float *w, const float *bias,
         i64 b, j, t0, n;
         item(&s, index, &b, &j, &t0, &n);
         for (i64 blk = 0; blk < s.nb; blk++) {
-            i64 f0 = blk * BLK, fn = F - f0 < BLK ? F - f0 : BLK;
+            i64 f0 = blk * BLK, fn = bins_in(&s, blk);
             load_x(&s, x, b, t0, n, f0, fn, xs);
             for (i64 hd = 0; hd < h; hd++) {
-                project(&s, w, bias, (vf *)xs, n, 0, hd, q);
-                project(&s, w, bias, (vf *)xs, n, 1, hd, k);
-                project(&s, w, bias, (vf *)xs, n, 2, hd, v);
+                project(&s, w, bias, (vf *)xs, n, hd, q); /* q, k, v */
                 vf *pv = probs ? (vf *)(probs + probs_at(&s, b, j, hd, blk)) : 0;
                 attend(&s, q, k, v, sc, o, scale, b, t0, n, hd, f0, fn, pv, out);
             }
@@ -220,28 +225,33 @@ static void attend_backward(const Shape *s, const vf *q, const vf *k, const vf *
         }
 }
 
-/* Through the projection: dxs += w^T dqkv, dw += dqkv xs^T, db += dqkv (lanes summed, double).
+/* Through the projection (dqkv: the consecutive dq, dk, dv planes of head hd): dxs += w^T dqkv,
+ * dw += dqkv xs^T, db += dqkv (lanes summed, double).
  * Every sum runs in registers over its inner index; dxs is read and written once per entry. */
-static void project_backward(const Shape *s, const float *w, const vf *xs, const vf *g, i64 n, i64 which, i64 hd,
-                             vf *dxs, double *dw, double *db) {
-    i64 d = s->d, o0 = (which * s->h + hd) * d;
-    for (i64 l = 0; l < n; l++)
-        for (i64 c2 = 0; c2 < d; c2++) {
-            vf a[NV] = {0};
-            for (i64 c = 0; c < d; c++)
-                for (int v = 0; v < NV; v++) a[v] += w[(o0 + c) * d + c2] * g[(l * d + c) * NV + v];
-            for (int v = 0; v < NV; v++) dxs[(l * d + c2) * NV + v] += a[v];
-        }
-    for (i64 c = 0; c < d; c++) {
-        vf gb = g[0] * 0.0f;
+static void project_backward(const Shape *s, const float *w, const vf *xs, const vf *dqkv, i64 n, i64 hd, vf *dxs,
+                             double *dw, double *db) {
+    i64 d = s->d;
+    for (i64 which = 0; which < 3; which++) {
+        i64 o0 = (which * s->h + hd) * d;
+        const vf *g = dqkv + which * s->L * d * NV;
         for (i64 l = 0; l < n; l++)
-            for (int v = 0; v < NV; v++) gb += g[(l * d + c) * NV + v];
-        db[o0 + c] += hsum(gb);
-        for (i64 c2 = 0; c2 < d; c2++) {
-            vf a = g[0] * 0.0f;
+            for (i64 c2 = 0; c2 < d; c2++) {
+                vf a[NV] = {0};
+                for (i64 c = 0; c < d; c++)
+                    for (int v = 0; v < NV; v++) a[v] += w[(o0 + c) * d + c2] * g[(l * d + c) * NV + v];
+                for (int v = 0; v < NV; v++) dxs[(l * d + c2) * NV + v] += a[v];
+            }
+        for (i64 c = 0; c < d; c++) {
+            vf gb = g[0] * 0.0f;
             for (i64 l = 0; l < n; l++)
-                for (int v = 0; v < NV; v++) a += g[(l * d + c) * NV + v] * xs[(l * d + c2) * NV + v];
-            dw[(o0 + c) * d + c2] += hsum(a);
+                for (int v = 0; v < NV; v++) gb += g[(l * d + c) * NV + v];
+            db[o0 + c] += hsum(gb);
+            for (i64 c2 = 0; c2 < d; c2++) {
+                vf a = g[0] * 0.0f;
+                for (i64 l = 0; l < n; l++)
+                    for (int v = 0; v < NV; v++) a += g[(l * d + c) * NV + v] * xs[(l * d + c2) * NV + v];
+                dw[(o0 + c) * d + c2] += hsum(a);
+            }
         }
     }
 }
@@ -261,13 +271,11 @@ int samsnet_attention_backward(const float *x, const float *w, const float *bias
         i64 b, j, t0, n;
         item(&s, index, &b, &j, &t0, &n);
         for (i64 blk = 0; blk < s.nb; blk++) {
-            i64 f0 = blk * BLK, fn = F - f0 < BLK ? F - f0 : BLK;
+            i64 f0 = blk * BLK, fn = bins_in(&s, blk);
             load_x(&s, x, b, t0, n, f0, fn, xs);
             memset(dxs, 0, n * d * BLK * sizeof(float));
             for (i64 hd = 0; hd < h; hd++) {
-                project(&s, w, bias, (vf *)xs, n, 0, hd, q);
-                project(&s, w, bias, (vf *)xs, n, 1, hd, k);
-                project(&s, w, bias, (vf *)xs, n, 2, hd, v);
+                project(&s, w, bias, (vf *)xs, n, hd, q); /* q, k, v */
                 memset(go, 0, n * d * BLK * sizeof(float));
                 for (i64 l = 0; l < n; l++)
                     for (i64 f = 0; f < fn; f++) {
@@ -276,9 +284,7 @@ int samsnet_attention_backward(const float *x, const float *w, const float *bias
                     }
                 const vf *pv = (const vf *)(probs + probs_at(&s, b, j, hd, blk));
                 attend_backward(&s, q, k, v, go, pv, out, scale, b, t0, n, hd, f0, fn, ds, dq, dk, dv);
-                project_backward(&s, w, (vf *)xs, dq, n, 0, hd, dxs, dw, db);
-                project_backward(&s, w, (vf *)xs, dk, n, 1, hd, dxs, dw, db);
-                project_backward(&s, w, (vf *)xs, dv, n, 2, hd, dxs, dw, db);
+                project_backward(&s, w, (vf *)xs, dq, n, hd, dxs, dw, db); /* dq, dk, dv */
             }
             for (i64 l = 0; l < n; l++)
                 for (i64 c = 0; c < d; c++)
