@@ -69,8 +69,9 @@ def library() -> ctypes.CDLL | None:
     compiler = os.environ.get("CC", "cc")
     target = library_path(compiler)
     try:
+        built = _build(compiler, target, rebuild=False)
         try:
-            lib = ctypes.CDLL(str(_build(compiler, target, rebuild=False)))
+            lib = ctypes.CDLL(str(built))
         except OSError:  # a damaged or foreign file in the cache: build it again, once
             lib = ctypes.CDLL(str(_build(compiler, target, rebuild=True)))
     except (OSError, subprocess.SubprocessError) as err:

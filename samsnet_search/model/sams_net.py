@@ -134,7 +134,7 @@ def _sdpa_kernel(qkv, keep, scale: float) -> torch.Tensor:
 # softmax(q k^T * scale) v up to float rounding.
 FOLDED_KERNELS = {"bmm": _bmm_kernel, "sdpa": _sdpa_kernel}
 # Every kernel `SlicedMultiHeadAttention` can run: the folded ones and the fused CPU loop
-# (`cpu_attention`), which reads the projection in its own layout. `kernel_for` picks one.
+# (`cpu_attention`), which projects Q/K/V itself. `kernel_for` picks one.
 KERNELS = ("bmm", "fused", "sdpa")
 
 
