@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shlex
+import signal
 import sys
 from contextlib import ExitStack, nullcontext
 from pathlib import Path
@@ -42,7 +43,7 @@ from .errors import ConfigError, SamsNetError
 from .search import identity, lease
 from .search.identity import default_storage, display_uri, find_study, list_studies
 from .search.pareto import front_table
-from .services import infra
+from .services import infra, stop
 from .services.infra import check_reachable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Hyperparameter search for Sams-Net.")
@@ -580,35 +581,45 @@ def _resume_hint(study) -> str:
 
 
 def _search_then_select(study, live: bool, select: bool, restart_errored: bool, **ray_args) -> None:
-    """The search, its summary (and Pareto front), then the slice selection; exit 130 when interrupted.
+    """The search, its summary (and Pareto front), then the slice selection.
 
-    The study's lease is held for both: no second driver starts on it while this one selects.
+    SIGINT, SIGTERM and SIGHUP at any phase end the study as interrupted, with the resume hint and
+    exit code 128 + the signal (130 for Ctrl-C, 143 for SIGTERM). The study's lease is held for
+    both: no second driver starts on it while this one selects.
     """
     from .delivery.show import format_result  # lazy: torch, mlflow
 
-    with lease.hold(identity.study_uri(study.storage, study.name), study.name):
+    with stop.watch(), lease.hold(identity.study_uri(study.storage, study.name), study.name):
         try:
             selection_follows = select and study.spec.selection.enabled
             result = _run_live(
                 study, live, restart_errored=restart_errored, selection_follows=selection_follows, **ray_args
             )
-        except KeyboardInterrupt:  # a second Ctrl-C: Tune's own handler was already spent
-            console.print(f"interrupted; continue with: {_resume_hint(study)}", highlight=False)
-            raise typer.Exit(130) from None
+        except stop.Fenced:
+            raise
+        except KeyboardInterrupt:  # a second signal, or one outside Tune's loop
+            raise _interrupted(study, "interrupted") from None
         print(format_result(result))
         if result.pareto:
             Console(width=max(Console().width, 120)).print(front_table(result.pareto))
-        if result.interrupted:  # Tune caught the Ctrl-C and returned; the shell should still see it
-            console.print(f"interrupted; continue with: {_resume_hint(study)}", highlight=False)
-            raise typer.Exit(130)
+        if result.interrupted:  # Tune ended its loop on the signal; the shell should still see it
+            raise _interrupted(study, "interrupted")
         try:
             _select(result, select, **ray_args)
+        except stop.Fenced:
+            raise
         except KeyboardInterrupt:
             from .search.runner import mark_interrupted  # lazy: ray
 
             mark_interrupted(result.manifest, result.target)
-            console.print(f"selection interrupted; continue with: {_resume_hint(study)}", highlight=False)
-            raise typer.Exit(130) from None
+            raise _interrupted(study, "selection interrupted") from None
+
+
+def _interrupted(study, what: str) -> typer.Exit:
+    """The resume hint, and the exit code of the signal that stopped the study (130: Ctrl-C)."""
+    signum = stop.requested() or signal.SIGINT
+    console.print(f"{what} ({signal.Signals(signum).name}); continue with: {_resume_hint(study)}", highlight=False)
+    return typer.Exit(128 + signum)
 
 
 def _select(result, select: bool, **ray_args) -> None:
@@ -778,9 +789,12 @@ def main(argv: list[str] | None = None) -> int:
     except SamsNetError as e:
         console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         return 2
-    except KeyboardInterrupt:
+    except stop.Fenced as e:  # another driver took the study over: it carries on, this one stops
+        console.print(f"[red]error:[/red] {e}; this driver stopped without writing", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt as e:
         console.print("interrupted")
-        return 130
+        return e.exit_code if isinstance(e, stop.Interrupted) else 130
     except typer.Exit as e:
         return e.exit_code
     except Exception as e:  # usage errors: typer 0.29 raises its own bundled copy of click's classes

@@ -1,13 +1,19 @@
-"""Ctrl-C as a user presses it: the real CLI in a pseudo-terminal, SIGINT to its process group.
+"""Stop signals as users and schedulers send them, and a driver that lost its study: the real CLI
+in a pseudo-terminal.
 
-One Ctrl-C during the search stops the study as `interrupted` (exit 130, no selection, nothing
-registered, the message names `samsnet-search resume NAME`); meanwhile a second `run` of the
-same study is refused by the lease. `resume` continues the search and starts the selection; a
-Ctrl-C there leaves the study `interrupted` too (not `finished`), with nothing registered.
+Ctrl-C (SIGINT to the process group, as a terminal sends it), SIGTERM (to the driver, as Kubernetes,
+Slurm and spot reclaims do) and SIGHUP (a closed terminal) at every phase of a study end it as
+`interrupted`, exit code 128 + the signal, with the `samsnet-search resume NAME` hint, nothing
+registered and no MLflow run left RUNNING. Meanwhile a second `run` of the same study is refused by
+the lease. Each selection phase is hit deliberately: `SAMSNET_PAUSE_AT` makes the driver wait
+there for the signal. The last `resume` finishes the study: every trial completed once, every
+selection job stored once, one registered version. A driver paused until another one took its
+lease over stops when it is continued, without writing (fencing).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import signal
@@ -21,9 +27,9 @@ import pytest
 import yaml
 
 from samsnet_search.cli import main
-from samsnet_search.search import identity
+from samsnet_search.search import identity, lease
 from samsnet_search.search.select import PHASE_TAG
-from samsnet_search.services import tracking
+from samsnet_search.services import stop, tracking
 
 pytestmark = pytest.mark.slow
 
@@ -33,9 +39,9 @@ NAME = "intr"
 class Terminal:
     """`samsnet-search ARGS` with a pty as its terminal, in its own process group."""
 
-    def __init__(self, args: list[str], cwd: Path) -> None:
+    def __init__(self, args: list[str], cwd: Path, pause_at: str = "") -> None:
         master, slave = pty.openpty()
-        env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+        env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1", stop.PAUSE_ENV: pause_at}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "samsnet_search.cli", *args],
             cwd=cwd,
@@ -63,6 +69,12 @@ class Terminal:
 
     def ctrl_c(self) -> None:
         os.killpg(self.proc.pid, signal.SIGINT)  # what the terminal does: the whole foreground group
+
+    def send(self, sig: int) -> None:
+        if sig == signal.SIGINT:
+            self.ctrl_c()
+        else:  # what a scheduler does: the driver process
+            os.kill(self.proc.pid, sig)
 
     def wait(self, timeout: float = 180) -> int:
         try:
@@ -124,14 +136,41 @@ def registered(target) -> bool:
     )
 
 
-def test_ctrl_c_stops_the_study_and_resume_continues_it(tmp_path, synth_root, capsys, monkeypatch):
+def versions(target) -> list:
+    return tracking.client(target).search_model_versions(f"name = '{tracking.registered_model_name(NAME)}'")
+
+
+def assert_interrupted(term: Terminal, rc: int, sig: int, target, storage: str) -> None:
+    out = term.text()
+    assert rc == 128 + sig, out[-3000:]
+    assert f"samsnet-search resume {NAME}" in out and signal.Signals(sig).name in out, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    manifest = identity.read_manifest(identity.study_uri(storage, NAME))
+    assert manifest.state == "interrupted"
+    parent = tracking.client(target).get_run(manifest.parent_run_id)
+    assert parent.data.tags["samsnet.state"] == "interrupted" and parent.info.status == "KILLED"
+    assert not [r.info.run_id for r in child_runs(target, storage) if r.info.status == "RUNNING"]
+    assert not registered(target)
+
+
+# Selection phases, each stopped by another signal; the resume after each goes on from there.
+PHASES = [
+    ("selection.job_done", signal.SIGINT),  # retraining: one job stored, the next one running
+    ("selection.test", signal.SIGHUP),  # the winner's test scoring
+    ("selection.export", signal.SIGINT),  # its export
+    ("selection.register", signal.SIGTERM),  # its registration
+]
+
+
+def test_stop_signals_at_every_phase_end_the_study_as_interrupted(tmp_path, synth_root, capsys, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home" / ".config"))  # the drivers' signing key
     study_file = write_study(tmp_path, synth_root)
     storage = str(tmp_path / "runs")
     target = tracking.resolve_tracking(str(tmp_path / "mlruns"))
     run_args = ["run", str(study_file), "--no-live", "--num-cpus", "2"]
+    resume_args = ["resume", NAME, "--storage", storage, "--no-live", "--num-cpus", "2"]
 
-    # 1. Ctrl-C during the search, once the first trial finished (2 never started)
+    # 1. SIGTERM during the search, once the first trial finished (2 never started)
     term = Terminal(run_args, tmp_path)
     try:
         wait_until(
@@ -143,39 +182,99 @@ def test_ctrl_c_stops_the_study_and_resume_continues_it(tmp_path, synth_root, ca
         assert main(run_args) == 2
         err = capsys.readouterr().err
         assert "in use by another driver" in err and f"pid {term.proc.pid}" in err, err
-        term.ctrl_c()
+        term.send(signal.SIGTERM)
         rc = term.wait()
     finally:
         term.kill()
-    out = term.text()
-    assert rc == 130, out[-3000:]
-    assert f"samsnet-search resume {NAME}" in out and "INTERRUPTED" in out
-    manifest = identity.read_manifest(identity.study_uri(storage, NAME))
-    assert manifest.state == "interrupted"
-    assert tracking.client(target).get_run(manifest.parent_run_id).data.tags["samsnet.state"] == "interrupted"
+    assert_interrupted(term, rc, signal.SIGTERM, target, storage)
     assert not any(PHASE_TAG in r.data.tags for r in child_runs(target, storage))  # no selection started
-    assert not registered(target)
     searched = {r.data.tags[tracking.TRIAL_TAG] for r in child_runs(target, storage)}
     assert len(searched) < 3
 
-    # 2. resume: the search goes on to 3 trials, then the selection starts; Ctrl-C there
-    term = Terminal(["resume", NAME, "--storage", storage, "--no-live", "--num-cpus", "2"], tmp_path)
+    # 2. resume: the search goes on to 3 trials, then the selection, stopped at each phase in turn
+    for phase, sig in PHASES:
+        term = Terminal(resume_args, tmp_path, pause_at=phase)
+        try:
+            wait_until(lambda t=term, p=phase: f"paused at {p}" in t.text(), term, f"the pause at {phase}")
+            term.send(sig)
+            rc = term.wait()
+        finally:
+            term.kill()
+        assert_interrupted(term, rc, sig, target, storage)
+        if phase == "selection.job_done":
+            trials = {
+                r.data.tags[tracking.TRIAL_TAG]: r.data.tags.get(tracking.STATUS_TAG)
+                for r in child_runs(target, storage)
+                if PHASE_TAG not in r.data.tags
+            }
+            assert len(trials) == 3 and searched <= set(trials)
+            assert set(trials.values()) == {"completed"}, trials  # the trial SIGTERM stopped continued
+
+    # 3. the last resume finishes: each job stored once, one registered version
+    term = Terminal(resume_args, tmp_path)
     try:
-        wait_until(lambda: any(PHASE_TAG in r.data.tags for r in child_runs(target, storage)), term, "a selection run")
-        term.ctrl_c()
         rc = term.wait()
     finally:
         term.kill()
-    assert rc == 130, term.text()[-3000:]
-    assert f"samsnet-search resume {NAME}" in term.text()
-    manifest = identity.read_manifest(identity.study_uri(storage, NAME))
-    assert manifest.state == "interrupted"
-    assert tracking.client(target).get_run(manifest.parent_run_id).data.tags["samsnet.state"] == "interrupted"
-    trials = {
-        r.data.tags[tracking.TRIAL_TAG]: r.data.tags.get(tracking.STATUS_TAG)
-        for r in child_runs(target, storage)
-        if PHASE_TAG not in r.data.tags
-    }
-    assert len(trials) == 3 and searched <= set(trials)
-    assert set(trials.values()) == {"completed"}, trials  # the trial Ctrl-C stopped continued, not failed
-    assert not registered(target)
+    assert rc == 0, term.text()[-3000:]
+    assert identity.read_manifest(identity.study_uri(storage, NAME)).state == "finished"
+    assert len(versions(target)) == 1
+    selection = json.loads((Path(storage) / NAME / "selection" / "selection.json").read_text())
+    jobs = sorted(p.stem for p in (Path(storage) / NAME / "selection" / "jobs").glob("slices_*_seed_?.json"))
+    assert sorted(r["key"] for r in selection["jobs"]) == jobs and len(jobs) == 3
+    finished = [r for r in child_runs(target, storage) if PHASE_TAG in r.data.tags and r.info.status == "FINISHED"]
+    assert len(finished) == 3  # each job trained to the end once (the interrupted one ended KILLED)
+
+
+def lease_age(storage: str) -> float:
+    """Seconds since the study lease's last heartbeat (inf when there is none)."""
+    holder = lease.read_holder(identity.study_uri(storage, NAME))
+    return float("inf") if holder is None else time.time() - holder.heartbeat
+
+
+def test_a_paused_driver_that_lost_its_lease_stops_without_writing(tmp_path, synth_root, monkeypatch):
+    """Driver A is paused (SIGSTOP) mid-search, driver B takes the stale lease over and resumes, A is
+    continued (SIGCONT): A stops at once, writing nothing; B finishes the study alone."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home" / ".config"))
+    monkeypatch.setenv("SAMSNET_LEASE_HEARTBEAT_S", "1")
+    monkeypatch.setenv("SAMSNET_LEASE_TIMEOUT_S", "4")
+    study_file = write_study(tmp_path, synth_root)
+    storage = str(tmp_path / "runs")
+    target = tracking.resolve_tracking(str(tmp_path / "mlruns"))
+    a = Terminal(["run", str(study_file), "--no-live", "--num-cpus", "2"], tmp_path)
+    b = None
+    try:
+        wait_until(
+            lambda: any(r.data.tags.get(tracking.STATUS_TAG) == "completed" for r in child_runs(target, storage)),
+            a,
+            "a completed trial",
+        )
+        os.kill(a.proc.pid, signal.SIGSTOP)  # its Ray workers go on training meanwhile
+        wait_until(lambda: lease_age(storage) > 5, a, "a stale lease")
+        b = Terminal(["resume", NAME, "--storage", storage, "--no-live", "--num-cpus", "2"], tmp_path)
+        wait_until(lambda: "taking over the lease" in b.text(), b, "B taking the lease over")
+        os.kill(a.proc.pid, signal.SIGCONT)
+        rc_a = a.wait(120)
+        rc_b = b.wait(300)
+    finally:
+        if a.proc.poll() is None:
+            os.kill(a.proc.pid, signal.SIGCONT)
+        a.kill()
+        if b is not None:
+            b.kill()
+    assert rc_a == 2 and "stopped without writing" in a.text(), a.text()[-3000:]
+    assert rc_b == 0, b.text()[-3000:]
+    study = Path(storage) / NAME
+    assert len(list(study.glob("trial_*"))) == 3  # one set of trials: none trained twice
+    runs = child_runs(target, storage)
+    client = tracking.client(target)
+    for run in runs:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+        assert len(steps) == len(set(steps)), (run.data.tags.get(tracking.TRIAL_TAG), steps)  # each epoch once
+    trials = [r for r in runs if PHASE_TAG not in r.data.tags]
+    assert sorted(r.data.tags.get(tracking.STATUS_TAG) for r in trials) == ["completed"] * 3
+    assert len(versions(target)) == 1
+    selection = json.loads((study / "selection" / "selection.json").read_text())
+    jobs = sorted(p.stem for p in (study / "selection" / "jobs").glob("slices_*_seed_?.json"))
+    assert sorted(r["key"] for r in selection["jobs"]) == jobs and len(jobs) == 3
+    assert identity.read_manifest(str(study)).state == "finished"

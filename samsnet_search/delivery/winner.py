@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..services import tracking
+from ..services import stop, tracking
 from .export import export_checkpoint
 from .registry import DEFAULT_ALIAS, register
 
@@ -21,6 +21,8 @@ def register_winner(
     """Export the winner's checkpoint and register it from `run_id`, the run that trained its
     weights; returns {"name", "version", "alias"} (what study.json's summary records)."""
     with tempfile.TemporaryDirectory() as tmp:
+        stop.phase("selection.export")
         out = export_checkpoint(checkpoint_dir, Path(tmp) / "export", info)
+        stop.phase("selection.register")
         version = register(out, study_name, tracking_uri, run_id=run_id, alias=DEFAULT_ALIAS)
     return {"name": tracking.registered_model_name(study_name), "version": version, "alias": DEFAULT_ALIAS}

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from ray.tune import Callback
 
-from ..services import tracking
+from ..services import stop, tracking
 from ..services.tracking import TrackingTarget
 from .adapters import PruneRecording
 from .objectives import better
@@ -90,6 +90,11 @@ class StudyCallback(Callback):
             )
         except Exception as e:
             log.warning("could not read earlier trial statuses: %s", e)
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        """Fencing: a driver that lost the study's lease (it was paused and taken over) stops
+        before its next step starts or saves anything."""
+        stop.check_fences()
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.statuses[trial.trial_id] = "running"

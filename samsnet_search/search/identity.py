@@ -24,6 +24,7 @@ from ..services import storage as storage_io
 from ..services import tracking
 from ..services.infra import check_reachable
 from ..services.storage import display_uri, is_s3, read_text, write_text
+from . import lease
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class Manifest:
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
     summary: dict[str, Any] = field(default_factory=dict)  # trial counts, best trial, timings
+    search_finished: bool = False  # its search ended (a resume loads it; only the selection may be left)
 
     @property
     def path(self) -> str:
@@ -92,6 +94,7 @@ def read_manifest(study_path: str) -> Manifest | None:
 def write_manifest(manifest: Manifest) -> None:
     if manifest.state not in STATES:
         raise ValueError(f"state must be one of {STATES}, got {manifest.state!r}")
+    lease.assert_writer(manifest.path)  # a driver that lost the study writes nothing more
     manifest.updated = time.time()
     write_text(study_uri(manifest.path, MANIFEST), json.dumps(asdict(manifest), indent=2, default=str))
 
@@ -106,6 +109,7 @@ def read_study_copy(study_path: str) -> str | None:
 
 def write_study_json(study_path: str, name: str, data: dict[str, Any]) -> None:
     """`<study path>/<name>` as JSON (local or s3://), written whole or not at all."""
+    lease.assert_writer(study_path)
     storage_io.write_json(study_uri(study_path, name), data, indent=1)
 
 

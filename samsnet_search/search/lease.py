@@ -34,7 +34,7 @@ from typing import Iterator
 import psutil
 
 from ..errors import SamsNetError
-from ..services import storage
+from ..services import stop, storage
 from ..services.storage import display_uri, is_s3
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,11 @@ SETTLE_S = 1.0  # S3: time for a concurrent writer's PUT to land before reading 
 
 class StudyLocked(SamsNetError):
     """Another driver holds the study's lease."""
+
+
+def _lost(study_path: str, current: "Holder | None") -> str:
+    who = current.describe() if current else "nobody"
+    return f"the lease of {display_uri(study_path)} is now held by {who}"
 
 
 @dataclass
@@ -108,7 +113,9 @@ class Lease:
     def __init__(self, study_path: str, holder: Holder, heartbeat_s: float) -> None:
         self.study_path = study_path
         self.holder = holder
+        self.heartbeat_s = heartbeat_s
         self.lost: str | None = None  # set when another driver took the lease over
+        self._confirmed = time.monotonic()  # when the lease was last seen to be ours
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._beat, args=(heartbeat_s,), daemon=True, name=f"lease-{Path(study_path).name}"
@@ -118,16 +125,33 @@ class Lease:
     def _beat(self, every: float) -> None:
         while not self._stop.wait(every):
             try:
-                current = read_holder(self.study_path)
-                if current is None or current.token != self.holder.token:
-                    who = current.describe() if current else "nobody"
-                    self.lost = f"the lease of {display_uri(self.study_path)} is now held by {who}"
-                    log.error("%s; this driver no longer owns the study", self.lost)
+                if not self._still_mine():
+                    log.error("%s; this driver stops without writing anything more", self.lost)
+                    stop.fence_lost(self.lost)  # the main thread stops where it is
                     return
                 self.holder.heartbeat = time.time()
                 _write(self.study_path, self.holder)
             except Exception as e:  # a storage hiccup: the next beat tries again
                 log.warning("lease heartbeat of %s failed: %s", display_uri(self.study_path), e)
+
+    def _still_mine(self) -> bool:
+        current = read_holder(self.study_path)
+        if current is None or current.token != self.holder.token:
+            self.lost = self.lost or _lost(self.study_path, current)
+            return False
+        self._confirmed = time.monotonic()
+        return True
+
+    def assert_owner(self) -> None:
+        """Raise `stop.Fenced` unless this driver still holds the lease: the fence before a write.
+
+        A lease confirmed within two heartbeats is trusted; an older one (the driver was paused,
+        or its heartbeats failed) is read back first, so a driver resumed after SIGSTOP finds out
+        that it was taken over before it writes, not at its next heartbeat."""
+        if self.lost is None and time.monotonic() - self._confirmed < 2 * self.heartbeat_s:
+            return
+        if self.lost is not None or not self._still_mine():
+            raise stop.Fenced(self.lost)
 
     def release(self) -> None:
         self._stop.set()
@@ -216,6 +240,36 @@ def _locked(name: str, study_path: str, holder: Holder, timeout_s: float) -> Stu
     )
 
 
+def assert_token(study_path: str, token: str) -> None:
+    """In a trial or selection worker: raise `stop.Fenced` unless the driver that started it
+    (`token`) still holds the study's lease (after a takeover its work is the new driver's)."""
+    if not token:
+        return
+    try:
+        current = read_holder(study_path)
+    except Exception as e:  # the storage is away: the next epoch checks again
+        log.warning("could not read the lease of %s: %s", display_uri(study_path), e)
+        return
+    if current is None or current.token != token:
+        raise stop.Fenced(_lost(study_path, current))
+
+
+def assert_writer(study_path: str) -> None:
+    """Before this process writes a study's files: raise `stop.Fenced` if it held the study's
+    lease and lost it (a process that holds no lease of the study, e.g. `report`, is not fenced)."""
+    with _held_lock:
+        entry = _held.get(study_path)
+    if entry is not None:
+        entry[0].assert_owner()
+
+
+def held_token(study_path: str) -> str:
+    """The token of this process's lease of the study ("" when it holds none): workers check it."""
+    with _held_lock:
+        entry = _held.get(study_path)
+    return entry[0].holder.token if entry is not None else ""
+
+
 # This process's leases: run_study and the CLI (search, then selection) both hold one, and the
 # inner `hold` reuses the outer lease instead of finding itself as the holder.
 _held: dict[str, list] = {}
@@ -235,6 +289,8 @@ class hold:
                 entry[1] += 1
                 return entry[0]
         lease = acquire(self.study_path, self.name)
+        self._fence = stop.fence(lease.assert_owner)
+        self._fence.__enter__()  # every stop.check() of the driver is a fence
         with _held_lock:
             _held[self.study_path] = [lease, 1]
         return lease
@@ -246,4 +302,5 @@ class hold:
             if entry[1]:
                 return
             del _held[self.study_path]
+        self._fence.__exit__(None, None, None)
         entry[0].release()

@@ -12,9 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import tempfile
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ from ray import tune
 
 from ..data import load_splits
 from ..errors import ConfigError, SamsNetError
-from ..services import storage, tracking
+from ..services import stop, storage, tracking
 from . import checkpoints, cost, identity, importance, integrity, lease, pareto, schedulers, searchers, warm_start
 from .callbacks import StudyCallback
 from .estimate_step import before_search
@@ -176,6 +174,7 @@ def ray_session(
             env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
             try:
                 ray.init(address=address, runtime_env={"env_vars": env}, **common)
+                stop.reinstall()  # Ray's core worker took SIGTERM over (abseil's handler aborts)
             except ConnectionError as e:  # no cluster there, or its auth token differs
                 raise StudyError(f"--address {address}: cannot connect to a Ray cluster ({_first_line(e)})") from None
         else:
@@ -189,10 +188,12 @@ def ray_session(
                 object_store_memory=OBJECT_STORE_BYTES,
                 **common,
             )
+            stop.reinstall()  # Ray's core worker took SIGTERM over (abseil's handler aborts)
         try:
             yield
         finally:
             ray.shutdown()
+            stop.reinstall()  # ray.shutdown leaves SIGTERM at its default (the process dies)
 
 
 def _token_auth_banner(record: logging.LogRecord) -> bool:
@@ -413,7 +414,7 @@ def run_study(
     selection next, so a finished search leaves the parent run open (the selection closes it:
     in the MLflow UI the study run spans the whole study).
     """
-    with lease.hold(identity.study_uri(study.storage, study.name), study.name):
+    with stop.watch(), lease.hold(identity.study_uri(study.storage, study.name), study.name):
         return _run_study(study, address, num_cpus, num_gpus, restart_errored, quiet, selection_follows)
 
 
@@ -426,18 +427,20 @@ def _run_study(
     manifest, target, resuming = open_study(study)
     if resuming:  # before anything starts: Tune's state is unpickled on restore
         _verify_state(study)
-    if resuming and manifest.state == "finished" and not restart_errored:
-        log.info("study %s is already finished; loading its results", study.name)
+    if resuming and (manifest.search_finished or manifest.state == "finished") and not restart_errored:
+        # Its search is over (the study finished, or stopped in the selection): the results are
+        # loaded, never fitted again (a second fit writes a new Tune session for nothing).
+        log.info("the search of study %s is finished; loading its results", study.name)
         with ray_session(address, num_cpus, num_gpus, quiet):
             grid = _restore_tuner(study, trial_context(study, manifest), False).get_results()
-            return _result(study, manifest, target, grid, time.monotonic() - start)
+            return _result(study, manifest, target, grid, manifest.summary.get("seconds", 0.0))
     fingerprint, kind = _fingerprint(study)
     tracking.client(target).update_run(manifest.parent_run_id, status="RUNNING")
     tracking.log_study_details(target, manifest.parent_run_id, study.text, _parent_params(study), fingerprint, kind)
     if not resuming:  # a restored Tuner keeps its own space and searcher
         before_search(study, target, manifest.parent_run_id)
         _warm_start(study, target, manifest)
-    manifest.state = "running"
+    manifest.state, manifest.search_finished = "running", False
     identity.write_manifest(manifest)
     ctx = trial_context(study, manifest)
     callback = _callback(study, manifest, target)
@@ -451,19 +454,23 @@ def _run_study(
             else:
                 tuner = _new_tuner(study, ctx, callback)
                 _sign_tuner(study)
-            with _sigint_seen() as stopped:
+            with stop.tune_loop():
                 grid = tuner.fit()
-            result = _result(study, manifest, target, grid, time.monotonic() - start, stopped.is_set())
+            result = _result(study, manifest, target, grid, time.monotonic() - start, stop.requested() is not None)
             state = "interrupted" if result.interrupted else "finished"
             if study.search.multi_objective and not result.interrupted:
                 result.pareto = _pareto(study, result)
             if not result.interrupted:
                 result.importance = _importance(study, result)
+    except stop.Fenced:
+        state = "fenced"  # another driver owns the study now: nothing more is written
+        raise
     except KeyboardInterrupt:
         state = "interrupted"
         raise
     finally:
-        close_study(manifest, target, state, result, keep_open=selection_follows and state == "finished")
+        if state != "fenced":
+            close_study(manifest, target, state, result, keep_open=selection_follows and state == "finished")
     return result
 
 
@@ -501,36 +508,6 @@ def _sign_tuner(study: Study) -> None:
     integrity.sign_stored(identity.study_uri(study.storage, study.name), ["tuner.pkl"])
 
 
-@contextmanager
-def _sigint_seen() -> Iterator[threading.Event]:
-    """An event set when Ctrl-C stopped Tune's loop (during `fit`).
-
-    Tune replaces the SIGINT handler for `fit`, ends its loop on the first Ctrl-C and returns
-    normally, putting back the handler it found. The handler installed here is the one it finds:
-    seeing it back after `fit` means Tune's fired. Without Tune's handler (not the main thread,
-    or TUNE_DISABLE_SIGINT_HANDLER=1) a Ctrl-C reaches ours, which raises KeyboardInterrupt as
-    Python's own does. Tune leaves its handler installed when nothing fired: the previous one is
-    put back, so a Ctrl-C after the search (during selection) is not swallowed by a stale one.
-    """
-    seen = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield seen
-        return
-
-    def on_sigint(signum, frame):
-        seen.set()
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    tune_handles = not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0"))
-    try:
-        yield seen
-        if tune_handles and signal.getsignal(signal.SIGINT) is on_sigint:
-            seen.set()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def trial_context(study: Study, manifest: Manifest) -> TrialContext:
     """What every trial of the study shares (and a selection retraining: its `tracking`)."""
     spec = tracking.ChildRunSpec(
@@ -553,6 +530,7 @@ def trial_context(study: Study, manifest: Manifest) -> TrialContext:
         infra_retry_s=study.search.infra_retry_s,
         max_failures=study.search.max_failures,
         study_path=manifest.path,
+        lease_token=lease.held_token(manifest.path),
     )
 
 
@@ -588,6 +566,7 @@ def _log_pareto(target, run_id: str, front: dict[str, Any]) -> None:
 def close_study(manifest: Manifest, target, state: str, result: StudyResult | None, keep_open: bool = False) -> None:
     """Record the study's state in study.json and on the parent run; end the run unless keep_open."""
     manifest.state = state
+    manifest.search_finished = manifest.search_finished or state == "finished"
     summary = result.summary() if result is not None else None
     if summary is not None:
         manifest.summary = summary

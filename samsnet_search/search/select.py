@@ -24,6 +24,7 @@ The statistics (`bootstrap_table`) are pure functions of the scores, testable al
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -39,6 +40,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import ray
 import soundfile as sf
+from filelock import FileLock
 from mlflow.entities import Metric
 
 from ..config import SAMPLE_RATE, TARGETS, ExperimentConfig, validate_model
@@ -49,9 +51,9 @@ from ..engine.separate import separate
 from ..engine.train import pick_device
 from ..engine.wiener import PostFilter
 from ..errors import SamsNetError
-from ..services import storage, tracking
+from ..services import stop, storage, tracking
 from ..services.tracking import PHASE_TAG
-from . import cost, identity
+from . import cost, identity, lease
 from .checkpoints import local_copy
 from .objectives import better
 from .runner import ray_session, trial_context
@@ -65,6 +67,7 @@ RESULT_FILE = "selection.json"  # the finished selection, in <study>/selection/
 COLUMNS = (*TARGETS, "avg")
 # Statuses of a search trial that trained to its own budget (not cut short by ASHA or a stop).
 FULL_BUDGET = ("completed", "stopped_early")
+WAIT_S = 1.0  # the job loop looks at stop requests at least this often
 
 Progress = Callable[[str], None]
 # Publishes the winner: (its checkpoint folder, model card info, study name, tracking URI, the run
@@ -323,10 +326,13 @@ def _job_uri(store: str, key: str, name: str) -> str:
     return storage.join(storage.join(store, "jobs"), f"{key}.{name}")
 
 
-def retrain_and_score(job: Job, spec: tracking.ChildRunSpec, store: str, backend: str) -> dict[str, Any]:
+def retrain_and_score(
+    job: Job, spec: tracking.ChildRunSpec, store: str, backend: str, fence: tuple[str, str] = ("", "")
+) -> dict[str, Any]:
     """Runs in a Ray worker: train (or reuse) one job, score it on the full validation tracks.
 
-    Returns the job's record (what `<store>/jobs/<key>.json` holds).
+    fence: (study folder, the driver's lease token): the job stops, recording nothing, once its
+    driver lost the study. Returns the job's record (what `<store>/jobs/<key>.json` holds).
     """
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     start, start_cpu = time.perf_counter(), time.process_time()
@@ -336,7 +342,7 @@ def retrain_and_score(job: Job, spec: tracking.ChildRunSpec, store: str, backend
             report, state = _score_valid(job, cfg, ckpt_dir, backend, store)
         run_id, epochs = job.reuse_run_id, None
     else:
-        ckpt_dir, run_id, epochs = _retrain(job, cfg, spec)
+        ckpt_dir, run_id, epochs = _retrain(job, cfg, spec, functools.partial(lease.assert_token, *fence))
         report, state = _score_valid(job, cfg, ckpt_dir, backend, store)
         shutil.rmtree(job_workdir(spec, job), ignore_errors=True)  # the best weights are stored
     if run_id:
@@ -395,17 +401,29 @@ def job_workdir(spec: tracking.ChildRunSpec, job: Job) -> Path:
     return Path(tempfile.gettempdir()) / "samsnet-selection" / f"{spec.study_name}_{spec.parent_run_id[:12]}_{job.key}"
 
 
-def _retrain(job: Job, cfg: ExperimentConfig, spec: tracking.ChildRunSpec) -> tuple[Path, str, int]:
+def _retrain(job: Job, cfg: ExperimentConfig, spec: tracking.ChildRunSpec, fence) -> tuple[Path, str, int]:
     """Train one seed to the full budget as a child run tagged samsnet.phase=selection: the same
-    path as a search trial (`trial.train_tracked`), continuing from this node's last epoch."""
-    run = tracking.TrialRun(spec, f"selection-{job.key}", f"selection slices={job.slices} seed={job.seed}")
-    run.client.set_tag(run.run_id, PHASE_TAG, "selection")
-    run.client.set_tag(run.run_id, "samsnet.search_trial", job.trial_id)
+    path as a search trial (`trial.train_tracked`), continuing from this node's last epoch.
+
+    The work folder is locked for the job: a job of a driver that lost the study may still be
+    finishing its epoch on this node; the new driver's job waits for it instead of sharing it."""
     workdir = job_workdir(spec, job)
-    folder = workdir / "checkpoint"
-    resume = (lambda: (folder, str(folder))) if (folder / LAST).is_file() else None
-    summary = train_tracked(cfg, run, workdir, resume=resume)
+    with _exclusive(workdir):
+        fence()
+        run = tracking.TrialRun(spec, f"selection-{job.key}", f"selection slices={job.slices} seed={job.seed}")
+        run.client.set_tag(run.run_id, PHASE_TAG, "selection")
+        run.client.set_tag(run.run_id, "samsnet.search_trial", job.trial_id)
+        folder = workdir / "checkpoint"
+        resume = (lambda: (folder, str(folder))) if (folder / LAST).is_file() else None
+        summary = train_tracked(cfg, run, workdir, resume=resume, fence=fence)
     return summary.checkpoint_dir, run.run_id, summary.epochs
+
+
+@contextmanager
+def _exclusive(workdir: Path) -> Iterator[None]:
+    workdir.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(workdir) + ".lock"):
+        yield
 
 
 # --- the selection -------------------------------------------------------------------
@@ -466,7 +484,7 @@ def run_selection(
 
     register: publishes the winner (see `Register`). The study's parent run is open while it
     runs and ends with it (FINISHED, or FAILED / KILLED)."""
-    with parent_run_open(result.target, result.manifest.parent_run_id):
+    with stop.watch(), parent_run_open(result.target, result.manifest.parent_run_id):
         return _run_selection(result, address, num_cpus, num_gpus, progress, quiet, register)
 
 
@@ -478,20 +496,29 @@ def parent_run_open(target, run_id: str) -> Iterator[None]:
     try:
         yield
         status = "FINISHED"
+    except stop.Fenced:
+        status = ""  # another driver owns the study (and this run) now
+        raise
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        try:
-            c.set_terminated(run_id, status)
-        except Exception as e:  # the selection's results are stored; the run's end is cosmetic
-            log.warning("could not end the study's parent run: %s", e)
+        _end_run(c, run_id, status)
+
+
+def _end_run(c, run_id: str, status: str) -> None:
+    if not status:
+        return
+    try:
+        c.set_terminated(run_id, status)
+    except Exception as e:  # the selection's results are stored; the run's end is cosmetic
+        log.warning("could not end the study's parent run: %s", e)
 
 
 def _run_selection(result, address, num_cpus, num_gpus, progress, quiet, register: Register) -> SelectionResult:
     study, manifest = result.study, result.manifest
     store = selection_uri(manifest.path)
-    say = progress or (lambda msg: log.info("%s", msg))
+    say = _checked(progress or (lambda msg: log.info("%s", msg)))
     done = storage.read_json(storage.join(store, RESULT_FILE))
     if done is not None:
         say(f"selection of study {study.name} is already finished; loading it")
@@ -502,8 +529,15 @@ def _run_selection(result, address, num_cpus, num_gpus, progress, quiet, registe
     if not jobs:
         raise SelectionError(f"study {study.name}: no trial has a {study.metric}; nothing to retrain")
     start = time.monotonic()
-    with ray_session(address, num_cpus, num_gpus, quiet):
-        records, trained = _run_jobs(jobs, result, store, say)
+    stop.phase("selection.jobs", say)
+    try:
+        with ray_session(address, num_cpus, num_gpus, quiet):
+            records, trained = _run_jobs(jobs, result, store, say)
+    except stop.Fenced:
+        raise
+    except KeyboardInterrupt:
+        _close_unfinished_runs(result)  # Ray is down: the stopped jobs' runs end KILLED, not RUNNING
+        raise
     seconds = {"retrain_and_validate": time.monotonic() - start}
     table = _table(records, study, result.study.spec.selection)
     say(table.verdict())
@@ -512,15 +546,38 @@ def _run_selection(result, address, num_cpus, num_gpus, progress, quiet, registe
     final.seconds["test_and_register"] = time.monotonic() - start
     final.cost = cost.selection_cost(records, final.seconds, {"cpu_s": round(time.process_time() - start_cpu, 2)})
     _log_cost(result.target, manifest.parent_run_id, final.cost)
+    stop.check_fences()
     storage.write_json(storage.join(store, RESULT_FILE), final.to_dict())
     _update_manifest(manifest, final)
     return final
 
 
+def _checked(say: Progress) -> Progress:
+    """Progress that is also a stop point: long phases report often (per job, per test track)."""
+
+    def checked(msg: str) -> None:
+        stop.check()
+        say(msg)
+
+    return checked
+
+
+def _close_unfinished_runs(result) -> None:
+    """Selection runs left open by jobs that a stop ended: tagged stopped, ended KILLED."""
+    manifest = result.manifest
+    try:
+        for run in tracking.find_child_runs(result.target, manifest.experiment_id, manifest.parent_run_id):
+            if PHASE_TAG in run.data.tags and run.info.status == "RUNNING":
+                tracking.set_status(result.target, run.info.run_id, "stopped", error="the selection was interrupted")
+    except Exception as e:  # the stop goes on; a resume runs these jobs again
+        log.warning("could not close the interrupted selection runs: %s", e)
+
+
 def _run_jobs(jobs: list[Job], result, store: str, say: Progress) -> tuple[list[dict[str, Any]], list[str]]:
     """Run the unfinished jobs as Ray tasks (at most max_concurrent_trials at once); records in job order."""
     study, manifest = result.study, result.manifest
-    spec = trial_context(study, manifest).tracking
+    ctx = trial_context(study, manifest)
+    spec, fence = ctx.tracking, (manifest.path, ctx.lease_token)
     records = {j.key: storage.read_json(_job_uri(store, j.key, "json")) for j in jobs}
     todo = [j for j in jobs if records[j.key] is None]
     if len(todo) < len(jobs):
@@ -539,8 +596,11 @@ def _run_jobs(jobs: list[Job], result, store: str, say: Progress) -> tuple[list[
     while queue or pending:
         while queue and len(pending) < limit:
             job = queue.pop(0)
-            pending[task.remote(job, spec, store, backend)] = job
-        ready, _ = ray.wait(list(pending), num_returns=1)
+            pending[task.remote(job, spec, store, backend, fence)] = job
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_S)
+        stop.check()  # a stop signal whose exception a blocking call swallowed still counts
+        if not ready:
+            continue
         job = pending.pop(ready[0])
         finished += 1
         try:
@@ -556,6 +616,7 @@ def _run_jobs(jobs: list[Job], result, store: str, say: Progress) -> tuple[list[
         say(
             f"selection [{finished}/{len(todo)}, {_eta(start, finished, len(todo))}]: {job.key} {reused}valid avg SDR {avg:.2f} dB"
         )
+        stop.phase("selection.job_done", say)
     if failures:
         say("selection: failed jobs (run again to retry them): " + "; ".join(failures))
     return [records[j.key] for j in jobs if records[j.key] is not None], [
@@ -603,6 +664,7 @@ def _finish(
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = storage.get_file(best["checkpoint"], Path(tmp) / "checkpoint" / BEST).parent
         sel = study.spec.selection
+        stop.phase("selection.test", say)
         say(
             f"scoring the winner (slices={table.winner}, seed {best['seed']}) on the test set with {sel.test_backend} ..."
         )
@@ -623,6 +685,7 @@ def _finish(
             "selection_table": table.records(),
         }
         registered = register(ckpt, info, study.name, manifest.tracking_uri, best.get("run_id"))
+    stop.check()  # registration is idempotent (same weights, same version): a resume finds this one
     say(f"registered {registered['name']} version {registered['version']} (alias {registered['alias']})")
     return SelectionResult(
         table, records, trained, best, test, registered, dict(seconds), target.where(manifest.experiment_id)

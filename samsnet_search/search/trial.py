@@ -18,6 +18,7 @@ one (Tune's other kept checkpoints, or the trainer's local work copy) is used in
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import shutil
@@ -40,6 +41,7 @@ from ..errors import CheckpointError
 from ..model.info import model_cost
 from ..services.faults import DEFAULT_BUDGET_S, first_line, is_infra_error, retry
 from ..services.tracking import ChildRunSpec, TrialRun, worker_http_settings
+from . import lease
 from .checkpoints import kept_checkpoints, stored_name, write_experiment
 from .objectives import best_of, better
 from .study import merge
@@ -77,6 +79,7 @@ class TrialContext:
     infra_retry_s: float = DEFAULT_BUDGET_S  # how long storage/tracking outages are waited out
     max_failures: int = 0  # Tune's retries of the trial's own errors
     study_path: str = ""  # the study's folder in the storage: the worker records the trial's config there
+    lease_token: str = ""  # the driver's lease: a worker whose driver lost the study stops (lease.assert_token)
 
 
 def build_experiment(base: dict[str, Any], config: dict[str, Any], cpus: float = 1.0) -> ExperimentConfig:
@@ -253,7 +256,8 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         )
 
     try:
-        train_tracked(cfg, run, workdir, resume=resume, enrich=best.update, publish=publish)
+        fence = functools.partial(lease.assert_token, ctx.study_path, ctx.lease_token)
+        train_tracked(cfg, run, workdir, resume=resume, enrich=best.update, publish=publish, fence=fence)
     except Exception:
         if ctx.max_failures == 0:  # no retry will continue from the local copy
             shutil.rmtree(workdir, ignore_errors=True)
@@ -270,6 +274,7 @@ def train_tracked(
     resume: Callable[[], tuple[Path, str] | None] | None = None,
     enrich: Callable[[dict[str, Any]], None] | None = None,
     publish: Callable[[EpochResult, dict[str, Any]], None] | None = None,
+    fence: Callable[[], None] | None = None,
 ) -> TrainSummary:
     """Train one configuration in its MLflow run: the one path of a search trial and a selection
     retraining. Params and configs once, the model's cost, metrics per epoch, the best weights
@@ -277,7 +282,9 @@ def train_tracked(
 
     resume: returns the (folder, stored name) to continue from, or None (called once the run's
     system metrics are on, so a slow download counts); enrich: adds metrics to an epoch's before
-    they are logged; publish: gets each epoch's result and metrics (with the cost) once logged.
+    they are logged; publish: gets each epoch's result and metrics (with the cost) once logged;
+    fence: raises (a KeyboardInterrupt: nothing is recorded) when the driver lost the study, before
+    an epoch is logged or published.
     """
     run.start_system_metrics()
     try:
@@ -287,6 +294,8 @@ def train_tracked(
         point = resume() if resume is not None else None
 
         def report(result: EpochResult) -> None:
+            if fence is not None:
+                fence()
             metrics = result.metrics()
             if enrich is not None:
                 enrich(metrics)
