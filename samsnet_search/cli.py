@@ -595,8 +595,6 @@ def _search_then_select(study, live: bool, select: bool, restart_errored: bool, 
             result = _run_live(
                 study, live, restart_errored=restart_errored, selection_follows=selection_follows, **ray_args
             )
-        except stop.Fenced:
-            raise
         except KeyboardInterrupt:  # a second signal, or one outside Tune's loop
             raise _interrupted(study, "interrupted") from None
         print(format_result(result))
@@ -606,17 +604,20 @@ def _search_then_select(study, live: bool, select: bool, restart_errored: bool, 
             raise _interrupted(study, "interrupted")
         try:
             _select(result, select, **ray_args)
-        except stop.Fenced:
-            raise
         except KeyboardInterrupt:
-            from .search.runner import mark_interrupted  # lazy: ray
+            if not stop.fenced():
+                from .search.runner import mark_interrupted  # lazy: ray
 
-            mark_interrupted(result.manifest, result.target)
+                mark_interrupted(result.manifest, result.target)
             raise _interrupted(study, "selection interrupted") from None
 
 
 def _interrupted(study, what: str) -> typer.Exit:
-    """The resume hint, and the exit code of the signal that stopped the study (130: Ctrl-C)."""
+    """The resume hint, and the exit code of the signal that stopped the study (130: Ctrl-C); a
+    driver that lost its study to another one says so in one line (exit 2)."""
+    if stop.fenced():
+        console.print(f"[red]error:[/red] {stop.fence_reason()}; this driver stopped without writing", highlight=False)
+        return typer.Exit(2)
     signum = stop.requested() or signal.SIGINT
     console.print(f"{what} ({signal.Signals(signum).name}); continue with: {_resume_hint(study)}", highlight=False)
     return typer.Exit(128 + signum)
@@ -788,9 +789,6 @@ def main(argv: list[str] | None = None) -> int:
         rc = app(args=argv, standalone_mode=False)
     except SamsNetError as e:
         console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        return 2
-    except stop.Fenced as e:  # another driver took the study over: it carries on, this one stops
-        console.print(f"[red]error:[/red] {e}; this driver stopped without writing", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt as e:
         console.print("interrupted")

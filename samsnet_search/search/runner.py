@@ -462,11 +462,8 @@ def _run_study(
                 result.pareto = _pareto(study, result)
             if not result.interrupted:
                 result.importance = _importance(study, result)
-    except stop.Fenced:
-        state = "fenced"  # another driver owns the study now: nothing more is written
-        raise
     except KeyboardInterrupt:
-        state = "interrupted"
+        state = "fenced" if stop.fenced() else "interrupted"  # fenced: another driver owns it, no writes
         raise
     finally:
         if state != "fenced":

@@ -496,11 +496,8 @@ def parent_run_open(target, run_id: str) -> Iterator[None]:
     try:
         yield
         status = "FINISHED"
-    except stop.Fenced:
-        status = ""  # another driver owns the study (and this run) now
-        raise
     except KeyboardInterrupt:
-        status = "KILLED"
+        status = "" if stop.fenced() else "KILLED"  # fenced: another driver owns the study (and this run)
         raise
     finally:
         _end_run(c, run_id, status)
@@ -533,9 +530,9 @@ def _run_selection(result, address, num_cpus, num_gpus, progress, quiet, registe
     try:
         with ray_session(address, num_cpus, num_gpus, quiet):
             records, trained = _run_jobs(jobs, result, store, say)
-    except stop.Fenced:
-        raise
     except KeyboardInterrupt:
+        if stop.fenced():
+            raise
         _close_unfinished_runs(result)  # Ray is down: the stopped jobs' runs end KILLED, not RUNNING
         raise
     seconds = {"retrain_and_validate": time.monotonic() - start}
@@ -781,6 +778,7 @@ def _log_listening(model, track, seconds: float, device, target, run_id: str, po
 def _update_manifest(manifest, final: SelectionResult) -> None:
     """study.json: the choice, for `ls`, `report` and `export` (which exports `best_run`)."""
     fresh = identity.read_manifest(manifest.path) or manifest
+    fresh.state = "finished"  # search and selection (a resumed selection starts from "interrupted")
     fresh.summary = {
         **fresh.summary,
         "selection": final.table.records(),

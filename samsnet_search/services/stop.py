@@ -129,6 +129,16 @@ def check() -> None:
         raise Interrupted(_state.signum)
 
 
+def fenced() -> bool:
+    """Whether this driver lost its study. Ask this where a KeyboardInterrupt is caught: Ray's
+    blocking calls turn an exception raised by a signal handler into a plain KeyboardInterrupt."""
+    return _state.fenced is not None
+
+
+def fence_reason() -> str:
+    return _state.fenced or ""
+
+
 def check_fences() -> None:
     """Raise `Fenced` if this driver lost its study (checked before it writes)."""
     if _state.fenced is not None:
