@@ -6,6 +6,7 @@ compare outputs and gradients with a copy of the masked implementation the model
 """
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,3 +83,18 @@ def test_one_call_unless_the_last_slice_is_padded(frames, calls, sdpa_calls):
     assert sdpa_calls[0][0] == (3 * 4, 2, 6, 4)  # (B F i, h, L, d): every slice in one batch
     if calls == 2:
         assert sdpa_calls[1][0] == (3, 2, 23 - 3 * 6, 4)  # (B F, h, frames of the last slice, d)
+
+
+def test_torch_floor_admits_no_sdpa_that_fails_on_large_batches():
+    """S = batch x bins x slices is 98k-393k sequences in a paper trial; CUDA's memory-efficient SDPA
+    failed above 65,535 until about torch 2.8 (pytorch#146704), so the floor is the validated version."""
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    with open(Path(__file__).parents[1] / "pyproject.toml", "rb") as f:
+        deps = [Requirement(d) for d in tomllib.load(f)["project"]["dependencies"]]
+    (torch_req,) = [r for r in deps if r.name == "torch"]
+    floors = [Version(s.version) for s in torch_req.specifier if s.operator == ">="]
+    assert floors and min(floors) >= Version("2.8"), f"pyproject.toml: {torch_req} admits torch < 2.8"
+    assert Version(torch.__version__.split("+")[0]) in torch_req.specifier
