@@ -889,7 +889,9 @@ def _check_settings(study: Study) -> None:
     searchers.check(study)
     devices = set(study.values("train.device"))
     if "cuda" in devices and study.spec.resources.gpu == 0:
-        raise ConfigError(f"{src}: train.device: cuda needs resources.gpu > 0 (Ray hides GPUs from a trial without)")
+        raise ConfigError(
+            f"{src}: train.device: cuda needs resources.gpu > 0 (a trial uses only the GPUs Ray assigned it: none without)"
+        )
     epochs = study.spec.selection.epochs
     if epochs is not None and epochs < 1:
         raise ConfigError(f"{src}: selection.epochs: must be positive")

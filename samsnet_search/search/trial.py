@@ -44,6 +44,7 @@ from ..services.tracking import ChildRunSpec, TrialRun, worker_http_settings
 from . import lease
 from .checkpoints import kept_checkpoints, stored_name, write_experiment
 from .objectives import best_of, better
+from .placement import place
 from .study import merge
 
 log = logging.getLogger(__name__)
@@ -288,6 +289,7 @@ def train_tracked(
     """
     run.start_system_metrics()
     try:
+        cfg, device = place(cfg)  # the GPU Ray assigned (CPU if none), loader defaults for it
         run.log_config(cfg.model_dump(mode="json"), cfg.resolved_model().model_dump(mode="json"))
         cost = model_cost_metrics(cfg)
         run.log_epoch(cost, 0)
@@ -305,7 +307,7 @@ def train_tracked(
             if publish is not None:
                 publish(result, metrics | cost)
 
-        trainer = Trainer(cfg, workdir, callbacks=[report])
+        trainer = Trainer(cfg, workdir, callbacks=[report], device=device)
         if point is not None:
             trainer.restore(*point)
             shutil.rmtree(workdir / "restore", ignore_errors=True)  # restored: a download is not needed
