@@ -517,6 +517,8 @@ def validate(
 
     study = load_study(study_file)
     print(format_space(study))
+    if study.memory is not None:
+        print(f"  {study.memory.describe()}")
     if offline:
         return
     problems = check_reachable(study.storage, study.tracking_uri)
