@@ -53,3 +53,11 @@ def test_full_size_mask_is_what_makes_one_slice_the_largest():
 def test_cpu_trials_are_predicted_in_float32():
     cfg = ExperimentConfig.model_validate({"train": {"device": "cpu", "amp": True}})
     assert training_shape(cfg).dtype == "fp32"
+
+
+def test_model_info_prints_the_predicted_gpu_peaks(capsys):
+    from samsnet_search.cli import main
+
+    assert main(["model-info", "--slices", "1"]) in (0, None)
+    out = capsys.readouterr().out
+    assert "gpu_peak_GB (amp, checkpoint): 21.0" in out and "gpu_peak_GB (fp32, no checkpoint): 85.4" in out
