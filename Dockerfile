@@ -32,7 +32,7 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# torch first, from the CUDA index, so the package's `torch>=2.4` is already satisfied.
+# torch first, from the CUDA index, so the package's `torch>=2.13` is already satisfied.
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 
 WORKDIR /app

@@ -81,6 +81,21 @@ def model_info(
     }
     for key, value in rows.items():
         print(f"{key:>28}: {value}")
+    _print_gpu_peaks(exp)
+
+
+def _print_gpu_peaks(exp: ExperimentConfig) -> None:
+    """The predicted training-step peak on CUDA at the config's batch, with and without AMP and checkpointing."""
+    from .search.gpu_fit import GB, predicted_peak  # lazy: torch
+
+    for amp in (False, True):
+        for ckpt in (False, True):
+            data = exp.model_dump()
+            data["train"].update(amp=amp, device="cuda")
+            data["model"]["grad_checkpoint"] = ckpt
+            peak = predicted_peak(ExperimentConfig.model_validate(data))
+            key = f"gpu_peak_GB ({'amp' if amp else 'fp32'}, {'checkpoint' if ckpt else 'no checkpoint'})"
+            print(f"{key:>40}: {peak / GB:.1f}")
 
 
 def _experiment(config: Path, data: Optional[Path]):
@@ -518,6 +533,8 @@ def validate(
 
     study = load_study(study_file)
     print(format_space(study))
+    if study.memory is not None:
+        print(f"  {study.memory.describe()}")
     if offline:
         return
     problems = check_reachable(study.storage, study.tracking_uri)

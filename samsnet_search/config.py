@@ -116,7 +116,12 @@ class DataConfig(Strict):
     )
     max_train_tracks: int | None = Field(None, gt=0, description="use only the first N training tracks")
     max_valid_tracks: int | None = Field(None, gt=0, description="use only the first N validation tracks")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    num_workers: int | None = Field(
+        None,
+        ge=0,
+        description="DataLoader worker processes; null: on CUDA the job's CPUs but one (at most 4), on CPU 0",
+    )
+    pin_memory: bool | None = Field(None, description="page-locked batches for async GPU copies; null: on CUDA")
     cache_dir: Path | None = Field(None, description="decoded-audio cache; default: <root>/.samsnet-cache")
 
     def resolved_root(self) -> Path:

@@ -151,6 +151,8 @@ BAD = [
     ("search.num_samples", 0, "search.num_samples: Input should be greater than 0"),
     ("search.reduction_factor", 1, "search.reduction_factor: Input should be greater than 1"),
     ("resources.gpu", 1.5, "resources: gpu: fractions are only possible below 1"),
+    ("resources.gpu", 2, "resources: gpu: a trial trains on one GPU; use gpu: 1"),
+    ("resources.gpu_memory_gb", 0, "resources.gpu_memory_gb: Input should be greater than 0"),
     ("resources.cpu", 0, "resources.cpu: Input should be greater than 0"),
     ("selection.seeds", 2, "selection.seeds: Input should be greater than or equal to 3"),
     ("tracking.uri", "http://user:pw@localhost:5000", "tracking: uri: credentials in the URI"),

@@ -127,7 +127,7 @@ def make_train_loader(tracks: list[Track], cfg: DataConfig, batch_size: int, see
     on (seed, epoch), not on the number of workers or on how often the loader was iterated before.
     """
     dataset = TrainSegments(tracks, cfg, seed)
-    workers = cfg.num_workers
+    workers = cfg.num_workers or 0  # None: the trainer did not choose (its default is by device)
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -27,6 +27,7 @@ STATUS_STYLE = {
     "stopped_early": "green",
     "pruned": "yellow",
     "stopped": "magenta",
+    "does_not_fit": "bright_red",
     "failed": "red",
 }
 RECENT_ROWS = 12

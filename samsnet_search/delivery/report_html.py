@@ -57,6 +57,7 @@ STATUS_COLORS = {
     "stopped_early": "#1f77b4",
     "pruned": "#999999",
     "stopped": "#ff7f0e",
+    "does_not_fit": "#9467bd",
     "failed": "#d62728",
     "running": "#000000",
 }

@@ -22,6 +22,7 @@ from ..config import SAMPLE_RATE, TARGETS
 from ..data.audio_io import StemWriter, open_audio, read_audio, read_blocks
 from ..errors import DataError
 from .apply import ChunkPlan, apply_chunked, blocks_of
+from .device import configure_cuda
 from .wiener import PostFilter, mixture_residual
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class MaskSeparator:
     def __init__(self, model: nn.Module, device: str | torch.device = "cpu", post: PostFilter = PostFilter()):
         self.model = model.to(device).eval()
         self.device = torch.device(device)
+        configure_cuda(self.device, fixed_shapes=False)  # TF32; no autotuning: the last chunk of each song is odd
         self.post = post
         spec = model.spectrogram
         self.n_fft, self.hop = int(spec.n_fft), int(spec.hop_length)

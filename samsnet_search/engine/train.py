@@ -25,6 +25,7 @@ from ..errors import SamsNetError
 from ..metrics.bsseval import median_over_tracks, sdr_v4, track_scores
 from ..model import SamsNet
 from . import checkpoint
+from .device import amp_dtype, configure_cuda, cudnn_benchmark, loader_defaults, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +80,6 @@ class TrainSummary:
     history: list[dict] = field(default_factory=list)
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SamsNetError("train.device: cuda requested but no CUDA device is available (use auto or cpu)")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
 def magnitude_loss(model: SamsNet, mixture: torch.Tensor, targets: torch.Tensor, amp: bool) -> torch.Tensor:
     """MSE between estimated and true target magnitudes (paper eq. 4, all four targets).
 
@@ -94,15 +87,17 @@ def magnitude_loss(model: SamsNet, mixture: torch.Tensor, targets: torch.Tensor,
     """
     mix_mag = model.spectrogram(mixture).abs()  # (B, C, F, T), STFT in float32
     target_mag = model.spectrogram(targets).abs()  # (B, S, C, F, T)
-    with torch.autocast(mixture.device.type, dtype=_amp_dtype(), enabled=amp):
+    with torch.autocast(mixture.device.type, dtype=amp_dtype(), enabled=amp):
         masks = model(mix_mag)  # (B, S, C, F, T)
     return F.mse_loss(masks.float() * mix_mag.unsqueeze(1), target_mag)
 
 
-def _amp_dtype() -> torch.dtype:
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
+def with_loader_defaults(cfg: ExperimentConfig, device: torch.device) -> ExperimentConfig:
+    """cfg with `data.num_workers` and `data.pin_memory` chosen for `device` where unset, so the
+    checkpoint (and the search's MLflow params) record what the loader used."""
+    cpus = cfg.train.threads or torch.get_num_threads()  # a trial's threads are its reserved CPUs
+    workers, pin = loader_defaults(cfg.data.num_workers, cfg.data.pin_memory, device, cpus)
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"num_workers": workers, "pin_memory": pin})})
 
 
 class Trainer:
@@ -114,12 +109,14 @@ class Trainer:
         workdir: str | Path,
         callbacks: Sequence[Callback] = (),
         splits: Splits | None = None,
+        device: torch.device | None = None,
     ):
-        self.cfg = cfg
+        """device: where to train (the search passes the GPU Ray assigned); None: `pick_device`."""
+        self.device = device or pick_device(cfg.train.device)
+        self.cfg = cfg = with_loader_defaults(cfg, self.device)
         self.workdir = Path(workdir)
         self.ckpt_dir = self.workdir / "checkpoint"
         self.callbacks = list(callbacks)
-        self.device = pick_device(cfg.train.device)
         self.amp = cfg.train.amp and self.device.type == "cuda"
         self.splits = splits or load_splits(cfg.data)
         self._setup_backends()
@@ -128,13 +125,13 @@ class Trainer:
         self.model = checkpoint.build_model(self.model_config).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         # Loss scaling only matters for float16; bfloat16 has float32's range.
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and _amp_dtype() == torch.float16)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and amp_dtype() == torch.float16)
         self.loader = make_train_loader(
             self.splits.train,
             cfg.data,
             batch_size=cfg.train.batch_size,
             seed=cfg.train.seed,
-            pin_memory=self.device.type == "cuda",
+            pin_memory=cfg.data.pin_memory,
         )
         self.epoch = 0
         self.history: list[dict] = []
@@ -144,10 +141,7 @@ class Trainer:
     def _setup_backends(self) -> None:
         if self.cfg.train.threads:
             torch.set_num_threads(self.cfg.train.threads)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick kernels
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        configure_cuda(self.device, fixed_shapes=True)  # training segments all have one length
 
     # --- state -----------------------------------------------------------------------
 
@@ -179,7 +173,7 @@ class Trainer:
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        _load_scaler(self.scaler, state.get("scaler"))
         torch.set_rng_state(state["rng"]["torch"].cpu())
         self.epoch = state["epoch"]
         self.history = list(state["history"])
@@ -224,13 +218,17 @@ class Trainer:
         """valid_loss over the validation excerpts; per-target SDR (median/median) when asked."""
         self.model.eval()
         excerpts = validation_excerpts(self.splits.valid, self.cfg.data, epoch=self.epoch, seed=self.cfg.train.seed)
+        with cudnn_benchmark(len({ex.mixture.shape[-1] for ex in excerpts}) == 1):  # whole tracks vary in length
+            return self._validate(excerpts, with_sdr)
+
+    def _validate(self, excerpts, with_sdr: bool) -> tuple[float, dict[str, float] | None]:
         losses, scores = [], []
         for ex in excerpts:
             mixture = torch.from_numpy(np.ascontiguousarray(ex.mixture))[None].to(self.device)
             targets = torch.from_numpy(np.ascontiguousarray(ex.targets))[None].to(self.device)
             losses.append(magnitude_loss(self.model, mixture, targets, self.amp).item())
             if with_sdr:
-                with torch.autocast(self.device.type, dtype=_amp_dtype(), enabled=self.amp):
+                with torch.autocast(self.device.type, dtype=amp_dtype(), enabled=self.amp):
                     estimates = self.model.separate(mixture)[0]  # (S, C, N)
                 # A stem silent over a whole excerpt gives NaN (museval would refuse it);
                 # the medians skip NaN.
@@ -296,6 +294,18 @@ class Trainer:
                 },
             )
         checkpoint.save(self.ckpt_dir / checkpoint.LAST, self._state())
+
+
+def _load_scaler(scaler: torch.amp.GradScaler, state: dict | None) -> None:
+    """Resume the loss scale where the checkpoint has one. A checkpoint from a CPU or bf16 node
+    holds an empty (disabled) scaler state, which an fp16 scaler refuses: that scaler starts fresh
+    (its scale finds its level again in a few steps). A disabled scaler ignores any state."""
+    if scaler.is_enabled() and not state:
+        log.info(
+            "checkpoint has no float16 loss-scaler state (saved on a CPU or bfloat16 node): the scaler starts fresh"
+        )
+        return
+    scaler.load_state_dict(state or {})
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -15,10 +15,12 @@ Readings of what the paper leaves open (each is a keyword argument where it is a
   and a kxk convolution W^O compresses them back to d_k maps.
 * Slices. The slice length L is fixed at training (`slice_frames = ceil(T_train / slices)`)
   and the time axis of any input is cut into blocks of L frames. The last block is
-  zero-padded and its padded frames are masked out as keys, never dropped, so a 6 s
-  excerpt and a whole song are processed alike. The key mask is built for every input
-  (all true when the frames fill whole slices): no Python branch depends on the frame
-  count, so `torch.export` traces one program for any length (`delivery.export`).
+  zero-padded and its padded frames are never attended to as keys, never dropped, so a 6 s
+  excerpt and a whole song are processed alike. The batched-matmul kernel masks them with a
+  key bias built for every input (all zero when the frames fill whole slices); SDPA takes no
+  mask and runs a padded last slice again on its own frames (`_sdpa_kernel`). No Python branch
+  depends on the frame count's value, so `torch.export` traces one program for any length
+  (`delivery.export`).
 * Kernel (`kernel_for`). On CPU in float32 the attention is one fused loop in C
   (`cpu_attention`, vectorized across frequency bins: every bin of a slice is an attention of
   the same shape), the Q/K/V projection included. Where that cannot run (another dtype,
@@ -112,26 +114,45 @@ class _BatchedSoftmaxAttention(torch.autograd.Function):
         return grad_qkv, None, None
 
 
-def _bmm_kernel(qkv, keep, scale: float) -> torch.Tensor:
-    bias = None
-    if keep is not None:
-        bias = torch.zeros(keep.shape, dtype=qkv.dtype, device=qkv.device).masked_fill_(~keep, float("-inf"))
-    return _BatchedSoftmaxAttention.apply(qkv.contiguous(), bias, scale)
+def _bmm_kernel(qkv, frames, scale: float) -> torch.Tensor:
+    N, i, L, _, h, d = qkv.shape
+    # Keys in the padded tail of the last slice are never attended to: an additive -inf bias,
+    # always built (no `if pad:`, a branch on T for torch.export). `repeat` rather than a
+    # reshaped `expand`: the latter's copy-or-view choice is a branch on T too.
+    keep = (torch.arange(i * L, device=qkv.device) < frames).view(1, i, 1, L)
+    keep = keep.repeat(N, 1, 1, 1).view(-1, 1, L)  # (S, 1, L)
+    bias = torch.zeros(keep.shape, dtype=qkv.dtype, device=qkv.device).masked_fill_(~keep, float("-inf"))
+    out = _BatchedSoftmaxAttention.apply(qkv.view(N * i, L, 3, h, d).contiguous(), bias, scale)  # (S, L, h, d)
+    return out.reshape(N, i * L, h, d).narrow(1, 0, frames)  # narrow: exactly T frames, where [:T] clamps
 
 
-def _sdpa_kernel(qkv, keep, scale: float) -> torch.Tensor:
-    # q, k, v go to SDPA as strided (S, h, L, d) views of the projection (no layout copy).
-    # The mask is built at full (S, h, L, L) shape: a broadcastable one sends CPU SDPA to its
-    # slow "math" path; expanded over heads as a stride-0 view.
-    S, L, _, h, d = qkv.shape
+def _sdpa(qkv, scale: float) -> torch.Tensor:
+    """qkv (S, L, 3, h, d) -> (S, L, h, d): one SDPA call, no mask. q, k, v go to SDPA as strided
+    (S, h, L, d) views of the projection (no layout copy)."""
     q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (S, h, L, d)
-    mask = None if keep is None else keep.view(S, 1, 1, L).expand(S, h, L, L)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale).transpose(1, 2)  # (S, L, h, d)
+    return F.scaled_dot_product_attention(q, k, v, scale=scale).transpose(1, 2)
 
 
-# Folded kernels: qkv (S, L, 3, h, d) (S sequences of L frames), keep None or boolean (S, 1, L)
-# (False: a padded key, never attended to), scale -> (S, L, h, d). Both compute
-# softmax(q k^T * scale) v up to float rounding.
+def _sdpa_kernel(qkv, frames, scale: float) -> torch.Tensor:
+    # No attention mask, ever: a mask rules out CUDA's flash kernel, and CUDA SDPA expands a
+    # boolean one to a full (S, h, L, L) tensor in q's dtype that it keeps for backward (GBs at
+    # the paper's shapes). Every slice runs in one call over the padded layout; where the last
+    # slice is padded, its result from that call (which saw the padded keys) is dropped and the
+    # slice runs again in a second call on its own frames only (N sequences of `last` frames,
+    # strided views again): 1/i more attention work instead of a mask.
+    N, i, L, _, h, d = qkv.shape
+    out = _sdpa(qkv.view(N * i, L, 3, h, d), scale).reshape(N, i * L, h, d)  # slices folded into S = N i
+    pad = i * L - frames
+    if isinstance(pad, int) and pad == 0:  # eager and unpadded; a symbolic T (torch.export) takes both calls
+        return out
+    last = frames - (i - 1) * L  # frames of the last slice, 1..L
+    tail = _sdpa(qkv.select(1, i - 1).narrow(1, 0, last), scale)  # (N, last, h, d); narrow, as [:last] clamps
+    return torch.cat([out.narrow(1, 0, (i - 1) * L), tail], dim=1)  # (N, T, h, d)
+
+
+# Folded kernels: qkv (N, i, L, 3, h, d) (N = B F rows of i slices of L frames, the time axis
+# zero-padded to i L), T real frames, scale -> (N, T, h, d). Padded keys are never attended to;
+# both compute softmax(q k^T * scale) v per slice up to float rounding.
 FOLDED_KERNELS = {"bmm": _bmm_kernel, "sdpa": _sdpa_kernel}
 # Every kernel `SlicedMultiHeadAttention` can run: the folded ones and the fused CPU loop
 # (`cpu_attention`), which projects Q/K/V itself. `kernel_for` picks one.
@@ -210,15 +231,9 @@ class SlicedMultiHeadAttention(nn.Module):
         # padded on the d input maps rather than on the 3hd output maps.
         rows = F.pad(x, (0, pad)).permute(0, 2, 3, 1)  # (B, F, iL, d)
         qkv = F.linear(rows, self.qkv.weight.view(3 * h * d, d), self.qkv.bias)  # (B, F, iL, 3hd)
-        qkv = qkv.view(B * Fq * i, L, 3, h, d)  # slices folded into a batch of S = B F i sequences (a view)
-        # Keys in the padded tail of the last slice are never attended to (see the module docstring:
-        # always built, no `if pad:`). `repeat` rather than a reshaped `expand`: the latter's
-        # copy-or-view choice is a branch on T for torch.export.
-        keep = (torch.arange(i * L, device=x.device) < T).view(1, i, 1, L)
-        keep = keep.repeat(B * Fq, 1, 1, 1).view(-1, 1, L)  # (S, 1, L)
-        out = kernel(qkv, keep, 1.0 / math.sqrt(d))  # (S, L, h, d)
-        # narrow: exactly T frames, where [:T] clamps
-        out = out.reshape(B, Fq, i * L, h * d).narrow(2, 0, T)  # (B, F, T, h d)
+        qkv = qkv.view(B * Fq, i, L, 3, h, d)  # rows of i slices of L frames (a view)
+        out = kernel(qkv, T, 1.0 / math.sqrt(d))  # (B F, T, h, d)
+        out = out.reshape(B, Fq, T, h * d)  # (B, F, T, h d)
         return out.permute(0, 3, 1, 2)  # (B, h d, F, T) in channels-last strides, which W^O's conv takes as is
 
 

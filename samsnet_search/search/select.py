@@ -56,6 +56,7 @@ from ..services.tracking import PHASE_TAG
 from . import cost, identity, lease
 from .checkpoints import local_copy
 from .objectives import better
+from .placement import job_device
 from .runner import ray_session, trial_context
 from .trial import train_tracked
 
@@ -377,7 +378,7 @@ def _score_valid(job: Job, cfg: ExperimentConfig, ckpt_dir: Path, backend: str, 
     model, state = load_model(ckpt_dir)
     splits = load_splits(cfg.data)  # only .valid is used: test data never reaches the choice
     report = evaluate_tracks(
-        model_estimator(model, pick_device(cfg.train.device)),
+        model_estimator(model, job_device(cfg.train.device)),  # a Ray task: the GPU it was assigned
         splits.valid,
         name=f"slices={job.slices} seed={job.seed}",
         backend=backend,

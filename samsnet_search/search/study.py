@@ -42,7 +42,7 @@ from ..config import (
 )
 from ..data.splits import load_splits
 from ..errors import ConfigError, DataError
-from . import identity, schedulers, searchers
+from . import gpu_fit, identity, schedulers, searchers
 from . import objectives as objective_table
 
 log = logging.getLogger(__name__)
@@ -458,6 +458,12 @@ class Resources(Strict):
 
     cpu: float = Field(1.0, gt=0, description="CPUs per trial (also torch threads when train.threads is unset)")
     gpu: float = Field(0.0, ge=0, description="GPUs per trial; fractions (0.5) share a GPU between trials")
+    gpu_memory_gb: float | None = Field(
+        None,
+        gt=0,
+        description="memory of one GPU in GB (1e9 bytes; A10G: 24, H100: 80): validate refuses a study whose "
+        "largest trial cannot fit its share (gpu x gpu_memory_gb); null: not checked",
+    )
     custom: dict[str, float] = Field(
         default_factory=dict,
         description="custom Ray resources per trial ({name: amount}), e.g. a slot that `ray start --resources` gives nodes",
@@ -467,6 +473,8 @@ class Resources(Strict):
     def _check(self) -> "Resources":
         if self.gpu > 1 and self.gpu != int(self.gpu):
             raise ValueError(f"gpu: fractions are only possible below 1, got {self.gpu}")
+        if self.gpu > 1:  # a second GPU would idle and be billed: training has no multi-GPU (DDP) mode
+            raise ValueError(f"gpu: a trial trains on one GPU; use gpu: 1, or a fraction to share one (got {self.gpu})")
         for name, amount in self.custom.items():
             # CPU/GPU/memory have their own keys; Ray would double-book them under custom.
             if not name or name.lower() in ("cpu", "gpu", "memory", "object_store_memory"):
@@ -592,6 +600,8 @@ class Study:
     # Warm start (search.warm_start): earlier trials' configurations and what the searcher saw of them.
     warm_points: list[dict[str, Any]] = field(default_factory=list)
     warm_rewards: list[Any] = field(default_factory=list)
+    # Predicted GPU peaks of the space's smallest and largest trials; None without a GPU share.
+    memory: gpu_fit.MemoryFit | None = None
 
     @property
     def search(self) -> SearchSettings:
@@ -734,6 +744,7 @@ def parse_study(raw: Any, text: str, source: Path, base_dir: Path, check_data: b
     _check_fields(study)
     _check_corners(study)
     _check_settings(study)
+    _check_memory(study)
     if check_data:
         _check_data(study)
     return study
@@ -889,7 +900,10 @@ def _check_settings(study: Study) -> None:
     searchers.check(study)
     devices = set(study.values("train.device"))
     if "cuda" in devices and study.spec.resources.gpu == 0:
-        raise ConfigError(f"{src}: train.device: cuda needs resources.gpu > 0 (Ray hides GPUs from a trial without)")
+        raise ConfigError(
+            f"{src}: train.device: cuda needs resources.gpu > 0 (a trial without a GPU share runs on CPU, "
+            "and Ray schedules no GPU for it); set resources.gpu, or train.device: auto"
+        )
     epochs = study.spec.selection.epochs
     if epochs is not None and epochs < 1:
         raise ConfigError(f"{src}: selection.epochs: must be positive")
@@ -898,6 +912,27 @@ def _check_settings(study: Study) -> None:
         raise ConfigError(
             f"{src}: estimate.use: {est.use} needs model.slices to be searched as a choice or int range "
             "(it seeds or narrows that distribution)"
+        )
+
+
+def _memory_combos(study: Study) -> list[dict[str, Any]]:
+    """Every corner of the keys that change a trial's memory, and every slice count (the padded
+    frames of a slice count are not monotone in it); other keys at one value."""
+    keys = [k for k in study.space if k.startswith(gpu_fit.MEMORY_KEYS)]
+    values = [study.space[k].check_values() if k == "model.slices" else study.space[k].corners() for k in keys]
+    fixed = {k: d.representative() for k, d in study.space.items() if k not in keys}
+    return [{**fixed, **dict(zip(keys, combo))} for combo in itertools.product(*values)]
+
+
+def _check_memory(study: Study) -> None:
+    """The predicted peak of the largest trial against its GPU share (`gpu_fit`)."""
+    resources = study.spec.resources
+    if resources.gpu == 0:
+        return
+    study.memory = gpu_fit.extremes(_memory_combos(study), study.experiment)
+    if resources.gpu_memory_gb is not None:
+        study.memory = gpu_fit.check(
+            study.memory, resources.gpu, resources.gpu_memory_gb, study.experiment, str(study.source)
         )
 
 

@@ -36,6 +36,7 @@ from ray import tune
 from ..config import ExperimentConfig, validate_model
 from ..engine import checkpoint as ckpt_format
 from ..engine.checkpoint import build_model
+from ..engine.gpu_share import cap_to_share, is_out_of_memory
 from ..engine.train import EpochResult, Trainer, TrainSummary
 from ..errors import CheckpointError
 from ..model.info import model_cost
@@ -44,6 +45,7 @@ from ..services.tracking import ChildRunSpec, TrialRun, worker_http_settings
 from . import lease
 from .checkpoints import kept_checkpoints, stored_name, write_experiment
 from .objectives import best_of, better
+from .placement import place
 from .study import merge
 
 log = logging.getLogger(__name__)
@@ -255,13 +257,18 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             what=f"storing the checkpoint of epoch {result.epoch}",
         )
 
+    cap_to_share(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0), cfg.train.device)
     try:
         fence = functools.partial(lease.assert_token, ctx.study_path, ctx.lease_token)
         train_tracked(cfg, run, workdir, resume=resume, enrich=best.update, publish=publish, fence=fence)
-    except Exception:
-        if ctx.max_failures == 0:  # no retry will continue from the local copy
+    except Exception as e:
+        if ctx.max_failures == 0 or is_out_of_memory(e):  # no retry will continue from the local copy
             shutil.rmtree(workdir, ignore_errors=True)
-        raise
+        if not is_out_of_memory(e):
+            raise
+        # Recorded as does_not_fit (`_record_failure`); ending normally keeps Tune from retrying it.
+        log.error("trial %s does not fit its GPU share: %s", trial_id, first_line(e))
+        return
     # Tune holds the reported checkpoints; the trainer's own copy is not needed any more.
     shutil.rmtree(workdir, ignore_errors=True)
 
@@ -278,7 +285,7 @@ def train_tracked(
 ) -> TrainSummary:
     """Train one configuration in its MLflow run: the one path of a search trial and a selection
     retraining. Params and configs once, the model's cost, metrics per epoch, the best weights
-    whenever they improve, and the final status (completed / stopped_early; failed on an error).
+    whenever they improve, and the final status (completed / stopped_early; does_not_fit out of GPU memory; failed on another error).
 
     resume: returns the (folder, stored name) to continue from, or None (called once the run's
     system metrics are on, so a slow download counts); enrich: adds metrics to an epoch's before
@@ -288,6 +295,7 @@ def train_tracked(
     """
     run.start_system_metrics()
     try:
+        cfg, device = place(cfg)  # the GPU Ray assigned (CPU if none), loader defaults for it
         run.log_config(cfg.model_dump(mode="json"), cfg.resolved_model().model_dump(mode="json"))
         cost = model_cost_metrics(cfg)
         run.log_epoch(cost, 0)
@@ -305,7 +313,7 @@ def train_tracked(
             if publish is not None:
                 publish(result, metrics | cost)
 
-        trainer = Trainer(cfg, workdir, callbacks=[report])
+        trainer = Trainer(cfg, workdir, callbacks=[report], device=device)
         if point is not None:
             trainer.restore(*point)
             shutil.rmtree(workdir / "restore", ignore_errors=True)  # restored: a download is not needed
@@ -328,7 +336,7 @@ def _record_failure(run: TrialRun, e: Exception) -> None:
     if is_infra_error(e):
         error = f"infrastructure: {error}"
     try:
-        run.finish("failed", error=error)
+        run.finish("does_not_fit" if is_out_of_memory(e) else "failed", error=error)
     except Exception as tag_error:  # the tracking server may be what failed
         log.warning("could not record trial %s as failed: %s", run.trial_id, first_line(tag_error))
         run.stop_system_metrics()

@@ -52,8 +52,8 @@ BEST_RUN_TAG = "best_run"
 PHASE_TAG = "samsnet.phase"  # "selection" on a selection retraining's run (a child of the parent too)
 # completed: ran its full budget; stopped_early: the trainer's patience ended it;
 # pruned: ASHA stopped it at a rung; stopped: ended by the time budget or a shutdown;
-# failed: training raised.
-STATUSES = ("running", "completed", "stopped_early", "pruned", "stopped", "failed")
+# does_not_fit: out of GPU memory (not retried: it would fail the same way); failed: training raised.
+STATUSES = ("running", "completed", "stopped_early", "pruned", "stopped", "does_not_fit", "failed")
 FINAL_STATUSES = STATUSES[1:]
 # MLflow run status per trial status. A pruned trial did what the search asked of it (the
 # status tag says it was pruned): FINISHED, not the red cross of a killed or failed run.
@@ -62,6 +62,7 @@ RUN_STATUS = {
     "stopped_early": "FINISHED",
     "pruned": "FINISHED",
     "stopped": "KILLED",
+    "does_not_fit": "FAILED",
     "failed": "FAILED",
 }
 # Env var names whose values are credentials: never logged anywhere.
