@@ -633,7 +633,8 @@ def _interrupted(study, what: str) -> typer.Exit:
     """The resume hint, and the exit code of the signal that stopped the study (130: Ctrl-C); a
     driver that lost its study to another one says so in one line (exit 2)."""
     if stop.fenced():
-        console.print(f"[red]error:[/red] {stop.fence_reason()}; this driver stopped without writing", highlight=False)
+        line = f"[red]error:[/red] {stop.fence_reason()}; this driver stopped without writing"
+        console.print(line, highlight=False, soft_wrap=True)
         return typer.Exit(2)
     signum = stop.requested() or signal.SIGINT
     console.print(f"{what} ({signal.Signals(signum).name}); continue with: {_resume_hint(study)}", highlight=False)
