@@ -22,8 +22,9 @@ LABEL org.opencontainers.image.title="samsnet-search" \
 # ffmpeg: decodes MUSDB18 .stem.mp4; rsync + openssh-client: the Ray cluster launcher syncs
 # files with them; wget: KubeRay's liveness/readiness probes; sudo: launcher setup commands
 # (as in the rayproject/ray images, the unprivileged 'ray' user may use sudo).
+# gcc: builds the fused CPU attention kernel (model/sliced_attention.c) and torch.compile's C++/Triton glue.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ffmpeg rsync openssh-client wget sudo tini \
+    && apt-get install -y --no-install-recommends ffmpeg rsync openssh-client wget sudo tini gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 1000 --shell /bin/bash ray \
     && echo "ray ALL=(ALL) NOPASSWD:ALL" > /etc/sudoers.d/ray
@@ -51,6 +52,9 @@ RUN pip install "/app" "ray[default,tune]==${RAY_VERSION}" \
 
 USER ray
 ENV HOME=/home/ray
+# The CPU attention kernel, built now into the user's cache (keyed by this CPU's flags: a node
+# with another CPU rebuilds it on first use, with the gcc above). Fails the build if it cannot.
+RUN python -c "from samsnet_search.model import cpu_attention; assert cpu_attention.library(), 'kernel build failed'"
 # Ray's launcher and KubeRay start their own commands; tini reaps the daemons they leave.
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["bash"]

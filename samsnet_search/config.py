@@ -111,6 +111,12 @@ class DataConfig(Strict):
     valid_seconds: float | None = Field(
         10.0, gt=0, description="length of each fixed validation excerpt; null: full tracks"
     )
+    valid_chunk_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="validation runs the network this many seconds at a time (plus context), so a "
+        "whole-track excerpt needs no more memory than this much audio; scores do not depend on it",
+    )
     valid_tracks: list[str] | None = Field(
         None, description="validation track names; default: the official MUSDB18 list (14 tracks)"
     )

@@ -4,8 +4,9 @@ Run as a script (`python tests/memory_probe.py`), in a process of its own: glibc
 every block above 16 KiB separately (MALLOC_MMAP_THRESHOLD_, set before Python starts), so that
 freed tensors leave the resident set, and the peak resident set of one step (VmHWM, reset through
 /proc/self/clear_refs) is the peak of live tensors. The attention runs through SDPA (the folded
-path CUDA takes), with the key mask (today's code) or without it (no padding: the CUDA path once
-issue 21 item 3 lands), and float32 (CPU autocast runs LayerNorm in bfloat16, CUDA's in float32,
+path CUDA takes), with the full-size key mask the attention passed before issue 21 item 3
+(`_masked_sdpa`, what `memory.SDPA_FULL_MASK = True` counts) or without it (the model's own
+kernel, which passes none), and float32 (CPU autocast runs LayerNorm in bfloat16, CUDA's in float32,
 so AMP is not measured here). Prints one JSON object per shape.
 """
 
@@ -17,6 +18,7 @@ import re
 import sys
 
 import torch
+import torch.nn.functional as F
 
 from samsnet_search.engine.train import magnitude_loss
 from samsnet_search.model import SamsNet, sams_net
@@ -27,6 +29,7 @@ SHAPES = [
     (2, 128, 64, 16, 2, 2, 16, False, True),
     (2, 128, 64, 16, 2, 2, 16, False, False),
     (2, 128, 64, 16, 2, 2, 12, False, True),  # padded last slice
+    (2, 128, 64, 16, 2, 2, 12, False, False),  # padded, no mask: the last slice in a second call
     (2, 256, 64, 32, 2, 2, 64, False, False),  # one slice
     (1, 256, 48, 32, 1, 3, 12, False, False),
     (2, 128, 66, 24, 3, 2, 11, False, True),
@@ -37,6 +40,16 @@ SHAPES = [
 
 def _status(key: str) -> int:
     return int(re.search(key + r":\s+(\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+
+
+def _masked_sdpa(qkv, frames, scale: float) -> torch.Tensor:
+    """The attention as it was: one SDPA call over every slice with a boolean key mask at full
+    (S, h, L, L) shape (a stride-0 expand over heads and queries). qkv (N, i, L, 3, h, d) -> (N, T, h, d)."""
+    N, i, L, _, h, d = qkv.shape
+    q, k, v = (t.transpose(1, 2) for t in qkv.view(N * i, L, 3, h, d).unbind(2))  # (S, h, L, d)
+    keep = (torch.arange(i * L) < frames).view(1, i, 1, 1, L).repeat(N, 1, 1, 1, 1).view(N * i, 1, 1, L)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep.expand(N * i, h, L, L), scale=scale)
+    return out.transpose(1, 2).reshape(N, i * L, h, d).narrow(1, 0, frames)
 
 
 def measure(batch, n_fft, frames, channels, heads, depth, slice_frames, checkpoint, full_mask) -> dict:
@@ -54,8 +67,8 @@ def measure(batch, n_fft, frames, channels, heads, depth, slice_frames, checkpoi
     for block in model.blocks:
         block.attention.kernel = "sdpa"
     sdpa = sams_net.FOLDED_KERNELS["sdpa"]
-    if not full_mask:  # nothing is padded in these shapes: no mask at all
-        sams_net.FOLDED_KERNELS["sdpa"] = lambda qkv, keep, scale: sdpa(qkv, None, scale)
+    if full_mask:  # the attention before issue 21 item 3; without it, the model's own kernel (no mask)
+        sams_net.FOLDED_KERNELS["sdpa"] = _masked_sdpa
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def step() -> None:

@@ -76,6 +76,29 @@ def test_dockerfile_builds_the_tagged_image_from_existing_paths():
     assert "ray[default" in text  # dashboard, job submission and metrics need it
 
 
+def test_dockerfile_has_a_compiler_and_builds_the_cpu_kernel():
+    text = (ROOT / "Dockerfile").read_text()
+    apt = next(line for line in text.splitlines() if "apt-get install" in line)
+    assert re.search(r"\bgcc\b", apt), apt  # the fused CPU kernel and torch.compile need a C compiler
+    from samsnet_search.model import cpu_attention
+
+    assert hasattr(cpu_attention, "library")  # the entry the image calls
+    build = re.search(r"^RUN python -c .*cpu_attention\.library\(\)", text, flags=re.M)
+    assert build and text.index("USER ray") < build.start(), "the kernel is built into the runtime user's cache"
+
+
+def test_setup_script_has_a_documented_cuda_switch_and_keeps_the_cpu_default():
+    script = (ROOT / "scripts/setup.sh").read_text()
+    assert subprocess.run(["bash", "-n", str(ROOT / "scripts/setup.sh")]).returncode == 0
+    assert "--cuda)" in script and "TORCH_INDEX_URL=${TORCH_INDEX_URL:-}" in script
+    assert re.search(r"CUDA_INDEX_URL=https://download\.pytorch\.org/whl/cu\d+", script)
+    assert re.search(r'pip" install -q torch==2\.13\.0 --index-url "\$TORCH_INDEX_URL"', script)
+    assert re.search(r'^    "\$VENV/bin/pip" install -q torch==2\.13\.0$', script, flags=re.M)  # CPU default as it was
+    assert "torch.version.cuda" in script and "torch.cuda.is_available()" in script
+    readme = (ROOT / "README.md").read_text()
+    assert "scripts/setup.sh --cuda" in readme and "TORCH_INDEX_URL=" in readme
+
+
 def test_dockerignore_keeps_local_state_and_secrets_out():
     ignored = (ROOT / ".dockerignore").read_text().split()
     for entry in (".venv", ".git", ".samsnet", "**/.env"):

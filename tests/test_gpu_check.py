@@ -63,3 +63,20 @@ def test_without_cuda_the_real_run_says_so(capsys):
         pytest.skip("a CUDA device is present")
     assert main([]) == 2
     assert "no CUDA device here" in capsys.readouterr().err
+
+
+def test_each_section_is_printed_and_saved_as_it_finishes(tmp_path, monkeypatch, capsys):
+    """A run cut off mid-way (a timeout's signal) leaves the sections done so far in the JSON."""
+    from samsnet_search.bench import gpu_check
+
+    def cut_off(*args):
+        raise KeyboardInterrupt  # what the shell's timeout leaves: no summary at the end
+
+    monkeypatch.setattr(gpu_check, "synthesize", lambda *a, **k: tmp_path)
+    monkeypatch.setattr(gpu_check, "check_train", lambda *a: {"samples_per_s": 1.5})
+    monkeypatch.setattr(gpu_check, "check_attention", cut_off)
+    out = tmp_path / "gpu-check.json"
+    with pytest.raises(KeyboardInterrupt):
+        main(["--cpu-dry-run", "--out", str(out)])
+    assert json.loads(out.read_text())["sections"]["train"]["samples_per_s"] == 1.5
+    assert "  train: samples_per_s 1.5" in capsys.readouterr().out

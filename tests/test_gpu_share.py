@@ -50,7 +50,10 @@ class FakeRun:
     def __init__(self):
         self.status = None
 
-    def start_system_metrics(self):
+    def start_system_metrics(self, gpu_ids=()):
+        pass
+
+    def tag_device(self, gpu_ids):
         pass
 
     def stop_system_metrics(self):

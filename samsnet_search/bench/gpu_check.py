@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import resource
 import sys
 import tempfile
@@ -212,8 +213,15 @@ def check_study(root: Path, work: Path, device: str, dry: bool) -> dict[str, Any
     }
 
 
-def run_gpu_check(device: str, dry: bool, work: Path, progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """All sections; a failing section is recorded (first line of its error) and the rest still run."""
+def run_gpu_check(
+    device: str,
+    dry: bool,
+    work: Path,
+    progress: Callable[[str], None] = print,
+    on_section: Callable[[dict[str, Any], str], None] = lambda report, name: None,
+) -> dict[str, Any]:
+    """All sections; a failing section is recorded (first line of its error) and the rest still run.
+    on_section(report, name) is called as each section finishes, so a timeout keeps what was done."""
     threads = 2 if dry else 8
     torch.set_num_threads(threads)
     report: dict[str, Any] = {"machine": machine_info(device, threads), "dry_run": dry, "sections": {}, "failed": []}
@@ -238,6 +246,7 @@ def run_gpu_check(device: str, dry: bool, work: Path, progress: Callable[[str], 
             }
             report["failed"].append(name)
         report["sections"][name]["section_s"] = round(time.perf_counter() - start, 2)
+        on_section(report, name)
     return report
 
 
@@ -293,13 +302,33 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu-check: no CUDA device here (use --cpu-dry-run to check the script itself)", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING)
+
+    def finished(report: dict[str, Any], name: str) -> None:
+        # Each section is printed and the JSON rewritten as it finishes (flushed): a run cut off
+        # by a timeout still leaves every section done so far.
+        print(
+            "\n".join(summary({**report, "sections": {name: report["sections"][name]}}).splitlines()[1:-1]), flush=True
+        )
+        if args.out:
+            _write(args.out, report)
+
     with tempfile.TemporaryDirectory(prefix="samsnet-gpu-check-") as tmp:
-        report = run_gpu_check(device, args.cpu_dry_run, Path(tmp))
+        report = run_gpu_check(device, args.cpu_dry_run, Path(tmp), on_section=finished)
     text = summary(report)
     print(text)
     if args.out:
-        args.out.write_text(json.dumps({**report, "summary": text}, indent=2, default=str))
+        _write(args.out, {**report, "summary": text})
     return 1 if report["failed"] else 0
+
+
+def _write(path: Path, report: dict[str, Any]) -> None:
+    """The report so far, replacing the file whole (a reader never sees half a JSON)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(report, indent=2, default=str))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

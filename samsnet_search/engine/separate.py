@@ -35,6 +35,15 @@ MODEL_FOLDER_MARKS = ("*.pt", "*.pt2", "export.json")  # what a checkpoint or ex
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".mp4", ".aac", ".aif", ".aiff", ".opus")
 
 
+def chunk_plan(model: nn.Module, chunk_seconds: float) -> ChunkPlan:
+    """Chunks that start on slice boundaries, with context for the network's receptive field
+    plus the STFT frames a chunk edge changes on each side of it (so plain masks are exact)."""
+    n_fft, hop = int(model.spectrogram.n_fft), int(model.spectrogram.hop_length)
+    edge = math.ceil(n_fft / (2 * hop))  # frames whose window crosses a chunk edge
+    context = (int(model.context_frames()) + 2 * edge + 1) * hop
+    return ChunkPlan.make(int(chunk_seconds * SAMPLE_RATE), context, int(model.slice_frames) * hop)
+
+
 class MaskSeparator:
     """A mask model as a chunk separator: audio (C, n) -> estimates (S, C, n) as float32 numpy."""
 
@@ -49,11 +58,7 @@ class MaskSeparator:
         self.context_frames = int(model.context_frames())
 
     def plan(self, chunk_seconds: float) -> ChunkPlan:
-        """Chunks that start on slice boundaries, with context for the network's receptive field
-        plus the STFT frames a chunk edge changes on each side of it (so plain masks are exact)."""
-        edge = math.ceil(self.n_fft / (2 * self.hop))  # frames whose window crosses a chunk edge
-        context = (self.context_frames + 2 * edge + 1) * self.hop
-        return ChunkPlan.make(int(chunk_seconds * SAMPLE_RATE), context, self.slice_frames * self.hop)
+        return chunk_plan(self.model, chunk_seconds)
 
     @torch.no_grad()
     def __call__(self, audio: np.ndarray) -> np.ndarray:

@@ -16,16 +16,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..config import TARGETS, ExperimentConfig
 from ..data import Splits, load_splits
 from ..data.dataset import make_train_loader, validation_excerpts
 from ..errors import SamsNetError
 from ..metrics.bsseval import median_over_tracks, sdr_v4, track_scores
-from ..model import SamsNet
 from . import checkpoint
 from .device import amp_dtype, configure_cuda, cudnn_benchmark, loader_defaults, pick_device
+from .loss import magnitude_loss
+from .validation import chunked_estimates, chunked_loss
 
 log = logging.getLogger(__name__)
 
@@ -78,18 +78,6 @@ class TrainSummary:
     stopped_early: bool
     checkpoint_dir: Path
     history: list[dict] = field(default_factory=list)
-
-
-def magnitude_loss(model: SamsNet, mixture: torch.Tensor, targets: torch.Tensor, amp: bool) -> torch.Tensor:
-    """MSE between estimated and true target magnitudes (paper eq. 4, all four targets).
-
-    mixture: (B, C, N); targets: (B, S, C, N).
-    """
-    mix_mag = model.spectrogram(mixture).abs()  # (B, C, F, T), STFT in float32
-    target_mag = model.spectrogram(targets).abs()  # (B, S, C, F, T)
-    with torch.autocast(mixture.device.type, dtype=amp_dtype(), enabled=amp):
-        masks = model(mix_mag)  # (B, S, C, F, T)
-    return F.mse_loss(masks.float() * mix_mag.unsqueeze(1), target_mag)
 
 
 def with_loader_defaults(cfg: ExperimentConfig, device: torch.device) -> ExperimentConfig:
@@ -222,17 +210,17 @@ class Trainer:
             return self._validate(excerpts, with_sdr)
 
     def _validate(self, excerpts, with_sdr: bool) -> tuple[float, dict[str, float] | None]:
+        # In chunks on every protocol: a whole song at once would not fit a GPU (engine.validation).
+        chunk = self.cfg.data.valid_chunk_seconds
         losses, scores = [], []
         for ex in excerpts:
-            mixture = torch.from_numpy(np.ascontiguousarray(ex.mixture))[None].to(self.device)
-            targets = torch.from_numpy(np.ascontiguousarray(ex.targets))[None].to(self.device)
-            losses.append(magnitude_loss(self.model, mixture, targets, self.amp).item())
+            losses.append(chunked_loss(self.model, ex.mixture, ex.targets, self.device, self.amp, chunk))
             if with_sdr:
-                with torch.autocast(self.device.type, dtype=amp_dtype(), enabled=self.amp):
-                    estimates = self.model.separate(mixture)[0]  # (S, C, N)
+                estimates = chunked_estimates(self.model, ex.mixture, self.device, self.amp, chunk)  # (S, C, N)
                 # A stem silent over a whole excerpt gives NaN (museval would refuse it);
-                # the medians skip NaN.
-                sdr = sdr_v4(targets[0].transpose(1, 2).double(), estimates.transpose(1, 2).double(), on_silent="nan")
+                # the medians skip NaN. On the host, in float64: a song's worth of samples.
+                refs = np.asarray(ex.targets, dtype=np.float64).transpose(0, 2, 1)
+                sdr = sdr_v4(refs, estimates.astype(np.float64).transpose(0, 2, 1), on_silent="nan")
                 scores.append(track_scores(sdr, TARGETS))
         return float(np.mean(losses)), (median_over_tracks(scores) if with_sdr else None)
 

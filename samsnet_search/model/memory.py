@@ -9,7 +9,9 @@ AMP; LayerNorm and the loss stay float32 under CUDA autocast):
   output (hd P'), all in `a`; the attention's logsumexp (h rows per position, float32, padded to
   `lse_align` rows per slice); both LayerNorm inputs (2d P, float32); the depthwise input,
   pointwise input and activation output (3d P, in `a`); where the SDPA call gets a full-size
-  key mask, that mask too (S, h, L, L in `a`);
+  key mask, that mask too (S, h, L, L in `a`); without one, where the last slice is padded, the
+  second SDPA call's output and logsumexp (hd F l, l its frames) and the concatenated output
+  (hd P) that W^O keeps;
 * outside the modules: the magnitude (C P, float32, plus its half copy under AMP), the mask
   convolution's input (d P) and the sigmoid output (KC P) in `a`, and the loss's product and
   target magnitudes (2 KC P, float32).
@@ -73,6 +75,13 @@ class TrainingShape:
     def slices(self) -> int:
         return math.ceil(self.frames / self.slice_frames)
 
+    @property
+    def tail_call(self) -> int:
+        """Frames of the padded last slice that SDPA runs again on its own (0: no second call).
+        Without a mask, `sams_net._sdpa_kernel` reruns a padded last slice and concatenates."""
+        last = self.frames - (self.slices - 1) * self.slice_frames
+        return 0 if self.full_mask or last == self.slice_frames else last
+
 
 def module_bytes(s: TrainingShape) -> int:
     """Bytes one Sams module keeps for backward, per sample."""
@@ -83,6 +92,10 @@ def module_bytes(s: TrainingShape) -> int:
     kept += 4 * h * sequences * (math.ceil(L / s.lse_align) * s.lse_align)
     if s.full_mask:
         kept += a * h * sequences * L * L
+    if s.tail_call:  # the tail call's output and logsumexp, and the concatenated output W^O keeps
+        kept += (
+            a * h * d * (P + s.bins * s.tail_call) + 4 * h * s.bins * math.ceil(s.tail_call / s.lse_align) * s.lse_align
+        )
     return kept
 
 
@@ -103,7 +116,8 @@ def _attention_grad_bytes(s: TrainingShape) -> int:
     """Gradients in flight while one module's attention runs backward, per sample: the output's
     and Q/K/V's (4hd P') and the residual's (d P, float32)."""
     padded = s.bins * s.slices * s.slice_frames
-    return AMP_DTYPES[s.dtype] * 4 * s.heads * s.channels * padded + 4 * s.channels * s.bins * s.frames
+    grads = 4 + (1 if s.tail_call else 0)  # with a tail call, the output's gradient padded back to i L too
+    return AMP_DTYPES[s.dtype] * grads * s.heads * s.channels * padded + 4 * s.channels * s.bins * s.frames
 
 
 def activation_bytes(s: TrainingShape) -> int:
@@ -138,10 +152,10 @@ def peak_bytes(s: TrainingShape) -> int:
     return int(tensor_bytes(s) * (1 + OVERHEAD_FRACTION)) + OVERHEAD_BYTES
 
 
-# `sams_net._sdpa_kernel` passes SDPA an (S, h, L, L) key mask on every call, which CUDA's
-# kernels keep at full size for backward (issue 21, item 3). False once only a padded last
-# slice is masked, without a full-size mask.
-SDPA_FULL_MASK = True
+# Whether SDPA receives an (S, h, L, L) key mask, which CUDA's kernels keep at full size for
+# backward. `sams_net._sdpa_kernel` passes none (issue 21, item 3; tests/test_model_sdpa.py):
+# a padded last slice runs again on its own frames instead.
+SDPA_FULL_MASK = False
 
 
 def training_shape(cfg: ExperimentConfig, amp_dtype: str = "bf16") -> TrainingShape:

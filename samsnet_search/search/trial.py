@@ -45,7 +45,7 @@ from ..services.tracking import ChildRunSpec, TrialRun, worker_http_settings
 from . import lease
 from .checkpoints import kept_checkpoints, stored_name, write_experiment
 from .objectives import best_of, better
-from .placement import place
+from .placement import assigned_gpu_ids, place
 from .study import merge
 
 log = logging.getLogger(__name__)
@@ -293,9 +293,11 @@ def train_tracked(
     fence: raises (a KeyboardInterrupt: nothing is recorded) when the driver lost the study, before
     an epoch is logged or published.
     """
-    run.start_system_metrics()
+    gpus = assigned_gpu_ids() or []  # NVML sees every GPU of the node: log only these
+    run.start_system_metrics(gpus)
     try:
         cfg, device = place(cfg)  # the GPU Ray assigned (CPU if none), loader defaults for it
+        run.tag_device(gpus if device.type == "cuda" else [])
         run.log_config(cfg.model_dump(mode="json"), cfg.resolved_model().model_dump(mode="json"))
         cost = model_cost_metrics(cfg)
         run.log_epoch(cost, 0)

@@ -29,13 +29,15 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from ..config import flatten
 from ..errors import ConfigError, SamsNetError
 from ..version import git_commit
+from . import gpu_metrics
 from .faults import DEFAULT_BUDGET_S, RetryingClient, retry
+from .gpu_metrics import GpuId
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ TRIAL_TAG = "samsnet.trial_id"
 STATUS_TAG = "samsnet.status"
 PARENT_TAG = "mlflow.parentRunId"
 BEST_RUN_TAG = "best_run"
+DEVICE_TAG = "samsnet.device"  # on a trial's run: the GPU name(s) it trained on, or "cpu"
 PHASE_TAG = "samsnet.phase"  # "selection" on a selection retraining's run (a child of the parent too)
 # completed: ran its full budget; stopped_early: the trainer's patience ended it;
 # pruned: ASHA stopped it at a rung; stopped: ended by the time budget or a shutdown;
@@ -377,6 +380,7 @@ class TrialRun:
                 self.client.update_run(self.run_id, status="RUNNING")
                 self.client.set_tag(self.run_id, STATUS_TAG, "running")
         self._monitor = None
+        self._gpu_sampler: gpu_metrics.GpuSampler | None = None
         self._best_logged_epoch = -1
 
     def _find_or_create(self, trial_name: str | None) -> tuple[str, bool]:
@@ -409,7 +413,9 @@ class TrialRun:
         metrics["epoch"] = max(steps, default=0)
         return metrics
 
-    def start_system_metrics(self) -> None:
+    def start_system_metrics(self, gpu_ids: Sequence[GpuId] = ()) -> None:
+        """CPU, disk and network through MLflow's monitor; utilization and memory of `gpu_ids`
+        (the GPUs Ray assigned this trial) only, through `gpu_metrics.GpuSampler`."""
         if not self.spec.system_metrics:
             return
         try:
@@ -421,10 +427,33 @@ class TrialRun:
                 resume_logging=self.resumed,
                 tracking_uri=self.spec.tracking_uri,
             )
+            gpu_metrics.without_gpu_monitors(self._monitor)  # it would log every GPU of the node
             self._monitor.start()
         except Exception as e:  # psutil missing or similar: metrics are optional, training is not
             log.warning("system metrics disabled: %s", _first_line(e))
             self._monitor = None
+        if gpu_ids:
+            self._gpu_sampler = gpu_metrics.GpuSampler(
+                gpu_ids, self._log_system, self.spec.system_metrics_interval_s, self._next_system_step(gpu_ids[0])
+            )
+            self._gpu_sampler.start()
+
+    def _log_system(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric  # lazy: mlflow
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def _next_system_step(self, gpu: GpuId) -> int:
+        """A resumed trial's GPU metrics continue after the steps it logged."""
+        if not self.resumed:
+            return 0
+        history = self.client.get_metric_history(self.run_id, f"system/gpu_{gpu}_utilization_percentage")
+        return 1 + max((m.step for m in history), default=-1)
+
+    def tag_device(self, gpu_ids: Sequence[GpuId]) -> None:
+        """`samsnet.device`: the name of the GPU(s) the trial trains on, or "cpu"."""
+        self.client.set_tag(self.run_id, DEVICE_TAG, gpu_metrics.device_name(gpu_ids))
 
     def log_config(self, experiment: Mapping[str, Any], model_config: Mapping[str, Any]) -> None:
         """All hyperparameters as params (dotted names), model config as an artifact."""
@@ -477,6 +506,9 @@ class TrialRun:
         )
 
     def stop_system_metrics(self) -> None:
+        if self._gpu_sampler is not None:
+            self._gpu_sampler.stop()
+            self._gpu_sampler = None
         if self._monitor is not None:
             try:
                 self._monitor.finish()
