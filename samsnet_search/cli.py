@@ -274,7 +274,8 @@ def separate(
         raise ConfigError(f"--wiener {wiener}: EM iterations must be >= 0 (0: plain masks)")
     selected = parse_stems(stems)
     net = load_separator(model, tracking_uri)
-    with ExitStack() as stack:
+    # SIGTERM / SIGHUP / Ctrl-C raise here (exit 128 + signal): the stems' .part files are removed on the way out.
+    with stop.watch(), ExitStack() as stack:
         bar = task = None
 
         def show(done: int, total: int | None) -> None:
@@ -299,19 +300,28 @@ def separate(
                 where=f"{done / SAMPLE_RATE:.0f}" + (f" / {total / SAMPLE_RATE:.0f} s" if total else " s"),
             )
 
-        written = separate_file(
-            net,
-            audio,
-            out,
-            pick_device(device),
-            chunk_seconds=chunk_seconds,
-            post=PostFilter(wiener=wiener, residual=residual),
-            stems=selected,
-            bits=bits,
-            progress=show,
-        )
+        try:
+            written = separate_file(
+                net,
+                audio,
+                out,
+                pick_device(device),
+                chunk_seconds=chunk_seconds,
+                post=PostFilter(wiener=wiener, residual=residual),
+                stems=selected,
+                bits=bits,
+                progress=show,
+            )
+        except stop.Interrupted as e:
+            raise _separate_stopped(e.signum) from None
     for target, path in written.items():
         print(f"{target:>7}: {path}")
+
+
+def _separate_stopped(signum: int) -> typer.Exit:
+    """A separation stopped by a signal: what happened, and the shell sees 128 + the signal."""
+    console.print(f"separation stopped ({signal.Signals(signum).name}); no partial stems left", highlight=False)
+    return typer.Exit(128 + signum)
 
 
 @app.command("export")

@@ -15,3 +15,8 @@ class DataError(SamsNetError):
 
 class CheckpointError(SamsNetError):
     """A checkpoint cannot be read or does not match the model."""
+
+
+class DamagedFile(ConfigError):
+    """A file the platform wrote is unreadable now: binary garbage, wrong field types, cut short.
+    The message names the file, what is wrong and what a valid one holds."""

@@ -4,6 +4,7 @@ what it does without a gradient, with several threads and in a whole model, and 
 Its numbers against the definition are in test_model_attention.py (every kernel is checked there).
 """
 
+import hashlib
 import math
 import os
 import subprocess
@@ -128,6 +129,66 @@ def test_a_damaged_cached_library_is_built_again(tmp_path, monkeypatch):
     finally:
         monkeypatch.undo()
         cpu_attention.library.cache_clear()
+
+
+PLANTED = """
+#include <stdio.h>
+__attribute__((constructor)) static void planted(void) { FILE *f = fopen(MARKER, "w"); if (f) fclose(f); }
+"""
+
+
+def _plant(lib, tmp_path) -> "os.PathLike":
+    """Replace the cached `lib` by another valid library whose load writes a marker file."""
+    marker = tmp_path / "planted-code-ran"
+    src = tmp_path / "planted.c"
+    src.write_text(f'#define MARKER "{marker}"\n' + PLANTED)
+    subprocess.run([os.environ.get("CC", "cc"), "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    return marker
+
+
+@pytest.fixture
+def kernel_cache(tmp_path, monkeypatch, caplog):
+    """An empty kernel cache of this test's own; `library()` forgets what it loaded before and after."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cpu_attention.library.cache_clear()
+    caplog.set_level("WARNING", logger=cpu_attention.__name__)
+    yield cpu_attention.library_path(os.environ.get("CC", "cc"))
+    monkeypatch.undo()
+    cpu_attention.library.cache_clear()
+
+
+@needs_kernel
+def test_the_cache_folder_is_private_and_the_library_records_its_hash(kernel_cache):
+    assert cpu_attention.library() is not None
+    assert kernel_cache.parent.stat().st_mode & 0o777 == 0o700
+    digest = cpu_attention.digest_path(kernel_cache).read_text().strip()
+    assert digest == hashlib.sha256(kernel_cache.read_bytes()).hexdigest()
+
+
+@needs_kernel
+def test_a_tampered_cached_library_is_rebuilt_not_loaded(kernel_cache, tmp_path, caplog):
+    assert cpu_attention.library() is not None
+    marker = _plant(kernel_cache, tmp_path)  # the recorded hash is the real library's
+    cpu_attention.library.cache_clear()
+    assert cpu_attention.library() is not None and not marker.exists()
+    assert (
+        cpu_attention.digest_path(kernel_cache).read_text().strip()
+        == hashlib.sha256(kernel_cache.read_bytes()).hexdigest()
+    )
+    assert [r.getMessage() for r in caplog.records if "content hash differs" in r.getMessage()]
+
+
+@needs_kernel
+def test_a_cache_folder_others_could_write_is_made_private_and_not_trusted(kernel_cache, tmp_path, caplog):
+    """Whoever could write the folder could write the hash record too: its contents are rebuilt."""
+    assert cpu_attention.library() is not None
+    kernel_cache.parent.chmod(0o777)
+    marker = _plant(kernel_cache, tmp_path)
+    cpu_attention.digest_path(kernel_cache).write_text(hashlib.sha256(kernel_cache.read_bytes()).hexdigest())
+    cpu_attention.library.cache_clear()
+    assert cpu_attention.library() is not None and not marker.exists()
+    assert kernel_cache.parent.stat().st_mode & 0o777 == 0o700
+    assert [r.getMessage() for r in caplog.records if "open to group/others" in r.getMessage()]
 
 
 def test_the_kernel_is_chosen_per_input():

@@ -160,5 +160,5 @@ def test_a_manifest_caught_mid_copy_is_read_again_and_a_broken_one_named(tmp_pat
     assert identity.read_manifest(m.path).name == "s"
     later.join()
     (tmp_path / "s" / identity.MANIFEST).write_text('{"name": "s"')
-    with pytest.raises(ConfigError, match=r"s/study.json: not a study manifest"):
+    with pytest.raises(ConfigError, match=r"s/study.json: damaged study manifest"):
         identity.read_manifest(m.path)

@@ -16,8 +16,11 @@ at lengths that do and do not fill whole slices; an export that differs by more 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
+import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -81,13 +84,63 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, card_info
     "test_sdr" ({target: dB}), "selection_table" (list of row dicts), "study_summary" (dict).
     Returns `out_dir`.
     """
-    card_info = dict(card_info or {})
-    net, state = checkpoint.load_model(checkpoint_dir)
-    net.eval()
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise ExportError(f"{out}: exists and is not an export folder; give an empty or new --out folder")
-    out.mkdir(parents=True, exist_ok=True)
+    with _staged(out) as staging:
+        _write_export(checkpoint_dir, staging, dict(card_info or {}))
+    log.info("exported %s to %s", checkpoint_dir, out)
+    return out
+
+
+STAGING = ".{name}.exporting-{pid}"  # beside --out: the same filesystem, so the final rename is atomic
+
+
+@contextlib.contextmanager
+def _staged(out: Path):
+    """A new folder beside `out` to write the export into, renamed to `out` at the end: a run killed
+    (even by SIGKILL) leaves no partial `out`, only a hidden staging folder, which the next export
+    to `out` removes. An existing export in `out` is replaced once the new one is complete."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(out)
+    staging = out.parent / STAGING.format(name=out.name, pid=os.getpid())
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        old = out.parent / f".{out.name}.replaced-{os.getpid()}"
+        if out.exists():
+            out.rename(old)  # an export folder (checked above) or an empty one
+        staging.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Staging folders of exports to `out` whose process is gone (killed mid-export)."""
+    prefix = STAGING.format(name=out.name, pid="")
+    for folder in out.parent.glob(glob.escape(prefix) + "*"):
+        pid = folder.name.removeprefix(prefix)
+        if pid.isdigit() and not _alive(int(pid)):
+            log.info("removing %s, left by an export that did not finish", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _write_export(checkpoint_dir: str | Path, out: Path, card_info: dict) -> None:
+    """Every file of the export into the (empty, staging) folder `out`; export.json last."""
+    net, state = checkpoint.load_model(checkpoint_dir)
+    net.eval()
     torch.save(net.state_dict(), out / WEIGHTS_FILE)
     _write_json(out / CONFIG_FILE, state["model_config"])
     _write_json(out / EXPERIMENT_FILE, state["experiment"])
@@ -116,10 +169,7 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, card_info
             "parity": {"max_abs_error": parity, "traced_frames": int(mag.shape[-1]), "opset": ONNX_OPSET},
         },
     )
-    log.info(
-        "exported %s to %s (largest difference from the eager model %.2e)", checkpoint_dir, out, max(parity.values())
-    )
-    return out
+    log.info("largest difference of the export from the eager model %.2e", max(parity.values()))
 
 
 def _write_json(path: Path, payload: Any) -> None:

@@ -77,6 +77,9 @@ def format_studies(manifests: list[Manifest]) -> str:
         return "no studies"
     rows = [("NAME", "STATE", "TRIALS", "BEST", "UPDATED", "MLFLOW EXPERIMENT")]
     for m in manifests:
+        if m.damaged:
+            rows.append((m.name, m.state, "-", "-", "-", "-"))
+            continue
         counts = m.summary.get("counts", {})
         trials = " ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "-"
         best_key = next(

@@ -1,7 +1,9 @@
 """Full-track separation and BSSEval v4 scores, aggregated as the paper (and SiSEC 2018) does.
 
 SDR per target = median over 1 s frames (NaN frames, i.e. silent references, ignored),
-then median over tracks; the headline number is the average of the four targets.
+then median over tracks; the headline number is the average of the four targets. A track museval
+cannot score is refused in one line naming it (`check_scorable`): shorter than one 1 s frame, or a
+reference or estimate silent throughout (docs/metrics.md, "Tracks that cannot be scored").
 Estimators: a trained model (chunked, bounded memory) or an oracle ideal ratio mask:
 `irm1` = magnitude ratio |S_j| / sum_k |S_k|, `irm2` = power ratio |S_j|^2 / sum_k |S_k|^2,
 both applied to the mixture STFT (same STFT as the model) with the mixture phase.
@@ -21,6 +23,7 @@ import torch
 
 from ..config import SAMPLE_RATE, TARGETS
 from ..data import Track
+from ..errors import DataError
 from ..metrics.bsseval import bss_eval_v4, median_over_tracks, track_scores
 from ..model import SamsNet, Spectrogram
 from .apply import apply_chunked, blocks_of
@@ -106,6 +109,28 @@ def score(references: np.ndarray, estimates: np.ndarray, backend: Backend) -> di
     return bss_eval_v4(refs, ests, win=SAMPLE_RATE, hop=SAMPLE_RATE)
 
 
+def check_scorable(track: str, stems: np.ndarray, kind: str, win: int = SAMPLE_RATE) -> None:
+    """Refuse, naming the track, what museval would refuse or score meaninglessly. stems: (S, C, N).
+
+    Shorter than one BSSEval frame (`win` samples): museval scores the whole signal as one frame
+    of another length, not comparable with 1 s frames. A stem silent throughout (museval's rule:
+    its channel sum is exactly zero at every sample): museval's projection is undetermined and it
+    raises. Frames silent only in stretches are scored as museval does (NaN, skipped by the median).
+    """
+    n = stems.shape[-1]
+    if n < win:
+        raise DataError(
+            f"track {track!r}: {n} samples ({n / SAMPLE_RATE:.2f} s) is shorter than one BSSEval frame "
+            f"({win} samples, {win / SAMPLE_RATE:g} s); it cannot be scored: leave it out"
+        )
+    silent = [t for t, stem in zip(TARGETS, stems) if not np.any(np.sum(stem, axis=0))]
+    if silent:
+        raise DataError(
+            f"track {track!r}: {kind} {', '.join(silent)} is silent throughout (all zeros); BSSEval v4 "
+            "(museval) cannot score a track with a silent stem: leave the track out"
+        )
+
+
 def museval_json(name: str, metrics: dict[str, np.ndarray]) -> str:
     """The per-track JSON museval writes (frames of SDR/SIR/ISR/SAR per target)."""
     from museval.aggregate import TrackStore  # lazy: museval
@@ -134,8 +159,11 @@ def evaluate_tracks(
     report = EvalReport(estimator=name, backend=backend, data=data_kind, subset=subset, decoding=decoding)
     start = time.monotonic()
     for k, track in enumerate(tracks, 1):
+        references = track.audio()[1:]
+        check_scorable(track.name, references, "reference")  # before the separation: it costs minutes
         estimates = estimator(track)
-        metrics = score(track.audio()[1:], estimates, backend)
+        check_scorable(track.name, estimates, "estimate")
+        metrics = score(references, estimates, backend)
         report.tracks[track.name] = track_scores(metrics["SDR"], TARGETS)
         log.info("%s: %s", track.name, report.tracks[track.name])
         if progress is not None:

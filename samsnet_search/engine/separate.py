@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -137,13 +138,72 @@ def separate_file(
     report = None if progress is None else (lambda done: progress(done, inp.frames))
     written = 0
     writer = StemWriter(out_dir, stems, channels, bits)  # checks `bits` before anything is written
+    check_free_space(out_dir, inp.frames, channels, len(stems), bits)
+    created = _first_missing(Path(out_dir))
     if report is not None:
         report(0)  # the input is probed and the options are valid: work starts
-    with writer:
-        for piece in apply_chunked(sep, read_blocks(inp, plan.chunk, channels), plan, report):
-            writer.write(dict(zip(TARGETS, piece)))
-            written += piece.shape[-1]
-        if not written:
-            raise DataError(f"{path}: empty audio (0 samples)")
+    try:
+        with writer:  # on any exception (a SIGTERM raised by the CLI's handler too) the .part files go
+            for piece in apply_chunked(sep, read_blocks(inp, plan.chunk, channels), plan, report):
+                writer.write(dict(zip(TARGETS, piece)))
+                written += piece.shape[-1]
+            if not written:
+                raise DataError(f"{path}: empty audio (0 samples)")
+    except BaseException:
+        _remove_empty(created, Path(out_dir))  # no empty --out folder left behind by a failed run
+        raise
     log.info("%s: %.1f s separated (%s) into %s", path, written / SAMPLE_RATE, post.label, out_dir)
     return dict(writer.paths)
+
+
+# Bytes per sample of each --bits (audio_io.BITS); a wav header is tens of bytes, a block covers it.
+BYTES_PER_SAMPLE = {"16": 2, "24": 3, "32f": 4}
+HEADER_BYTES = 4096
+
+
+def check_free_space(out_dir: str | Path, frames: int | None, channels: int, stems: int, bits: str) -> None:
+    """Refuse before any work when the stems will not fit: frames x channels x stems x bytes per
+    sample (`bits`). An input of unknown length (a stream without a stated duration) is not checked."""
+    if frames is None:
+        log.info("%s: input length unknown: free space not checked", out_dir)
+        return
+    folder = _first_existing(Path(out_dir))
+    needed = stems * (frames * channels * BYTES_PER_SAMPLE[bits] + HEADER_BYTES)
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise DataError(
+            f"{out_dir}: not enough free space for the stems: {_size(needed)} needed ({stems} stems x "
+            f"{channels} channels x {frames} samples x {BYTES_PER_SAMPLE[bits]} bytes, --bits {bits}), "
+            f"{_size(free)} free on {folder}"
+        )
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def _first_existing(folder: Path) -> Path:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost folder of `folder` and its parents that does not exist yet (None: all exist)."""
+    missing = None
+    while not folder.exists() and folder != folder.parent:
+        missing, folder = folder, folder.parent
+    return missing
+
+
+def _remove_empty(created: Path | None, out_dir: Path) -> None:
+    """Remove the folders this run created from `out_dir` up to `created`, where they are empty."""
+    if created is None:
+        return
+    for folder in [out_dir, *out_dir.parents]:
+        try:
+            folder.rmdir()  # only when empty
+        except OSError:
+            return
+        if folder == created:
+            return

@@ -15,6 +15,11 @@ The C file is compiled on first use with the system's C compiler (`$CC`, else `c
 through ctypes, which releases the GIL: work is split over torch's thread count with a thread
 pool. (numba, used by metrics/bsseval.py, vectorized these loops poorly: 3-7 GFLOPS.)
 Without a compiler the model falls back to the batched-matmul kernel (`supported` is False).
+
+Loading a shared library runs its code, so the cache is guarded: its folder is made 0700 (one
+found writable by group or others is made private again and its contents rebuilt; one owned by
+another user is refused), and a library is loaded only when its sha256 matches the one written
+beside it (`<lib>.sha256`) when it was built; otherwise it is built again, with one warning.
 """
 
 from __future__ import annotations
@@ -69,10 +74,11 @@ def library() -> ctypes.CDLL | None:
     compiler = os.environ.get("CC", "cc")
     target = library_path(compiler)
     try:
-        built = _build(compiler, target, rebuild=False)
+        trusted = _private_folder(target.parent)
+        built = _build(compiler, target, rebuild=not (trusted and _intact(target)))
         try:
             lib = ctypes.CDLL(str(built))
-        except OSError:  # a damaged or foreign file in the cache: build it again, once
+        except OSError:  # a foreign file with a matching hash (another CPU's): build it again, once
             lib = ctypes.CDLL(str(_build(compiler, target, rebuild=True)))
     except (OSError, subprocess.SubprocessError) as err:
         detail = (getattr(err, "stderr", b"") or b"").decode(errors="replace")[-500:]
@@ -90,15 +96,60 @@ def library_path(compiler: str) -> Path:
     return cache_dir() / f"sliced_attention-{key[:16]}.so"
 
 
+def digest_path(lib: Path) -> Path:
+    """`<lib>.sha256`: the library's content hash, recorded when it was built."""
+    return lib.with_name(lib.name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _private_folder(folder: Path) -> bool:
+    """Make `folder` (and the cache folders above it) 0700; whether its contents can be trusted.
+
+    A folder another user owns is refused (OSError): anyone who can write there chooses the code
+    this process runs. One of ours that group or others could write is made private again, but
+    what is in it may have been planted, so it is not trusted (False: rebuilt)."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = folder.stat()
+    if info.st_uid != os.getuid():
+        raise OSError(f"{folder}: kernel cache owned by uid {info.st_uid}, not this user; refusing to load from it")
+    if info.st_mode & 0o077 == 0:
+        return True
+    log.warning(
+        "%s: kernel cache was open to group/others (mode %o); made 0700, rebuilding", folder, info.st_mode & 0o777
+    )
+    folder.chmod(0o700)
+    return False
+
+
+def _intact(lib: Path) -> bool:
+    """Whether `lib` is there with the content hash recorded at build (a missing record counts as
+    a mismatch); one warning when it is there but differs."""
+    if not lib.is_file():
+        return False
+    record = digest_path(lib)
+    recorded = record.read_text().strip() if record.is_file() else None
+    if recorded == _sha256(lib):
+        return True
+    log.warning("%s: content hash differs from %s recorded at build; rebuilding", lib, record.name)
+    return False
+
+
 def _build(compiler: str, target: Path, rebuild: bool) -> Path:
-    """Compile SOURCE to `target` unless it is there; concurrent builds are safe (atomic rename)."""
+    """Compile SOURCE to `target` and record its hash beside it, unless it is there. Concurrent
+    builds are safe (atomic renames; a reader between the two renames sees a mismatch and builds
+    again)."""
     if target.is_file() and not rebuild:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
         cmd = [compiler, *_FLAGS, "-o", str(built), str(SOURCE)]
         subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+        digest = digest_path(built)
+        digest.write_text(_sha256(built) + "\n")
+        os.replace(digest, digest_path(target))
         os.replace(built, target)
     return target
 

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from ray import tune
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DamagedFile
 from ..services import storage
 from . import identity
 from .objectives import better
@@ -50,18 +50,40 @@ def write_experiment(study_path: str, trial_id: str, experiment: dict[str, Any])
 
 
 def read_experiment(study_path: str, trial_id: str) -> dict[str, Any] | None:
-    """The trial's configuration as its worker recorded it, or None (the trial never started)."""
-    return storage.read_json(storage.join(trial_uri(study_path, trial_id), EXPERIMENT_FILE))
+    """The trial's configuration as its worker recorded it, or None: the trial never started, or
+    the file is damaged (garbage, cut short, not an object; one warning names it). Callers fall back
+    for both alike (the runner rebuilds the configuration from the trial's config)."""
+    uri = storage.join(trial_uri(study_path, trial_id), EXPERIMENT_FILE)
+    try:
+        experiment = storage.read_json(uri)
+    except DamagedFile as e:
+        log.warning("%s; read as missing", e)
+        return None
+    if experiment is not None and not isinstance(experiment, dict):
+        log.warning("%s: damaged: a JSON %s, not an object; read as missing", uri, type(experiment).__name__)
+        return None
+    return experiment
 
 
 def read_results(trial_path: str) -> list[dict[str, Any]]:
-    """The trial's reported results in order, from Tune's `result.json` (one JSON line each)."""
+    """The trial's reported results in order, from Tune's `result.json` (one JSON object per line).
+
+    A line that is not JSON was cut short by a driver killed while Tune appended it, and is
+    skipped; a file that is not text, or a line that is JSON but not an object, is damage
+    (DamagedFile naming the file and line)."""
+    uri = storage.join(trial_path, RESULTS_FILE)
     rows = []
-    for line in (storage.read_text(storage.join(trial_path, RESULTS_FILE)) or "").splitlines():
+    for number, line in enumerate((storage.read_text(uri) or "").splitlines(), 1):
         try:
-            rows.append(json.loads(line))
-        except ValueError:  # a line cut short by a driver killed while Tune appended it
+            row = json.loads(line)
+        except ValueError:
             continue
+        if not isinstance(row, dict):
+            raise DamagedFile(
+                f"{storage.display_uri(uri)}: damaged: line {number} is a JSON {type(row).__name__}, "
+                "expected one object per reported result"
+            )
+        rows.append(row)
     return rows
 
 

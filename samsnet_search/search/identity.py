@@ -8,18 +8,19 @@ Storage is a local folder or an s3:// URI; every read and write goes through
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
 
 from ..config import read_yaml
-from ..errors import ConfigError, SamsNetError
+from ..errors import ConfigError, DamagedFile, SamsNetError
 from ..services import storage as storage_io
 from ..services import tracking
 from ..services.infra import check_reachable
@@ -34,6 +35,7 @@ STORAGE_ENV = "SAMSNET_STORAGE"
 STORAGE_TAG = "samsnet.storage"  # on the parent run: the study folder (display form)
 STUDY_COPY = "study.yaml"
 STATES = ("created", "running", "interrupted", "finished", "failed")
+DAMAGED = "damaged"  # the state `list_studies` gives a study whose manifest cannot be read
 
 
 class StudyNotFound(SamsNetError):
@@ -62,6 +64,16 @@ class Manifest:
     def path(self) -> str:
         return study_uri(self.storage, self.name)
 
+    @property
+    def damaged(self) -> bool:
+        """A stand-in `list_studies` makes for a study whose manifest cannot be read."""
+        return self.state.startswith(DAMAGED)
+
+    @classmethod
+    def stand_in(cls, storage: str, name: str, error: DamagedFile) -> "Manifest":
+        """What `ls` shows for a damaged study: its folder name and the one line saying why."""
+        return cls(name, storage, "-", "-", "-", "-", "-", None, "-", "-", f"{DAMAGED}: {error}", updated=0.0)
+
 
 def study_uri(storage: str, name: str) -> str:
     """`<storage>/<name>`: the study's folder (or a file in it)."""
@@ -75,20 +87,51 @@ MANIFEST_READS, MANIFEST_READ_PAUSE_S = 5, 0.2
 
 
 def read_manifest(study_path: str) -> Manifest | None:
+    """The study's manifest, or None when there is none; DamagedFile naming the file when it is
+    garbage, cut short or has fields of the wrong type."""
     uri = study_uri(study_path, MANIFEST)
     for _ in range(MANIFEST_READS):
-        text = read_text(uri)
-        if text is None:
-            return None
         try:
-            return Manifest(**json.loads(text))
-        except ValueError as e:  # empty or cut short: read again (see above)
+            text = read_text(uri)
+            if text is None:
+                return None
+            return _manifest_from(json.loads(text), uri)
+        except (ValueError, DamagedFile) as e:  # empty or cut short: read again (see above)
             error: Exception = e
             time.sleep(MANIFEST_READ_PAUSE_S)
-        except TypeError as e:
-            error = e
-            break
-    raise ConfigError(f"{display_uri(uri)}: not a study manifest: {error}") from None
+    why = str(error).removeprefix(f"{display_uri(uri)}: ")
+    raise DamagedFile(
+        f"{display_uri(uri)}: damaged study manifest ({why}); expected the JSON object `samsnet-search run` writes"
+    ) from None
+
+
+# Manifest field annotation -> the JSON types it may hold (annotations are strings: __future__).
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "str | None": (str, type(None)),
+    "float": (int, float),
+    "bool": (bool,),
+    "dict[str, Any]": (dict,),
+}
+
+
+def _manifest_from(data: Any, uri: str) -> Manifest:
+    """A Manifest from parsed JSON, each field's type checked (a dataclass checks none)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"a JSON {type(data).__name__}, not an object")
+    fields = {f.name: f for f in dataclasses.fields(Manifest)}
+    required = {n for n, f in fields.items() if f.default is MISSING and f.default_factory is MISSING}
+    if unknown := sorted(set(data) - set(fields)):
+        raise ValueError(f"unknown fields {unknown}")
+    if missing := sorted(required - set(data)):
+        raise ValueError(f"missing fields {missing}")
+    for key, value in data.items():
+        kinds = _JSON_TYPES[str(fields[key].type)]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise ValueError(f"{key}: {type(value).__name__} {value!r:.40}, expected {fields[key].type}")
+    if data.get("state", "created") not in STATES:
+        raise ValueError(f"state: {data['state']!r:.40}, expected one of {', '.join(STATES)}")
+    return Manifest(**data)
 
 
 def write_manifest(manifest: Manifest) -> None:
@@ -202,7 +245,8 @@ def _find_through_tracking(name: str) -> Manifest | None:
 
 
 def list_studies(storage: str) -> list[Manifest]:
-    """Manifests of every study directly under `storage`, newest first."""
+    """Manifests of every study directly under `storage`, newest first; a study whose manifest is
+    damaged is listed last as a stand-in (`Manifest.damaged`), so one bad file hides no other study."""
     fs, root = storage_io.filesystem(storage)
     info = fs.get_file_info(root)
     if info.type != pafs.FileType.Directory and not (is_s3(storage) and info.type == pafs.FileType.NotFound):
@@ -217,9 +261,8 @@ def list_studies(storage: str) -> list[Manifest]:
             continue
         try:
             manifest = read_manifest(study_uri(storage, entry.base_name))
-        except ConfigError as e:
-            log.warning("skipping %s", e)
-            continue
+        except DamagedFile as e:
+            manifest = Manifest.stand_in(storage, entry.base_name, e)
         if manifest is not None:
             out.append(manifest)
     return sorted(out, key=lambda m: m.updated, reverse=True)

@@ -50,7 +50,7 @@ from ..engine.evaluate import evaluate_tracks, model_estimator
 from ..engine.separate import separate
 from ..engine.train import pick_device
 from ..engine.wiener import PostFilter
-from ..errors import SamsNetError
+from ..errors import DamagedFile, SamsNetError
 from ..services import stop, storage, tracking
 from ..services.tracking import PHASE_TAG
 from . import cost, identity, lease
@@ -794,5 +794,9 @@ def _update_manifest(manifest, final: SelectionResult) -> None:
 
 def load_selection(study_path: str) -> SelectionResult | None:
     """A finished selection from the study folder, or None."""
-    done = storage.read_json(storage.join(selection_uri(study_path), RESULT_FILE))
-    return None if done is None else SelectionResult.from_dict(done)
+    uri = storage.join(selection_uri(study_path), RESULT_FILE)
+    done = storage.read_json(uri)
+    try:
+        return None if done is None else SelectionResult.from_dict(done)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # wrong fields or types
+        raise DamagedFile(f"{storage.display_uri(uri)}: damaged selection result ({type(e).__name__}: {e})") from None

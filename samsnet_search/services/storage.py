@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DamagedFile
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +94,15 @@ def read_bytes(uri: str) -> bytes | None:
 
 
 def read_text(uri: str) -> str | None:
-    """A small file of the storage as text, or None when it is absent."""
+    """A small file of the storage as UTF-8 text, or None when it is absent; DamagedFile when it is
+    not text (binary garbage from a bad disk or a stray write)."""
     data = read_bytes(uri)
-    return None if data is None else data.decode()
+    if data is None:
+        return None
+    try:
+        return data.decode()
+    except UnicodeDecodeError as e:
+        raise DamagedFile(f"{display_uri(uri)}: damaged: not UTF-8 text (byte {e.start} of {len(data)})") from None
 
 
 def write_bytes(uri: str, data: bytes) -> None:
@@ -124,14 +130,15 @@ def write_text(uri: str, text: str) -> None:
 
 
 def read_json(uri: str) -> Any | None:
-    """A JSON file of the storage parsed, or None when it is absent; StorageError when it is not JSON."""
+    """A JSON file of the storage parsed, or None when it is absent; DamagedFile when it is not
+    JSON (garbage, or cut short)."""
     text = read_text(uri)
     if text is None:
         return None
     try:
         return json.loads(text)
     except ValueError as e:
-        raise StorageError(f"{display_uri(uri)}: not JSON: {e}") from None
+        raise DamagedFile(f"{display_uri(uri)}: damaged: not JSON ({e})") from None
 
 
 def write_json(uri: str, payload: Any, indent: int = 2) -> None:
