@@ -127,3 +127,46 @@ def test_tampered_ray_state_is_refused(tmp_path, synth_root, config_home, capsys
             integrity.verify(str(folder))
     finally:
         os.chmod(key, 0o600)
+
+
+def tiny_study(tmp_path: Path, synth_root: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": name,
+                "model": {
+                    "n_fft": 256,
+                    "hop_length": 128,
+                    "slices": {"choice": [1]},
+                    "heads": 1,
+                    "channels": 2,
+                    "depth": 1,
+                },
+                "data": {"root": str(synth_root), "segment_seconds": 0.5, "samples_per_track": 1, "valid_seconds": 1.0},
+                "train": {"lr": 1e-3, "batch_size": 2, "epochs": 1, "patience": 1, "valid_sdr_every": 0},
+                "search": {"num_samples": 1, "seed": 0, "scheduler": "fifo"},
+                "resources": {"cpu": 1},
+                "storage": str(tmp_path / "runs"),
+                "tracking": {"uri": str(tmp_path / "mlruns"), "system_metrics": False},
+            }
+        )
+    )
+    return path
+
+
+def test_a_study_moved_to_another_machine_resumes_after_trust(tmp_path, synth_root, config_home, capsys, monkeypatch):
+    """Machine B (another config folder: no key, no signatures) refuses the study naming --trust and
+    creates no key; `resume --trust` signs what is there, prints it, and resumes."""
+    run_study(load_study(tiny_study(tmp_path, synth_root, "moved"), base_dir=tmp_path))
+    machine_b = tmp_path / "machine-b"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(machine_b))
+    args = ["resume", "moved", "--storage", str(tmp_path / "runs"), "--no-live", "--no-select"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--trust" in err and "another machine" in err and "Resume on the machine" not in err, err
+    assert not (machine_b / "samsnet" / "state-hmac.key").exists()
+    assert main([*args, "--trust"]) == 0
+    out = capsys.readouterr().out
+    assert "tuner.pkl" in out and "signed" in out, out
+    assert (machine_b / "samsnet" / "state-hmac.key").exists()

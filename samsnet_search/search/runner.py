@@ -496,8 +496,18 @@ def _importance(study: Study, result: StudyResult) -> dict[str, Any]:
 
 
 def _verify_state(study: Study) -> None:
-    """Before Tune unpickles the study's state: each file must carry this driver's signature."""
+    """Before Tune unpickles the study's state: files a failed write left empty or truncated are
+    set aside (they block Tune's restore, and cannot carry code); each other file must carry this
+    driver's signature."""
+    integrity.set_aside_damaged(identity.study_uri(study.storage, study.name))
     integrity.verify(identity.study_uri(study.storage, study.name))
+
+
+def trust_state(study: Study) -> list[str]:
+    """`resume --trust`: sign the study's current Ray state with this machine's key (after setting
+    aside what a failed write left); returns the files signed."""
+    integrity.set_aside_damaged(identity.study_uri(study.storage, study.name))
+    return integrity.trust(identity.study_uri(study.storage, study.name))
 
 
 def _sign_tuner(study: Study) -> None:
