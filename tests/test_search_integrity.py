@@ -19,6 +19,7 @@ from samsnet_search.cli import main
 from samsnet_search.search import integrity
 from samsnet_search.search.runner import run_study
 from samsnet_search.search.study import load_study
+from samsnet_search.search.trial import trial_workdir
 
 pytestmark = pytest.mark.slow
 
@@ -158,7 +159,10 @@ def tiny_study(tmp_path: Path, synth_root: Path, name: str) -> Path:
 def test_a_study_moved_to_another_machine_resumes_after_trust(tmp_path, synth_root, config_home, capsys, monkeypatch):
     """Machine B (another config folder: no key, no signatures) refuses the study naming --trust and
     creates no key; `resume --trust` signs what is there, prints it, and resumes."""
+    killed = trial_workdir("moved", "0badc0de")  # what a killed trial leaves behind
+    (killed / "checkpoint").mkdir(parents=True, exist_ok=True)
     run_study(load_study(tiny_study(tmp_path, synth_root, "moved"), base_dir=tmp_path))
+    assert not killed.exists()  # the finished search removed it
     machine_b = tmp_path / "machine-b"
     monkeypatch.setenv("XDG_CONFIG_HOME", str(machine_b))
     args = ["resume", "moved", "--storage", str(tmp_path / "runs"), "--no-live", "--no-select"]

@@ -9,8 +9,10 @@ builds on.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -33,7 +35,7 @@ from .integrity import StateSigner
 from .objectives import best_of, per_epoch_keys
 from .space import describe, num_trials, tune_space
 from .study import Study, load_stored, resolve_storage
-from .trial import RUN_ID_KEY, TrialContext, build_experiment, train_trial
+from .trial import RUN_ID_KEY, TrialContext, build_experiment, train_trial, trial_workdir
 
 log = logging.getLogger(__name__)
 
@@ -570,8 +572,27 @@ def _log_pareto(target, run_id: str, front: dict[str, Any]) -> None:
     tracking.client(target).log_metric(run_id, "pareto.size", float(len(front["front"])))
 
 
+# Ray's trial ids: 8 hex digits (searcher trials) or 5 hex, "_" and a 5-digit number (variants).
+_TRIAL_ID = r"(?:[0-9a-f]{8}|[0-9a-f]{5}_\d{5})"
+
+
+def remove_trial_workdirs(study_name: str) -> int:
+    """Remove the study's trial work folders on this machine (`trial_workdir`): a trial that ends
+    removes its own, a killed one (worker lost, driver stopped) leaves it behind. Returns how many.
+    Only this machine's: on a cluster each worker node's temp folder holds its trials' folders."""
+    root = trial_workdir(study_name, "x").parent
+    own = re.compile(rf"{re.escape(study_name)}_{_TRIAL_ID}")
+    folders = [p for p in root.glob(f"{glob.escape(study_name)}_*") if own.fullmatch(p.name)]
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+    return len(folders)
+
+
 def close_study(manifest: Manifest, target, state: str, result: StudyResult | None, keep_open: bool = False) -> None:
-    """Record the study's state in study.json and on the parent run; end the run unless keep_open."""
+    """Record the study's state in study.json and on the parent run; end the run unless keep_open.
+    A finished search leaves no trial work folder behind."""
+    if state == "finished":
+        remove_trial_workdirs(manifest.name)
     manifest.state = state
     manifest.search_finished = manifest.search_finished or state == "finished"
     summary = result.summary() if result is not None else None
