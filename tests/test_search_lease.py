@@ -201,3 +201,30 @@ def test_the_local_mutex_excludes_while_lock_files_come_and_go(tmp_path, monkeyp
     for t in threads:
         t.join(60)
     assert most[0] == 1 and lock_files(tmp_path / "tmp") == []
+
+
+def running_manifest(storage: Path, name: str) -> None:
+    from samsnet_search.search import identity
+
+    m = identity.Manifest(name, str(storage), name, "1", "r", f"samsnet-{name}", "file:x", None, "/", "s.yaml")
+    m.state = "running"
+    identity.write_manifest(m)
+
+
+def test_a_running_study_whose_driver_is_gone_lists_as_interrupted(tmp_path, caplog):
+    """A driver that died where it could not write study.json (a full disk) left it `running`."""
+    from samsnet_search.search import identity
+
+    running_manifest(tmp_path, "dead")
+    dead = start_holder(str(tmp_path / "dead"))
+    stop(dead)  # SIGKILL: lease and `running` stay behind
+    running_manifest(tmp_path, "alive")
+    alive = start_holder(str(tmp_path / "alive"))
+    try:
+        with caplog.at_level(logging.WARNING, logger="samsnet_search.search.identity"):
+            states = {m.name: m.state for m in identity.list_studies(str(tmp_path))}
+        assert states == {"dead": "interrupted", "alive": "running"}
+        (line,) = [r.getMessage() for r in caplog.records if "dead" in r.getMessage()]
+        assert "no longer runs" in line and "interrupted" in line
+    finally:
+        stop(alive)

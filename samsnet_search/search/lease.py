@@ -275,6 +275,20 @@ def _locked(name: str, study_path: str, holder: Holder, timeout_s: float) -> Stu
     )
 
 
+def driver_gone(study_path: str, timeout_s: float = TIMEOUT_S) -> str | None:
+    """Why no driver runs the study any more (no lease, or a stale one), or None while one does:
+    a study whose manifest says `running` without one was left by a driver that died."""
+    try:
+        holder = read_holder(study_path)
+    except Exception as e:  # unreadable storage: do not guess
+        log.debug("could not read the lease of %s: %s", display_uri(study_path), e)
+        return None
+    if holder is None:
+        return "no driver holds its lease"
+    reason = holder.stale_reason(timeout_s)
+    return None if reason is None else f"its driver (host {holder.host}, pid {holder.pid}) is gone: {reason}"
+
+
 def assert_token(study_path: str, token: str) -> None:
     """In a trial or selection worker: raise `stop.Fenced` unless the driver that started it
     (`token`) still holds the study's lease (after a takeover its work is the new driver's)."""
