@@ -174,3 +174,21 @@ def test_a_study_moved_to_another_machine_resumes_after_trust(tmp_path, synth_ro
     out = capsys.readouterr().out
     assert "tuner.pkl" in out and "signed" in out, out
     assert (machine_b / "samsnet" / "state-hmac.key").exists()
+
+
+def test_state_files_of_a_failed_write_are_set_aside_and_resume_goes_on(tmp_path, synth_root, config_home, caplog):
+    """What a full disk leaves (a 0-byte error.pkl, an empty newer experiment state): resume sets
+    them aside in one line instead of refusing the study as tampered, and finishes it."""
+    study = load_study(tiny_study(tmp_path, synth_root, "full"), base_dir=tmp_path)
+    run_study(study)
+    folder = tmp_path / "runs" / "full"
+    trial = next(p for p in folder.iterdir() if p.name.startswith("trial_"))
+    (trial / "error.pkl").write_bytes(b"")
+    (folder / "experiment_state-2099-01-01_00-00-00.json").write_bytes(b"")
+    with caplog.at_level("WARNING", logger="samsnet_search.search.integrity"):
+        assert run_study(study).manifest.state == "finished"
+    assert sorted(p.name for p in (folder / "set-aside").iterdir()) == [
+        "experiment_state-2099-01-01_00-00-00.json",
+        f"{trial.name}.error.pkl",
+    ]
+    assert "set aside 2 state file(s)" in caplog.text
