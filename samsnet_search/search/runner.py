@@ -27,6 +27,7 @@ from ray import tune
 from ..data import load_splits
 from ..errors import ConfigError, SamsNetError
 from ..services import stop, storage, tracking
+from ..services.faults import is_infra_error
 from . import checkpoints, cost, identity, importance, integrity, lease, pareto, schedulers, searchers, warm_start
 from .callbacks import StudyCallback
 from .estimate_step import before_search
@@ -598,7 +599,7 @@ def close_study(manifest: Manifest, target, state: str, result: StudyResult | No
     summary = result.summary() if result is not None else None
     if summary is not None:
         manifest.summary = summary
-    identity.write_manifest(manifest)
+    _write_final_manifest(manifest)
     try:
         c = tracking.client(target)
         if result is not None:
@@ -624,6 +625,24 @@ def close_study(manifest: Manifest, target, state: str, result: StudyResult | No
             c.set_terminated(manifest.parent_run_id, {"finished": "FINISHED", "failed": "FAILED"}.get(state, "KILLED"))
     except Exception as e:  # the results are on disk already; tracking trouble is reported, not fatal
         log.warning("could not update the study's parent run: %s", e)
+
+
+def _write_final_manifest(manifest: Manifest) -> None:
+    """study.json with the study's end state; a full disk (or a storage outage) is one line, not
+    a traceback: study.json then still says `running`, and with this driver's lease released
+    `ls` and `resume` treat the study as interrupted (identity.list_studies)."""
+    try:
+        identity.write_manifest(manifest)
+    except Exception as e:
+        if not is_infra_error(e):
+            raise
+        log.error(
+            "could not record state %s in %s (%s); free space, then: samsnet-search resume %s",
+            manifest.state,
+            identity.display_uri(identity.study_uri(manifest.path, identity.MANIFEST)),
+            _first_line(e),
+            manifest.name,
+        )
 
 
 def mark_interrupted(manifest: Manifest, target) -> None:
