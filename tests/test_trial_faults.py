@@ -256,3 +256,28 @@ def test_a_stopped_trial_still_busy_does_not_fail_the_next_one(tmp_path, synth_r
     statuses = [(t.config["train.lr"], t.status, t.error) for t in result.trials]
     assert len(result.trials) == 4 and "pruned" in {t.status for t in result.trials}, statuses
     assert "failed" not in {t.status for t in result.trials}, statuses
+
+
+def test_a_full_disk_is_an_outage_not_the_trials_error():
+    """ENOSPC/EDQUOT on the study storage or the local work folder: the trial waits, as for a
+    storage outage (space can be freed); other file errors stay the trial's own."""
+    import errno
+
+    for e in (
+        OSError(errno.ENOSPC, "No space left on device"),
+        OSError(errno.EDQUOT, "Disk quota exceeded"),
+        OSError("[Errno 28] Error writing bytes to file. Detail: [errno 28] No space left on device"),  # pyarrow
+        OSError("When uploading part for key 'k' in bucket 'b': AWS Error UNKNOWN: Disk quota exceeded"),
+        RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0"),  # torch.save, disk full
+        RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed"),
+    ):
+        assert is_infra_error(e), e
+    try:  # the cause counts: a failed checkpoint write wrapped in the trainer's error
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "last.pt")
+        except OSError as inner:
+            raise ValueError("could not save the checkpoint") from inner
+    except ValueError as wrapped:
+        assert is_infra_error(wrapped)
+    for e in (OSError(errno.EACCES, "Permission denied"), OSError(errno.EROFS, "Read-only file system")):
+        assert not is_infra_error(e), e

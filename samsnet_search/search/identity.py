@@ -264,5 +264,22 @@ def list_studies(storage: str) -> list[Manifest]:
         except DamagedFile as e:
             manifest = Manifest.stand_in(storage, entry.base_name, e)
         if manifest is not None:
-            out.append(manifest)
+            out.append(_without_dead_driver(manifest))
     return sorted(out, key=lambda m: m.updated, reverse=True)
+
+
+def _without_dead_driver(manifest: Manifest) -> Manifest:
+    """A `running` study whose driver is gone shows as `interrupted`: the driver died where it
+    could not write study.json (killed, a full disk), and `resume` continues it."""
+    if manifest.state != "running":
+        return manifest
+    reason = lease.driver_gone(manifest.path)
+    if reason is not None:
+        log.warning(
+            "study %s: study.json says running, but %s; shown as interrupted (continue with: samsnet-search resume %s)",
+            manifest.name,
+            reason,
+            manifest.name,
+        )
+        manifest.state = "interrupted"
+    return manifest

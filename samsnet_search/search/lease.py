@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import tempfile
 import threading
 import time
@@ -171,20 +172,54 @@ def _write(study_path: str, holder: Holder) -> None:
     storage.write_text(lease_uri(study_path), json.dumps(asdict(holder)))
 
 
+class LockFolderUnsafe(SamsNetError):
+    """The per-user folder of lease lock files is not this user's private folder."""
+
+
+def _lock_dir() -> Path:
+    """A 0700 folder of this user's lock files: in the shared temp folder another user could
+    otherwise plant or hold a study's lock file."""
+    folder = Path(tempfile.gettempdir()) / f"samsnet-locks-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) != 0o700:
+        raise LockFolderUnsafe(
+            f"{folder}: the lease lock folder must be a directory owned by uid {os.getuid()} with mode 0700, "
+            f"is uid {info.st_uid} mode {stat.S_IMODE(info.st_mode):o}; remove it and try again"
+        )
+    return folder
+
+
 @contextlib.contextmanager
 def _local_mutex(study_path: str) -> Iterator[None]:
     """Serialize look-and-take of one local study's lease among this host's processes (flock).
 
-    The lock file lives in the temp folder, keyed by the study's path, so the study folder of a
-    study that never started stays empty (and is removed) and no lock file is ever deleted while
-    another process may hold it."""
-    key = hashlib.sha256(str(Path(study_path).resolve()).encode()).hexdigest()[:24]
-    with open(Path(tempfile.gettempdir()) / f"samsnet-lease-{key}.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    The lock file lives in a per-user folder, keyed by the study's path, so the study folder of a
+    study that never started stays empty (and is removed). It is unlinked while locked, on the
+    way out: a waiter that then gets the lock on the unlinked file sees that the path now names
+    another file (or none) and locks again, so two processes never hold different files."""
+    path = (
+        _lock_dir() / f"samsnet-lease-{hashlib.sha256(str(Path(study_path).resolve()).encode()).hexdigest()[:24]}.lock"
+    )
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            yield
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if _same_file(fd, path):
+                try:
+                    yield
+                finally:
+                    path.unlink(missing_ok=True)  # still locked: nobody holds the path's file now
+                return
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            os.close(fd)  # also releases the flock
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def acquire(
@@ -238,6 +273,20 @@ def _locked(name: str, study_path: str, holder: Holder, timeout_s: float) -> Stu
         f"{display_uri(lease_uri(study_path))}): wait for it to end or stop it; a lease whose "
         f"heartbeat is older than {timeout_s:g} s (SAMSNET_LEASE_TIMEOUT_S) is taken over"
     )
+
+
+def driver_gone(study_path: str, timeout_s: float = TIMEOUT_S) -> str | None:
+    """Why no driver runs the study any more (no lease, or a stale one), or None while one does:
+    a study whose manifest says `running` without one was left by a driver that died."""
+    try:
+        holder = read_holder(study_path)
+    except Exception as e:  # unreadable storage: do not guess
+        log.debug("could not read the lease of %s: %s", display_uri(study_path), e)
+        return None
+    if holder is None:
+        return "no driver holds its lease"
+    reason = holder.stale_reason(timeout_s)
+    return None if reason is None else f"its driver (host {holder.host}, pid {holder.pid}) is gone: {reason}"
 
 
 def assert_token(study_path: str, token: str) -> None:
