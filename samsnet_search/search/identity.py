@@ -95,7 +95,7 @@ def read_manifest(study_path: str) -> Manifest | None:
             text = read_text(uri)
             if text is None:
                 return None
-            return _manifest_from(json.loads(text), uri)
+            return _found_here(_manifest_from(json.loads(text), uri), study_path)
         except (ValueError, DamagedFile) as e:  # empty or cut short: read again (see above)
             error: Exception = e
             time.sleep(MANIFEST_READ_PAUSE_S)
@@ -103,6 +103,17 @@ def read_manifest(study_path: str) -> Manifest | None:
     raise DamagedFile(
         f"{display_uri(uri)}: damaged study manifest ({why}); expected the JSON object `samsnet-search run` writes"
     ) from None
+
+
+def _found_here(manifest: Manifest, study_path: str) -> Manifest:
+    """A local study folder copied or moved elsewhere reads (and writes) itself: its storage is the
+    folder it was found in, not the one recorded when it was made."""
+    if is_s3(study_path) or Path(study_path).name != manifest.name:
+        return manifest
+    here = Path(study_path).resolve().parent
+    if is_s3(manifest.storage) or Path(manifest.storage).resolve() != here:
+        manifest.storage = str(here)
+    return manifest
 
 
 # Manifest field annotation -> the JSON types it may hold (annotations are strings: __future__).
