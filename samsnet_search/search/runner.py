@@ -303,7 +303,9 @@ def _new_tuner(study: Study, ctx: TrialContext, callback) -> Any:
             checkpoint_score_attribute=study.metric,
             checkpoint_score_order=study.mode,
         ),
-        failure_config=tune.FailureConfig(max_failures=s.max_failures),
+        # Tune retries every failure alike; the trial counts its own errors against max_failures
+        # (trial.train_trial), so a lost worker uses the rest: worker_retries.
+        failure_config=tune.FailureConfig(max_failures=s.max_failures + s.worker_retries),
         callbacks=[callback, StateSigner(identity.study_uri(study.storage, study.name))],
         verbose=0,
     )
