@@ -17,7 +17,6 @@ within a few seconds of each other (NTP), far below the timeout.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -30,12 +29,11 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 import psutil
 
 from ..errors import SamsNetError
-from ..services import stop, storage
+from ..services import locks, stop, storage
 from ..services.storage import display_uri, is_s3
 
 log = logging.getLogger(__name__)
@@ -190,36 +188,13 @@ def _lock_dir() -> Path:
     return folder
 
 
-@contextlib.contextmanager
-def _local_mutex(study_path: str) -> Iterator[None]:
-    """Serialize look-and-take of one local study's lease among this host's processes (flock).
+def _local_mutex(study_path: str):
+    """Serialize look-and-take of one local study's lease among this host's processes.
 
     The lock file lives in a per-user folder, keyed by the study's path, so the study folder of a
-    study that never started stays empty (and is removed). It is unlinked while locked, on the
-    way out: a waiter that then gets the lock on the unlinked file sees that the path now names
-    another file (or none) and locks again, so two processes never hold different files."""
-    path = (
-        _lock_dir() / f"samsnet-lease-{hashlib.sha256(str(Path(study_path).resolve()).encode()).hexdigest()[:24]}.lock"
-    )
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            if _same_file(fd, path):
-                try:
-                    yield
-                finally:
-                    path.unlink(missing_ok=True)  # still locked: nobody holds the path's file now
-                return
-        finally:
-            os.close(fd)  # also releases the flock
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        return os.fstat(fd).st_ino == os.stat(path).st_ino
-    except FileNotFoundError:
-        return False
+    study that never started stays empty (and is removed); `locks.exclusive` removes it when done."""
+    key = hashlib.sha256(str(Path(study_path).resolve()).encode()).hexdigest()[:24]
+    return locks.exclusive(_lock_dir() / f"samsnet-lease-{key}.lock")
 
 
 def acquire(
