@@ -102,7 +102,14 @@ def test_the_trial_ends_normally_on_out_of_memory_so_tune_does_not_retry_it(monk
     monkeypatch.setattr(trial.ray, "get_runtime_context", lambda: context)
     monkeypatch.setattr(trial, "worker_http_settings", lambda: None)
     monkeypatch.setattr(trial, "record_node", lambda run: "node")
-    monkeypatch.setattr(trial, "TrialRun", lambda *a: SimpleNamespace(finished=False))
+    tags: dict[str, str] = {}
+    client = SimpleNamespace(
+        get_run=lambda run_id: SimpleNamespace(data=SimpleNamespace(tags=tags)),
+        set_tag=lambda run_id, k, v: tags.__setitem__(k, v),
+    )
+    monkeypatch.setattr(
+        trial, "TrialRun", lambda *a: SimpleNamespace(finished=False, client=client, run_id="r", trial_id="t1")
+    )
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")

@@ -266,7 +266,7 @@ def set_aside_damaged(study_path: str) -> list[str]:
     for relpath in stored_state_files(study_path):
         if is_damaged(relpath, _read_stored(study_path, relpath)):
             target = storage.join(study_path, f"{SET_ASIDE}/{relpath.replace('/', '.')}")
-            storage.move(storage.join(study_path, relpath), target)
+            storage.move_file(storage.join(study_path, relpath), target)
             moved.append(relpath)
     if moved:
         log.warning(

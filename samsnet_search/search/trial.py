@@ -41,7 +41,7 @@ from ..engine.train import EpochResult, Trainer, TrainSummary
 from ..errors import CheckpointError
 from ..model.info import model_cost
 from ..services.faults import DEFAULT_BUDGET_S, first_line, is_infra_error, retry
-from ..services.tracking import ChildRunSpec, TrialRun, worker_http_settings
+from ..services.tracking import ERROR_TAG, ChildRunSpec, TrialRun, worker_http_settings
 from . import lease
 from .checkpoints import kept_checkpoints, stored_name, write_experiment
 from .objectives import best_of, better
@@ -354,9 +354,14 @@ def _count_own_failure(run: TrialRun) -> int:
 def _refuse_beyond_own_failures(run: TrialRun, max_failures: int) -> None:
     """Tune's retries cover lost workers too (max_failures + worker_retries): an attempt that Tune
     started after the trial's own errors used up max_failures ends at once, recording nothing."""
-    count = int(run.client.get_run(run.run_id).data.tags.get(OWN_FAILURES_TAG, 0))
+    tags = run.client.get_run(run.run_id).data.tags
+    count = int(tags.get(OWN_FAILURES_TAG, 0))
     if count > max_failures:
-        raise TrialFailed(f"trial {run.trial_id} failed {count} times (search.max_failures: {max_failures})")
+        run.finish("failed", error=tags.get(ERROR_TAG))  # reopened for this attempt: failed again, same error
+        raise TrialFailed(
+            f"trial {run.trial_id} failed {count} times (search.max_failures: {max_failures}); "
+            f"last: {tags.get(ERROR_TAG, 'unknown error')}"
+        )
 
 
 def _record_failure(run: TrialRun, e: Exception) -> None:

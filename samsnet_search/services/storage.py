@@ -154,7 +154,7 @@ def delete_file(uri: str) -> None:
         pass
 
 
-def move(uri: str, target: str) -> None:
+def move_file(uri: str, target: str) -> None:
     """Rename a file within one storage (S3: copy, then delete), creating the target's folder."""
     fs, path = filesystem(uri)
     _, dest = filesystem(target)

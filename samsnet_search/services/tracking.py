@@ -49,6 +49,7 @@ STUDY_TAG = "samsnet.study"
 ROLE_TAG = "samsnet.role"  # "study" (parent) or "trial" (child)
 TRIAL_TAG = "samsnet.trial_id"
 STATUS_TAG = "samsnet.status"
+ERROR_TAG = "samsnet.error"  # a failed trial's error, one line ("infrastructure: ..." for outages)
 PARENT_TAG = "mlflow.parentRunId"
 BEST_RUN_TAG = "best_run"
 DEVICE_TAG = "samsnet.device"  # on a trial's run: the GPU name(s) it trained on, or "cpu"
@@ -293,7 +294,7 @@ def set_status(target: TrackingTarget, run_id: str, status: str, error: str | No
     c = client(target)
     c.set_tag(run_id, STATUS_TAG, status)
     if error:
-        c.set_tag(run_id, "samsnet.error", _redact(error)[:4000])
+        c.set_tag(run_id, ERROR_TAG, _redact(error)[:4000])
     c.set_terminated(run_id, RUN_STATUS[status])
 
 

@@ -209,12 +209,16 @@ def test_mlflow_server_killed_mid_study_loses_nothing(tmp_path, synth_root, stac
 
 
 def test_outage_longer_than_the_budget_fails_the_trial_and_restart_errored_continues_it(tmp_path, synth_root, stack):
-    """search.infra_retry_s: 2 and SeaweedFS away until the trial has failed: the trial is
-    recorded as an infrastructure failure; its newest checkpoint is then truncated in the
+    """search.infra_retry_s: 2, no retries (worker_retries: 0; they would wait out the outage) and
+    SeaweedFS away until the trial has failed: the trial is recorded as an infrastructure failure; its newest checkpoint is then truncated in the
     store, and `resume --restart-errored` continues it from the one before."""
     cfg, env = stack
     path = study_file(
-        tmp_path, synth_root, cfg, "s3long", {"scheduler": "fifo", "max_concurrent_trials": 1, "infra_retry_s": 2}
+        tmp_path,
+        synth_root,
+        cfg,
+        "s3long",
+        {"scheduler": "fifo", "max_concurrent_trials": 1, "infra_retry_s": 2, "worker_retries": 0},
     )
     target = tracking.resolve_tracking(env["MLFLOW_TRACKING_URI"])
     some_failed = lambda: any(s == "failed" for s, _ in epochs_logged(target, "s3long").values())  # noqa: E731
