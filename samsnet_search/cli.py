@@ -683,11 +683,21 @@ def resume(
     select: bool = typer.Option(
         True, "--select/--no-select", help="after the search: choose the slice count (retrain, score, register)"
     ),
+    trust: bool = typer.Option(
+        False,
+        "--trust",
+        help="the study comes from another machine and you trust its files: sign its Ray state with this machine's key",
+    ),
 ) -> None:
     """Continue an interrupted study: finished trials stay, unfinished ones continue from their checkpoint."""
-    from .search.runner import load_stored_study  # lazy: ray
+    from .search.runner import load_stored_study, trust_state  # lazy: ray
 
     study = load_stored_study(find_study(name, _storage(storage)))
+    if trust:
+        signed = trust_state(study)
+        print(f"trusted: signed {len(signed)} Ray state file(s) of study {study.name} with this machine's key:")
+        for relpath in signed:
+            print(f"  {relpath}")
     _search_then_select(
         study, live, select, address=address, num_cpus=num_cpus, num_gpus=num_gpus, restart_errored=restart_errored
     )

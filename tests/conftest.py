@@ -82,12 +82,20 @@ def stem_example() -> Path:
 
 
 @contextmanager
-def _env_and_local_ray(env: Mapping[str, str]) -> Iterator[None]:
+def _env_and_local_ray(env: Mapping[str, str], num_gpus: int | None = None) -> Iterator[None]:
+    """num_gpus: logical GPUs (none need exist): Ray assigns them to tasks that ask, so a test sees
+    what a task asked for and got."""
     import ray
 
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    ray.init(num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=False, configure_logging=False)
+    ray.init(
+        num_cpus=2,
+        num_gpus=num_gpus,
+        object_store_memory=200 * 1024**2,
+        include_dashboard=False,
+        configure_logging=False,
+    )
     try:
         yield
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,20 @@ def test_a_damaged_export_manifest_is_one_line(tmp_path, capsys, content):
         export_folder.verify_export(folder)
     assert cli.main(["separate", str(folder), str(tmp_path / "song.wav"), "--out", str(tmp_path / "o")]) == 2
     assert str(folder / export_folder.MANIFEST) in _one_line(capsys.readouterr().err)
+
+
+def test_a_copied_study_folder_reads_itself(tmp_path, capsys):
+    """study.json records its storage as an absolute path; a copy of the folder elsewhere (another
+    disk, another machine) is read and listed from where it is, not from the original."""
+    original = _study(tmp_path / "a" / "runs", "moved")
+    copy = tmp_path / "b" / "runs" / "moved"
+    shutil.copytree(original, copy)
+    shutil.rmtree(tmp_path / "a")  # the original is gone: nothing may read it
+    manifest = identity.read_manifest(str(copy))
+    assert manifest.path == str(copy) and manifest.storage == str(copy.parent)
+    manifest.summary = {"note": "written to the copy"}
+    identity.write_manifest(manifest)
+    assert json.loads((copy / identity.MANIFEST).read_text())["summary"] == {"note": "written to the copy"}
+    assert not (tmp_path / "a").exists()
+    assert cli.main(["ls", "--storage", str(copy.parent)]) == 0
+    assert "moved" in capsys.readouterr().out

@@ -22,7 +22,7 @@ from samsnet_search.delivery.registry import load_separator
 from samsnet_search.engine import checkpoint
 from samsnet_search.engine.separate import read_audio, separate
 from samsnet_search.engine.train import Trainer
-from samsnet_search.model import SamsNet
+from samsnet_search.model import SamsNet, sams_net
 
 
 def tiny_experiment(root: Path) -> ExperimentConfig:
@@ -267,3 +267,49 @@ def test_the_traced_example_falls_back_to_synthetic_audio_when_the_data_is_gone(
         mag.shape[:3] == (2, 2, 129) and mag.shape[-1] % net.slice_frames != 0 and mag.shape[-1] > 2 * net.slice_frames
     )
     assert float(mag.mean()) > 0  # real (synthesized) audio, not zeros
+
+
+def _kernels(program) -> set[str]:
+    names = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    return {k for k in ("scaled_dot_product_attention", "bmm") if any(k in n for n in names)}
+
+
+def test_programs_hold_sdpa_and_move_to_another_device():
+    """Exports trace SDPA (moved to a GPU it runs the flash / memory-efficient kernels), not the
+    batched matmuls that eager CPU picks for short slices; moved to another device (meta here: no GPU
+    in CI) nothing in the graph still makes tensors on the CPU."""
+    from torch.export.passes import move_to_device_pass
+
+    net = SamsNet(slice_frames=11, n_fft=256, hop_length=128, channels=4, heads=2, depth=1).eval()
+    assert net.slice_frames <= sams_net.BMM_MAX_SLICE_FRAMES  # eager CPU would use batched matmuls
+    audio = torch.randn(2, 2, 128 * 40)  # batch 2: a dynamic batch must not be traced at 1
+    with torch.no_grad():
+        mag = net.spectrogram(audio).abs()
+    for program in export.export_programs(net, mag, audio):
+        assert _kernels(program) == {"scaled_dot_product_attention"}
+        moved = move_to_device_pass(program, "meta")
+        assert {t.device.type for t in moved.state_dict.values()} == {"meta"}
+        for node in moved.graph.nodes:
+            device = node.kwargs.get("device")
+            assert device is None or torch.device(device).type == "meta", node.format_node()
+    assert all(m.kernel is None for m in net.modules() if isinstance(m, sams_net.SlicedMultiHeadAttention))
+
+
+def test_pyfunc_runs_on_the_gpu_where_there_is_one(exported, monkeypatch):
+    """The MLflow pyfunc moves the program to CUDA when CUDA is available (patched here: the move is
+    what runs on a GPU node), and stays on the CPU otherwise."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("exported_pyfunc", exported / "mlflow_model.py")
+    pyfunc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pyfunc)
+    moves = []
+    monkeypatch.setattr(pyfunc, "move_to_device_pass", lambda p, d: moves.append(str(d)) or p)
+    context = SimpleNamespace(artifacts={"export": str(exported)})
+    model = pyfunc.SamsNetSeparator()
+    model.load_context(context)
+    assert model.device.type == "cpu" and moves == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    model.load_context(context)
+    assert model.device.type == "cuda" and moves == ["cuda"]

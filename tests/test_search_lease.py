@@ -11,8 +11,10 @@ import logging
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -143,3 +145,86 @@ def test_an_unreadable_lease_is_replaced(tmp_path, caplog):
     assert "not a lease; replacing it" in caplog.text
     assert lease.read_holder(str(study_path)).token == held.holder.token
     held.release()
+
+
+def lock_files(root: Path) -> list[Path]:
+    return sorted(root.rglob("samsnet-lease-*.lock"))
+
+
+def test_a_released_lease_leaves_no_lock_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    lease.acquire(str(tmp_path / "s"), "s").release()
+    assert lock_files(tmp_path / "tmp") == []
+
+
+def test_the_lock_folder_is_the_users_own(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    with lease._local_mutex(str(tmp_path / "s")):
+        (held,) = lock_files(tmp_path / "tmp")
+        assert held.parent != tmp_path / "tmp"  # a per-user folder, not the shared temp folder
+        assert held.parent.stat().st_uid == os.getuid() and stat.S_IMODE(held.parent.stat().st_mode) == 0o700
+
+
+def test_the_lock_folder_of_someone_else_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    folder = lease._lock_dir()
+    folder.chmod(0o777)  # as if another user had made it first
+    with pytest.raises(lease.LockFolderUnsafe, match="0700"):
+        lease.acquire(str(tmp_path / "s"), "s")
+
+
+def test_the_local_mutex_excludes_while_lock_files_come_and_go(tmp_path, monkeypatch):
+    """Removing the lock file on release must not let a waiter lock a file nobody else sees."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    study_path = str(tmp_path / "s")
+    inside, most, lock = [0], [0], threading.Lock()
+    start = threading.Barrier(4)
+
+    def worker():
+        start.wait()
+        for _ in range(40):
+            with lease._local_mutex(study_path):
+                with lock:
+                    inside[0] += 1
+                    most[0] = max(most[0], inside[0])
+                time.sleep(0.001)
+                with lock:
+                    inside[0] -= 1
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert most[0] == 1 and lock_files(tmp_path / "tmp") == []
+
+
+def running_manifest(storage: Path, name: str) -> None:
+    from samsnet_search.search import identity
+
+    m = identity.Manifest(name, str(storage), name, "1", "r", f"samsnet-{name}", "file:x", None, "/", "s.yaml")
+    m.state = "running"
+    identity.write_manifest(m)
+
+
+def test_a_running_study_whose_driver_is_gone_lists_as_interrupted(tmp_path, caplog):
+    """A driver that died where it could not write study.json (a full disk) left it `running`."""
+    from samsnet_search.search import identity
+
+    running_manifest(tmp_path, "dead")
+    dead = start_holder(str(tmp_path / "dead"))
+    stop(dead)  # SIGKILL: lease and `running` stay behind
+    running_manifest(tmp_path, "alive")
+    alive = start_holder(str(tmp_path / "alive"))
+    try:
+        with caplog.at_level(logging.WARNING, logger="samsnet_search.search.identity"):
+            states = {m.name: m.state for m in identity.list_studies(str(tmp_path))}
+        assert states == {"dead": "interrupted", "alive": "running"}
+        (line,) = [r.getMessage() for r in caplog.records if "dead" in r.getMessage()]
+        assert "no longer runs" in line and "interrupted" in line
+    finally:
+        stop(alive)

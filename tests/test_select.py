@@ -16,9 +16,11 @@ from samsnet_search.cli import main
 from samsnet_search.config import TARGETS
 from samsnet_search.delivery.registry import WEIGHTS_SHA_TAG
 from samsnet_search.delivery.winner import register_winner
+from samsnet_search.engine import device as device_module
 from samsnet_search.search import (
     checkpoints,
     identity,
+    placement,
 )
 from samsnet_search.search.runner import run_study
 from samsnet_search.search.select import (
@@ -151,7 +153,7 @@ def test_contenders_and_jobs():
 
 @pytest.fixture(scope="module")
 def ray_local(local_ray):
-    with local_ray({}):
+    with local_ray({}, num_gpus=1):  # one logical GPU: trials and selection tasks ask for half of it
         yield
 
 
@@ -161,10 +163,10 @@ def tiny_selection_study(tmp_path: Path, data_root: Path) -> Path:
         "name": "sel",
         "model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}, "heads": 1, "channels": 2, "depth": 1},
         "data": {"root": str(data_root), "segment_seconds": 0.5, "samples_per_track": 1, "valid_seconds": 1.0},
-        "train": {"lr": 3e-3, "batch_size": 2, "epochs": 2, "patience": 2, "valid_sdr_every": 0, "device": "cpu"},
+        "train": {"lr": 3e-3, "batch_size": 2, "epochs": 2, "patience": 2, "valid_sdr_every": 0, "device": "auto"},
         "search": {"searcher": "grid", "scheduler": "fifo", "num_samples": 1, "max_concurrent_trials": 2},
         "selection": {"seeds": 3, "epochs": 2, "bootstrap": 500, "test_backend": "fast", "listen_seconds": 1.0},
-        "resources": {"cpu": 1},
+        "resources": {"cpu": 1, "gpu": 0.5},
         "storage": str(tmp_path / "runs"),
         "tracking": {"uri": str(tmp_path / "mlruns"), "system_metrics": False},
     }
@@ -184,7 +186,11 @@ def garble_test_split(root: Path) -> None:
 
 
 @pytest.mark.slow
-def test_selection_end_to_end(tmp_path, synth_root, ray_local, capsys):
+def driver_must_not_pick_a_device(*args, **kwargs):
+    raise AssertionError("the driver chose a device")
+
+
+def test_selection_end_to_end(tmp_path, synth_root, ray_local, capsys, monkeypatch):
     data = tmp_path / "data"
     shutil.copytree(synth_root, data, ignore=shutil.ignore_patterns(".samsnet-cache"))
     study = load_study(tiny_selection_study(tmp_path, data), base_dir=tmp_path)
@@ -198,8 +204,14 @@ def test_selection_end_to_end(tmp_path, synth_root, ray_local, capsys):
         assert t.best_checkpoint.path == r.get_best_checkpoint("valid_loss", "min").path
 
     said: list[str] = []
-    sel = run_selection(result, progress=said.append, register=register_winner)
+    with monkeypatch.context() as m:  # the driver never chooses a device: its tasks use what Ray assigned
+        for module in (device_module, placement):
+            m.setattr(module, "pick_device", driver_must_not_pick_a_device)
+        sel = run_selection(result, progress=said.append, register=register_winner)
     table = sel.table
+    # the test scoring was a Ray task given the trials' share of the (logical) GPU; with no CUDA here
+    # its device is the CPU (on a GPU node: cuda)
+    assert sel.test["ran_on"] == {"device": "cpu", "resources": {"CPU": 1.0, "GPU": 0.5}}
     assert any(m.startswith("selection: 6 jobs to run") for m in said), said  # k of n, with a time estimate
     assert any(m.startswith("selection [1/6, ") and "left]" in m for m in said) and any("[6/6, " in m for m in said)
     assert any(m.startswith("test [2/2, ") and "avg SDR" in m for m in said), said  # the test set, track by track

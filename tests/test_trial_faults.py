@@ -256,3 +256,113 @@ def test_a_stopped_trial_still_busy_does_not_fail_the_next_one(tmp_path, synth_r
     statuses = [(t.config["train.lr"], t.status, t.error) for t in result.trials]
     assert len(result.trials) == 4 and "pruned" in {t.status for t in result.trials}, statuses
     assert "failed" not in {t.status for t in result.trials}, statuses
+
+
+def test_a_full_disk_is_an_outage_not_the_trials_error():
+    """ENOSPC/EDQUOT on the study storage or the local work folder: the trial waits, as for a
+    storage outage (space can be freed); other file errors stay the trial's own."""
+    import errno
+
+    for e in (
+        OSError(errno.ENOSPC, "No space left on device"),
+        OSError(errno.EDQUOT, "Disk quota exceeded"),
+        OSError("[Errno 28] Error writing bytes to file. Detail: [errno 28] No space left on device"),  # pyarrow
+        OSError("When uploading part for key 'k' in bucket 'b': AWS Error UNKNOWN: Disk quota exceeded"),
+        RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0"),  # torch.save, disk full
+        RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed"),
+    ):
+        assert is_infra_error(e), e
+    try:  # the cause counts: a failed checkpoint write wrapped in the trainer's error
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "last.pt")
+        except OSError as inner:
+            raise ValueError("could not save the checkpoint") from inner
+    except ValueError as wrapped:
+        assert is_infra_error(wrapped)
+    for e in (OSError(errno.EACCES, "Permission denied"), OSError(errno.EROFS, "Read-only file system")):
+        assert not is_infra_error(e), e
+
+
+def _trial_workers(tag: str) -> list:
+    """The processes running a trial (Tune's function trainable actors) of the Ray started with
+    SAMSNET_TEST_RAY=tag in its environment (other Rays may run on this machine)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if " ".join(p.info["cmdline"] or []).startswith("ray::ImplicitFunc") and (
+                p.environ().get("SAMSNET_TEST_RAY") == tag
+            ):
+                found.append(p)
+        except psutil.Error:  # gone, or not ours
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_a_trial_whose_worker_is_killed_continues_from_its_checkpoint(tmp_path, synth_root, local_ray):
+    """SIGKILL of a trial's worker mid-study (the OOM killer, a lost node) with max_failures: 0:
+    the trial continues from its last checkpoint and completes, each epoch logged once."""
+    import signal
+    import threading
+    import time
+
+    import yaml
+
+    from samsnet_search.search.runner import run_study
+    from samsnet_search.search.study import load_study
+
+    path = tmp_path / "lost.yaml"
+    model = {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}, "heads": 1, "channels": 2, "depth": 1}
+    data = {"root": str(synth_root), "segment_seconds": 0.5, "samples_per_track": 2, "valid_seconds": 1.0}
+    train = {"lr": 3e-3, "batch_size": 2, "epochs": 4, "patience": 4, "valid_sdr_every": 0, "device": "cpu"}
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": model,
+                "data": data,
+                "train": train,
+                "search": {
+                    "searcher": "grid",
+                    "num_samples": 1,
+                    "scheduler": "fifo",
+                    "max_failures": 0,
+                    "max_concurrent_trials": 1,
+                },
+                "storage": str(tmp_path / "runs"),
+                "tracking": {"uri": str(tmp_path / "mlruns"), "system_metrics": False},
+            }
+        )
+    )
+    study = load_study(path, base_dir=tmp_path)
+    target = tracking.resolve_tracking(str(tmp_path / "mlruns"))
+    killed: list[int] = []
+
+    def kill_after_first_epoch() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not killed:
+            runs = tracking.client(target).search_runs(
+                [e.experiment_id for e in tracking.client(target).search_experiments()],
+                filter_string="metrics.train_loss > -1",
+            )
+            workers = _trial_workers(tag)
+            if runs and workers:
+                workers[0].send_signal(signal.SIGKILL)
+                killed.append(workers[0].pid)
+                return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_after_first_epoch, daemon=True)
+    tag = str(tmp_path)
+    with local_ray({"SAMSNET_TEST_RAY": tag}):
+        killer.start()
+        result = run_study(study)
+    killer.join(5)
+    assert killed, "no trial worker was found to kill"
+    c = tracking.client(target)
+    for trial in result.trials:  # the one whose worker was killed too
+        assert trial.status == "completed" and trial.epochs == 4, (trial.status, trial.error)
+        steps = [m.step for m in c.get_metric_history(trial.mlflow_run_id, "train_loss")]
+        assert sorted(steps) == [1, 2, 3, 4]  # every epoch once: the retry continued, it did not start over
+        assert "samsnet.own_failures" not in c.get_run(trial.mlflow_run_id).data.tags  # not the trial's error

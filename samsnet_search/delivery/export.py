@@ -44,6 +44,7 @@ from ..engine.checkpoint import BEST
 from ..errors import SamsNetError
 from ..model import SamsNet
 from ..model.info import macs_per_second, parameter_breakdown
+from ..model.sams_net import SlicedMultiHeadAttention
 from ..search import checkpoints
 from ..search.identity import MANIFEST as STUDY_MANIFEST
 from ..search.identity import StudyNotFound, find_study
@@ -248,10 +249,31 @@ def export_programs(net: SamsNet, mag: torch.Tensor, audio: torch.Tensor) -> tup
     batch = torch.export.Dim("batch")
     frames = torch.export.Dim("frames", min=2)
     samples = torch.export.Dim("samples", min=net.spectrogram.n_fft // 2 + 1)
-    return (
-        _export(net, mag, {"x": {0: batch, 3: frames}}, "forward"),
-        _export(net, audio, {"x": {0: batch, 2: samples}}, "separate"),
-    )
+    with attention_kernel(net, EXPORT_KERNEL):
+        return (
+            _export(net, mag, {"x": {0: batch, 3: frames}}, "forward"),
+            _export(net, audio, {"x": {0: batch, 2: samples}}, "separate"),
+        )
+
+
+# The kernel a program holds is the one traced. SDPA runs on every device and, moved to CUDA, uses
+# its flash / memory-efficient kernels; the batched matmuls that eager CPU picks for short slices
+# would stay batched matmuls on a GPU.
+EXPORT_KERNEL = "sdpa"
+
+
+@contextlib.contextmanager
+def attention_kernel(net: SamsNet, kernel: str):
+    """Every attention of `net` traced with `kernel` for the block (then back to its own choice)."""
+    modules = [m for m in net.modules() if isinstance(m, SlicedMultiHeadAttention)]
+    before = [m.kernel for m in modules]
+    for m in modules:
+        m.kernel = kernel
+    try:
+        yield
+    finally:
+        for m, k in zip(modules, before):
+            m.kernel = k
 
 
 def _export(net: SamsNet, example: torch.Tensor, dims: dict, method: str) -> torch.export.ExportedProgram:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
+from torch.export.passes import move_to_device_pass
 
 
 def checked_program(folder, key="separate"):
@@ -38,14 +39,20 @@ def checked_program(folder, key="separate"):
 
 class SamsNetSeparator(PythonModel):
     def load_context(self, context):
-        self.model = torch.export.load(str(checked_program(context.artifacts["export"]))).module()
+        # The GPU where there is one (the program holds SDPA: flash / memory-efficient there);
+        # move_to_device_pass moves the device constants recorded in the graph too.
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        program = torch.export.load(str(checked_program(context.artifacts["export"])))
+        if self.device.type != "cpu":
+            program = move_to_device_pass(program, self.device)
+        self.model = program.module()
 
     def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
         audio = torch.from_numpy(np.asarray(model_input, dtype=np.float32))
         if audio.dim() == 2:
             audio = audio[None]
         with torch.no_grad():
-            return self.model(audio).numpy()
+            return self.model(audio.to(self.device)).cpu().numpy()
 
 
 set_model(SamsNetSeparator())

@@ -123,8 +123,10 @@ class StudyCallback(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         result = trial.last_result or {}
-        error = getattr(trial, "error_message", None) or "trial failed"
-        self._tag(result, "failed", error=str(error))
+        error = str(getattr(trial, "error_message", None) or "trial failed")
+        if worker_lost(error):  # not the trial's error: `resume --restart-errored` continues it
+            error = f"infrastructure: its worker process died again and again (host memory?): {error}"
+        self._tag(result, "failed", error=error)
         self.statuses[trial.trial_id] = "failed"
         # Tune retries no more; its kept checkpoints serve `--restart-errored` (only where
         # the driver shares the worker's disk, as for pruned trials).
@@ -194,3 +196,8 @@ def previous_statuses(
         if trial_id and better(value, (best or {}).get(metric), mode):
             best = {"trial_id": trial_id, metric: value}
     return statuses, best
+
+
+def worker_lost(error: str) -> bool:
+    """Ray's words for a worker process that died under a trial (SIGKILL, OOM killer, lost node)."""
+    return any(w in error for w in ("ActorDiedError", "RayActorError", "actor died", "NodeDiedError"))

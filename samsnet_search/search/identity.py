@@ -95,7 +95,7 @@ def read_manifest(study_path: str) -> Manifest | None:
             text = read_text(uri)
             if text is None:
                 return None
-            return _manifest_from(json.loads(text), uri)
+            return _found_here(_manifest_from(json.loads(text), uri), study_path)
         except (ValueError, DamagedFile) as e:  # empty or cut short: read again (see above)
             error: Exception = e
             time.sleep(MANIFEST_READ_PAUSE_S)
@@ -103,6 +103,17 @@ def read_manifest(study_path: str) -> Manifest | None:
     raise DamagedFile(
         f"{display_uri(uri)}: damaged study manifest ({why}); expected the JSON object `samsnet-search run` writes"
     ) from None
+
+
+def _found_here(manifest: Manifest, study_path: str) -> Manifest:
+    """A local study folder copied or moved elsewhere reads (and writes) itself: its storage is the
+    folder it was found in, not the one recorded when it was made."""
+    if is_s3(study_path) or Path(study_path).name != manifest.name:
+        return manifest
+    here = Path(study_path).resolve().parent
+    if is_s3(manifest.storage) or Path(manifest.storage).resolve() != here:
+        manifest.storage = str(here)
+    return manifest
 
 
 # Manifest field annotation -> the JSON types it may hold (annotations are strings: __future__).
@@ -264,5 +275,22 @@ def list_studies(storage: str) -> list[Manifest]:
         except DamagedFile as e:
             manifest = Manifest.stand_in(storage, entry.base_name, e)
         if manifest is not None:
-            out.append(manifest)
+            out.append(_without_dead_driver(manifest))
     return sorted(out, key=lambda m: m.updated, reverse=True)
+
+
+def _without_dead_driver(manifest: Manifest) -> Manifest:
+    """A `running` study whose driver is gone shows as `interrupted`: the driver died where it
+    could not write study.json (killed, a full disk), and `resume` continues it."""
+    if manifest.state != "running":
+        return manifest
+    reason = lease.driver_gone(manifest.path)
+    if reason is not None:
+        log.warning(
+            "study %s: study.json says running, but %s; shown as interrupted (continue with: samsnet-search resume %s)",
+            manifest.name,
+            reason,
+            manifest.name,
+        )
+        manifest.state = "interrupted"
+    return manifest

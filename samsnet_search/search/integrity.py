@@ -14,6 +14,12 @@ is a Tune callback, and Tune asks callbacks for their state right after it has w
 own files to the driver's local staging folder and before it uploads them. A few recent
 signatures per file are kept, so that a partial upload (an older file next to a newer one)
 verifies; an attacker can at most put back an older state this driver wrote.
+
+Moving a study to another machine is explicit (`resume NAME --trust`, docs/security.md): there
+the study has no signatures, and its current files are signed with that machine's key only
+after the user says they trust them. A failed write (a full disk) leaves empty or unparseable
+state files; those cannot run code (an empty file has no opcodes, Tune parses a JSON file before
+it unpickles what it embeds), so they are set aside instead of refused.
 """
 
 from __future__ import annotations
@@ -57,6 +63,10 @@ class StateTampered(SamsNetError):
     """A Ray state file of a study is not one this machine's driver wrote."""
 
 
+class StateForeign(StateTampered):
+    """The study's state was signed on another machine (or by another key): `--trust` moves it here."""
+
+
 def _home() -> Path:
     return identity.user_config_path().parent
 
@@ -65,10 +75,13 @@ def key_path() -> Path:
     return Path(os.environ.get(KEY_ENV) or _home() / "state-hmac.key")
 
 
-def _key() -> bytes:
-    """The signing key: created on first use (0600, folder 0700); refused if others may read it."""
+def _key(create: bool = True) -> bytes | None:
+    """The signing key: created on first use (0600, folder 0700) when `create`, else None when
+    absent (a verify never creates one); refused if others may read it."""
     path = key_path()
     if not path.exists():
+        if not create:
+            return None
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -77,6 +90,11 @@ def _key() -> bytes:
     if mode & 0o077:
         raise StateTampered(f"{path}: the study state key must be readable by its owner only (chmod 600), is {mode:o}")
     return bytes.fromhex(path.read_text().strip())
+
+
+def _key_id(key: bytes) -> str:
+    # Names the key in the signature store without revealing it: tells "another key" from "changed".
+    return hashlib.sha256(b"samsnet-key-id\0" + key).hexdigest()[:16]
 
 
 def _signatures_path(study_path: str) -> Path:
@@ -118,6 +136,9 @@ def sign(study_path: str, files: dict[str, bytes]) -> None:
         return
     key = _key()
     data = _load(study_path)
+    if data.get("key_id", _key_id(key)) != _key_id(key):
+        data["files"] = {}  # signatures of a key this machine no longer has mean nothing
+    data["key_id"] = _key_id(key)
     for relpath, content in files.items():
         macs = data["files"].setdefault(relpath, [])
         mac = _mac(key, relpath, content)
@@ -167,26 +188,95 @@ def stored_state_files(study_path: str) -> list[str]:
 
 def verify(study_path: str) -> int:
     """Raise StateTampered unless every state file in the study folder carries a signature of
-    this machine's driver; returns the number of files checked."""
+    this machine's driver (StateForeign when the study was signed elsewhere); returns the number
+    of files checked."""
     relpaths = stored_state_files(study_path)
+    if not relpaths:
+        return 0
     data = _load(study_path)
-    key = _key()
+    key = _key(create=False)
+    if key is None or not data["files"] or data.get("key_id", _key_id(key)) != _key_id(key):
+        raise _foreign(study_path, "has no signing key" if key is None else None, data)
     for relpath in relpaths:
         mac = _mac(key, relpath, _read_stored(study_path, relpath))
         known = data["files"].get(relpath)
         if known is None or not any(hmac.compare_digest(mac, k) for k in known):
-            why = (
-                "was not written by a driver of this machine"
-                if known is None
-                else "changed since this machine's driver wrote it"
-            )
-            raise StateTampered(
-                f"{display_uri(f'{study_path.rstrip(chr(47))}/{relpath}')}: Ray state file {why} "
-                f"(signatures: {_signatures_path(study_path)}); it is unpickled on resume, so the study is not "
-                "resumed. Resume on the machine that ran the study, or restore the file from a trusted copy"
-            )
+            raise _tampered(study_path, relpath, known is None)
     log.info("study state: %d Ray files verified", len(relpaths))
     return len(relpaths)
+
+
+def _study_name(study_path: str) -> str:
+    return study_path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _foreign(study_path: str, why: str | None, data: dict) -> StateForeign:
+    why = why or ("has no signatures of this study" if not data["files"] else f"has another key ({key_path()})")
+    return StateForeign(
+        f"{display_uri(study_path)}: this machine {why}: the study was run on another machine (or its signatures "
+        f"were removed), and its Ray state is unpickled on resume, so it is not resumed. If you trust the study's "
+        f"files, sign them with this machine's key: samsnet-search resume {_study_name(study_path)} --trust "
+        "(docs/security.md: moving a study between machines)"
+    )
+
+
+def _tampered(study_path: str, relpath: str, unknown: bool) -> StateTampered:
+    why = "was not written by a driver of this machine" if unknown else "changed since this machine's driver wrote it"
+    return StateTampered(
+        f"{display_uri(f'{study_path.rstrip(chr(47))}/{relpath}')}: Ray state file {why} "
+        f"(signatures: {_signatures_path(study_path)}); it is unpickled on resume, so the study is not "
+        "resumed. Resume on the machine that ran the study, or restore the file from a trusted copy"
+    )
+
+
+def trust(study_path: str) -> list[str]:
+    """Sign the study's current state files with this machine's key (the user vouched for them);
+    earlier signatures of the study on this machine are replaced. Returns the files signed."""
+    relpaths = stored_state_files(study_path)
+    _save(study_path, {"study": display_uri(study_path), "files": {}})
+    sign(study_path, {relpath: _read_stored(study_path, relpath) for relpath in relpaths})
+    return relpaths
+
+
+# --- files of a failed write -------------------------------------------------------------
+
+SET_ASIDE = "set-aside"
+JSON_STATE = "experiment_state-*.json"  # the one state file that is JSON (trials embed cloudpickle)
+
+
+def is_damaged(relpath: str, content: bytes) -> bool:
+    """A state file a failed write left: empty, or an experiment state that is not JSON. Neither
+    can run code (Tune parses the JSON before it unpickles anything in it); a non-empty pickle can,
+    however short, so it is never called damaged here."""
+    if not content:
+        return True
+    if not fnmatch.fnmatch(relpath, JSON_STATE):  # search_gen_state-*.json etc. are cloudpickle
+        return False
+    try:
+        json.loads(content)
+    except ValueError:
+        return True
+    return False
+
+
+def set_aside_damaged(study_path: str) -> list[str]:
+    """Move damaged state files into `<study>/set-aside/` (Tune then restores from what is intact:
+    an older experiment state, a trial's last checkpoint); one log line names them."""
+    moved = []
+    for relpath in stored_state_files(study_path):
+        if is_damaged(relpath, _read_stored(study_path, relpath)):
+            target = storage.join(study_path, f"{SET_ASIDE}/{relpath.replace('/', '.')}")
+            storage.move(storage.join(study_path, relpath), target)
+            moved.append(relpath)
+    if moved:
+        log.warning(
+            "study %s: set aside %d state file(s) left empty or truncated by a failed write, into %s: %s",
+            _study_name(study_path),
+            len(moved),
+            display_uri(storage.join(study_path, SET_ASIDE)),
+            ", ".join(moved),
+        )
+    return moved
 
 
 class StateSigner(Callback):

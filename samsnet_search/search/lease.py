@@ -17,24 +17,23 @@ within a few seconds of each other (NTP), far below the timeout.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import socket
+import stat
 import tempfile
 import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 import psutil
 
 from ..errors import SamsNetError
-from ..services import stop, storage
+from ..services import locks, stop, storage
 from ..services.storage import display_uri, is_s3
 
 log = logging.getLogger(__name__)
@@ -171,20 +170,31 @@ def _write(study_path: str, holder: Holder) -> None:
     storage.write_text(lease_uri(study_path), json.dumps(asdict(holder)))
 
 
-@contextlib.contextmanager
-def _local_mutex(study_path: str) -> Iterator[None]:
-    """Serialize look-and-take of one local study's lease among this host's processes (flock).
+class LockFolderUnsafe(SamsNetError):
+    """The per-user folder of lease lock files is not this user's private folder."""
 
-    The lock file lives in the temp folder, keyed by the study's path, so the study folder of a
-    study that never started stays empty (and is removed) and no lock file is ever deleted while
-    another process may hold it."""
+
+def _lock_dir() -> Path:
+    """A 0700 folder of this user's lock files: in the shared temp folder another user could
+    otherwise plant or hold a study's lock file."""
+    folder = Path(tempfile.gettempdir()) / f"samsnet-locks-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) != 0o700:
+        raise LockFolderUnsafe(
+            f"{folder}: the lease lock folder must be a directory owned by uid {os.getuid()} with mode 0700, "
+            f"is uid {info.st_uid} mode {stat.S_IMODE(info.st_mode):o}; remove it and try again"
+        )
+    return folder
+
+
+def _local_mutex(study_path: str):
+    """Serialize look-and-take of one local study's lease among this host's processes.
+
+    The lock file lives in a per-user folder, keyed by the study's path, so the study folder of a
+    study that never started stays empty (and is removed); `locks.exclusive` removes it when done."""
     key = hashlib.sha256(str(Path(study_path).resolve()).encode()).hexdigest()[:24]
-    with open(Path(tempfile.gettempdir()) / f"samsnet-lease-{key}.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return locks.exclusive(_lock_dir() / f"samsnet-lease-{key}.lock")
 
 
 def acquire(
@@ -238,6 +248,20 @@ def _locked(name: str, study_path: str, holder: Holder, timeout_s: float) -> Stu
         f"{display_uri(lease_uri(study_path))}): wait for it to end or stop it; a lease whose "
         f"heartbeat is older than {timeout_s:g} s (SAMSNET_LEASE_TIMEOUT_S) is taken over"
     )
+
+
+def driver_gone(study_path: str, timeout_s: float = TIMEOUT_S) -> str | None:
+    """Why no driver runs the study any more (no lease, or a stale one), or None while one does:
+    a study whose manifest says `running` without one was left by a driver that died."""
+    try:
+        holder = read_holder(study_path)
+    except Exception as e:  # unreadable storage: do not guess
+        log.debug("could not read the lease of %s: %s", display_uri(study_path), e)
+        return None
+    if holder is None:
+        return "no driver holds its lease"
+    reason = holder.stale_reason(timeout_s)
+    return None if reason is None else f"its driver (host {holder.host}, pid {holder.pid}) is gone: {reason}"
 
 
 def assert_token(study_path: str, token: str) -> None:

@@ -9,8 +9,10 @@ builds on.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -25,6 +27,7 @@ from ray import tune
 from ..data import load_splits
 from ..errors import ConfigError, SamsNetError
 from ..services import stop, storage, tracking
+from ..services.faults import is_infra_error
 from . import checkpoints, cost, identity, importance, integrity, lease, pareto, schedulers, searchers, warm_start
 from .callbacks import StudyCallback
 from .estimate_step import before_search
@@ -33,7 +36,7 @@ from .integrity import StateSigner
 from .objectives import best_of, per_epoch_keys
 from .space import describe, num_trials, tune_space
 from .study import Study, load_stored, resolve_storage
-from .trial import RUN_ID_KEY, TrialContext, build_experiment, train_trial
+from .trial import RUN_ID_KEY, TrialContext, build_experiment, train_trial, trial_workdir
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +303,9 @@ def _new_tuner(study: Study, ctx: TrialContext, callback) -> Any:
             checkpoint_score_attribute=study.metric,
             checkpoint_score_order=study.mode,
         ),
-        failure_config=tune.FailureConfig(max_failures=s.max_failures),
+        # Tune retries every failure alike; the trial counts its own errors against max_failures
+        # (trial.train_trial), so a lost worker uses the rest: worker_retries.
+        failure_config=tune.FailureConfig(max_failures=s.max_failures + s.worker_retries),
         callbacks=[callback, StateSigner(identity.study_uri(study.storage, study.name))],
         verbose=0,
     )
@@ -496,8 +501,18 @@ def _importance(study: Study, result: StudyResult) -> dict[str, Any]:
 
 
 def _verify_state(study: Study) -> None:
-    """Before Tune unpickles the study's state: each file must carry this driver's signature."""
+    """Before Tune unpickles the study's state: files a failed write left empty or truncated are
+    set aside (they block Tune's restore, and cannot carry code); each other file must carry this
+    driver's signature."""
+    integrity.set_aside_damaged(identity.study_uri(study.storage, study.name))
     integrity.verify(identity.study_uri(study.storage, study.name))
+
+
+def trust_state(study: Study) -> list[str]:
+    """`resume --trust`: sign the study's current Ray state with this machine's key (after setting
+    aside what a failed write left); returns the files signed."""
+    integrity.set_aside_damaged(identity.study_uri(study.storage, study.name))
+    return integrity.trust(identity.study_uri(study.storage, study.name))
 
 
 def _sign_tuner(study: Study) -> None:
@@ -560,14 +575,33 @@ def _log_pareto(target, run_id: str, front: dict[str, Any]) -> None:
     tracking.client(target).log_metric(run_id, "pareto.size", float(len(front["front"])))
 
 
+# Ray's trial ids: 8 hex digits (searcher trials) or 5 hex, "_" and a 5-digit number (variants).
+_TRIAL_ID = r"(?:[0-9a-f]{8}|[0-9a-f]{5}_\d{5})"
+
+
+def remove_trial_workdirs(study_name: str) -> int:
+    """Remove the study's trial work folders on this machine (`trial_workdir`): a trial that ends
+    removes its own, a killed one (worker lost, driver stopped) leaves it behind. Returns how many.
+    Only this machine's: on a cluster each worker node's temp folder holds its trials' folders."""
+    root = trial_workdir(study_name, "x").parent
+    own = re.compile(rf"{re.escape(study_name)}_{_TRIAL_ID}")
+    folders = [p for p in root.glob(f"{glob.escape(study_name)}_*") if own.fullmatch(p.name)]
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+    return len(folders)
+
+
 def close_study(manifest: Manifest, target, state: str, result: StudyResult | None, keep_open: bool = False) -> None:
-    """Record the study's state in study.json and on the parent run; end the run unless keep_open."""
+    """Record the study's state in study.json and on the parent run; end the run unless keep_open.
+    A finished search leaves no trial work folder behind."""
+    if state == "finished":
+        remove_trial_workdirs(manifest.name)
     manifest.state = state
     manifest.search_finished = manifest.search_finished or state == "finished"
     summary = result.summary() if result is not None else None
     if summary is not None:
         manifest.summary = summary
-    identity.write_manifest(manifest)
+    _write_final_manifest(manifest)
     try:
         c = tracking.client(target)
         if result is not None:
@@ -593,6 +627,24 @@ def close_study(manifest: Manifest, target, state: str, result: StudyResult | No
             c.set_terminated(manifest.parent_run_id, {"finished": "FINISHED", "failed": "FAILED"}.get(state, "KILLED"))
     except Exception as e:  # the results are on disk already; tracking trouble is reported, not fatal
         log.warning("could not update the study's parent run: %s", e)
+
+
+def _write_final_manifest(manifest: Manifest) -> None:
+    """study.json with the study's end state; a full disk (or a storage outage) is one line, not
+    a traceback: study.json then still says `running`, and with this driver's lease released
+    `ls` and `resume` treat the study as interrupted (identity.list_studies)."""
+    try:
+        identity.write_manifest(manifest)
+    except Exception as e:
+        if not is_infra_error(e):
+            raise
+        log.error(
+            "could not record state %s in %s (%s); free space, then: samsnet-search resume %s",
+            manifest.state,
+            identity.display_uri(identity.study_uri(manifest.path, identity.MANIFEST)),
+            _first_line(e),
+            manifest.name,
+        )
 
 
 def mark_interrupted(manifest: Manifest, target) -> None:

@@ -40,7 +40,6 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import ray
 import soundfile as sf
-from filelock import FileLock
 from mlflow.entities import Metric
 
 from ..config import SAMPLE_RATE, TARGETS, ExperimentConfig, validate_model
@@ -48,10 +47,9 @@ from ..data import load_splits, load_subset
 from ..engine.checkpoint import BEST, LAST, load_model
 from ..engine.evaluate import evaluate_tracks, model_estimator
 from ..engine.separate import separate
-from ..engine.train import pick_device
 from ..engine.wiener import PostFilter
 from ..errors import DamagedFile, SamsNetError
-from ..services import stop, storage, tracking
+from ..services import locks, stop, storage, tracking
 from ..services.tracking import PHASE_TAG
 from . import cost, identity, lease
 from .checkpoints import local_copy
@@ -409,7 +407,7 @@ def _retrain(job: Job, cfg: ExperimentConfig, spec: tracking.ChildRunSpec, fence
     The work folder is locked for the job: a job of a driver that lost the study may still be
     finishing its epoch on this node; the new driver's job waits for it instead of sharing it."""
     workdir = job_workdir(spec, job)
-    with _exclusive(workdir):
+    with locks.exclusive(workdir.with_name(workdir.name + ".lock")):
         fence()
         run = tracking.TrialRun(spec, f"selection-{job.key}", f"selection slices={job.slices} seed={job.seed}")
         run.client.set_tag(run.run_id, PHASE_TAG, "selection")
@@ -418,13 +416,6 @@ def _retrain(job: Job, cfg: ExperimentConfig, spec: tracking.ChildRunSpec, fence
         resume = (lambda: (folder, str(folder))) if (folder / LAST).is_file() else None
         summary = train_tracked(cfg, run, workdir, resume=resume, fence=fence)
     return summary.checkpoint_dir, run.run_id, summary.epochs
-
-
-@contextmanager
-def _exclusive(workdir: Path) -> Iterator[None]:
-    workdir.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(workdir) + ".lock"):
-        yield
 
 
 # --- the selection -------------------------------------------------------------------
@@ -529,18 +520,18 @@ def _run_selection(result, address, num_cpus, num_gpus, progress, quiet, registe
     start = time.monotonic()
     stop.phase("selection.jobs", say)
     try:
-        with ray_session(address, num_cpus, num_gpus, quiet):
+        with ray_session(address, num_cpus, num_gpus, quiet):  # jobs and the test scoring are Ray tasks
             records, trained = _run_jobs(jobs, result, store, say)
+            seconds = {"retrain_and_validate": time.monotonic() - start}
+            table = _table(records, study, result.study.spec.selection)
+            say(table.verdict())
+            start, start_cpu = time.monotonic(), time.process_time()
+            final = _finish(table, records, trained, result, seconds, say, register)
     except KeyboardInterrupt:
         if stop.fenced():
             raise
         _close_unfinished_runs(result)  # Ray is down: the stopped jobs' runs end KILLED, not RUNNING
         raise
-    seconds = {"retrain_and_validate": time.monotonic() - start}
-    table = _table(records, study, result.study.spec.selection)
-    say(table.verdict())
-    start, start_cpu = time.monotonic(), time.process_time()
-    final = _finish(table, records, trained, result, seconds, say, register)
     final.seconds["test_and_register"] = time.monotonic() - start
     final.cost = cost.selection_cost(records, final.seconds, {"cpu_s": round(time.process_time() - start_cpu, 2)})
     _log_cost(result.target, manifest.parent_run_id, final.cost)
@@ -580,10 +571,7 @@ def _run_jobs(jobs: list[Job], result, store: str, say: Progress) -> tuple[list[
     todo = [j for j in jobs if records[j.key] is None]
     if len(todo) < len(jobs):
         say(f"selection: {len(jobs) - len(todo)} of {len(jobs)} jobs already finished (not run again)")
-    res = study.spec.resources
-    task = ray.remote(num_cpus=res.cpu, num_gpus=res.gpu, resources=res.custom or None, max_retries=0)(
-        retrain_and_score
-    )
+    task = _as_task(retrain_and_score, study)
     limit = study.search.max_concurrent_trials or len(todo) or 1
     backend = study.spec.selection.valid_backend
     pending: dict[Any, Job] = {}
@@ -620,6 +608,21 @@ def _run_jobs(jobs: list[Job], result, store: str, say: Progress) -> tuple[list[
     return [records[j.key] for j in jobs if records[j.key] is not None], [
         j.key for j in todo if records[j.key] is not None
     ]
+
+
+def _as_task(fn, study):
+    """`fn` as a Ray task with a trial's resources: it runs where a trial would, on the devices Ray
+    assigns it (the driver, often a CPU-only head node, never needs a GPU)."""
+    res = study.spec.resources
+    return ray.remote(num_cpus=res.cpu, num_gpus=res.gpu, resources=res.custom or None, max_retries=0)(fn)
+
+
+def _get(ref):
+    """ray.get, looking at stop requests meanwhile (a stop must not wait for a long task)."""
+    while not ray.wait([ref], timeout=WAIT_S)[0]:
+        stop.check()
+    stop.check()
+    return ray.get(ref)
 
 
 def _eta(start: float, done: int, total: int) -> str:
@@ -664,9 +667,17 @@ def _finish(
         sel = study.spec.selection
         stop.phase("selection.test", say)
         say(
-            f"scoring the winner (slices={table.winner}, seed {best['seed']}) on the test set with {sel.test_backend} ..."
+            f"scoring the winner (slices={table.winner}, seed {best['seed']}) on the test set with {sel.test_backend} "
+            "(a Ray task with the trials' resources) ..."
         )
-        test = _score_test(ckpt, target, manifest.parent_run_id, sel.test_backend, sel.listen_seconds, sel.wiener, say)
+        spec = trial_context(study, manifest).tracking
+        scoring = _as_task(score_winner, study).remote(
+            best["checkpoint"], spec, sel.test_backend, sel.listen_seconds, sel.wiener
+        )
+        test = _get(scoring)
+        for line in test.pop("progress"):
+            say(line)
+        say(f"test scoring ran on {test['ran_on']['device']} (Ray assigned {test['ran_on']['resources']})")
         say(
             f"test avg SDR {test['summary']['avg']:.2f} dB ({test['backend']}, {test['data']})"
             + (
@@ -714,6 +725,24 @@ def _log_table(target, parent_run_id: str, table: SelectionTable, best: dict[str
     c.log_text(parent_run_id, table.csv(), "selection/table.csv")
 
 
+def score_winner(
+    checkpoint_uri: str, spec: tracking.ChildRunSpec, backend: str, listen_seconds: float, wiener: int
+) -> dict[str, Any]:
+    """Runs in a Ray task: `_score_test` of the stored winner on the device Ray assigned the task.
+    Its progress lines are logged here (Ray shows them on the driver's terminal) and returned."""
+    said: list[str] = []
+
+    def say(msg: str) -> None:
+        log.info("%s", msg)
+        said.append(msg)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = storage.get_file(checkpoint_uri, Path(tmp) / "checkpoint" / BEST).parent
+        test = _score_test(ckpt, spec.target, spec.parent_run_id, backend, listen_seconds, wiener, say)
+    assigned = ray.get_runtime_context().get_assigned_resources()
+    return {**test, "ran_on": {**test["ran_on"], "resources": assigned}, "progress": said}
+
+
 def _score_test(
     ckpt: Path,
     target,
@@ -733,7 +762,7 @@ def _score_test(
     tests, kind = load_subset(cfg.data, "test")  # the test split alone
     if not tests:
         raise SelectionError(f"{cfg.data.root}: no test tracks; the winner cannot be scored on the test set")
-    device = pick_device(cfg.train.device)
+    device = job_device(cfg.train.device)  # what Ray assigned this task: CPU when no GPU
     c = tracking.client(target)
     posts = [PostFilter()] + ([PostFilter(wiener=wiener)] if wiener > 0 else [])
     scored = []
@@ -752,7 +781,7 @@ def _score_test(
         tracking.log_json(target, parent_run_id, scored[-1], artifact)
     if listen_seconds > 0:
         _log_listening(model, tests[0], listen_seconds, device, target, parent_run_id, posts[1:])
-    return {**scored[0], **({"wiener": scored[1]} if len(scored) > 1 else {})}
+    return {**scored[0], **({"wiener": scored[1]} if len(scored) > 1 else {}), "ran_on": {"device": str(device)}}
 
 
 def _log_listening(model, track, seconds: float, device, target, run_id: str, posts=()) -> None:

@@ -361,6 +361,12 @@ class SearchSettings(Strict):
     max_concurrent_trials: int | None = Field(None, gt=0, description="default: as many as resources allow")
     time_budget_s: float | None = Field(None, gt=0, description="stop starting/continuing trials after this")
     max_failures: int = Field(0, ge=0, description="retries of a failed trial from its last checkpoint")
+    worker_retries: int = Field(
+        3,
+        ge=0,
+        description="retries of a trial whose worker process died (OOM killer, lost node), from its last "
+        "checkpoint; not counted in max_failures",
+    )
     infra_retry_s: float = Field(
         300.0, ge=0, description="seconds a trial waits out a storage or tracking outage (retrying) before it fails"
     )

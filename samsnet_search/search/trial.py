@@ -57,6 +57,11 @@ RUN_ID_KEY = "mlflow_run_id"
 NODE_TAG = "samsnet.node"
 NODES_TAG = "samsnet.nodes"
 HOST_TAG = "samsnet.host"
+OWN_FAILURES_TAG = "samsnet.own_failures"  # errors of the trial's own code (not lost workers, not outages)
+
+
+class TrialFailed(RuntimeError):
+    """A retried trial whose own errors already used up search.max_failures."""
 
 
 def trial_workdir(study_name: str, trial_id: str) -> Path:
@@ -228,6 +233,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         )
     run = TrialRun(ctx.tracking, trial_id, run_name(trial_id, config))
     log.info("trial %s runs on node %s", trial_id, record_node(run))
+    _refuse_beyond_own_failures(run, ctx.max_failures)
     if run.finished:
         # Tune's saved state lagged behind this trial's end (the driver stopped in between):
         # report what the trial recorded instead of training it again.
@@ -262,7 +268,8 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         fence = functools.partial(lease.assert_token, ctx.study_path, ctx.lease_token)
         train_tracked(cfg, run, workdir, resume=resume, enrich=best.update, publish=publish, fence=fence)
     except Exception as e:
-        if ctx.max_failures == 0 or is_out_of_memory(e):  # no retry will continue from the local copy
+        last = is_out_of_memory(e) or (not is_infra_error(e) and _count_own_failure(run) > ctx.max_failures)
+        if last:  # no retry will continue from the local copy
             shutil.rmtree(workdir, ignore_errors=True)
         if not is_out_of_memory(e):
             raise
@@ -330,6 +337,26 @@ def train_tracked(
         raise
     run.finish("stopped_early" if summary.stopped_early else "completed")
     return summary
+
+
+def _count_own_failure(run: TrialRun) -> int:
+    """One more failure of the trial's own code (a lost worker never gets here): the count so far.
+    Where it cannot be recorded, the trial is not retried (its count is unknown)."""
+    try:
+        count = int(run.client.get_run(run.run_id).data.tags.get(OWN_FAILURES_TAG, 0)) + 1
+        run.client.set_tag(run.run_id, OWN_FAILURES_TAG, str(count))
+    except Exception as e:
+        log.warning("could not count trial %s's failure: %s", run.trial_id, first_line(e))
+        return 1 << 30
+    return count
+
+
+def _refuse_beyond_own_failures(run: TrialRun, max_failures: int) -> None:
+    """Tune's retries cover lost workers too (max_failures + worker_retries): an attempt that Tune
+    started after the trial's own errors used up max_failures ends at once, recording nothing."""
+    count = int(run.client.get_run(run.run_id).data.tags.get(OWN_FAILURES_TAG, 0))
+    if count > max_failures:
+        raise TrialFailed(f"trial {run.trial_id} failed {count} times (search.max_failures: {max_failures})")
 
 
 def _record_failure(run: TrialRun, e: Exception) -> None:

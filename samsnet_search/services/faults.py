@@ -2,7 +2,8 @@
 
 A trial talks to two services it does not own: the study storage (pyarrow's S3 filesystem,
 through Ray Tune) and the MLflow server. When one of them restarts, its errors (connection
-refused or reset, timeouts, HTTP 5xx) say nothing about the configuration being trained, so
+refused or reset, timeouts, HTTP 5xx), and a full disk or quota (ENOSPC, EDQUOT) on the storage
+or the local work folder, say nothing about the configuration being trained, so
 the trial retries the call with backoff for a bounded time (`search.infra_retry_s`) instead
 of failing; only when the service stays away that long does the trial fail, with an
 `InfraUnavailable` error that names what it waited for.
@@ -10,6 +11,7 @@ of failing; only when the service stays away that long does the trial fail, with
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import re
@@ -33,6 +35,15 @@ _TRANSIENT = re.compile(
     r"|connection (?:refused|reset|aborted)|could not connect|failed to connect|max retries exceeded"
     r"|timed out|remote ?disconnected|remote end closed|broken pipe|temporarily unavailable"
     r"|service unavailable|bad gateway|gateway time-?out|(?:error|status) code:? 5\d\d|\bHTTP 5\d\d",
+    re.IGNORECASE,
+)
+# A full disk or quota, on the storage or the local work folder, is an outage too: it says
+# nothing of the configuration, and space can be freed while the trial waits. pyarrow and S3
+# stores give it as text; torch.save on a full disk fails its writer without an errno.
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_DISK_FULL = re.compile(
+    r"no space left on device|disk quota exceeded|\[errno (?:28|122)\]|quotaexceeded|insufficient ?storage"
+    r"|PytorchStreamWriter failed writing file|inline_container\.cc:\d+\] \. unexpected pos",
     re.IGNORECASE,
 )
 # Exception classes of HTTP client libraries that mean "no answer" (matched by name, so
@@ -77,6 +88,8 @@ def is_infra_error(error: BaseException) -> bool:
 def _looks_transient(e: BaseException) -> bool:
     if isinstance(e, (ConnectionError, TimeoutError)):
         return True
+    if isinstance(e, OSError) and e.errno in _DISK_FULL_ERRNOS:
+        return True
     if any(cls.__name__ in _TRANSIENT_CLASSES for cls in type(e).__mro__ if cls.__module__ != "builtins"):
         return True
     # A server's answer (RestException) with a server-side code; a client-side MlflowException
@@ -84,7 +97,7 @@ def _looks_transient(e: BaseException) -> bool:
     if type(e).__name__ == "RestException" and getattr(e, "error_code", None) in _TRANSIENT_MLFLOW_CODES:
         return True
     message_counts = isinstance(e, (OSError, RuntimeError)) or type(e).__name__ in ("MlflowException", "RestException")
-    return message_counts and bool(_TRANSIENT.search(str(e)))
+    return message_counts and bool(_TRANSIENT.search(str(e)) or _DISK_FULL.search(str(e)))
 
 
 def first_line(e: BaseException) -> str:

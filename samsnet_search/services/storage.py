@@ -154,6 +154,14 @@ def delete_file(uri: str) -> None:
         pass
 
 
+def move(uri: str, target: str) -> None:
+    """Rename a file within one storage (S3: copy, then delete), creating the target's folder."""
+    fs, path = filesystem(uri)
+    _, dest = filesystem(target)
+    fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
+    fs.move(path, dest)
+
+
 def put_file(uri: str, local: Path) -> None:
     """Copy a local file into the storage (whole or not at all)."""
     write_bytes(uri, Path(local).read_bytes())
