@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -27,7 +28,7 @@ from ray import tune
 from ..data import load_splits
 from ..errors import ConfigError, SamsNetError
 from ..services import stop, storage, tracking
-from ..services.faults import is_infra_error
+from ..services.faults import first_line, is_infra_error
 from . import checkpoints, cost, identity, importance, integrity, lease, pareto, schedulers, searchers, warm_start
 from .callbacks import StudyCallback
 from .estimate_step import before_search
@@ -62,6 +63,9 @@ FORWARD_ENV = (
 AWS_SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 CHECKPOINT_MARGIN = 2
 RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+# Tune's uploads of the experiment state log a failed upload with its traceback.
+RAY_SYNC_LOGGERS = ("ray.train._internal.syncer", "ray.tune.execution.experiment_state")
+RAY_SYNC_FAILURES = ("Last sync command failed", "Saving experiment state to storage")
 # A trial's per-epoch history keeps these trainer keys, the per-target SDRs and every per-epoch
 # objective of the objectives table (read when a history is made: an added objective is kept).
 TRAINER_KEYS = (
@@ -185,6 +189,8 @@ def ray_session(
             # Token auth is Ray's default for a new local cluster (good: its ports are then closed
             # to other users too); Ray announces it at every start, which says nothing new.
             logging.getLogger(RAY_AUTH_LOGGER).addFilter(_token_auth_banner)
+            for name in RAY_SYNC_LOGGERS:
+                logging.getLogger(name).addFilter(_sync_outage_one_line)
             ray.init(
                 num_cpus=num_cpus or os.cpu_count() or 1,
                 num_gpus=num_gpus,
@@ -202,6 +208,17 @@ def ray_session(
 def _token_auth_banner(record: logging.LogRecord) -> bool:
     """Drop Ray's "token authentication is enabled" notice (its warnings otherwise pass)."""
     return not record.getMessage().startswith("Token authentication is enabled")
+
+
+def _sync_outage_one_line(record: logging.LogRecord) -> bool:
+    """A failed upload of the experiment state for an outage (a full disk, an unreachable store)
+    is one line: Ray uploads it again at its next sync, so the traceback says nothing useful."""
+    # Ray logs these inside its `except` block, some with exc_info, some with the traceback as text.
+    error = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+    if error is not None and is_infra_error(error) and record.getMessage().startswith(RAY_SYNC_FAILURES):
+        record.msg, record.args = "storing the experiment state failed (%s); Ray tries again", (first_line(error),)
+        record.exc_info, record.exc_text = None, None
+    return True
 
 
 @contextmanager
