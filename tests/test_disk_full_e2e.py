@@ -127,6 +127,24 @@ def child_runs(target, storage: Path) -> list:
     return [] if m is None else tracking.find_child_runs(target, m.experiment_id, m.parent_run_id)
 
 
+def second_trial_trained(target, storage: Path) -> bool:
+    runs = child_runs(target, storage)
+    done = [r for r in runs if r.data.tags.get(tracking.STATUS_TAG) == "completed"]
+    client = tracking.client(target)
+    return bool(done) and any(
+        client.get_metric_history(r.info.run_id, "train_loss")
+        for r in runs
+        if r.data.tags.get(tracking.STATUS_TAG) == "running"
+    )
+
+
+def driver_lines(out: str) -> str:
+    """The driver's own output. A trial worker's lines are left out: Ray's SIGTERM to a finished
+    trial's idle worker at times prints an "Exception ignored ... SystemExit" traceback there,
+    with or without a full disk (the trials' outcome is checked in MLflow instead)."""
+    return "\n".join(line for line in out.splitlines() if "train_trial pid=" not in line)
+
+
 def trial_met_full_disk(out: str) -> bool:
     """A trial worker's line (Ray prefixes them `(train_trial pid=...)`) about the full disk."""
     return any("train_trial pid=" in line and "No space left on device" in line for line in out.splitlines())
@@ -146,12 +164,8 @@ def test_a_full_storage_disk_is_waited_out(tmp_path, synth_root, small_disk):
     run = Driver(["run", str(study_file), "--no-live", "--num-cpus", "2"], tmp_path, env, tmp_path / "run.log")
     filler = None
     try:
-        wait_until(
-            lambda: any(r.data.tags.get(tracking.STATUS_TAG) == "completed" for r in child_runs(target, storage)),
-            run,
-            "a completed trial",
-            deadline,
-        )
+        # a trial completed and the next one trained an epoch: the full disk meets a checkpoint upload
+        wait_until(lambda: second_trial_trained(target, storage), run, "a second trial's epoch", deadline)
         filler = fill(storage)
         # Full until a trial's write met it (a worker's retry line), then freed within the retry window.
         wait_until(lambda: trial_met_full_disk(run.text()), run, "a trial meeting the full disk", deadline)
@@ -178,7 +192,7 @@ def test_a_full_storage_disk_is_waited_out(tmp_path, synth_root, small_disk):
         outputs.append(resume.text())
     out = "\n".join(outputs)
     assert rc == 0, out[-6000:]
-    assert "Traceback" not in out and "EOFError" not in out, out[-6000:]
+    assert "Traceback" not in driver_lines(out) and "EOFError" not in out, out[-6000:]
     runs = child_runs(target, storage)
     tags = {r.data.tags[tracking.TRIAL_TAG]: r.data.tags for r in runs}
     assert len(tags) == 3, tags.keys()
