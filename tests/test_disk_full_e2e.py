@@ -45,13 +45,19 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(where)], check=False)
 
 
-def write_study(tmp_path: Path, data_root: Path, storage: Path) -> Path:
+def write_study(tmp_path: Path, data_root: Path, storage: Path, retry_s: float) -> Path:
     study = {
         "name": NAME,
         "model": {"n_fft": 256, "hop_length": 128, "slices": 1, "heads": 1, "channels": {"choice": [2, 3]}, "depth": 1},
         "data": {"root": str(data_root), "segment_seconds": 0.5, "samples_per_track": 1, "valid_seconds": 1.0},
         "train": {"lr": 3e-3, "batch_size": 2, "epochs": EPOCHS, "patience": EPOCHS, "valid_sdr_every": 0},
-        "search": {"num_samples": 3, "seed": 0, "scheduler": "fifo", "max_concurrent_trials": 1, "infra_retry_s": 20},
+        "search": {
+            "num_samples": 3,
+            "seed": 0,
+            "scheduler": "fifo",
+            "max_concurrent_trials": 1,
+            "infra_retry_s": retry_s,
+        },
         "selection": {"enabled": False},
         "resources": {"cpu": 1},
         "storage": str(storage),
@@ -150,9 +156,25 @@ def trial_met_full_disk(out: str) -> bool:
     return any("train_trial pid=" in line and "No space left on device" in line for line in out.splitlines())
 
 
-def test_a_full_storage_disk_is_waited_out(tmp_path, synth_root, small_disk):
+@pytest.mark.parametrize(
+    "retry_s, freed",
+    [
+        (20, "within the retry window"),
+        pytest.param(
+            4,
+            "after the driver ended",
+            marks=pytest.mark.xfail(
+                reason="the driver's last upload of Ray's experiment state meets the full disk and truncates "
+                "the only copy: resume refuses in one line (StateLost) instead of finishing the study",
+                strict=False,
+            ),
+        ),
+    ],
+    ids=["freed-in-time", "freed-after-the-study-ended"],
+)
+def test_a_full_storage_disk_is_waited_out(tmp_path, synth_root, small_disk, retry_s, freed):
     storage = small_disk
-    study_file = write_study(tmp_path, synth_root, storage)
+    study_file = write_study(tmp_path, synth_root, storage, retry_s)
     target = tracking.resolve_tracking(str(tmp_path / "mlruns"))
     env = {
         **os.environ,
@@ -167,9 +189,13 @@ def test_a_full_storage_disk_is_waited_out(tmp_path, synth_root, small_disk):
         # a trial completed and the next one trained an epoch: the full disk meets a checkpoint upload
         wait_until(lambda: second_trial_trained(target, storage), run, "a second trial's epoch", deadline)
         filler = fill(storage)
-        # Full until a trial's write met it (a worker's retry line), then freed within the retry window.
+        # Full until a trial's write met it (a worker's retry line), then freed within the retry
+        # window, or only once the driver gave up and ended.
         wait_until(lambda: trial_met_full_disk(run.text()), run, "a trial meeting the full disk", deadline)
-        time.sleep(3)  # a few failed writes, well within infra_retry_s (20 s)
+        if freed == "after the driver ended":
+            run.wait(deadline)
+        else:
+            time.sleep(3)  # a few failed writes, well within infra_retry_s (20 s)
         filler.unlink()
         filler = None
         rc = run.wait(deadline)

@@ -9,6 +9,7 @@ builds on.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import logging
 import os
@@ -81,6 +82,10 @@ TARGET_SDR_PREFIX = "valid_sdr_"
 
 class StudyError(SamsNetError):
     """A study cannot be started or resumed as asked."""
+
+
+class StateLost(StudyError):
+    """Every copy of Ray's experiment state was damaged (a write on a full disk): nothing to resume from."""
 
 
 @dataclass
@@ -519,8 +524,17 @@ def _verify_state(study: Study) -> None:
     """Before Tune unpickles the study's state: files a failed write left empty or truncated are
     set aside (they block Tune's restore, and cannot carry code); each other file must carry this
     driver's signature."""
-    integrity.set_aside_damaged(identity.study_uri(study.storage, study.name))
-    integrity.verify(identity.study_uri(study.storage, study.name))
+    path = identity.study_uri(study.storage, study.name)
+    moved = integrity.set_aside_damaged(path)
+    left = integrity.stored_state_files(path)
+    if "tuner.pkl" in left and not any(fnmatch.fnmatch(f, integrity.JSON_STATE) for f in left):
+        # Without it Tune "restores" an empty search and then fails deep inside its searcher.
+        raise StateLost(
+            f"study {study.name}: Ray's experiment state was lost in a failed write "
+            f"({', '.join(f for f in moved if fnmatch.fnmatch(f, integrity.JSON_STATE)) or 'none left'}; see {identity.display_uri(path)}/{integrity.SET_ASIDE}): "
+            "its search cannot be continued; its trials' results are in MLflow"
+        )
+    integrity.verify(path)
 
 
 def trust_state(study: Study) -> list[str]:
