@@ -29,7 +29,7 @@ from ray import tune
 from ..data import load_splits
 from ..errors import ConfigError, SamsNetError
 from ..services import stop, storage, tracking
-from ..services.faults import first_line, is_infra_error
+from ..services.faults import first_line, is_infra_error, retry
 from . import checkpoints, cost, identity, importance, integrity, lease, pareto, schedulers, searchers, warm_start
 from .callbacks import StudyCallback
 from .estimate_step import before_search
@@ -492,7 +492,14 @@ def _run_study(
         raise
     finally:
         if state != "fenced":
-            close_study(manifest, target, state, result, keep_open=selection_follows and state == "finished")
+            close_study(
+                manifest,
+                target,
+                state,
+                result,
+                keep_open=selection_follows and state == "finished",
+                budget_s=study.search.infra_retry_s,
+            )
     return result
 
 
@@ -620,9 +627,17 @@ def remove_trial_workdirs(study_name: str) -> int:
     return len(folders)
 
 
-def close_study(manifest: Manifest, target, state: str, result: StudyResult | None, keep_open: bool = False) -> None:
+def close_study(
+    manifest: Manifest,
+    target,
+    state: str,
+    result: StudyResult | None,
+    keep_open: bool = False,
+    budget_s: float = 0.0,
+) -> None:
     """Record the study's state in study.json and on the parent run; end the run unless keep_open.
-    A finished search leaves no trial work folder behind."""
+    A finished search leaves no trial work folder behind. budget_s: how long a storage outage (a
+    full disk) is waited out for study.json, as the trials wait (search.infra_retry_s)."""
     if state == "finished":
         remove_trial_workdirs(manifest.name)
     manifest.state = state
@@ -630,7 +645,7 @@ def close_study(manifest: Manifest, target, state: str, result: StudyResult | No
     summary = result.summary() if result is not None else None
     if summary is not None:
         manifest.summary = summary
-    _write_final_manifest(manifest)
+    _write_final_manifest(manifest, budget_s)
     try:
         c = tracking.client(target)
         if result is not None:
@@ -658,12 +673,12 @@ def close_study(manifest: Manifest, target, state: str, result: StudyResult | No
         log.warning("could not update the study's parent run: %s", e)
 
 
-def _write_final_manifest(manifest: Manifest) -> None:
+def _write_final_manifest(manifest: Manifest, budget_s: float = 0.0) -> None:
     """study.json with the study's end state; a full disk (or a storage outage) is one line, not
     a traceback: study.json then still says `running`, and with this driver's lease released
     `ls` and `resume` treat the study as interrupted (identity.list_studies)."""
     try:
-        identity.write_manifest(manifest)
+        retry(identity.write_manifest, manifest, budget_s=budget_s, what="recording the study's end in study.json")
     except Exception as e:
         if not is_infra_error(e):
             raise
