@@ -32,3 +32,18 @@ def test_other_manifest_write_errors_still_raise(tmp_path, monkeypatch):
     monkeypatch.setattr(identity, "write_manifest", denied)
     with pytest.raises(PermissionError):
         runner.close_study(m, target=None, state="failed", result=None)
+
+
+def test_the_end_state_waits_out_a_full_disk_within_the_budget(tmp_path, monkeypatch):
+    m = identity.Manifest("s", str(tmp_path), "s", "1", "r", "samsnet-s", "file:x", None, "/", "s.yaml")
+    written = []
+
+    def full_twice(manifest):
+        if len(written) < 2:
+            written.append(None)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(manifest.state)
+
+    monkeypatch.setattr(identity, "write_manifest", full_twice)
+    runner.close_study(m, target=None, state="failed", result=None, budget_s=30)
+    assert written == [None, None, "failed"]  # space came back while the driver waited: recorded

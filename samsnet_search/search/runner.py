@@ -9,11 +9,13 @@ builds on.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -27,7 +29,7 @@ from ray import tune
 from ..data import load_splits
 from ..errors import ConfigError, SamsNetError
 from ..services import stop, storage, tracking
-from ..services.faults import is_infra_error
+from ..services.faults import first_line, is_infra_error, retry
 from . import checkpoints, cost, identity, importance, integrity, lease, pareto, schedulers, searchers, warm_start
 from .callbacks import StudyCallback
 from .estimate_step import before_search
@@ -62,6 +64,9 @@ FORWARD_ENV = (
 AWS_SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 CHECKPOINT_MARGIN = 2
 RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+# Tune's uploads of the experiment state log a failed upload with its traceback.
+RAY_SYNC_LOGGERS = ("ray.train._internal.syncer", "ray.tune.execution.experiment_state")
+RAY_SYNC_FAILURES = ("Last sync command failed", "Saving experiment state to storage")
 # A trial's per-epoch history keeps these trainer keys, the per-target SDRs and every per-epoch
 # objective of the objectives table (read when a history is made: an added objective is kept).
 TRAINER_KEYS = (
@@ -77,6 +82,10 @@ TARGET_SDR_PREFIX = "valid_sdr_"
 
 class StudyError(SamsNetError):
     """A study cannot be started or resumed as asked."""
+
+
+class StateLost(StudyError):
+    """Every copy of Ray's experiment state was damaged (a write on a full disk): nothing to resume from."""
 
 
 @dataclass
@@ -185,6 +194,8 @@ def ray_session(
             # Token auth is Ray's default for a new local cluster (good: its ports are then closed
             # to other users too); Ray announces it at every start, which says nothing new.
             logging.getLogger(RAY_AUTH_LOGGER).addFilter(_token_auth_banner)
+            for name in RAY_SYNC_LOGGERS:
+                logging.getLogger(name).addFilter(_sync_outage_one_line)
             ray.init(
                 num_cpus=num_cpus or os.cpu_count() or 1,
                 num_gpus=num_gpus,
@@ -202,6 +213,17 @@ def ray_session(
 def _token_auth_banner(record: logging.LogRecord) -> bool:
     """Drop Ray's "token authentication is enabled" notice (its warnings otherwise pass)."""
     return not record.getMessage().startswith("Token authentication is enabled")
+
+
+def _sync_outage_one_line(record: logging.LogRecord) -> bool:
+    """A failed upload of the experiment state for an outage (a full disk, an unreachable store)
+    is one line: Ray uploads it again at its next sync, so the traceback says nothing useful."""
+    # Ray logs these inside its `except` block, some with exc_info, some with the traceback as text.
+    error = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+    if error is not None and is_infra_error(error) and record.getMessage().startswith(RAY_SYNC_FAILURES):
+        record.msg, record.args = "storing the experiment state failed (%s); Ray tries again", (first_line(error),)
+        record.exc_info, record.exc_text = None, None
+    return True
 
 
 @contextmanager
@@ -472,7 +494,14 @@ def _run_study(
         raise
     finally:
         if state != "fenced":
-            close_study(manifest, target, state, result, keep_open=selection_follows and state == "finished")
+            close_study(
+                manifest,
+                target,
+                state,
+                result,
+                keep_open=selection_follows and state == "finished",
+                budget_s=study.search.infra_retry_s,
+            )
     return result
 
 
@@ -504,8 +533,17 @@ def _verify_state(study: Study) -> None:
     """Before Tune unpickles the study's state: files a failed write left empty or truncated are
     set aside (they block Tune's restore, and cannot carry code); each other file must carry this
     driver's signature."""
-    integrity.set_aside_damaged(identity.study_uri(study.storage, study.name))
-    integrity.verify(identity.study_uri(study.storage, study.name))
+    path = identity.study_uri(study.storage, study.name)
+    moved = integrity.set_aside_damaged(path)
+    left = integrity.stored_state_files(path)
+    if "tuner.pkl" in left and not any(fnmatch.fnmatch(f, integrity.JSON_STATE) for f in left):
+        # Without it Tune "restores" an empty search and then fails deep inside its searcher.
+        raise StateLost(
+            f"study {study.name}: Ray's experiment state was lost in a failed write "
+            f"({', '.join(f for f in moved if fnmatch.fnmatch(f, integrity.JSON_STATE)) or 'none left'}; see {identity.display_uri(path)}/{integrity.SET_ASIDE}): "
+            "its search cannot be continued; its trials' results are in MLflow"
+        )
+    integrity.verify(path)
 
 
 def trust_state(study: Study) -> list[str]:
@@ -591,9 +629,17 @@ def remove_trial_workdirs(study_name: str) -> int:
     return len(folders)
 
 
-def close_study(manifest: Manifest, target, state: str, result: StudyResult | None, keep_open: bool = False) -> None:
+def close_study(
+    manifest: Manifest,
+    target,
+    state: str,
+    result: StudyResult | None,
+    keep_open: bool = False,
+    budget_s: float = 0.0,
+) -> None:
     """Record the study's state in study.json and on the parent run; end the run unless keep_open.
-    A finished search leaves no trial work folder behind."""
+    A finished search leaves no trial work folder behind. budget_s: how long a storage outage (a
+    full disk) is waited out for study.json, as the trials wait (search.infra_retry_s)."""
     if state == "finished":
         remove_trial_workdirs(manifest.name)
     manifest.state = state
@@ -601,7 +647,7 @@ def close_study(manifest: Manifest, target, state: str, result: StudyResult | No
     summary = result.summary() if result is not None else None
     if summary is not None:
         manifest.summary = summary
-    _write_final_manifest(manifest)
+    _write_final_manifest(manifest, budget_s)
     try:
         c = tracking.client(target)
         if result is not None:
@@ -629,12 +675,12 @@ def close_study(manifest: Manifest, target, state: str, result: StudyResult | No
         log.warning("could not update the study's parent run: %s", e)
 
 
-def _write_final_manifest(manifest: Manifest) -> None:
+def _write_final_manifest(manifest: Manifest, budget_s: float = 0.0) -> None:
     """study.json with the study's end state; a full disk (or a storage outage) is one line, not
     a traceback: study.json then still says `running`, and with this driver's lease released
     `ls` and `resume` treat the study as interrupted (identity.list_studies)."""
     try:
-        identity.write_manifest(manifest)
+        retry(identity.write_manifest, manifest, budget_s=budget_s, what="recording the study's end in study.json")
     except Exception as e:
         if not is_infra_error(e):
             raise
