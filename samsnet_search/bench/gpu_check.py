@@ -129,7 +129,7 @@ def _ray_once(stack: contextlib.ExitStack, device: str) -> Callable[[], None]:
     by the next section that asks."""
 
     def enter() -> None:
-        import ray
+        import ray  # lazy: only the placement and study sections start Ray
 
         if not ray.is_initialized():
             gpus = torch.cuda.device_count() if device == "cuda" else 1

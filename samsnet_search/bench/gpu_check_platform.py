@@ -165,8 +165,8 @@ def check_mlflow_gpu(c: Check) -> dict[str, Any]:
     """`GpuSampler` logging to a local MLflow store for a few seconds (the GPU busy meanwhile), then
     the run read back: its system/gpu_* metrics and the device tag a trial gets. A SQLite file:
     MLflow 3 refuses new file stores (./mlruns), and the platform's local default is SQLite too."""
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
+    from mlflow.entities import Metric  # lazy: mlflow, for this section only
+    from mlflow.tracking import MlflowClient  # lazy: mlflow, for this section only
 
     client = MlflowClient(tracking_uri=f"sqlite:///{c.work / 'mlflow-gpu.db'}")
     run_id = client.create_run(client.create_experiment("gpu-check")).info.run_id
