@@ -160,15 +160,7 @@ def trial_met_full_disk(out: str) -> bool:
     "retry_s, freed",
     [
         (20, "within the retry window"),
-        pytest.param(
-            4,
-            "after the driver ended",
-            marks=pytest.mark.xfail(
-                reason="the driver's last upload of Ray's experiment state meets the full disk and truncates "
-                "the only copy: resume refuses in one line (StateLost) instead of finishing the study",
-                strict=False,
-            ),
-        ),
+        (4, "after the driver ended"),
     ],
     ids=["freed-in-time", "freed-after-the-study-ended"],
 )

@@ -186,6 +186,16 @@ def stored_state_files(study_path: str) -> list[str]:
     return sorted(out)
 
 
+def is_signed(study_path: str, relpath: str, content: bytes) -> bool:
+    """Whether `content` is a version of `relpath` this machine's driver signed."""
+    key = _key(create=False)
+    data = _load(study_path)
+    if key is None or data.get("key_id", _key_id(key)) != _key_id(key):
+        return False
+    mac = _mac(key, relpath, content)
+    return any(hmac.compare_digest(mac, k) for k in data["files"].get(relpath, []))
+
+
 def verify(study_path: str) -> int:
     """Raise StateTampered unless every state file in the study folder carries a signature of
     this machine's driver (StateForeign when the study was signed elsewhere); returns the number
@@ -244,13 +254,17 @@ SET_ASIDE = "set-aside"
 JSON_STATE = "experiment_state-*.json"  # the one state file that is JSON (trials embed cloudpickle)
 
 
+def is_experiment_state(relpath: str) -> bool:
+    return fnmatch.fnmatch(relpath, JSON_STATE)
+
+
 def is_damaged(relpath: str, content: bytes) -> bool:
     """A state file a failed write left: empty, or an experiment state that is not JSON. Neither
     can run code (Tune parses the JSON before it unpickles anything in it); a non-empty pickle can,
     however short, so it is never called damaged here."""
     if not content:
         return True
-    if not fnmatch.fnmatch(relpath, JSON_STATE):  # search_gen_state-*.json etc. are cloudpickle
+    if not is_experiment_state(relpath):  # search_gen_state-*.json etc. are cloudpickle
         return False
     try:
         json.loads(content)
@@ -262,12 +276,8 @@ def is_damaged(relpath: str, content: bytes) -> bool:
 def set_aside_damaged(study_path: str) -> list[str]:
     """Move damaged state files into `<study>/set-aside/` (Tune then restores from what is intact:
     an older experiment state, a trial's last checkpoint); one log line names them."""
-    moved = []
-    for relpath in stored_state_files(study_path):
-        if is_damaged(relpath, _read_stored(study_path, relpath)):
-            target = storage.join(study_path, f"{SET_ASIDE}/{relpath.replace('/', '.')}")
-            storage.move_file(storage.join(study_path, relpath), target)
-            moved.append(relpath)
+    moved = [r for r in stored_state_files(study_path) if is_damaged(r, _read_stored(study_path, r))]
+    set_aside(moved, study_path)
     if moved:
         log.warning(
             "study %s: set aside %d state file(s) left empty or truncated by a failed write, into %s: %s",
@@ -277,6 +287,13 @@ def set_aside_damaged(study_path: str) -> list[str]:
             ", ".join(moved),
         )
     return moved
+
+
+def set_aside(relpaths: list[str], study_path: str) -> None:
+    """Move state files into `<study>/set-aside/` (kept for a person to look at, never restored)."""
+    for relpath in relpaths:
+        target = storage.join(study_path, f"{SET_ASIDE}/{relpath.replace('/', '.')}")
+        storage.move_file(storage.join(study_path, relpath), target)
 
 
 class StateSigner(Callback):

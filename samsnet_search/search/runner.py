@@ -9,7 +9,6 @@ builds on.
 
 from __future__ import annotations
 
-import fnmatch
 import glob
 import logging
 import os
@@ -30,7 +29,19 @@ from ..data import load_splits
 from ..errors import ConfigError, SamsNetError
 from ..services import stop, storage, tracking
 from ..services.faults import first_line, is_infra_error, retry
-from . import checkpoints, cost, identity, importance, integrity, lease, pareto, schedulers, searchers, warm_start
+from . import (
+    checkpoints,
+    cost,
+    identity,
+    importance,
+    integrity,
+    lease,
+    pareto,
+    schedulers,
+    searchers,
+    state_copy,
+    warm_start,
+)
 from .callbacks import StudyCallback
 from .estimate_step import before_search
 from .identity import Manifest
@@ -300,6 +311,7 @@ def _new_tuner(study: Study, ctx: TrialContext, callback) -> Any:
     s = study.search
     storage_path, fs = storage.ray_storage(study.storage)
     scheduler = callback.scheduler
+    study_path = identity.study_uri(study.storage, study.name)
     tune_config = tune.TuneConfig(
         **searchers.tune_metric(study),
         search_alg=searchers.build_searcher(study),
@@ -328,7 +340,7 @@ def _new_tuner(study: Study, ctx: TrialContext, callback) -> Any:
         # Tune retries every failure alike; the trial counts its own errors against max_failures
         # (trial.train_trial), so a lost worker uses the rest: worker_retries.
         failure_config=tune.FailureConfig(max_failures=s.max_failures + s.worker_retries),
-        callbacks=[callback, StateSigner(identity.study_uri(study.storage, study.name))],
+        callbacks=[callback, StateSigner(study_path), state_copy.StateCopier(study_path)],
         verbose=0,
     )
     return tune.Tuner(
@@ -536,11 +548,11 @@ def _verify_state(study: Study) -> None:
     path = identity.study_uri(study.storage, study.name)
     moved = integrity.set_aside_damaged(path)
     left = integrity.stored_state_files(path)
-    if "tuner.pkl" in left and not any(fnmatch.fnmatch(f, integrity.JSON_STATE) for f in left):
+    if "tuner.pkl" in left and not any(integrity.is_experiment_state(f) for f in left) and not state_copy.restore(path):
         # Without it Tune "restores" an empty search and then fails deep inside its searcher.
         raise StateLost(
             f"study {study.name}: Ray's experiment state was lost in a failed write "
-            f"({', '.join(f for f in moved if fnmatch.fnmatch(f, integrity.JSON_STATE)) or 'none left'}; see {identity.display_uri(path)}/{integrity.SET_ASIDE}): "
+            f"({', '.join(f for f in moved if integrity.is_experiment_state(f)) or 'none left'}; see {identity.display_uri(path)}/{integrity.SET_ASIDE}): "
             "its search cannot be continued; its trials' results are in MLflow"
         )
     integrity.verify(path)
