@@ -29,8 +29,6 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .bench import run_benchmarks, write_report
-from .bench.show import print_report as print_bench
 from .config import (
     SAMPLE_RATE,
     TARGETS,
@@ -748,6 +746,8 @@ def bench(
 ) -> None:
     """Measure the hot paths: sliced attention vs slices, training step, fast SDR vs museval, search overhead;
     `--only search`: the platform's slice-count choice against the paper's grid."""
+    from .bench import run_benchmarks, write_report  # lazy: torch
+    from .bench.show import print_report as print_bench
 
     report = run_benchmarks(
         quick=quick,

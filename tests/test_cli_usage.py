@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from samsnet_search.cli import main
@@ -20,3 +23,16 @@ def test_usage_errors_are_one_line_and_exit_2(argv, says, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["bench", "--help"]])
+def test_help_does_not_import_torch_ray_or_mlflow(argv):
+    """`--help` answers at once: the heavy libraries load only in the commands that use them."""
+    code = (
+        "import sys\nfrom samsnet_search.cli import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-2000:]

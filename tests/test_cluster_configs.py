@@ -74,6 +74,10 @@ def test_dockerfile_builds_the_tagged_image_from_existing_paths():
     # Cluster nodes must run the Ray version of the machine that runs `ray up`.
     assert f"ARG RAY_VERSION={ray.__version__}" in text
     assert "ray[default" in text  # dashboard, job submission and metrics need it
+    # The package pins the same minor: resume and pruning read Tune's internals (issue 24).
+    minor = ".".join(ray.__version__.split(".")[:2])
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert f"ray[tune]=={minor}.*" in deps, deps
 
 
 def test_dockerfile_has_a_compiler_and_builds_the_cpu_kernel():

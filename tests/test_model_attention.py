@@ -86,7 +86,7 @@ def test_kernel_is_chosen_by_device_dtype_and_slice_length():
 
 
 def test_traced_programs_do_not_use_the_fused_loop():
-    """torch.export cannot trace a numba call: while it traces, the folded kernels run."""
+    """torch.export cannot trace a call into the compiled C kernel (ctypes): while it traces, the folded kernels run."""
     att = SlicedMultiHeadAttention(4, 2, 5).eval()
     x = torch.randn(1, 4, 3, 13)
     program = torch.export.export(att, (x,))

@@ -213,13 +213,21 @@ def _run(call, items: int) -> None:
     call returns the kernel's status (non-zero: its scratch allocation failed)."""
     workers = max(1, min(torch.get_num_threads(), items))
     bounds = [(items * k // workers, items * (k + 1) // workers) for k in range(workers)]
-    if workers == 1:
-        statuses = [call(bounds[0])]
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            statuses = list(pool.map(call, bounds))
+    statuses = [call(bounds[0])] if workers == 1 else list(_pool().map(call, bounds))
     if any(statuses):
         raise MemoryError("fused CPU attention: scratch allocation failed")
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool() -> ThreadPoolExecutor:
+    """One pool per torch thread count, kept: the kernel runs a few times per layer and step, and
+    starting threads for each call would add a second, short-lived threading layer beside torch's."""
+    threads = torch.get_num_threads()
+    if threads not in _POOLS:
+        _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="samsnet-attention")
+    return _POOLS[threads]
 
 
 class _BufferPool:

@@ -1,4 +1,4 @@
-"""Run or resume a study: Ray Tune (OptunaSearch + ASHA) over the Sams-Net trainer, tracked in MLflow.
+"""Run or resume a study: Ray Tune (the study's searcher and scheduler) over the Sams-Net trainer, tracked in MLflow.
 
 `run_study(study)` starts a study, or continues it when `<storage>/<name>` already holds
 one started from the same file; `resume_study(name)` continues one by name. Either

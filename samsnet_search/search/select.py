@@ -1,4 +1,4 @@
-"""Choosing the slice count after the search (DESIGN.md, "Choosing the slice count").
+"""Choosing the slice count after the search.
 
 1. Contenders: for each slice value the search tried, its best trial by the study metric.
 2. Retraining: each contender is trained to the full budget (`selection.epochs`) with

@@ -1,4 +1,4 @@
-"""A driver that stops when told (DESIGN.md, "A driver that stops when told and when it must").
+"""A driver that stops when told (docs/architecture.md, "A driver that stops when told").
 
 SIGINT (Ctrl-C), SIGTERM (what Kubernetes, Slurm and spot reclaims send) and SIGHUP (a closed
 terminal or ssh session) end a study alike: state `interrupted`, resumable, exit code 128 + the
