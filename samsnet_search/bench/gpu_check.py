@@ -41,7 +41,6 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -52,6 +51,7 @@ from typing import Any, Callable
 import torch
 
 from ..data.synth import synthesize
+from ..files import write_atomic
 from ..search.runner import ray_session
 from . import gpu_check_model as model_sections
 from . import gpu_check_platform as platform
@@ -233,12 +233,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write(path: Path, report: dict[str, Any]) -> None:
     """The report so far, replacing the file whole (a reader never sees half a JSON)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(report, indent=2, default=str))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(report, indent=2, default=str).encode())
 
 
 if __name__ == "__main__":

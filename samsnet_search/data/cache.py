@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import logging
-import os
 import re
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -22,6 +21,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..errors import DataError
+from ..files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -129,15 +129,9 @@ class AudioCache:
         """Atomic write: a unique temporary file in the same folder, then rename."""
         if audio.dtype != np.float32 or audio.ndim != 3 or audio.shape[0] != N_STEMS:
             raise ValueError(f"cache entries are float32 (5, C, N), got {audio.dtype} {audio.shape}")
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                np.save(f, np.ascontiguousarray(audio))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(audio))
+        write_atomic(path, buffer.getvalue())
         log.info("cached %s (%.1f MB)", path, audio.nbytes / 1e6)
 
     def _remove_stale(self, path: Path) -> None:

@@ -42,6 +42,7 @@ from ..data.synth import synthesize
 from ..engine import checkpoint
 from ..engine.checkpoint import BEST
 from ..errors import SamsNetError
+from ..files import write_atomic
 from ..model import SamsNet
 from ..model.info import macs_per_second, parameter_breakdown
 from ..model.sams_net import SlicedMultiHeadAttention
@@ -175,7 +176,7 @@ def _write_export(checkpoint_dir: str | Path, out: Path, card_info: dict) -> Non
 
 def _write_json(path: Path, payload: Any) -> None:
     """Written whole or not at all (export.json last: a crash mid-export leaves a folder that fails its checks)."""
-    checkpoint.write_atomic(path, (json.dumps(payload, indent=2, default=str) + "\n").encode())
+    write_atomic(path, (json.dumps(payload, indent=2, default=str) + "\n").encode())
 
 
 def network_facts(net: SamsNet) -> dict[str, int]:

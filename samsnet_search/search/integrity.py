@@ -37,8 +37,8 @@ from pathlib import Path
 import pyarrow.fs as pafs
 from ray.tune import Callback
 
-from ..engine import checkpoint
 from ..errors import SamsNetError
+from ..files import write_atomic
 from ..services import storage
 from ..services.storage import display_uri
 from . import identity
@@ -115,7 +115,7 @@ def _load(study_path: str) -> dict:
 def _save(study_path: str, data: dict) -> None:
     path = _signatures_path(study_path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    checkpoint.write_atomic(path, json.dumps(data, indent=1).encode())
+    write_atomic(path, json.dumps(data, indent=1).encode())
 
 
 def _mac(key: bytes, relpath: str, content: bytes) -> str:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 
 import psutil
 
+from ...files import write_atomic
 from .config import (
     FLAGS,
     GRPC_OFFSET,
@@ -287,10 +288,7 @@ def read_state(cfg: InfraConfig) -> dict[str, Any]:
 
 
 def write_state(cfg: InfraConfig, state: dict[str, Any]) -> None:
-    path = state_path(cfg)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, path)
+    write_atomic(state_path(cfg), json.dumps(state, indent=2).encode())
 
 
 @contextmanager
