@@ -4,6 +4,7 @@ and a deferred import only where it says why (`# lazy: <what it would cost at CL
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 import subprocess
 import sys
@@ -103,3 +104,37 @@ def _is_str_replace(node: ast.Call) -> bool:
     if isinstance(node.func.value, ast.Name) and node.func.value.id == "os":
         return False
     return len(node.args) != 1 or bool(node.keywords)
+
+
+def test_one_line_of_an_exception_is_taken_in_one_place():
+    """errors.one_line is the one way to show an exception in a line (first line, or the last when
+    the text carries a traceback): no module takes its own line of an exception's text."""
+    pattern = re.compile(r"(str\(\s*(e|exc|error|err)\s*\)|\be\.message)[^\n]*\.splitlines\(\)")
+    found = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.name != "errors.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert not found, "use errors.one_line: " + ", ".join(found)
+
+
+@pytest.mark.parametrize(
+    "error, typed, line",
+    [
+        (ValueError("bad lr\nmore detail"), False, "bad lr"),
+        (ValueError("bad lr\nmore detail"), True, "ValueError: bad lr"),
+        (OSError(), False, "OSError"),
+        (
+            RuntimeError("ray::train() (pid=1)\nTraceback (most recent call last):\n  File x\nKeyError: 'lr'\n"),
+            False,
+            "KeyError: 'lr'",
+        ),
+    ],
+    ids=["first-line", "typed", "empty", "ray-task-error"],
+)
+def test_one_line(error, typed, line):
+    from samsnet_search.errors import one_line
+
+    assert one_line(error, typed=typed) == line

@@ -51,6 +51,7 @@ from typing import Any, Callable
 import torch
 
 from ..data.synth import synthesize
+from ..errors import one_line
 from ..files import write_atomic
 from ..search.runner import ray_session
 from . import gpu_check_model as model_sections
@@ -114,7 +115,7 @@ def _run_section(fn: Section, check: Check) -> dict[str, Any]:
         log.debug("section %s failed", fn.__name__, exc_info=True)
         result = {
             "status": "error",
-            "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+            "error": one_line(e, typed=True),
             "traceback": traceback.format_exc(limit=4),
         }
     finally:

@@ -38,6 +38,7 @@ from plotly.subplots import make_subplots
 
 from ..config import TARGETS, ExperimentConfig, ModelConfig, parse_yaml, validate_model
 from ..engine.checkpoint import build_model
+from ..errors import one_line
 from ..files import write_atomic
 from ..model.info import model_cost as count
 from ..search import checkpoints, identity
@@ -234,7 +235,7 @@ def _attempt(notes: dict[str, str], section: str, fn, default):
         return fn()
     except Exception as e:
         log.warning("report section %s: %s", section, e)
-        notes[section] = f"could not be read: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+        notes[section] = f"could not be read: {one_line(e)}"
         return default
 
 

@@ -26,9 +26,9 @@ import ray
 from ray import tune
 
 from ..data import load_splits
-from ..errors import ConfigError, SamsNetError
+from ..errors import ConfigError, SamsNetError, one_line
 from ..services import stop, storage, tracking
-from ..services.faults import first_line, is_infra_error, retry
+from ..services.faults import is_infra_error, retry
 from . import (
     checkpoints,
     cost,
@@ -199,7 +199,7 @@ def ray_session(
                 ray.init(address=address, runtime_env={"env_vars": env}, **common)
                 stop.reinstall()  # Ray's core worker took SIGTERM over (abseil's handler aborts)
             except ConnectionError as e:  # no cluster there, or its auth token differs
-                raise StudyError(f"--address {address}: cannot connect to a Ray cluster ({_first_line(e)})") from None
+                raise StudyError(f"--address {address}: cannot connect to a Ray cluster ({one_line(e)})") from None
         else:
             # Workers of a local Ray inherit this environment: the credentials file's path, no keys.
             # Token auth is Ray's default for a new local cluster (good: its ports are then closed
@@ -232,7 +232,10 @@ def _sync_outage_one_line(record: logging.LogRecord) -> bool:
     # Ray logs these inside its `except` block, some with exc_info, some with the traceback as text.
     error = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
     if error is not None and is_infra_error(error) and record.getMessage().startswith(RAY_SYNC_FAILURES):
-        record.msg, record.args = "storing the experiment state failed (%s); Ray tries again", (first_line(error),)
+        record.msg, record.args = (
+            "storing the experiment state failed (%s); Ray tries again",
+            (one_line(error, typed=True),),
+        )
         record.exc_info, record.exc_text = None, None
     return True
 
@@ -278,11 +281,6 @@ def aws_keys_in_file() -> Iterator[None]:
         if profile is not None:
             os.environ["AWS_PROFILE"] = profile
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 def trial_dirname(trial) -> str:
@@ -700,7 +698,7 @@ def _write_final_manifest(manifest: Manifest, budget_s: float = 0.0) -> None:
             "could not record state %s in %s (%s); free space, then: samsnet-search resume %s",
             manifest.state,
             identity.display_uri(identity.study_uri(manifest.path, identity.MANIFEST)),
-            _first_line(e),
+            one_line(e),
             manifest.name,
         )
 
@@ -817,7 +815,7 @@ def _record(study: Study, result, runs: dict) -> TrialRecord:
         best_checkpoint=best_ckpt,
         last_checkpoint=result.checkpoint,
         mlflow_run_id=metrics.get(RUN_ID_KEY) or (run.info.run_id if run else None),
-        error=str(result.error).strip().splitlines()[-1] if result.error is not None else None,
+        error=one_line(result.error) if result.error is not None else None,
         path=str(result.path),
     )
 

@@ -48,7 +48,7 @@ from ..engine.checkpoint import BEST, LAST, load_model
 from ..engine.evaluate import evaluate_tracks, model_estimator
 from ..engine.separate import separate
 from ..engine.wiener import PostFilter
-from ..errors import DamagedFile, SamsNetError
+from ..errors import DamagedFile, SamsNetError, one_line
 from ..services import locks, stop, storage, tracking
 from ..services.tracking import PHASE_TAG
 from . import cost, identity, lease
@@ -592,7 +592,7 @@ def _run_jobs(jobs: list[Job], result, store: str, say: Progress) -> tuple[list[
         try:
             record = ray.get(ready[0])
         except Exception as e:  # one failed retraining: recorded, the others go on
-            failures.append(f"{job.key}: {str(e).strip().splitlines()[-1]}")
+            failures.append(f"{job.key}: {one_line(e)}")
             log.warning("selection job %s failed: %s", job.key, failures[-1])
             continue
         storage.write_json(_job_uri(store, job.key, "json"), record)
