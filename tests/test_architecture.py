@@ -138,3 +138,15 @@ def test_one_line(error, typed, line):
     from samsnet_search.errors import one_line
 
     assert one_line(error, typed=typed) == line
+
+
+def test_one_lock_between_processes():
+    """files.exclusive is the one inter-process lock: no other module calls flock."""
+    found = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.name != "files.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if "flock(" in line
+    ]
+    assert not found, "use files.exclusive: " + ", ".join(found)

@@ -9,19 +9,17 @@ and DataLoader workers never read half a file and decode each track once.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import logging
 import re
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
 from ..errors import DataError
-from ..files import write_atomic
+from ..files import exclusive, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +44,6 @@ def location_key(files: list[Path]) -> str:
 def _safe(name: str) -> str:
     """A file-name-safe form of a track name (MUSDB names hold spaces, '&', apostrophes)."""
     return re.sub(r"[^\w.,&'() -]", "_", name).strip() or "track"
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock on `path` (created if needed), released on exit."""
-    with open(path, "a+b") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _decode(decode: Callable[[], np.ndarray]) -> np.ndarray:
@@ -108,7 +95,7 @@ class AudioCache:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             lock = path.with_suffix(".lock")
-            with _locked(lock):
+            with exclusive(lock):
                 audio = self._open(path)  # another process may have written it while we waited
                 if audio is None:
                     self._write(path, _decode(decode))

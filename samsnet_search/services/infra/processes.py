@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ from typing import Any, Callable, Iterator
 
 import psutil
 
-from ...files import write_atomic
+from ...files import exclusive, write_atomic
 from .config import (
     FLAGS,
     GRPC_OFFSET,
@@ -295,9 +294,5 @@ def write_state(cfg: InfraConfig, state: dict[str, Any]) -> None:
 def locked(cfg: InfraConfig) -> Iterator[None]:
     """Serialize up/down on one state folder (two `infra up` at once would race for ports)."""
     cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(cfg.state_dir / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with exclusive(cfg.state_dir / ".lock"):
+        yield
