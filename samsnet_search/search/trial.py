@@ -42,7 +42,7 @@ from ..errors import CheckpointError, one_line
 from ..model.info import model_cost
 from ..services.faults import DEFAULT_BUDGET_S, is_infra_error, retry
 from ..services.tracking import ERROR_TAG, ChildRunSpec, TrialRun, worker_http_settings
-from . import lease
+from . import lease, tune_internals
 from .checkpoints import kept_checkpoints, stored_name, write_experiment
 from .objectives import best_of, better
 from .placement import assigned_gpu_ids, place
@@ -217,7 +217,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Function trainable for `tune.Tuner` (wrap with `tune.with_parameters(train_trial, ctx=...)`)."""
     # The monitor's start/stop lines and Ray's "Checkpoint successfully created" (one per
     # epoch) are noise in a study with many trials.
-    for chatty in ("mlflow.system_metrics", "ray.train._internal.storage"):
+    for chatty in ("mlflow.system_metrics", tune_internals.STORAGE_LOGGER):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     worker_http_settings()
     trial_id = tune.get_context().get_trial_id()
