@@ -73,6 +73,9 @@ LOOPBACK_VALIDATED_RAY = "2.60.0"
 # Tune's uploads of the experiment state log a failed upload with its traceback.
 RAY_SYNC_LOGGERS = ("ray.train._internal.syncer", "ray.tune.execution.experiment_state")
 RAY_SYNC_FAILURES = ("Last sync command failed", "Saving experiment state to storage")
+# Tune logs each failed attempt of a trial with the worker's traceback (TuneController._trial_task_failure).
+RAY_TRIAL_LOGGER = "ray.tune.execution.tune_controller"
+RAY_TRIAL_FAILED = "Trial task failed"
 # A trial's per-epoch history keeps these trainer keys, the per-target SDRs and every per-epoch
 # objective of the objectives table (read when a history is made: an added objective is kept).
 TRAINER_KEYS = (
@@ -188,6 +191,10 @@ def ray_session(
             yield
             return
         common = dict(include_dashboard=False, configure_logging=False, log_to_driver=not quiet)
+        # The driver runs Tune, on a local Ray or a cluster alike.
+        for name in RAY_SYNC_LOGGERS:
+            logging.getLogger(name).addFilter(_sync_outage_one_line)
+        logging.getLogger(RAY_TRIAL_LOGGER).addFilter(_trial_outage_one_line)
         if address:
             env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
             try:
@@ -200,8 +207,6 @@ def ray_session(
             # Token auth is Ray's default for a new local cluster (its ports then refuse requests
             # without ~/.ray/auth_token); Ray announces it at every start, which says nothing new.
             logging.getLogger(RAY_AUTH_LOGGER).addFilter(_token_auth_banner)
-            for name in RAY_SYNC_LOGGERS:
-                logging.getLogger(name).addFilter(_sync_outage_one_line)
             _warn_without_token_auth()
             with _loopback_node():
                 ray.init(
@@ -276,6 +281,19 @@ def _sync_outage_one_line(record: logging.LogRecord) -> bool:
     error = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
     if error is not None and is_infra_error(error) and record.getMessage().startswith(RAY_SYNC_FAILURES):
         record.msg, record.args = "storing the experiment state failed (%s); Ray tries again", (first_line(error),)
+        record.exc_info, record.exc_text = None, None
+    return True
+
+
+def _trial_outage_one_line(record: logging.LogRecord) -> bool:
+    """A trial that failed for an outage outlasting its retries (search.infra_retry_s) is one line:
+    the worker's traceback only says where it waited, and stays in the trial's error.txt (Tune
+    writes it there); a trial's own error keeps its traceback."""
+    error = record.exc_info[1] if record.exc_info else None
+    cause = getattr(error, "cause", error)  # a RayTaskError carries the trial's exception as `cause`
+    if cause is not None and is_infra_error(cause) and record.getMessage().startswith(RAY_TRIAL_FAILED):
+        message = record.getMessage()
+        record.msg, record.args = "%s: %s (traceback: error.txt in the trial's folder)", (message, first_line(cause))
         record.exc_info, record.exc_text = None, None
     return True
 
