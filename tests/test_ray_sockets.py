@@ -5,7 +5,7 @@ GCS, the raylet's node and object managers, the dashboard and runtime-env agents
 exporters, the workers) is listed with its bind address and sent one request without Ray's
 token: a gRPC call of a method its service implements, or an HTTP GET. Each socket must refuse
 it (UNAUTHENTICATED, 401/403, connection refused) or be bound to loopback; and, the study's Ray
-being one node that takes no others, each must be bound to loopback (`runner._loopback_node`).
+being one node that takes no others, each must be bound to loopback (`tune_internals.loopback_node`).
 docs/security.md has the table this test prints (`-s`), with and without ray[default]'s packages.
 
 One Ray start for the module; waits are bounded and end on conditions.
@@ -25,7 +25,7 @@ import psutil
 import pytest
 import ray
 
-from samsnet_search.search import runner
+from samsnet_search.search import runner, tune_internals
 
 grpc = pytest.importorskip("grpc", reason="grpcio (dev extra; ray[default] has it) sends the gRPC requests")
 
@@ -233,7 +233,7 @@ def test_every_socket_is_bound_to_loopback(surface):
     """The study's Ray takes no other nodes: nothing of it listens beyond this host."""
     assert surface["node"]["NodeManagerAddress"] == runner.LOOPBACK, (
         f"Ray {ray.__version__} put the study's node on {surface['node']['NodeManagerAddress']}: "
-        f"runner._loopback_node (validated on Ray {runner.LOOPBACK_VALIDATED_RAY}) no longer keeps it on loopback"
+        f"tune_internals.loopback_node (validated on Ray {tune_internals.VALIDATED['ray']}) no longer keeps it on loopback"
     )
     outward = [s for s in surface["listeners"] if not s.loopback]
     assert not outward, "listening beyond loopback:\n" + "\n".join(s.row() for s in outward)

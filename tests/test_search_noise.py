@@ -13,7 +13,7 @@ import ray
 from ray.exceptions import RayTaskError
 from ray.tune.execution.tune_controller import TuneController
 
-from samsnet_search.search import runner
+from samsnet_search.search import runner, tune_internals
 from samsnet_search.services.faults import InfraUnavailable
 
 CODE = """
@@ -45,7 +45,7 @@ def tune_logs_a_failed_trial(cause: Exception) -> str:
     """What Tune's logger prints for a trial task that raised `cause`, with the driver's filter on."""
     traceback = WORKER_TRACEBACK + f"{type(cause).__name__}: {cause}"
     error = RayTaskError("ImplicitFunc.train", traceback, cause).as_instanceof_cause()
-    logger = logging.getLogger(runner.RAY_TRIAL_LOGGER)
+    logger = logging.getLogger(tune_internals.TRIAL_LOGGER)
     out = io.StringIO()
     handler = logging.StreamHandler(out)
     logger.addHandler(handler)
@@ -59,7 +59,7 @@ def tune_logs_a_failed_trial(cause: Exception) -> str:
 
 
 def test_tune_logs_a_failed_trial_where_the_filter_expects():
-    assert TuneController.__module__ == runner.RAY_TRIAL_LOGGER
+    assert TuneController.__module__ == tune_internals.TRIAL_LOGGER
     assert f'logger.error(f"{runner.RAY_TRIAL_FAILED} for trial' in inspect.getsource(
         TuneController._trial_task_failure
     ), f"Ray {ray.__version__} logs a failed trial differently: update runner._trial_outage_one_line"

@@ -40,6 +40,7 @@ from . import (
     schedulers,
     searchers,
     state_copy,
+    tune_internals,
     warm_start,
 )
 from .callbacks import StudyCallback
@@ -75,17 +76,13 @@ FORWARD_ENV = (
 AWS_SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 CHECKPOINT_MARGIN = 2
 # A study's own Ray (no --address) is one node that takes no others: its servers listen on loopback
-# only (`_loopback_node`), and each one asks for Ray's token (Ray's default, RAY_AUTH_MODE=token), so
+# only (`tune_internals.loopback_node`), and each one asks for Ray's token (Ray's default, RAY_AUTH_MODE=token), so
 # that other users of the host cannot use it either. docs/security.md lists its sockets.
 LOOPBACK = "127.0.0.1"
 RAY_AUTH_MODE_ENV = "RAY_AUTH_MODE"
-RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
-LOOPBACK_VALIDATED_RAY = "2.60.0"
-# Tune's uploads of the experiment state log a failed upload with its traceback.
-RAY_SYNC_LOGGERS = ("ray.train._internal.syncer", "ray.tune.execution.experiment_state")
+# Tune's uploads of the experiment state log a failed upload with its traceback (tune_internals.SYNC_LOGGERS).
 RAY_SYNC_FAILURES = ("Last sync command failed", "Saving experiment state to storage")
-# Tune logs each failed attempt of a trial with the worker's traceback (TuneController._trial_task_failure).
-RAY_TRIAL_LOGGER = "ray.tune.execution.tune_controller"
+# Tune logs each failed attempt of a trial with the worker's traceback (tune_internals.TRIAL_LOGGER).
 RAY_TRIAL_FAILED = "Trial task failed"
 # A trial's per-epoch history keeps these trainer keys, the per-target SDRs and every per-epoch
 # objective of the objectives table (read when a history is made: an added objective is kept).
@@ -202,10 +199,11 @@ def ray_session(
             yield
             return
         common = dict(include_dashboard=False, configure_logging=False, log_to_driver=not quiet)
+        tune_internals.warn_if_unvalidated()
         # The driver runs Tune, on a local Ray or a cluster alike.
-        for name in RAY_SYNC_LOGGERS:
+        for name in tune_internals.SYNC_LOGGERS:
             logging.getLogger(name).addFilter(_sync_outage_one_line)
-        logging.getLogger(RAY_TRIAL_LOGGER).addFilter(_trial_outage_one_line)
+        logging.getLogger(tune_internals.TRIAL_LOGGER).addFilter(_trial_outage_one_line)
         if address:
             env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
             try:
@@ -217,9 +215,9 @@ def ray_session(
             # Workers of a local Ray inherit this environment: the credentials file's path, no keys.
             # Token auth is Ray's default for a new local cluster (its ports then refuse requests
             # without ~/.ray/auth_token); Ray announces it at every start, which says nothing new.
-            logging.getLogger(RAY_AUTH_LOGGER).addFilter(_token_auth_banner)
+            logging.getLogger(tune_internals.AUTH_LOGGER).addFilter(_token_auth_banner)
             _warn_without_token_auth()
-            with _loopback_node():
+            with tune_internals.loopback_node():
                 ray.init(
                     num_cpus=num_cpus or os.cpu_count() or 1,
                     num_gpus=num_gpus,
@@ -252,39 +250,6 @@ def _warn_without_token_auth() -> None:
         )
 
 
-@contextmanager
-def _loopback_node() -> Iterator[None]:
-    """While a local Ray starts, its node address is 127.0.0.1: every server of it (GCS, raylet,
-    workers, the dashboard and runtime-env agents, the Prometheus metrics exporters) then binds to
-    loopback only.
-
-    On Linux ray.init replaces a loopback `_node_ip_address` by the host's outward address
-    (`ray._private.services.resolve_ip_for_localhost`) unless `ray_constants.ENABLE_RAY_CLUSTER` is
-    off, as it is by default on macOS and Windows; its environment variable,
-    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER, is read once when Ray is imported, hence this switch for the
-    start only. On the outward address the gRPC servers listen on every interface, and the three
-    metrics exporters of a ray[default] install answer anyone on the network, without a token.
-    Validated on Ray 2.60.0 (LOOPBACK_VALIDATED_RAY): tests/test_ray_sockets.py fails on a Ray
-    where the node is not on loopback."""
-    from ray._private import ray_constants  # noqa: PLC2701  (Ray's only switch for a loopback node)
-
-    if not hasattr(ray_constants, "ENABLE_RAY_CLUSTER"):
-        log.warning(
-            "Ray %s (validated: %s) has no ray_constants.ENABLE_RAY_CLUSTER: this study's Ray may listen "
-            "on every network interface",
-            ray.__version__,
-            LOOPBACK_VALIDATED_RAY,
-        )
-        yield
-        return
-    before = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = before
-
-
 def _sync_outage_one_line(record: logging.LogRecord) -> bool:
     """A failed upload of the experiment state for an outage (a full disk, an unreachable store)
     is one line: Ray uploads it again at its next sync, so the traceback says nothing useful."""
@@ -307,7 +272,10 @@ def _trial_outage_one_line(record: logging.LogRecord) -> bool:
     cause = getattr(error, "cause", error)  # a RayTaskError carries the trial's exception as `cause`
     if cause is not None and is_infra_error(cause) and record.getMessage().startswith(RAY_TRIAL_FAILED):
         message = record.getMessage()
-        record.msg, record.args = "%s: %s (traceback: error.txt in the trial's folder)", (message, first_line(cause))
+        record.msg, record.args = (
+            "%s: %s (traceback: error.txt in the trial's folder)",
+            (message, one_line(cause, typed=True)),
+        )
         record.exc_info, record.exc_text = None, None
     return True
 

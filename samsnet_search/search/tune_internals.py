@@ -13,7 +13,11 @@ import importlib
 import importlib.metadata
 import importlib.util
 import logging
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+from ray._private import ray_constants  # noqa: PLC2701  (Ray's only switch for a loopback node)
+from ray.tune.schedulers import AsyncHyperBandScheduler
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,7 @@ CHECKPOINT_KEY = "checkpoint_dir_name"  # the result key naming the epoch's chec
 AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 SYNC_LOGGERS = ("ray.train._internal.syncer", "ray.tune.execution.experiment_state")
 STORAGE_LOGGER = "ray.train._internal.storage"
+TRIAL_LOGGER = "ray.tune.execution.tune_controller"  # "Trial task failed ..." with the worker's traceback
 
 
 # --- private attributes -------------------------------------------------------------------
@@ -52,6 +57,31 @@ def time_attr(scheduler: Any) -> str:
 def staging_path(trial: Any) -> str:
     """The driver's local folder where Tune writes its state files before it uploads them."""
     return trial.storage.experiment_driver_staging_path
+
+
+@contextmanager
+def loopback_node() -> Iterator[None]:
+    """While a local Ray starts, its node address may be 127.0.0.1: every server of it (GCS, raylet,
+    workers, the dashboard and runtime-env agents, the Prometheus metrics exporters) then binds to
+    loopback only.
+
+    On Linux ray.init replaces a loopback `_node_ip_address` by the host's outward address
+    (`ray._private.services.resolve_ip_for_localhost`) unless `ray_constants.ENABLE_RAY_CLUSTER` is
+    off, as it is by default on macOS and Windows; its environment variable,
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER, is read once when Ray is imported, hence this switch for the
+    start only. On the outward address the gRPC servers listen on every interface, and the three
+    metrics exporters of a ray[default] install answer anyone on the network, without a token.
+    tests/test_ray_sockets.py fails on a Ray where the node is not on loopback."""
+    if not hasattr(ray_constants, "ENABLE_RAY_CLUSTER"):
+        log.warning("Ray has no ray_constants.ENABLE_RAY_CLUSTER: this study's Ray may listen on every interface")
+        yield
+        return
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
 
 
 class StopHook:
@@ -127,8 +157,6 @@ def _module(name: str) -> Callable[[], str | None]:
 
 
 def _scheduler_time_attr() -> str | None:
-    from ray.tune.schedulers import AsyncHyperBandScheduler
-
     value = getattr(AsyncHyperBandScheduler(time_attr="epoch", max_t=4), "_time_attr", None)
     return None if value == "epoch" else f"AsyncHyperBandScheduler(time_attr='epoch')._time_attr is {value!r}"
 
@@ -155,8 +183,9 @@ _CHECKS: list[tuple[str, Callable[[], str | None]]] = [
     ("checkpoint folders", _attr("ray.train._internal.storage", "StorageContext._make_checkpoint_dir_name")),
     ("staging folder", _attr("ray.train._internal.storage", "StorageContext.experiment_driver_staging_path")),
     ("scheduler time attribute", _scheduler_time_attr),
+    ("loopback node switch", _attr("ray._private.ray_constants", "ENABLE_RAY_CLUSTER")),
     ("HyperBand bracket stops", _has_method("ray.tune.schedulers", "HyperBandScheduler", "_process_bracket")),
-    *[(f"logger {name}", _module(name)) for name in (AUTH_LOGGER, *SYNC_LOGGERS, STORAGE_LOGGER)],
+    *[(f"logger {name}", _module(name)) for name in (AUTH_LOGGER, *SYNC_LOGGERS, STORAGE_LOGGER, TRIAL_LOGGER)],
 ]
 
 
