@@ -23,8 +23,12 @@ def _stems(seconds: float, seed: int = 0) -> np.ndarray:
 
 
 def _evaluate(root, out, backend: str = "fast") -> list[str]:
-    return ["evaluate", "--oracle", "irm1", "--data", str(root), "--subset", "test", "--backend", backend,
-            "--out", str(out)]  # fmt: skip
+    return f"evaluate --oracle irm1 --subset test --backend {backend}".split() + [
+        "--data",
+        str(root),
+        "--out",
+        str(out),
+    ]
 
 
 def _one_line(text: str) -> str:

@@ -94,7 +94,7 @@ def test_sigterm_removes_the_part_files_and_exits_143(ckpt, tmp_path):
             str(out),
             "--chunk-seconds",
             "1",
-        ],  # fmt: skip
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

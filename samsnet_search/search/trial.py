@@ -343,7 +343,7 @@ def _count_own_failure(run: TrialRun) -> int:
     """One more failure of the trial's own code (a lost worker never gets here): the count so far.
     Where it cannot be recorded, the trial is not retried (its count is unknown)."""
     try:
-        count = int(run.client.get_run(run.run_id).data.tags.get(OWN_FAILURES_TAG, 0)) + 1
+        count = _own_failures(run.client.get_run(run.run_id).data.tags) + 1
         run.client.set_tag(run.run_id, OWN_FAILURES_TAG, str(count))
     except Exception as e:
         log.warning("could not count trial %s's failure: %s", run.trial_id, one_line(e, typed=True))
@@ -355,13 +355,18 @@ def _refuse_beyond_own_failures(run: TrialRun, max_failures: int) -> None:
     """Tune's retries cover lost workers too (max_failures + worker_retries): an attempt that Tune
     started after the trial's own errors used up max_failures ends at once, recording nothing."""
     tags = run.client.get_run(run.run_id).data.tags
-    count = int(tags.get(OWN_FAILURES_TAG, 0))
+    count = _own_failures(tags)
     if count > max_failures:
         run.finish("failed", error=tags.get(ERROR_TAG))  # reopened for this attempt: failed again, same error
         raise TrialFailed(
             f"trial {run.trial_id} failed {count} times (search.max_failures: {max_failures}); "
             f"last: {tags.get(ERROR_TAG, 'unknown error')}"
         )
+
+
+def _own_failures(tags: dict[str, str]) -> int:
+    """How many times the trial's own code failed so far (its run's tag)."""
+    return int(tags.get(OWN_FAILURES_TAG, 0))
 
 
 def _record_failure(run: TrialRun, e: Exception) -> None:
