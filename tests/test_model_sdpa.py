@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from samsnet_search.model import SlicedMultiHeadAttention
+from samsnet_search.delivery import export
+from samsnet_search.model import SamsNet, SlicedMultiHeadAttention, sams_net
 
 ABS_TOL = 1e-5
 
@@ -87,7 +88,8 @@ def test_one_call_unless_the_last_slice_is_padded(frames, calls, sdpa_calls):
 
 def test_torch_floor_admits_no_sdpa_that_fails_on_large_batches():
     """S = batch x bins x slices is 98k-393k sequences in a paper trial; CUDA's memory-efficient SDPA
-    failed above 65,535 until about torch 2.8 (pytorch#146704), so the floor is the validated version."""
+    failed above 65,535 until about torch 2.8 (pytorch#146704), so the floor is the validated version.
+    The flash kernel still does: the model splits the batch for it (`sams_net.SDPA_MAX_BATCH`)."""
     tomllib = pytest.importorskip("tomllib")
     from packaging.requirements import Requirement
     from packaging.version import Version
@@ -98,3 +100,53 @@ def test_torch_floor_admits_no_sdpa_that_fails_on_large_batches():
     floors = [Version(s.version) for s in torch_req.specifier if s.operator == ">="]
     assert floors and min(floors) >= Version("2.8"), f"pyproject.toml: {torch_req} admits torch < 2.8"
     assert Version(torch.__version__.split("+")[0]) in torch_req.specifier
+
+
+@pytest.fixture
+def sdpa_limit(monkeypatch):
+    """set(limit): SDPA calls on the CPU take at most `limit` sequences, as on CUDA at 65,535."""
+
+    def set_limit(limit: int | None) -> None:
+        monkeypatch.setattr(sams_net, "SDPA_MAX_BATCH", {} if limit is None else {"cpu": limit})
+
+    return set_limit
+
+
+@pytest.mark.parametrize("frames", [24, 23])  # full slices; a padded last slice (a second, shorter call)
+def test_a_batch_above_the_limit_is_split_with_the_same_outputs_and_gradients(frames, sdpa_calls, sdpa_limit):
+    """S = B F i = 2 x 5 x 4 = 40 sequences (and a tail call of B F = 10) in slices of at most 7."""
+    torch.manual_seed(frames)
+    att = SlicedMultiHeadAttention(4, 2, 6, kernel="sdpa")  # 4 slices of 6 frames
+    x = torch.randn(2, 4, 5, frames)
+    grad_out = torch.randn(2, 2 * 4, 5, frames)
+    sdpa_limit(None)
+    whole = outputs_and_grads(att, att, x, grad_out)
+    assert max(shape[0] for shape, _ in sdpa_calls) == 40
+    sdpa_calls.clear()
+    sdpa_limit(7)
+    split = outputs_and_grads(att, att, x, grad_out)
+    batches = [shape[0] for shape, _ in sdpa_calls]
+    assert max(batches) <= 7 and sum(batches) == 40 + (10 if frames % 6 else 0)
+    for name, a, b in zip(("output", "grad x", "grad W_qkv", "grad b_qkv"), split, whole):
+        torch.testing.assert_close(a, b, rtol=0, atol=ABS_TOL, msg=name)
+
+
+def test_the_cpu_takes_any_batch_in_one_call(sdpa_calls):
+    """The limit is CUDA's: on the CPU a batch above 65,535 sequences is one call."""
+    att = SlicedMultiHeadAttention(1, 1, 2, kernel="sdpa")
+    with torch.no_grad():
+        att(torch.randn(1, 1, 33_000, 4))  # S = B F i = 66,000 sequences of 2 frames
+    assert [shape[0] for shape, _ in sdpa_calls] == [66_000]
+
+
+def test_export_traces_one_call_where_eager_would_split(sdpa_limit):
+    """The number of slices depends on the frame count, which an exported program keeps dynamic:
+    torch.export traces the single call even where the device has a limit."""
+    net = SamsNet(slice_frames=11, n_fft=256, hop_length=128, channels=4, heads=2, depth=1).eval()
+    audio = torch.randn(2, 2, 128 * 40)
+    with torch.no_grad():
+        mag = net.spectrogram(audio).abs()
+    sdpa_limit(5)  # far below the example's B F i sequences
+    programs = export.export_programs(net, mag, audio)
+    calls = [sum("scaled_dot_product_attention" in str(n.target) for n in p.graph.nodes) for p in programs]
+    assert calls == [2, 2]  # one Sams module: every slice, then the padded last slice (a symbolic T takes both)

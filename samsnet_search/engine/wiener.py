@@ -3,20 +3,22 @@
 The paper applies each target's sigmoid mask to the mixture independently, so the four
 estimates need not sum to the mixture (on a real song they summed with ~7 dB SNR).
 
-* `wiener`: sigsep's `norbert` (the filter of open-unmix, Nugraha et al. 2016): the masked
-  magnitudes initialise a soft mask (ratio of the targets' magnitudes), then `iterations` EM
-  steps re-estimate each target's power spectral density and spatial covariance and apply the
-  multichannel Wiener gains. Any number of iterations gives estimates whose STFTs sum to the
-  mixture's STFT. It runs on windows of `window_frames` frames (open-unmix's
-  `wiener_win_len=300`), which bounds its memory (norbert works in complex128) and lets the
-  spatial covariances follow the song.
+* `wiener`: sigsep's `norbert` filter (open-unmix's, Nugraha et al. 2016) in torch, on the
+  spectrogram's device: the masked magnitudes initialise a soft mask (ratio of the targets'
+  magnitudes), then `iterations` EM steps re-estimate each target's power spectral density and
+  spatial covariance and apply the multichannel Wiener gains. Any number of iterations gives
+  estimates whose STFTs sum to the mixture's STFT. It works in complex128 on every device, as
+  norbert (`WORK_DTYPE`), on windows of `window_frames` frames (open-unmix's
+  `wiener_win_len=300`), which bounds its memory and lets the spatial covariances follow the song.
+  No value leaves the device, so a separation on a GPU keeps its spectrograms there;
+  tests/test_wiener_torch.py holds it to norbert, which stays as the tests' reference.
 * `residual`: "other" becomes the mixture minus the other targets (as demucs users expect
   from a four-stem model), in the time domain, so the stems sum to the mixture exactly.
 """
 
 from __future__ import annotations
 
-import warnings
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,13 +26,11 @@ import torch
 
 from ..config import TARGETS
 
-with warnings.catch_warnings():
-    # norbert 0.2.1 imports gaussian_filter1d from scipy.ndimage.filters (deprecated namespace,
-    # same function); the filter itself runs unchanged on numpy 2.x.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import norbert
-
 WINDOW_FRAMES = 300  # open-unmix's wiener_win_len: frames per filter window
+# The filter's precision on every device, as norbert's: in complex64 the diagonal loading norbert
+# derives from the dtype's epsilon is large enough to drop quiet bins, so the stems would no longer
+# sum to the mixture and SDR would move (tests/test_wiener_torch.py). A window's tensors are small.
+WORK_DTYPE = torch.complex128
 RESIDUAL_TARGET = TARGETS.index("other")
 
 
@@ -66,19 +66,72 @@ class PostFilter:
 
 
 def wiener(v: torch.Tensor, x: torch.Tensor, iterations: int, window_frames: int = WINDOW_FRAMES) -> torch.Tensor:
-    """Multichannel Wiener filter (norbert). v: target magnitudes (S, C, F, T); x: mixture (C, F, T) complex.
+    """Multichannel Wiener filter (norbert's `wiener`). v: target magnitudes (S, C, F, T); x: mixture (C, F, T) complex.
 
-    Returns the target spectrograms (S, C, F, T) in x's dtype; they sum to x over S.
+    Returns the target spectrograms (S, C, F, T) in x's dtype, on x's device; they sum to x over S.
     """
-    S, C, Fq, T = v.shape
-    out = torch.empty((S, C, Fq, T), dtype=x.dtype, device=x.device)
+    T = x.shape[-1]
+    out = torch.empty((v.shape[0], *x.shape), dtype=x.dtype, device=x.device)
     for start in range(0, T, window_frames):
         stop = min(T, start + window_frames)
-        v_np = v[..., start:stop].permute(3, 2, 1, 0).double().cpu().numpy()  # norbert: (T, F, C, S)
-        x_np = x[..., start:stop].permute(2, 1, 0).cpu().numpy().astype(np.complex128)  # (T, F, C)
-        y = norbert.wiener(v_np, x_np, iterations)  # (T, F, C, S)
-        out[..., start:stop] = torch.from_numpy(y).permute(3, 2, 1, 0).to(x.dtype)
+        # Channels last, so each time-frequency bin's C x C algebra is on the innermost axes.
+        mix = x[..., start:stop].to(WORK_DTYPE).permute(1, 2, 0).contiguous()  # (F, T, C)
+        mag = v[..., start:stop].to(WORK_DTYPE.to_real()).permute(0, 2, 3, 1).contiguous()  # (S, F, T, C)
+        out[..., start:stop] = _wiener_window(mag, mix, iterations).permute(0, 3, 1, 2)
     return out
+
+
+def _wiener_window(v: torch.Tensor, x: torch.Tensor, iterations: int) -> torch.Tensor:
+    """One window, channels last: v (S, F, T, C) real, x (F, T, C) complex -> (S, F, T, C) complex."""
+    eps = torch.finfo(v.dtype).eps  # norbert: the epsilon of the working precision
+    y = v / (eps + v.sum(0)) * x  # soft mask: each target's share of the magnitudes
+    if not iterations:
+        return y
+    # norbert runs the EM on the mixture scaled to |x| <= 10 (when louder) for numerical stability;
+    # a 0-d tensor, so no value leaves the device.
+    scale = (_power(x).amax().sqrt() / 10).clamp(min=1.0)
+    x, y = x / scale, y / scale
+    for _ in range(iterations):
+        y = _em_step(y, x, eps)
+    return y * scale
+
+
+def _em_step(y: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """One EM iteration (norbert's `expectation_maximization`): y (S, F, T, C) estimates, x (F, T, C) mixture.
+
+    Re-estimates each target's power spectral density v_j (S, F, T) and spatial covariance
+    R_j (S, F, C, C) from the estimates, then separates again with the Wiener gains
+    v_j R_j Cxx^-1, Cxx = sum_j v_j R_j (Nugraha et al. 2016).
+    """
+    psd = _power(y).mean(-1)  # (S, F, T)
+    cov = torch.einsum("sftc,sftd->sfcd", y, y.conj())  # sum over frames of y y^H
+    cov = cov / (eps + psd.sum(-1))[..., None, None]  # R_j: (S, F, C, C), weighted by the frames' power
+    mix_cov = torch.einsum("sft,sfcd->ftcd", psd.to(cov.dtype), cov)  # Cxx: (F, T, C, C)
+    # norbert's diagonal loading keeps Cxx invertible where every target is silent.
+    eye = torch.eye(x.shape[-1], dtype=cov.dtype, device=cov.device)
+    inv = _invert(mix_cov + math.sqrt(eps) * eye, eps)
+    # v_j R_j (Cxx^-1 x): Cxx^-1 x is shared by the targets, so no (S, F, T, C, C) gain is formed
+    # (norbert forms v_j R_j Cxx^-1 first; the products differ by rounding only).
+    shared = torch.einsum("ftde,fte->ftd", inv, x)  # (F, T, C)
+    return torch.einsum("sfcd,ftd->sftc", cov, shared) * psd[..., None]
+
+
+def _power(z: torch.Tensor) -> torch.Tensor:
+    """|z|^2 of a complex tensor, without the square root of `abs`."""
+    return z.real.square() + z.imag.square()
+
+
+def _invert(m: torch.Tensor, eps: float) -> torch.Tensor:
+    """Inverse of (..., C, C) matrices as norbert's `_invert`: closed forms for one and two channels
+    (no factorisation, the stereo case), a pseudo-inverse cut at `eps` beyond."""
+    channels = m.shape[-1]
+    if channels == 1:
+        return 1.0 / (m + eps)
+    if channels == 2:
+        a, b, c, d = m[..., 0, 0], m[..., 0, 1], m[..., 1, 0], m[..., 1, 1]
+        adjugate = torch.stack([d, -b, -c, a], -1).view(m.shape)
+        return adjugate * (1.0 / (a * d - b * c))[..., None, None]
+    return torch.linalg.pinv(m, rtol=eps)
 
 
 def mixture_residual(estimates: np.ndarray, mixture: np.ndarray) -> np.ndarray:

@@ -126,11 +126,27 @@ def _bmm_kernel(qkv, frames, scale: float) -> torch.Tensor:
     return out.reshape(N, i * L, h, d).narrow(1, 0, frames)  # narrow: exactly T frames, where [:T] clamps
 
 
+# Most sequences one SDPA call takes, by device type. CUDA's SDPA kernels put the batch on a grid
+# dimension that CUDA caps at 65,535 blocks, and larger batches fail with "invalid configuration
+# argument" (pytorch#146704). PyTorch splits the batch itself only in the memory-efficient kernel
+# (pytorch#154029 forward, pytorch#154663 backward), not in the flash kernel that half-precision
+# training (AMP) runs. A paper-shape trial folds several times that many sequences into the batch
+# (S = B F i), so on CUDA the call runs on slices of it. Other devices have no such limit.
+SDPA_MAX_BATCH = {"cuda": 65_535}
+
+
 def _sdpa(qkv, scale: float) -> torch.Tensor:
-    """qkv (S, L, 3, h, d) -> (S, L, h, d): one SDPA call, no mask. q, k, v go to SDPA as strided
-    (S, h, L, d) views of the projection (no layout copy)."""
+    """qkv (S, L, 3, h, d) -> (S, L, h, d): SDPA without a mask. q, k, v go to SDPA as strided
+    (S, h, L, d) views of the projection (no layout copy). Above the device's `SDPA_MAX_BATCH`
+    sequences, one call per slice of the batch (views), the outputs concatenated."""
     q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (S, h, L, d)
-    return F.scaled_dot_product_attention(q, k, v, scale=scale).transpose(1, 2)
+    limit = SDPA_MAX_BATCH.get(qkv.device.type)
+    # torch.export traces one call: the number of slices would be a branch on the frame count. An
+    # exported program runs in float32, where CUDA picks the memory-efficient kernel, split by PyTorch.
+    if limit is None or torch.compiler.is_exporting() or qkv.shape[0] <= limit:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale).transpose(1, 2)
+    parts = zip(q.split(limit), k.split(limit), v.split(limit))
+    return torch.cat([F.scaled_dot_product_attention(*p, scale=scale).transpose(1, 2) for p in parts])
 
 
 def _sdpa_kernel(qkv, frames, scale: float) -> torch.Tensor:
