@@ -7,8 +7,8 @@ listening excerpts (`listen/<track>/*.wav` on the parent run). Sections:
 
 1. SDR vs slices (the Table-2 view: median per target + avg, bootstrap intervals), with the
    unsupervised slice estimate marked beside the chosen count when the study ran it,
-2. learning curves (pruned trials dashed grey),
-3. ASHA rungs (each trial's last epoch vs its last valid_loss, rung epochs marked),
+2. learning curves of the study metric (pruned trials dashed grey),
+3. where trials stopped (each trial's last epoch vs its last metric value; ASHA's rung epochs marked),
 4. parallel coordinates over hyperparameters -> best metric,
 5. best metric against parameter count and MACs per second,
 6. audio players for one test track: the mixture, then per target its reference stem beside the
@@ -39,7 +39,7 @@ from plotly.subplots import make_subplots
 from ..config import TARGETS, ExperimentConfig, ModelConfig, parse_yaml, validate_model
 from ..engine.checkpoint import build_model
 from ..model.info import model_cost as count
-from ..search import checkpoints, identity
+from ..search import checkpoints, identity, schedulers
 from ..search.objectives import best_of, mode_of
 from ..search.pareto import front_rows, title
 from ..search.select import COLUMNS
@@ -76,7 +76,7 @@ class Trial:
     run_id: str
     status: str
     params: dict[str, str]
-    curve: list[tuple[int, float]]  # (epoch, valid_loss), epoch order
+    curve: list[tuple[int, float]]  # (epoch, value of the study metric), epoch order
     metric: float | None = None  # best value of the study metric
     cost: dict[str, float] = field(
         default_factory=dict
@@ -95,7 +95,7 @@ class PageData:
     trials: list[Trial]
     metric: str = "valid_loss"
     mode: str = "min"
-    asha: dict[str, Any] | None = None  # grace_period, reduction_factor, max_t
+    scheduler: dict[str, Any] | None = None  # name, label, settings ({grace_period, ...}), metric, mode
     clips: list[tuple[str, str, str]] = field(default_factory=list)  # (track, stem, base64 wav)
     notes: dict[str, str] = field(default_factory=dict)  # section -> why it is missing
 
@@ -121,11 +121,8 @@ def read_trials(report: StudyReport, metric: str, mode: str) -> list[Trial]:
         if tags.get(ROLE_TAG) != "trial" or "samsnet.phase" in tags:
             continue
         rid = run.info.run_id
-        history = sorted((h.step, h.value) for h in c.get_metric_history(rid, "valid_loss"))
-        values = (
-            [h.value for h in c.get_metric_history(rid, metric)] if metric != "valid_loss" else [v for _, v in history]
-        )
-        best = best_of(values, mode)
+        history = sorted((h.step, h.value) for h in c.get_metric_history(rid, metric))
+        best = best_of([v for _, v in history], mode)
         trial = Trial(
             tags.get(TRIAL_TAG, rid[:8]), rid, tags.get(STATUS_TAG, "running"), dict(run.data.params), history, best
         )
@@ -165,22 +162,23 @@ def _download_json(client, run_id: str, artifact: str) -> dict[str, Any] | None:
         return json.loads(Path(local).read_text())
 
 
-def read_asha(report: StudyReport) -> dict[str, Any] | None:
-    """ASHA's settings from the study file copy (None for a FIFO study or a missing copy)."""
+def read_scheduler(report: StudyReport) -> dict[str, Any] | None:
+    """The study's metric, its direction and its scheduler with that scheduler's settings, from the
+    study file copy, whatever the scheduler (None for a missing copy)."""
 
     text = identity.read_study_copy(report.manifest.path)
     if text is None:
         return None
     raw = parse_yaml(text, f"{report.manifest.path}/{identity.STUDY_COPY}")
     s = validate_model(SearchSettings, raw.get("search") or {}, f"{report.manifest.path}/{identity.STUDY_COPY}: search")
-    if s.scheduler != "asha":
-        return None
     epochs = (raw.get("train") or {}).get("epochs")
+    entry = schedulers.get(s.scheduler)
     max_t = s.max_t or (int(epochs) if isinstance(epochs, int) else None)
     return {
-        "grace_period": s.grace_period,
-        "reduction_factor": s.reduction_factor,
-        "max_t": max_t,
+        "name": entry.name,
+        "label": entry.label,
+        "settings": entry.settings_of(s, max_t),
+        "described": entry.describe(s, max_t),
         "metric": s.metric,
         "mode": s.resolved_mode,
     }
@@ -239,12 +237,12 @@ def _attempt(notes: dict[str, str], section: str, fn, default):
 
 def collect(report: StudyReport, listen_seconds: float = DEFAULT_LISTEN_SECONDS) -> PageData:
     notes: dict[str, str] = {}
-    asha = _attempt(notes, "asha", lambda: read_asha(report), None)
-    metric = (asha or {}).get("metric", "valid_loss")
-    mode = (asha or {}).get("mode", mode_of(metric))
+    scheduler = _attempt(notes, "scheduler", lambda: read_scheduler(report), None)
+    metric = (scheduler or {}).get("metric", "valid_loss")
+    mode = (scheduler or {}).get("mode", mode_of(metric))
     trials = _attempt(notes, "trials", lambda: read_trials(report, metric, mode), [])
     clips = _attempt(notes, "listen", lambda: read_clips(report, listen_seconds), [])
-    return PageData(report, trials, metric, mode, asha, clips, notes)
+    return PageData(report, trials, metric, mode, scheduler, clips, notes)
 
 
 # --- figures -------------------------------------------------------------------------
@@ -324,7 +322,7 @@ def fig_sdr_vs_slices(report: StudyReport):
     return fig
 
 
-def fig_learning_curves(trials: list[Trial]):
+def fig_learning_curves(trials: list[Trial], metric: str = "valid_loss"):
 
     fig = go.Figure()
     for t in trials:
@@ -341,14 +339,12 @@ def fig_learning_curves(trials: list[Trial]):
                 opacity=0.6 if pruned else 1.0,
             )
         )
-    fig.update_layout(
-        title="Learning curves (pruned trials dashed grey)", xaxis_title="epoch", yaxis_title="valid_loss"
-    )
+    fig.update_layout(title="Learning curves (pruned trials dashed grey)", xaxis_title="epoch", yaxis_title=metric)
     return fig
 
 
-def fig_asha(trials: list[Trial], asha: dict[str, Any] | None):
-    """Each trial's last epoch against its last valid_loss; rung epochs as vertical lines."""
+def fig_stops(trials: list[Trial], scheduler: dict[str, Any] | None, metric: str = "valid_loss"):
+    """Each trial's last epoch against its last metric value; ASHA's rung epochs as vertical lines."""
 
     fig = go.Figure()
     by_status: dict[str, list[Trial]] = {}
@@ -366,14 +362,14 @@ def fig_asha(trials: list[Trial], asha: dict[str, Any] | None):
                 marker=dict(size=11, color=STATUS_COLORS.get(status)),
             )
         )
-    title = "ASHA: where each trial stopped"
-    if asha and asha.get("max_t"):
-        for r in rung_epochs(asha["grace_period"], asha["reduction_factor"], asha["max_t"]):
-            fig.add_vline(x=r, line_dash="dot", line_color="#888", annotation_text=f"rung {r}")
-        title += (
-            f" (grace {asha['grace_period']}, reduction factor {asha['reduction_factor']:g}, max_t {asha['max_t']})"
-        )
-    fig.update_layout(title=title, xaxis_title="last epoch", yaxis_title="last valid_loss")
+    title = "Where each trial stopped"
+    if scheduler:
+        title = f"{scheduler['label']}: where each trial stopped ({scheduler['described']})"
+        asha = scheduler["settings"]
+        if scheduler["name"] == "asha" and asha.get("max_t"):
+            for r in rung_epochs(asha["grace_period"], asha["reduction_factor"], asha["max_t"]):
+                fig.add_vline(x=r, line_dash="dot", line_color="#888", annotation_text=f"rung {r}")
+    fig.update_layout(title=title, xaxis_title="last epoch", yaxis_title=f"last {metric}")
     return fig
 
 
@@ -590,15 +586,24 @@ def _sections(data: PageData) -> list[str]:
     missing = _trials_note(data)
     curved = [t for t in data.trials if t.curve]
     if missing or not curved:
-        why = missing or "No trial reported a valid_loss yet."
-        for title in ("Learning curves", "ASHA rungs", "Hyperparameters", "Size and cost"):
+        why = missing or f"No trial reported a {data.metric} yet."
+        for title in ("Learning curves", "Where trials stopped", "Hyperparameters", "Size and cost"):
             out.append(_section(title, _note(why)))
     else:
-        out.append(_section("Learning curves", _plot(fig_learning_curves(data.trials), "learning-curves")))
-        asha_note = (
-            "" if data.asha else _note("No ASHA settings (FIFO scheduler or no study file copy): rungs not marked.")
+        out.append(_section("Learning curves", _plot(fig_learning_curves(data.trials, data.metric), "learning-curves")))
+        name = (data.scheduler or {}).get("name")
+        stop_note = (
+            ""
+            if name == "asha"
+            else _note(f"Scheduler {name}: no ASHA rungs to mark.")
+            if name
+            else _note("No study file copy: the scheduler's settings are unknown.")
         )
-        out.append(_section("ASHA rungs", _plot(fig_asha(data.trials, data.asha), "asha") + asha_note))
+        out.append(
+            _section(
+                "Where trials stopped", _plot(fig_stops(data.trials, data.scheduler, data.metric), "stops") + stop_note
+            )
+        )
         out.append(_section("Hyperparameters", _plot(fig_parallel(data.trials, data.metric), "parallel")))
         if any(t.cost for t in data.trials):
             out.append(_section("Size and cost", _plot(fig_cost(data.trials, data.metric), "cost")))
