@@ -7,6 +7,8 @@ fill a study folder and an embedded MLflow store, without running a search.
 
 from __future__ import annotations
 
+import base64
+import gzip
 import re
 import shutil
 import subprocess
@@ -171,7 +173,7 @@ def test_page_has_every_part_and_is_self_contained(page):
     text = page.read_text()
     for div in PLOT_IDS:
         assert f'id="{div}"' in text
-    assert text.count("<audio") == len(CLIP_STEMS) and "data:audio/wav;base64," in text
+    assert text.count("<audio") == len(CLIP_STEMS) and "data:audio/flac;base64," in text
     assert 'class="note"' not in text  # nothing missing
     assert "chosen slices: 4" in text and "models:/samsnet-demo@champion" in text
     # the estimate beside the searched optimum: marked on the SDR-vs-slices plot and said in words
@@ -183,9 +185,10 @@ def test_page_has_every_part_and_is_self_contained(page):
     assert "does the slice count matter? yes, the most: model.slices has" in text
     assert '<table class="cost">' in text and "Saved by pruning and early stopping: 24 trial-epochs" in text
     assert "PARETO FRONT (validation; max valid_sdr, min params, min gmacs_per_second): 2 of 3 scored trials" in text
-    # plotly.js is inlined once, verbatim (its own text holds credit links for map tiles, never loaded here)
-    assert text.count(get_plotlyjs()) == 1
-    text = text.replace(get_plotlyjs(), "")
+    # plotly.js is inlined once, gzip-packed (its own text holds credit links for map tiles, never loaded here)
+    packed = re.findall(r'atob\("([A-Za-z0-9+/=]+)"\)', text)
+    assert len(packed) == 1 and gzip.decompress(base64.b64decode(packed[0])).decode() == get_plotlyjs()
+    assert text.count("window.plotlyReady.then(") == len(PLOT_IDS)
     # nothing is fetched: no external src/href, no script files, no CSS imports
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)
     assert "<script src" not in text and "@import" not in text
@@ -204,7 +207,6 @@ def test_collected_data_match_the_runs(storage):
     assert data.scheduler["settings"] == {"grace_period": 1, "reduction_factor": 2.0, "max_t": 8}
     assert (data.metric, data.mode, data.trials[0].curve[0]) == ("valid_loss", "min", (1, pytest.approx(0.8)))
     assert [(track, stem) for track, stem, _ in data.clips] == [("song_a", s) for s in CLIP_STEMS]
-    import base64
     import io
 
     audio, rate = sf.read(io.BytesIO(base64.b64decode(data.clips[0][2])))
@@ -294,6 +296,26 @@ def test_a_valid_sdr_study_is_plotted_on_valid_sdr_whatever_its_scheduler(storag
     text = render_html(data)
     assert "best valid_sdr" in text and "last valid_sdr" in text and "last valid_loss" not in text
     assert f"Scheduler {scheduler}: no ASHA rungs to mark." in text
+
+
+def test_parallel_axes_leave_out_parameters_every_trial_shares():
+    from samsnet_search.delivery.report_html import Trial, fig_parallel
+
+    trials = [
+        Trial(f"t{i}", "r", "completed", {"model.slices": str(s), "model.heads": "2", "train.lr": str(lr)}, [], m)
+        for i, (s, lr, m) in enumerate([(1, 1e-3, 0.5), (4, 1e-4, 0.4), (8, 1e-3, 0.6)])
+    ]
+    labels = [d.label for d in fig_parallel(trials, "valid_loss").data[0].dimensions]
+    assert labels == ["slices", "log10 lr", "valid_loss"]  # heads is 2 in every trial: no axis
+
+
+def test_the_mlflow_command_is_not_broken_mid_word(page):
+    """The `mlflow ui ...` line scrolls rather than wraps; other lines wrap at spaces, never inside a word."""
+    from samsnet_search.delivery.report_html import STYLE
+
+    text = page.read_text()
+    assert '<pre class="command">MLflow UI: mlflow ui --backend-store-uri sqlite:///' in text
+    assert "pre.command{white-space:pre;overflow-x:auto}" in STYLE and "break-all" not in STYLE
 
 
 def test_rungs():
