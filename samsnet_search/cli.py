@@ -562,9 +562,14 @@ def infra_status(state_dir: Optional[Path] = typer.Option(None, help=_STATE_HELP
 
 @infra_app.command("env")
 def infra_env(state_dir: Optional[Path] = typer.Option(None, help=_STATE_HELP)) -> None:
-    """Print `export` lines (including the S3 secret) for `eval "$(samsnet-search infra env)"`."""
+    """Print `export` lines (including the S3 secret) for `eval "$(samsnet-search infra env)"`.
 
-    for key, value in infra.client_env(infra.make_config(state_dir=state_dir)).items():
+    SAMSNET_STORAGE names the stack's study folder (s3://BUCKET/ray), so that `ls`, `report`,
+    `resume` and `export` find its studies from any folder."""
+
+    cfg = infra.make_config(state_dir=state_dir)
+    env = {**infra.client_env(cfg), identity.STORAGE_ENV: infra.study_storage(cfg)}
+    for key, value in env.items():
         print(f"export {key}={shlex.quote(value)}")
 
 
