@@ -80,10 +80,10 @@ class _Typer(typer.Typer):
     """A Typer app whose commands and groups write their help as `_PlainHelp` says."""
 
     def __init__(self, **kwargs) -> None:
-        super().__init__(cls=_Group, **kwargs)
+        super().__init__(**{"cls": _Group, **kwargs})
 
     def command(self, *args, **kwargs):
-        return super().command(*args, cls=kwargs.pop("cls", None) or _Command, **kwargs)
+        return super().command(*args, **{"cls": _Command, **kwargs})
 
 
 app = _Typer(add_completion=False, no_args_is_help=True, help="Hyperparameter search for Sams-Net.")
