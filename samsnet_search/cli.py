@@ -794,7 +794,7 @@ def bench(
     """Measure the hot paths: sliced attention vs slices, training step, fast SDR vs museval, search overhead;
     `--only search`: the platform's slice-count choice against the paper's grid."""
     from .bench import run_benchmarks, write_report  # lazy: torch
-    from .bench.show import print_report as print_bench
+    from .bench.show import print_report as print_bench  # lazy: torch (the bench package)
 
     report = run_benchmarks(
         quick=quick,

@@ -1,4 +1,4 @@
-"""services.locks.exclusive: one holder at a time across processes, and no lock file left behind."""
+"""files.exclusive: one holder at a time across processes, and no lock file left behind."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import multiprocessing as mp
 import time
 from pathlib import Path
 
-from samsnet_search.services.locks import exclusive
+from samsnet_search.files import exclusive
 
 
 def _hold(path: str, log: str, tag: str) -> None:

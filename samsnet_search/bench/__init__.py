@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..files import write_atomic
 from .common import BenchError, machine_info
 
 log = logging.getLogger(__name__)
@@ -130,13 +131,8 @@ def _check_finite(name: str, figures: dict[str, float]) -> None:
 
 
 def write_report(report: dict[str, Any], path: str | Path) -> Path:
-    """Write the report as JSON (atomically: temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str))
-    os.replace(tmp, path)
-    return path
+    """Write the report as JSON (files.write_atomic)."""
+    return write_atomic(path, json.dumps(report, indent=2, default=str).encode())
 
 
 __all__ = ["NAMES", "BenchError", "check_options", "run_benchmarks", "skip_reason", "write_report"]

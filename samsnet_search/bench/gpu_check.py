@@ -41,7 +41,6 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -52,6 +51,8 @@ from typing import Any, Callable
 import torch
 
 from ..data.synth import synthesize
+from ..errors import one_line
+from ..files import write_atomic
 from ..search.runner import ray_session
 from . import gpu_check_model as model_sections
 from . import gpu_check_platform as platform
@@ -114,7 +115,7 @@ def _run_section(fn: Section, check: Check) -> dict[str, Any]:
         log.debug("section %s failed", fn.__name__, exc_info=True)
         result = {
             "status": "error",
-            "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+            "error": one_line(e, typed=True),
             "traceback": traceback.format_exc(limit=4),
         }
     finally:
@@ -233,12 +234,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write(path: Path, report: dict[str, Any]) -> None:
     """The report so far, replacing the file whole (a reader never sees half a JSON)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(report, indent=2, default=str))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(report, indent=2, default=str).encode())
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from ..config import PAPER_SLICES, TARGETS, ExperimentConfig, validate_model
 from ..engine.device import amp_dtype
 from ..engine.loss import magnitude_loss
 from ..engine.train import Trainer
+from ..errors import one_line
 from ..model import SlicedMultiHeadAttention, memory
 from .attention import AttentionSizes, measure, paper_sizes
 from .common import MiB, machine_roofline, sync, timed
@@ -235,7 +236,7 @@ def _backend_row(c: Check, x: torch.Tensor, heads: int, slice_frames: int, backe
         ops, kernels = _profiled_names(step, c.cuda)
         ms = timed(step, repeats=1 if c.dry else 3, warmup=0, device=c.device)["median_s"] * 1e3
     except RuntimeError as e:  # a backend that does not take this shape / dtype / device
-        return {"unsupported": str(e).splitlines()[0][:100]}
+        return {"unsupported": one_line(e)[:100]}
     attention = [k for k in kernels if classify([k])][:3]
     return {
         "used": classify(kernels + ops) or ["no SDPA (model's own kernel)"],
@@ -307,5 +308,5 @@ def _fp16_resume(c: Check, cfg: ExperimentConfig, first: Trainer) -> Any:
         third.restore(first.ckpt_dir)
         third.train_epoch()
     except Exception as e:  # noqa: BLE001 - the figure to report is the failure itself
-        return f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        return f"failed: {one_line(e, typed=True)}"
     return {"scale_after_epoch": float(third.scaler.get_scale())}

@@ -16,6 +16,7 @@ import yaml
 from ..config import SAMPLE_RATE
 from ..delivery.export import PARITY_TOLERANCE, example_audio, export_programs, parity_lengths
 from ..engine.separate import separate
+from ..errors import one_line
 from ..metrics.bsseval import sdr_v4
 from ..model import SamsNet
 from ..search.placement import job_device
@@ -150,7 +151,7 @@ def _parity_at(frames: int, masks, stems, eager: SamsNet, mag: torch.Tensor, aud
             try:
                 row[name] = float((program(x) - reference(x)).abs().max())
             except RuntimeError as e:
-                row[name] = f"fails: {str(e).splitlines()[0][:90]}"
+                row[name] = f"fails: {one_line(e)[:90]}"
     return row
 
 

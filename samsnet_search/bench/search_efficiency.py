@@ -44,6 +44,7 @@ from pydantic import ValidationError
 from ..config import read_yaml
 from ..data.synth import synthesize
 from ..delivery.winner import register_winner
+from ..errors import one_line
 from ..search.runner import ray_session, run_study
 from ..search.select import run_selection
 from ..search.study import SearchSettings, load_study
@@ -374,9 +375,7 @@ def run_arms(
             if arm.name == "grid":
                 raise
             log.exception("search benchmark: arm %s failed", arm.name)
-            notes.append(
-                f"search: arm {arm.name} FAILED: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[-1]}"
-            )
+            notes.append(f"search: arm {arm.name} FAILED: {one_line(e, typed=True)}")
             continue
         log.info("search benchmark: arm %s done: %s", arm.name, _one_line(results[arm.name]))
     return results

@@ -9,19 +9,17 @@ and DataLoader workers never read half a file and decode each track once.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
+import io
 import logging
-import os
 import re
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
 from ..errors import DataError
+from ..files import exclusive, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +44,6 @@ def location_key(files: list[Path]) -> str:
 def _safe(name: str) -> str:
     """A file-name-safe form of a track name (MUSDB names hold spaces, '&', apostrophes)."""
     return re.sub(r"[^\w.,&'() -]", "_", name).strip() or "track"
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock on `path` (created if needed), released on exit."""
-    with open(path, "a+b") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _decode(decode: Callable[[], np.ndarray]) -> np.ndarray:
@@ -108,7 +95,7 @@ class AudioCache:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             lock = path.with_suffix(".lock")
-            with _locked(lock):
+            with exclusive(lock):
                 audio = self._open(path)  # another process may have written it while we waited
                 if audio is None:
                     self._write(path, _decode(decode))
@@ -129,15 +116,9 @@ class AudioCache:
         """Atomic write: a unique temporary file in the same folder, then rename."""
         if audio.dtype != np.float32 or audio.ndim != 3 or audio.shape[0] != N_STEMS:
             raise ValueError(f"cache entries are float32 (5, C, N), got {audio.dtype} {audio.shape}")
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                np.save(f, np.ascontiguousarray(audio))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(audio))
+        write_atomic(path, buffer.getvalue())
         log.info("cached %s (%.1f MB)", path, audio.nbytes / 1e6)
 
     def _remove_stale(self, path: Path) -> None:

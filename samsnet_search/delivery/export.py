@@ -41,7 +41,8 @@ from ..data.synth import MANIFEST as SYNTH_MANIFEST
 from ..data.synth import synthesize
 from ..engine import checkpoint
 from ..engine.checkpoint import BEST
-from ..errors import SamsNetError
+from ..errors import SamsNetError, one_line
+from ..files import write_atomic
 from ..model import SamsNet
 from ..model.info import macs_per_second, parameter_breakdown
 from ..model.sams_net import SlicedMultiHeadAttention
@@ -177,7 +178,7 @@ def _write_export(checkpoint_dir: str | Path, out: Path, card_info: dict) -> Non
 
 def _write_json(path: Path, payload: Any) -> None:
     """Written whole or not at all (export.json last: a crash mid-export leaves a folder that fails its checks)."""
-    checkpoint.write_atomic(path, (json.dumps(payload, indent=2, default=str) + "\n").encode())
+    write_atomic(path, (json.dumps(payload, indent=2, default=str) + "\n").encode())
 
 
 def network_facts(net: SamsNet) -> dict[str, int]:
@@ -285,9 +286,8 @@ def _export(net: SamsNet, example: torch.Tensor, dims: dict, method: str) -> tor
                 _Method(net, method), (example,), dynamic_shapes=dims, prefer_deferred_runtime_asserts_over_guards=True
             )
         except Exception as e:  # the model gained a branch the exporter cannot trace at every length
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise ExportError(
-                f"SamsNet.{method} cannot be exported with torch.export ({type(e).__name__}: {first})"
+                f"SamsNet.{method} cannot be exported with torch.export ({one_line(e, typed=True)})"
             ) from None
 
 
@@ -588,7 +588,7 @@ def _download_run_checkpoint(run_id: str, tracking_uri: str, dest: Path) -> Path
         )
     except MlflowException as e:
         raise ExportError(
-            f"run {run_id} at {target.uri}: no model/{checkpoint.BEST} to export ({e.message.splitlines()[0]})"
+            f"run {run_id} at {target.uri}: no model/{checkpoint.BEST} to export ({one_line(e)})"
         ) from None
     return Path(local)
 

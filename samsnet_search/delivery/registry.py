@@ -28,7 +28,7 @@ from mlflow.types import Schema, TensorSpec
 
 from ..config import TARGETS
 from ..engine import checkpoint
-from ..errors import SamsNetError
+from ..errors import SamsNetError, one_line
 from ..services import tracking
 from .export_folder import (
     FORMAT,
@@ -144,10 +144,7 @@ def register_export(
     except SamsNetError:
         raise
     except Exception as e:  # server down, permissions, ...: one clear line
-        raise ExportError(
-            f"cannot register {folder} as {registered} at {target.uri}: "
-            f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
-        ) from None
+        raise ExportError(f"cannot register {folder} as {registered} at {target.uri}: {one_line(e)}") from None
     log.info("registered %s version %s (alias %s)", registered, version, alias)
     return Registration(registered, version, False, alias, version)
 
@@ -186,9 +183,7 @@ def download_registered(uri: str, tracking_uri: str | None, dest: str | Path) ->
             artifact_uri=version.source, dst_path=str(dest), tracking_uri=target.uri
         )
     except MlflowException as e:
-        raise ExportError(
-            f"{uri}: cannot download {version.source} from {target.uri}: {e.message.splitlines()[0]}"
-        ) from None
+        raise ExportError(f"{uri}: cannot download {version.source} from {target.uri}: {one_line(e)}") from None
     found = sorted(Path(local).rglob(MANIFEST))
     if not found:
         raise ExportError(f"{uri}: the registered model holds no samsnet export ({MANIFEST} not found)")

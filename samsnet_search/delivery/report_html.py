@@ -39,6 +39,8 @@ from plotly.subplots import make_subplots
 
 from ..config import TARGETS, ExperimentConfig, ModelConfig, parse_yaml, validate_model
 from ..engine.checkpoint import build_model
+from ..errors import one_line
+from ..files import write_atomic
 from ..model.info import model_cost as count
 from ..search import checkpoints, identity, schedulers
 from ..search.objectives import best_of, mode_of
@@ -235,7 +237,7 @@ def _attempt(notes: dict[str, str], section: str, fn, default):
         return fn()
     except Exception as e:
         log.warning("report section %s: %s", section, e)
-        notes[section] = f"could not be read: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+        notes[section] = f"could not be read: {one_line(e)}"
         return default
 
 
@@ -699,11 +701,7 @@ def render_html(data: PageData) -> str:
 
 def write_html(report: StudyReport, path: str | Path, listen_seconds: float = DEFAULT_LISTEN_SECONDS) -> Path:
     """Collect the MLflow data of `report`'s study and write the page to `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     page = render_html(collect(report, listen_seconds))
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)  # atomic: a half-written page never replaces a good one
+    path = write_atomic(path, page.encode())  # a half-written page never replaces a good one
     log.info("wrote %s (%.1f MB)", path, len(page) / 1e6)
     return path

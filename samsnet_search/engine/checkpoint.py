@@ -16,9 +16,8 @@ being trained on or exported; files without a sidecar (older checkpoints) load u
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import CheckpointError
+from ..files import write_atomic
 from ..model import SamsNet
 from ..version import code_version
 
@@ -37,29 +37,12 @@ CHECKSUM_SUFFIX = ".sha256.json"
 def save(path: Path, state: dict[str, Any]) -> None:
     """Write atomically, with its checksum sidecar: a crash mid-write never leaves a
     truncated checkpoint (at worst a checkpoint whose sidecar disagrees: seen as corrupt)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, "code_version": code_version(), **state}, f)
-        digest = file_digest(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "code_version": code_version(), **state}, buffer)
+    data = buffer.getvalue()
+    write_atomic(path, data)
+    digest = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     write_atomic(checksum_path(path), json.dumps(digest).encode())
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """`data` into `path` whole or not at all (a unique temp file beside it, then a rename)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def checksum_path(path: Path) -> Path:

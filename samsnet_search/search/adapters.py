@@ -17,6 +17,8 @@ from typing import Any
 from ray.tune.schedulers import AsyncHyperBandScheduler, HyperBandScheduler, MedianStoppingRule, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from . import tune_internals
+
 log = logging.getLogger(__name__)
 
 
@@ -36,7 +38,7 @@ class PruneRecording:
         return action
 
     def note_stopped(self, trial, result: dict | None) -> None:
-        t = (result or {}).get(self._time_attr)
+        t = (result or {}).get(tune_internals.time_attr(self))
         if t is not None and t < self.budget:
             self.pruned[trial.trial_id] = int(t)
 
@@ -49,29 +51,15 @@ class PruneRecordingMedian(PruneRecording, MedianStoppingRule):
     """The median stopping rule that remembers which trials it stopped below `budget`."""
 
 
-class PruneRecordingHyperBand(PruneRecording, HyperBandScheduler):
+class PruneRecordingHyperBand(PruneRecording, tune_internals.StopHook, HyperBandScheduler):
     """HyperBand that remembers which trials it stopped below `max_t`.
 
     Besides stopping the trial whose result it judges, HyperBand stops the bracket's paused
-    losers through the controller: those stops are seen through a wrapper of it.
+    losers through the controller: `StopHook` hears of those stops.
     """
 
-    def _process_bracket(self, tune_controller, bracket) -> str:
-        return super()._process_bracket(_StopNoting(tune_controller, self), bracket)
-
-
-class _StopNoting:
-    """A Tune controller whose `stop_trial` tells the scheduler first (other calls pass through)."""
-
-    def __init__(self, controller, scheduler: PruneRecording):
-        self._controller, self._scheduler = controller, scheduler
-
-    def stop_trial(self, trial) -> None:
-        self._scheduler.note_stopped(trial, getattr(trial, "last_result", None))
-        self._controller.stop_trial(trial)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._controller, name)
+    def on_stop(self, trial) -> None:
+        self.note_stopped(trial, getattr(trial, "last_result", None))
 
 
 class RestartTolerantOptuna(OptunaSearch):

@@ -26,17 +26,17 @@ from ray import tune
 
 from ..errors import ConfigError, DamagedFile
 from ..services import storage
-from . import identity
+from . import identity, tune_internals
 from .objectives import better
 from .study import load_stored
 
 log = logging.getLogger(__name__)
 
 TRIAL_PREFIX = "trial_"  # Tune's trial folders: trial_<id> (runner.trial_dirname)
-CHECKPOINT_PREFIX = "checkpoint_"  # Tune's checkpoint folders in a trial folder
-RESULTS_FILE = "result.json"  # Tune: one JSON line per reported result
+CHECKPOINT_PREFIX = tune_internals.CHECKPOINT_PREFIX  # Tune's checkpoint folders in a trial folder
+RESULTS_FILE = tune_internals.RESULTS_FILE  # Tune: one JSON line per reported result
 EXPERIMENT_FILE = "experiment.json"  # the worker: the trial's ExperimentConfig (JSON form)
-CHECKPOINT_KEY = "checkpoint_dir_name"  # Tune's result key naming the epoch's checkpoint folder
+CHECKPOINT_KEY = tune_internals.CHECKPOINT_KEY  # Tune's result key naming the epoch's checkpoint folder
 
 
 def trial_uri(study_path: str, trial_id: str) -> str:

@@ -37,24 +37,17 @@ from pathlib import Path
 import pyarrow.fs as pafs
 from ray.tune import Callback
 
-from ..engine import checkpoint
 from ..errors import SamsNetError
+from ..files import write_atomic
 from ..services import storage
 from ..services.storage import display_uri
-from . import identity
+from . import identity, tune_internals
 
 log = logging.getLogger(__name__)
 
 # Files of the study folder that Tune unpickles on restore; trial folders: TRIAL_FILES.
-STATE_FILES = (
-    "tuner.pkl",
-    "experiment_state-*.json",
-    "searcher-state-*.pkl",
-    "search_gen_state-*.json",
-    "basic-variant-state-*.json",
-    "callback-states-*.pkl",
-)
-TRIAL_FILES = ("error.pkl",)
+STATE_FILES = tune_internals.STATE_FILES
+TRIAL_FILES = tune_internals.TRIAL_STATE_FILES
 KEEP = 8  # signatures kept per file: recent versions that a partial upload can leave behind
 KEY_ENV = "SAMSNET_STATE_KEY_FILE"
 
@@ -115,7 +108,7 @@ def _load(study_path: str) -> dict:
 def _save(study_path: str, data: dict) -> None:
     path = _signatures_path(study_path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    checkpoint.write_atomic(path, json.dumps(data, indent=1).encode())
+    write_atomic(path, json.dumps(data, indent=1).encode())
 
 
 def _mac(key: bytes, relpath: str, content: bytes) -> str:
@@ -251,7 +244,7 @@ def trust(study_path: str) -> list[str]:
 # --- files of a failed write -------------------------------------------------------------
 
 SET_ASIDE = "set-aside"
-JSON_STATE = "experiment_state-*.json"  # the one state file that is JSON (trials embed cloudpickle)
+JSON_STATE = tune_internals.EXPERIMENT_STATE
 
 
 def is_experiment_state(relpath: str) -> bool:
@@ -306,10 +299,10 @@ class StateSigner(Callback):
 
     def on_step_begin(self, iteration, trials, **info) -> None:
         if self._staging is None and trials:
-            self._staging = trials[0].storage.experiment_driver_staging_path
+            self._staging = tune_internals.staging_path(trials[0])
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self._staging = self._staging or trial.storage.experiment_driver_staging_path
+        self._staging = self._staging or tune_internals.staging_path(trial)
 
     def get_state(self):
         # Called by Tune right after it wrote its state files to the staging folder.

@@ -33,7 +33,8 @@ from pathlib import Path
 import psutil
 
 from ..errors import SamsNetError
-from ..services import locks, stop, storage
+from ..files import exclusive
+from ..services import stop, storage
 from ..services.storage import display_uri, is_s3
 
 log = logging.getLogger(__name__)
@@ -192,9 +193,9 @@ def _local_mutex(study_path: str):
     """Serialize look-and-take of one local study's lease among this host's processes.
 
     The lock file lives in a per-user folder, keyed by the study's path, so the study folder of a
-    study that never started stays empty (and is removed); `locks.exclusive` removes it when done."""
+    study that never started stays empty (and is removed); `files.exclusive` removes it when done."""
     key = hashlib.sha256(str(Path(study_path).resolve()).encode()).hexdigest()[:24]
-    return locks.exclusive(_lock_dir() / f"samsnet-lease-{key}.lock")
+    return exclusive(_lock_dir() / f"samsnet-lease-{key}.lock")
 
 
 def acquire(

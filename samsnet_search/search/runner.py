@@ -26,9 +26,9 @@ import ray
 from ray import tune
 
 from ..data import load_splits
-from ..errors import ConfigError, SamsNetError
+from ..errors import ConfigError, SamsNetError, one_line
 from ..services import stop, storage, tracking
-from ..services.faults import first_line, is_infra_error, retry
+from ..services.faults import is_infra_error, retry
 from . import (
     checkpoints,
     cost,
@@ -40,6 +40,7 @@ from . import (
     schedulers,
     searchers,
     state_copy,
+    tune_internals,
     warm_start,
 )
 from .callbacks import StudyCallback
@@ -74,10 +75,15 @@ FORWARD_ENV = (
 # into a credentials file that AWS clients (pyarrow, boto3) find through AWS_SHARED_CREDENTIALS_FILE.
 AWS_SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 CHECKPOINT_MARGIN = 2
-RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
-# Tune's uploads of the experiment state log a failed upload with its traceback.
-RAY_SYNC_LOGGERS = ("ray.train._internal.syncer", "ray.tune.execution.experiment_state")
+# A study's own Ray (no --address) is one node that takes no others: its servers listen on loopback
+# only (`tune_internals.loopback_node`), and each one asks for Ray's token (Ray's default, RAY_AUTH_MODE=token), so
+# that other users of the host cannot use it either. docs/security.md lists its sockets.
+LOOPBACK = "127.0.0.1"
+RAY_AUTH_MODE_ENV = "RAY_AUTH_MODE"
+# Tune's uploads of the experiment state log a failed upload with its traceback (tune_internals.SYNC_LOGGERS).
 RAY_SYNC_FAILURES = ("Last sync command failed", "Saving experiment state to storage")
+# Tune logs each failed attempt of a trial with the worker's traceback (tune_internals.TRIAL_LOGGER).
+RAY_TRIAL_FAILED = "Trial task failed"
 # A trial's per-epoch history keeps these trainer keys, the per-target SDRs and every per-epoch
 # objective of the objectives table (read when a history is made: an added objective is kept).
 TRAINER_KEYS = (
@@ -193,26 +199,32 @@ def ray_session(
             yield
             return
         common = dict(include_dashboard=False, configure_logging=False, log_to_driver=not quiet)
+        tune_internals.warn_if_unvalidated()
+        # The driver runs Tune, on a local Ray or a cluster alike.
+        for name in tune_internals.SYNC_LOGGERS:
+            logging.getLogger(name).addFilter(_sync_outage_one_line)
+        logging.getLogger(tune_internals.TRIAL_LOGGER).addFilter(_trial_outage_one_line)
         if address:
             env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
             try:
                 ray.init(address=address, runtime_env={"env_vars": env}, **common)
                 stop.reinstall()  # Ray's core worker took SIGTERM over (abseil's handler aborts)
             except ConnectionError as e:  # no cluster there, or its auth token differs
-                raise StudyError(f"--address {address}: cannot connect to a Ray cluster ({_first_line(e)})") from None
+                raise StudyError(f"--address {address}: cannot connect to a Ray cluster ({one_line(e)})") from None
         else:
             # Workers of a local Ray inherit this environment: the credentials file's path, no keys.
-            # Token auth is Ray's default for a new local cluster (good: its ports are then closed
-            # to other users too); Ray announces it at every start, which says nothing new.
-            logging.getLogger(RAY_AUTH_LOGGER).addFilter(_token_auth_banner)
-            for name in RAY_SYNC_LOGGERS:
-                logging.getLogger(name).addFilter(_sync_outage_one_line)
-            ray.init(
-                num_cpus=num_cpus or os.cpu_count() or 1,
-                num_gpus=num_gpus,
-                object_store_memory=OBJECT_STORE_BYTES,
-                **common,
-            )
+            # Token auth is Ray's default for a new local cluster (its ports then refuse requests
+            # without ~/.ray/auth_token); Ray announces it at every start, which says nothing new.
+            logging.getLogger(tune_internals.AUTH_LOGGER).addFilter(_token_auth_banner)
+            _warn_without_token_auth()
+            with tune_internals.loopback_node():
+                ray.init(
+                    num_cpus=num_cpus or os.cpu_count() or 1,
+                    num_gpus=num_gpus,
+                    object_store_memory=OBJECT_STORE_BYTES,
+                    _node_ip_address=LOOPBACK,
+                    **common,
+                )
             stop.reinstall()  # Ray's core worker took SIGTERM over (abseil's handler aborts)
         try:
             yield
@@ -226,13 +238,44 @@ def _token_auth_banner(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Token authentication is enabled")
 
 
+def _warn_without_token_auth() -> None:
+    """Ray turns token authentication on for a new local cluster unless RAY_AUTH_MODE says otherwise
+    (set in the driver, it must be set before Ray is imported: Ray reads it into its C++ config)."""
+    mode = os.environ.get(RAY_AUTH_MODE_ENV, "token")
+    if mode.lower() != "token":
+        log.warning(
+            "%s=%s: this study's Ray answers requests without its token, from any user of this host",
+            RAY_AUTH_MODE_ENV,
+            mode,
+        )
+
+
 def _sync_outage_one_line(record: logging.LogRecord) -> bool:
     """A failed upload of the experiment state for an outage (a full disk, an unreachable store)
     is one line: Ray uploads it again at its next sync, so the traceback says nothing useful."""
     # Ray logs these inside its `except` block, some with exc_info, some with the traceback as text.
     error = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
     if error is not None and is_infra_error(error) and record.getMessage().startswith(RAY_SYNC_FAILURES):
-        record.msg, record.args = "storing the experiment state failed (%s); Ray tries again", (first_line(error),)
+        record.msg, record.args = (
+            "storing the experiment state failed (%s); Ray tries again",
+            (one_line(error, typed=True),),
+        )
+        record.exc_info, record.exc_text = None, None
+    return True
+
+
+def _trial_outage_one_line(record: logging.LogRecord) -> bool:
+    """A trial that failed for an outage outlasting its retries (search.infra_retry_s) is one line:
+    the worker's traceback only says where it waited, and stays in the trial's error.txt (Tune
+    writes it there); a trial's own error keeps its traceback."""
+    error = record.exc_info[1] if record.exc_info else None
+    cause = getattr(error, "cause", error)  # a RayTaskError carries the trial's exception as `cause`
+    if cause is not None and is_infra_error(cause) and record.getMessage().startswith(RAY_TRIAL_FAILED):
+        message = record.getMessage()
+        record.msg, record.args = (
+            "%s: %s (traceback: error.txt in the trial's folder)",
+            (message, one_line(cause, typed=True)),
+        )
         record.exc_info, record.exc_text = None, None
     return True
 
@@ -278,11 +321,6 @@ def aws_keys_in_file() -> Iterator[None]:
         if profile is not None:
             os.environ["AWS_PROFILE"] = profile
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 def trial_dirname(trial) -> str:
@@ -700,7 +738,7 @@ def _write_final_manifest(manifest: Manifest, budget_s: float = 0.0) -> None:
             "could not record state %s in %s (%s); free space, then: samsnet-search resume %s",
             manifest.state,
             identity.display_uri(identity.study_uri(manifest.path, identity.MANIFEST)),
-            _first_line(e),
+            one_line(e),
             manifest.name,
         )
 
@@ -817,7 +855,7 @@ def _record(study: Study, result, runs: dict) -> TrialRecord:
         best_checkpoint=best_ckpt,
         last_checkpoint=result.checkpoint,
         mlflow_run_id=metrics.get(RUN_ID_KEY) or (run.info.run_id if run else None),
-        error=str(result.error).strip().splitlines()[-1] if result.error is not None else None,
+        error=one_line(result.error) if result.error is not None else None,
         path=str(result.path),
     )
 

@@ -48,8 +48,9 @@ from ..engine.checkpoint import BEST, LAST, load_model
 from ..engine.evaluate import evaluate_tracks, model_estimator
 from ..engine.separate import separate
 from ..engine.wiener import PostFilter
-from ..errors import DamagedFile, SamsNetError
-from ..services import locks, stop, storage, tracking
+from ..errors import DamagedFile, SamsNetError, one_line
+from ..files import exclusive
+from ..services import stop, storage, tracking
 from ..services.tracking import PHASE_TAG
 from . import cost, identity, lease
 from .checkpoints import local_copy
@@ -407,7 +408,7 @@ def _retrain(job: Job, cfg: ExperimentConfig, spec: tracking.ChildRunSpec, fence
     The work folder is locked for the job: a job of a driver that lost the study may still be
     finishing its epoch on this node; the new driver's job waits for it instead of sharing it."""
     workdir = job_workdir(spec, job)
-    with locks.exclusive(workdir.with_name(workdir.name + ".lock")):
+    with exclusive(workdir.with_name(workdir.name + ".lock")):
         fence()
         run = tracking.TrialRun(spec, f"selection-{job.key}", f"selection slices={job.slices} seed={job.seed}")
         run.client.set_tag(run.run_id, PHASE_TAG, "selection")
@@ -592,7 +593,7 @@ def _run_jobs(jobs: list[Job], result, store: str, say: Progress) -> tuple[list[
         try:
             record = ray.get(ready[0])
         except Exception as e:  # one failed retraining: recorded, the others go on
-            failures.append(f"{job.key}: {str(e).strip().splitlines()[-1]}")
+            failures.append(f"{job.key}: {one_line(e)}")
             log.warning("selection job %s failed: %s", job.key, failures[-1])
             continue
         storage.write_json(_job_uri(store, job.key, "json"), record)

@@ -38,11 +38,11 @@ from ..engine import checkpoint as ckpt_format
 from ..engine.checkpoint import build_model
 from ..engine.gpu_share import cap_to_share, is_out_of_memory
 from ..engine.train import EpochResult, Trainer, TrainSummary
-from ..errors import CheckpointError
+from ..errors import CheckpointError, one_line
 from ..model.info import model_cost
-from ..services.faults import DEFAULT_BUDGET_S, first_line, is_infra_error, retry
+from ..services.faults import DEFAULT_BUDGET_S, is_infra_error, retry
 from ..services.tracking import ERROR_TAG, ChildRunSpec, TrialRun, worker_http_settings
-from . import lease
+from . import lease, tune_internals
 from .checkpoints import kept_checkpoints, stored_name, write_experiment
 from .objectives import best_of, better
 from .placement import assigned_gpu_ids, place
@@ -217,7 +217,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Function trainable for `tune.Tuner` (wrap with `tune.with_parameters(train_trial, ctx=...)`)."""
     # The monitor's start/stop lines and Ray's "Checkpoint successfully created" (one per
     # epoch) are noise in a study with many trials.
-    for chatty in ("mlflow.system_metrics", "ray.train._internal.storage"):
+    for chatty in ("mlflow.system_metrics", tune_internals.STORAGE_LOGGER):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     worker_http_settings()
     trial_id = tune.get_context().get_trial_id()
@@ -274,7 +274,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         if not is_out_of_memory(e):
             raise
         # Recorded as does_not_fit (`_record_failure`); ending normally keeps Tune from retrying it.
-        log.error("trial %s does not fit its GPU share: %s", trial_id, first_line(e))
+        log.error("trial %s does not fit its GPU share: %s", trial_id, one_line(e, typed=True))
         return
     # Tune holds the reported checkpoints; the trainer's own copy is not needed any more.
     shutil.rmtree(workdir, ignore_errors=True)
@@ -346,7 +346,7 @@ def _count_own_failure(run: TrialRun) -> int:
         count = int(run.client.get_run(run.run_id).data.tags.get(OWN_FAILURES_TAG, 0)) + 1
         run.client.set_tag(run.run_id, OWN_FAILURES_TAG, str(count))
     except Exception as e:
-        log.warning("could not count trial %s's failure: %s", run.trial_id, first_line(e))
+        log.warning("could not count trial %s's failure: %s", run.trial_id, one_line(e, typed=True))
         return 1 << 30
     return count
 
@@ -372,5 +372,5 @@ def _record_failure(run: TrialRun, e: Exception) -> None:
     try:
         run.finish("does_not_fit" if is_out_of_memory(e) else "failed", error=error)
     except Exception as tag_error:  # the tracking server may be what failed
-        log.warning("could not record trial %s as failed: %s", run.trial_id, first_line(tag_error))
+        log.warning("could not record trial %s as failed: %s", run.trial_id, one_line(tag_error, typed=True))
         run.stop_system_metrics()

@@ -18,7 +18,7 @@ import re
 import time
 from typing import Any, Callable, TypeVar
 
-from ..errors import SamsNetError
+from ..errors import SamsNetError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +100,6 @@ def _looks_transient(e: BaseException) -> bool:
     return message_counts and bool(_TRANSIENT.search(str(e)) or _DISK_FULL.search(str(e)))
 
 
-def first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0] if lines else ''}"
-
-
 def retry(
     fn: Callable[..., T],
     *args: Any,
@@ -128,9 +123,9 @@ def retry(
             deadline = now + budget_s if deadline is None else deadline
             if now >= deadline:
                 raise InfraUnavailable(
-                    f"{what}: still failing after {budget_s:g} s of retries ({first_line(e)})"
+                    f"{what}: still failing after {budget_s:g} s of retries ({one_line(e, typed=True)})"
                 ) from e
-            log.warning("%s failed (%s); retrying in %.1f s", what, first_line(e), min(delay, deadline - now))
+            log.warning("%s failed (%s); retrying in %.1f s", what, one_line(e, typed=True), min(delay, deadline - now))
             sleep(min(delay, deadline - now))
             delay = min(2 * delay, MAX_DELAY_S)
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -22,6 +20,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 import pyarrow.fs as pafs
 
 from ..errors import ConfigError, DamagedFile
+from ..files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -170,17 +169,7 @@ def write_bytes(uri: str, data: bytes) -> None:
     """Write a file of the storage whole (see the module docstring), creating its folder."""
     fs, path = filesystem(uri)
     if not is_s3(uri):
-        folder = Path(path).parent
-        folder.mkdir(parents=True, exist_ok=True)
-        # A unique temporary name: two processes writing the same file never share one.
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{Path(path).name}.")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, data)
         return
     with fs.open_output_stream(path) as f:
         f.write(data)

@@ -33,7 +33,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from ..config import flatten
-from ..errors import ConfigError, SamsNetError
+from ..errors import ConfigError, SamsNetError, one_line
 from ..version import git_commit
 from . import gpu_metrics
 from .faults import DEFAULT_BUDGET_S, RetryingClient, retry
@@ -189,13 +189,8 @@ def ensure_experiment(target: TrackingTarget, name: str) -> str:
         if isinstance(e, SamsNetError):
             raise
         raise TrackingError(
-            f"tracking.uri {target.uri}: cannot open MLflow experiment {name!r}: {_first_line(e)}"
+            f"tracking.uri {target.uri}: cannot open MLflow experiment {name!r}: {one_line(e, typed=True)}"
         ) from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
 # --- params and secrets --------------------------------------------------------------
@@ -436,7 +431,7 @@ class TrialRun:
             gpu_metrics.without_gpu_monitors(self._monitor)  # it would log every GPU of the node
             self._monitor.start()
         except Exception as e:  # psutil missing or similar: metrics are optional, training is not
-            log.warning("system metrics disabled: %s", _first_line(e))
+            log.warning("system metrics disabled: %s", one_line(e, typed=True))
             self._monitor = None
         if gpu_ids:
             self._gpu_sampler = gpu_metrics.GpuSampler(
@@ -519,7 +514,7 @@ class TrialRun:
             try:
                 self._monitor.finish()
             except Exception as e:
-                log.warning("system metrics monitor did not stop cleanly: %s", _first_line(e))
+                log.warning("system metrics monitor did not stop cleanly: %s", one_line(e, typed=True))
             self._monitor = None
 
 

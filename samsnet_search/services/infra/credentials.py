@@ -13,6 +13,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...files import write_atomic
 from .config import InfraConfig, InfraError
 
 log = logging.getLogger(__name__)
@@ -44,13 +45,8 @@ def _env_credentials() -> Credentials | None:
 
 
 def write_private(path: Path, text: str) -> None:
-    """Write `text` to `path` with mode 0600 from the first byte on (atomic rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """Write `text` to `path` with mode 0600 from the first byte on (files.write_atomic)."""
+    write_atomic(path, text.encode())
 
 
 def read_credentials_file(path: Path) -> dict[str, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ from typing import Any, Callable, Iterator
 
 import psutil
 
+from ...files import exclusive, write_atomic
 from .config import (
     FLAGS,
     GRPC_OFFSET,
@@ -287,19 +287,12 @@ def read_state(cfg: InfraConfig) -> dict[str, Any]:
 
 
 def write_state(cfg: InfraConfig, state: dict[str, Any]) -> None:
-    path = state_path(cfg)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, path)
+    write_atomic(state_path(cfg), json.dumps(state, indent=2).encode())
 
 
 @contextmanager
 def locked(cfg: InfraConfig) -> Iterator[None]:
     """Serialize up/down on one state folder (two `infra up` at once would race for ports)."""
     cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(cfg.state_dir / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with exclusive(cfg.state_dir / ".lock"):
+        yield
