@@ -28,6 +28,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
 from .config import (
     SAMPLE_RATE,
@@ -44,10 +45,51 @@ from .search.pareto import front_table
 from .services import infra, stop
 from .services.infra import check_reachable
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Hyperparameter search for Sams-Net.")
-data_app = typer.Typer(no_args_is_help=True, help="Datasets: synthesize, inspect.")
+
+class _PlainHelp:
+    """Help as click writes it: a flag takes no value, so it shows no type (typer 0.29 prints `<bool>`),
+    and a usage line names arguments in capitals (`MODEL AUDIO`, not typer's `{model} {audio}`)."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""  # the type column shows the metavar when one is set
+        return params
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        if isinstance(self, TyperGroup):
+            return super().collect_usage_pieces(ctx)
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                name = param.name.upper() + ("..." if param.nargs != 1 else "")
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+
+class _Command(_PlainHelp, TyperCommand):
+    pass
+
+
+class _Group(_PlainHelp, TyperGroup):
+    pass
+
+
+class _Typer(typer.Typer):
+    """A Typer app whose commands and groups write their help as `_PlainHelp` says."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**{"cls": _Group, **kwargs})
+
+    def command(self, *args, **kwargs):
+        return super().command(*args, **{"cls": _Command, **kwargs})
+
+
+app = _Typer(add_completion=False, no_args_is_help=True, help="Hyperparameter search for Sams-Net.")
+data_app = _Typer(no_args_is_help=True, help="Datasets: synthesize, inspect.")
 app.add_typer(data_app, name="data")
-infra_app = typer.Typer(no_args_is_help=True, help="Local stack: SeaweedFS S3 store + MLflow tracking server.")
+infra_app = _Typer(no_args_is_help=True, help="Local stack: SeaweedFS S3 store + MLflow tracking server.")
 app.add_typer(infra_app, name="infra")
 console = Console(stderr=True)
 
@@ -322,13 +364,25 @@ def _separate_stopped(signum: int) -> typer.Exit:
     return typer.Exit(128 + signum)
 
 
+_STORAGE_HELP = (
+    "storage root holding the studies (local folder or s3://bucket/prefix); default "
+    "$SAMSNET_STORAGE, else `storage:` in ~/.config/samsnet/config.yaml, else ./runs"
+)
+
+
+def _storage(storage: Optional[str]) -> str:
+    from .search.study import resolve_storage  # lazy: scipy via data
+
+    return resolve_storage(storage or default_storage(), Path.cwd())
+
+
 @app.command("export")
 def export(
     source: str = typer.Argument(..., help="study name (or folder), MLflow run id, or checkpoint folder / .pt file"),
     out: Path = typer.Option(
         ..., "--out", help="export folder (torch.export programs, ONNX, weights, configs, model card)"
     ),
-    storage: str = typer.Option("./runs", help="storage root holding the studies (local folder or s3://bucket/prefix)"),
+    storage: Optional[str] = typer.Option(None, help=_STORAGE_HELP),
     tracking_uri: Optional[str] = typer.Option(
         None, help="MLflow for run ids / --register (default $MLFLOW_TRACKING_URI, else ./mlruns)"
     ),
@@ -346,7 +400,7 @@ def export(
     folder, registration = export_source(
         source,
         out,
-        storage=storage,
+        storage=_storage(storage),
         tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
         register_as=register,
         alias=alias,
@@ -508,22 +562,15 @@ def infra_status(state_dir: Optional[Path] = typer.Option(None, help=_STATE_HELP
 
 @infra_app.command("env")
 def infra_env(state_dir: Optional[Path] = typer.Option(None, help=_STATE_HELP)) -> None:
-    """Print `export` lines (including the S3 secret) for `eval "$(samsnet-search infra env)"`."""
+    """Print `export` lines (including the S3 secret) for `eval "$(samsnet-search infra env)"`.
 
-    for key, value in infra.client_env(infra.make_config(state_dir=state_dir)).items():
+    SAMSNET_STORAGE names the stack's study folder (s3://BUCKET/ray), so that `ls`, `report`,
+    `resume` and `export` find its studies from any folder."""
+
+    cfg = infra.make_config(state_dir=state_dir)
+    env = {**infra.client_env(cfg), identity.STORAGE_ENV: infra.study_storage(cfg)}
+    for key, value in env.items():
         print(f"export {key}={shlex.quote(value)}")
-
-
-_STORAGE_HELP = (
-    "storage root holding the studies (local folder or s3://bucket/prefix); default "
-    "$SAMSNET_STORAGE, else `storage:` in ~/.config/samsnet/config.yaml, else ./runs"
-)
-
-
-def _storage(storage: Optional[str]) -> str:
-    from .search.study import resolve_storage  # lazy: scipy via data
-
-    return resolve_storage(storage or default_storage(), Path.cwd())
 
 
 @app.command("validate")

@@ -97,6 +97,15 @@ def test_studies_found_by_name_through_the_user_default(tmp_path, home, monkeypa
     assert "unknown keys ['storge']" in capsys.readouterr().err
 
 
+def test_a_study_in_runs_is_found_by_name_when_samsnet_storage_points_elsewhere(tmp_path, home, monkeypatch):
+    """After `eval "$(samsnet-search infra env)"` ($SAMSNET_STORAGE: the stack), a study run with the
+    default `storage: ./runs` is still found by name from its folder."""
+    stored_study(str(Path.cwd() / "runs"), "local")
+    monkeypatch.setenv("SAMSNET_STORAGE", str(tmp_path / "stack"))
+    assert identity.find_study("local", str(tmp_path / "stack")).name == "local"
+    assert cli.main(["report", "local"]) == 0
+
+
 def test_studies_found_by_name_through_the_tracking_server(tmp_path, home, monkeypatch):
     """The study run records the study folder (tag samsnet.storage); the tracking store here is
     the embedded one, the lookup is the same for a server."""

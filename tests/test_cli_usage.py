@@ -36,3 +36,31 @@ def test_help_does_not_import_torch_ray_or_mlflow(argv):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-2000:]
+
+
+@pytest.mark.parametrize(
+    "argv, usage",
+    [
+        (["separate", "--help"], "separate [OPTIONS] MODEL AUDIO"),
+        (["model-info", "--help"], "model-info [OPTIONS] [CONFIG]"),
+        (["data", "synth", "--help"], "data synth [OPTIONS] OUT"),
+        (["infra", "env", "--help"], "infra env [OPTIONS]"),
+        (["--help"], "[OPTIONS] COMMAND [ARGS]..."),
+    ],
+)
+def test_help_shows_no_type_for_flags_and_capital_arguments(argv, usage, capsys, monkeypatch):
+    """A flag takes no value: no `<bool>` beside it (typer 0.29 writes one); usage names arguments as
+    click does, MODEL AUDIO, not `{model} {audio}`."""
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert usage in out and "{" not in out.split("\n", 3)[1]
+    assert "<bool>" not in out and "--help" in out
+
+
+def test_export_storage_default_is_the_shared_one(capsys, monkeypatch):
+    """`export --storage` defaults as `report` / `resume` / `ls` do ($SAMSNET_STORAGE, config, ./runs)."""
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["export", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "$SAMSNET_STORAGE" in out and "[default: ./runs]" not in out

@@ -78,6 +78,9 @@ def test_dockerfile_builds_the_tagged_image_from_existing_paths():
     minor = ".".join(ray.__version__.split(".")[:2])
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert f"ray[tune]=={minor}.*" in deps, deps
+    # The dev install has ray[default] as the image does: the live metrics test below runs, never skips.
+    dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
+    assert f"ray[default]=={minor}.*" in dev, dev
 
 
 def test_dockerfile_has_a_compiler_and_builds_the_cpu_kernel():

@@ -338,8 +338,34 @@ def test_card_numbers_come_from_the_selection_and_read_as_tables(exports):
     assert "| trials | 4 |" in card and "| best_valid_loss | 0.012346 |" in card and "| chosen_slices | 2 |" in card
     assert "| counts.completed | 3 |" in card and "| best_config.model.slices | 2 |" in card
     assert "{" not in card and "registered" not in card and "version '1'" not in card
+    assert "Wiener" not in card  # this study scored plain masks only
+
+
+def test_card_shows_the_wiener_test_score_beside_the_plain_one(exports):
+    """A study with `selection.wiener` scored its winner twice on the test set: the card has both rows."""
+    net, state = checkpoint.load_model(exports[0].parent / "a" / "checkpoint")
+    test = {"vocals": 1.25, "drums": 1.5, "bass": 0.75, "other": 1.0, "avg": 1.125}
+    wiener = {"post_filter": "Wiener filter (1 EM iteration)", "summary": {**{t: 2.0 for t in test}, "avg": 2.5}}
+    card = export.model_card(
+        net,
+        state,
+        {"source": "study s", "test_sdr": test, "test_wiener": wiener, "selection_table": [{"slices": 2, "avg": 0.9}]},
+        {"masks": 0.0},
+    )
+    assert "| test | 1.25 | 1.50 | 0.75 | 1.00 | 1.12 |" in card
+    assert "| test, Wiener filter (1 EM iteration) | 2.00 | 2.00 | 2.00 | 2.00 | 2.50 |" in card
 
 
 def test_card_of_a_plain_checkpoint_keeps_its_own_validation_row(exports):
     card = (exports[0] / "MODEL_CARD.md").read_text()
     assert "| validation (checkpoint) | -0.00 |" in card and "Search summary" not in card
+
+
+def test_export_of_a_study_takes_the_wiener_score_the_selection_kept():
+    """`export NAME` reads the filtered score from the selection record (study.json keeps the plain one only)."""
+    filtered = {"post_filter": "Wiener filter (2 EM iterations)", "summary": {"avg": 3.0}, "tracks": {"a": {}}}
+    assert export._wiener_of({"summary": {"avg": 2.0}, "wiener": filtered}) == {
+        "post_filter": "Wiener filter (2 EM iterations)",
+        "summary": {"avg": 3.0},
+    }
+    assert export._wiener_of({"summary": {"avg": 2.0}}) is None

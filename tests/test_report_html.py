@@ -7,6 +7,8 @@ fill a study folder and an embedded MLflow store, without running a search.
 
 from __future__ import annotations
 
+import base64
+import gzip
 import re
 import shutil
 import subprocess
@@ -20,12 +22,12 @@ from test_report import fake_estimate, write_study
 from samsnet_search.cli import main
 from samsnet_search.config import SAMPLE_RATE, TARGETS
 from samsnet_search.delivery.report import gather
-from samsnet_search.delivery.report_html import collect, render_html, rung_epochs
+from samsnet_search.delivery.report_html import collect, read_scheduler, render_html, rung_epochs
 from samsnet_search.search import identity
 from samsnet_search.services import tracking
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-PLOT_IDS = ("sdr-vs-slices", "learning-curves", "asha", "parallel", "cost", "pareto", "importance")
+PLOT_IDS = ("sdr-vs-slices", "learning-curves", "stops", "parallel", "cost", "pareto", "importance")
 STUDY_YAML = """\
 model: {n_fft: 256, hop_length: 128, channels: 2, depth: 1}
 train: {epochs: 8}
@@ -65,7 +67,8 @@ def _log_trials(m: identity.Manifest, target: tracking.TrackingTarget) -> None:
         run = tracking.TrialRun(spec, f"t{i:04d}")
         run.log_config(cfg.model_dump(mode="json"), cfg.resolved_model().model_dump(mode="json"))
         for epoch in range(1, epochs + 1):
-            run.log_epoch({"train_loss": 1.0 / epoch, "valid_loss": 0.5 + 0.1 * i + 0.3 / epoch}, epoch)
+            losses = {"train_loss": 1.0 / epoch, "valid_loss": 0.5 + 0.1 * i + 0.3 / epoch}
+            run.log_epoch({**losses, "valid_sdr": 1.0 + i + 0.1 * epoch}, epoch)
         run.finish(status)
 
 
@@ -170,7 +173,7 @@ def test_page_has_every_part_and_is_self_contained(page):
     text = page.read_text()
     for div in PLOT_IDS:
         assert f'id="{div}"' in text
-    assert text.count("<audio") == len(CLIP_STEMS) and "data:audio/wav;base64," in text
+    assert text.count("<audio") == len(CLIP_STEMS) and "data:audio/flac;base64," in text
     assert 'class="note"' not in text  # nothing missing
     assert "chosen slices: 4" in text and "models:/samsnet-demo@champion" in text
     # the estimate beside the searched optimum: marked on the SDR-vs-slices plot and said in words
@@ -182,9 +185,10 @@ def test_page_has_every_part_and_is_self_contained(page):
     assert "does the slice count matter? yes, the most: model.slices has" in text
     assert '<table class="cost">' in text and "Saved by pruning and early stopping: 24 trial-epochs" in text
     assert "PARETO FRONT (validation; max valid_sdr, min params, min gmacs_per_second): 2 of 3 scored trials" in text
-    # plotly.js is inlined once, verbatim (its own text holds credit links for map tiles, never loaded here)
-    assert text.count(get_plotlyjs()) == 1
-    text = text.replace(get_plotlyjs(), "")
+    # plotly.js is inlined once, gzip-packed (its own text holds credit links for map tiles, never loaded here)
+    packed = re.findall(r'atob\("([A-Za-z0-9+/=]+)"\)', text)
+    assert len(packed) == 1 and gzip.decompress(base64.b64decode(packed[0])).decode() == get_plotlyjs()
+    assert text.count("window.plotlyReady.then(") == len(PLOT_IDS)
     # nothing is fetched: no external src/href, no script files, no CSS imports
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)
     assert "<script src" not in text and "@import" not in text
@@ -200,9 +204,9 @@ def test_collected_data_match_the_runs(storage):
     # cost grows with heads (channels = 2 x heads here); MACs depend on slice length too
     small, big = data.trials[0].cost, data.trials[1].cost
     assert 0 < small["params"] < big["params"] and small["gmacs_per_second"] > 0
-    assert data.asha == {"grace_period": 1, "reduction_factor": 2.0, "max_t": 8, "metric": "valid_loss", "mode": "min"}
+    assert data.scheduler["settings"] == {"grace_period": 1, "reduction_factor": 2.0, "max_t": 8}
+    assert (data.metric, data.mode, data.trials[0].curve[0]) == ("valid_loss", "min", (1, pytest.approx(0.8)))
     assert [(track, stem) for track, stem, _ in data.clips] == [("song_a", s) for s in CLIP_STEMS]
-    import base64
     import io
 
     audio, rate = sf.read(io.BytesIO(base64.b64decode(data.clips[0][2])))
@@ -257,6 +261,61 @@ def test_slices_axis_is_categorical_and_error_bars_are_dodged(storage):
     # markers sit at the category positions: the chosen count (4) is category 1, the estimate's IQR 1.75-2 between 0 and 1
     assert category_position(4, [1, 4, 8]) == 1.0 and category_position(6, [1, 4, 8]) == 1.5
     assert category_position(1.75, [1, 2, 4]) == pytest.approx(0.75) and category_position(99, [1, 2]) == 1.0
+
+
+SCHEDULER_SETTINGS = {
+    "asha": {"grace_period": 2, "reduction_factor": 3.0, "max_t": 8},
+    "hyperband": {"reduction_factor": 3.0, "max_t": 8},
+    "median": {"grace_period": 2},
+    "fifo": {},
+}
+
+
+@pytest.mark.parametrize("scheduler", list(SCHEDULER_SETTINGS))
+def test_the_study_metric_and_scheduler_settings_are_read_for_every_scheduler(tmp_path, scheduler):
+    """A study on valid_sdr is read on valid_sdr (max), whatever its scheduler; each scheduler's own settings."""
+    write_study(tmp_path / "runs", with_selection=False)
+    search = "{scheduler: %s, metric: valid_sdr, grace_period: 2, reduction_factor: 3}" % scheduler
+    identity.write_study_copy(str(tmp_path / "runs" / "demo"), f"train: {{epochs: 8}}\nsearch: {search}\n")
+    got = read_scheduler(gather("demo", str(tmp_path / "runs")))
+    assert (got["name"], got["metric"], got["mode"]) == (scheduler, "valid_sdr", "max")
+    assert got["settings"] == SCHEDULER_SETTINGS[scheduler]
+
+
+@pytest.mark.parametrize("scheduler", ["fifo", "median", "hyperband"])
+def test_a_valid_sdr_study_is_plotted_on_valid_sdr_whatever_its_scheduler(storage, tmp_path, scheduler):
+    """The runs of the module's study, read through a copy of its folder whose study file names another
+    scheduler and valid_sdr: curves, best values and axes are valid_sdr's (maximised)."""
+    shutil.copytree(storage / "demo", tmp_path / "runs" / "demo")
+    search = f"{{scheduler: {scheduler}, metric: valid_sdr, num_samples: 4}}"
+    identity.write_study_copy(str(tmp_path / "runs" / "demo"), f"train: {{epochs: 8}}\nsearch: {search}\n")
+    data = collect(gather("demo", str(tmp_path / "runs")), listen_seconds=0.0)
+    assert (data.metric, data.mode, data.scheduler["name"]) == ("valid_sdr", "max", scheduler)
+    assert data.trials[0].metric == pytest.approx(1.8)  # the best (max) valid_sdr of trial 0, at epoch 8
+    assert data.trials[0].curve[0] == (1, pytest.approx(1.1))
+    text = render_html(data)
+    assert "best valid_sdr" in text and "last valid_sdr" in text and "last valid_loss" not in text
+    assert f"Scheduler {scheduler}: no ASHA rungs to mark." in text
+
+
+def test_parallel_axes_leave_out_parameters_every_trial_shares():
+    from samsnet_search.delivery.report_html import Trial, fig_parallel
+
+    trials = [
+        Trial(f"t{i}", "r", "completed", {"model.slices": str(s), "model.heads": "2", "train.lr": str(lr)}, [], m)
+        for i, (s, lr, m) in enumerate([(1, 1e-3, 0.5), (4, 1e-4, 0.4), (8, 1e-3, 0.6)])
+    ]
+    labels = [d.label for d in fig_parallel(trials, "valid_loss").data[0].dimensions]
+    assert labels == ["slices", "log10 lr", "valid_loss"]  # heads is 2 in every trial: no axis
+
+
+def test_the_mlflow_command_is_not_broken_mid_word(page):
+    """The `mlflow ui ...` line scrolls rather than wraps; other lines wrap at spaces, never inside a word."""
+    from samsnet_search.delivery.report_html import STYLE
+
+    text = page.read_text()
+    assert '<pre class="command">MLflow UI: mlflow ui --backend-store-uri sqlite:///' in text
+    assert "pre.command{white-space:pre;overflow-x:auto}" in STYLE and "break-all" not in STYLE
 
 
 def test_rungs():

@@ -13,11 +13,11 @@ from samsnet_search.search import schedulers
 from samsnet_search.search.study import load_study
 
 
-def study_with(tmp_path: Path, epochs: int = 8, patience: int = 8, **search):
+def study_with(tmp_path: Path, epochs: int = 8, patience: int = 8, train: dict | None = None, **search):
     data = {
         "model": {"n_fft": 256, "hop_length": 128, "slices": {"choice": [1, 2]}, "channels": 2, "depth": 1},
         "data": {"root": str(tmp_path), "segment_seconds": 0.5},
-        "train": {"epochs": epochs, "patience": patience},
+        "train": {"epochs": epochs, "patience": patience, **(train or {})},
         "search": search,
     }
     path = tmp_path / "s.yaml"
@@ -129,3 +129,30 @@ def test_study_file_syntax_for_each_scheduler(tmp_path):
     assert (
         study_with(tmp_path, objectives=["valid_loss", "params"]).search.scheduler == "fifo"
     )  # the default with objectives
+
+
+@pytest.mark.parametrize(
+    "scheduler, shown",
+    [
+        ("asha", "asha (grace 2, reduction factor 3, max_t 8)"),
+        ("hyperband", "hyperband (reduction factor 3, max_t 8)"),
+        ("median", "median (grace 2)"),
+        ("fifo", "fifo, valid_sdr (max)"),
+    ],
+)
+def test_validate_prints_each_schedulers_own_settings(tmp_path, scheduler, shown):
+    """`validate` (show.format_space) names each scheduler with the settings it reads, not ASHA's alone."""
+    from samsnet_search.delivery.show import format_space
+
+    study = study_with(
+        tmp_path,
+        train={"valid_sdr_every": 1},
+        scheduler=scheduler,
+        grace_period=2,
+        reduction_factor=3,
+        metric="valid_sdr",
+        num_samples=4,
+    )
+    line = next(x for x in format_space(study).splitlines() if x.strip().startswith("search:"))
+    assert shown in line, line
+    assert line.count("grace") == (scheduler in ("asha", "median"))

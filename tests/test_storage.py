@@ -162,3 +162,46 @@ def test_a_manifest_caught_mid_copy_is_read_again_and_a_broken_one_named(tmp_pat
     (tmp_path / "s" / identity.MANIFEST).write_text('{"name": "s"')
     with pytest.raises(ConfigError, match=r"s/study.json: damaged study manifest"):
         identity.read_manifest(m.path)
+
+
+@pytest.fixture
+def no_aws(tmp_path, monkeypatch):
+    """A shell without `infra env` and without AWS credentials of any kind, off EC2."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("AWS_") or name == "SAMSNET_STORAGE":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.aws/credentials
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setattr(storage, "EC2_MARKERS", {})  # whatever machine runs the tests
+
+
+def test_a_plain_s3_storage_with_no_endpoint_fails_at_once_naming_infra_env(no_aws, monkeypatch, capsys):
+    """Without `infra env`, `s3://samsnet/ray` would go to AWS's DNS name and fail after ~14 s with
+    `Could not resolve host`; it fails before any network wait, with one line saying what to set."""
+    import time
+
+    import samsnet_search.delivery.report  # noqa: F401 - the commands' lazy imports, loaded before the clock starts
+    import samsnet_search.delivery.show  # noqa: F401
+    from samsnet_search.cli import main
+    from samsnet_search.services.infra import check_reachable
+
+    for argv in (["ls", "--storage", "s3://samsnet/ray"], ["report", "s3://samsnet/ray/quick"]):
+        began = time.monotonic()
+        assert main(argv) == 2
+        assert time.monotonic() - began < 2.0, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert 'eval "$(samsnet-search infra env)"' in err and "AWS_ENDPOINT_URL_S3" in err, err
+        assert "endpoint_override" in err and "Could not resolve host" not in err
+    (problem,) = check_reachable("s3://samsnet/ray", None)  # `validate` says the same, at once
+    assert "infra env" in problem
+
+    # An endpoint (in the URI or the environment) or AWS credentials: the URI may be meant, go ahead.
+    storage.check_s3_configured("s3://samsnet/ray?endpoint_override=127.0.0.1:8333&scheme=http")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:8333")
+    storage.check_s3_configured("s3://samsnet/ray")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    monkeypatch.setenv("AWS_PROFILE", "work")
+    storage.check_s3_configured("s3://samsnet/ray")

@@ -39,6 +39,9 @@ def test_resolve_tracking(tmp_path):
     assert t.uri == f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     assert t.artifact_root == (tmp_path / "mlruns" / "artifacts").as_uri()
     assert t.embedded and "mlflow ui --backend-store-uri sqlite:///" in t.where()
+    # not MLflow's default port 5000: `infra up`'s server listens there
+    assert f" --port {tracking.UI_PORT} " in t.where("7") and tracking.UI_PORT != 5000
+    assert f"-> http://127.0.0.1:{tracking.UI_PORT}/#/experiments/7" in t.where("7")
     http = tracking.resolve_tracking("http://127.0.0.1:5000")
     assert (
         http.uri == "http://127.0.0.1:5000" and not http.embedded and http.where() == "MLflow UI: http://127.0.0.1:5000"

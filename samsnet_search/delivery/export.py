@@ -83,7 +83,9 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, card_info
     """Write the export folder for the best weights of a checkpoint folder (or .pt file).
 
     card_info (all optional): "title", "source" (what was exported, for the card), "data_kind",
-    "test_sdr" ({target: dB}), "selection_table" (list of row dicts), "study_summary" (dict).
+    "test_sdr" ({target: dB}), "test_wiener" ({"post_filter": label, "summary": {target: dB}}: the same
+    test set after the Wiener post-filter, when the study scored it), "selection_table" (list of row
+    dicts), "study_summary" (dict).
     Returns `out_dir`.
     """
     out = Path(out_dir)
@@ -405,7 +407,9 @@ def model_card(net: SamsNet, state: dict[str, Any], info: dict[str, Any], parity
         "",
     ]
     lines += ["## Scores (SDR, dB, BSSEval v4: median over frames, then tracks)", ""]
-    lines += _scores(state.get("metrics") or {}, info.get("test_sdr"), info.get("selection_table"))
+    lines += _scores(
+        state.get("metrics") or {}, info.get("test_sdr"), info.get("selection_table"), info.get("test_wiener")
+    )
     summary = _summary_rows(info.get("study_summary") or {})
     if summary:
         lines += ["", "### Search summary", "", *_table(summary)]
@@ -434,10 +438,16 @@ def model_card(net: SamsNet, state: dict[str, Any], info: dict[str, Any], parity
 _TRAIN_KEYS = ("lr", "batch_size", "epochs", "patience", "seed", "weight_decay", "grad_clip")
 
 
-def _scores(metrics: dict[str, Any], test_sdr: dict[str, float] | None, selection: list[dict] | None) -> list[str]:
+def _scores(
+    metrics: dict[str, Any],
+    test_sdr: dict[str, float] | None,
+    selection: list[dict] | None,
+    test_wiener: dict[str, Any] | None = None,
+) -> list[str]:
     """The SDR tables. A study's validation numbers are its selection table (full validation tracks,
     all seeds); the checkpoint's own per-epoch score on short excerpts is shown only without one,
-    since the two measure different things and would contradict each other side by side."""
+    since the two measure different things and would contradict each other side by side. The test
+    table has a second row for the Wiener post-filter when the study scored the winner with it."""
     lines: list[str] = []
     if selection:
         lines += [
@@ -451,10 +461,15 @@ def _scores(metrics: dict[str, Any], test_sdr: dict[str, float] | None, selectio
         if any(v is not None for v in valid.values()):
             lines += _table([{"set": "validation (checkpoint)", **valid, "avg": metrics.get("valid_sdr")}]) + [""]
     if test_sdr:
+        rows = [{"set": "test", **{t: test_sdr.get(t) for t in TARGETS}, "avg": test_sdr.get("avg")}]
+        if test_wiener and isinstance(test_wiener.get("summary"), dict):
+            filtered = test_wiener["summary"]
+            label = f"test, {test_wiener.get('post_filter', 'Wiener filter')}"
+            rows.append({"set": label, **{t: filtered.get(t) for t in TARGETS}, "avg": filtered.get("avg")})
         lines += [
             "Test (this model only; test data never influenced the choice):" if selection else "Test:",
             "",
-            *_table([{"set": "test", **{t: test_sdr.get(t) for t in TARGETS}, "avg": test_sdr.get("avg")}]),
+            *_table(rows),
             "",
         ]
     if not lines:
@@ -548,6 +563,12 @@ def _looks_like_run_id(text: str) -> bool:
     return len(text) == 32 and all(ch in "0123456789abcdef" for ch in text.lower())
 
 
+def _wiener_of(test: dict[str, Any]) -> dict[str, Any] | None:
+    """The Wiener-filtered test score the selection kept beside the plain one, for the card."""
+    filtered = test.get("wiener")
+    return {"post_filter": filtered["post_filter"], "summary": filtered["summary"]} if filtered else None
+
+
 def _find_study(source: str, storage: str):
 
     try:
@@ -590,6 +611,7 @@ def _export_study(manifest, out_dir: str | Path, alias: str) -> tuple[Path, Regi
         "study_summary": summary,
         "selection_table": summary.get("selection"),
         "test_sdr": summary.get("test") if isinstance(summary.get("test"), dict) else None,
+        "test_wiener": _wiener_of(selection.test) if selection else None,
     }
     with tempfile.TemporaryDirectory() as tmp:
         if selection is not None:

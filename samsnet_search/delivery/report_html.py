@@ -1,4 +1,4 @@
-"""The study report as ONE self-contained HTML page (plotly.js inlined, audio as data: URIs).
+"""The study report as ONE self-contained HTML page (plotly.js inlined once, audio as FLAC data: URIs).
 
 `write_html(report, path)` renders a `report.StudyReport` plus what only MLflow holds:
 every trial's learning curve (the trial child runs' `valid_loss` history), its resolved
@@ -7,8 +7,8 @@ listening excerpts (`listen/<track>/*.wav` on the parent run). Sections:
 
 1. SDR vs slices (the Table-2 view: median per target + avg, bootstrap intervals), with the
    unsupervised slice estimate marked beside the chosen count when the study ran it,
-2. learning curves (pruned trials dashed grey),
-3. ASHA rungs (each trial's last epoch vs its last valid_loss, rung epochs marked),
+2. learning curves of the study metric (pruned trials dashed grey),
+3. where trials stopped (each trial's last epoch vs its last metric value; ASHA's rung epochs marked),
 4. parallel coordinates over hyperparameters -> best metric,
 5. best metric against parameter count and MACs per second,
 6. audio players for one test track: the mixture, then per target its reference stem beside the
@@ -21,6 +21,7 @@ note on the page instead of an error. The page never loads anything over the net
 from __future__ import annotations
 
 import base64
+import gzip
 import html
 import io
 import json
@@ -41,7 +42,7 @@ from ..engine.checkpoint import build_model
 from ..errors import one_line
 from ..files import write_atomic
 from ..model.info import model_cost as count
-from ..search import checkpoints, identity
+from ..search import checkpoints, identity, schedulers
 from ..search.objectives import best_of, mode_of
 from ..search.pareto import front_rows, title
 from ..search.select import COLUMNS
@@ -65,6 +66,9 @@ STATUS_COLORS = {
 }
 LISTEN_FOLDER = "listen"
 DEFAULT_LISTEN_SECONDS = 3.0  # each excerpt is cut to this: 13 stereo 16-bit wavs of 3 s are ~9 MB as base64
+# Excerpts go into the page as FLAC: lossless (what is heard is what was scored), about half of WAV
+# for music, and every current browser plays it in <audio>.
+CLIP_FORMAT, CLIP_MIME = "FLAC", "audio/flac"
 # What `select._log_listening` writes per target: `<target>.wav` is the estimate, a suffix names the others.
 CLIP_KINDS = {"reference": "reference", "": "estimate (plain masks)", "wiener": "estimate (Wiener filter)"}
 DODGE = 0.08  # x offset between neighbouring columns on the SDR-vs-slices plot, in slice-category units
@@ -78,7 +82,7 @@ class Trial:
     run_id: str
     status: str
     params: dict[str, str]
-    curve: list[tuple[int, float]]  # (epoch, valid_loss), epoch order
+    curve: list[tuple[int, float]]  # (epoch, value of the study metric), epoch order
     metric: float | None = None  # best value of the study metric
     cost: dict[str, float] = field(
         default_factory=dict
@@ -97,8 +101,8 @@ class PageData:
     trials: list[Trial]
     metric: str = "valid_loss"
     mode: str = "min"
-    asha: dict[str, Any] | None = None  # grace_period, reduction_factor, max_t
-    clips: list[tuple[str, str, str]] = field(default_factory=list)  # (track, stem, base64 wav)
+    scheduler: dict[str, Any] | None = None  # name, label, settings ({grace_period, ...}), metric, mode
+    clips: list[tuple[str, str, str]] = field(default_factory=list)  # (track, stem, base64 FLAC)
     notes: dict[str, str] = field(default_factory=dict)  # section -> why it is missing
 
 
@@ -123,11 +127,8 @@ def read_trials(report: StudyReport, metric: str, mode: str) -> list[Trial]:
         if tags.get(ROLE_TAG) != "trial" or "samsnet.phase" in tags:
             continue
         rid = run.info.run_id
-        history = sorted((h.step, h.value) for h in c.get_metric_history(rid, "valid_loss"))
-        values = (
-            [h.value for h in c.get_metric_history(rid, metric)] if metric != "valid_loss" else [v for _, v in history]
-        )
-        best = best_of(values, mode)
+        history = sorted((h.step, h.value) for h in c.get_metric_history(rid, metric))
+        best = best_of([v for _, v in history], mode)
         trial = Trial(
             tags.get(TRIAL_TAG, rid[:8]), rid, tags.get(STATUS_TAG, "running"), dict(run.data.params), history, best
         )
@@ -167,22 +168,23 @@ def _download_json(client, run_id: str, artifact: str) -> dict[str, Any] | None:
         return json.loads(Path(local).read_text())
 
 
-def read_asha(report: StudyReport) -> dict[str, Any] | None:
-    """ASHA's settings from the study file copy (None for a FIFO study or a missing copy)."""
+def read_scheduler(report: StudyReport) -> dict[str, Any] | None:
+    """The study's metric, its direction and its scheduler with that scheduler's settings, from the
+    study file copy, whatever the scheduler (None for a missing copy)."""
 
     text = identity.read_study_copy(report.manifest.path)
     if text is None:
         return None
     raw = parse_yaml(text, f"{report.manifest.path}/{identity.STUDY_COPY}")
     s = validate_model(SearchSettings, raw.get("search") or {}, f"{report.manifest.path}/{identity.STUDY_COPY}: search")
-    if s.scheduler != "asha":
-        return None
     epochs = (raw.get("train") or {}).get("epochs")
+    entry = schedulers.get(s.scheduler)
     max_t = s.max_t or (int(epochs) if isinstance(epochs, int) else None)
     return {
-        "grace_period": s.grace_period,
-        "reduction_factor": s.reduction_factor,
-        "max_t": max_t,
+        "name": entry.name,
+        "label": entry.label,
+        "settings": entry.settings_of(s, max_t),
+        "described": entry.describe(s, max_t),
         "metric": s.metric,
         "mode": s.resolved_mode,
     }
@@ -211,7 +213,7 @@ def _clip_order(stem: str) -> tuple[int, int, str]:
 
 
 def read_clips(report: StudyReport, seconds: float = DEFAULT_LISTEN_SECONDS) -> list[tuple[str, str, str]]:
-    """The excerpts of the first track under `listen/` on the parent run, cut to `seconds`, as base64 wav:
+    """The excerpts of the first track under `listen/` on the parent run, cut to `seconds`, as base64 FLAC:
     (track, stem, data) with stem `mixture`, `<target>.reference`, `<target>` or `<target>.wiener`."""
 
     c = _client(report)
@@ -224,7 +226,7 @@ def read_clips(report: StudyReport, seconds: float = DEFAULT_LISTEN_SECONDS) -> 
             for wav in sorted(local.glob("*.wav"), key=lambda p: _clip_order(p.stem)):
                 audio, rate = sf.read(wav, dtype="int16", always_2d=True)  # (N, C)
                 buf = io.BytesIO()
-                sf.write(buf, audio[: int(seconds * rate)], rate, format="WAV", subtype="PCM_16")
+                sf.write(buf, audio[: int(seconds * rate)], rate, format=CLIP_FORMAT, subtype="PCM_16")
                 clips.append((local.name, wav.stem, base64.b64encode(buf.getvalue()).decode("ascii")))
     return clips
 
@@ -241,12 +243,12 @@ def _attempt(notes: dict[str, str], section: str, fn, default):
 
 def collect(report: StudyReport, listen_seconds: float = DEFAULT_LISTEN_SECONDS) -> PageData:
     notes: dict[str, str] = {}
-    asha = _attempt(notes, "asha", lambda: read_asha(report), None)
-    metric = (asha or {}).get("metric", "valid_loss")
-    mode = (asha or {}).get("mode", mode_of(metric))
+    scheduler = _attempt(notes, "scheduler", lambda: read_scheduler(report), None)
+    metric = (scheduler or {}).get("metric", "valid_loss")
+    mode = (scheduler or {}).get("mode", mode_of(metric))
     trials = _attempt(notes, "trials", lambda: read_trials(report, metric, mode), [])
     clips = _attempt(notes, "listen", lambda: read_clips(report, listen_seconds), [])
-    return PageData(report, trials, metric, mode, asha, clips, notes)
+    return PageData(report, trials, metric, mode, scheduler, clips, notes)
 
 
 # --- figures -------------------------------------------------------------------------
@@ -326,7 +328,7 @@ def fig_sdr_vs_slices(report: StudyReport):
     return fig
 
 
-def fig_learning_curves(trials: list[Trial]):
+def fig_learning_curves(trials: list[Trial], metric: str = "valid_loss"):
 
     fig = go.Figure()
     for t in trials:
@@ -343,14 +345,12 @@ def fig_learning_curves(trials: list[Trial]):
                 opacity=0.6 if pruned else 1.0,
             )
         )
-    fig.update_layout(
-        title="Learning curves (pruned trials dashed grey)", xaxis_title="epoch", yaxis_title="valid_loss"
-    )
+    fig.update_layout(title="Learning curves (pruned trials dashed grey)", xaxis_title="epoch", yaxis_title=metric)
     return fig
 
 
-def fig_asha(trials: list[Trial], asha: dict[str, Any] | None):
-    """Each trial's last epoch against its last valid_loss; rung epochs as vertical lines."""
+def fig_stops(trials: list[Trial], scheduler: dict[str, Any] | None, metric: str = "valid_loss"):
+    """Each trial's last epoch against its last metric value; ASHA's rung epochs as vertical lines."""
 
     fig = go.Figure()
     by_status: dict[str, list[Trial]] = {}
@@ -368,14 +368,14 @@ def fig_asha(trials: list[Trial], asha: dict[str, Any] | None):
                 marker=dict(size=11, color=STATUS_COLORS.get(status)),
             )
         )
-    title = "ASHA: where each trial stopped"
-    if asha and asha.get("max_t"):
-        for r in rung_epochs(asha["grace_period"], asha["reduction_factor"], asha["max_t"]):
-            fig.add_vline(x=r, line_dash="dot", line_color="#888", annotation_text=f"rung {r}")
-        title += (
-            f" (grace {asha['grace_period']}, reduction factor {asha['reduction_factor']:g}, max_t {asha['max_t']})"
-        )
-    fig.update_layout(title=title, xaxis_title="last epoch", yaxis_title="last valid_loss")
+    title = "Where each trial stopped"
+    if scheduler:
+        title = f"{scheduler['label']}: where each trial stopped ({scheduler['described']})"
+        asha = scheduler["settings"]
+        if scheduler["name"] == "asha" and asha.get("max_t"):
+            for r in rung_epochs(asha["grace_period"], asha["reduction_factor"], asha["max_t"]):
+                fig.add_vline(x=r, line_dash="dot", line_color="#888", annotation_text=f"rung {r}")
+    fig.update_layout(title=title, xaxis_title="last epoch", yaxis_title=f"last {metric}")
     return fig
 
 
@@ -388,13 +388,14 @@ def _number(value: str | None) -> float | None:
 
 
 def fig_parallel(trials: list[Trial], metric: str):
-    """Parallel coordinates: hyperparameters -> best metric (lr on a log10 axis)."""
+    """Parallel coordinates: hyperparameters -> best metric (lr on a log10 axis). A parameter every
+    trial shares is no axis: a constant tells nothing and squeezes the others."""
 
     scored = [t for t in trials if t.metric is not None]
     dims = []
     for key in HYPERPARAMETERS:
         values = [_number(t.params.get(key)) for t in scored]
-        if not values or any(v is None for v in values):
+        if not values or any(v is None for v in values) or len(set(values)) == 1:
             continue
         if key == "train.lr" and all(v > 0 for v in values):
             dims.append(dict(label="log10 lr", values=[math.log10(v) for v in values]))
@@ -533,8 +534,24 @@ def _note(text: str) -> str:
 
 
 def _plot(fig, div_id: str) -> str:
-    # plotly.js is inlined once in <head>; each figure is only its div and script
-    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"displaylogo": False})
+    """The figure's div and script; the script waits for the page's one copy of plotly.js (`_plotly_js`)."""
+    part = fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"displaylogo": False})
+    if part.count("<script>") != 1 or part.count("</script>") != 1:
+        raise RuntimeError(f"plotly's figure HTML changed: expected one <script> in {part[:200]!r}")
+    return part.replace("<script>", "<script>window.plotlyReady.then(() => {").replace("</script>", "});</script>")
+
+
+def _plotly_js() -> str:
+    """plotly.js once for the page, gzip-compressed and base64 (2 MB instead of 4.8 MB): the browser
+    unpacks it with its own DecompressionStream (Chrome 80, Firefox 113, Safari 16.4) and every
+    figure's script runs when `window.plotlyReady` resolves. Nothing is fetched."""
+    packed = base64.b64encode(gzip.compress(get_plotlyjs().encode(), mtime=0)).decode("ascii")
+    return (
+        '<script>window.plotlyReady = (async () => {const z = Uint8Array.from(atob("'
+        + packed
+        + '"), c => c.charCodeAt(0)); const s = new Blob([z]).stream().pipeThrough(new DecompressionStream("gzip"));'
+        " (0, eval)(await new Response(s).text());})();</script>"
+    )
 
 
 def _table_html(report: StudyReport) -> str:
@@ -573,7 +590,7 @@ def _sections(data: PageData) -> list[str]:
         _section(
             "Study",
             "".join(f"<pre>{html.escape(line)}</pre>" for line in search_lines(r))
-            + f"<pre>{html.escape(r.where)}</pre>",
+            + f'<pre class="command">{html.escape(r.where)}</pre>',
         )
     ]
     estimate = estimate_line(r)
@@ -592,15 +609,24 @@ def _sections(data: PageData) -> list[str]:
     missing = _trials_note(data)
     curved = [t for t in data.trials if t.curve]
     if missing or not curved:
-        why = missing or "No trial reported a valid_loss yet."
-        for title in ("Learning curves", "ASHA rungs", "Hyperparameters", "Size and cost"):
+        why = missing or f"No trial reported a {data.metric} yet."
+        for title in ("Learning curves", "Where trials stopped", "Hyperparameters", "Size and cost"):
             out.append(_section(title, _note(why)))
     else:
-        out.append(_section("Learning curves", _plot(fig_learning_curves(data.trials), "learning-curves")))
-        asha_note = (
-            "" if data.asha else _note("No ASHA settings (FIFO scheduler or no study file copy): rungs not marked.")
+        out.append(_section("Learning curves", _plot(fig_learning_curves(data.trials, data.metric), "learning-curves")))
+        name = (data.scheduler or {}).get("name")
+        stop_note = (
+            ""
+            if name == "asha"
+            else _note(f"Scheduler {name}: no ASHA rungs to mark.")
+            if name
+            else _note("No study file copy: the scheduler's settings are unknown.")
         )
-        out.append(_section("ASHA rungs", _plot(fig_asha(data.trials, data.asha), "asha") + asha_note))
+        out.append(
+            _section(
+                "Where trials stopped", _plot(fig_stops(data.trials, data.scheduler, data.metric), "stops") + stop_note
+            )
+        )
         out.append(_section("Hyperparameters", _plot(fig_parallel(data.trials, data.metric), "parallel")))
         if any(t.cost for t in data.trials):
             out.append(_section("Size and cost", _plot(fig_cost(data.trials, data.metric), "cost")))
@@ -626,7 +652,7 @@ def _player(track: str, stem: str, b64: str) -> str:
     target, kind = clip_name(stem)
     return (
         f'<audio controls preload="none" data-track="{html.escape(track)}" data-target="{html.escape(target)}" '
-        f'data-kind="{html.escape(kind or "estimate")}" src="data:audio/wav;base64,{b64}"></audio>'
+        f'data-kind="{html.escape(kind or "estimate")}" src="data:{CLIP_MIME};base64,{b64}"></audio>'
     )
 
 
@@ -658,17 +684,17 @@ def _audio_html(data: PageData) -> str:
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:1300px}section{margin-bottom:2em}
 .note{background:#fff6d5;border-left:4px solid #e0b000;padding:.5em 1em}table{border-collapse:collapse}
 td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}tr.winner{font-weight:bold;background:#e8f5e9}
-caption{text-align:left;font-style:italic}.estimate{border-left:4px solid #9467bd;padding:.3em 1em}pre{margin:.2em 0;white-space:pre-wrap;word-break:break-all}table.listen td,table.listen th{text-align:left}"""
+caption{text-align:left;font-style:italic}.estimate{border-left:4px solid #9467bd;padding:.3em 1em}pre{margin:.2em 0;white-space:pre-wrap;overflow-wrap:break-word}pre.command{white-space:pre;overflow-x:auto}table.listen td,table.listen th{text-align:left}"""
 
 
 def render_html(data: PageData) -> str:
-    """The whole page as one string; plotly.js is inlined (no network needed to view it)."""
+    """The whole page as one string; plotly.js is inlined, packed (no network needed to view it)."""
 
     title = f"Study {data.report.manifest.name}: Sams-Net search report"
     return (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{STYLE}</style>"
-        f'<script type="text/javascript">{get_plotlyjs()}</script></head><body>'
+        f"{_plotly_js()}</head><body>"
         f"<h1>{html.escape(title)}</h1>{''.join(_sections(data))}</body></html>\n"
     )
 

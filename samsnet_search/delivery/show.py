@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from ..search import identity
+from ..search import identity, schedulers
 from ..search.identity import Manifest
 from ..search.runner import StudyResult
 from ..search.space import describe, num_trials, space_size
@@ -19,12 +19,8 @@ def format_space(study: Study) -> str:
         f"study {study.name} ({study.source}): valid",
         f"  storage:  {identity.display_uri(identity.study_uri(study.storage, study.name))}",
         f"  tracking: {study.tracking_uri} (experiment {study.name}, registered model samsnet-{study.name})",
-        f"  search:   {num_trials(study)} trials, {s.searcher} (seed {s.seed}), {s.scheduler}"
-        + (
-            f" grace {s.grace_period} / reduction {s.reduction_factor:g} / max_t {study.max_t}"
-            if s.scheduler == "asha"
-            else ""
-        )
+        f"  search:   {num_trials(study)} trials, {s.searcher} (seed {s.seed}), "
+        + schedulers.get(s.scheduler).describe(s, study.max_t)
         + (
             f", objectives {', '.join(f'{k} ({v})' for k, v in s.objective_modes.items())}"
             if s.multi_objective

@@ -198,17 +198,18 @@ def default_storage() -> str:
 def find_study(name_or_path: str, storage: str) -> Manifest:
     """A study by name in `storage`, or by its folder (local path or s3:// URI).
 
-    A name not found there is looked for in the user's default storage and then through the
-    MLflow tracking server ($MLFLOW_TRACKING_URI or the user config), whose study run records
-    the study folder.
+    A name not found there is looked for in the user's default storage, then in ./runs (where a
+    study file's default `storage:` puts it, also when `infra env` set $SAMSNET_STORAGE to the
+    stack), and then through the MLflow tracking server ($MLFLOW_TRACKING_URI or the user
+    config), whose study run records the study folder.
     """
     by_path = "/" in name_or_path or is_s3(name_or_path)
     candidates = [name_or_path] if by_path else []
     candidates.append(study_uri(storage, name_or_path))
-    fallback = default_storage()
-    fallback = fallback if is_s3(fallback) else str(Path(fallback).expanduser().resolve())
-    if not by_path and fallback != storage:
-        candidates.append(study_uri(fallback, name_or_path))
+    for root in () if by_path else (default_storage(), DEFAULT_STORAGE):
+        path = study_uri(root if is_s3(root) else str(Path(root).expanduser().resolve()), name_or_path)
+        if path not in candidates:
+            candidates.append(path)
     for path in candidates:
         manifest = read_manifest(path)
         if manifest is not None:

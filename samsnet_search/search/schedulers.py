@@ -35,6 +35,19 @@ class SchedulerEntry:
     build: Callable[[Study], Any]
     check: Callable[[Study], str | None] = lambda study: None  # the settings are fine
     prunes: bool = True  # stops weak trials before their budget
+    settings: tuple[str, ...] = ()  # the `search:` keys it reads (max_t: the resolved epoch budget)
+
+    def settings_of(self, search: Any, max_t: int | None) -> dict[str, Any]:
+        """{key: value} of this scheduler's settings in a study's `search:` (a SearchSettings);
+        `max_t` is the study's resolved budget (search.max_t, else train.epochs)."""
+        return {key: max_t if key == "max_t" else getattr(search, key) for key in self.settings}
+
+    def describe(self, search: Any, max_t: int | None) -> str:
+        """`asha (grace 1, reduction factor 2, max_t 8)`: the name and its settings, as reports write them."""
+        words = {"grace_period": "grace", "reduction_factor": "reduction factor", "max_t": "max_t"}
+        values = self.settings_of(search, max_t)
+        shown = ", ".join(f"{words[k]} {v:g}" if isinstance(v, float) else f"{words[k]} {v}" for k, v in values.items())
+        return f"{self.name} ({shown})" if shown else self.name
 
     def caveat(self, metric: str) -> str:
         """What a Pareto front of a multi-objective study must say about this scheduler."""
@@ -134,6 +147,7 @@ SCHEDULERS: dict[str, SchedulerEntry] = {
             "asynchronous successive halving: prunes weak trials at rungs (grace_period, reduction_factor, max_t)",
             _asha,
             _check_horizon,
+            settings=("grace_period", "reduction_factor", "max_t"),
         ),
         SchedulerEntry(
             "hyperband",
@@ -141,6 +155,7 @@ SCHEDULERS: dict[str, SchedulerEntry] = {
             "synchronous HyperBand brackets (reduction_factor, max_t); pauses trials between rungs",
             _hyperband,
             _check_horizon,
+            settings=("reduction_factor", "max_t"),
         ),
         SchedulerEntry(
             "median",
@@ -149,6 +164,7 @@ SCHEDULERS: dict[str, SchedulerEntry] = {
             "worse than the median of the others' running means at the same epoch (after grace_period)",
             _median,
             _check_no_max_t,
+            settings=("grace_period",),
         ),
         SchedulerEntry("fifo", "FIFO", "never stops a trial early", lambda study: None, prunes=False),
     )

@@ -692,6 +692,11 @@ def _finish(
             "source": f"study {study.name}, selection winner slices={table.winner}",
             "data_kind": test["data"],
             "test_sdr": test["summary"],
+            "test_wiener": (
+                {"post_filter": test["wiener"]["post_filter"], "summary": test["wiener"]["summary"]}
+                if "wiener" in test
+                else None
+            ),
             "selection_table": table.records(),
         }
         registered = register(ckpt, info, study.name, manifest.tracking_uri, best.get("run_id"))

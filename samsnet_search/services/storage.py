@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
 
@@ -54,9 +55,70 @@ def display_uri(uri: str) -> str:
     return urlunsplit(parts._replace(query=query))
 
 
+# Where the AWS SDK (so pyarrow) finds credentials without asking the network: environment, shared
+# files. Without any of them, and off EC2, a plain s3:// URI can only be meant for a store whose
+# endpoint was not set: pyarrow would spend ~14 s on AWS's DNS name and the instance metadata
+# service before failing with `Could not resolve host`.
+AWS_CREDENTIAL_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+)
+AWS_ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+# An EC2 instance (instance-profile credentials) says so in files; read, never asked over the network.
+EC2_MARKERS = {
+    "/sys/hypervisor/uuid": "ec2",
+    "/sys/devices/virtual/dmi/id/board_asset_tag": "i-",
+    "/sys/devices/virtual/dmi/id/sys_vendor": "Amazon",
+}
+
+
+def _aws_credentials_here() -> bool:
+    """Credentials the AWS SDK could use for AWS itself: from the environment, shared files or EC2."""
+    env = os.environ
+    if any(env.get(k) for k in AWS_CREDENTIAL_ENV):
+        return True
+    home = Path.home() / ".aws"
+    files = (
+        env.get("AWS_SHARED_CREDENTIALS_FILE") or home / "credentials",
+        env.get("AWS_CONFIG_FILE") or home / "config",
+    )
+    if any(Path(f).expanduser().is_file() for f in files):
+        return True
+    for path, prefix in EC2_MARKERS.items():
+        try:
+            if Path(path).read_text(errors="replace").strip().startswith(prefix):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def check_s3_configured(uri: str) -> None:
+    """StorageError at once, naming what to set, for an s3:// URI that has no endpoint (no
+    `endpoint_override`, no AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL) and no AWS credentials here:
+    it cannot be meant for AWS, and the local stack needs `infra env`."""
+    query = dict(parse_qsl(urlsplit(uri).query))
+    if query.get("endpoint_override") or any(os.environ.get(k) for k in AWS_ENDPOINT_ENV):
+        return
+    if _aws_credentials_here():
+        return
+    raise StorageError(
+        f"storage: {display_uri(uri)}: no S3 endpoint is set and there are no AWS credentials; for the local "
+        'stack run `eval "$(samsnet-search infra env)"` (sets AWS_ENDPOINT_URL_S3 and the keys), else add '
+        "?endpoint_override=HOST:PORT&scheme=http to the URI, or set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
+        "(or AWS_PROFILE) for AWS S3"
+    )
+
+
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(pyarrow filesystem, path inside it) for a local path or an s3:// URI."""
+    """(pyarrow filesystem, path inside it) for a local path or an s3:// URI; an s3:// URI with
+    neither an endpoint nor AWS credentials fails at once (`check_s3_configured`)."""
     if is_s3(uri):
+        check_s3_configured(uri)
         try:
             return pafs.FileSystem.from_uri(uri)
         except Exception as e:

@@ -90,6 +90,11 @@ class TrackingError(SamsNetError):
     """The MLflow tracking store cannot be reached or used."""
 
 
+# The port `where()` gives `mlflow ui` for a local store: MLflow's default, 5000, is the one
+# `infra up`'s server takes, and a second server there fails to bind or is the wrong one.
+UI_PORT = 5001
+
+
 @dataclass(frozen=True)
 class TrackingTarget:
     """Where runs go. `artifact_root` is set for the embedded store (experiments created here)."""
@@ -103,12 +108,12 @@ class TrackingTarget:
 
     def where(self, experiment_id: str | None = None) -> str:
         """A line telling a person where to look at the runs (the study's page, when its id is given)."""
-        server = self.uri if self.uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+        server = self.uri if self.uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{UI_PORT}"
         page = f" -> {experiment_page(server, experiment_id)}" if experiment_id else ""
         if self.uri.startswith(("http://", "https://")):
             return f"MLflow UI: {page.removeprefix(' -> ') or self.uri}"
         root = f" --default-artifact-root {self.artifact_root}" if self.artifact_root else ""
-        return f"MLflow UI: mlflow ui --backend-store-uri {self.uri}{root}{page}"
+        return f"MLflow UI: mlflow ui --backend-store-uri {self.uri}{root} --port {UI_PORT}{page}"
 
 
 def experiment_page(server: str, experiment_id: str) -> str:

@@ -130,6 +130,38 @@ def test_plain_s3_uri_works_with_infra_env(infra_config, s3_stack, monkeypatch):
     assert s3.get_object(Bucket=s3_stack.bucket, Key="plain/study/marker.json")["Body"].read() == b'{"plain": true}'
 
 
+def test_ls_finds_a_study_on_the_stack_with_only_what_infra_env_prints(
+    infra_config, s3_stack, tmp_path, monkeypatch, capsys
+):
+    """`eval "$(samsnet-search infra env)"`, then `ls` in any folder lists the stack's studies (s3://BUCKET/ray)."""
+    import os
+    import shlex
+
+    from samsnet_search.search import identity
+
+    for name in list(os.environ):
+        if name.startswith(("AWS_", "MLFLOW_")) or name == "SAMSNET_STORAGE":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.aws, no user config
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["infra", "env", "--state-dir", str(infra_config.state_dir)]) == 0
+    exported = dict(shlex.split(line)[1].split("=", 1) for line in capsys.readouterr().out.splitlines())
+    assert exported["SAMSNET_STORAGE"] == f"s3://{s3_stack.bucket}/ray"
+    for name, value in exported.items():
+        monkeypatch.setenv(name, value)
+
+    stored = exported["SAMSNET_STORAGE"]
+    m = identity.Manifest(
+        "on-the-stack", stored, "on-the-stack", "1", "p", "samsnet-on-the-stack", "x", None, ".", "s.yaml"
+    )
+    m.state = "finished"
+    identity.write_manifest(m)
+    assert cli.main(["ls"]) == 0
+    out = capsys.readouterr().out
+    assert "on-the-stack" in out and "finished" in out
+
+
 def test_cli_lifecycle(make_infra_config, free_port, tmp_path, capsys, stack_listeners):
     cfg = make_infra_config(tmp_path / "stack")
     state = str(cfg.state_dir)

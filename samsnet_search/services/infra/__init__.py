@@ -41,6 +41,7 @@ from .config import (
     FLAGS,
     GRPC_OFFSET,
     SERVICES,
+    STUDY_PREFIX,
     WEED_PORTS,
     InfraConfig,
     InfraError,
@@ -59,7 +60,7 @@ from .credentials import (
 )
 from .processes import check_ports, weed_grpc_sockets
 from .reachable import check_reachable
-from .stack import ServiceStatus, StackInfo, client_env, down, recorded, status, up
+from .stack import ServiceStatus, StackInfo, client_env, down, recorded, status, study_storage, up
 
 __all__ = [
     "ADMIN_PASSWORD_ENV",
@@ -69,6 +70,7 @@ __all__ = [
     "GRPC_OFFSET",
     "MLFLOW_ADMIN",
     "SERVICES",
+    "STUDY_PREFIX",
     "WEED_PORTS",
     "Credentials",
     "InfraConfig",
@@ -90,6 +92,7 @@ __all__ = [
     "s3_filesystem",
     "status",
     "storage_uri",
+    "study_storage",
     "up",
     "weed_grpc_sockets",
 ]

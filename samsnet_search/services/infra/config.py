@@ -21,6 +21,7 @@ from ...errors import SamsNetError
 GRPC_OFFSET = 10000  # weed's default gRPC port for an HTTP port P is P + 10000
 SERVICES = ("s3", "mlflow")  # start order; stop order is the reverse
 ARTIFACT_PREFIX = "mlartifacts"  # MLflow artifacts live under s3://BUCKET/mlartifacts/
+STUDY_PREFIX = "ray"  # studies (Ray Tune storage) live under s3://BUCKET/ray/: the `storage:` the docs give
 # Variables that would make boto3 in the MLflow server sign with something other than our keys.
 FOREIGN_AWS_VARS = ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE")
 

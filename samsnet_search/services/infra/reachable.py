@@ -68,6 +68,10 @@ def _storage_problems(storage: str, timeout: float) -> list[str]:
         return []
     if not storage.startswith("s3://"):
         return []  # gs://, hdfs://...: left to pyarrow at run time
+    try:
+        storage_io.check_s3_configured(storage)
+    except storage_io.StorageError as e:
+        return [str(e)]
     endpoint, host, port = s3_endpoint_of(storage)
     down = _tcp_problem(host, port, timeout)
     if down:

@@ -20,6 +20,7 @@ from .config import (
     FOREIGN_AWS_VARS,
     GRPC_OFFSET,
     SERVICES,
+    STUDY_PREFIX,
     WEED_PORTS,
     InfraConfig,
     InfraError,
@@ -413,6 +414,13 @@ def status(cfg: InfraConfig) -> list[ServiceStatus]:
         pid = rec["pid"] if running else None
         out.append(ServiceStatus(name, address, running, healthy, pid, rec["log"] if rec else None))
     return out
+
+
+def study_storage(cfg: InfraConfig) -> str:
+    """`s3://BUCKET/ray`: where studies on this stack live (the bucket of the running stack, else of
+    `cfg`). The plain form: AWS_ENDPOINT_URL_S3 from `client_env` sends it to this store."""
+    state = read_state(cfg) if cfg.state_dir.exists() else {}
+    return f"s3://{state.get('bucket') or cfg.bucket}/{STUDY_PREFIX}"
 
 
 def client_env(cfg: InfraConfig) -> dict[str, str]:
