@@ -22,8 +22,8 @@ Readings of what the paper leaves open (each is a keyword argument where it is a
 * W^O and the slices (`w_o_scope`). The paper's equations 6 and 8 apply W^O inside each
   slice, then join the slices. The default ("joined") joins the slices first and runs W^O's
   kxk convolution over the whole time axis, so it mixes the k // 2 frames on either side of
-  each slice boundary. "slice" folds the slices into the batch before W^O, so its kernel sees
-  only its own slice (zero-padded at the slice's edges): the paper's order. Same parameters.
+  each slice boundary. "slice" runs W^O on each slice alone (zero-padded at the slice's
+  edges, `SamsModule._w_o_per_slice`): the paper's order. Same parameters and MACs.
 * Parameter count. At the paper's config (3 modules, 2 heads, 64 maps, n_fft 4096) this
   network has 1,886,024 parameters (312,392 in convolutions, 1,573,632 in the LayerNorms'
   per-bin affine). The convolution readings span 1.74M (d_k / h maps per head) to 1.92M (two
