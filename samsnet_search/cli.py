@@ -198,6 +198,8 @@ def evaluate(
         )
     if oracle_stft not in ORACLE_STFTS:
         raise ConfigError(f"--oracle-stft must be one of {', '.join(ORACLE_STFTS)} (got {oracle_stft})")
+    if oracle is None and oracle_stft != "model":
+        raise ConfigError("--oracle-stft applies to --oracle only: a model separates with its own STFT")
     if wiener < 0:
         raise ConfigError(f"--wiener {wiener}: EM iterations must be >= 0 (0: plain masks)")
     post = PostFilter(wiener=wiener, residual=residual)

@@ -152,6 +152,8 @@ def test_evaluate_command_with_oracle_and_model(synth_root, checkpoint_dir, tmp_
     assert "--oracle must be irm1 or irm2" in capsys.readouterr().err
     assert main(["evaluate", "--oracle", "irm2", "--oracle-stft", "hann", "--data", str(synth_root)]) == 2
     assert "--oracle-stft must be one of model, sigsep (got hann)" in capsys.readouterr().err
+    assert main(["evaluate", str(checkpoint_dir), "--oracle-stft", "sigsep", "--data", str(synth_root)]) == 2
+    assert "--oracle-stft applies to --oracle only" in capsys.readouterr().err
 
 
 def test_evaluate_command_names_the_oracle_stft(synth_root, tmp_path, capsys):
