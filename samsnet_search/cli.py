@@ -198,6 +198,11 @@ def evaluate(
     ),
     subset: str = typer.Option("test", help="test (reads test/ only) or valid (the validation tracks of train/)"),
     oracle: Optional[str] = typer.Option(None, help="irm1 (magnitude ratio) or irm2 (power ratio) instead of a model"),
+    oracle_stft: str = typer.Option(
+        "model",
+        help="the oracle's STFT: model (Hamming 4096, hop 1024) or sigsep (Hann 2048, hop 1024, as SiSEC 2018's "
+        "oracles; the paper's IRM row compares with this one: docs/metrics.md)",
+    ),
     backend: str = typer.Option("museval", help="museval (reference) or fast (samsnet_search.metrics.bsseval)"),
     out: Path = typer.Option(Path("runs/eval"), "--out", help="museval JSON per track and summary.json"),
     max_tracks: Optional[int] = typer.Option(None, help="only the first N tracks"),
@@ -222,7 +227,7 @@ def evaluate(
     """
     from .data import load_subset  # lazy: torch, scipy
     from .engine.checkpoint import load_model  # lazy: torch
-    from .engine.evaluate import evaluate_tracks, model_estimator, oracle_estimator  # lazy: torch
+    from .engine.evaluate import ORACLE_STFTS, evaluate_tracks, model_estimator, oracle_estimator  # lazy: torch
     from .engine.train import pick_device  # lazy: torch
     from .engine.wiener import PostFilter  # lazy: torch
 
@@ -233,6 +238,10 @@ def evaluate(
             f"--oracle must be irm1 or irm2, --backend museval or fast, --subset test or valid "
             f"(got {oracle}, {backend}, {subset})"
         )
+    if oracle_stft not in ORACLE_STFTS:
+        raise ConfigError(f"--oracle-stft must be one of {', '.join(ORACLE_STFTS)} (got {oracle_stft})")
+    if oracle is None and oracle_stft != "model":
+        raise ConfigError("--oracle-stft applies to --oracle only: a model separates with its own STFT")
     if wiener < 0:
         raise ConfigError(f"--wiener {wiener}: EM iterations must be >= 0 (0: plain masks)")
     post = PostFilter(wiener=wiener, residual=residual)
@@ -249,7 +258,9 @@ def evaluate(
         data_cfg = data_cfg.model_copy(update={"valid_tracks": list(valid_track)})
     tracks, kind = load_subset(data_cfg, subset)
     if oracle is not None:
-        estimator = oracle_estimator(oracle, post=post)
+        make_stft, settings = ORACLE_STFTS[oracle_stft]
+        estimator = oracle_estimator(oracle, post=post, stft=make_stft())
+        name = f"{oracle} ({settings})"
     name = f"{name}, {post.label}"
     report = evaluate_tracks(
         estimator,

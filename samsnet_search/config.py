@@ -48,6 +48,11 @@ class ModelConfig(Strict):
         None, gt=0, description="frames per slice; set from the training segment (ceil(frames/slices))"
     )
     grad_checkpoint: bool = Field(False, description="recompute Sams modules in backward to save memory")
+    w_o_scope: Literal["joined", "slice"] = Field(
+        "joined",
+        description="W^O (the kxk conv after the heads) over the joined slices, or within each slice "
+        "(slice: the paper's eqs. 6 and 8); same parameters",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "ModelConfig":

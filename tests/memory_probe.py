@@ -24,7 +24,7 @@ from samsnet_search.engine.train import magnitude_loss
 from samsnet_search.model import SamsNet, sams_net
 from samsnet_search.model.memory import TrainingShape, tensor_bytes
 
-# (batch, n_fft, frames, channels, heads, depth, slice_frames, grad_checkpoint, full_mask)
+# (batch, n_fft, frames, channels, heads, depth, slice_frames, grad_checkpoint, full_mask[, w_o_scope])
 SHAPES = [
     (2, 128, 64, 16, 2, 2, 16, False, True),
     (2, 128, 64, 16, 2, 2, 16, False, False),
@@ -35,6 +35,7 @@ SHAPES = [
     (2, 128, 66, 24, 3, 2, 11, False, True),
     (2, 128, 64, 16, 2, 2, 16, True, False),  # gradient checkpointing
     (2, 128, 64, 16, 2, 3, 12, True, True),
+    (2, 128, 64, 16, 2, 2, 12, False, False, "slice"),  # W^O inside each slice: its masked copies
 ]
 
 
@@ -52,7 +53,9 @@ def _masked_sdpa(qkv, frames, scale: float) -> torch.Tensor:
     return out.transpose(1, 2).reshape(N, i * L, h, d).narrow(1, 0, frames)
 
 
-def measure(batch, n_fft, frames, channels, heads, depth, slice_frames, checkpoint, full_mask) -> dict:
+def measure(
+    batch, n_fft, frames, channels, heads, depth, slice_frames, checkpoint, full_mask, w_o_scope="joined"
+) -> dict:
     hop = n_fft // 4
     samples = (frames - 1) * hop  # torch.stft (center=True): `frames` frames
     model = SamsNet(
@@ -63,6 +66,7 @@ def measure(batch, n_fft, frames, channels, heads, depth, slice_frames, checkpoi
         heads=heads,
         depth=depth,
         grad_checkpoint=checkpoint,
+        w_o_scope=w_o_scope,
     )
     for block in model.blocks:
         block.attention.kernel = "sdpa"
@@ -101,6 +105,7 @@ def measure(batch, n_fft, frames, channels, heads, depth, slice_frames, checkpoi
         grad_checkpoint=checkpoint,
         full_mask=full_mask,
         lse_align=1,  # CPU SDPA keeps exactly L logsumexp rows
+        w_o_copies=model.kernel_size - 1 if w_o_scope == "slice" else 0,
     )
     predicted = tensor_bytes(shape) - 3 * 4 * parameters  # weights and Adam's moments: in the baseline
     return {"shape": shape.__dict__, "measured": measured, "predicted": predicted, "error": predicted / measured - 1}

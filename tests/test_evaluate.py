@@ -11,7 +11,7 @@ from samsnet_search.cli import main
 from samsnet_search.config import TARGETS, DataConfig, ModelConfig
 from samsnet_search.data import load_splits
 from samsnet_search.engine import checkpoint
-from samsnet_search.engine.evaluate import evaluate_tracks, model_estimator, oracle_estimator
+from samsnet_search.engine.evaluate import ORACLE_STFTS, evaluate_tracks, model_estimator, oracle_estimator
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,40 @@ def test_oracles_are_near_perfect_and_power_mask_is_not_worse(splits, tmp_path):
         assert [t["name"] for t in stored["targets"]] == list(TARGETS)
         assert json.loads((tmp_path / kind / "summary.json").read_text())["data"].startswith("synthetic")
     assert reports["irm2"].summary["avg"] > reports["irm1"].summary["avg"] - 1.0
+
+
+def sigsep_irm(audio: np.ndarray, alpha: int) -> np.ndarray:
+    """sigsep-mus-oracle's IRM.py written out (its STFT calls and mask, float64 as musdb reads audio).
+
+    audio: (1 + S, C, N) mixture then stems -> estimates (S, C, N).
+    """
+    from scipy.signal import istft, stft
+
+    audio = audio.astype(np.float64)
+    n = audio.shape[-1]
+    x = stft(audio[0], nperseg=2048)[-1]
+    powers = [np.abs(stft(stem, nperseg=2048)[-1]) ** alpha for stem in audio[1:]]
+    model = np.finfo(np.float64).eps + sum(powers)
+    return np.stack([istft(x * (p / model))[1][..., :n] for p in powers])
+
+
+@pytest.mark.parametrize("kind,alpha", [("irm1", 1), ("irm2", 2)])
+def test_sigsep_oracle_stft_matches_irm_py_and_differs_from_the_model_stft(splits, kind, alpha):
+    """--oracle-stft sigsep is IRM.py's computation; the model's STFT gives another valid oracle."""
+    track = splits.test[0]
+    sigsep = oracle_estimator(kind, stft=ORACLE_STFTS["sigsep"][0]())(track)
+    direct = sigsep_irm(np.array(track.audio()), alpha)
+    assert sigsep.shape == direct.shape
+    np.testing.assert_allclose(sigsep, direct, atol=1e-6)
+    model = oracle_estimator(kind, stft=ORACLE_STFTS["model"][0]())(track)
+    scores = {}
+    for name, est in (("model", model), ("sigsep", sigsep)):
+        report = evaluate_tracks(
+            lambda _track, est=est: est, [track], name=name, backend="fast", data_kind=splits.kind, subset="test"
+        )
+        scores[name] = report.summary["avg"]
+        assert scores[name] > 6.0, (name, report.summary)  # both separate well
+    assert abs(scores["model"] - scores["sigsep"]) > 0.05, scores  # different settings, different oracle
 
 
 def test_fast_backend_matches_museval_on_model_estimates(splits, checkpoint_dir):
@@ -116,6 +150,19 @@ def test_evaluate_command_with_oracle_and_model(synth_root, checkpoint_dir, tmp_
     assert (tmp_path / "m" / "summary.json").is_file()
     assert main(["evaluate", "--oracle", "irm3", "--data", str(synth_root)]) == 2
     assert "--oracle must be irm1 or irm2" in capsys.readouterr().err
+    assert main(["evaluate", "--oracle", "irm2", "--oracle-stft", "hann", "--data", str(synth_root)]) == 2
+    assert "--oracle-stft must be one of model, sigsep (got hann)" in capsys.readouterr().err
+    assert main(["evaluate", str(checkpoint_dir), "--oracle-stft", "sigsep", "--data", str(synth_root)]) == 2
+    assert "--oracle-stft applies to --oracle only" in capsys.readouterr().err
+
+
+def test_evaluate_command_names_the_oracle_stft(synth_root, tmp_path, capsys):
+    args = ["evaluate", "--oracle", "irm2", "--data", str(synth_root), "--backend", "fast", "--max-tracks", "1"]
+    assert main([*args, "--oracle-stft", "sigsep", "--out", str(tmp_path / "s")]) == 0
+    assert "irm2 (sigsep STFT: Hann 2048, hop 1024" in capsys.readouterr().out.replace("\n", "")
+    assert "sigsep STFT" in json.loads((tmp_path / "s" / "summary.json").read_text())["estimator"]
+    assert main([*args, "--out", str(tmp_path / "m")]) == 0
+    assert "model STFT: Hamming 4096" in json.loads((tmp_path / "m" / "summary.json").read_text())["estimator"]
 
 
 def test_separate_command_writes_one_wav_per_target(checkpoint_dir, tmp_path):

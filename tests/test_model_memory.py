@@ -23,7 +23,7 @@ def test_prediction_within_15_percent_of_measured_cpu_peaks():
     out = subprocess.run([sys.executable, str(PROBE)], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [json.loads(line) for line in out.stdout.splitlines()]
-    assert len(rows) == 9
+    assert len(rows) == 10
     for row in rows:
         assert abs(row["error"]) < 0.15, row
 

@@ -93,6 +93,14 @@ def test_nested_distribution_in_subsection(tmp_path, data_root):
     assert study.base["data"]["augment"] == {"remix": False}
 
 
+def test_w_o_scope_is_a_model_key_a_study_can_search(tmp_path, data_root):
+    """W^O inside each slice (paper eqs. 6, 8) or over the joined slices, as a choice."""
+    data = good(data_root)
+    data["model"]["w_o_scope"] = {"choice": ["joined", "slice"]}
+    study = load_study(write(tmp_path, data), base_dir=tmp_path)
+    assert study.space["model.w_o_scope"] == Choice(choice=["joined", "slice"])
+
+
 def _mutate(data: dict, path: str, value) -> dict:
     node = data
     *parents, leaf = path.split(".")
@@ -128,6 +136,8 @@ BAD = [
     ("model.heads", {"choice": []}, "model.heads.choice: List should have at least 1 item"),
     ("model.heads", {"choice": [1, 1]}, "model.heads: choice values must be distinct"),
     ("model.channels", 0, "model.channels: Input should be greater than 0"),
+    ("model.w_o_scope", "heads", "model.w_o_scope: Input should be 'joined' or 'slice'"),
+    ("model.w_o_scope", {"choice": ["joined", "slices"]}, "model.w_o_scope: Input should be 'joined' or 'slice'"),
     ("model.channels", {"int": [0, 8]}, "value 0 of model.channels"),
     ("model.channels", {"int": [8, 4]}, "model.channels: int range [8, 4]: low must not exceed high"),
     ("model.channels", {"int": [4, 9], "step": 2}, "high - low must be a multiple of step"),

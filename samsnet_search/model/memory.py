@@ -11,7 +11,8 @@ AMP; LayerNorm and the loss stay float32 under CUDA autocast):
   pointwise input and activation output (3d P, in `a`); where the SDPA call gets a full-size
   key mask, that mask too (S, h, L, L in `a`); without one, where the last slice is padded, the
   second SDPA call's output and logsumexp (hd F l, l its frames) and the concatenated output
-  (hd P) that W^O keeps;
+  (hd P) that W^O keeps; with `w_o_scope: slice`, the k - 1 masked, shifted copies of the
+  heads' output (hd P each, in `a`) that W^O's per-tap convolutions keep (`SamsModule`);
 * outside the modules: the magnitude (C P, float32, plus its half copy under AMP), the mask
   convolution's input (d P) and the sigmoid output (KC P) in `a`, and the loss's product and
   target magnitudes (2 KC P, float32).
@@ -70,6 +71,7 @@ class TrainingShape:
     grad_checkpoint: bool = False
     full_mask: bool = False  # SDPA receives an (S, h, L, L) key mask (see module docstring)
     lse_align: int = LSE_ALIGN  # 1 for a logsumexp of exactly L rows (flash, CPU SDPA)
+    w_o_copies: int = 0  # masked copies of the heads' output W^O keeps: kernel_size - 1 per slice, else 0
 
     @property
     def slices(self) -> int:
@@ -92,6 +94,7 @@ def module_bytes(s: TrainingShape) -> int:
     kept += 4 * h * sequences * (math.ceil(L / s.lse_align) * s.lse_align)
     if s.full_mask:
         kept += a * h * sequences * L * L
+    kept += a * s.w_o_copies * h * d * P
     if s.tail_call:  # the tail call's output and logsumexp, and the concatenated output W^O keeps
         kept += (
             a * h * d * (P + s.bins * s.tail_call) + 4 * h * s.bins * math.ceil(s.tail_call / s.lse_align) * s.lse_align
@@ -178,4 +181,5 @@ def training_shape(cfg: ExperimentConfig, amp_dtype: str = "bf16") -> TrainingSh
         dtype=amp_dtype if cfg.train.amp and cfg.train.device != "cpu" else "fp32",
         grad_checkpoint=model.grad_checkpoint,
         full_mask=SDPA_FULL_MASK,
+        w_o_copies=model.kernel_size - 1 if model.w_o_scope == "slice" else 0,
     )

@@ -12,7 +12,23 @@ Readings of what the paper leaves open (each is a keyword argument where it is a
   It also keeps the cost linear in F. We pass `scale=1/sqrt(d_k)` explicitly.
 * Heads. Every head has its own 1x1 Q/K/V convolutions with all d_k maps (paper 3.2), so
   `heads` need not divide `channels`; the heads' outputs (h * d_k maps) are concatenated
-  and a kxk convolution W^O compresses them back to d_k maps.
+  and a kxk convolution W^O compresses them back to d_k maps. The paper leaves the per-head
+  width open (d_k here; d_k / h, a transformer's split, is the other reading), so the
+  convolution sizes are a reading, not fixed by the description.
+* Q/K/V in one stage. The paper projects twice: 1x1 convolutions give Q, K, V, then each head
+  projects them again (W_i^Q, W_i^K, W_i^V). Two affine maps in a row are one affine map, so
+  we keep one 1x1 convolution per head and projection: the same functions, 3 (d^2 + d)
+  parameters fewer per module (37,440 at the paper's d = 64, depth 3).
+* W^O and the slices (`w_o_scope`). The paper's equations 6 and 8 apply W^O inside each
+  slice, then join the slices. The default ("joined") joins the slices first and runs W^O's
+  kxk convolution over the whole time axis, so it mixes the k // 2 frames on either side of
+  each slice boundary. "slice" runs W^O on each slice alone (zero-padded at the slice's
+  edges, `SamsModule._w_o_per_slice`): the paper's order. Same parameters and MACs.
+* Parameter count. At the paper's config (3 modules, 2 heads, 64 maps, n_fft 4096) this
+  network has 1,886,024 parameters (312,392 in convolutions, 1,573,632 in the LayerNorms'
+  per-bin affine). The convolution readings span 1.74M (d_k / h maps per head) to 1.92M (two
+  Q/K/V stages) with per-bin LayerNorm; the paper reports 3.70M, which no reading we found
+  explains. We do not add layers to reach it.
 * Slices. The slice length L is fixed at training (`slice_frames = ceil(T_train / slices)`)
   and the time axis of any input is cut into blocks of L frames. The last block is
   zero-padded and its padded frames are never attended to as keys, never dropped, so a 6 s
@@ -253,15 +269,33 @@ class SlicedMultiHeadAttention(nn.Module):
         return out.permute(0, 3, 1, 2)  # (B, h d, F, T) in channels-last strides, which W^O's conv takes as is
 
 
+# Where W^O runs: over the joined slices (default) or inside each slice (paper eqs. 6 and 8).
+W_O_SCOPES = ("joined", "slice")
+
+
 class SamsModule(nn.Module):
     """One Sams module: LayerNorm(x + W^O SMHA(x)), then LayerNorm(x + PW(DW(x))).
 
-    x: (B, d, F, T) -> (B, d, F, T).
+    x: (B, d, F, T) -> (B, d, F, T). `w_o_scope`: "joined" (W^O over the whole time axis) or
+    "slice" (W^O within each slice, paper eqs. 6 and 8).
     """
 
-    def __init__(self, channels: int, heads: int, bins: int, slice_frames: int, kernel_size: int, activation: str):
+    def __init__(
+        self,
+        channels: int,
+        heads: int,
+        bins: int,
+        slice_frames: int,
+        kernel_size: int,
+        activation: str,
+        w_o_scope: str = "joined",
+    ):
         super().__init__()
+        if w_o_scope not in W_O_SCOPES:
+            raise ValueError(f"w_o_scope must be one of {list(W_O_SCOPES)}, got {w_o_scope!r}")
         pad = kernel_size // 2
+        self.w_o_scope = w_o_scope
+        self.slice_frames = slice_frames
         self.attention = SlicedMultiHeadAttention(channels, heads, slice_frames)
         self.w_o = nn.Conv2d(heads * channels, channels, kernel_size, padding=pad)  # compresses h*d -> d
         self.norm1 = FrameLayerNorm(channels, bins)
@@ -271,8 +305,33 @@ class SamsModule(nn.Module):
         self.norm2 = FrameLayerNorm(channels, bins)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm1(x + self.w_o(self.attention(x)))
+        heads = self.attention(x)  # (B, h d, F, T)
+        x = self.norm1(x + (self.w_o(heads) if self.w_o_scope == "joined" else self._w_o_per_slice(heads)))
         return self.norm2(x + self.activation(self.pointwise(self.depthwise(x))))
+
+    def _w_o_per_slice(self, heads: torch.Tensor) -> torch.Tensor:
+        """W^O inside each slice (paper eqs. 6, 8). heads (B, h d, F, T) -> (B, d, F, T).
+
+        The kxk kernel is run as k convolutions of one time tap each (kx1 over frequency, all
+        frames): tap tau reads frame t + tau, zeroed where that frame lies in another slice or
+        outside the input, so each slice sees zeros past its edges, as its own convolution would.
+        Elementwise masks built from the frame index, not slices folded into the batch: folding
+        reshapes by the slice count, on which torch.export would guard (a count of 1 refused).
+        The same MACs as the joined kernel; autograd keeps k - 1 masked copies of `heads` more.
+        """
+        T = heads.shape[-1]
+        L = self.slice_frames
+        kf, kt = self.w_o.kernel_size
+        p = kt // 2
+        frame = torch.arange(T, device=heads.device)  # (T,)
+        padded = F.pad(heads, (p, p))  # (B, h d, F, T + 2p), zeros outside the input
+        out = self.w_o.bias.view(1, -1, 1, 1)
+        for tap in range(kt):  # tau = tap - p; tap p (tau = 0) always reads its own slice
+            source = frame + (tap - p)
+            same_slice = torch.div(source, L, rounding_mode="floor") == torch.div(frame, L, rounding_mode="floor")
+            x = heads if tap == p else padded.narrow(3, tap, T) * same_slice.to(heads.dtype)  # (B, h d, F, T)
+            out = out + F.conv2d(x, self.w_o.weight[..., tap : tap + 1], padding=(kf // 2, 0))  # (B, d, F, T)
+        return out
 
 
 class SamsNet(nn.Module):
@@ -298,6 +357,7 @@ class SamsNet(nn.Module):
         activation: str = "relu",
         mask_activation: str = "sigmoid",
         grad_checkpoint: bool = False,
+        w_o_scope: str = "joined",  # "slice": W^O within each slice (paper eqs. 6, 8); see module docstring
         targets: int = 4,
     ):
         super().__init__()
@@ -313,7 +373,7 @@ class SamsNet(nn.Module):
         self.spectrogram = Spectrogram(n_fft, hop_length)
         self.embedding = nn.Conv2d(audio_channels, channels, kernel_size, padding=kernel_size // 2)
         self.blocks = nn.ModuleList(
-            SamsModule(channels, heads, bins, slice_frames, kernel_size, activation) for _ in range(depth)
+            SamsModule(channels, heads, bins, slice_frames, kernel_size, activation, w_o_scope) for _ in range(depth)
         )
         self.mask = nn.Conv2d(channels, targets * audio_channels, kernel_size=1)
         self.mask_activation = nn.Sigmoid() if mask_activation == "sigmoid" else nn.ReLU()
