@@ -19,6 +19,7 @@ from typing import Any
 from rich.table import Table
 
 from ..config import TARGETS
+from ..engine.evaluate import backend_label
 from ..errors import ConfigError
 from ..search import identity, warm_start
 from ..search.cost import cost_lines
@@ -198,7 +199,7 @@ def selection_lines(sel: SelectionResult) -> list[str]:
     filtered = test.get("wiener")  # the same test set after the Wiener post-filter, when the study scored it
     return [
         sel.table.verdict(),
-        f"  TEST ({test['data']}, {len(test['tracks'])} tracks, {test['backend']} BSSEval v4), winner only "
+        f"  TEST ({test['data']}, {len(test['tracks'])} tracks, {backend_label(test['backend'])}), winner only "
         f"(slices={sel.table.winner}, seed {winner['seed']}), {test.get('post_filter', 'plain masks (paper)')}: "
         f"avg {summary['avg']:.2f} dB ({per_target})",
         *(

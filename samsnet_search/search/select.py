@@ -45,7 +45,7 @@ from mlflow.entities import Metric
 from ..config import SAMPLE_RATE, TARGETS, ExperimentConfig, validate_model
 from ..data import load_splits, load_subset
 from ..engine.checkpoint import BEST, LAST, load_model
-from ..engine.evaluate import evaluate_tracks, model_estimator
+from ..engine.evaluate import backend_label, evaluate_tracks, model_estimator
 from ..engine.separate import separate
 from ..engine.wiener import PostFilter
 from ..errors import DamagedFile, SamsNetError, one_line
@@ -668,8 +668,8 @@ def _finish(
         sel = study.spec.selection
         stop.phase("selection.test", say)
         say(
-            f"scoring the winner (slices={table.winner}, seed {best['seed']}) on the test set with {sel.test_backend} "
-            "(a Ray task with the trials' resources) ..."
+            f"scoring the winner (slices={table.winner}, seed {best['seed']}) on the test set: "
+            f"{backend_label(sel.test_backend)} (a Ray task with the trials' resources) ..."
         )
         spec = trial_context(study, manifest).tracking
         scoring = _as_task(score_winner, study).remote(
@@ -680,7 +680,7 @@ def _finish(
             say(line)
         say(f"test scoring ran on {test['ran_on']['device']} (Ray assigned {test['ran_on']['resources']})")
         say(
-            f"test avg SDR {test['summary']['avg']:.2f} dB ({test['backend']}, {test['data']})"
+            f"test avg SDR {test['summary']['avg']:.2f} dB ({test['data']}; {backend_label(test['backend'])})"
             + (
                 f"; {test['wiener']['post_filter']}: {test['wiener']['summary']['avg']:.2f} dB"
                 if "wiener" in test
