@@ -14,6 +14,7 @@ import os
 import shlex
 import signal
 import sys
+import time
 from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Optional
@@ -92,6 +93,86 @@ app.add_typer(data_app, name="data")
 infra_app = _Typer(no_args_is_help=True, help="Local stack: SeaweedFS S3 store + MLflow tracking server.")
 app.add_typer(infra_app, name="infra")
 console = Console(stderr=True)
+
+# The screen shows the CLI's own progress and warnings from libraries; INFO goes to a log file
+# (`-v` shows it on the screen too). Commands that run for minutes say where the file is first.
+SCREEN_FORMAT = "%(levelname)s %(name)s: %(message)s"
+FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOGGED_COMMANDS = ("run", "resume", "export", "evaluate")
+CHATTY = ("onnx_ir", "onnxscript", "torch.onnx")  # ONNX export logs every graph pass at INFO
+
+
+class ScreenHandler(logging.StreamHandler):
+    """Writes to the stderr of the moment: while a live table is up that is its proxy (rich), which
+    puts each whole line above the table instead of gluing it to the table's last row."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def log_dir() -> Path:
+    """$XDG_STATE_HOME/samsnet/logs (XDG default: ~/.local/state), beside the infra state."""
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "state"
+    return base / "samsnet" / "logs"
+
+
+class _Logging:
+    """The root logger's two handlers for one `main` call (removed again at its end)."""
+
+    def __init__(self) -> None:
+        self.root = logging.getLogger()
+        self.saved_level = self.root.level
+        self.screen = ScreenHandler()
+        self.screen.setLevel(logging.WARNING)
+        self.screen.setFormatter(logging.Formatter(SCREEN_FORMAT))
+        self.file: logging.FileHandler | None = None
+
+    def __enter__(self) -> "_Logging":
+        if self.root.getEffectiveLevel() > logging.INFO:
+            self.root.setLevel(logging.INFO)
+        self.root.addHandler(self.screen)
+        for name in CHATTY:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        return self
+
+    def to_file(self, command: str) -> Path:
+        """INFO and above of this command into a new file in `log_dir()` (created on first write)."""
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        path = log_dir() / f"{stamp}-{command}-{os.getpid()}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = logging.FileHandler(path, delay=True, encoding="utf-8")
+        self.file.setLevel(logging.INFO)
+        self.file.setFormatter(logging.Formatter(FILE_FORMAT))
+        self.root.addHandler(self.file)
+        return path
+
+    def __exit__(self, *exc) -> None:
+        self.root.removeHandler(self.screen)
+        if self.file is not None:
+            self.root.removeHandler(self.file)
+            self.file.close()
+        self.root.setLevel(self.saved_level)
+
+
+_LOGGING: _Logging | None = None  # the current `main` call's
+
+
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="show INFO log lines on the screen too"),
+) -> None:
+    """Hyperparameter search for Sams-Net."""
+    if _LOGGING is None:  # the app called without `main` (typer's own runner)
+        return
+    if verbose:
+        _LOGGING.screen.setLevel(logging.INFO)
+    if ctx.invoked_subcommand in LOGGED_COMMANDS:
+        path = _LOGGING.to_file(ctx.invoked_subcommand)
+        more = "" if verbose else "; -v shows it here"
+        console.print(f"[dim]log: {path} (INFO and above{more})[/dim]", highlight=False, soft_wrap=True)
 
 
 @app.command("model-info")
@@ -875,11 +956,20 @@ def estimate_slices_cmd(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code instead of exiting when called from tests."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for chatty in ("onnx_ir", "onnxscript", "torch.onnx"):  # ONNX export logs every graph pass at INFO
-        logging.getLogger(chatty).setLevel(logging.WARNING)
+    global _LOGGING
     # MLflow draws a progress bar for every artifact download; reports download dozens.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # With a tracking server MLflow prints "View run ... / View experiment at ..." at every run's
+    # end, trials' included; the study prints its own MLflow line once.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    with _Logging() as _LOGGING:
+        try:
+            return _main(argv)
+        finally:
+            _LOGGING = None
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         # With standalone_mode=False click returns typer.Exit's code instead of raising it.
         rc = app(args=argv, standalone_mode=False)

@@ -185,6 +185,23 @@ def test_evaluate_command_names_the_oracle_stft(synth_root, tmp_path, capsys):
     assert "model STFT: Hamming 4096" in json.loads((tmp_path / "m" / "summary.json").read_text())["estimator"]
 
 
+def test_info_lines_go_to_the_log_file_and_to_the_screen_with_verbose(synth_root, tmp_path, capsys, monkeypatch):
+    """By default the screen gets the command's progress, no library INFO line; the file named in
+    the first line gets them; `-v` brings them back to the screen."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    argv = ["evaluate", "--oracle", "irm1", "--data", str(synth_root), "--backend", "fast"]
+    argv += ["--out", str(tmp_path / "o"), "--max-tracks", "1"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    (log,) = (tmp_path / "state" / "samsnet" / "logs").glob("*-evaluate-*.log")
+    assert err.startswith(f"log: {log} (INFO and above; -v shows it here)\n")
+    assert "test [1/1, " in err and "INFO samsnet_search" not in err
+    assert "INFO samsnet_search.engine.evaluate: " in log.read_text()  # the per-track scores
+    assert main(["-v", *argv]) == 0
+    err = capsys.readouterr().err
+    assert "INFO samsnet_search.engine.evaluate: " in err and "(INFO and above)" in err
+
+
 def test_separate_command_writes_one_wav_per_target(checkpoint_dir, tmp_path):
     song = tmp_path / "song.wav"
     sf.write(song, 0.1 * np.random.default_rng(0).standard_normal((22050, 1)), 22050)  # mono, 22.05 kHz
