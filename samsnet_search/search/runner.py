@@ -69,6 +69,7 @@ FORWARD_ENV = (
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_S3",
     "MUSDB_PATH",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT",  # the CLI's: no "View run" link per trial run
 )
 # Ray Tune copies these from the driver's environment into every trial's runtime env
 # (ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE); while Ray runs here they are moved
@@ -80,6 +81,9 @@ CHECKPOINT_MARGIN = 2
 # that other users of the host cannot use it either. docs/security.md lists its sockets.
 LOOPBACK = "127.0.0.1"
 RAY_AUTH_MODE_ENV = "RAY_AUTH_MODE"
+# Tune's hint on an interrupted fit names its own API (tune_internals.TUNE_LOGGER); the CLI prints
+# `samsnet-search resume`.
+RAY_RESUME_HINT = ("Resume experiment with:", "Resume training with:")
 # Tune's uploads of the experiment state log a failed upload with its traceback (tune_internals.SYNC_LOGGERS).
 RAY_SYNC_FAILURES = ("Last sync command failed", "Saving experiment state to storage")
 # Tune logs each failed attempt of a trial with the worker's traceback (tune_internals.TRIAL_LOGGER).
@@ -204,6 +208,7 @@ def ray_session(
         for name in tune_internals.SYNC_LOGGERS:
             logging.getLogger(name).addFilter(_sync_outage_one_line)
         logging.getLogger(tune_internals.TRIAL_LOGGER).addFilter(_trial_outage_one_line)
+        logging.getLogger(tune_internals.TUNE_LOGGER).addFilter(_tune_resume_hint)
         if address:
             env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
             try:
@@ -248,6 +253,18 @@ def _warn_without_token_auth() -> None:
             RAY_AUTH_MODE_ENV,
             mode,
         )
+
+
+def _tune_resume_hint(record: logging.LogRecord) -> bool:
+    """Drop Tune's "Resume experiment with: Tuner.restore(...)" (the study's own resume hint follows)."""
+    return not any(hint in record.getMessage() for hint in RAY_RESUME_HINT)
+
+
+def quiet_tune_output() -> None:
+    """Tune's legacy output engine, silent at verbose=0. The new one (Ray 2.x default) prints an
+    experiment table, a local "View detailed results here" path (without s3://) and a TensorBoard
+    hint whether TensorBoard is installed or not; the study shows its own table and paths."""
+    os.environ.setdefault(tune_internals.NEW_OUTPUT_ENV, "0")
 
 
 def _sync_outage_one_line(record: logging.LogRecord) -> bool:
@@ -501,6 +518,7 @@ def _run_study(
     start = time.monotonic()
     # Every epoch checkpoints, so Tune snapshots its state often; that is intended here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    quiet_tune_output()
     manifest, target, resuming = open_study(study)
     if resuming:  # before anything starts: Tune's state is unpickled on restore
         _verify_state(study)

@@ -44,6 +44,10 @@ AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 SYNC_LOGGERS = ("ray.train._internal.syncer", "ray.tune.execution.experiment_state")
 STORAGE_LOGGER = "ray.train._internal.storage"
 TRIAL_LOGGER = "ray.tune.execution.tune_controller"  # "Trial task failed ..." with the worker's traceback
+TUNE_LOGGER = "ray.tune.tune"  # "Resume experiment with: Tuner.restore(...)" after an interrupted fit
+# "0": Tune's legacy output engine, silent at verbose=0 (the new one prints its experiment table,
+# a "View detailed results here" path and a TensorBoard hint at every fit).
+NEW_OUTPUT_ENV = "RAY_AIR_NEW_OUTPUT"
 
 
 # --- private attributes -------------------------------------------------------------------
@@ -185,7 +189,11 @@ _CHECKS: list[tuple[str, Callable[[], str | None]]] = [
     ("scheduler time attribute", _scheduler_time_attr),
     ("loopback node switch", _attr("ray._private.ray_constants", "ENABLE_RAY_CLUSTER")),
     ("HyperBand bracket stops", _has_method("ray.tune.schedulers", "HyperBandScheduler", "_process_bracket")),
-    *[(f"logger {name}", _module(name)) for name in (AUTH_LOGGER, *SYNC_LOGGERS, STORAGE_LOGGER, TRIAL_LOGGER)],
+    ("legacy output switch", _attr("ray.tune.experimental.output", "get_air_verbosity")),
+    *[
+        (f"logger {name}", _module(name))
+        for name in (AUTH_LOGGER, *SYNC_LOGGERS, STORAGE_LOGGER, TRIAL_LOGGER, TUNE_LOGGER)
+    ],
 ]
 
 
