@@ -21,10 +21,12 @@ from samsnet_search.search import (
     checkpoints,
     identity,
     placement,
+    select,
 )
 from samsnet_search.search.runner import run_study
 from samsnet_search.search.select import (
     PHASE_TAG,
+    Job,
     SelectionError,
     SelectionTable,
     bootstrap_row,
@@ -308,3 +310,43 @@ def test_selection_end_to_end(tmp_path, synth_root, ray_local, capsys, monkeypat
     import tempfile
 
     assert not list((Path(tempfile.gettempdir()) / "samsnet-selection").glob(f"sel_{m.parent_run_id[:12]}_*"))
+
+
+def test_selection_says_each_jobs_epochs_before_the_first_job_ends(tmp_path, monkeypatch):
+    """The job loop reads the running jobs' progress files while it waits (no Ray here: a fake
+    task writes them as a retraining would, epoch by epoch)."""
+    store = str(tmp_path / "selection")
+    jobs = [Job(f"slices_{n}_seed_0", n, 0, 42, "t1", {}, {}) for n in (1, 4)]
+    reports = iter(range(1, 5))
+
+    class FakeTask:
+        def remote(self, job, *args):
+            return job.key
+
+    def wait(refs, num_returns, timeout):
+        epoch = next(reports, None)
+        if epoch is None:  # every epoch reported: the first job ends
+            return refs[:1], refs[1:]
+        for key in refs:
+            select._report_progress(
+                select._job_uri(store, key, select.PROGRESS_FILE), 4, {"epoch": epoch, "valid_loss": 1 / epoch}
+            )
+        return [], refs
+
+    record = {"summary": {"avg": 1.5}, "reused": False}
+    monkeypatch.setattr(select, "PROGRESS_S", 0.0)
+    monkeypatch.setattr(select, "trial_context", lambda study, manifest: SimpleNamespace(tracking=None, lease_token=""))
+    monkeypatch.setattr(select, "_as_task", lambda fn, study: FakeTask())
+    monkeypatch.setattr(select.ray, "wait", wait)
+    monkeypatch.setattr(select.ray, "get", lambda ref: record)
+    study = SimpleNamespace(
+        search=SimpleNamespace(max_concurrent_trials=2),
+        spec=SimpleNamespace(selection=SimpleNamespace(valid_backend="fast")),
+    )
+    said: list[str] = []
+    select._run_jobs(
+        jobs, SimpleNamespace(study=study, manifest=SimpleNamespace(path=str(tmp_path))), store, said.append
+    )
+    first_end = next(i for i, line in enumerate(said) if line.startswith("selection [1/2"))
+    epochs = [line.split(": ", 1)[1] for line in said[:first_end] if "epoch" in line]
+    assert epochs == [f"slices_{n}_seed_0 epoch {e}/4 valid_loss {1 / e:.4g}" for e in (1, 2, 3, 4) for n in (1, 4)]

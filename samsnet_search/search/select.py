@@ -64,10 +64,12 @@ log = logging.getLogger(__name__)
 CHOSEN_TAG = "samsnet.chosen_slices"
 SELECTION_FOLDER = "selection"
 RESULT_FILE = "selection.json"  # the finished selection, in <study>/selection/
+PROGRESS_FILE = "progress.json"  # a running job's last epoch, in <study>/selection/jobs/<key>.progress.json
 COLUMNS = (*TARGETS, "avg")
 # Statuses of a search trial that trained to its own budget (not cut short by ASHA or a stop).
 FULL_BUDGET = ("completed", "stopped_early")
 WAIT_S = 1.0  # the job loop looks at stop requests at least this often
+PROGRESS_S = 5.0  # and at the running jobs' progress files at most this often (one small read per job)
 
 Progress = Callable[[str], None]
 # Publishes the winner: (its checkpoint folder, model card info, study name, tracking URI, the run
@@ -342,7 +344,9 @@ def retrain_and_score(
             report, state = _score_valid(job, cfg, ckpt_dir, backend, store)
         run_id, epochs = job.reuse_run_id, None
     else:
-        ckpt_dir, run_id, epochs = _retrain(job, cfg, spec, functools.partial(lease.assert_token, *fence))
+        progress = functools.partial(_report_progress, _job_uri(store, job.key, PROGRESS_FILE), cfg.train.epochs)
+        ckpt_dir, run_id, epochs = _retrain(job, cfg, spec, functools.partial(lease.assert_token, *fence), progress)
+        progress({"stage": "scoring"})
         report, state = _score_valid(job, cfg, ckpt_dir, backend, store)
         shutil.rmtree(job_workdir(spec, job), ignore_errors=True)  # the best weights are stored
     if run_id:
@@ -401,7 +405,17 @@ def job_workdir(spec: tracking.ChildRunSpec, job: Job) -> Path:
     return Path(tempfile.gettempdir()) / "samsnet-selection" / f"{spec.study_name}_{spec.parent_run_id[:12]}_{job.key}"
 
 
-def _retrain(job: Job, cfg: ExperimentConfig, spec: tracking.ChildRunSpec, fence) -> tuple[Path, str, int]:
+def _report_progress(uri: str, epochs: int, what: dict[str, Any]) -> None:
+    """The job's progress for the driver's screen (`_JobProgress`): best effort, never the job's failure."""
+    try:
+        storage.write_json(uri, {"epochs": epochs, **what})
+    except Exception as e:
+        log.warning("could not record the progress of a selection job in %s: %s", storage.display_uri(uri), e)
+
+
+def _retrain(
+    job: Job, cfg: ExperimentConfig, spec: tracking.ChildRunSpec, fence, progress=None
+) -> tuple[Path, str, int]:
     """Train one seed to the full budget as a child run tagged samsnet.phase=selection: the same
     path as a search trial (`trial.train_tracked`), continuing from this node's last epoch.
 
@@ -415,7 +429,13 @@ def _retrain(job: Job, cfg: ExperimentConfig, spec: tracking.ChildRunSpec, fence
         run.client.set_tag(run.run_id, "samsnet.search_trial", job.trial_id)
         folder = workdir / "checkpoint"
         resume = (lambda: (folder, str(folder))) if (folder / LAST).is_file() else None
-        summary = train_tracked(cfg, run, workdir, resume=resume, fence=fence)
+        publish = None
+        if progress is not None:
+
+            def publish(result, metrics: dict[str, Any]) -> None:
+                progress({"stage": "training", "epoch": result.epoch, "valid_loss": metrics["valid_loss"]})
+
+        summary = train_tracked(cfg, run, workdir, resume=resume, fence=fence, publish=publish)
     return summary.checkpoint_dir, run.run_id, summary.epochs
 
 
@@ -580,13 +600,16 @@ def _run_jobs(jobs: list[Job], result, store: str, say: Progress) -> tuple[list[
     queue = list(todo)
     say(f"selection: {len(todo)} jobs to run (retrain to the full budget + validation scoring), up to {limit} at once")
     start, finished = time.monotonic(), 0
+    watch = _JobProgress(store, say, start)
     while queue or pending:
         while queue and len(pending) < limit:
             job = queue.pop(0)
+            watch.forget(job)
             pending[task.remote(job, spec, store, backend, fence)] = job
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_S)
         stop.check()  # a stop signal whose exception a blocking call swallowed still counts
         if not ready:
+            watch.poll(pending.values())
             continue
         job = pending.pop(ready[0])
         finished += 1
@@ -609,6 +632,45 @@ def _run_jobs(jobs: list[Job], result, store: str, say: Progress) -> tuple[list[
     return [records[j.key] for j in jobs if records[j.key] is not None], [
         j.key for j in todo if records[j.key] is not None
     ]
+
+
+class _JobProgress:
+    """The running jobs' epochs on the driver's screen before they finish: each job writes
+    `<store>/jobs/<key>.progress.json` per epoch (`_report_progress`); the job loop reads those of
+    the running jobs at most every PROGRESS_S and says each new epoch once."""
+
+    def __init__(self, store: str, say: Progress, start: float):
+        self.store, self.say, self.start = store, say, start
+        self.seen: dict[str, tuple] = {}
+        self.last = -math.inf
+
+    def forget(self, job: Job) -> None:
+        """A job about to start: a progress file of an earlier, interrupted driver is not its."""
+        self.seen.pop(job.key, None)
+        try:
+            storage.delete_file(_job_uri(self.store, job.key, PROGRESS_FILE))
+        except Exception as e:  # an outage: the job's first epoch overwrites it anyway
+            log.warning("could not remove the old progress of selection job %s: %s", job.key, e)
+
+    def poll(self, jobs) -> None:
+        now = time.monotonic()
+        if now - self.last < PROGRESS_S:
+            return
+        self.last = now
+        for job in jobs:
+            try:
+                p = storage.read_json(_job_uri(self.store, job.key, PROGRESS_FILE))
+            except Exception:  # being written, or storage trouble: the next look, or the job's end, says it
+                continue
+            mark = (p.get("stage"), p.get("epoch")) if isinstance(p, dict) else None
+            if mark is None or mark == self.seen.get(job.key):
+                continue
+            self.seen[job.key] = mark
+            if p.get("stage") == "scoring":
+                what = "trained; scoring the validation tracks"
+            else:
+                what = f"epoch {p.get('epoch')}/{p.get('epochs')} valid_loss {float(p.get('valid_loss', math.nan)):.4g}"
+            self.say(f"selection [{now - self.start:.0f} s]: {job.key} {what}")
 
 
 def _as_task(fn, study):
