@@ -496,6 +496,7 @@ def export(
         tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
         register_as=register,
         alias=alias,
+        progress=lambda msg: console.print(f"[dim]{msg}[/dim]", highlight=False, soft_wrap=True),
     )
     print(f"exported to {folder}")
     if registration is not None:

@@ -197,8 +197,18 @@ def test_export_command_writes_a_folder(trained, tmp_path, capsys):
         main(["export", str(trained / "best.pt"), "--out", str(tmp_path / "cli"), "--storage", str(tmp_path / "runs")])
         == 0
     )
-    assert "exported to" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "exported to" in said.out
     assert export_folder.is_export(tmp_path / "cli")
+    steps = [line.split(" (")[0] for line in said.err.splitlines() if line.startswith("export: ")]
+    assert steps == [  # a line per step as it starts, no library INFO lines
+        "export: loading the weights",
+        "export: tracing the torch.export programs",
+        "export: converting the masks program to ONNX",
+        "export: checking the exported programs against the eager model",
+        "export: writing the model card and export.json",
+    ]
+    assert "INFO" not in said.err.replace("(INFO and above", "")
 
 
 # --- errors: one line, exit code 2 ---------------------------------------------------------

@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import mlflow.artifacts
 import numpy as np
@@ -79,20 +79,29 @@ PYFUNC_SOURCE = Path(__file__).with_name("pyfunc_model.py")  # copied into the f
 # --- writing an export -------------------------------------------------------------------
 
 
-def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, card_info: dict | None = None) -> Path:
+Progress = Callable[[str], None]  # told one line per step of an export
+
+
+def _silent(msg: str) -> None:
+    pass
+
+
+def export_checkpoint(
+    checkpoint_dir: str | Path, out_dir: str | Path, card_info: dict | None = None, progress: Progress = _silent
+) -> Path:
     """Write the export folder for the best weights of a checkpoint folder (or .pt file).
 
     card_info (all optional): "title", "source" (what was exported, for the card), "data_kind",
     "test_sdr" ({target: dB}), "test_wiener" ({"post_filter": label, "summary": {target: dB}}: the same
     test set after the Wiener post-filter, when the study scored it), "selection_table" (list of row
     dicts), "study_summary" (dict).
-    Returns `out_dir`.
+    progress: told each step as it starts. Returns `out_dir`.
     """
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise ExportError(f"{out}: exists and is not an export folder; give an empty or new --out folder")
     with _staged(out) as staging:
-        _write_export(checkpoint_dir, staging, dict(card_info or {}))
+        _write_export(checkpoint_dir, staging, dict(card_info or {}), progress)
     log.info("exported %s to %s", checkpoint_dir, out)
     return out
 
@@ -141,8 +150,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _write_export(checkpoint_dir: str | Path, out: Path, card_info: dict) -> None:
+def _write_export(checkpoint_dir: str | Path, out: Path, card_info: dict, say: Progress = _silent) -> None:
     """Every file of the export into the (empty, staging) folder `out`; export.json last."""
+    say(f"export: loading the weights ({checkpoint_dir})")
     net, state = checkpoint.load_model(checkpoint_dir)
     net.eval()
     torch.save(net.state_dict(), out / WEIGHTS_FILE)
@@ -151,11 +161,15 @@ def _write_export(checkpoint_dir: str | Path, out: Path, card_info: dict) -> Non
     audio = example_audio(state, net)
     with torch.no_grad():
         mag = net.spectrogram(audio).abs()
+    say("export: tracing the torch.export programs (masks, separate)")
     masks, stems = export_programs(net, mag, audio)
     torch.export.save(masks, str(out / MASKS_FILE))
     torch.export.save(stems, str(out / SEPARATE_FILE))
+    say("export: converting the masks program to ONNX")
     export_onnx(masks, out / ONNX_FILE)
+    say("export: checking the exported programs against the eager model")
     parity = check_parity(net, out, mag, audio)
+    say("export: writing the model card and export.json")
     card_info.setdefault("source", str(checkpoint_dir))
     (out / CARD_FILE).write_text(model_card(net, state, card_info, parity))
     (out / PYFUNC_FILE).write_text(PYFUNC_SOURCE.read_text())
@@ -530,29 +544,31 @@ def export_source(
     tracking_uri: str | None = None,
     register_as: str | None = None,
     alias: str = DEFAULT_ALIAS,
+    progress: Progress = _silent,
 ) -> tuple[Path, Registration | None]:
     """Export a checkpoint folder / .pt file, a study (name or folder: its best trial), or an
     MLflow run id; register it (always for a study, as `samsnet-<study>`; else when `register_as`
-    is given). Returns (export folder, what the registry did, or None)."""
+    is given). Returns (export folder, what the registry did, or None). progress: told each step."""
 
     path = Path(source)
     if path.exists() and not (path / STUDY_MANIFEST).is_file():
-        out = export_checkpoint(path, out_dir)
-        done = register_export(out, register_as, tracking_uri or "./mlruns", alias=alias) if register_as else None
-        return out, done
+        out = export_checkpoint(path, out_dir, progress=progress)
+        if not register_as:
+            return out, None
+        progress(f"export: registering as samsnet-{register_as}")
+        return out, register_export(out, register_as, tracking_uri or "./mlruns", alias=alias)
     study = _find_study(source, storage)
     if study is not None:
-        return _export_study(study, out_dir, alias)
+        return _export_study(study, out_dir, alias, progress)
     if _looks_like_run_id(source):
         with tempfile.TemporaryDirectory() as tmp:
+            progress(f"export: downloading the weights of MLflow run {source}")
             ckpt = _download_run_checkpoint(source, tracking_uri or "./mlruns", Path(tmp))
-            out = export_checkpoint(ckpt, out_dir, {"source": f"MLflow run {source}"})
-        done = (
-            register_export(out, register_as, tracking_uri or "./mlruns", run_id=source, alias=alias)
-            if register_as
-            else None
-        )
-        return out, done
+            out = export_checkpoint(ckpt, out_dir, {"source": f"MLflow run {source}"}, progress)
+        if not register_as:
+            return out, None
+        progress(f"export: registering as samsnet-{register_as}")
+        return out, register_export(out, register_as, tracking_uri or "./mlruns", run_id=source, alias=alias)
     raise ExportError(
         f"{source}: not a checkpoint folder or .pt file, not a study in {storage}, and not an "
         "MLflow run id (32 hex digits)"
@@ -593,7 +609,7 @@ def _download_run_checkpoint(run_id: str, tracking_uri: str, dest: Path) -> Path
     return Path(local)
 
 
-def _export_study(manifest, out_dir: str | Path, alias: str) -> tuple[Path, Registration]:
+def _export_study(manifest, out_dir: str | Path, alias: str, progress: Progress = _silent) -> tuple[Path, Registration]:
     """The study's chosen model: the selection's winner once chosen, else its best search trial.
     Its weights come from the study's storage, where the selection found them
     (`search.checkpoints`); it is registered as `samsnet-<study>` from the run that trained them
@@ -613,6 +629,7 @@ def _export_study(manifest, out_dir: str | Path, alias: str) -> tuple[Path, Regi
         "test_sdr": summary.get("test") if isinstance(summary.get("test"), dict) else None,
         "test_wiener": _wiener_of(selection.test) if selection else None,
     }
+    progress(f"export: fetching the weights of study {manifest.name} from {storage.display_uri(manifest.path)}")
     with tempfile.TemporaryDirectory() as tmp:
         if selection is not None:
             ckpt = storage.get_file(selection.winner_job["checkpoint"], Path(tmp) / BEST)
@@ -625,5 +642,6 @@ def _export_study(manifest, out_dir: str | Path, alias: str) -> tuple[Path, Regi
                 )
             ckpt = Path(tmp) / "checkpoint"
             found.to_directory(str(ckpt))
-        out = export_checkpoint(ckpt, out_dir, info)
+        out = export_checkpoint(ckpt, out_dir, info, progress)
+    progress(f"export: registering as samsnet-{manifest.name} ({manifest.tracking_uri})")
     return out, register_export(out, manifest.name, manifest.tracking_uri, run_id=run_id, alias=alias)
