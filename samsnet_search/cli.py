@@ -169,6 +169,8 @@ def _options(
         return
     if verbose:
         _LOGGING.screen.setLevel(logging.INFO)
+    # MLflow logs to the screen through its own handler, set up when it is first imported (later).
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
     if ctx.invoked_subcommand in LOGGED_COMMANDS:
         path = _LOGGING.to_file(ctx.invoked_subcommand)
         more = "" if verbose else "; -v shows it here"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -187,3 +188,14 @@ def test_a_new_searcher_is_one_registry_entry(tmp_path, monkeypatch):
     ):
         path = write_study(tmp_path, {"searcher": "gp"}, model={"channels": {"choice": list(range(2, 12))}})
         load_study(path, base_dir=tmp_path, check_data=False)
+
+
+def test_optunas_lines_go_through_the_applications_logging(tmp_path, caplog):
+    """No handler of Optuna's own prints "A new study created" to the screen; the record reaches the
+    root logger, where the CLI keeps INFO in its log file."""
+    study = load_study(ROOT / "search_spaces" / "quickstart.yaml", base_dir=tmp_path, check_data=False)
+    caplog.set_level("INFO")
+    proposals(study, 1)
+    own = logging.getLogger("optuna")
+    assert own.propagate and not [h for h in own.handlers if type(h) is logging.StreamHandler]
+    assert any(r.name.startswith("optuna") and "A new study created" in r.getMessage() for r in caplog.records)

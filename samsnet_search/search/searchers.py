@@ -58,8 +58,14 @@ class SearcherEntry:
 def optuna_search(study: Study, sampler: Any):
     """Ray's OptunaSearch over `sampler`. One objective: metric/mode come from TuneConfig;
     several: the searcher gets them all (the quality at each trial's best epoch first)."""
+    import optuna  # lazy: heavy; loading a study must not pay for it
+
     from .adapters import RestartTolerantOptuna  # lazy: imports ray.tune; loading a study must not
 
+    # Optuna's lines ("A new study created in memory") through the application's logging, not a
+    # handler of its own: the CLI keeps INFO in its log file, off the screen.
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
     s = study.search
     objectives = searcher_objectives(study.metric, s.objectives) if s.multi_objective else {}
     # Warm start: the earlier studies' trials enter Optuna as evaluated (`evaluated_rewards`), so
