@@ -52,3 +52,53 @@ def test_selection_cost_counts_retrained_epochs_only():
         "test": {"wall_s": 5.0, "cpu_s": 4.0},
     }
     assert "test scoring and registering: 5 s wall, 4 CPU-s" in cost_lines(None, spent)[0]
+
+
+def _result(statuses: dict[str, tuple[str, int]], interrupted: bool):
+    from samsnet_search.search.runner import StudyResult
+
+    study = SimpleNamespace(
+        name="s",
+        metric="valid_loss",
+        mode="min",
+        max_t=4,
+        spec=SimpleNamespace(resources=SimpleNamespace(cpu=1, gpu=0)),
+    )
+    trials = [
+        SimpleNamespace(
+            **vars(_trial(tid, status, epochs)),
+            experiment={"train": {"epochs": 4}},
+            best={"valid_loss": 1.0 / epochs, "epoch": epochs},
+            config={"model.slices": 2},
+            mlflow_run_id=None,
+            error=None,
+        )
+        for tid, (status, epochs) in statuses.items()
+    ]
+    manifest = SimpleNamespace(path="/runs/s", experiment_id="1")
+    return StudyResult(study, manifest, SimpleNamespace(where=lambda e: "MLflow"), trials, 30.0, interrupted)
+
+
+def test_an_interrupted_search_counts_only_the_ended_trials_as_saved():
+    """An interrupted trial's unrun epochs are not saved by pruning (the old figure said 50% here)."""
+    from samsnet_search.delivery.show import format_result
+
+    result = _result({"a": ("completed", 4), "b": ("pruned", 1), "c": ("running", 2), "d": ("running", 1)}, True)
+    assert result.epoch_savings() == {"epochs_run": 8, "epochs_full": 11, "fraction_saved": 3 / 11}
+    text = format_result(result)
+    assert "INTERRUPTED" in text and "% saved" not in text
+    assert "trial-epochs so far: 8; pruning and early stopping saved 3 more in the trials that ended" in text
+    done = _result({"a": ("completed", 4), "b": ("pruned", 1), "c": ("stopped_early", 2), "d": ("failed", 1)}, False)
+    assert (
+        "trial-epochs: 8 of 13 if every pruned or early-stopped trial had run to the end (38% saved"
+        in format_result(done)
+    )
+
+
+def test_a_resumed_search_counts_the_time_before_the_interrupt():
+    from samsnet_search.search.runner import seconds_before
+
+    interrupted = SimpleNamespace(summary={"seconds": 95.5, "trials": 3})
+    assert seconds_before(interrupted, resuming=True) == 95.5
+    assert seconds_before(interrupted, resuming=False) == 0.0  # a new study (same name, new file) starts at 0
+    assert seconds_before(SimpleNamespace(summary={}), resuming=True) == 0.0  # killed before any summary

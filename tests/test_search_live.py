@@ -92,3 +92,18 @@ def test_elapsed_time_moves_without_events(tmp_path):
     later.print(view.render())
     assert " 0 s" in first.export_text() and "42 s" in later.export_text()
     assert view.live is not None and view.live.get_renderable() is not None
+
+
+def test_a_resumed_study_shows_a_row_for_each_trial_it_counts(tmp_path):
+    """Trials that ended before the resume send no event; the table still lists them (6/6 over 6 rows)."""
+    study = _study(tmp_path, num_samples=6)
+    view = LiveView(study, Console(file=io.StringIO(), force_terminal=True, width=120))
+    earlier = {f"t{k}": "completed" if k % 2 else "pruned" for k in range(1, 6)}  # from MLflow at restore
+    statuses = {**earlier, "t6": "running"}
+    view.on_event(TrialEvent("start", "t6", "running", {"config": {"model.slices": 2}}, statuses, None))
+    shown = Console(file=io.StringIO(), width=120, record=True)
+    shown.print(view.render())
+    text = shown.export_text()
+    assert "6/6 trials" in text
+    rows = [line.split()[:2] for line in text.splitlines() if line.split()[:1] and line.split()[0] in statuses]
+    assert rows == [[k, s] for k, s in statuses.items()]

@@ -67,7 +67,14 @@ class LiveView:
 
     def on_event(self, event: TrialEvent) -> None:
         with self.lock:
+            # Trials this view has no event of (they ended before a resume) get a row from their
+            # status, so that the table shows as many trials as the header counts.
+            for trial_id, status in event.statuses.items():
+                known = self.trials.setdefault(trial_id, {"status": status, "config": {}, "earlier": True})
+                if known.get("earlier"):
+                    known["status"] = status
             row = self.trials.setdefault(event.trial_id, {"status": "running", "config": {}})
+            row.pop("earlier", None)
             row["status"] = event.status
             if "epoch" in event.result:
                 row["epoch"] = event.result["epoch"]

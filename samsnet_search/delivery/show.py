@@ -49,8 +49,7 @@ def format_result(result: StudyResult) -> str:
         f"study {study.name}: {'INTERRUPTED (resume with: samsnet-search resume ' + study.name + ')' if result.interrupted else 'search finished'}"
         f" in {summary['seconds']:.0f} s",
         f"  trials: {summary['trials']} ({counts or 'none'})",
-        f"  trial-epochs: {summary['epochs_run']} of {summary['epochs_full']} if every trial ran to the end "
-        f"({100 * summary['fraction_saved']:.0f}% saved by pruning and early stopping)",
+        _epochs_line(summary, result.interrupted),
     ]
     best = result.best
     if best is not None:
@@ -65,6 +64,19 @@ def format_result(result: StudyResult) -> str:
     lines.append(f"  results: {identity.display_uri(result.manifest.path)}")
     lines.append(f"  {result.target.where(result.manifest.experiment_id)}")
     return "\n".join(lines)
+
+
+def _epochs_line(summary: dict, interrupted: bool) -> str:
+    run, full = summary["epochs_run"], summary["epochs_full"]
+    if interrupted:  # the unfinished trials' epochs are neither saved nor spent yet
+        return (
+            f"  trial-epochs so far: {run}; pruning and early stopping saved {full - run} more "
+            "in the trials that ended (the unfinished ones count when the study is resumed)"
+        )
+    return (
+        f"  trial-epochs: {run} of {full} if every pruned or early-stopped trial had run to the end "
+        f"({100 * summary['fraction_saved']:.0f}% saved by pruning and early stopping)"
+    )
 
 
 def format_studies(manifests: list[Manifest]) -> str:

@@ -12,6 +12,14 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 KEYS = ("wall_s", "cpu_s", "gpu_s", "epochs", "saved_epochs", "saved_s")
+# The trials whose unrun epochs pruning and early stopping saved: the search ended them. A failed
+# trial's were lost, a stopped or interrupted one's (`running` after a Ctrl-C) are not run yet.
+SAVING_STATUSES = ("completed", "stopped_early", "pruned")
+
+
+def saved_epochs(trial: Any, budget: int) -> int:
+    """The epochs of its budget that the search spared a trial (0 unless it ended by the search's choice)."""
+    return max(int(budget) - int(trial.epochs), 0) if trial.status in SAVING_STATUSES else 0
 
 
 def trial_cost(trial: Any, budget: int, cpus: float, gpus: float) -> dict[str, Any]:
@@ -19,7 +27,7 @@ def trial_cost(trial: Any, budget: int, cpus: float, gpus: float) -> dict[str, A
     rows = trial.history or []
     epoch_s = [float(r["epoch_seconds"]) for r in rows if r.get("epoch_seconds") is not None]
     wall = float((trial.metrics or {}).get("time_total_s") or sum(epoch_s))
-    saved = 0 if trial.status == "failed" else max(int(budget) - int(trial.epochs), 0)
+    saved = saved_epochs(trial, budget)
     mean_epoch = sum(epoch_s) / len(epoch_s) if epoch_s else 0.0
     return {
         "wall_s": round(wall, 2),

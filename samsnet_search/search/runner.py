@@ -162,9 +162,10 @@ class StudyResult:
         return cost.search_cost(self.trials, self.budget, res.cpu, res.gpu, self.seconds)
 
     def epoch_savings(self) -> dict[str, float]:
-        """Trial-epochs run vs. running every trial to its full budget (what ASHA saved)."""
+        """Trial-epochs run vs. running the pruned and early-stopped trials to their full budget (what
+        ASHA and patience saved); trials still unfinished (interrupted) or failed saved nothing."""
         run = sum(t.epochs for t in self.trials)
-        full = sum(self.budget(t) for t in self.trials)
+        full = run + sum(cost.saved_epochs(t, self.budget(t)) for t in self.trials)
         return {"epochs_run": run, "epochs_full": full, "fraction_saved": 1 - run / full if full else 0.0}
 
     def summary(self) -> dict[str, Any]:
@@ -551,7 +552,8 @@ def _run_study(
                 _sign_tuner(study)
             with stop.tune_loop():
                 grid = tuner.fit()
-            result = _result(study, manifest, target, grid, time.monotonic() - start, stop.requested() is not None)
+            seconds = seconds_before(manifest, resuming) + time.monotonic() - start
+            result = _result(study, manifest, target, grid, seconds, stop.requested() is not None)
             state = "interrupted" if result.interrupted else "finished"
             if study.search.multi_objective and not result.interrupted:
                 result.pareto = _pareto(study, result)
@@ -571,6 +573,11 @@ def _run_study(
                 budget_s=study.search.infra_retry_s,
             )
     return result
+
+
+def seconds_before(manifest: Manifest, resuming: bool) -> float:
+    """The search's wall time in the sessions before this one (a resumed study's summary keeps it)."""
+    return float((manifest.summary or {}).get("seconds") or 0.0) if resuming else 0.0
 
 
 def _warm_start(study: Study, target, manifest: Manifest) -> None:
