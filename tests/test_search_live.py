@@ -4,6 +4,7 @@ CI) one plain line per trial change, with counts and time."""
 from __future__ import annotations
 
 import io
+import logging
 
 import yaml
 from rich.console import Console
@@ -107,3 +108,22 @@ def test_a_resumed_study_shows_a_row_for_each_trial_it_counts(tmp_path):
     assert "6/6 trials" in text
     rows = [line.split()[:2] for line in text.splitlines() if line.split()[:1] and line.split()[0] in statuses]
     assert rows == [[k, s] for k, s in statuses.items()]
+
+
+def test_a_log_line_under_the_live_table_is_a_whole_line_above_it(tmp_path):
+    """The CLI's screen handler writes to the stderr of the moment: under the table that is rich's
+    proxy, which prints the line above the table (a handler holding the original stderr wrote it
+    into the table's last row: `...channels  lrINFO samsnet_search...`)."""
+    from samsnet_search.cli import SCREEN_FORMAT, ScreenHandler
+
+    out = io.StringIO()
+    log = logging.getLogger("samsnet_search.test_live")
+    handler = ScreenHandler()
+    handler.setFormatter(logging.Formatter(SCREEN_FORMAT))
+    log.addHandler(handler)
+    try:
+        with LiveView(_study(tmp_path), Console(file=out, width=120, force_terminal=True)):
+            log.warning("slice estimate: 1")
+    finally:
+        log.removeHandler(handler)
+    assert "\x1b[?25lWARNING samsnet_search.test_live: slice estimate: 1\nstudy v " in out.getvalue()
