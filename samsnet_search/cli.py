@@ -121,7 +121,8 @@ def log_dir() -> Path:
 class _Logging:
     """The root logger's two handlers for one `main` call (removed again at its end)."""
 
-    def __init__(self) -> None:
+    def __init__(self, argv: list[str]) -> None:
+        self.help = "--help" in argv  # a command's help runs nothing: no log file
         self.root = logging.getLogger()
         self.saved_level = self.root.level
         self.screen = ScreenHandler()
@@ -171,7 +172,7 @@ def _options(
         _LOGGING.screen.setLevel(logging.INFO)
     # MLflow logs to the screen through its own handler, set up when it is first imported (later).
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
-    if ctx.invoked_subcommand in LOGGED_COMMANDS:
+    if ctx.invoked_subcommand in LOGGED_COMMANDS and not _LOGGING.help:
         path = _LOGGING.to_file(ctx.invoked_subcommand)
         more = "" if verbose else "; -v shows it here"
         console.print(f"[dim]log: {path} (INFO and above{more})[/dim]", highlight=False, soft_wrap=True)
@@ -965,7 +966,7 @@ def main(argv: list[str] | None = None) -> int:
     # With a tracking server MLflow prints "View run ... / View experiment at ..." at every run's
     # end, trials' included; the study prints its own MLflow line once.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    with _Logging() as _LOGGING:
+    with _Logging(sys.argv[1:] if argv is None else argv) as _LOGGING:
         try:
             return _main(argv)
         finally:

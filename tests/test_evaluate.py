@@ -200,6 +200,7 @@ def test_info_lines_go_to_the_log_file_and_to_the_screen_with_verbose(synth_root
     assert main(["-v", *argv]) == 0
     err = capsys.readouterr().err
     assert "INFO samsnet_search.engine.evaluate: " in err and "(INFO and above)" in err
+    assert main(["evaluate", "--help"]) == 0 and "log: " not in capsys.readouterr().err  # help runs nothing
 
 
 def test_separate_command_writes_one_wav_per_target(checkpoint_dir, tmp_path):
