@@ -354,7 +354,7 @@ def evaluate(
         data_kind=kind,
         subset=subset,
         out_dir=out,
-        progress=lambda msg: console.print(f"[dim]{msg}[/dim]", highlight=False),
+        progress=lambda msg: console.print(f"[dim]{msg}[/dim]", highlight=False, soft_wrap=True),
     )
     _print_scores(report)
 
@@ -802,7 +802,7 @@ def _select(result, select: bool, **ray_args) -> None:
 
     sel = run_selection(
         result,
-        progress=lambda msg: console.print(f"[dim]{msg}[/dim]", highlight=False),
+        progress=lambda msg: console.print(f"[dim]{msg}[/dim]", highlight=False, soft_wrap=True),
         register=register_winner,
         **ray_args,
     )
