@@ -1,6 +1,7 @@
 """Full-track evaluation (museval and the fast path), IRM oracles, and the separate command."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -189,6 +190,8 @@ def test_info_lines_go_to_the_log_file_and_to_the_screen_with_verbose(synth_root
     """By default the screen gets the command's progress, no library INFO line; the file named in
     the first line gets them; `-v` brings them back to the screen."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    for name in ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "MLFLOW_LOGGING_LEVEL"):
+        monkeypatch.delenv(name, raising=False)  # main sets them (for MLflow, imported later, and workers)
     argv = ["evaluate", "--oracle", "irm1", "--data", str(synth_root), "--backend", "fast"]
     argv += ["--out", str(tmp_path / "o"), "--max-tracks", "1"]
     assert main(argv) == 0
@@ -197,6 +200,9 @@ def test_info_lines_go_to_the_log_file_and_to_the_screen_with_verbose(synth_root
     assert err.startswith(f"log: {log} (INFO and above; -v shows it here)\n")
     assert "test [1/1, " in err and "INFO samsnet_search" not in err
     assert "INFO samsnet_search.engine.evaluate: " in log.read_text()  # the per-track scores
+    # MLflow's own handler: WARNING and above; no "View run ... / View experiment at ..." per run
+    assert os.environ["MLFLOW_LOGGING_LEVEL"] == "WARNING"
+    assert os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] == "true"
     assert main(["-v", *argv]) == 0
     err = capsys.readouterr().err
     assert "INFO samsnet_search.engine.evaluate: " in err and "(INFO and above)" in err
