@@ -57,3 +57,15 @@ def test_no_private_ray_or_optuna_attribute_outside_the_one_module():
 
 # The private names the platform has used of Ray and Optuna objects (kept in tune_internals).
 PRIVATE_NAMES = {"_time_attr", "_process_bracket", "_local_tuner", "_tune_config", "experiment_driver_staging_path"}
+
+
+def test_rays_token_is_made_private(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    token = tmp_path / ".ray" / "auth_token"
+    token.parent.mkdir()
+    token.write_text("secret")
+    token.chmod(0o644)  # as Ray writes it under umask 022
+    tune_internals.keep_token_private()
+    assert token.stat().st_mode & 0o777 == 0o600
+    token.unlink()
+    tune_internals.keep_token_private()  # no token yet: nothing to do

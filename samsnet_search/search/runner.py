@@ -232,6 +232,7 @@ def ray_session(
                     **common,
                 )
             stop.reinstall()  # Ray's core worker took SIGTERM over (abseil's handler aborts)
+            tune_internals.keep_token_private()
         try:
             yield
         finally:

@@ -14,6 +14,7 @@ import importlib.metadata
 import importlib.util
 import logging
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ray._private import ray_constants  # noqa: PLC2701  (Ray's only switch for a loopback node)
@@ -88,6 +89,24 @@ def loopback_node() -> Iterator[None]:
         ray_constants.ENABLE_RAY_CLUSTER = before
 
 
+def ray_token_file() -> Path:
+    """Ray's token for a local cluster (`authentication_token_setup._get_default_token_path`)."""
+    return Path.home() / ".ray" / "auth_token"
+
+
+def keep_token_private() -> None:
+    """Ray writes its token with the process umask (0644 under umask 022): whoever can enter the
+    home folder could then use every Ray of this user. Made 0600 after a local start."""
+    path = ray_token_file()
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return
+    if mode & 0o077:
+        path.chmod(0o600)
+        log.info("Ray's token %s was readable by others; it is now 0600", path)
+
+
 class StopHook:
     """Mixin for Tune's HyperBandScheduler: `on_stop(trial)` hears of every trial the scheduler
     stops through the controller (a bracket's paused losers), which Tune does in a private method."""
@@ -160,6 +179,13 @@ def _module(name: str) -> Callable[[], str | None]:
     return lambda: None if importlib.util.find_spec(name) is not None else "no such module"
 
 
+def _token_file() -> str | None:
+    from ray._private.authentication import authentication_token_setup as setup  # noqa: PLC2701  # lazy: checked only
+
+    found = setup._get_default_token_path()
+    return None if found == ray_token_file() else f"Ray keeps its token at {found}, not {ray_token_file()}"
+
+
 def _scheduler_time_attr() -> str | None:
     value = getattr(AsyncHyperBandScheduler(time_attr="epoch", max_t=4), "_time_attr", None)
     return None if value == "epoch" else f"AsyncHyperBandScheduler(time_attr='epoch')._time_attr is {value!r}"
@@ -187,6 +213,7 @@ _CHECKS: list[tuple[str, Callable[[], str | None]]] = [
     ("checkpoint folders", _attr("ray.train._internal.storage", "StorageContext._make_checkpoint_dir_name")),
     ("staging folder", _attr("ray.train._internal.storage", "StorageContext.experiment_driver_staging_path")),
     ("scheduler time attribute", _scheduler_time_attr),
+    ("token file", _token_file),
     ("loopback node switch", _attr("ray._private.ray_constants", "ENABLE_RAY_CLUSTER")),
     ("HyperBand bracket stops", _has_method("ray.tune.schedulers", "HyperBandScheduler", "_process_bracket")),
     ("legacy output switch", _attr("ray.tune.experimental.output", "get_air_verbosity")),
