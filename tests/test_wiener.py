@@ -50,6 +50,11 @@ def save_tiny_checkpoint(folder, seed: int = 0, slices: int = 2):
     return folder
 
 
+def error_lines(err: str) -> list[str]:
+    """The CLI's error lines (stderr also names the command's log file first)."""
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
 def stacked(stems: dict[str, np.ndarray]) -> np.ndarray:
     return np.stack([stems[t] for t in TARGETS])
 
@@ -102,6 +107,7 @@ def test_post_filter_rejects_negative_iterations_and_labels_itself():
         PostFilter(wiener=-1)
     assert PLAIN.label == "plain masks (paper)"
     assert PostFilter(wiener=2, residual=True).label == "Wiener filter (2 EM iterations) + other = mixture - rest"
+    assert PostFilter(wiener=1, start="magnitudes").label == "Wiener filter (1 EM iteration, from the magnitudes)"
 
 
 def test_oracle_with_wiener_on_synthetic_track(synth_root):
@@ -149,4 +155,7 @@ def test_evaluate_command_labels_the_post_filter(synth_root, tmp_path, capsys):
     assert "Wiener filter (1 EM iteration)" in capsys.readouterr().out
     assert main(["evaluate", "--oracle", "irm1", "--data", str(synth_root), "--wiener", "-1"]) == 2
     err = capsys.readouterr().err
-    assert "--wiener -1: EM iterations must be >= 0" in err and len(err.strip().splitlines()) == 1
+    assert "--wiener -1: EM iterations must be >= 0" in err and len(error_lines(err)) == 1
+    assert main(["evaluate", "--oracle", "irm1", "--data", str(synth_root), "--wiener-start", "phase"]) == 2
+    err = capsys.readouterr().err
+    assert error_lines(err) == ["error: --wiener-start phase: must be one of softmask, magnitudes"]
