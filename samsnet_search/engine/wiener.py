@@ -12,6 +12,9 @@ estimates need not sum to the mixture (on a real song they summed with ~7 dB SNR
   estimates whose STFTs sum to the mixture's STFT. It works in complex128 on every device, as
   norbert (`WORK_DTYPE`), on windows of `window_frames` frames (open-unmix's
   `wiener_win_len=300`), which bounds its memory and lets the spatial covariances follow the song.
+  The windows are fixed to the song (frames [k W, (k + 1) W)), not to the spectrogram handed in:
+  `first_frame` says where that spectrogram starts, so a chunked separation filters each frame in
+  the same window as a whole-song one (`separate.chunk_plan` adds a window of context).
   No value leaves the device, so a separation on a GPU keeps its spectrograms there;
   tests/test_wiener_torch.py holds it to norbert, which stays as the tests' reference.
 * `residual`: "other" becomes the mixture minus the other targets (as demucs users expect
@@ -69,27 +72,40 @@ class PostFilter:
             parts.append("other = mixture - rest")
         return " + ".join(parts) or "plain masks (paper)"
 
-    def apply(self, masks: torch.Tensor, spec: torch.Tensor) -> torch.Tensor:
-        """masks (S, C, F, T) real, mixture spec (C, F, T) complex -> target spectrograms (S, C, F, T)."""
+    @property
+    def context_frames(self) -> int:
+        """Frames of context a chunk needs on each side for the filter to see whole windows."""
+        return self.window_frames if self.wiener else 0
+
+    def apply(self, masks: torch.Tensor, spec: torch.Tensor, first_frame: int = 0) -> torch.Tensor:
+        """masks (S, C, F, T) real, mixture spec (C, F, T) complex -> target spectrograms (S, C, F, T).
+        first_frame: spec's first frame in the song (where the filter's windows fall)."""
         if not self.wiener:
             return masks.to(spec.real.dtype) * spec.unsqueeze(0)  # mixture phase, as the paper
-        return wiener(masks * spec.abs().unsqueeze(0), spec, self.wiener, self.window_frames, self.start)
+        v = masks * spec.abs().unsqueeze(0)
+        return wiener(v, spec, self.wiener, self.window_frames, self.start, first_frame)
 
 
 def wiener(
-    v: torch.Tensor, x: torch.Tensor, iterations: int, window_frames: int = WINDOW_FRAMES, start: str = "softmask"
+    v: torch.Tensor,
+    x: torch.Tensor,
+    iterations: int,
+    window_frames: int = WINDOW_FRAMES,
+    start: str = "softmask",
+    first_frame: int = 0,
 ) -> torch.Tensor:
     """Multichannel Wiener filter (norbert's `wiener`). v: target magnitudes (S, C, F, T); x: mixture (C, F, T) complex.
 
     Returns the target spectrograms (S, C, F, T) in x's dtype, on x's device; with `iterations` > 0
-    (or the soft-mask start) they sum to x over S. `start`: one of `STARTS`.
+    (or the soft-mask start) they sum to x over S. `start`: one of `STARTS`. Windows cover the
+    song's frames [k window_frames, (k + 1) window_frames); x's first frame is the song's `first_frame`.
     """
     if start not in STARTS:
         raise ValueError(f"wiener start must be one of {', '.join(STARTS)} (got {start!r})")
     T = x.shape[-1]
     out = torch.empty((v.shape[0], *x.shape), dtype=x.dtype, device=x.device)
-    for first in range(0, T, window_frames):
-        stop = min(T, first + window_frames)
+    for edge in range(-(first_frame % window_frames), T, window_frames):
+        first, stop = max(0, edge), min(T, edge + window_frames)
         # Channels last, so each time-frequency bin's C x C algebra is on the innermost axes.
         mix = x[..., first:stop].to(WORK_DTYPE).permute(1, 2, 0).contiguous()  # (F, T, C)
         mag = v[..., first:stop].to(WORK_DTYPE.to_real()).permute(0, 2, 3, 1).contiguous()  # (S, F, T, C)
