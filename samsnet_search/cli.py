@@ -303,6 +303,11 @@ def evaluate(
     wiener: int = typer.Option(
         0, help="multichannel Wiener filter EM iterations after the masks; 0: plain masks as the paper"
     ),
+    wiener_start: str = typer.Option(
+        "softmask",
+        help="the filter's first estimates: softmask (norbert's default) or magnitudes "
+        "(the masked magnitudes with the mixture's phase: open-unmix's default)",
+    ),
     residual: bool = typer.Option(False, "--residual", help="other = mixture - (vocals + drums + bass)"),
 ) -> None:
     """Separate full tracks and score them with BSSEval v4 (median over frames, then tracks).
@@ -313,7 +318,8 @@ def evaluate(
     from .engine.checkpoint import load_model  # lazy: torch
     from .engine.evaluate import ORACLE_STFTS, evaluate_tracks, model_estimator, oracle_estimator  # lazy: torch
     from .engine.train import pick_device  # lazy: torch
-    from .engine.wiener import PostFilter  # lazy: torch
+    from .engine.wiener import STARTS as WIENER_STARTS  # lazy: torch
+    from .engine.wiener import PostFilter
 
     if (model is None) == (oracle is None):
         raise ConfigError("give either a model checkpoint or --oracle irm1|irm2")
@@ -328,7 +334,9 @@ def evaluate(
         raise ConfigError("--oracle-stft applies to --oracle only: a model separates with its own STFT")
     if wiener < 0:
         raise ConfigError(f"--wiener {wiener}: EM iterations must be >= 0 (0: plain masks)")
-    post = PostFilter(wiener=wiener, residual=residual)
+    if wiener_start not in WIENER_STARTS:
+        raise ConfigError(f"--wiener-start {wiener_start}: must be one of {', '.join(WIENER_STARTS)}")
+    post = PostFilter(wiener=wiener, residual=residual, start=wiener_start)
     data_cfg, name = DataConfig(), oracle
     if model is not None:
         net, state = load_model(model)
@@ -389,6 +397,11 @@ def separate(
     wiener: int = typer.Option(
         0, help="multichannel Wiener filter EM iterations (norbert); 0: plain masks as the paper"
     ),
+    wiener_start: str = typer.Option(
+        "softmask",
+        help="the filter's first estimates: softmask (norbert's default) or magnitudes "
+        "(the masked magnitudes with the mixture's phase: open-unmix's default)",
+    ),
     residual: bool = typer.Option(
         False, "--residual", help="other = mixture - (vocals + drums + bass): stems sum to the mixture"
     ),
@@ -402,11 +415,14 @@ def separate(
     from .delivery.registry import load_separator  # lazy: torch, mlflow
     from .engine.separate import check_arguments, parse_stems, separate_file  # lazy: torch
     from .engine.train import pick_device  # lazy: torch
-    from .engine.wiener import PostFilter  # lazy: torch
+    from .engine.wiener import STARTS as WIENER_STARTS  # lazy: torch
+    from .engine.wiener import PostFilter
 
     check_arguments(model, audio)
     if wiener < 0:
         raise ConfigError(f"--wiener {wiener}: EM iterations must be >= 0 (0: plain masks)")
+    if wiener_start not in WIENER_STARTS:
+        raise ConfigError(f"--wiener-start {wiener_start}: must be one of {', '.join(WIENER_STARTS)}")
     selected = parse_stems(stems)
     net = load_separator(model, tracking_uri)
     # SIGTERM / SIGHUP / Ctrl-C raise here (exit 128 + signal): the stems' .part files are removed on the way out.
@@ -442,7 +458,7 @@ def separate(
                 out,
                 pick_device(device),
                 chunk_seconds=chunk_seconds,
-                post=PostFilter(wiener=wiener, residual=residual),
+                post=PostFilter(wiener=wiener, residual=residual, start=wiener_start),
                 stems=selected,
                 bits=bits,
                 progress=show,

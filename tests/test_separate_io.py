@@ -89,7 +89,7 @@ def test_apply_chunked_streams_any_block_sizes():
     """The chunk loop is model-agnostic: any separator, blocks of any size, the same result."""
     audio = np.random.default_rng(0).standard_normal((2, 10_000)).astype(np.float32)
 
-    def fn(x):  # a separator whose output depends on its neighbourhood (a moving sum over 7 samples)
+    def fn(x, start=0):  # a separator whose output depends on its neighbourhood (a moving sum over 7 samples)
         k = np.ones(7, dtype=np.float32)
         return np.stack([np.stack([np.convolve(c, k, "same") for c in x])] * 3)
 

@@ -165,6 +165,7 @@ BAD = [
     ("resources.gpu_memory_gb", 0, "resources.gpu_memory_gb: Input should be greater than 0"),
     ("resources.cpu", 0, "resources.cpu: Input should be greater than 0"),
     ("selection.seeds", 2, "selection.seeds: Input should be greater than or equal to 3"),
+    ("selection.wiener_start", "phase", "selection.wiener_start: Input should be 'softmask' or 'magnitudes'"),
     ("tracking.uri", "http://user:pw@localhost:5000", "tracking: uri: credentials in the URI"),
     ("storage", "gs://bucket/x", "storage: scheme 'gs' is not supported"),
     ("name", "has space", "name: 'has space' is not a valid study name"),

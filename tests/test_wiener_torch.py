@@ -37,14 +37,26 @@ FLOAT32_REL_TOL = 1e-6  # complex64 in and out: the final cast's rounding
 SUM_REL_TOL = 1e-6
 
 
-def norbert_wiener(v: torch.Tensor, x: torch.Tensor, iterations: int, window_frames: int) -> torch.Tensor:
-    """v (S, C, F, T), x (C, F, T) -> (S, C, F, T) complex128: norbert on each window, as the post-filter called it."""
+def norbert_wiener(
+    v: torch.Tensor,
+    x: torch.Tensor,
+    iterations: int,
+    window_frames: int,
+    start: str = "softmask",
+    first_frame: int = 0,
+) -> torch.Tensor:
+    """v (S, C, F, T), x (C, F, T) -> (S, C, F, T) complex128: norbert on each window, as the post-filter called it
+    (`start` "magnitudes": norbert's `use_softmask=False`; windows fixed to the song, x starting at `first_frame`)."""
     out = []
-    for start in range(0, x.shape[-1], window_frames):
-        window = slice(start, start + window_frames)
+    for edge in range(-(first_frame % window_frames), x.shape[-1], window_frames):
+        window = slice(max(0, edge), edge + window_frames)
         v_np = v[..., window].permute(3, 2, 1, 0).numpy().astype(np.float64)  # norbert: (T, F, C, S)
         x_np = x[..., window].permute(2, 1, 0).numpy().astype(np.complex128)  # (T, F, C)
-        out.append(torch.from_numpy(norbert.wiener(v_np, x_np, iterations)).permute(3, 2, 1, 0))
+        out.append(
+            torch.from_numpy(norbert.wiener(v_np, x_np, iterations, use_softmask=start == "softmask")).permute(
+                3, 2, 1, 0
+            )
+        )
     return torch.cat(out, -1)
 
 
@@ -83,6 +95,37 @@ def test_float64_equals_norbert_for_mono_and_more_channels(channels):
 def test_no_iterations_is_the_soft_mask():
     v, x = random_mixture(frames=20)
     assert relative_error(wiener(v, x, 0), norbert_wiener(v, x, 0, window_frames=300)) < FLOAT64_REL_TOL
+
+
+@pytest.mark.parametrize("iterations", [0, 1, 2])
+def test_magnitudes_start_equals_norbert_without_softmask(iterations):
+    """open-unmix's default start: the masked magnitudes with the mixture's phase (norbert's
+    `use_softmask=False`), then the same EM; a zero mixture bin keeps norbert's phase (angle 0)."""
+    v, x = random_mixture()
+    x[0, 3, 5] = 0
+    got = wiener(v, x, iterations, window_frames=30, start="magnitudes")
+    want = norbert_wiener(v, x, iterations, window_frames=30, start="magnitudes")
+    assert relative_error(got, want) < FLOAT64_REL_TOL
+    assert relative_error(got, wiener(v, x, iterations, window_frames=30)) > 1e-3  # not the soft-mask start
+
+
+def test_windows_are_fixed_to_the_song():
+    """A spectrogram that starts at the song's frame 50 is cut into the song's windows (frames 50-59
+    end the song's window [30, 60)): every frame of a whole window in it is filtered as in the song."""
+    v, x = random_mixture(frames=120)
+    whole = wiener(v, x, 2, window_frames=30)
+    part = wiener(v[..., 50:], x[..., 50:], 2, window_frames=30, first_frame=50)
+    assert relative_error(part, norbert_wiener(v[..., 50:], x[..., 50:], 2, 30, first_frame=50)) < FLOAT64_REL_TOL
+    assert relative_error(part[..., 10:], whole[..., 60:]) < FLOAT64_REL_TOL  # the windows [60, 90), [90, 120)
+    assert relative_error(part[..., :10], whole[..., 50:60]) > 1e-3  # the song's window [30, 60), cut
+
+
+def test_unknown_start_is_refused():
+    v, x = random_mixture(frames=20)
+    with pytest.raises(ValueError, match="wiener start must be one of softmask, magnitudes"):
+        wiener(v, x, 1, start="phase")
+    with pytest.raises(ValueError, match="got 'phase'"):
+        PostFilter(wiener=1, start="phase")
 
 
 def test_complex64_input_is_filtered_in_complex128():

@@ -1,7 +1,9 @@
 """Chunked separation with bounded memory, for any separator (the idea of demucs' `apply.py`).
 
 `apply_chunked(fn, blocks, plan)` streams a mixture given as blocks of samples through a
-separator `fn(audio (C, n)) -> estimates (S, C, n)`: each chunk of `plan.chunk` samples is
+separator `fn(audio (C, n), start) -> estimates (S, C, n)` (`start`: the piece's first sample in
+the song, for a separator whose result depends on where it is, as the Wiener filter's windows
+fixed to the song; others ignore it): each chunk of `plan.chunk` samples is
 separated with `plan.context` samples of the mixture on each side and only its own part is
 kept. Nothing holds more than one chunk and its context, so memory is set by the chunk, not by
 the track, and the caller may write each piece out as it comes.
@@ -23,7 +25,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-Separator = Callable[[np.ndarray], np.ndarray]  # (C, n) -> (S, C, n)
+Separator = Callable[[np.ndarray, int], np.ndarray]  # (audio (C, n), its first sample in the song) -> (S, C, n)
 Progress = Callable[[int], None]  # samples of the mixture separated so far
 
 
@@ -72,7 +74,7 @@ def apply_chunked(
             return
         stop = min(end, start + plan.chunk)
         lo, hi = max(0, start - plan.context), min(end, stop + plan.context)
-        estimates = fn(np.ascontiguousarray(buf[..., lo - buf_start : hi - buf_start]))
+        estimates = fn(np.ascontiguousarray(buf[..., lo - buf_start : hi - buf_start]), lo)
         yield estimates[..., start - lo : stop - lo]
         done += stop - start
         if progress is not None:

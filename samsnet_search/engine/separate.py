@@ -36,12 +36,14 @@ MODEL_FOLDER_MARKS = ("*.pt", "*.pt2", "export.json")  # what a checkpoint or ex
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".mp4", ".aac", ".aif", ".aiff", ".opus")
 
 
-def chunk_plan(model: nn.Module, chunk_seconds: float) -> ChunkPlan:
+def chunk_plan(model: nn.Module, chunk_seconds: float, filter_frames: int = 0) -> ChunkPlan:
     """Chunks that start on slice boundaries, with context for the network's receptive field
-    plus the STFT frames a chunk edge changes on each side of it (so plain masks are exact)."""
+    plus the STFT frames a chunk edge changes on each side of it (so plain masks are exact), plus
+    `filter_frames` (a post-filter's: the Wiener filter's window, so the windows that reach into
+    the chunk are whole and exact, and its output is the whole song's too)."""
     n_fft, hop = int(model.spectrogram.n_fft), int(model.spectrogram.hop_length)
     edge = math.ceil(n_fft / (2 * hop))  # frames whose window crosses a chunk edge
-    context = (int(model.context_frames()) + 2 * edge + 1) * hop
+    context = (int(model.context_frames()) + 2 * edge + 1 + filter_frames) * hop
     return ChunkPlan.make(int(chunk_seconds * SAMPLE_RATE), context, int(model.slice_frames) * hop)
 
 
@@ -59,17 +61,19 @@ class MaskSeparator:
         self.context_frames = int(model.context_frames())
 
     def plan(self, chunk_seconds: float) -> ChunkPlan:
-        return chunk_plan(self.model, chunk_seconds)
+        return chunk_plan(self.model, chunk_seconds, self.post.context_frames)
 
     @torch.no_grad()
-    def __call__(self, audio: np.ndarray) -> np.ndarray:
+    def __call__(self, audio: np.ndarray, start: int = 0) -> np.ndarray:
+        """audio (C, n) starting at the song's sample `start` -> estimates (S, C, n)."""
         n = audio.shape[-1]
         x = torch.tensor(audio, dtype=torch.float32, device=self.device)  # (C, n), a copy: inputs may be read-only
         if n <= self.n_fft:  # the centred STFT needs more samples than half a frame: pad, crop below
             x = torch.nn.functional.pad(x, (0, self.n_fft + 1 - n))
         spec = self.model.spectrogram(x[None])  # (1, C, F, T) complex
         masks = self.model(spec.abs())[0]  # (S, C, F, T)
-        targets = self.post.apply(masks, spec[0])  # (S, C, F, T) complex
+        # Chunks start on whole hops (`plan`): frame 0 here is the song's frame start // hop.
+        targets = self.post.apply(masks, spec[0], start // self.hop)  # (S, C, F, T) complex
         estimates = self.model.spectrogram.inverse(targets[None], x.shape[-1])[0, ..., :n].float().cpu().numpy()
         if self.post.residual:
             estimates = mixture_residual(estimates, audio)

@@ -61,7 +61,7 @@ def chunked_estimates(
 ) -> np.ndarray:
     """`model.separate` of a whole excerpt (mixture phase, plain masks). (C, N) -> (S, C, N) float32."""
 
-    def separate(audio: np.ndarray) -> np.ndarray:
+    def separate(audio: np.ndarray, start: int) -> np.ndarray:  # plain masks: where the piece lies does not matter
         x = torch.tensor(audio, device=device)[None]  # (1, C, n)
         with torch.autocast(device.type, dtype=amp_dtype(), enabled=amp):
             return model.separate(x)[0].float().cpu().numpy()  # (S, C, n)

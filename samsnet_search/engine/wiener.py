@@ -4,12 +4,17 @@ The paper applies each target's sigmoid mask to the mixture independently, so th
 estimates need not sum to the mixture (on a real song they summed with ~7 dB SNR).
 
 * `wiener`: sigsep's `norbert` filter (open-unmix's, Nugraha et al. 2016) in torch, on the
-  spectrogram's device: the masked magnitudes initialise a soft mask (ratio of the targets'
-  magnitudes), then `iterations` EM steps re-estimate each target's power spectral density and
+  spectrogram's device: the masked magnitudes give the first estimates, either through a soft mask
+  (`start="softmask"`, the ratio of the targets' magnitudes: norbert's `use_softmask=True`) or
+  as they are with the mixture's phase (`start="magnitudes"`: norbert's `use_softmask=False`,
+  open-unmix's default, `Separator(softmask=False)`), then `iterations` EM steps re-estimate each target's power spectral density and
   spatial covariance and apply the multichannel Wiener gains. Any number of iterations gives
   estimates whose STFTs sum to the mixture's STFT. It works in complex128 on every device, as
   norbert (`WORK_DTYPE`), on windows of `window_frames` frames (open-unmix's
   `wiener_win_len=300`), which bounds its memory and lets the spatial covariances follow the song.
+  The windows are fixed to the song (frames [k W, (k + 1) W)), not to the spectrogram handed in:
+  `first_frame` says where that spectrogram starts, so a chunked separation filters each frame in
+  the same window as a whole-song one (`separate.chunk_plan` adds a window of context).
   No value leaves the device, so a separation on a GPU keeps its spectrograms there;
   tests/test_wiener_torch.py holds it to norbert, which stays as the tests' reference.
 * `residual`: "other" becomes the mixture minus the other targets (as demucs users expect
@@ -32,59 +37,89 @@ WINDOW_FRAMES = 300  # open-unmix's wiener_win_len: frames per filter window
 # sum to the mixture and SDR would move (tests/test_wiener_torch.py). A window's tensors are small.
 WORK_DTYPE = torch.complex128
 RESIDUAL_TARGET = TARGETS.index("other")
+# How the EM's first estimates are made from the masked magnitudes v and the mixture x:
+# "softmask": v / sum(v) * x (norbert's default, use_softmask=True);
+# "magnitudes": v with x's phase (norbert's use_softmask=False, open-unmix's Separator default).
+STARTS = ("softmask", "magnitudes")
 
 
 @dataclass(frozen=True)
 class PostFilter:
-    """What happens after the masks: `wiener` EM iterations (0: the paper's plain masks), `residual`."""
+    """What happens after the masks: `wiener` EM iterations (0: the paper's plain masks) from
+    `start` (one of `STARTS`), `residual`."""
 
     wiener: int = 0
     residual: bool = False
     window_frames: int = WINDOW_FRAMES
+    start: str = "softmask"
 
     def __post_init__(self) -> None:
         if self.wiener < 0 or self.window_frames < 1:
             raise ValueError(
                 f"wiener iterations must be >= 0 and window_frames >= 1 (got {self.wiener}, {self.window_frames})"
             )
+        if self.start not in STARTS:
+            raise ValueError(f"wiener start must be one of {', '.join(STARTS)} (got {self.start!r})")
 
     @property
     def label(self) -> str:
         """How reports name it."""
         parts = []
         if self.wiener:
-            parts.append(f"Wiener filter ({self.wiener} EM iteration{'s' if self.wiener > 1 else ''})")
+            start = "" if self.start == "softmask" else f", from the {self.start}"
+            parts.append(f"Wiener filter ({self.wiener} EM iteration{'s' if self.wiener > 1 else ''}{start})")
         if self.residual:
             parts.append("other = mixture - rest")
         return " + ".join(parts) or "plain masks (paper)"
 
-    def apply(self, masks: torch.Tensor, spec: torch.Tensor) -> torch.Tensor:
-        """masks (S, C, F, T) real, mixture spec (C, F, T) complex -> target spectrograms (S, C, F, T)."""
+    @property
+    def context_frames(self) -> int:
+        """Frames of context a chunk needs on each side for the filter to see whole windows."""
+        return self.window_frames if self.wiener else 0
+
+    def apply(self, masks: torch.Tensor, spec: torch.Tensor, first_frame: int = 0) -> torch.Tensor:
+        """masks (S, C, F, T) real, mixture spec (C, F, T) complex -> target spectrograms (S, C, F, T).
+        first_frame: spec's first frame in the song (where the filter's windows fall)."""
         if not self.wiener:
             return masks.to(spec.real.dtype) * spec.unsqueeze(0)  # mixture phase, as the paper
-        return wiener(masks * spec.abs().unsqueeze(0), spec, self.wiener, self.window_frames)
+        v = masks * spec.abs().unsqueeze(0)
+        return wiener(v, spec, self.wiener, self.window_frames, self.start, first_frame)
 
 
-def wiener(v: torch.Tensor, x: torch.Tensor, iterations: int, window_frames: int = WINDOW_FRAMES) -> torch.Tensor:
+def wiener(
+    v: torch.Tensor,
+    x: torch.Tensor,
+    iterations: int,
+    window_frames: int = WINDOW_FRAMES,
+    start: str = "softmask",
+    first_frame: int = 0,
+) -> torch.Tensor:
     """Multichannel Wiener filter (norbert's `wiener`). v: target magnitudes (S, C, F, T); x: mixture (C, F, T) complex.
 
-    Returns the target spectrograms (S, C, F, T) in x's dtype, on x's device; they sum to x over S.
+    Returns the target spectrograms (S, C, F, T) in x's dtype, on x's device; with `iterations` > 0
+    (or the soft-mask start) they sum to x over S. `start`: one of `STARTS`. Windows cover the
+    song's frames [k window_frames, (k + 1) window_frames); x's first frame is the song's `first_frame`.
     """
+    if start not in STARTS:
+        raise ValueError(f"wiener start must be one of {', '.join(STARTS)} (got {start!r})")
     T = x.shape[-1]
     out = torch.empty((v.shape[0], *x.shape), dtype=x.dtype, device=x.device)
-    for start in range(0, T, window_frames):
-        stop = min(T, start + window_frames)
+    for edge in range(-(first_frame % window_frames), T, window_frames):
+        first, stop = max(0, edge), min(T, edge + window_frames)
         # Channels last, so each time-frequency bin's C x C algebra is on the innermost axes.
-        mix = x[..., start:stop].to(WORK_DTYPE).permute(1, 2, 0).contiguous()  # (F, T, C)
-        mag = v[..., start:stop].to(WORK_DTYPE.to_real()).permute(0, 2, 3, 1).contiguous()  # (S, F, T, C)
-        out[..., start:stop] = _wiener_window(mag, mix, iterations).permute(0, 3, 1, 2)
+        mix = x[..., first:stop].to(WORK_DTYPE).permute(1, 2, 0).contiguous()  # (F, T, C)
+        mag = v[..., first:stop].to(WORK_DTYPE.to_real()).permute(0, 2, 3, 1).contiguous()  # (S, F, T, C)
+        out[..., first:stop] = _wiener_window(mag, mix, iterations, start).permute(0, 3, 1, 2)
     return out
 
 
-def _wiener_window(v: torch.Tensor, x: torch.Tensor, iterations: int) -> torch.Tensor:
+def _wiener_window(v: torch.Tensor, x: torch.Tensor, iterations: int, start: str) -> torch.Tensor:
     """One window, channels last: v (S, F, T, C) real, x (F, T, C) complex -> (S, F, T, C) complex."""
     eps = torch.finfo(v.dtype).eps  # norbert: the epsilon of the working precision
-    y = v / (eps + v.sum(0)) * x  # soft mask: each target's share of the magnitudes
+    if start == "softmask":
+        y = v / (eps + v.sum(0)) * x  # each target's share of the magnitudes
+    else:  # the magnitudes with the mixture's phase, x / |x| (norbert: exp(1j * angle(x)), 1 where x is 0)
+        y = v * torch.where(x == 0, torch.ones_like(x), x / x.abs())
     if not iterations:
         return y
     # norbert runs the EM on the mixture scaled to |x| <= 10 (when louder) for numerical stability;

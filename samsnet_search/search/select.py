@@ -735,7 +735,7 @@ def _finish(
         )
         spec = trial_context(study, manifest).tracking
         scoring = _as_task(score_winner, study).remote(
-            best["checkpoint"], spec, sel.test_backend, sel.listen_seconds, sel.wiener
+            best["checkpoint"], spec, sel.test_backend, sel.listen_seconds, sel.wiener, sel.wiener_start
         )
         test = _get(scoring)
         for line in test.pop("progress"):
@@ -794,7 +794,12 @@ def _log_table(target, parent_run_id: str, table: SelectionTable, best: dict[str
 
 
 def score_winner(
-    checkpoint_uri: str, spec: tracking.ChildRunSpec, backend: str, listen_seconds: float, wiener: int
+    checkpoint_uri: str,
+    spec: tracking.ChildRunSpec,
+    backend: str,
+    listen_seconds: float,
+    wiener: int,
+    wiener_start: str = "softmask",
 ) -> dict[str, Any]:
     """Runs in a Ray task: `_score_test` of the stored winner on the device Ray assigned the task.
     Its progress lines are logged here (Ray shows them on the driver's terminal) and returned."""
@@ -806,7 +811,7 @@ def score_winner(
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = storage.get_file(checkpoint_uri, Path(tmp) / "checkpoint" / BEST).parent
-        test = _score_test(ckpt, spec.target, spec.parent_run_id, backend, listen_seconds, wiener, say)
+        test = _score_test(ckpt, spec.target, spec.parent_run_id, backend, listen_seconds, wiener, say, wiener_start)
     assigned = ray.get_runtime_context().get_assigned_resources()
     return {**test, "ran_on": {**test["ran_on"], "resources": assigned}, "progress": said}
 
@@ -819,11 +824,13 @@ def _score_test(
     listen_seconds: float,
     wiener: int = 0,
     say: Progress | None = None,
+    wiener_start: str = "softmask",
 ) -> dict[str, Any]:
     """The winner on the test split (the first and only time test data is read).
 
     Scored as the paper separates (plain masks) and, with `wiener` > 0, again after the Wiener
-    post-filter; the filtered report rides along as `test["wiener"]`, labelled by its post-filter.
+    post-filter (started from `wiener_start`, `wiener.STARTS`); the filtered report rides along as
+    `test["wiener"]`, labelled by its post-filter.
     """
     model, state = load_model(ckpt)
     cfg = validate_model(ExperimentConfig, state["experiment"], f"{ckpt}: experiment")
@@ -832,7 +839,7 @@ def _score_test(
         raise SelectionError(f"{cfg.data.root}: no test tracks; the winner cannot be scored on the test set")
     device = job_device(cfg.train.device)  # what Ray assigned this task: CPU when no GPU
     c = tracking.client(target)
-    posts = [PostFilter()] + ([PostFilter(wiener=wiener)] if wiener > 0 else [])
+    posts = [PostFilter()] + ([PostFilter(wiener=wiener, start=wiener_start)] if wiener > 0 else [])
     scored = []
     for post, prefix, artifact in zip(posts, ("test", "test_wiener"), ("test/scores.json", "test/scores_wiener.json")):
         report = evaluate_tracks(

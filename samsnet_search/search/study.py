@@ -512,6 +512,11 @@ class SelectionSettings(Strict):
         description="the test set is also scored after this many Wiener filter EM "
         "iterations (beside the paper's plain masks); 0: plain masks only",
     )
+    wiener_start: Literal["softmask", "magnitudes"] = Field(
+        "softmask",
+        description="the Wiener filter's first estimates: softmask (norbert's default) or magnitudes "
+        "(the masked magnitudes with the mixture's phase: open-unmix's default)",
+    )
     enabled: bool = Field(True, description="false: `run` stops after the search (no retraining)")
 
 
