@@ -175,7 +175,8 @@ def _options(
     if ctx.invoked_subcommand in LOGGED_COMMANDS and not _LOGGING.help:
         path = _LOGGING.to_file(ctx.invoked_subcommand)
         more = "" if verbose else "; -v shows it here"
-        console.print(f"[dim]log: {path} (INFO and above{more})[/dim]", highlight=False, soft_wrap=True)
+        # On stdout with the progress lines: stderr stays the one line of an error.
+        Console().print(f"[dim]log: {path} (INFO and above{more})[/dim]", highlight=False, soft_wrap=True)
 
 
 @app.command("model-info")

@@ -24,11 +24,12 @@ class DamagedFile(ConfigError):
 
 def one_line(e: BaseException, typed: bool = False) -> str:
     """The line of an exception a user reads (with its type name when `typed`): the first line of
-    its message, or the last one when the message carries a traceback (Ray's task errors end with
-    the exception the task raised); the type name when the message is empty."""
+    its message, or the last one when the message carries a traceback or its frames (Ray's task
+    errors end with the exception the task raised); the type name when the message is empty."""
     lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
     if not lines:
         return type(e).__name__
-    carries_traceback = any(line.startswith("Traceback (most recent call last)") for line in lines)
+    # Python's header, or (Ray's task errors) frames without it: `File "...", line N, in f`.
+    carries_traceback = any(line.startswith(("Traceback (most recent call last)", 'File "')) for line in lines)
     line = lines[-1] if carries_traceback else lines[0]
     return f"{type(e).__name__}: {line}" if typed else line

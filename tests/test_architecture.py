@@ -127,12 +127,17 @@ def test_one_line_of_an_exception_is_taken_in_one_place():
         (ValueError("bad lr\nmore detail"), True, "ValueError: bad lr"),
         (OSError(), False, "OSError"),
         (
+            RuntimeError('ray::ImplicitFunc.train() (pid=7)\n  File "t.py", line 3, in f\n    g()\nTrialFailed: nan'),
+            False,
+            "TrialFailed: nan",
+        ),
+        (
             RuntimeError("ray::train() (pid=1)\nTraceback (most recent call last):\n  File x\nKeyError: 'lr'\n"),
             False,
             "KeyError: 'lr'",
         ),
     ],
-    ids=["first-line", "typed", "empty", "ray-task-error"],
+    ids=["first-line", "typed", "empty", "traceback", "ray-task-error"],
 )
 def test_one_line(error, typed, line):
     from samsnet_search.errors import one_line

@@ -188,25 +188,25 @@ def test_evaluate_command_names_the_oracle_stft(synth_root, tmp_path, capsys):
 
 def test_info_lines_go_to_the_log_file_and_to_the_screen_with_verbose(synth_root, tmp_path, capsys, monkeypatch):
     """By default the screen gets the command's progress, no library INFO line; the file named in
-    the first line gets them; `-v` brings them back to the screen."""
+    the first line of stdout gets them; `-v` brings them back to the screen."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     for name in ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "MLFLOW_LOGGING_LEVEL"):
         monkeypatch.delenv(name, raising=False)  # main sets them (for MLflow, imported later, and workers)
     argv = ["evaluate", "--oracle", "irm1", "--data", str(synth_root), "--backend", "fast"]
     argv += ["--out", str(tmp_path / "o"), "--max-tracks", "1"]
     assert main(argv) == 0
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     (log,) = (tmp_path / "state" / "samsnet" / "logs").glob("*-evaluate-*.log")
-    assert err.startswith(f"log: {log} (INFO and above; -v shows it here)\n")
+    assert out.startswith(f"log: {log} (INFO and above; -v shows it here)\n")  # stderr: progress, errors
     assert "test [1/1, " in err and "INFO samsnet_search" not in err
     assert "INFO samsnet_search.engine.evaluate: " in log.read_text()  # the per-track scores
     # MLflow's own handler: WARNING and above; no "View run ... / View experiment at ..." per run
     assert os.environ["MLFLOW_LOGGING_LEVEL"] == "WARNING"
     assert os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] == "true"
     assert main(["-v", *argv]) == 0
-    err = capsys.readouterr().err
-    assert "INFO samsnet_search.engine.evaluate: " in err and "(INFO and above)" in err
-    assert main(["evaluate", "--help"]) == 0 and "log: " not in capsys.readouterr().err  # help runs nothing
+    out, err = capsys.readouterr()
+    assert "INFO samsnet_search.engine.evaluate: " in err and "(INFO and above)" in out
+    assert main(["evaluate", "--help"]) == 0 and "log: " not in capsys.readouterr().out  # help runs nothing
 
 
 def test_separate_command_writes_one_wav_per_target(checkpoint_dir, tmp_path):

@@ -113,3 +113,16 @@ def test_a_copy_this_driver_did_not_write_is_never_restored(study, garbage):
     (study / STATE).unlink()
     assert state_copy.restore(str(study)) == []
     assert not (study / STATE).exists()
+
+
+def test_an_unreachable_storage_never_fails_tunes_save(study, monkeypatch, caplog):
+    """Tune asks for the callback's state while it saves: an outage there is a warning, not a crash."""
+    copier = state_copy.StateCopier(str(study))
+
+    def unreachable(*_args, **_kwargs):
+        raise OSError("AWS Error NETWORK_CONNECTION during ListObjectsV2 operation")
+
+    monkeypatch.setattr(state_copy.integrity, "stored_state_files", unreachable)
+    with caplog.at_level("WARNING", logger="samsnet_search.search.state_copy"):
+        assert copier.get_state() is None
+    assert "no copy of Ray's state this time" in caplog.text

@@ -72,8 +72,13 @@ def param_importance(
 
 
 def _optuna_study(points, space: dict[str, BaseDistribution], mode: str) -> optuna.Study:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not one "study created" line per objective
-    study = optuna.create_study(direction="minimize" if mode == "min" else "maximize")
+    # Not one "study created" line per objective; Optuna's level is put back for the search's own lines.
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(direction="minimize" if mode == "min" else "maximize")
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     study.add_trials([create_trial(params={k: p[k] for k in space}, distributions=space, value=v) for p, v in points])
     return study
 

@@ -22,6 +22,7 @@ import logging
 
 from ray.tune import Callback
 
+from ..errors import one_line
 from ..services import storage
 from ..services.storage import display_uri
 from . import integrity
@@ -102,7 +103,10 @@ class StateCopier(Callback):
         self._digest: str | None = None
 
     def get_state(self):
-        self._digest = keep(self.study_path, self._digest) or self._digest
+        try:
+            self._digest = keep(self.study_path, self._digest) or self._digest
+        except Exception as e:  # a safety net never fails Tune's save (a storage outage: next save)
+            log.warning("study state: no copy of Ray's state this time (%s)", one_line(e, typed=True))
         return None  # no callback state: Tune then writes no callback-states file
 
     def __getstate__(self):
