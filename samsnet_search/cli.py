@@ -320,7 +320,7 @@ def evaluate(
     from .engine.evaluate import ORACLE_STFTS, evaluate_tracks, model_estimator, oracle_estimator  # lazy: torch
     from .engine.train import pick_device  # lazy: torch
     from .engine.wiener import STARTS as WIENER_STARTS  # lazy: torch
-    from .engine.wiener import PostFilter
+    from .engine.wiener import PostFilter  # lazy: torch
 
     if (model is None) == (oracle is None):
         raise ConfigError("give either a model checkpoint or --oracle irm1|irm2")
@@ -417,7 +417,7 @@ def separate(
     from .engine.separate import check_arguments, parse_stems, separate_file  # lazy: torch
     from .engine.train import pick_device  # lazy: torch
     from .engine.wiener import STARTS as WIENER_STARTS  # lazy: torch
-    from .engine.wiener import PostFilter
+    from .engine.wiener import PostFilter  # lazy: torch
 
     check_arguments(model, audio)
     if wiener < 0:
