@@ -88,11 +88,13 @@ def test_unit_masks_reconstruct_the_mixture():
     torch.testing.assert_close(back, audio, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("w_o_scope", ["joined", "slice"])
 @pytest.mark.parametrize("slices,chunk_slices", [(4, 1), (4, 3), (1, 1), (8, 2)])
-def test_chunked_separation_equals_whole(slices, chunk_slices):
-    """`context_frames()` covers the receptive field: chunks cut by `engine.apply` give the whole result."""
+def test_chunked_separation_equals_whole(slices, chunk_slices, w_o_scope):
+    """`context_frames()` covers the receptive field (W^O per slice too): chunks cut by
+    `engine.apply` give the whole result."""
     torch.manual_seed(0)
-    model = tiny(slices=slices, seconds=0.2).eval()  # slice_frames = ceil(138 / slices)
+    model = tiny(slices=slices, seconds=0.2, w_o_scope=w_o_scope).eval()  # slice_frames = ceil(138 / slices)
     audio = torch.randn(1, 2, 44100 + 123)  # several slices and a partial last one
     with torch.no_grad():
         whole = model.separate(audio)[0].numpy()

@@ -17,7 +17,6 @@ from torch import nn
 from samsnet_search.config import DataConfig, ExperimentConfig, ModelConfig
 from samsnet_search.delivery import export, export_folder
 from samsnet_search.engine import checkpoint
-from samsnet_search.engine.separate import separate
 from samsnet_search.model import SamsNet
 from samsnet_search.model.sams_net import SamsModule
 
@@ -65,17 +64,7 @@ def test_slice_scope_is_w_o_on_each_slice_then_joined(frames):
         torch.testing.assert_close(joined, want)
 
 
-@pytest.mark.parametrize("slices,chunk_slices", [(4, 1), (4, 3), (8, 2)])
-def test_chunked_separation_equals_whole_per_slice(slices, chunk_slices):
-    torch.manual_seed(0)
-    model = tiny("slice", slices=slices).eval()
-    audio = torch.randn(1, 2, 44100 + 123)
-    with torch.no_grad():
-        whole = model.separate(audio)[0].numpy()
-    seconds = chunk_slices * model.slice_frames * model.spectrogram.hop_length / 44100
-    chunked = separate(model, audio[0].numpy(), chunk_seconds=seconds)
-    for k, target in enumerate(chunked):
-        assert abs(chunked[target] - whole[k]).max() <= 1e-4, target
+# Chunked separation equals whole for both scopes: tests/test_model.py::test_chunked_separation_equals_whole.
 
 
 @pytest.fixture(scope="module")
