@@ -98,6 +98,7 @@ console = Console(stderr=True)
 # (`-v` shows it on the screen too). Commands that run for minutes say where the file is first.
 SCREEN_FORMAT = "%(levelname)s %(name)s: %(message)s"
 FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+EX_TEMPFAIL = 75  # sysexits: a temporary failure (an outage); the same command can be tried again
 LOGGED_COMMANDS = ("run", "resume", "export", "evaluate")
 CHATTY = ("onnx_ir", "onnxscript", "torch.onnx")  # ONNX export logs every graph pass at INFO
 
@@ -733,7 +734,11 @@ def run(
     address: Optional[str] = typer.Option(None, help="existing Ray cluster (e.g. auto); default: start a local Ray"),
     num_cpus: Optional[int] = typer.Option(None, help="CPUs of the local Ray (default: all of this machine)"),
     num_gpus: Optional[int] = typer.Option(None, help="GPUs of the local Ray (default: detected)"),
-    restart_errored: bool = typer.Option(False, "--restart-errored", help="when continuing: run failed trials again"),
+    restart_errored: bool = typer.Option(
+        False,
+        "--restart-errored",
+        help="when continuing a finished study: run its failed trials again (an unfinished study continues them anyway)",
+    ),
     live: bool = typer.Option(True, "--live/--no-live", help="live table of trials in the terminal"),
     select: bool = typer.Option(
         True, "--select/--no-select", help="after the search: choose the slice count (retrain, score, register)"
@@ -785,6 +790,8 @@ def _search_then_select(study, live: bool, select: bool, restart_errored: bool, 
         print(format_result(result))
         if result.pareto:
             Console(width=max(Console().width, 120)).print(front_table(result.pareto))
+        if result.interrupted and stop.requested() is None and result.outages:
+            raise _outage(study, result.outages)
         if result.interrupted:  # Tune ended its loop on the signal; the shell should still see it
             raise _interrupted(study, "interrupted")
         try:
@@ -795,6 +802,19 @@ def _search_then_select(study, live: bool, select: bool, restart_errored: bool, 
 
                 mark_interrupted(result.manifest, result.target)
             raise _interrupted(study, "selection interrupted") from None
+
+
+def _outage(study, trials) -> typer.Exit:
+    """Trials failed for an outage that outlasted search.infra_retry_s: the study is not finished,
+    and a plain resume continues them from their checkpoints (exit 75, EX_TEMPFAIL: try again)."""
+    names = ", ".join(t.trial_id for t in trials)
+    console.print(
+        f"{len(trials)} trial(s) failed for an outage that outlasted search.infra_retry_s ({names}); "
+        f"when the storage or tracking server is back, continue with: {_resume_hint(study)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return typer.Exit(EX_TEMPFAIL)
 
 
 def _interrupted(study, what: str) -> typer.Exit:
@@ -836,7 +856,11 @@ def resume(
     address: Optional[str] = typer.Option(None, help="existing Ray cluster (e.g. auto); default: start a local Ray"),
     num_cpus: Optional[int] = typer.Option(None, help="CPUs of the local Ray (default: all of this machine)"),
     num_gpus: Optional[int] = typer.Option(None, help="GPUs of the local Ray (default: detected)"),
-    restart_errored: bool = typer.Option(False, "--restart-errored", help="run failed trials again"),
+    restart_errored: bool = typer.Option(
+        False,
+        "--restart-errored",
+        help="run a finished study's failed trials again (an unfinished study continues them anyway)",
+    ),
     live: bool = typer.Option(True, "--live/--no-live", help="live table of trials in the terminal"),
     select: bool = typer.Option(
         True, "--select/--no-select", help="after the search: choose the slice count (retrain, score, register)"

@@ -126,3 +126,26 @@ def test_an_unreachable_storage_never_fails_tunes_save(study, monkeypatch, caplo
     with caplog.at_level("WARNING", logger="samsnet_search.search.state_copy"):
         assert copier.get_state() is None
     assert "no copy of Ray's state this time" in caplog.text
+
+
+def test_an_error_file_cut_short_by_the_last_upload_is_set_aside_before_tune_reads_it(study, caplog):
+    """A trial failed while the disk was full: Tune's final upload left its error.pkl cut short,
+    and Tune unpickles it right after the experiment ends (to build its results), which ended the
+    driver with UnpicklingError (CI, test_disk_full_e2e). The signer sets aside every trial error
+    file this driver did not sign (cut short, or planted) when the experiment ends; an intact one
+    stays for Tune."""
+    for trial in ("trial_cut", "trial_whole", "trial_planted"):
+        (study / trial).mkdir()
+        (study / trial / "error.pkl").write_bytes(pickle.dumps(ValueError(trial)))
+    integrity.sign_local_folder(str(study), study)
+    (study / "trial_cut" / "error.pkl").write_bytes(pickle.dumps(ValueError("trial_cut"))[:-4])
+    (study / "trial_planted" / "error.pkl").write_bytes(pickle.dumps(ValueError("someone else's")))
+    with caplog.at_level("WARNING", logger="samsnet_search.search.integrity"):
+        integrity.StateSigner(str(study)).on_experiment_end(trials=[])
+    assert sorted(p.name for p in (study / integrity.SET_ASIDE).iterdir()) == [
+        "trial_cut.error.pkl",
+        "trial_planted.error.pkl",
+    ]
+    assert pickle.loads((study / "trial_whole" / "error.pkl").read_bytes()).args == ("trial_whole",)
+    assert "trial_cut/error.pkl" in caplog.text and "error.txt" in caplog.text
+    assert (study / "tuner.pkl").is_file()  # the study's own state files are left to resume's checks

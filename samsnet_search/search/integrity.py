@@ -37,7 +37,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 from ray.tune import Callback
 
-from ..errors import SamsNetError
+from ..errors import SamsNetError, one_line
 from ..files import write_atomic
 from ..services import storage
 from ..services.storage import display_uri
@@ -282,6 +282,33 @@ def set_aside_damaged(study_path: str) -> list[str]:
     return moved
 
 
+def set_aside_unsigned_errors(study_path: str) -> list[str]:
+    """Move the trials' error files this driver did not sign into `<study>/set-aside/`.
+
+    Tune unpickles them in the driver right after the experiment ends (its results name each
+    trial's error), before any resume could check them: one cut short by a full disk ends the
+    driver with UnpicklingError, one planted by another writer runs its code. Without it Tune
+    reads the trial's error.txt instead.
+    """
+    moved = [
+        r
+        for r in stored_state_files(study_path)
+        if "/" in r and not is_signed(study_path, r, _read_stored(study_path, r))
+    ]
+    set_aside(moved, study_path)
+    if moved:
+        log.warning(
+            "study %s: set aside %d trial error file(s) that are not as this driver wrote them "
+            "(cut short by a failed write, or written by someone else), into %s: %s; "
+            "each trial's error.txt still says what failed",
+            _study_name(study_path),
+            len(moved),
+            display_uri(storage.join(study_path, SET_ASIDE)),
+            ", ".join(moved),
+        )
+    return moved
+
+
 def set_aside(relpaths: list[str], study_path: str) -> None:
     """Move state files into `<study>/set-aside/` (kept for a person to look at, never restored)."""
     for relpath in relpaths:
@@ -303,6 +330,13 @@ class StateSigner(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self._staging = self._staging or tune_internals.staging_path(trial)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        # After Tune's final upload, before it unpickles the trials' errors for its results.
+        try:
+            set_aside_unsigned_errors(self.study_path)
+        except Exception as e:  # the storage is out: the errors stay; resume checks them
+            log.warning("study state: trial error files not checked (%s)", one_line(e, typed=True))
 
     def get_state(self):
         # Called by Tune right after it wrote its state files to the staging folder.

@@ -126,6 +126,7 @@ class TrialRecord:
     mlflow_run_id: str | None
     error: str | None
     path: str  # the trial's folder in the storage
+    outage: bool = False  # failed for an outage that outlasted its retries: a plain resume continues it
 
 
 @dataclass
@@ -139,6 +140,11 @@ class StudyResult:
     result_grid: Any = None
     pareto: dict[str, Any] | None = None  # multi-objective studies: search.pareto.pareto_summary
     importance: dict[str, Any] | None = None  # search.importance.param_importance of a finished search
+
+    @property
+    def outages(self) -> list[TrialRecord]:
+        """Trials that failed for an outage (not their own error): the study is not finished."""
+        return [t for t in self.trials if t.outage]
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -405,17 +411,17 @@ def _new_tuner(study: Study, ctx: TrialContext, callback) -> Any:
     )
 
 
-def _restore_tuner(study: Study, ctx: TrialContext, restart_errored: bool) -> Any:
+def _restore_tuner(study: Study, ctx: TrialContext) -> Any:
     storage_path, fs = storage.ray_storage(study.storage)
     path = f"{storage_path.rstrip('/')}/{study.name}"
     tuner = tune.Tuner.restore(
         path,
         trainable(study, ctx),
         resume_unfinished=True,  # unfinished trials continue from their last checkpoint
-        # --restart-errored: failed trials continue from their last checkpoint too (Tune's own
-        # restart_errored would train them from scratch); one that failed in an outage then
-        # loses nothing, one without a checkpoint starts over.
-        resume_errored=restart_errored,
+        # So do failed ones (Tune's own restart_errored would train them from scratch): one that
+        # failed in an outage loses nothing, and one whose own error used up search.max_failures
+        # (counted in its MLflow run) ends at once, failed again (trial._refuse_beyond_own_failures).
+        resume_errored=True,
         restart_errored=False,
         storage_filesystem=fs,
     )
@@ -529,7 +535,7 @@ def _run_study(
         # loaded, never fitted again (a second fit writes a new Tune session for nothing).
         log.info("the search of study %s is finished; loading its results", study.name)
         with ray_session(address, num_cpus, num_gpus, quiet):
-            grid = _restore_tuner(study, trial_context(study, manifest), False).get_results()
+            grid = _restore_tuner(study, trial_context(study, manifest)).get_results()
             return _result(study, manifest, target, grid, manifest.summary.get("seconds", 0.0))
     fingerprint, kind = _fingerprint(study)
     tracking.client(target).update_run(manifest.parent_run_id, status="RUNNING")
@@ -546,7 +552,7 @@ def _run_study(
     try:
         with ray_session(address, num_cpus, num_gpus, quiet):
             if resuming and _can_restore(study):
-                tuner = _restore_tuner(study, ctx, restart_errored)
+                tuner = _restore_tuner(study, ctx)
                 log.info("resuming study %s from %s", study.name, identity.display_uri(manifest.path))
             else:
                 tuner = _new_tuner(study, ctx, callback)
@@ -827,7 +833,8 @@ def _result(study: Study, manifest: Manifest, target, grid, seconds: float, stop
     # are trials a stopped search never started.
     if study.search.time_budget_s is None:
         unfinished += max(0, num_trials(study) - len(grid))
-    interrupted = stopped or unfinished > 0
+    # A trial failed by an outage is not done: `resume` continues it (_continue_outages).
+    interrupted = stopped or unfinished > 0 or any(t.outage for t in trials)
     if not interrupted:
         close_orphans(target, runs, {t.trial_id for t in trials})
     return StudyResult(study, manifest, target, trials, seconds, interrupted=interrupted, result_grid=grid)
@@ -869,6 +876,7 @@ def _record(study: Study, result, runs: dict) -> TrialRecord:
     if experiment is None:
         experiment = _unrecorded_experiment(study, result)
     best_ckpt = checkpoints.best_checkpoint(checkpoints.trial_uri(study_path, trial_id), study.metric, study.mode)
+    error = _error_line(result.error, run.data.tags if run else {})
     return TrialRecord(
         trial_id=trial_id,
         config=dict(result.config or {}),
@@ -881,9 +889,36 @@ def _record(study: Study, result, runs: dict) -> TrialRecord:
         best_checkpoint=best_ckpt,
         last_checkpoint=result.checkpoint,
         mlflow_run_id=metrics.get(RUN_ID_KEY) or (run.info.run_id if run else None),
-        error=one_line(result.error) if result.error is not None else None,
+        error=error,
         path=str(result.path),
+        outage=status == "failed" and is_outage(run.data.tags.get(tracking.ERROR_TAG) if run else None, result.error),
     )
+
+
+def _error_line(error, tags: dict[str, str]) -> str | None:
+    """A failed trial's error, one line: as the trial recorded it in MLflow, else from Tune (an
+    exception, or the text of the trial's error.txt when its error.pkl was set aside)."""
+    if error is None:
+        return None
+    if isinstance(error, BaseException):
+        return one_line(error)
+    if tags.get(tracking.ERROR_TAG):
+        return one_line(RuntimeError(tags[tracking.ERROR_TAG]))
+    # error.txt: "Failure # N (occurred at ...)" then the error; a full disk can leave it empty.
+    text = "\n".join(line for line in str(error).splitlines() if not line.startswith("Failure # "))
+    return one_line(RuntimeError(text)) if text.strip() else "unknown (the trial's error file is empty)"
+
+
+def is_outage(line: str | None, error) -> bool:
+    """Whether a trial failed for an outage that outlasted its retries (search.infra_retry_s)
+    rather than for its own error: its MLflow run's line says so, or Tune's error is one. A
+    trial whose error only Tune's text file holds (its error.pkl was cut short by a failed
+    write) and that recorded no error of its own failed while the storage was failing: an outage."""
+    if line:
+        return line.startswith("infrastructure:")
+    if isinstance(error, BaseException):
+        return is_infra_error(getattr(error, "cause", None) or error)
+    return error is not None
 
 
 def _unrecorded_experiment(study: Study, result) -> dict[str, Any]:

@@ -208,10 +208,11 @@ def test_mlflow_server_killed_mid_study_loses_nothing(tmp_path, synth_root, stac
     assert_nothing_lost(result, 6, {"completed", "pruned"})
 
 
-def test_outage_longer_than_the_budget_fails_the_trial_and_restart_errored_continues_it(tmp_path, synth_root, stack):
+def test_outage_longer_than_the_budget_fails_the_trial_and_a_plain_resume_continues_it(tmp_path, synth_root, stack):
     """search.infra_retry_s: 2, no retries (worker_retries: 0; they would wait out the outage) and
     SeaweedFS away until the trial has failed: the trial is recorded as an infrastructure failure; its newest checkpoint is then truncated in the
-    store, and `resume --restart-errored` continues it from the one before."""
+    store. The study is not finished (an outage is not the trial's fault), and a plain `resume`
+    continues the trial from the checkpoint before the damaged one."""
     cfg, env = stack
     path = study_file(
         tmp_path,
@@ -228,6 +229,7 @@ def test_outage_longer_than_the_budget_fails_the_trial_and_restart_errored_conti
     outage.check()
     failed = [t for t in first.trials if t.status == "failed"]
     assert failed, [(t.trial_id, t.status) for t in first.trials]
+    assert first.interrupted and first.outages == failed
     c = tracking.client(first.target)
     for t in failed:
         assert c.get_run(t.mlflow_run_id).data.tags["samsnet.error"].startswith("infrastructure:")
@@ -247,7 +249,7 @@ def test_outage_longer_than_the_budget_fails_the_trial_and_restart_errored_conti
             damaged.add(t.trial_id)
     assert damaged
 
-    again = resume_study("s3long", storage=first.manifest.storage, restart_errored=True)
+    again = resume_study("s3long", storage=first.manifest.storage)
     assert sorted(t.trial_id for t in again.trials) == sorted(t.trial_id for t in first.trials)  # the same trials
     assert_nothing_lost(again, 6)
     for r in again.result_grid:
