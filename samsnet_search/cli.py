@@ -92,6 +92,8 @@ data_app = _Typer(no_args_is_help=True, help="Datasets: synthesize, inspect.")
 app.add_typer(data_app, name="data")
 infra_app = _Typer(no_args_is_help=True, help="Local stack: SeaweedFS S3 store + MLflow tracking server.")
 app.add_typer(infra_app, name="infra")
+curves_app = _Typer(no_args_is_help=True, help="The learning-curve table that search strategies replay.")
+app.add_typer(curves_app, name="curves")
 console = Console(stderr=True)
 
 # The screen shows the CLI's own progress and warnings from libraries; INFO goes to a log file
@@ -945,6 +947,20 @@ def bench(
     print_bench(report, Console())
     if out is not None:
         print(f"wrote {write_report(report, out)}")
+
+
+@curves_app.command("build")
+def curves_build(
+    space: Optional[Path] = typer.Option(None, help="the grid (default: search_spaces/curves.yaml)"),
+    workdir: Path = typer.Option(Path("curves-build"), help="data, study, MLflow store and test scores (resumable)"),
+    out: Optional[Path] = typer.Option(None, help="folder of the table and datasheet (default: benchmarks/curves)"),
+) -> None:
+    """Run (or continue) the grid study of the learning-curve table and write it as Parquet with a
+    datasheet. CPU-hours: run it again after an interruption and it goes on where it stopped."""
+    from .bench import curves  # lazy: torch, ray
+
+    built = curves.build(space or curves.SPACE, workdir, out or curves.OUT, say=print)
+    print(f"wrote {built.table} and {built.datasheet}")
 
 
 @app.command("estimate-slices")

@@ -163,6 +163,11 @@ class TrainConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
     amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
     valid_sdr_every: int = Field(10, ge=0, description="compute valid_sdr every N epochs; 0: never")
+    valid_sdr_per_track: bool = Field(
+        False,
+        description="with valid_sdr, also report each validation track's SDR per target "
+        "(track_sdr.<track>.<target>): paired evidence, as the learning-curve table records it",
+    )
     threads: int | None = Field(None, gt=0, description="torch CPU threads; null: torch's default")
 
 

@@ -2,15 +2,16 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
 from samsnet_search import __version__
 from samsnet_search.cli import main
-from samsnet_search.config import ExperimentConfig, load_experiment
+from samsnet_search.config import TARGETS, ExperimentConfig, load_experiment
 from samsnet_search.engine import checkpoint
-from samsnet_search.engine.train import Trainer, TrainingDiverged
+from samsnet_search.engine.train import TRACK_SDR, Trainer, TrainingDiverged
 from samsnet_search.errors import ConfigError
 from samsnet_search.version import git_commit
 
@@ -37,9 +38,9 @@ def tiny_experiment(root: Path, **train) -> ExperimentConfig:
 
 def test_training_improves_validation_sdr(synth_root, tmp_path):
     trainer = Trainer(tiny_experiment(synth_root, epochs=8), tmp_path)
-    _, before = trainer.validate(with_sdr=True)
+    _, before, _ = trainer.validate(with_sdr=True)
     trainer.fit()
-    _, after = trainer.validate(with_sdr=True)
+    _, after, _ = trainer.validate(with_sdr=True)
     assert after["avg"] > before["avg"] + 1.0, (before, after)
 
 
@@ -118,3 +119,22 @@ def test_removed_sdr_backend_key_is_refused_by_name(tmp_path):
     path.write_text("train:\n  sdr_backend: museval\n")
     with pytest.raises(ConfigError, match=r"old\.yaml: train\.sdr_backend: unknown key"):
         load_experiment(path)
+
+
+def test_per_track_validation_sdr_is_reported_on_request_and_agrees_with_the_median(synth_root, tmp_path):
+    """train.valid_sdr_per_track: each validation track's SDR per target, the paired evidence of
+    the learning-curve table; the per-target median over those tracks is valid_sdr's."""
+    seen = []
+    train = {"valid_sdr_every": 1, "valid_sdr_per_track": True}
+    Trainer(tiny_experiment(synth_root, epochs=1, **train), tmp_path, callbacks=[seen.append]).fit()
+    metrics = seen[0].metrics()
+    tracks = seen[0].valid_sdr_tracks
+    assert tracks and all(set(scores) == set(TARGETS) for scores in tracks.values())
+    for target in TARGETS:
+        values = [metrics[f"{TRACK_SDR}.{track}.{target}"] for track in tracks]
+        assert metrics[f"valid_sdr_{target}"] == pytest.approx(float(np.nanmedian(values)))
+    plain = []
+    Trainer(
+        tiny_experiment(synth_root, epochs=1, valid_sdr_every=1), tmp_path / "plain", callbacks=[plain.append]
+    ).fit()
+    assert not any(k.startswith(TRACK_SDR) for k in plain[0].metrics())  # off by default: MLflow stays small

@@ -92,8 +92,8 @@ def test_whole_track_validation_goes_through_the_chunks(synth_root, tmp_path):
     whole = Trainer(_whole_track_experiment(synth_root, 600.0), tmp_path / "whole")  # one chunk: as before
     whole.model.load_state_dict(chunked.model.state_dict())
     seen = _spy_frames(chunked.model)
-    loss, sdr = chunked.validate(with_sdr=True)
-    ref_loss, ref_sdr = whole.validate(with_sdr=True)
+    loss, sdr, _ = chunked.validate(with_sdr=True)
+    ref_loss, ref_sdr, _ = whole.validate(with_sdr=True)
     assert max(seen) <= _longest_chunk_input(chunked.model, CHUNK_SECONDS), seen
     assert loss == pytest.approx(ref_loss, rel=1e-5)
     assert sdr == pytest.approx(ref_sdr, abs=1e-3)

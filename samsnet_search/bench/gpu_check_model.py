@@ -271,7 +271,7 @@ def check_validation(c: Check) -> dict[str, Any]:
     trainer = c.trainer("validation", valid_seconds=None)
     c.reset_peak()
     start = time.perf_counter()
-    loss, sdr = trainer.validate(with_sdr=True)
+    loss, sdr, _ = trainer.validate(with_sdr=True)
     return {
         "seconds": time.perf_counter() - start,
         "chunk_seconds": trainer.cfg.data.valid_chunk_seconds,

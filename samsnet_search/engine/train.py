@@ -29,6 +29,8 @@ from .validation import chunked_estimates, chunked_loss
 
 log = logging.getLogger(__name__)
 
+TRACK_SDR = "track_sdr"  # metric prefix: track_sdr.<track>.<target>, with train.valid_sdr_per_track
+
 
 class TrainingDiverged(SamsNetError):
     """The loss became NaN or infinite."""
@@ -48,6 +50,8 @@ class EpochResult:
     seconds: float
     cpu_seconds: float  # CPU time of this process over the epoch (all its threads)
     checkpoint_dir: Path
+    # track -> target -> SDR (dB), with train.valid_sdr_per_track
+    valid_sdr_tracks: dict[str, dict[str, float]] | None = None
 
     def metrics(self) -> dict[str, float]:
         """Flat, consistently named metrics for Tune and MLflow."""
@@ -64,6 +68,8 @@ class EpochResult:
         if self.valid_sdr is not None:
             out["valid_sdr"] = self.valid_sdr
             out.update({f"valid_sdr_{t}": v for t, v in (self.valid_sdr_targets or {}).items()})
+        for track, scores in (self.valid_sdr_tracks or {}).items():
+            out.update({f"{TRACK_SDR}.{track}.{t}": v for t, v in scores.items()})
         return out
 
 
@@ -202,17 +208,18 @@ class Trainer:
         return total / max(count, 1)
 
     @torch.no_grad()
-    def validate(self, with_sdr: bool) -> tuple[float, dict[str, float] | None]:
-        """valid_loss over the validation excerpts; per-target SDR (median/median) when asked."""
+    def validate(self, with_sdr: bool) -> tuple[float, dict[str, float] | None, dict[str, dict[str, float]] | None]:
+        """valid_loss over the validation excerpts; per-target SDR (median/median) and each
+        track's scores when asked."""
         self.model.eval()
         excerpts = validation_excerpts(self.splits.valid, self.cfg.data, epoch=self.epoch, seed=self.cfg.train.seed)
         with cudnn_benchmark(len({ex.mixture.shape[-1] for ex in excerpts}) == 1):  # whole tracks vary in length
             return self._validate(excerpts, with_sdr)
 
-    def _validate(self, excerpts, with_sdr: bool) -> tuple[float, dict[str, float] | None]:
+    def _validate(self, excerpts, with_sdr: bool):
         # In chunks on every protocol: a whole song at once would not fit a GPU (engine.validation).
         chunk = self.cfg.data.valid_chunk_seconds
-        losses, scores = [], []
+        losses, scores = [], {}
         for ex in excerpts:
             losses.append(chunked_loss(self.model, ex.mixture, ex.targets, self.device, self.amp, chunk))
             if with_sdr:
@@ -221,8 +228,10 @@ class Trainer:
                 # the medians skip NaN. On the host, in float64: a song's worth of samples.
                 refs = np.asarray(ex.targets, dtype=np.float64).transpose(0, 2, 1)
                 sdr = sdr_v4(refs, estimates.astype(np.float64).transpose(0, 2, 1), on_silent="nan")
-                scores.append(track_scores(sdr, TARGETS))
-        return float(np.mean(losses)), (median_over_tracks(scores) if with_sdr else None)
+                scores[ex.name] = track_scores(sdr, TARGETS)
+        if not with_sdr:
+            return float(np.mean(losses)), None, None
+        return float(np.mean(losses)), median_over_tracks(list(scores.values())), scores
 
     def fit(self, resume: str | Path | None = None) -> TrainSummary:
         if resume is not None:
@@ -235,7 +244,7 @@ class Trainer:
             self.epoch += 1
             every = train.valid_sdr_every
             with_sdr = every > 0 and (self.epoch % every == 0 or self.epoch == train.epochs)
-            valid_loss, sdr = self.validate(with_sdr)
+            valid_loss, sdr, per_track = self.validate(with_sdr)
             is_best = valid_loss < self.best_valid_loss
             if is_best:
                 self.best_valid_loss, self.best_epoch = valid_loss, self.epoch
@@ -254,6 +263,7 @@ class Trainer:
                 seconds=time.perf_counter() - start,
                 cpu_seconds=time.process_time() - start_cpu,
                 checkpoint_dir=self.ckpt_dir,
+                valid_sdr_tracks=per_track if train.valid_sdr_per_track else None,
             )
             self.history.append(result.metrics())
             self._write_checkpoints(result)

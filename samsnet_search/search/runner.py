@@ -26,6 +26,7 @@ import ray
 from ray import tune
 
 from ..data import load_splits
+from ..engine.train import TRACK_SDR
 from ..errors import ConfigError, SamsNetError, one_line
 from ..services import stop, storage, tracking
 from ..services.faults import is_infra_error, retry
@@ -937,7 +938,7 @@ def trial_history(df) -> list[dict[str, Any]]:
     if df is None or df.empty:
         return []
     keep = {*TRAINER_KEYS, *per_epoch_keys()}
-    cols = [c for c in df.columns if c in keep or c.startswith(TARGET_SDR_PREFIX)]
+    cols = [c for c in df.columns if c in keep or c.startswith((TARGET_SDR_PREFIX, f"{TRACK_SDR}."))]
     rows = [{k: v for k, v in row.items() if v == v} for row in df[cols].to_dict("records")]  # drop NaN (no SDR)
     # A trial that continued from an older checkpoint (a corrupt newer one, or Tune's state
     # lagging behind a killed driver) reports some epochs again: the last report counts.
