@@ -97,7 +97,8 @@ def build(
     if failed:
         raise BenchError(f"runs did not complete: {', '.join(failed)} (see the MLflow store in {workdir})")
     tests = _test_scores(result.trials, workdir / TEST_SCORES, say)
-    table = to_table(result.trials, tests)
+    tracks = [t.name for t in load_subset(study.representative().data, "valid")[0]]
+    table = to_table(result.trials, tests, tracks)
     effect = slice_effect(table)
     provenance = _provenance(space, root, data, start_load)
     out.mkdir(parents=True, exist_ok=True)
@@ -193,11 +194,14 @@ def test_score(trial: TrialRecord) -> dict[str, float]:
     return report.summary
 
 
-def to_table(trials: list[TrialRecord], tests: dict[str, dict[str, float]]) -> pa.Table:
-    """One row per run and epoch (long form), runs in trial order."""
+def to_table(trials: list[TrialRecord], tests: dict[str, dict[str, float]], tracks: list[str]) -> pa.Table:
+    """One row per run and epoch (long form), runs in trial order; a column per validation track
+    and target (NaN where a stem is silent over the excerpt: Tune's history leaves those out)."""
+    paired = [f"{TRACK_SDR}.{track}.{t}" for track in tracks for t in TARGETS]
     rows = []
     for trial in trials:
-        config = {col: trial.config[key] for key, col in CONFIG_COLUMNS.items()}
+        # From the configuration the trial ran (searched and fixed keys alike).
+        config = {col: _get(trial.experiment, key) for key, col in CONFIG_COLUMNS.items()}
         run = {
             "run": trial.trial_id,
             **config,
@@ -212,12 +216,18 @@ def to_table(trials: list[TrialRecord], tests: dict[str, dict[str, float]]) -> p
                     "epoch": int(epoch["epoch"]),
                     **{c: float(epoch.get(c, np.nan)) for c in EPOCH_COLUMNS},
                     **{f"valid_sdr_{t}": float(epoch.get(f"valid_sdr_{t}", np.nan)) for t in TARGETS},
-                    **{k: float(v) for k, v in epoch.items() if k.startswith(f"{TRACK_SDR}.")},
+                    **{k: float(epoch.get(k, np.nan)) for k in paired},
                 }
             )
     if not rows:
         raise BenchError("the curve study has no recorded epochs")
     return pa.Table.from_pylist(rows)
+
+
+def _get(tree: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
 
 
 def write_table(table: pa.Table, provenance: dict[str, Any], path: Path) -> None:
