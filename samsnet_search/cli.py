@@ -920,7 +920,7 @@ def bench(
     device: str = typer.Option("cpu", help="cpu or cuda (cuda adds the 60 s paper-config attention case)"),
     out: Optional[Path] = typer.Option(None, "--out", help="write the report (machine, sizes, figures) as JSON"),
     only: Optional[list[str]] = typer.Option(
-        None, "--only", help="attention, train, sdr, export, search or overhead (repeatable)"
+        None, "--only", help="attention, train, sdr, export, search, overhead or strategies (repeatable)"
     ),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: all cores); recorded"),
     smoke: bool = typer.Option(

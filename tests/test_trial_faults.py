@@ -366,3 +366,22 @@ def test_a_trial_whose_worker_is_killed_continues_from_its_checkpoint(tmp_path, 
         steps = [m.step for m in c.get_metric_history(trial.mlflow_run_id, "train_loss")]
         assert sorted(steps) == [1, 2, 3, 4]  # every epoch once: the retry continued, it did not start over
         assert "samsnet.own_failures" not in c.get_run(trial.mlflow_run_id).data.tags  # not the trial's error
+
+
+def test_a_trial_failed_by_an_outage_is_told_from_its_records():
+    """What the driver reads after the search: the trial's MLflow line when it recorded one, else
+    Tune's error; a trial whose error only error.txt holds (its error.pkl cut short and set aside)
+    or whose error file is empty failed while the storage was failing: an outage, continued by a
+    plain resume."""
+    from samsnet_search.search.runner import error_line, is_outage
+
+    own = RuntimeError('Traceback (most recent call last):\n  File "x.py", line 1\nValueError: diverged')
+    assert error_line(own, {}) == "ValueError: diverged" and not is_outage(None, own)
+    infra = InfraUnavailable("recording the configuration of trial t: still failing after 4 s")
+    assert is_outage(None, infra)
+    text = "Failure # 1 (occurred at 2026-12-08_00-10-27)\nInfraUnavailable: recording the configuration\n"
+    assert error_line(text, {}) == "InfraUnavailable: recording the configuration" and is_outage(None, text)
+    assert error_line("Failure # 1 (occurred at x)\n", {}).startswith("unknown") and is_outage(None, "")
+    tags = {tracking.ERROR_TAG: "infrastructure: ConnectionError: refused"}
+    assert error_line("", tags) == tags[tracking.ERROR_TAG] and is_outage(tags[tracking.ERROR_TAG], "")
+    assert not is_outage("ValueError: diverged", "")  # the trial recorded an error of its own

@@ -14,6 +14,8 @@ where `figures` is a flat mapping name -> float:
   slice count picked and its regret, for the grid, TPE + ASHA and TPE + median stopping (when
   asked for by `--only search`, or `tiny`).
 - `overhead`: per-trial time outside training on a tiny study (full mode only).
+- `strategies`: ways to choose the slice count replayed on the learning-curve table
+  (`benchmarks/curves/`): cost as a share of the 3-seed grid, how often the pick is right, regret.
 
 `run_benchmarks` runs a selection and returns one JSON-ready report with the machine.
 """
@@ -44,9 +46,10 @@ MODULES: dict[str, str] = {
     "export": "export",
     "search": "search_efficiency",
     "overhead": "search_overhead",
+    "strategies": "strategies",
 }
 NAMES: tuple[str, ...] = tuple(MODULES)
-FULL_ONLY = ("search", "overhead")  # a Ray study does not fit --quick's few minutes
+FULL_ONLY = ("search", "overhead", "strategies")  # a Ray study (or hundreds of replays) does not fit --quick
 ON_REQUEST = ("search",)  # tens of minutes: runs when --only names it (or tiny)
 
 

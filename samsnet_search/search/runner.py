@@ -877,7 +877,7 @@ def _record(study: Study, result, runs: dict) -> TrialRecord:
     if experiment is None:
         experiment = _unrecorded_experiment(study, result)
     best_ckpt = checkpoints.best_checkpoint(checkpoints.trial_uri(study_path, trial_id), study.metric, study.mode)
-    error = _error_line(result.error, run.data.tags if run else {})
+    error = error_line(result.error, run.data.tags if run else {})
     return TrialRecord(
         trial_id=trial_id,
         config=dict(result.config or {}),
@@ -896,7 +896,7 @@ def _record(study: Study, result, runs: dict) -> TrialRecord:
     )
 
 
-def _error_line(error, tags: dict[str, str]) -> str | None:
+def error_line(error, tags: dict[str, str]) -> str | None:
     """A failed trial's error, one line: as the trial recorded it in MLflow, else from Tune (an
     exception, or the text of the trial's error.txt when its error.pkl was set aside)."""
     if error is None:
@@ -906,7 +906,7 @@ def _error_line(error, tags: dict[str, str]) -> str | None:
     if tags.get(tracking.ERROR_TAG):
         return one_line(RuntimeError(tags[tracking.ERROR_TAG]))
     # error.txt: "Failure # N (occurred at ...)" then the error; a full disk can leave it empty.
-    text = "\n".join(line for line in str(error).splitlines() if not line.startswith("Failure # "))
+    text = re.sub(r"^Failure # .*$", "", str(error), flags=re.MULTILINE)
     return one_line(RuntimeError(text)) if text.strip() else "unknown (the trial's error file is empty)"
 
 
