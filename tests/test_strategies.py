@@ -8,11 +8,12 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from samsnet_search.bench import curves as curve_table
 from samsnet_search.bench import replay, strategies
-from samsnet_search.config import TARGETS
+from samsnet_search.config import TARGETS, flatten
 
 SLICES, SEEDS, EPOCHS, TRACKS = (1, 2, 4, 8), (0, 1, 2), 8, 6
 SETTINGS = ((1, 4, 1e-3), (2, 8, 3e-3))
@@ -119,3 +120,45 @@ def test_bench_strategies_writes_every_strategy_with_its_figures(table, tmp_path
 def test_without_a_table_the_bench_says_how_to_build_it(tmp_path):
     with pytest.raises(strategies.BenchError, match="samsnet-search curves build"):
         strategies.run(False, "cpu", 1, smoke=True, table=tmp_path / "none.parquet")
+
+
+def test_a_replay_makes_the_decisions_ray_tune_makes_with_the_same_objects(table, local_ray, tmp_path):
+    """The simulated clock against Tune's own controller: the same study's searcher and scheduler
+    (from the platform's registries), one trial at a time, a function trainable that reports the
+    recorded epochs. Both propose the same slice values and stop each trial at the same epoch."""
+    from ray import tune
+
+    from samsnet_search.search import schedulers, searchers
+
+    # One recorded seed: which seed a trial draws is the replay's choice, not Tune's.
+    curves = replay.Curves([r for r in pq.read_table(table).to_pylist() if r["seed"] == 0])
+    setting, n = SETTINGS[1], 8
+
+    def study():
+        return replay.paper_question_study(curves, setting, "optuna", "asha", n, seed=5, concurrency=1)
+
+    simulated = replay.replay_search(study(), curves, setting, np.random.default_rng(5))
+
+    def trainable(config):
+        run = curves.run(int(flatten(config)["model.slices"]), setting, 0)
+        for e in range(curves.epochs):
+            tune.report({"epoch": e + 1, replay.METRIC: float(run.valid_loss[e])})
+
+    s = study()
+    with local_ray({}):
+        grid = tune.Tuner(
+            trainable,
+            param_space=searchers.param_space(s),
+            tune_config=tune.TuneConfig(
+                search_alg=searchers.build_searcher(s),
+                scheduler=schedulers.build_scheduler(s),
+                num_samples=n,
+                max_concurrent_trials=1,
+                metric=replay.METRIC,
+                mode="min",
+            ),
+            run_config=tune.RunConfig(storage_path=str(tmp_path), name="tune", verbose=0),
+        ).fit()
+    real = [(flatten(r.config)["model.slices"], r.metrics["epoch"]) for r in grid]  # in the order Tune made them
+    assert real == [(t.slices, t.epochs) for t in simulated.trials]
+    assert any(t.epochs < EPOCHS for t in simulated.trials)  # ASHA stopped some: decisions were compared
