@@ -54,6 +54,8 @@ class Strategy:
     selection: str  # "grid" | "today" | "racing"
     grid_seeds: int = SEEDS
     default: bool = False  # the platform's default today
+    top: int | None = None  # racing: only the search's `top` slice values by their best valid_loss
+    min_seeds: int = 2  # racing: seeds before a slice value is decided
 
 
 STRATEGIES = (
@@ -63,6 +65,15 @@ STRATEGIES = (
     Strategy("tpe+asha+today", "TPE + ASHA, then today's selection", "optuna", "asha", "today", default=True),
     Strategy("tpe+asha+racing", "TPE + ASHA, then the racing selection", "optuna", "asha", "racing"),
     Strategy("tpe+median+racing", "TPE + median stopping, then the racing selection", "optuna", "median", "racing"),
+    Strategy(
+        "tpe+asha+racing-top2",
+        "TPE + ASHA, then the racing selection among the search's 2 best slice values, 1 seed decides",
+        "optuna",
+        "asha",
+        "racing",
+        top=2,
+        min_seeds=1,
+    ),
 )
 
 
@@ -175,8 +186,10 @@ def replay(strategy: Strategy, curves: Curves, setting: tuple, rep: int) -> Outc
     if strategy.searcher == "random":  # the registry's `random` is Ray's generator, not a Searcher
         searcher = searchers.optuna_search(study, optuna.samplers.RandomSampler(seed=rep))
     search = replay_search(study, curves, setting, rng, searcher)
-    select = today if strategy.selection == "today" else race
-    epochs, pick = select(search, curves, setting, rng, rep)
+    if strategy.selection == "today":
+        epochs, pick = today(search, curves, setting, rng, rep)
+    else:
+        epochs, pick = race(search, curves, setting, rng, rep, strategy.top, strategy.min_seeds)
     return Outcome(search.epochs + epochs, pick)
 
 
@@ -204,16 +217,18 @@ def today(search, curves, setting, rng, rep) -> tuple[int, int]:
     return epochs, bootstrap_table(pairs(evidence), seed=rep).winner
 
 
-def race(search, curves, setting, rng, rep) -> tuple[int, int]:
-    """Contenders continued to the full budget from their checkpoints, then seeds where unresolved."""
+def race(search, curves, setting, rng, rep, top: int | None = None, min_seeds: int = 2) -> tuple[int, int]:
+    """Contenders (the `top` best by the search) continued to the full budget from their
+    checkpoints, then seeds where the leader's paired advantage is unresolved."""
     epochs, seeds = 0, {}
-    for slices, trial in contenders(search).items():
+    ranked = sorted(contenders(search).items(), key=lambda kv: float(np.min(kv[1].run.valid_loss[: kv[1].epochs])))
+    for slices, trial in ranked[:top]:
         epochs += curves.epochs - trial.epochs
         seeds[slices] = _other_seeds(curves, trial.seed, rng)
     have = {s: 1 for s in seeds}
     while True:
         evidence = {s: final_scores(curves, s, setting, seeds[s][: have[s]]) for s in seeds}
-        step = racing.decide(evidence, max_seeds=min(SEEDS, len(curves.seeds)), seed=rep)
+        step = racing.decide(evidence, min_seeds=min_seeds, max_seeds=min(SEEDS, len(curves.seeds)), seed=rep)
         if step.stop:
             return epochs, step.leader
         for s in step.buy:
