@@ -834,7 +834,7 @@ def _result(study: Study, manifest: Manifest, target, grid, seconds: float, stop
     # are trials a stopped search never started.
     if study.search.time_budget_s is None:
         unfinished += max(0, num_trials(study) - len(grid))
-    # A trial failed by an outage is not done: `resume` continues it (_continue_outages).
+    # A trial failed by an outage is not done: `resume` continues it (_restore_tuner).
     interrupted = stopped or unfinished > 0 or any(t.outage for t in trials)
     if not interrupted:
         close_orphans(target, runs, {t.trial_id for t in trials})
