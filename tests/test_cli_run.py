@@ -15,8 +15,7 @@ from samsnet_search.search.identity import Manifest
 from samsnet_search.services import tracking
 
 
-def test_interrupted_search_exits_130_and_skips_selection(tmp_path, synth_root, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)  # the study's storage (./runs) and its lease
+def small_study_file(tmp_path, synth_root) -> Path:
     study_file = tmp_path / "s.yaml"
     study_file.write_text(
         yaml.safe_dump(
@@ -26,10 +25,18 @@ def test_interrupted_search_exits_130_and_skips_selection(tmp_path, synth_root, 
             }
         )
     )
+    return study_file
+
+
+def test_interrupted_search_exits_130_and_skips_selection(tmp_path, synth_root, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the study's storage (./runs) and its lease
+    study_file = small_study_file(tmp_path, synth_root)
     selected = []
     # The search itself is replaced: Tune returns normally after a Ctrl-C, with unfinished trials.
     monkeypatch.setattr(
-        cli, "_run_live", lambda study, live, **kw: SimpleNamespace(study=study, interrupted=True, pareto=None)
+        cli,
+        "_run_live",
+        lambda study, live, **kw: SimpleNamespace(study=study, interrupted=True, pareto=None, outages=[]),
     )
     monkeypatch.setattr("samsnet_search.delivery.show.format_result", lambda result: "study s: INTERRUPTED")
     monkeypatch.setattr(cli, "_select", lambda *a, **kw: selected.append(a))
@@ -37,6 +44,25 @@ def test_interrupted_search_exits_130_and_skips_selection(tmp_path, synth_root, 
     captured = capsys.readouterr()
     assert "INTERRUPTED" in captured.out and not selected
     assert "continue with: samsnet-search resume s" in captured.err
+
+
+def test_trials_failed_by_an_outage_exit_75_with_the_resume_command(tmp_path, synth_root, monkeypatch, capsys):
+    """No signal, but trials failed for an outage that outlasted search.infra_retry_s: the study
+    is not finished; the shell sees EX_TEMPFAIL and the line names the trials and the command."""
+    monkeypatch.chdir(tmp_path)
+    study_file = small_study_file(tmp_path, synth_root)
+    failed = [SimpleNamespace(trial_id="c7642445"), SimpleNamespace(trial_id="031152c7")]
+    monkeypatch.setattr(
+        cli,
+        "_run_live",
+        lambda study, live, **kw: SimpleNamespace(study=study, interrupted=True, pareto=None, outages=failed),
+    )
+    monkeypatch.setattr("samsnet_search.delivery.show.format_result", lambda result: "study s: INTERRUPTED")
+    monkeypatch.setattr(cli, "_select", lambda *a, **kw: pytest.fail("no selection after an outage"))
+    assert cli.main(["run", str(study_file), "--no-live"]) == 75
+    err = capsys.readouterr().err
+    assert "2 trial(s) failed for an outage" in err and "c7642445, 031152c7" in err
+    assert "continue with: samsnet-search resume s" in err
 
 
 # --- finding a study by name -----------------------------------------------------------
