@@ -270,15 +270,7 @@ def set_aside_damaged(study_path: str) -> list[str]:
     """Move damaged state files into `<study>/set-aside/` (Tune then restores from what is intact:
     an older experiment state, a trial's last checkpoint); one log line names them."""
     moved = [r for r in stored_state_files(study_path) if is_damaged(r, _read_stored(study_path, r))]
-    set_aside(moved, study_path)
-    if moved:
-        log.warning(
-            "study %s: set aside %d state file(s) left empty or truncated by a failed write, into %s: %s",
-            _study_name(study_path),
-            len(moved),
-            display_uri(storage.join(study_path, SET_ASIDE)),
-            ", ".join(moved),
-        )
+    set_aside(moved, study_path, "state file(s) left empty or truncated by a failed write")
     return moved
 
 
@@ -295,25 +287,26 @@ def set_aside_unsigned_errors(study_path: str) -> list[str]:
         for r in stored_state_files(study_path)
         if "/" in r and not is_signed(study_path, r, _read_stored(study_path, r))
     ]
-    set_aside(moved, study_path)
-    if moved:
-        log.warning(
-            "study %s: set aside %d trial error file(s) that are not as this driver wrote them "
-            "(cut short by a failed write, or written by someone else), into %s: %s; "
-            "each trial's error.txt still says what failed",
-            _study_name(study_path),
-            len(moved),
-            display_uri(storage.join(study_path, SET_ASIDE)),
-            ", ".join(moved),
-        )
+    why = "trial error file(s) not as this driver wrote them (cut short by a failed write, or written by someone else; each trial's error.txt still says what failed)"
+    set_aside(moved, study_path, why)
     return moved
 
 
-def set_aside(relpaths: list[str], study_path: str) -> None:
-    """Move state files into `<study>/set-aside/` (kept for a person to look at, never restored)."""
+def set_aside(relpaths: list[str], study_path: str, why: str = "") -> None:
+    """Move state files into `<study>/set-aside/` (kept for a person to look at, never restored);
+    with `why`, one log line names them."""
     for relpath in relpaths:
         target = storage.join(study_path, f"{SET_ASIDE}/{relpath.replace('/', '.')}")
         storage.move_file(storage.join(study_path, relpath), target)
+    if relpaths and why:
+        log.warning(
+            "study %s: set aside %d %s, into %s: %s",
+            _study_name(study_path),
+            len(relpaths),
+            why,
+            display_uri(storage.join(study_path, SET_ASIDE)),
+            ", ".join(relpaths),
+        )
 
 
 class StateSigner(Callback):
