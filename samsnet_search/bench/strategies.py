@@ -39,7 +39,7 @@ from .replay import Curves, SearchReplay, SimTrial, paper_question_study, replay
 log = logging.getLogger(__name__)
 
 SEEDS = 3  # the reference grid's seeds and today's selection.seeds
-REPLAYS = 60  # per strategy (at least 50 for the criteria)
+REPLAYS = 120  # per strategy: 10 per configuration of a 12-configuration table (at least 50 asked); about 2 min
 SMOKE_REPLAYS = 3
 PROPOSALS_PER_VALUE = 2  # as the search benchmark: TPE needs a few proposals per slice value
 TARGET_SHARE, TARGET_CORRECT, TARGET_REGRET_DB = 0.25, 0.95, 0.05
