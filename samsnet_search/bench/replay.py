@@ -103,6 +103,26 @@ class SearchReplay:
     seconds: float
 
 
+class GridProposals:
+    """The searcher of a study with `searcher: grid` over one key: each value once, in the listed
+    order (what Ray's BasicVariantGenerator proposes for a grid_search), as a Tune Searcher."""
+
+    def __init__(self, key: str, values: list[Any]) -> None:
+        self.key, self.values = key, list(values)
+
+    def set_search_properties(self, *args: Any) -> bool:
+        return True
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        return {self.key: self.values.pop(0)} if self.values else None
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        pass
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass
+
+
 class _Controller:
     """The part of Tune's controller that schedulers consult."""
 

@@ -14,7 +14,8 @@ with the replay's number) and scored against the reference, the grid with every 
 Selections: `today` is the platform's selection (each slice value the search tried, best trial,
 retrained with `SEEDS` seeds to the full budget; a trial that ran the full budget is seed 0);
 `racing` continues each contender's best trial to the full budget from its checkpoint, then
-adds seeds only where the leader's paired advantage is unresolved (`search.racing`).
+adds seeds only where the leader's paired advantage is unresolved (`search.racing`); its `-top2`
+variants race only the search's two best slice values and let one seed decide.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from ..search import racing, searchers
 from ..search.select import bootstrap_table
 from . import curves as curve_table
 from .common import BenchError
-from .replay import Curves, SearchReplay, SimTrial, paper_question_study, replay_search
+from .replay import Curves, GridProposals, SearchReplay, SimTrial, paper_question_study, replay_search
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,15 @@ STRATEGIES = (
         "tpe+asha+racing-top2",
         "TPE + ASHA, then the racing selection among the search's 2 best slice values, 1 seed decides",
         "optuna",
+        "asha",
+        "racing",
+        top=2,
+        min_seeds=1,
+    ),
+    Strategy(
+        "grid+asha+racing-top2",
+        "each slice value proposed once (grid order), ASHA, then racing among the 2 best, 1 seed decides",
+        "grid",
         "asha",
         "racing",
         top=2,
@@ -180,11 +190,14 @@ def replay(strategy: Strategy, curves: Curves, setting: tuple, rep: int) -> Outc
         evidence = {s: final_scores(curves, s, setting, seeds[s]) for s in curves.slices}
         pick = bootstrap_table(pairs(evidence), seed=rep).winner
         return Outcome(len(curves.slices) * n * curves.epochs, pick)
-    proposals = PROPOSALS_PER_VALUE * len(curves.slices)
+    proposals = (1 if strategy.searcher == "grid" else PROPOSALS_PER_VALUE) * len(curves.slices)
     study = paper_question_study(curves, setting, "optuna", strategy.scheduler, proposals, rep)
     searcher = None
-    if strategy.searcher == "random":  # the registry's `random` is Ray's generator, not a Searcher
+    # The registry's `random` and `grid` are Ray's generator, not a Searcher: the same proposals.
+    if strategy.searcher == "random":
         searcher = searchers.optuna_search(study, optuna.samplers.RandomSampler(seed=rep))
+    elif strategy.searcher == "grid":
+        searcher = GridProposals("model.slices", curves.slices)
     search = replay_search(study, curves, setting, rng, searcher)
     if strategy.selection == "today":
         epochs, pick = today(search, curves, setting, rng, rep)
