@@ -117,6 +117,18 @@ def test_bench_strategies_writes_every_strategy_with_its_figures(table, tmp_path
     assert grid["share_of_grid_epochs_median"] == 1.0 and grid["correct_probability"] == 1.0
 
 
+def test_the_strategies_print_as_one_table(table):
+    from rich.console import Console
+
+    from samsnet_search.bench.show import strategies_table
+
+    result = {**strategies.run(False, "cpu", 1, smoke=True, table=table), "seconds": 1.0}
+    console = Console(width=200, record=True)
+    console.print(strategies_table(result))
+    text = console.export_text()
+    assert "tpe+asha+today (default)" in text and "grid-3-seeds" in text and "100%" in text
+
+
 def test_without_a_table_the_bench_says_how_to_build_it(tmp_path):
     with pytest.raises(strategies.BenchError, match="samsnet-search curves build"):
         strategies.run(False, "cpu", 1, smoke=True, table=tmp_path / "none.parquet")

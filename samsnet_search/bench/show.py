@@ -161,6 +161,31 @@ def figures_table(name: str, result: dict[str, Any]) -> Table:
     return table
 
 
+def strategies_table(result: dict[str, Any]) -> Table:
+    """One row per replayed strategy: cost as a share of the 3-seed grid, correct picks, regret."""
+    n = result["sizes"]["replays_per_strategy"]
+    table = Table(title=f"strategies on the learning-curve table ({n} replays each, {result['seconds']:.0f} s)")
+    for column in (
+        "strategy",
+        "share of grid epochs: median",
+        "p90",
+        "pick in grid's best set",
+        "regret dB: mean",
+        "p95",
+    ):
+        table.add_column(column, justify="left" if column == "strategy" else "right")
+    for s in result["strategies"]:
+        table.add_row(
+            s["name"] + (" (default)" if s["default"] else ""),
+            f"{s['share_of_grid_epochs_median']:.0%}",
+            f"{s['share_of_grid_epochs_p90']:.0%}",
+            f"{s['correct_probability']:.0%}",
+            f"{s['mean_regret_db']:.3f}",
+            f"{s['p95_regret_db']:.3f}",
+        )
+    return table
+
+
 def print_report(report: dict[str, Any], console: Console) -> None:
     m = report["machine"]
     console.print(
@@ -175,6 +200,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         elif name == "search":
             for table in search_tables(result):
                 console.print(table)
+        elif name == "strategies":
+            console.print(strategies_table(result))
         else:
             console.print(figures_table(name, result))
         for note in result.get("notes", []):
