@@ -39,7 +39,7 @@ from ..engine.train import TRACK_SDR
 from ..files import write_atomic
 from ..search.runner import TrialRecord, run_study
 from ..search.space import num_trials
-from ..search.study import load_study
+from ..search.study import get_path, load_study
 from ..version import git_commit
 from .common import BenchError, machine_info
 
@@ -201,7 +201,7 @@ def to_table(trials: list[TrialRecord], tests: dict[str, dict[str, float]], trac
     rows = []
     for trial in trials:
         # From the configuration the trial ran (searched and fixed keys alike).
-        config = {col: _get(trial.experiment, key) for key, col in CONFIG_COLUMNS.items()}
+        config = {col: get_path(trial.experiment, key) for key, col in CONFIG_COLUMNS.items()}
         run = {
             "run": trial.trial_id,
             **config,
@@ -222,12 +222,6 @@ def to_table(trials: list[TrialRecord], tests: dict[str, dict[str, float]], trac
     if not rows:
         raise BenchError("the curve study has no recorded epochs")
     return pa.Table.from_pylist(rows)
-
-
-def _get(tree: dict[str, Any], dotted: str) -> Any:
-    for part in dotted.split("."):
-        tree = tree[part]
-    return tree
 
 
 def write_table(table: pa.Table, provenance: dict[str, Any], path: Path) -> None:

@@ -3,7 +3,7 @@
 Every model of the selection is scored on the same validation tracks and targets, so two slice
 values are compared track by track (paired), not as two independent clouds of scores. The
 statistic is the selection's: median over (seed, track) pairs per target, then the mean of the
-targets (`select._statistic`). Its uncertainty comes from a two-level bootstrap: the tracks are
+targets (`pair_statistic`, the selection table's too). Its uncertainty comes from a two-level bootstrap: the tracks are
 resampled once per replicate and shared by every contender (the pairing), each contender's seeds
 independently (seed-to-seed variance is not shared).
 
@@ -56,13 +56,21 @@ class Step:
         return f"leader slices={self.leader}; vs {states or 'nothing'}; {what}"
 
 
-def statistic(scores: np.ndarray) -> np.ndarray:
-    """scores (..., seeds, tracks, targets) -> (...): median over (seed, track) pairs per target,
-    then the mean of the targets; NaN pairs (a silent reference) are skipped."""
-    flat = scores.reshape(*scores.shape[:-3], -1, scores.shape[-1])
+def pair_statistic(values: np.ndarray) -> np.ndarray:
+    """values (..., P, S) SDR per pair and target -> (..., S + 1): median over pairs per target, then avg.
+
+    avg is the mean of the target medians, as the paper (and `median_over_tracks`) aggregates.
+    NaN pairs (a silent reference) are skipped. The selection's table uses it too.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN resample of one target
-        return np.nanmedian(flat, axis=-2).mean(axis=-1)
+        med = np.nanmedian(values, axis=-2)  # (..., S)
+    return np.concatenate([med, med.mean(axis=-1, keepdims=True)], axis=-1)
+
+
+def statistic(scores: np.ndarray) -> np.ndarray:
+    """scores (..., seeds, tracks, targets) -> (...): `pair_statistic`'s avg over the (seed, track) pairs."""
+    return pair_statistic(scores.reshape(*scores.shape[:-3], -1, scores.shape[-1]))[..., -1]
 
 
 def decide(

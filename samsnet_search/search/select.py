@@ -56,6 +56,7 @@ from . import cost, identity, lease
 from .checkpoints import local_copy
 from .objectives import better
 from .placement import job_device
+from .racing import pair_statistic
 from .runner import ray_session, trial_context
 from .trial import train_tracked
 
@@ -183,28 +184,16 @@ def _versus(row: SliceRow) -> str:
     return "significantly worse" if row.significant else "not significantly different"
 
 
-def _statistic(values: np.ndarray) -> np.ndarray:
-    """values (..., P, S) SDR per pair and target -> (..., S + 1): median over pairs per target, then avg.
-
-    avg is the mean of the target medians, as the paper (and `median_over_tracks`) aggregates.
-    NaN pairs (a silent reference) are skipped.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN resample of one target
-        med = np.nanmedian(values, axis=-2)  # (..., S)
-    return np.concatenate([med, med.mean(axis=-1, keepdims=True)], axis=-1)
-
-
 def bootstrap_row(values: np.ndarray, resamples: int, confidence: float, rng: np.random.Generator):
     """values (P, S): one row's pairs. Returns (point (S+1,), low (S+1,), high (S+1,))."""
     P = values.shape[0]
     idx = rng.integers(0, P, size=(resamples, P))  # resample pairs with replacement
-    stats = _statistic(values[idx])  # (R, S + 1)
+    stats = pair_statistic(values[idx])  # (R, S + 1)
     alpha = (1 - confidence) / 2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         low, high = np.nanquantile(stats, [alpha, 1 - alpha], axis=0)
-    return _statistic(values), low, high
+    return pair_statistic(values), low, high
 
 
 def overlaps(a: tuple[float, float], b: tuple[float, float]) -> bool:
